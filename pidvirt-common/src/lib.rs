@@ -1,0 +1,313 @@
+//! Types shared by the kernel programs (pidvirt-ebpf) and the daemon (pidvirt-user).
+//!
+//! Every layout that crosses the kernel-user boundary lives here, once, as `#[repr(C)]`.
+//! Numbers are tagged with the namespace they were read in: `host_*` fields are init-namespace
+//! numbers, `v*` fields and `nr[level]` are numbers in the namespace at that level.
+#![no_std]
+
+pub mod offsets;
+pub use offsets::KernelOffsets;
+
+/// Deepest pid namespace level the kernel allows (`MAX_PID_NS_LEVEL`): levels run 0..=32.
+pub const MAX_PID_NS_LEVEL: u32 = 32;
+/// Number of levels a task can have numbers in (level 0, the host, up to level 32).
+pub const MAX_LEVELS: usize = MAX_PID_NS_LEVEL as usize + 1;
+/// Levels stored inline in a [`TaskEntry`]; deeper levels go to the deep-levels map.
+pub const INLINE_LEVELS: usize = 4;
+/// Levels stored in a [`DeepLevels`] value (levels INLINE_LEVELS..=MAX_PID_NS_LEVEL).
+pub const DEEP_LEVELS: usize = MAX_LEVELS - INLINE_LEVELS;
+/// Slots of a [`DeepLevels`] value: DEEP_LEVELS rounded up to a power of two, so that the
+/// kernel programs can bound a variable index with a mask the verifier understands.
+pub const DEEP_SLOTS: usize = 32;
+
+/// Container number of the host (the init pid namespace): it has a global view.
+pub const HOST_CONTAINER: u32 = 0;
+
+/// A task's ids in the pid namespace of one level.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LevelIds {
+    /// Thread id (what gettid returns in that namespace).
+    pub tid: u32,
+    /// Thread-group id (what getpid returns in that namespace).
+    pub tgid: u32,
+}
+
+/// Flags of a [`TaskEntry`].
+pub mod task_flags {
+    /// Written by the daemon from /proc when it attached: `start_time` has clock-tick precision.
+    pub const SEEDED: u16 = 1 << 0;
+    /// The task has passed sched_process_exit (a zombie until it is reaped and freed).
+    pub const EXITED: u16 = 1 << 1;
+    /// The task was seen at exec.
+    pub const EXECED: u16 = 1 << 2;
+}
+
+/// Value of the task map, keyed by host tid. 56 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskEntry {
+    /// `task_struct.start_time` (ns since boot, CLOCK_MONOTONIC) — or, for SEEDED entries,
+    /// the /proc start time in clock ticks converted to ns.
+    pub start_time: u64,
+    /// Container number: [`HOST_CONTAINER`], or the pid namespace inode for namespace containers.
+    pub container: u32,
+    /// Inode of the task's own (innermost) pid namespace.
+    pub pidns: u32,
+    /// Level of the task's own pid namespace (0 = host).
+    pub level: u16,
+    /// [`task_flags`].
+    pub flags: u16,
+    /// Ids at levels 0..INLINE_LEVELS (only 0..=level are meaningful).
+    pub nr: [LevelIds; INLINE_LEVELS],
+}
+
+impl TaskEntry {
+    /// Host (init namespace) tid.
+    pub fn host_tid(&self) -> u32 {
+        self.nr[0].tid
+    }
+    /// Host (init namespace) tgid.
+    pub fn host_pid(&self) -> u32 {
+        self.nr[0].tgid
+    }
+    pub fn is_seeded(&self) -> bool {
+        self.flags & task_flags::SEEDED != 0
+    }
+}
+
+/// Value of the deep-levels map (keyed by host tid) for tasks with level >= INLINE_LEVELS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeepLevels {
+    pub start_time: u64,
+    /// Ids at levels INLINE_LEVELS..=MAX_PID_NS_LEVEL (slot `level - INLINE_LEVELS`).
+    pub nr: [LevelIds; DEEP_SLOTS],
+}
+
+impl Default for DeepLevels {
+    fn default() -> Self {
+        Self {
+            start_time: 0,
+            nr: [LevelIds::default(); DEEP_SLOTS],
+        }
+    }
+}
+
+/// Key of the reverse map: (pid namespace inode, number in that namespace) -> host tid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VirtKey {
+    pub pidns: u32,
+    pub nr: u32,
+}
+
+/// Value of the pid-namespace map, keyed by namespace inode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PidnsInfo {
+    pub level: u32,
+    /// Inode of the parent namespace (0 for the init namespace).
+    pub parent: u32,
+    /// Host tid of the first task it was seen with.
+    pub first_tid: u32,
+    /// [`pidns_source`].
+    pub source: u32,
+    /// Inode of the namespace at each level 0..=level (this namespace's ancestors, then itself);
+    /// 0 above `level`. Lets the programs find every level's namespace with constant indices.
+    pub ancestors: [u32; MAX_LEVELS],
+    pub _pad: u32,
+}
+
+impl Default for PidnsInfo {
+    fn default() -> Self {
+        Self {
+            level: 0,
+            parent: 0,
+            first_tid: 0,
+            source: 0,
+            ancestors: [0; MAX_LEVELS],
+            _pad: 0,
+        }
+    }
+}
+
+impl PidnsInfo {
+    /// Info for the namespace at `level` of a chain of inodes (outermost first).
+    pub fn from_chain(chain: &[u32], level: usize, first_tid: u32, source: u32) -> Self {
+        let mut info = Self {
+            level: level as u32,
+            parent: if level == 0 {
+                0
+            } else {
+                chain.get(level - 1).copied().unwrap_or(0)
+            },
+            first_tid,
+            source,
+            ..Self::default()
+        };
+        for (slot, ns) in info.ancestors.iter_mut().zip(chain.iter().take(level + 1)) {
+            *slot = *ns;
+        }
+        info
+    }
+}
+
+/// How a pid namespace became known.
+pub mod pidns_source {
+    /// The kernel programs saw a task in it (fork or exec).
+    pub const KERNEL: u32 = 1;
+    /// The daemon found it in /proc when it attached.
+    pub const SEED: u32 = 2;
+}
+
+/// Per-CPU counter slots (one `u64` each) of the `COUNTERS` map.
+pub mod counter {
+    /// Map insert/update failures, per reason. Nothing is dropped silently.
+    pub const MAP_ERROR_BASE: u32 = 0;
+    pub const MAP_ERROR_REASONS: [&str; 9] = [
+        "task_insert",
+        "virt_insert",
+        "deep_insert",
+        "pidns_insert",
+        "kernel_read",
+        "level_overflow",
+        "scratch",
+        "task_missing",
+        "pidns_missing",
+    ];
+    pub const ERR_TASK_INSERT: u32 = 0;
+    pub const ERR_VIRT_INSERT: u32 = 1;
+    pub const ERR_DEEP_INSERT: u32 = 2;
+    pub const ERR_PIDNS_INSERT: u32 = 3;
+    /// bpf_probe_read_kernel failed on a task structure.
+    pub const ERR_KERNEL_READ: u32 = 4;
+    /// A task with a level above MAX_PID_NS_LEVEL (should be impossible).
+    pub const ERR_LEVEL_OVERFLOW: u32 = 5;
+    /// Per-CPU scratch space could not be had.
+    pub const ERR_SCRATCH: u32 = 6;
+    /// A caller had no task entry when one was needed (not yet seeded, or lost).
+    pub const ERR_TASK_MISSING: u32 = 7;
+    /// A task of a nested namespace was forgotten but its namespace had no record.
+    pub const ERR_PIDNS_MISSING: u32 = 8;
+
+    /// Events that could not be handed to user space, per reason.
+    pub const DROP_BASE: u32 = 16;
+    pub const DROP_REASONS: [&str; 2] = ["ringbuf_full_anomaly", "ringbuf_full_pidns"];
+    pub const DROP_RINGBUF_ANOMALY: u32 = 0;
+    pub const DROP_RINGBUF_PIDNS: u32 = 1;
+
+    /// Lifecycle events seen by the kernel programs.
+    pub const LIFECYCLE_BASE: u32 = 32;
+    pub const LIFECYCLE_NAMES: [&str; 5] = ["fork", "exec", "exit", "free", "pid_reuse"];
+    pub const LC_FORK: u32 = 0;
+    pub const LC_EXEC: u32 = 1;
+    pub const LC_EXIT: u32 = 2;
+    pub const LC_FREE: u32 = 3;
+    /// A fork found a stale entry under the new task's host tid (the old task's free was not
+    /// seen yet): the old entry was replaced.
+    pub const LC_PID_REUSE: u32 = 4;
+
+    /// Crossing counters start here (issue: crossing audit).
+    pub const CROSSING_BASE: u32 = 64;
+    /// Size of the counters array.
+    pub const SLOTS: u32 = 1024;
+}
+
+/// Kinds of record on the events ring buffer.
+pub mod event_kind {
+    /// A pid namespace was seen for the first time ([`super::PidnsEvent`]).
+    pub const PIDNS: u32 = 1;
+}
+
+/// A new pid namespace, reported once by the kernel programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PidnsEvent {
+    pub kind: u32,
+    pub pidns: u32,
+    pub level: u32,
+    pub parent: u32,
+    pub first_tid: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+}
+
+/// Whether an entry's start time denotes the same task as a task whose
+/// `task_struct.start_time` is `start_ns`. Seeded entries only have clock-tick precision.
+#[inline(always)]
+pub fn same_start(entry_start: u64, entry_flags: u16, start_ns: u64, tick_ns: u64) -> bool {
+    if entry_flags & task_flags::SEEDED != 0 && tick_ns != 0 {
+        entry_start / tick_ns == start_ns / tick_ns
+    } else {
+        entry_start == start_ns
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for LevelIds {}
+    unsafe impl aya::Pod for TaskEntry {}
+    unsafe impl aya::Pod for DeepLevels {}
+    unsafe impl aya::Pod for VirtKey {}
+    unsafe impl aya::Pod for PidnsInfo {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_are_compact() {
+        assert_eq!(size_of::<LevelIds>(), 8);
+        assert_eq!(size_of::<TaskEntry>(), 56);
+        assert_eq!(size_of::<VirtKey>(), 8);
+        assert_eq!(size_of::<DeepLevels>(), 8 + 8 * DEEP_SLOTS);
+        assert!(DEEP_SLOTS >= DEEP_LEVELS && DEEP_SLOTS.is_power_of_two());
+        assert!(INLINE_LEVELS.is_power_of_two());
+        assert_eq!(size_of::<PidnsEvent>(), 32);
+        assert_eq!(size_of::<PidnsInfo>(), 152);
+    }
+
+    #[test]
+    fn same_start_respects_seed_precision() {
+        let tick = 10_000_000;
+        // Kernel entry: exact.
+        assert!(same_start(123_456_789, 0, 123_456_789, tick));
+        assert!(!same_start(123_456_789, 0, 123_456_790, tick));
+        // Seeded entry: same tick matches, another tick does not.
+        assert!(same_start(
+            120_000_000,
+            task_flags::SEEDED,
+            123_456_789,
+            tick
+        ));
+        assert!(!same_start(
+            120_000_000,
+            task_flags::SEEDED,
+            133_456_789,
+            tick
+        ));
+    }
+
+    #[test]
+    fn pidns_info_from_chain() {
+        let chain = [10, 20, 30];
+        let info = PidnsInfo::from_chain(&chain, 1, 7, pidns_source::SEED);
+        assert_eq!((info.level, info.parent, info.first_tid), (1, 10, 7));
+        assert_eq!(&info.ancestors[..3], &[10, 20, 0]);
+        let root = PidnsInfo::from_chain(&chain, 0, 1, pidns_source::SEED);
+        assert_eq!((root.level, root.parent, root.ancestors[0]), (0, 0, 10));
+    }
+
+    #[test]
+    fn counter_regions_do_not_overlap() {
+        use counter::*;
+        assert!(MAP_ERROR_BASE + MAP_ERROR_REASONS.len() as u32 <= DROP_BASE);
+        assert!(DROP_BASE + DROP_REASONS.len() as u32 <= LIFECYCLE_BASE);
+        assert!(LIFECYCLE_BASE + LIFECYCLE_NAMES.len() as u32 <= CROSSING_BASE);
+    }
+}

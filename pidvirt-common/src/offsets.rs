@@ -1,0 +1,107 @@
+//! Kernel structure offsets, resolved at start-up from the running kernel's BTF
+//! (/sys/kernel/btf/vmlinux) and handed to the kernel programs as one read-only global.
+//! Nothing here is hard-coded: a zeroed value means "not resolved", and the programs refuse
+//! to read task structures until `magic` says the struct was filled in.
+
+/// Value of [`KernelOffsets::magic`] once the daemon has filled the struct.
+pub const OFFSETS_MAGIC: u32 = 0x7069_6476; // "pidv"
+
+/// Byte offsets (and the few sizes and enum values the programs need).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// task_struct.pid (pid_t, host tid)
+    pub task_pid: u32,
+    /// task_struct.tgid (pid_t, host tgid)
+    pub task_tgid: u32,
+    /// task_struct.real_parent (struct task_struct *)
+    pub task_real_parent: u32,
+    /// task_struct.group_leader (struct task_struct *)
+    pub task_group_leader: u32,
+    /// task_struct.thread_pid (struct pid *)
+    pub task_thread_pid: u32,
+    /// task_struct.start_time (u64, ns, monotonic)
+    pub task_start_time: u32,
+    /// task_struct.comm (char[16])
+    pub task_comm: u32,
+    /// task_struct.signal (struct signal_struct *)
+    pub task_signal: u32,
+    /// task_struct.nsproxy (struct nsproxy *)
+    pub task_nsproxy: u32,
+    /// task_struct.cgroups (struct css_set *)
+    pub task_cgroups: u32,
+    /// signal_struct.pids (struct pid *[PIDTYPE_MAX])
+    pub signal_pids: u32,
+    /// pid.level (unsigned int)
+    pub pid_level: u32,
+    /// pid.numbers (struct upid[])
+    pub pid_numbers: u32,
+    /// sizeof(struct upid)
+    pub upid_size: u32,
+    /// upid.nr (int)
+    pub upid_nr: u32,
+    /// upid.ns (struct pid_namespace *)
+    pub upid_ns: u32,
+    /// pid_namespace.level (unsigned int)
+    pub pidns_level: u32,
+    /// pid_namespace.parent (struct pid_namespace *)
+    pub pidns_parent: u32,
+    /// pid_namespace.ns.inum (unsigned int): offset of `ns` plus offset of `inum` in ns_common
+    pub pidns_inum: u32,
+    /// css_set.dfl_cgrp (struct cgroup *)
+    pub css_set_dfl_cgrp: u32,
+    /// cgroup.kn (struct kernfs_node *)
+    pub cgroup_kn: u32,
+    /// cgroup.level (int)
+    pub cgroup_level: u32,
+    /// cgroup.ancestors (struct cgroup *[])
+    pub cgroup_ancestors: u32,
+    /// kernfs_node.id (u64): the cgroup id
+    pub kernfs_node_id: u32,
+    /// enum pid_type: PIDTYPE_TGID, PIDTYPE_PGID, PIDTYPE_SID (indices into signal_struct.pids)
+    pub pidtype_tgid: u32,
+    pub pidtype_pgid: u32,
+    pub pidtype_sid: u32,
+    /// Nanoseconds per clock tick of /proc/PID/stat start times (USER_HZ).
+    pub tick_ns: u32,
+    /// [`OFFSETS_MAGIC`] once filled.
+    pub magic: u32,
+    pub _pad: u32,
+}
+
+impl KernelOffsets {
+    pub const fn zeroed() -> Self {
+        Self {
+            task_pid: 0,
+            task_tgid: 0,
+            task_real_parent: 0,
+            task_group_leader: 0,
+            task_thread_pid: 0,
+            task_start_time: 0,
+            task_comm: 0,
+            task_signal: 0,
+            task_nsproxy: 0,
+            task_cgroups: 0,
+            signal_pids: 0,
+            pid_level: 0,
+            pid_numbers: 0,
+            upid_size: 0,
+            upid_nr: 0,
+            upid_ns: 0,
+            pidns_level: 0,
+            pidns_parent: 0,
+            pidns_inum: 0,
+            css_set_dfl_cgrp: 0,
+            cgroup_kn: 0,
+            cgroup_level: 0,
+            cgroup_ancestors: 0,
+            kernfs_node_id: 0,
+            pidtype_tgid: 0,
+            pidtype_pgid: 0,
+            pidtype_sid: 0,
+            tick_ns: 0,
+            magic: 0,
+            _pad: 0,
+        }
+    }
+}

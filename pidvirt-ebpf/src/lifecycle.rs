@@ -1,0 +1,275 @@
+//! Task lifecycle: fork, exec, exit, free keep the task and reverse maps in step with the kernel.
+//!
+//! - fork: the CHILD task (argument 1) is read, never `current` (the parent).
+//! - exec: a non-leader thread that execs takes its leader's pid (de_thread/exchange_tids): the
+//!   entry under its old tid is forgotten and the task is recorded under its new tid.
+//! - exit: the entry is only marked EXITED: a zombie keeps its pid until it is reaped, and
+//!   wait4/kill still name it.
+//! - free: the entry goes, if it still describes this task (same start time): a pid may have been
+//!   recycled between the kernel freeing the pid and this RCU-delayed event.
+
+use aya_ebpf::{
+    EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use pidvirt_common::{
+    HOST_CONTAINER, INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, PidnsEvent, TaskEntry, VirtKey,
+    counter, event_kind, pidns_source, same_start, task_flags,
+};
+
+use crate::{
+    kernel::{off, offsets_ready, read},
+    maps::{
+        DEEP, EVENTS, PIDNS, SCRATCH, Scratch, TASKS, VIRT, count_drop, count_lifecycle,
+        count_map_error,
+    },
+    task::read_task,
+};
+
+#[inline(always)]
+fn tick_ns() -> u64 {
+    off!(tick_ns) as u64
+}
+
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    if !offsets_ready() {
+        return 0;
+    }
+    count_lifecycle(counter::LC_FORK);
+    let child: *const u8 = ctx.arg(1);
+    if let Err(reason) = record_task(child) {
+        count_map_error(reason);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    if !offsets_ready() {
+        return 0;
+    }
+    count_lifecycle(counter::LC_EXEC);
+    let task: *const u8 = ctx.arg(0);
+    let old_tid: i32 = ctx.arg(1);
+    let tid: u32 = match read(task, off!(task_pid)) {
+        Ok(t) => t,
+        Err(_) => {
+            count_map_error(counter::ERR_KERNEL_READ);
+            return 0;
+        }
+    };
+    if old_tid as u32 != tid {
+        // A non-leader thread exec'd and now carries its leader's pid.
+        if let Some(old) = TASKS.get_ptr(old_tid as u32) {
+            let old = unsafe { *old };
+            forget(old_tid as u32, &old);
+        }
+    }
+    if let Err(reason) = record_task(task) {
+        count_map_error(reason);
+    }
+    let _ = ctx.as_ptr();
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    if !offsets_ready() {
+        return 0;
+    }
+    count_lifecycle(counter::LC_EXIT);
+    let task: *const u8 = ctx.arg(0);
+    let Ok((tid, start)) = tid_and_start(task) else {
+        count_map_error(counter::ERR_KERNEL_READ);
+        return 0;
+    };
+    if let Some(e) = TASKS.get_ptr_mut(tid) {
+        let e = unsafe { &mut *e };
+        if same_start(e.start_time, e.flags, start, tick_ns()) {
+            e.flags |= task_flags::EXITED;
+        }
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
+    if !offsets_ready() {
+        return 0;
+    }
+    count_lifecycle(counter::LC_FREE);
+    let task: *const u8 = ctx.arg(0);
+    let Ok((tid, start)) = tid_and_start(task) else {
+        count_map_error(counter::ERR_KERNEL_READ);
+        return 0;
+    };
+    if let Some(e) = TASKS.get_ptr(tid) {
+        let e = unsafe { *e };
+        if same_start(e.start_time, e.flags, start, tick_ns()) {
+            forget(tid, &e);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn tid_and_start(task: *const u8) -> Result<(u32, u64), i32> {
+    Ok((
+        read(task, off!(task_pid))?,
+        read(task, off!(task_start_time))?,
+    ))
+}
+
+/// Reads `task` and writes its entry, deep levels and reverse entries; registers pid
+/// namespaces seen for the first time.
+#[inline(always)]
+fn record_task(task: *const u8) -> Result<(), u32> {
+    let s = SCRATCH.get_ptr_mut(0).ok_or(counter::ERR_SCRATCH)?;
+    let s = unsafe { &mut *s };
+    read_task(task, s)?;
+    let level = s.entry.level as u32;
+    let tid = s.entry.nr[0].tid;
+    s.entry.container = if level == 0 {
+        HOST_CONTAINER
+    } else {
+        s.entry.pidns
+    };
+
+    // A stale entry under this tid (its task's free not seen yet, or lost): drop it first so
+    // the new task inherits none of it. The same task seeded from /proc is not stale.
+    if let Some(old) = TASKS.get_ptr(tid) {
+        let old = unsafe { *old };
+        if !same_start(old.start_time, old.flags, s.entry.start_time, tick_ns()) {
+            count_lifecycle(counter::LC_PID_REUSE);
+            forget(tid, &old);
+        }
+    }
+    TASKS
+        .insert(tid, &s.entry, 0)
+        .map_err(|_| counter::ERR_TASK_INSERT)?;
+    if level as usize >= INLINE_LEVELS && DEEP.insert(tid, &s.deep, 0).is_err() {
+        count_map_error(counter::ERR_DEEP_INSERT);
+    }
+    for i in 1..MAX_LEVELS {
+        if i as u32 > level {
+            break;
+        }
+        let (Some(ids), Some(ns)) = (s.ids.get(i), s.ns.get(i)) else {
+            break;
+        };
+        let (nr, ns) = (ids.tid, *ns);
+        if VIRT.insert(VirtKey { pidns: ns, nr }, tid, 0).is_err() {
+            count_map_error(counter::ERR_VIRT_INSERT);
+        }
+        if PIDNS.get_ptr(ns).is_none() {
+            register_pidns(s, i, tid);
+        }
+    }
+    Ok(())
+}
+
+/// Registers the namespace at `level` of the task in `s` (its ancestors are `s.ns[..level]`).
+#[inline(always)]
+fn register_pidns(s: &mut Scratch, level: usize, tid: u32) {
+    let Some(&ns) = s.ns.get(level) else { return };
+    let info = &mut s.pidns;
+    info.level = level as u32;
+    info.first_tid = tid;
+    info.source = pidns_source::KERNEL;
+    info.parent = 0;
+    for j in 0..MAX_LEVELS {
+        let v = if j <= level { s.ns[j] } else { 0 };
+        info.ancestors[j] = v;
+        if j + 1 == level {
+            info.parent = v;
+        }
+    }
+    let parent = info.parent;
+    // BPF_NOEXIST: two CPUs may race to register the same namespace; one wins and reports it.
+    if PIDNS.insert(ns, &s.pidns, BPF_NOEXIST as u64).is_err() {
+        return;
+    }
+    match EVENTS.reserve::<PidnsEvent>(0) {
+        Some(mut slot) => {
+            slot.write(PidnsEvent {
+                kind: event_kind::PIDNS,
+                pidns: ns,
+                level: level as u32,
+                parent,
+                first_tid: tid,
+                _pad: 0,
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+            });
+            slot.submit(0);
+        }
+        None => count_drop(counter::DROP_RINGBUF_PIDNS),
+    }
+}
+
+/// Removes the entry of `tid` (whose content is `e`), its deep levels, and the reverse entries
+/// that still point at it. The namespace at each level comes from the task's namespace record
+/// (the task's `struct pid` is already detached at free time). All indices are constants per
+/// loop iteration, which the verifier can check.
+#[inline(always)]
+fn forget(tid: u32, e: &TaskEntry) {
+    let level = e.level as usize;
+    let deep = if level >= INLINE_LEVELS {
+        DEEP.get_ptr(tid)
+    } else {
+        None
+    };
+    match PIDNS.get_ptr(e.pidns) {
+        Some(info) => {
+            for i in 1..MAX_LEVELS {
+                if i > level {
+                    break;
+                }
+                let ns = unsafe { (*info).ancestors[i] };
+                let nr = if i < INLINE_LEVELS {
+                    e.nr[i].tid
+                } else {
+                    match deep {
+                        Some(d) => unsafe { (*d).nr[i - INLINE_LEVELS].tid },
+                        None => break,
+                    }
+                };
+                let key = VirtKey { pidns: ns, nr };
+                if let Some(v) = VIRT.get_ptr(key)
+                    && unsafe { *v } == tid
+                {
+                    let _ = VIRT.remove(key);
+                }
+            }
+        }
+        // Only the host namespace has no record before a task is seen in it; a task of a
+        // nested namespace without one leaves its reverse entries to the daemon's sweep.
+        None if level > 0 => count_map_error(counter::ERR_PIDNS_MISSING),
+        None => {}
+    }
+    if deep.is_some() {
+        let _ = DEEP.remove(tid);
+    }
+    let _ = TASKS.remove(tid);
+}
+
+// Keeps MAX_LEVELS and the scratch array bound in sync.
+const _: () = assert!(MAX_LEVELS == MAX_PID_NS_LEVEL as usize + 1);
+
+/// Task iterator (bpf_iter__task { meta, task }): records every existing task exactly as the
+/// fork program would. Driven by the daemon at attach time, by reading the iterator's file.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub fn seed_tasks(ctx: *mut core::ffi::c_void) -> i32 {
+    if !offsets_ready() {
+        return 0;
+    }
+    let task: *const u8 = unsafe { *(ctx as *const *const u8).add(1) };
+    if task.is_null() {
+        return 0;
+    }
+    if let Err(reason) = record_task(task) {
+        count_map_error(reason);
+    }
+    0
+}

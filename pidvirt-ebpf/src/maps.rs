@@ -1,0 +1,70 @@
+//! Maps shared by the programs. Sizes are defaults; the daemon may resize them at load.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use pidvirt_common::{DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, TaskEntry, VirtKey, counter};
+
+/// host tid -> ids at every level (inline up to INLINE_LEVELS).
+#[map]
+pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+
+/// host tid -> ids at levels >= INLINE_LEVELS, for deeply nested tasks only.
+#[map]
+pub static DEEP: HashMap<u32, DeepLevels> = HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
+
+/// (pid namespace inode, number in it) -> host tid, for every non-host level of every task.
+#[map]
+pub static VIRT: HashMap<VirtKey, u32> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+
+/// pid namespace inode -> level and parent.
+#[map]
+pub static PIDNS: HashMap<u32, PidnsInfo> = HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
+
+/// Per-CPU counters (pidvirt_common::counter).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
+
+/// Records user space must see (new namespaces, anomalies).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per-CPU scratch space to build a task's ids without using the 512-byte stack.
+pub struct Scratch {
+    pub entry: TaskEntry,
+    pub deep: DeepLevels,
+    /// Inode of the pid namespace at each level.
+    pub ns: [u32; MAX_LEVELS],
+    /// Ids at every level (copied into entry/deep).
+    pub ids: [LevelIds; MAX_LEVELS],
+    /// A namespace being registered.
+    pub pidns: PidnsInfo,
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Adds one to a per-CPU counter slot.
+#[inline(always)]
+pub fn count(slot: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_map_error(reason: u32) {
+    count(counter::MAP_ERROR_BASE + reason);
+}
+
+#[inline(always)]
+pub fn count_lifecycle(which: u32) {
+    count(counter::LIFECYCLE_BASE + which);
+}
+
+#[inline(always)]
+pub fn count_drop(reason: u32) {
+    count(counter::DROP_BASE + reason);
+}

@@ -1,0 +1,101 @@
+//! The one place that reads a task's pid at every namespace level.
+//!
+//! For a task T: PID = T->thread_pid, TGID = T->signal->pids[PIDTYPE_TGID]; the number at level
+//! i is pid->numbers[i].nr and the namespace is pid->numbers[i].ns (mirrors the kernel's
+//! pid_nr_ns()). Level 0 is the init namespace: host numbers.
+
+use pidvirt_common::{INLINE_LEVELS, LevelIds, MAX_LEVELS, MAX_PID_NS_LEVEL, counter};
+
+use crate::{
+    kernel::{off, read, read_ptr},
+    maps::Scratch,
+};
+
+/// Pointers of the two `struct pid` of a task.
+#[derive(Clone, Copy)]
+pub struct TaskPids {
+    pub thread_pid: *const u8,
+    pub tgid_pid: *const u8,
+    pub level: u32,
+}
+
+#[inline(always)]
+pub fn task_pids(task: *const u8) -> Result<TaskPids, u32> {
+    let thread_pid = read_ptr(task, off!(task_thread_pid)).map_err(|_| counter::ERR_KERNEL_READ)?;
+    let level: u32 = read(thread_pid, off!(pid_level)).map_err(|_| counter::ERR_KERNEL_READ)?;
+    if level > MAX_PID_NS_LEVEL {
+        return Err(counter::ERR_LEVEL_OVERFLOW);
+    }
+    let signal = read_ptr(task, off!(task_signal)).map_err(|_| counter::ERR_KERNEL_READ)?;
+    let tgid_pid = read_ptr(signal, off!(signal_pids) + 8 * off!(pidtype_tgid))
+        .map_err(|_| counter::ERR_KERNEL_READ)?;
+    Ok(TaskPids {
+        thread_pid,
+        tgid_pid,
+        level,
+    })
+}
+
+/// Address of `pid->numbers[level]`.
+#[inline(always)]
+pub fn upid_at(pid: *const u8, level: u32) -> *const u8 {
+    pid.wrapping_add((off!(pid_numbers) + level * off!(upid_size)) as usize)
+}
+
+/// The number of `pid` at `level` (no namespace check: the caller knows the level exists).
+#[inline(always)]
+pub fn nr_at(pid: *const u8, level: u32) -> Result<u32, u32> {
+    read(upid_at(pid, level), off!(upid_nr)).map_err(|_| counter::ERR_KERNEL_READ)
+}
+
+/// Inode of the pid namespace a `struct pid_namespace *` points to.
+#[inline(always)]
+pub fn pidns_inum(ns: *const u8) -> Result<u32, u32> {
+    read(ns, off!(pidns_inum)).map_err(|_| counter::ERR_KERNEL_READ)
+}
+
+/// `struct pid_namespace *` of `pid` at `level`.
+#[inline(always)]
+pub fn ns_at(pid: *const u8, level: u32) -> Result<*const u8, u32> {
+    read_ptr(upid_at(pid, level), off!(upid_ns)).map_err(|_| counter::ERR_KERNEL_READ)
+}
+
+/// Reads task `task`: its start time, level, and ids and namespace inode at every level, into
+/// `s.ids` / `s.ns`, then packs them into `s.entry` (inline levels) and `s.deep` (the rest).
+/// The entry's `container` is left to the caller.
+#[inline(always)]
+pub fn read_task(task: *const u8, s: &mut Scratch) -> Result<(), u32> {
+    let pids = task_pids(task)?;
+    let start: u64 = read(task, off!(task_start_time)).map_err(|_| counter::ERR_KERNEL_READ)?;
+    let level = pids.level;
+    for i in 0..MAX_LEVELS {
+        let lvl = i as u32;
+        if lvl > level {
+            break;
+        }
+        let tid = nr_at(pids.thread_pid, lvl)?;
+        let tgid = nr_at(pids.tgid_pid, lvl)?;
+        let ns = pidns_inum(ns_at(pids.thread_pid, lvl)?)?;
+        if let Some(slot) = s.ids.get_mut(i) {
+            *slot = LevelIds { tid, tgid };
+        }
+        if let Some(slot) = s.ns.get_mut(i) {
+            *slot = ns;
+        }
+        if lvl == level {
+            s.entry.pidns = ns;
+        }
+        if i < INLINE_LEVELS {
+            if let Some(slot) = s.entry.nr.get_mut(i) {
+                *slot = LevelIds { tid, tgid };
+            }
+        } else if let Some(slot) = s.deep.nr.get_mut(i - INLINE_LEVELS) {
+            *slot = LevelIds { tid, tgid };
+        }
+    }
+    s.entry.start_time = start;
+    s.entry.level = level as u16;
+    s.entry.flags = 0;
+    s.deep.start_time = start;
+    Ok(())
+}

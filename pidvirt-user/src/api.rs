@@ -1,0 +1,175 @@
+//! The daemon's control API: newline-delimited JSON on a Unix socket, one request a line, one
+//! response a line. Shared by the server and the CLI client.
+//!
+//! Request:  `{"op": "ps", "container": "pidns-4026532301"}`
+//! Response: `{"ok": true, "result": ...}` or `{"ok": false, "error": {"code": "...", "message": "..."}}`
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest request line the server reads; a longer line gets a `too_long` error.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/pidvirt/pidvirt.sock";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Every tracked task, optionally of one container.
+    Ps {
+        #[serde(default)]
+        container: Option<String>,
+    },
+    /// Every known container.
+    Containers,
+    /// vpid -> host pid (`vpid`) or host pid -> vpid (`pid`) in a container.
+    Translate {
+        container: String,
+        #[serde(default)]
+        vpid: Option<u32>,
+        #[serde(default)]
+        pid: Option<u32>,
+    },
+    /// Counters kept by the kernel programs.
+    Stats,
+    /// Daemon and kernel status (attached programs, features).
+    Status,
+}
+
+/// Error codes of failed requests.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    TooLong,
+    UnknownOp,
+    UnknownContainer,
+    NotFound,
+    Internal,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// One line of response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+impl Response {
+    pub fn ok(result: impl Serialize) -> Self {
+        match serde_json::to_value(result) {
+            Ok(v) => Self {
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => Self::err(ApiError::new(ErrorCode::Internal, e.to_string())),
+        }
+    }
+    pub fn err(error: ApiError) -> Self {
+        Self {
+            ok: false,
+            result: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// A task as `ps` shows it. Numbers are tagged: `host_*` in the initial namespace, `v*` in the
+/// task's own namespace, `nspid`/`nstgid` at every level outermost first (as /proc NSpid).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TaskRow {
+    pub container: String,
+    pub pidns: u32,
+    pub level: u32,
+    pub host_tid: u32,
+    pub host_pid: u32,
+    pub vtid: u32,
+    pub vpid: u32,
+    pub nspid: Vec<u32>,
+    pub nstgid: Vec<u32>,
+    pub comm: String,
+    /// Task start time, ns since boot (clock-tick precision for `seeded` tasks).
+    pub start_time_ns: u64,
+    /// Found in /proc when the daemon attached (not seen forking).
+    pub seeded: bool,
+    /// Exited, not yet reaped.
+    pub exited: bool,
+}
+
+/// A container as `containers` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerRow {
+    pub id: String,
+    pub pidns: u32,
+    pub level: u32,
+    /// Id of the container whose namespace is the parent of this one's (none for the host).
+    pub parent: Option<String>,
+    pub tasks: u64,
+    /// How the container became known: `host`, `kernel` (first task seen by the kernel
+    /// programs), `seed` (found in /proc at attach).
+    pub registered_by: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Result of `translate`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Translation {
+    pub container: String,
+    pub vpid: u32,
+    pub host_pid: u32,
+    /// Thread-group ids on both sides (equal to the above for a process's main thread).
+    pub vtgid: u32,
+    pub host_tgid: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let r: Request =
+            serde_json::from_str(r#"{"op":"translate","container":"c1","vpid":3}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Translate {
+                container: "c1".into(),
+                vpid: Some(3),
+                pid: None
+            }
+        );
+        let r: Request = serde_json::from_str(r#"{"op":"ps"}"#).unwrap();
+        assert_eq!(r, Request::Ps { container: None });
+        assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"ps","bogus":1}"#).is_err());
+    }
+}

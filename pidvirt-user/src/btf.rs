@@ -1,0 +1,485 @@
+//! Kernel structure offsets, read from the running kernel's BTF at start-up.
+//!
+//! Rust eBPF has no CO-RE, so every offset the programs use is computed here and handed to
+//! them as the `OFFSETS` global ([`pidvirt_common::KernelOffsets`]). Fields nested in anonymous
+//! structs/unions (e.g. `struct pid`'s pidfs union, randomized task_struct layouts) are found by
+//! descending into the anonymous members. A missing type or field is an error naming it.
+
+use std::path::Path;
+
+use btf_rs::{Btf, BtfType, Type};
+use pidvirt_common::{KernelOffsets, offsets::OFFSETS_MAGIC};
+
+/// Where the running kernel exposes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error(
+        "kernel BTF not available at {path}: {source} (pidvirt needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y)"
+    )]
+    NoBtf {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot parse kernel BTF: {0}")]
+    Parse(String),
+    #[error("kernel BTF has no type `{0}`")]
+    MissingType(String),
+    #[error("kernel BTF: `{ty}` has no field `{field}`")]
+    MissingField { ty: String, field: String },
+    #[error("kernel BTF: enum `{ty}` has no value `{name}`")]
+    MissingEnumValue { ty: String, name: String },
+    #[error("kernel BTF: `{ty}.{field}` is {found} bytes, pidvirt expects {expected}")]
+    UnexpectedSize {
+        ty: String,
+        field: String,
+        expected: usize,
+        found: usize,
+    },
+    #[error("kernel BTF: `{ty}.{field}` is a bitfield; pidvirt needs a byte-addressable field")]
+    Bitfield { ty: String, field: String },
+}
+
+/// A resolved struct member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Field {
+    /// Byte offset from the start of the outer struct.
+    pub offset: u32,
+    /// Size in bytes of the member's type (for a flexible array, of one element).
+    pub size: usize,
+    /// Type id of the member.
+    pub type_id: u32,
+}
+
+/// Parsed kernel BTF with the look-ups pidvirt needs.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn from_file(path: &Path) -> Result<Self, OffsetError> {
+        let bytes = std::fs::read(path).map_err(|source| OffsetError::NoBtf {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, OffsetError> {
+        let btf = Btf::from_bytes(bytes).map_err(|e| OffsetError::Parse(e.to_string()))?;
+        Ok(Self { btf })
+    }
+
+    /// The (complete, not forward-declared) struct or union named `name`.
+    fn composite(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| OffsetError::MissingType(name.to_string()))?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) | Type::Union(s) => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| OffsetError::MissingType(name.to_string()))
+    }
+
+    fn member_name(&self, m: &btf_rs::Member) -> String {
+        self.btf.resolve_name(m).unwrap_or_default()
+    }
+
+    /// Skips typedefs and qualifiers.
+    fn strip(&self, mut ty: Type) -> Type {
+        for _ in 0..32 {
+            match &ty {
+                Type::Typedef(_)
+                | Type::Volatile(_)
+                | Type::Const(_)
+                | Type::Restrict(_)
+                | Type::TypeTag(_) => {
+                    match self.btf.resolve_chained_type(ty.as_btf_type().unwrap()) {
+                        Ok(next) => ty = next,
+                        Err(_) => return ty,
+                    }
+                }
+                _ => return ty,
+            }
+        }
+        ty
+    }
+
+    /// Size in bytes of type `id` (arrays: element size times length; flexible arrays: one element).
+    fn size_of(&self, id: u32) -> usize {
+        let Ok(ty) = self.btf.resolve_type_by_id(id) else {
+            return 0;
+        };
+        match self.strip(ty) {
+            Type::Int(i) => i.size(),
+            Type::Ptr(_) => 8,
+            Type::Enum(e) => e.size(),
+            Type::Enum64(e) => e.size(),
+            Type::Struct(s) | Type::Union(s) => s.size(),
+            Type::Array(a) => {
+                let elem = a.get_type_id().map(|t| self.size_of(t)).unwrap_or(0);
+                if a.len() == 0 { elem } else { elem * a.len() }
+            }
+            Type::Float(f) => f.size(),
+            _ => 0,
+        }
+    }
+
+    /// Finds `field` in struct `ty`, descending into anonymous struct/union members.
+    pub fn field(&self, ty: &str, field: &str) -> Result<Field, OffsetError> {
+        let s = self.composite(ty)?;
+        self.find_in(&s, field, 0, 0)?
+            .ok_or_else(|| OffsetError::MissingField {
+                ty: ty.to_string(),
+                field: field.to_string(),
+            })
+    }
+
+    fn find_in(
+        &self,
+        s: &btf_rs::Struct,
+        field: &str,
+        base_bits: u32,
+        depth: u32,
+    ) -> Result<Option<Field>, OffsetError> {
+        if depth > 8 {
+            return Ok(None);
+        }
+        for m in &s.members {
+            let name = self.member_name(m);
+            let bits = base_bits + m.bit_offset();
+            let type_id = m.get_type_id().unwrap_or(0);
+            if name == field {
+                if m.bitfield_size().unwrap_or(0) != 0 || !bits.is_multiple_of(8) {
+                    return Err(OffsetError::Bitfield {
+                        ty: String::new(),
+                        field: field.into(),
+                    });
+                }
+                return Ok(Some(Field {
+                    offset: bits / 8,
+                    size: self.size_of(type_id),
+                    type_id,
+                }));
+            }
+            if name.is_empty()
+                && let Ok(t) = self.btf.resolve_type_by_id(type_id)
+                && let Type::Struct(inner) | Type::Union(inner) = self.strip(t)
+                && let Some(found) = self.find_in(&inner, field, bits, depth + 1)?
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Offset of `ty.field`, checking the field's size.
+    pub fn offset(&self, ty: &str, field: &str, size: usize) -> Result<u32, OffsetError> {
+        let f = self.field(ty, field).map_err(|e| match e {
+            OffsetError::Bitfield { field, .. } => OffsetError::Bitfield {
+                ty: ty.into(),
+                field,
+            },
+            other => other,
+        })?;
+        if f.size != size {
+            return Err(OffsetError::UnexpectedSize {
+                ty: ty.into(),
+                field: field.into(),
+                expected: size,
+                found: f.size,
+            });
+        }
+        Ok(f.offset)
+    }
+
+    /// Size of struct `ty`.
+    pub fn struct_size(&self, ty: &str) -> Result<usize, OffsetError> {
+        Ok(self.composite(ty)?.size())
+    }
+
+    /// Value of enumerator `name` of enum `ty`.
+    pub fn enum_value(&self, ty: &str, name: &str) -> Result<u32, OffsetError> {
+        let missing = || OffsetError::MissingEnumValue {
+            ty: ty.into(),
+            name: name.into(),
+        };
+        let types = self
+            .btf
+            .resolve_types_by_name(ty)
+            .map_err(|_| OffsetError::MissingType(ty.into()))?;
+        let e = types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Enum(e) => Some(e),
+                _ => None,
+            })
+            .ok_or_else(|| OffsetError::MissingType(ty.into()))?;
+        e.members
+            .iter()
+            .find(|m| {
+                self.btf
+                    .resolve_name(*m)
+                    .map(|n| n == name)
+                    .unwrap_or(false)
+            })
+            .map(|m| m.val())
+            .ok_or_else(missing)
+    }
+}
+
+const PTR: usize = 8;
+
+/// Computes every offset the kernel programs need. `tick_ns` is the length of a /proc clock tick.
+pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetError> {
+    let pid_type_max = btf.enum_value("pid_type", "PIDTYPE_MAX")? as usize;
+    let signal_pids = btf.field("signal_struct", "pids")?;
+    if signal_pids.size != PTR * pid_type_max {
+        return Err(OffsetError::UnexpectedSize {
+            ty: "signal_struct".into(),
+            field: "pids".into(),
+            expected: PTR * pid_type_max,
+            found: signal_pids.size,
+        });
+    }
+    let ns = btf.field("pid_namespace", "ns")?;
+    let inum = btf.offset("ns_common", "inum", 4)?;
+    let upid_size = btf.struct_size("upid")?;
+    let numbers = btf.field("pid", "numbers")?;
+    if numbers.size != upid_size {
+        return Err(OffsetError::UnexpectedSize {
+            ty: "pid".into(),
+            field: "numbers".into(),
+            expected: upid_size,
+            found: numbers.size,
+        });
+    }
+    Ok(KernelOffsets {
+        task_pid: btf.offset("task_struct", "pid", 4)?,
+        task_tgid: btf.offset("task_struct", "tgid", 4)?,
+        task_real_parent: btf.offset("task_struct", "real_parent", PTR)?,
+        task_group_leader: btf.offset("task_struct", "group_leader", PTR)?,
+        task_thread_pid: btf.offset("task_struct", "thread_pid", PTR)?,
+        task_start_time: btf.offset("task_struct", "start_time", 8)?,
+        task_comm: btf.offset("task_struct", "comm", 16)?,
+        task_signal: btf.offset("task_struct", "signal", PTR)?,
+        task_nsproxy: btf.offset("task_struct", "nsproxy", PTR)?,
+        task_cgroups: btf.offset("task_struct", "cgroups", PTR)?,
+        signal_pids: signal_pids.offset,
+        pid_level: btf.offset("pid", "level", 4)?,
+        pid_numbers: numbers.offset,
+        upid_size: upid_size as u32,
+        upid_nr: btf.offset("upid", "nr", 4)?,
+        upid_ns: btf.offset("upid", "ns", PTR)?,
+        pidns_level: btf.offset("pid_namespace", "level", 4)?,
+        pidns_parent: btf.offset("pid_namespace", "parent", PTR)?,
+        pidns_inum: ns.offset + inum,
+        css_set_dfl_cgrp: btf.offset("css_set", "dfl_cgrp", PTR)?,
+        cgroup_kn: btf.offset("cgroup", "kn", PTR)?,
+        cgroup_level: btf.offset("cgroup", "level", 4)?,
+        cgroup_ancestors: btf.offset("cgroup", "ancestors", PTR)?,
+        kernfs_node_id: btf.offset("kernfs_node", "id", 8)?,
+        pidtype_tgid: btf.enum_value("pid_type", "PIDTYPE_TGID")?,
+        pidtype_pgid: btf.enum_value("pid_type", "PIDTYPE_PGID")?,
+        pidtype_sid: btf.enum_value("pid_type", "PIDTYPE_SID")?,
+        tick_ns,
+        magic: OFFSETS_MAGIC,
+        _pad: 0,
+    })
+}
+
+/// Reads the running kernel's BTF and resolves the offsets.
+pub fn resolve_running_kernel(tick_ns: u32) -> Result<KernelOffsets, OffsetError> {
+    resolve(&KernelBtf::from_file(Path::new(VMLINUX_BTF))?, tick_ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal BTF blob builder for the error paths (the kernel's own BTF is tested below).
+    #[derive(Default)]
+    struct Builder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            Self {
+                types: vec![],
+                strings: vec![0],
+                next_id: 1,
+            }
+        }
+        fn s(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            off
+        }
+        fn push_u32(&mut self, v: u32) {
+            self.types.extend_from_slice(&v.to_le_bytes());
+        }
+        fn int(&mut self, name: &str, size: u32) -> u32 {
+            let n = self.s(name);
+            self.push_u32(n);
+            self.push_u32(1 << 24); // BTF_KIND_INT
+            self.push_u32(size);
+            self.push_u32(size * 8); // encoding 0, offset 0, bits
+            self.id()
+        }
+        fn ptr(&mut self, to: u32) -> u32 {
+            self.push_u32(0);
+            self.push_u32(2 << 24); // BTF_KIND_PTR
+            self.push_u32(to);
+            self.id()
+        }
+        /// kind 4 = struct, 5 = union; members: (name, type, byte offset).
+        fn composite(
+            &mut self,
+            kind: u32,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32)],
+        ) -> u32 {
+            let n = self.s(name);
+            self.push_u32(n);
+            self.push_u32((kind << 24) | members.len() as u32);
+            self.push_u32(size);
+            for (mname, ty, off) in members {
+                let mn = self.s(mname);
+                self.push_u32(mn);
+                self.push_u32(*ty);
+                self.push_u32(off * 8);
+            }
+            self.id()
+        }
+        fn id(&mut self) -> u32 {
+            self.next_id += 1;
+            self.next_id - 1
+        }
+        fn build(&self) -> Vec<u8> {
+            let mut out = vec![];
+            out.extend_from_slice(&0xEB9F_u16.to_le_bytes());
+            out.push(1); // version
+            out.push(0); // flags
+            out.extend_from_slice(&24u32.to_le_bytes()); // hdr_len
+            out.extend_from_slice(&0u32.to_le_bytes()); // type_off
+            out.extend_from_slice(&(self.types.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(self.types.len() as u32).to_le_bytes()); // str_off
+            out.extend_from_slice(&(self.strings.len() as u32).to_le_bytes());
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    fn synthetic() -> KernelBtf {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let ulong = b.int("long unsigned int", 8);
+        // struct pid { int count; int level; union { long unsigned int ino; int x; }; struct upid numbers[]; }
+        let upid = b.composite(4, "upid", 16, &[("nr", int, 0), ("ns", ulong, 8)]);
+        let anon = b.composite(5, "", 8, &[("ino", ulong, 0), ("x", int, 0)]);
+        let anon_struct = b.composite(4, "", 8, &[("stashed", ulong, 0)]);
+        b.composite(
+            4,
+            "pid",
+            40,
+            &[
+                ("count", int, 0),
+                ("level", int, 4),
+                ("", anon, 8),
+                ("", anon_struct, 16),
+                ("numbers", upid, 24),
+            ],
+        );
+        let _ = b.ptr(upid);
+        KernelBtf::from_bytes(&b.build()).expect("synthetic BTF parses")
+    }
+
+    #[test]
+    fn finds_direct_and_anonymous_members() {
+        let btf = synthetic();
+        assert_eq!(btf.offset("pid", "level", 4).unwrap(), 4);
+        // Inside an anonymous union, then an anonymous struct: offsets add up.
+        assert_eq!(btf.offset("pid", "ino", 8).unwrap(), 8);
+        assert_eq!(btf.offset("pid", "stashed", 8).unwrap(), 16);
+        assert_eq!(btf.field("pid", "numbers").unwrap().offset, 24);
+        assert_eq!(btf.field("pid", "numbers").unwrap().size, 16);
+        assert_eq!(btf.struct_size("upid").unwrap(), 16);
+    }
+
+    #[test]
+    fn missing_type_and_field_are_named() {
+        let btf = synthetic();
+        let e = btf.field("task_struct", "pid").unwrap_err();
+        assert_eq!(e.to_string(), "kernel BTF has no type `task_struct`");
+        let e = btf.field("pid", "tasks").unwrap_err();
+        assert_eq!(e.to_string(), "kernel BTF: `pid` has no field `tasks`");
+        let e = btf.offset("pid", "level", 8).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OffsetError::UnexpectedSize {
+                    expected: 8,
+                    found: 4,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The full resolution fails on the first missing piece, by name.
+        let e = resolve(&btf, 10_000_000).unwrap_err();
+        assert!(e.to_string().contains("pid_type"), "{e}");
+    }
+
+    #[test]
+    fn garbage_is_a_parse_error() {
+        assert!(matches!(
+            KernelBtf::from_bytes(b"not btf"),
+            Err(OffsetError::Parse(_))
+        ));
+        let e = KernelBtf::from_file(Path::new("/nonexistent/vmlinux"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("/nonexistent/vmlinux"), "{e}");
+    }
+
+    /// The running kernel's BTF: every offset resolves, and the layout facts every 6.x kernel
+    /// shares hold (pid and tgid are adjacent, a upid is {int nr; struct pid_namespace *ns}).
+    #[test]
+    fn running_kernel_offsets_resolve() {
+        let o = resolve_running_kernel(10_000_000)
+            .expect("resolve offsets from /sys/kernel/btf/vmlinux");
+        assert_eq!(o.magic, OFFSETS_MAGIC);
+        assert_eq!(o.task_tgid, o.task_pid + 4);
+        assert_eq!((o.upid_size, o.upid_nr, o.upid_ns), (16, 0, 8));
+        assert_eq!((o.pidtype_tgid, o.pidtype_pgid, o.pidtype_sid), (1, 2, 3));
+        assert!(o.pid_numbers > o.pid_level);
+        assert!(o.task_thread_pid > 0 && o.task_signal > 0 && o.task_start_time > 0);
+        // Cross-check with the offsets read independently (pahole/bpftool) on this very build,
+        // recorded in ../shared/reference/pid-crossings.md; other kernels only get the invariants.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if release.trim() == "6.18.44-fc-v769" {
+            assert_eq!((o.pid_level, o.pid_numbers), (4, 144));
+            assert_eq!((o.pidns_level, o.pidns_parent, o.pidns_inum), (64, 72, 136));
+            assert_eq!(
+                (o.task_pid, o.task_tgid, o.task_thread_pid, o.task_signal),
+                (1264, 1268, 1368, 1848)
+            );
+            assert_eq!(o.signal_pids, 360);
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! `pidvirt run`: attach to the running host, seed, serve the control socket, stream events.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use pidvirt_common::{PidnsEvent, PidnsInfo, event_kind, pidns_source};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{
+    api::{ApiError, ContainerRow, ErrorCode, Request, TaskRow, Translation},
+    btf,
+    kernel::{self, FullTask, KernelMaps, LoadOptions},
+    procscan,
+    registry::Registry,
+    seed::{self, SeedReport},
+    server,
+};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub socket: PathBuf,
+    /// `-` for standard output.
+    pub audit_log: Option<String>,
+    pub load: LoadOptions,
+}
+
+/// Everything the request handlers read.
+pub struct State {
+    pub maps: Mutex<KernelMaps>,
+    pub registry: Mutex<Registry>,
+    pub seed: SeedReport,
+    pub attached: Vec<(String, String)>,
+    pub started: Instant,
+    pub kernel_release: String,
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let host_pidns = procscan::own_pidns_is_init().map_err(anyhow::Error::msg)?;
+    let tick_ns = procscan::tick_ns();
+    let offsets = btf::resolve_running_kernel(tick_ns)?;
+    tracing::debug!(?offsets, "kernel offsets from BTF");
+    // Attach first, then walk /proc: a process born in between is seen by the fork program.
+    let loaded = kernel::load_and_attach(offsets, &opts.load)?;
+    let kernel::Loaded {
+        ebpf,
+        mut maps,
+        events,
+        attached,
+        iterator,
+        ..
+    } = loaded;
+    for (prog, hook) in &attached {
+        tracing::info!("attached {prog} to {hook}");
+    }
+    maps.seed_pidns(
+        host_pidns,
+        PidnsInfo::from_chain(&[host_pidns], 0, 1, pidns_source::SEED),
+    );
+    let report = seed::seed(&mut maps, tick_ns, &iterator);
+    tracing::info!(
+        scanned = report.scanned,
+        inserted = report.inserted,
+        already_known = report.already_known,
+        mismatched = report.mismatched,
+        iterator = report.iterator.as_str(),
+        died_during_walk = report.died_during_walk,
+        errors = report.errors,
+        "seeded from /proc in {:.1} ms",
+        report.elapsed.as_secs_f64() * 1000.0
+    );
+    let mut registry = Registry::new(host_pidns);
+    registry.sync_pidns(&maps.pidns_all());
+    let state = Arc::new(State {
+        maps: Mutex::new(maps),
+        registry: Mutex::new(registry),
+        seed: report,
+        attached,
+        started: Instant::now(),
+        kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    });
+
+    let listener = server::bind(&opts.socket)?;
+    tracing::info!("serving {}", opts.socket.display());
+    let server = tokio::spawn(server::serve(listener, state.clone()));
+    let events = tokio::spawn(consume_events(events, state.clone()));
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r?; tracing::info!("SIGINT: detaching"); }
+        _ = term.recv() => tracing::info!("SIGTERM: detaching"),
+        r = events => {
+            r.context("event task")??;
+        }
+    }
+    server.abort();
+    let _ = std::fs::remove_file(&opts.socket);
+    drop(ebpf); // closes every link: the programs are detached
+    tracing::info!("detached");
+    Ok(())
+}
+
+/// Reads the events ring buffer until the daemon stops.
+async fn consume_events(events: RingBuf<MapData>, state: Arc<State>) -> anyhow::Result<()> {
+    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd holds it.
+    let mut fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("poll the events ring buffer: {e}"))?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            handle_event(&item, &state);
+        }
+        guard.clear_ready();
+    }
+}
+
+fn handle_event(bytes: &[u8], state: &State) {
+    if bytes.len() < 4 {
+        return;
+    }
+    let kind = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    if kind == event_kind::PIDNS && bytes.len() >= std::mem::size_of::<PidnsEvent>() {
+        let ev: PidnsEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        tracing::info!(
+            pidns = ev.pidns,
+            level = ev.level,
+            first_tid = ev.first_tid,
+            "new pid namespace"
+        );
+        if let Ok(mut reg) = state.registry.lock() {
+            reg.note_pidns(
+                ev.pidns,
+                &PidnsInfo {
+                    level: ev.level,
+                    parent: ev.parent,
+                    first_tid: ev.first_tid,
+                    source: pidns_source::KERNEL,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, e.to_string())
+}
+
+/// comm of a task, from /proc (empty if it is gone).
+fn comm_of(host_pid: u32, host_tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{host_pid}/task/{host_tid}/comm"))
+        .map(|s| s.trim_end_matches('\n').to_string())
+        .unwrap_or_default()
+}
+
+impl State {
+    fn sync_registry(
+        &self,
+        maps: &KernelMaps,
+    ) -> Result<std::sync::MutexGuard<'_, Registry>, ApiError> {
+        let mut reg = self.registry.lock().map_err(internal)?;
+        reg.sync_pidns(&maps.pidns_all());
+        Ok(reg)
+    }
+
+    fn row(&self, reg: &Registry, t: &FullTask) -> TaskRow {
+        let e = &t.entry;
+        let own = t.at(e.level as u32).unwrap_or_default();
+        TaskRow {
+            container: reg.id_of(e.container),
+            pidns: e.pidns,
+            level: e.level as u32,
+            host_tid: e.host_tid(),
+            host_pid: e.host_pid(),
+            vtid: own.tid,
+            vpid: own.tgid,
+            nspid: t.ids.iter().map(|i| i.tid).collect(),
+            nstgid: t.ids.iter().map(|i| i.tgid).collect(),
+            comm: comm_of(e.host_pid(), e.host_tid()),
+            start_time_ns: e.start_time,
+            seeded: e.is_seeded(),
+            exited: e.flags & pidvirt_common::task_flags::EXITED != 0,
+        }
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, req: Request) -> Result<serde_json::Value, ApiError> {
+        match req {
+            Request::Ps { container } => to_json(self.ps(container.as_deref())?),
+            Request::Containers => to_json(self.containers()?),
+            Request::Translate {
+                container,
+                vpid,
+                pid,
+            } => to_json(self.translate(&container, vpid, pid)?),
+            Request::Stats => self.stats(),
+            Request::Status => Ok(self.status()),
+        }
+    }
+
+    pub fn ps(&self, container: Option<&str>) -> Result<Vec<TaskRow>, ApiError> {
+        let maps = self.maps.lock().map_err(internal)?;
+        let reg = self.sync_registry(&maps)?;
+        let want = match container {
+            Some(name) => Some(
+                reg.find(name)
+                    .ok_or_else(|| unknown_container(name))?
+                    .number,
+            ),
+            None => None,
+        };
+        let mut rows: Vec<TaskRow> = maps
+            .all_tasks()
+            .iter()
+            .filter(|t| want.is_none_or(|c| t.entry.container == c))
+            .map(|t| self.row(&reg, t))
+            .collect();
+        rows.sort_by_key(|r| (r.host_pid, r.host_tid));
+        Ok(rows)
+    }
+
+    pub fn containers(&self) -> Result<Vec<ContainerRow>, ApiError> {
+        let maps = self.maps.lock().map_err(internal)?;
+        let reg = self.sync_registry(&maps)?;
+        let mut counts = std::collections::HashMap::<u32, u64>::new();
+        for (_, e) in maps.tasks.iter().filter_map(Result::ok) {
+            *counts.entry(e.container).or_default() += 1;
+        }
+        let by_ns = reg.ids_by_pidns();
+        Ok(reg
+            .all()
+            .map(|c| ContainerRow {
+                id: c.id.clone(),
+                pidns: c.pidns,
+                level: c.level,
+                parent: (c.level > 0)
+                    .then(|| by_ns.get(&c.parent_pidns).cloned())
+                    .flatten(),
+                tasks: counts.get(&c.number).copied().unwrap_or(0),
+                registered_by: c.registered_by.clone(),
+                labels: c.labels.clone(),
+            })
+            .collect())
+    }
+
+    pub fn translate(
+        &self,
+        container: &str,
+        vpid: Option<u32>,
+        pid: Option<u32>,
+    ) -> Result<Translation, ApiError> {
+        let maps = self.maps.lock().map_err(internal)?;
+        let reg = self.sync_registry(&maps)?;
+        let c = reg
+            .find(container)
+            .ok_or_else(|| unknown_container(container))?;
+        let (level, pidns, id) = (c.level, c.pidns, c.id.clone());
+        let task = match (vpid, pid) {
+            (Some(v), None) => maps
+                .resolve(pidns, level, v)
+                .filter(|_| level > 0)
+                .or_else(|| {
+                    // The host's (and host-namespace containers') numbers are host numbers.
+                    (level == 0).then(|| maps.task(v)).flatten()
+                }),
+            (None, Some(p)) => maps.task(p),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "give exactly one of vpid and pid",
+                ));
+            }
+        };
+        let not_found = || {
+            let what = match (vpid, pid) {
+                (Some(v), _) => format!("no task with vpid {v} in container {id}"),
+                (_, Some(p)) => format!("no task with host pid {p} in container {id}"),
+                _ => unreachable!(),
+            };
+            ApiError::new(ErrorCode::NotFound, what)
+        };
+        let t = task.ok_or_else(not_found)?;
+        // The task must be in this container or in one nested in it (its ids at this level
+        // exist and its namespace at this level is the container's).
+        let inside = t.entry.level as u32 >= level
+            && (level == 0
+                || maps
+                    .resolve(pidns, level, t.at(level).map(|i| i.tid).unwrap_or(0))
+                    .is_some());
+        if !inside {
+            return Err(not_found());
+        }
+        let at = t.at(level).unwrap_or_default();
+        let host = t.at(0).unwrap_or_default();
+        Ok(Translation {
+            container: id,
+            vpid: at.tid,
+            host_pid: host.tid,
+            vtgid: at.tgid,
+            host_tgid: host.tgid,
+        })
+    }
+
+    pub fn stats(&self) -> Result<serde_json::Value, ApiError> {
+        let maps = self.maps.lock().map_err(internal)?;
+        let values = maps.counters();
+        serde_json::to_value(kernel::named_counters(&values)).map_err(internal)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kernel": self.kernel_release,
+            "uptime_s": self.started.elapsed().as_secs_f64(),
+            "programs": self.attached.iter().map(|(p, h)| serde_json::json!({"program": p, "hook": h})).collect::<Vec<_>>(),
+            "seed": self.seed,
+        })
+    }
+}
+
+fn unknown_container(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownContainer,
+        format!("unknown container `{name}`"),
+    )
+}
+
+fn to_json(v: impl serde::Serialize) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(v).map_err(internal)
+}
+
+/// How long the server waits for a request line before closing an idle connection.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);

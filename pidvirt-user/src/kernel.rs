@@ -1,0 +1,388 @@
+//! Loading, attaching and reading the kernel programs and their maps.
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, Iter, ProgramError},
+};
+use pidvirt_common::{
+    DeepLevels, INLINE_LEVELS, KernelOffsets, LevelIds, PidnsInfo, TaskEntry, VirtKey, counter,
+};
+
+/// The kernel programs, compiled for the BPF target by build.rs (aya-build).
+pub static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pidvirt"));
+
+/// tp_btf programs following the task lifecycle: (program, tracepoint).
+pub const LIFECYCLE_HOOKS: [(&str, &str); 4] = [
+    ("sched_process_fork", "sched_process_fork"),
+    ("sched_process_exec", "sched_process_exec"),
+    ("sched_process_exit", "sched_process_exit"),
+    ("sched_process_free", "sched_process_free"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("pidvirt must run as root to load eBPF programs (effective uid is {0})")]
+    NotRoot(u32),
+    #[error(transparent)]
+    Offsets(#[from] crate::btf::OffsetError),
+    #[error("loading the eBPF object failed: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error("the kernel refused program `{program}`: {message}")]
+    Refused { program: String, message: String },
+    #[error("attaching `{program}` to {hook} failed: {message}")]
+    Attach {
+        program: String,
+        hook: String,
+        message: String,
+    },
+    #[error("map `{0}` missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+}
+
+/// Sizes that can be chosen at load time.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub max_tasks: u32,
+    pub ringbuf_bytes: u32,
+    /// Seed existing tasks with the kernel's task iterator before the /proc walk.
+    pub task_iterator: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_tasks: 262_144,
+            ringbuf_bytes: 1 << 20,
+            task_iterator: true,
+        }
+    }
+}
+
+/// Formats a program error, with the verifier log when the kernel refused the program.
+fn program_error(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            format!("{io_error}\n--- verifier log ---\n{verifier_log}")
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// The loaded object; dropping it detaches every program.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub maps: KernelMaps,
+    pub events: RingBuf<MapData>,
+    pub offsets: KernelOffsets,
+    /// Programs attached, with their hooks, for `status`.
+    pub attached: Vec<(String, String)>,
+    /// Whether the task iterator seeded the existing tasks (or why not).
+    pub iterator: Result<(), String>,
+}
+
+/// Loads the object with `offsets`, attaches the lifecycle programs, and takes the maps.
+pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(LoadError::NotRoot(euid));
+    }
+    let mut ebpf = EbpfLoader::new()
+        .override_global("OFFSETS", &offsets, true)
+        .map_max_entries("TASKS", opts.max_tasks)
+        .map_max_entries("VIRT", opts.max_tasks)
+        .map_max_entries("EVENTS", opts.ringbuf_bytes)
+        .load(PROGRAM_OBJECT)
+        .map_err(LoadError::Object)?;
+    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
+        tracing::debug!("no eBPF log channel: {e}");
+    }
+    let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
+    let mut attached = Vec::new();
+    for (name, tp) in LIFECYCLE_HOOKS {
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::Refused {
+                program: name.into(),
+                message: "not in object".into(),
+            })?
+            .try_into()
+            .map_err(|e| LoadError::Refused {
+                program: name.into(),
+                message: program_error(&e),
+            })?;
+        prog.load(tp, &btf).map_err(|e| LoadError::Refused {
+            program: name.into(),
+            message: program_error(&e),
+        })?;
+        prog.attach().map_err(|e| LoadError::Attach {
+            program: name.into(),
+            hook: format!("tp_btf/{tp}"),
+            message: program_error(&e),
+        })?;
+        attached.push((name.to_string(), format!("tp_btf/{tp}")));
+    }
+    // Attached first; now record every task that already exists, exactly as the fork program
+    // would (same code, same precision). The /proc walk that follows seeds what this missed.
+    let iterator = if opts.task_iterator {
+        run_task_iterator(&mut ebpf, &btf)
+    } else {
+        Err("disabled (--seed proc)".to_string())
+    };
+    let maps = KernelMaps::take(&mut ebpf)?;
+    let events = RingBuf::try_from(
+        ebpf.take_map("EVENTS")
+            .ok_or(LoadError::MissingMap("EVENTS"))?,
+    )
+    .map_err(|source| LoadError::Map {
+        name: "EVENTS",
+        source,
+    })?;
+    Ok(Loaded {
+        ebpf,
+        maps,
+        events,
+        offsets,
+        attached,
+        iterator,
+    })
+}
+
+/// Loads the `iter/task` program and reads its file once: one run over every task.
+fn run_task_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+    let prog: &mut Iter = ebpf
+        .program_mut("seed_tasks")
+        .ok_or("program seed_tasks not in object")?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    prog.load("task", btf)
+        .map_err(|e| format!("load: {}", program_error(&e)))?;
+    let id = prog
+        .attach()
+        .map_err(|e| format!("attach: {}", program_error(&e)))?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| format!("link: {}", program_error(&e)))?;
+    let mut file = link.into_file().map_err(|e| format!("open: {e}"))?;
+    let mut sink = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut sink).map_err(|e| format!("read: {e}"))?;
+    Ok(())
+}
+
+/// Handles on the maps the daemon reads and seeds.
+pub struct KernelMaps {
+    pub tasks: HashMap<MapData, u32, TaskEntry>,
+    pub deep: HashMap<MapData, u32, DeepLevels>,
+    pub virt: HashMap<MapData, VirtKey, u32>,
+    pub pidns: HashMap<MapData, u32, PidnsInfo>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+/// A task entry with all its levels.
+#[derive(Clone, Debug)]
+pub struct FullTask {
+    pub entry: TaskEntry,
+    /// Ids at levels 0..=level.
+    pub ids: Vec<LevelIds>,
+}
+
+impl FullTask {
+    pub fn at(&self, level: u32) -> Option<LevelIds> {
+        self.ids.get(level as usize).copied()
+    }
+}
+
+/// BPF_NOEXIST
+const NOEXIST: u64 = 1;
+
+fn map_of<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, LoadError> {
+    let m = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    HashMap::try_from(m).map_err(|source| LoadError::Map { name, source })
+}
+
+impl KernelMaps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        let counters = ebpf
+            .take_map("COUNTERS")
+            .ok_or(LoadError::MissingMap("COUNTERS"))?;
+        Ok(Self {
+            tasks: map_of(ebpf, "TASKS")?,
+            deep: map_of(ebpf, "DEEP")?,
+            virt: map_of(ebpf, "VIRT")?,
+            pidns: map_of(ebpf, "PIDNS")?,
+            counters: PerCpuArray::try_from(counters).map_err(|source| LoadError::Map {
+                name: "COUNTERS",
+                source,
+            })?,
+        })
+    }
+
+    /// Every task with its ids at every level.
+    pub fn all_tasks(&self) -> Vec<FullTask> {
+        let entries: Vec<(u32, TaskEntry)> = self.tasks.iter().filter_map(Result::ok).collect();
+        entries
+            .into_iter()
+            .filter_map(|(tid, e)| self.complete(tid, e))
+            .collect()
+    }
+
+    /// The task with host tid `tid`.
+    pub fn task(&self, tid: u32) -> Option<FullTask> {
+        let e = self.tasks.get(&tid, 0).ok()?;
+        self.complete(tid, e)
+    }
+
+    fn complete(&self, tid: u32, entry: TaskEntry) -> Option<FullTask> {
+        let level = entry.level as usize;
+        let mut ids: Vec<LevelIds> = entry
+            .nr
+            .iter()
+            .take((level + 1).min(INLINE_LEVELS))
+            .copied()
+            .collect();
+        if level >= INLINE_LEVELS {
+            let deep = self.deep.get(&tid, 0).ok()?;
+            ids.extend(deep.nr.iter().take(level + 1 - INLINE_LEVELS));
+        }
+        Some(FullTask { entry, ids })
+    }
+
+    /// Host tid of the task numbered `nr` in pid namespace `pidns`, checked against its entry.
+    pub fn resolve(&self, pidns: u32, level: u32, nr: u32) -> Option<FullTask> {
+        let tid = self.virt.get(&VirtKey { pidns, nr }, 0).ok()?;
+        let t = self.task(tid)?;
+        (t.at(level).map(|ids| ids.tid) == Some(nr)).then_some(t)
+    }
+
+    pub fn pidns_all(&self) -> Vec<(u32, PidnsInfo)> {
+        self.pidns.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Per-CPU counters summed.
+    pub fn counters(&self) -> Vec<u64> {
+        (0..counter::SLOTS)
+            .map(|i| {
+                self.counters
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Seeds a task found in /proc, without overwriting anything the kernel programs wrote.
+    /// `ns` holds the namespace inode at each level. Returns whether the task entry was inserted.
+    pub fn seed(
+        &mut self,
+        entry: &TaskEntry,
+        ids: &[LevelIds],
+        ns: &[u32],
+    ) -> Result<bool, MapError> {
+        let tid = entry.host_tid();
+        match self.tasks.insert(tid, *entry, NOEXIST) {
+            Ok(()) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        if ids.len() > INLINE_LEVELS {
+            let mut deep = DeepLevels {
+                start_time: entry.start_time,
+                ..Default::default()
+            };
+            for (slot, id) in deep.nr.iter_mut().zip(&ids[INLINE_LEVELS..]) {
+                *slot = *id;
+            }
+            self.deep.insert(tid, deep, 0)?;
+        }
+        for (level, (id, pidns)) in ids.iter().zip(ns).enumerate().skip(1) {
+            let _ = self.virt.insert(
+                VirtKey {
+                    pidns: *pidns,
+                    nr: id.tid,
+                },
+                tid,
+                NOEXIST,
+            );
+            self.seed_pidns(
+                *pidns,
+                PidnsInfo::from_chain(ns, level, tid, pidvirt_common::pidns_source::SEED),
+            );
+        }
+        Ok(true)
+    }
+
+    /// Registers pid namespace `ns` (level, parent) unless the kernel already did.
+    pub fn seed_pidns(&mut self, ns: u32, info: PidnsInfo) {
+        let _ = self.pidns.insert(ns, info, NOEXIST);
+    }
+
+    /// Removes a seeded entry that turned out stale (its task died during the walk), with its
+    /// reverse entries, if the entry still is the one seeded.
+    pub fn forget_seeded(&mut self, tid: u32, start_time: u64, ns: &[u32]) {
+        let Some(t) = self.task(tid) else { return };
+        if !t.entry.is_seeded() || t.entry.start_time != start_time {
+            return;
+        }
+        for (level, ids) in t.ids.iter().enumerate().skip(1) {
+            let Some(ns) = ns.get(level) else { break };
+            let key = VirtKey {
+                pidns: *ns,
+                nr: ids.tid,
+            };
+            if self.virt.get(&key, 0).ok() == Some(tid) {
+                let _ = self.virt.remove(&key);
+            }
+        }
+        if t.ids.len() > INLINE_LEVELS {
+            let _ = self.deep.remove(&tid);
+        }
+        let _ = self.tasks.remove(&tid);
+    }
+}
+
+/// Counter values by name, for `stats`.
+pub fn named_counters(values: &[u64]) -> StdHashMap<&'static str, StdHashMap<&'static str, u64>> {
+    let mut out: StdHashMap<&'static str, StdHashMap<&'static str, u64>> = StdHashMap::new();
+    let get = |slot: u32| values.get(slot as usize).copied().unwrap_or(0);
+    for (i, name) in counter::MAP_ERROR_REASONS.iter().enumerate() {
+        out.entry("map_errors")
+            .or_default()
+            .insert(name, get(counter::MAP_ERROR_BASE + i as u32));
+    }
+    for (i, name) in counter::DROP_REASONS.iter().enumerate() {
+        out.entry("drops")
+            .or_default()
+            .insert(name, get(counter::DROP_BASE + i as u32));
+    }
+    for (i, name) in counter::LIFECYCLE_NAMES.iter().enumerate() {
+        out.entry("lifecycle")
+            .or_default()
+            .insert(name, get(counter::LIFECYCLE_BASE + i as u32));
+    }
+    out
+}

@@ -1,0 +1,10 @@
+//! pidvirt: a run-time check on process ids crossing pid-namespace boundaries.
+pub mod api;
+pub mod btf;
+pub mod client;
+pub mod daemon;
+pub mod kernel;
+pub mod procscan;
+pub mod registry;
+pub mod seed;
+pub mod server;

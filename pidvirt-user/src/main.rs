@@ -1,0 +1,320 @@
+//! `pidvirt`: the daemon (`pidvirt run`) and its command-line client.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use pidvirt::{
+    api::{self, ContainerRow, Request, TaskRow, Translation},
+    client::{self, ClientError},
+    daemon::{self, RunOptions},
+    kernel::LoadOptions,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "pidvirt",
+    version,
+    about = "Run-time check of process ids crossing pid-namespace boundaries"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct SocketArg {
+    /// Control socket of the daemon.
+    #[arg(long, default_value = api::DEFAULT_SOCKET, env = "PIDVIRT_SOCKET")]
+    socket: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SeedMode {
+    Iterator,
+    Proc,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach to this host and serve the control socket (foreground; SIGINT/SIGTERM detach).
+    Run {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Write audit events as JSON lines to this file (`-` for standard output).
+        #[arg(long)]
+        audit_log: Option<String>,
+        /// Capacity of the task maps (tasks tracked at once).
+        #[arg(long, default_value_t = LoadOptions::default().max_tasks)]
+        max_tasks: u32,
+        /// Size of the events ring buffer in bytes (a power of two, at least one page).
+        #[arg(long, default_value_t = LoadOptions::default().ringbuf_bytes)]
+        ringbuf_bytes: u32,
+        /// How to seed tasks that exist at attach: `iterator` (the kernel's task iterator, then
+        /// /proc for anything it missed) or `proc` (/proc only; start times at clock-tick precision).
+        #[arg(long, value_enum, default_value_t = SeedMode::Iterator)]
+        seed: SeedMode,
+    },
+    /// List tracked tasks.
+    Ps {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Only the tasks of this container (id or pid namespace inode).
+        #[arg(long)]
+        container: Option<String>,
+        /// JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List known containers.
+    Containers {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Translate a vpid of a container to a host pid, or a host pid to the container's vpid.
+    Translate {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        container: String,
+        /// A pid as the container sees it.
+        #[arg(long, conflicts_with = "pid", required_unless_present = "pid")]
+        vpid: Option<u32>,
+        /// A host pid.
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counters kept by the kernel programs.
+    Stats {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Daemon status: kernel, attached programs, seed report.
+    Status {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PIDVIRT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let _ = tracing_log::LogTracer::init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pidvirt: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pidvirt: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Appends a line to the output buffer.
+macro_rules! out {
+    ($buf:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($buf, $($arg)*);
+    }};
+}
+
+/// Writes the command's output; a closed pipe (`pidvirt ps | head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<()> {
+    let mut o = String::new();
+    match cmd {
+        Command::Run {
+            socket,
+            audit_log,
+            max_tasks,
+            ringbuf_bytes,
+            seed,
+        } => {
+            daemon::run(RunOptions {
+                socket: socket.socket,
+                audit_log,
+                load: LoadOptions {
+                    max_tasks,
+                    ringbuf_bytes,
+                    task_iterator: matches!(seed, SeedMode::Iterator),
+                },
+            })
+            .await?;
+        }
+        Command::Ps {
+            socket,
+            container,
+            json,
+        } => {
+            let rows: Vec<TaskRow> = call(&socket, Request::Ps { container }).await?;
+            if json {
+                out!(o, "{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                out!(
+                    o,
+                    "{:<22} {:>8} {:>8} {:>7} {:>7}  {:<20} COMM",
+                    "CONTAINER",
+                    "HOST_PID",
+                    "HOST_TID",
+                    "VPID",
+                    "VTID",
+                    "NSPID"
+                );
+                for r in rows {
+                    let nspid = r
+                        .nspid
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    out!(
+                        o,
+                        "{:<22} {:>8} {:>8} {:>7} {:>7}  {:<20} {}",
+                        r.container,
+                        r.host_pid,
+                        r.host_tid,
+                        r.vpid,
+                        r.vtid,
+                        nspid,
+                        r.comm
+                    );
+                }
+            }
+        }
+        Command::Containers { socket, json } => {
+            let rows: Vec<ContainerRow> = call(&socket, Request::Containers).await?;
+            if json {
+                out!(o, "{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                out!(
+                    o,
+                    "{:<28} {:>12} {:>5} {:>6}  {:<8} {:<28} LABELS",
+                    "ID",
+                    "PIDNS",
+                    "LEVEL",
+                    "TASKS",
+                    "BY",
+                    "PARENT"
+                );
+                for c in rows {
+                    let labels = c
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    out!(
+                        o,
+                        "{:<28} {:>12} {:>5} {:>6}  {:<8} {:<28} {}",
+                        c.id,
+                        c.pidns,
+                        c.level,
+                        c.tasks,
+                        c.registered_by,
+                        c.parent.unwrap_or_else(|| "-".into()),
+                        labels
+                    );
+                }
+            }
+        }
+        Command::Translate {
+            socket,
+            container,
+            vpid,
+            pid,
+            json,
+        } => {
+            let t: Translation = call(
+                &socket,
+                Request::Translate {
+                    container,
+                    vpid,
+                    pid,
+                },
+            )
+            .await?;
+            if json {
+                out!(o, "{}", serde_json::to_string(&t)?);
+            } else if vpid.is_some() {
+                out!(o, "{}", t.host_pid);
+            } else {
+                out!(o, "{}", t.vpid);
+            }
+        }
+        Command::Stats { socket, json } => {
+            let v: serde_json::Value = call(&socket, Request::Stats).await?;
+            if json {
+                out!(o, "{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_stats(&mut o, &v);
+            }
+        }
+        Command::Status { socket } => {
+            let v: serde_json::Value = call(&socket, Request::Status).await?;
+            out!(o, "{}", serde_json::to_string_pretty(&v)?);
+        }
+    }
+    emit(&o)
+}
+
+async fn call<T: serde::de::DeserializeOwned>(
+    socket: &SocketArg,
+    req: Request,
+) -> anyhow::Result<T> {
+    client::call(&socket.socket, &req)
+        .await
+        .map_err(|e| match e {
+            ClientError::Other(e) => e,
+            e => anyhow::Error::msg(e.to_string()),
+        })
+}
+
+fn print_stats(o: &mut String, v: &serde_json::Value) {
+    let Some(groups) = v.as_object() else { return };
+    for (group, counters) in groups {
+        out!(o, "{group}:");
+        if let Some(map) = counters.as_object() {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, value) in entries {
+                out!(o, "  {name:<28} {value}");
+            }
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! Test fixture: builds pid namespaces with processes and threads, then acts inside them on
+//! command, so that tests can compare what pidvirt says with what the kernel says.
+//!
+//! `pidvirt-fixture [--depth D]` creates D nested pid namespaces (each with an init that is
+//! the only process of the outer one), prints one JSON line
+//! `{"pidns": [inode level 1, ..., inode level D], "outer_init": <host pid of the level-1 init>}`
+//! and then relays commands, one per line on stdin, to the innermost init, which answers one
+//! line each (printed on stdout):
+//!
+//! - `spawn T` — fork a child with T extra threads that sleep; answers its vpid.
+//! - `spawn_vpid V T` — the same with clone3 set_tid = [V] (vpid chosen); answers V or `err E`.
+//! - `spawn_pids T P0 P1...` — the same with set_tid = [P0, P1, ...] (innermost level first,
+//!   e.g. the vpid then the host pid); answers the vpid or `err E`.
+//! - `spawn_exec T` — fork a child with T threads of which a non-leader one execs
+//!   `sleep 3600`; answers the child's vpid once the exec happened.
+//! - `reap V` — SIGKILL child V and wait for it; answers `ok` or `err E`.
+//! - `zombie V` — SIGKILL child V but do not reap it; answers `ok`.
+//! - `wait V` — reap child V (after `zombie`); answers the pid wait4 returned.
+//! - `sys NAME ARGS...` — make syscall NAME (see `syscall_by_name`) from the init with integer
+//!   arguments; answers its raw return value (`-errno` on failure).
+//! - `repeat N NAME ARGS...` — the same N times; answers the last value.
+//! - `pid` — answers getpid() (the init's vpid, 1).
+//!
+//! Every process of the fixture dies with the fixture (PR_SET_PDEATHSIG) and when stdin closes.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    os::fd::{FromRawFd, RawFd},
+};
+
+fn die(what: &str) -> ! {
+    let e = std::io::Error::last_os_error();
+    eprintln!("pidvirt-fixture: {what}: {e}");
+    std::process::exit(111)
+}
+
+fn errno() -> i64 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64
+}
+
+fn pipe() -> (RawFd, RawFd) {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        die("pipe2");
+    }
+    (fds[0], fds[1])
+}
+
+fn die_with_parent() {
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+}
+
+fn own_pidns_inode() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid")
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// The body of a spawned child: T threads that sleep, and the main thread too.
+fn child_body(threads: usize) -> ! {
+    die_with_parent();
+    for _ in 0..threads {
+        std::thread::spawn(|| {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        });
+    }
+    loop {
+        unsafe { libc::pause() };
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Forks (clone3 with `set_tid` when pids are given, innermost level first); the child runs
+/// `body`.
+fn spawn_with(set_tid: &[i32], body: impl FnOnce()) -> i64 {
+    let pid = if set_tid.is_empty() {
+        unsafe { libc::fork() }
+    } else {
+        let args = CloneArgs {
+            exit_signal: libc::SIGCHLD as u64,
+            set_tid: set_tid.as_ptr() as u64,
+            set_tid_size: set_tid.len() as u64,
+            ..Default::default()
+        };
+        unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            ) as i32
+        }
+    };
+    match pid {
+        -1 => -errno(),
+        0 => {
+            body();
+            std::process::exit(0)
+        }
+        pid => pid as i64,
+    }
+}
+
+fn spawn(threads: usize, set_tid: &[i32]) -> i64 {
+    spawn_with(set_tid, || child_body(threads))
+}
+
+/// A child whose non-leader thread execs `sleep 3600` (it then takes the leader's pid).
+fn spawn_exec(threads: usize) -> i64 {
+    let (r, w) = pipe();
+    let pid = spawn_with(&[], || {
+        die_with_parent();
+        for _ in 0..threads {
+            std::thread::spawn(|| {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            });
+        }
+        let exec = std::thread::spawn(move || {
+            die_with_parent();
+            let prog = c"/bin/sleep";
+            let args = [prog.as_ptr(), c"3600".as_ptr(), std::ptr::null()];
+            unsafe { libc::execv(prog.as_ptr(), args.as_ptr()) };
+            die("execv");
+        });
+        let _ = exec.join();
+    });
+    unsafe { libc::close(w) };
+    if pid > 0 {
+        // The pipe is close-on-exec: EOF means the exec happened (or the child died).
+        let mut buf = [0u8; 1];
+        unsafe { libc::read(r, buf.as_mut_ptr().cast(), 1) };
+    }
+    unsafe { libc::close(r) };
+    pid
+}
+
+fn syscall_by_name(name: &str) -> Option<libc::c_long> {
+    Some(match name {
+        "getpid" => libc::SYS_getpid,
+        "getppid" => libc::SYS_getppid,
+        "gettid" => libc::SYS_gettid,
+        "kill" => libc::SYS_kill,
+        "tkill" => libc::SYS_tkill,
+        "tgkill" => libc::SYS_tgkill,
+        "getpgid" => libc::SYS_getpgid,
+        "getsid" => libc::SYS_getsid,
+        "setpgid" => libc::SYS_setpgid,
+        "getpriority" => libc::SYS_getpriority,
+        "setpriority" => libc::SYS_setpriority,
+        "sched_getscheduler" => libc::SYS_sched_getscheduler,
+        "prlimit64" => libc::SYS_prlimit64,
+        "pidfd_open" => libc::SYS_pidfd_open,
+        "get_robust_list" => libc::SYS_get_robust_list,
+        "kcmp" => libc::SYS_kcmp,
+        "ioprio_get" => libc::SYS_ioprio_get,
+        "ptrace" => libc::SYS_ptrace,
+        _ => return None,
+    })
+}
+
+fn raw_syscall(nr: libc::c_long, args: &[i64]) -> i64 {
+    let a = |i: usize| args.get(i).copied().unwrap_or(0);
+    let r = unsafe { libc::syscall(nr, a(0), a(1), a(2), a(3), a(4), a(5)) };
+    if r == -1 { -errno() } else { r }
+}
+
+/// Executes one command in the innermost init.
+fn execute(line: &str) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let num = |i: usize| -> Option<i64> { words.get(i)?.parse().ok() };
+    match words.first().copied() {
+        Some("spawn") => spawn(num(1).unwrap_or(0) as usize, &[]).to_string(),
+        Some("spawn_vpid") => match num(1) {
+            Some(v) => match spawn(num(2).unwrap_or(0) as usize, &[v as i32]) {
+                r if r < 0 => format!("err {}", -r),
+                r => r.to_string(),
+            },
+            None => "err bad vpid".into(),
+        },
+        Some("spawn_pids") => {
+            let pids: Vec<i32> = words
+                .iter()
+                .skip(2)
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            match spawn(num(1).unwrap_or(0) as usize, &pids) {
+                r if r < 0 => format!("err {}", -r),
+                r => r.to_string(),
+            }
+        }
+        Some("spawn_exec") => spawn_exec(num(1).unwrap_or(0) as usize).to_string(),
+        Some("reap") | Some("zombie") => {
+            let Some(v) = num(1) else {
+                return "err bad pid".into();
+            };
+            if unsafe { libc::kill(v as i32, libc::SIGKILL) } != 0 {
+                return format!("err {}", errno());
+            }
+            if words[0] == "reap" && unsafe { libc::waitpid(v as i32, std::ptr::null_mut(), 0) } < 0
+            {
+                return format!("err {}", errno());
+            }
+            if words[0] == "zombie" {
+                // Wait until the child is a zombie (its state in our /proc view is Z).
+                let _ = wait_zombie(v as i32);
+            }
+            "ok".into()
+        }
+        Some("wait") => {
+            let Some(v) = num(1) else {
+                return "err bad pid".into();
+            };
+            unsafe { libc::waitpid(v as i32, std::ptr::null_mut(), 0) }.to_string()
+        }
+        Some("sys") => match words.get(1).and_then(|n| syscall_by_name(n)) {
+            Some(nr) => {
+                let args: Vec<i64> = words[2..].iter().filter_map(|w| w.parse().ok()).collect();
+                raw_syscall(nr, &args).to_string()
+            }
+            None => "err unknown syscall".into(),
+        },
+        Some("repeat") => {
+            let (Some(n), Some(nr)) = (num(1), words.get(2).and_then(|n| syscall_by_name(n)))
+            else {
+                return "err bad repeat".into();
+            };
+            let args: Vec<i64> = words[3..].iter().filter_map(|w| w.parse().ok()).collect();
+            let mut last = 0;
+            for _ in 0..n {
+                last = raw_syscall(nr, &args);
+            }
+            last.to_string()
+        }
+        Some("pid") => unsafe { libc::getpid() }.to_string(),
+        _ => format!("err unknown command {line:?}"),
+    }
+}
+
+/// Polls the siginfo of child `pid` without reaping it until it has exited.
+fn wait_zombie(pid: i32) -> bool {
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as u32,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        ) == 0
+    }
+}
+
+/// The innermost init: reports its namespace, then serves commands.
+fn serve(cmd_r: RawFd, resp_w: RawFd) -> ! {
+    let mut out = unsafe { std::fs::File::from_raw_fd(resp_w) };
+    let _ = writeln!(out, "ready");
+    let input = BufReader::new(unsafe { std::fs::File::from_raw_fd(cmd_r) });
+    for line in input.lines() {
+        let Ok(line) = line else { break };
+        let answer = execute(&line);
+        if writeln!(out, "{answer}").is_err() {
+            break;
+        }
+    }
+    std::process::exit(0)
+}
+
+/// Creates a new pid namespace whose init runs `body` (which never returns); returns the init's
+/// pid (as seen by the caller). The caller itself stays in its namespace.
+fn new_namespace(body: impl FnOnce()) -> i32 {
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        die("unshare(CLONE_NEWPID)");
+    }
+    match unsafe { libc::fork() } {
+        -1 => die("fork"),
+        0 => {
+            die_with_parent();
+            body();
+            std::process::exit(0)
+        }
+        pid => pid,
+    }
+}
+
+/// Level `level` of `depth`: report the namespace inode, then nest or serve.
+fn level(depth: usize, level: usize, cmd_r: RawFd, resp_w: RawFd) -> ! {
+    let mut out = unsafe { std::fs::File::from_raw_fd(libc::dup(resp_w)) };
+    let _ = writeln!(out, "ns {}", own_pidns_inode());
+    drop(out);
+    if level == depth {
+        serve(cmd_r, resp_w);
+    }
+    let child = new_namespace(|| level_body(depth, level + 1, cmd_r, resp_w));
+    // An intermediate init: reap its child, then end with it.
+    let mut status = 0;
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    std::process::exit(0)
+}
+
+fn level_body(depth: usize, l: usize, cmd_r: RawFd, resp_w: RawFd) {
+    level(depth, l, cmd_r, resp_w)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let depth = match args.iter().position(|a| a == "--depth") {
+        Some(i) => args.get(i + 1).and_then(|d| d.parse().ok()).unwrap_or(1),
+        None => 1,
+    };
+    if !(1..=32).contains(&depth) {
+        eprintln!("pidvirt-fixture: --depth must be 1..=32");
+        std::process::exit(2);
+    }
+    let (cmd_r, cmd_w) = pipe();
+    let (resp_r, resp_w) = pipe();
+    let outer_init = new_namespace(|| level(depth, 1, cmd_r, resp_w));
+    unsafe {
+        libc::close(cmd_r);
+        libc::close(resp_w);
+    }
+    let mut responses = BufReader::new(unsafe { std::fs::File::from_raw_fd(resp_r) });
+    let mut namespaces = Vec::new();
+    loop {
+        let mut line = String::new();
+        if responses.read_line(&mut line).unwrap_or(0) == 0 {
+            eprintln!("pidvirt-fixture: the namespace init died before it was ready");
+            std::process::exit(1);
+        }
+        match line.trim().split_once(' ') {
+            Some(("ns", ino)) => namespaces.push(ino.to_string()),
+            _ if line.trim() == "ready" => break,
+            _ => {}
+        }
+    }
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(
+        stdout,
+        "{{\"pidns\": [{}], \"outer_init\": {outer_init}}}",
+        namespaces.join(", ")
+    );
+    let _ = stdout.flush();
+    let mut commands = unsafe { std::fs::File::from_raw_fd(cmd_w) };
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        if writeln!(commands, "{line}").is_err() {
+            break;
+        }
+        let mut answer = String::new();
+        if responses.read_line(&mut answer).unwrap_or(0) == 0 {
+            break;
+        }
+        let _ = write!(stdout, "{answer}");
+        let _ = stdout.flush();
+    }
+    // Stdin closed: end the namespaces (their inits die with us; make it prompt).
+    unsafe { libc::kill(outer_init, libc::SIGKILL) };
+    let mut rest = Vec::new();
+    let _ = responses.read_to_end(&mut rest);
+}

@@ -1,0 +1,377 @@
+//! Harness of the pidvirt integration suite: runs the real daemon on the real kernel, builds pid
+//! namespaces with the fixture, and reads the kernel's own truth from /proc with a parser of its
+//! own (independent of pidvirt's), so that a test never checks pidvirt against itself.
+//!
+//! Tests share one kernel: run them serially (`--test-threads=1`, as `cargo xtask test` does).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+
+/// The pidvirt binary under test: $PIDVIRT_BIN, or target/release/pidvirt of this workspace.
+pub fn pidvirt_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PIDVIRT_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pidvirt")
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Result of a CLI call.
+#[derive(Debug)]
+pub struct Cli {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Cli {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `pidvirt ARGS`.
+pub fn pidvirt(args: &[&str]) -> Cli {
+    Command::new(pidvirt_bin())
+        .args(args)
+        .output()
+        .expect("run pidvirt")
+        .into()
+}
+
+/// A `ps --json` row (the fields the tests check), parsed independently of pidvirt's types.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct PsRow {
+    pub container: String,
+    pub pidns: u64,
+    pub level: u32,
+    pub host_tid: u32,
+    pub host_pid: u32,
+    pub vtid: u32,
+    pub vpid: u32,
+    pub nspid: Vec<u32>,
+    pub nstgid: Vec<u32>,
+    pub comm: String,
+    pub seeded: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ContainerRow {
+    pub id: String,
+    pub pidns: u64,
+    pub level: u32,
+    pub parent: Option<String>,
+    pub tasks: u64,
+    pub registered_by: String,
+}
+
+/// A running `pidvirt run`, with its own socket and audit log; stopped (SIGTERM) on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub audit_log: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts the daemon with extra `run` arguments and waits until it answers.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("pidvirt-test-")
+            .tempdir()
+            .expect("tempdir");
+        let socket = dir.path().join("pidvirt.sock");
+        let audit_log = dir.path().join("audit.jsonl");
+        let stderr_log = dir.path().join("daemon.log");
+        let child = Command::new(pidvirt_bin())
+            .arg("run")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--audit-log")
+            .arg(&audit_log)
+            .args(extra)
+            .env("PIDVIRT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_log).expect("daemon log"))
+            .spawn()
+            .expect("start pidvirt run");
+        let mut d = Self {
+            child: Some(child),
+            dir,
+            socket,
+            audit_log,
+            stderr_log,
+        };
+        let sock = d.socket.to_string_lossy().into_owned();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("pidvirt run exited early ({status}):\n{}", d.log());
+            }
+            if pidvirt(&["status", "--socket", &sock]).code == 0 {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                panic!("pidvirt run did not answer within 30 s:\n{}", d.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Runs `pidvirt ARGS --socket <ours>`.
+    pub fn cli(&self, args: &[&str]) -> Cli {
+        let sock = self.socket.to_string_lossy().into_owned();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--socket", &sock]);
+        pidvirt(&all)
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let out = self.cli(args);
+        assert_eq!(out.code, 0, "pidvirt {args:?} failed: {}", out.stderr);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("pidvirt {args:?}: bad JSON ({e}): {}", out.stdout))
+    }
+
+    pub fn ps(&self) -> Vec<PsRow> {
+        self.json(&["ps", "--json"])
+    }
+
+    pub fn ps_by_tid(&self) -> BTreeMap<u32, PsRow> {
+        self.ps().into_iter().map(|r| (r.host_tid, r)).collect()
+    }
+
+    pub fn containers(&self) -> Vec<ContainerRow> {
+        self.json(&["containers", "--json"])
+    }
+
+    /// `stats --json` as a JSON value.
+    pub fn stats(&self) -> serde_json::Value {
+        self.json(&["stats", "--json"])
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.stop_inner().expect("daemon already stopped")
+    }
+
+    fn stop_inner(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// The namespace fixture (tests/src/bin/pidvirt-fixture.rs): pid namespaces with processes
+/// and threads, commanded line by line.
+pub struct Fixture {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// Namespace inodes, level 1 first.
+    pub pidns: Vec<u64>,
+    /// Host pid of the level-1 init.
+    pub outer_init: u32,
+}
+
+#[derive(Deserialize)]
+struct FixtureHello {
+    pidns: Vec<u64>,
+    outer_init: u32,
+}
+
+impl Fixture {
+    /// Starts `bin` (pass `env!("CARGO_BIN_EXE_pidvirt-fixture")`) with `depth` nested namespaces.
+    pub fn start(bin: &str, depth: usize) -> Self {
+        let mut child = Command::new(bin)
+            .args(["--depth", &depth.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start pidvirt-fixture");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut hello = String::new();
+        stdout.read_line(&mut hello).expect("fixture hello");
+        let h: FixtureHello =
+            serde_json::from_str(&hello).unwrap_or_else(|e| panic!("fixture said {hello:?}: {e}"));
+        Self {
+            child,
+            stdin,
+            stdout,
+            pidns: h.pidns,
+            outer_init: h.outer_init,
+        }
+    }
+
+    /// Runs one command in the innermost init; returns its answer.
+    pub fn cmd(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").expect("write fixture command");
+        self.stdin.flush().expect("flush");
+        let mut answer = String::new();
+        self.stdout.read_line(&mut answer).expect("fixture answer");
+        assert!(!answer.is_empty(), "fixture died on {line:?}");
+        answer.trim().to_string()
+    }
+
+    /// Runs a command whose answer is a number.
+    pub fn num(&mut self, line: &str) -> i64 {
+        let a = self.cmd(line);
+        a.parse()
+            .unwrap_or_else(|_| panic!("fixture {line:?} answered {a:?}"))
+    }
+
+    /// The innermost namespace.
+    pub fn inner(&self) -> u64 {
+        *self.pidns.last().expect("at least one namespace")
+    }
+
+    /// Host tid of the task whose number in the innermost namespace is `vtid`.
+    pub fn host_tid(&self, vtid: u32) -> u32 {
+        let ns = self.inner();
+        proc_truth::tasks()
+            .into_iter()
+            .find(|t| t.pidns == ns && t.nspid.last() == Some(&vtid))
+            .unwrap_or_else(|| panic!("no task with vtid {vtid} in pidns {ns} in /proc"))
+            .tid
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The namespaces' inits die with the fixture; wait until /proc agrees.
+        let namespaces: BTreeSet<u64> = self.pidns.iter().copied().collect();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5)
+            && proc_truth::tasks()
+                .iter()
+                .any(|t| namespaces.contains(&t.pidns))
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// What the kernel says, read from /proc with this crate's own parser.
+pub mod proc_truth {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Task {
+        pub pid: u32,
+        pub tid: u32,
+        pub nspid: Vec<u32>,
+        pub nstgid: Vec<u32>,
+        pub pidns: u64,
+    }
+
+    fn numbers(status: &str, key: &str) -> Option<Vec<u32>> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..]
+            .split_whitespace()
+            .map(|n| n.parse().ok())
+            .collect()
+    }
+
+    fn dir_numbers(dir: &str) -> Vec<u32> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Task `tid` of process `pid`, if it exists.
+    pub fn task(pid: u32, tid: u32) -> Option<Task> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+        let pidns = std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok()?.ino();
+        Some(Task {
+            pid,
+            tid,
+            nspid: numbers(&status, "NSpid:")?,
+            nstgid: numbers(&status, "NStgid:")?,
+            pidns,
+        })
+    }
+
+    /// Every task on the host.
+    pub fn tasks() -> Vec<Task> {
+        let mut out = vec![];
+        for pid in dir_numbers("/proc") {
+            for tid in dir_numbers(&format!("/proc/{pid}/task")) {
+                out.extend(task(pid, tid));
+            }
+        }
+        out
+    }
+
+    /// Tasks whose own pid namespace is `ns`.
+    pub fn tasks_in(ns: u64) -> Vec<Task> {
+        tasks().into_iter().filter(|t| t.pidns == ns).collect()
+    }
+
+    /// Whether host tid `tid` exists.
+    pub fn alive(tid: u32) -> bool {
+        Path::new(&format!("/proc/{tid}")).exists()
+    }
+}
