@@ -229,10 +229,14 @@ pub fn process_exists(pid: u32) -> bool {
 mod tests {
     use super::*;
 
+    /// A real /proc/PID/task/TID/status (6.18) of a thread in a level-1 namespace.
     const STATUS: &str = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t26919\nNgid:\t0\n\
 Pid:\t26921\nPPid:\t26918\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nFDSize:\t64\n\
-Groups:\t0 \nNStgid:\t26919\t1\nNSpid:\t26921\t3\nNSpgid:\t26919\t1\nNSsid:\t26900\t0\n\
-Kthread:\t0\nThreads:\t2\n";
+Groups:\t \nNStgid:\t26919\t1\nNSpid:\t26921\t3\nNSpgid:\t26919\t1\nNSsid:\t26900\t0\n\
+Kthread:\t0\nThreads:\t2\nSigQ:\t0/96364\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\n\
+SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000000000\n\
+CapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffffff\n\
+CapBnd:\t000001fffeffffff\nCapAmb:\t0000000000000000\nSeccomp:\t0\n";
 
     fn stat_line(pid: u32, comm: &str, start: u64) -> String {
         // 52 fields; field 22 is starttime.
