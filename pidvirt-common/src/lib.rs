@@ -5,6 +5,7 @@
 //! numbers, `v*` fields and `nr[level]` are numbers in the namespace at that level.
 #![no_std]
 
+pub mod audit;
 pub mod offsets;
 pub use offsets::KernelOffsets;
 
@@ -87,10 +88,7 @@ pub struct DeepLevels {
 
 impl Default for DeepLevels {
     fn default() -> Self {
-        Self {
-            start_time: 0,
-            nr: [LevelIds::default(); DEEP_SLOTS],
-        }
+        Self { start_time: 0, nr: [LevelIds::default(); DEEP_SLOTS] }
     }
 }
 
@@ -101,6 +99,28 @@ pub struct VirtKey {
     pub pidns: u32,
     pub nr: u32,
 }
+
+/// Value of the reverse map: the host tid, and the low 32 bits of its entry's start time, so
+/// that a reverse entry is only believed while the task entry it points at is the same task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VirtValue {
+    pub host_tid: u32,
+    pub start_lo: u32,
+}
+
+impl VirtValue {
+    pub fn of(entry: &TaskEntry) -> Self {
+        Self { host_tid: entry.nr[0].tid, start_lo: entry.start_time as u32 }
+    }
+    pub fn points_at(&self, entry: &TaskEntry) -> bool {
+        self.start_lo == entry.start_time as u32
+    }
+}
+
+/// Length of [`PidnsInfo::ancestors`]: a power of two above MAX_LEVELS, so that a level from a
+/// map value can index it behind a mask the verifier understands.
+pub const ANCESTOR_SLOTS: usize = 64;
 
 /// Value of the pid-namespace map, keyed by namespace inode.
 #[repr(C)]
@@ -115,20 +135,12 @@ pub struct PidnsInfo {
     pub source: u32,
     /// Inode of the namespace at each level 0..=level (this namespace's ancestors, then itself);
     /// 0 above `level`. Lets the programs find every level's namespace with constant indices.
-    pub ancestors: [u32; MAX_LEVELS],
-    pub _pad: u32,
+    pub ancestors: [u32; ANCESTOR_SLOTS],
 }
 
 impl Default for PidnsInfo {
     fn default() -> Self {
-        Self {
-            level: 0,
-            parent: 0,
-            first_tid: 0,
-            source: 0,
-            ancestors: [0; MAX_LEVELS],
-            _pad: 0,
-        }
+        Self { level: 0, parent: 0, first_tid: 0, source: 0, ancestors: [0; ANCESTOR_SLOTS] }
     }
 }
 
@@ -137,11 +149,7 @@ impl PidnsInfo {
     pub fn from_chain(chain: &[u32], level: usize, first_tid: u32, source: u32) -> Self {
         let mut info = Self {
             level: level as u32,
-            parent: if level == 0 {
-                0
-            } else {
-                chain.get(level - 1).copied().unwrap_or(0)
-            },
+            parent: if level == 0 { 0 } else { chain.get(level - 1).copied().unwrap_or(0) },
             first_tid,
             source,
             ..Self::default()
@@ -165,7 +173,7 @@ pub mod pidns_source {
 pub mod counter {
     /// Map insert/update failures, per reason. Nothing is dropped silently.
     pub const MAP_ERROR_BASE: u32 = 0;
-    pub const MAP_ERROR_REASONS: [&str; 9] = [
+    pub const MAP_ERROR_REASONS: [&str; 11] = [
         "task_insert",
         "virt_insert",
         "deep_insert",
@@ -175,6 +183,8 @@ pub mod counter {
         "scratch",
         "task_missing",
         "pidns_missing",
+        "container_counters",
+        "pending_insert",
     ];
     pub const ERR_TASK_INSERT: u32 = 0;
     pub const ERR_VIRT_INSERT: u32 = 1;
@@ -190,6 +200,11 @@ pub mod counter {
     pub const ERR_TASK_MISSING: u32 = 7;
     /// A task of a nested namespace was forgotten but its namespace had no record.
     pub const ERR_PIDNS_MISSING: u32 = 8;
+    /// Per-container counters could not be created (map full): counted in the global
+    /// crossing region instead.
+    pub const ERR_CONTAINER_COUNTERS: u32 = 9;
+    /// A syscall's state between enter and exit could not be kept (waitid's infop).
+    pub const ERR_PENDING_INSERT: u32 = 10;
 
     /// Events that could not be handed to user space, per reason.
     pub const DROP_BASE: u32 = 16;
@@ -208,7 +223,8 @@ pub mod counter {
     /// seen yet): the old entry was replaced.
     pub const LC_PID_REUSE: u32 = 4;
 
-    /// Crossing counters start here (issue: crossing audit).
+    /// Crossings of containers whose per-container counters could not be had (map full),
+    /// index `CROSSING_BASE + syscall * NVERDICTS + verdict`.
     pub const CROSSING_BASE: u32 = 64;
     /// Size of the counters array.
     pub const SLOTS: u32 = 1024;
@@ -218,6 +234,8 @@ pub mod counter {
 pub mod event_kind {
     /// A pid namespace was seen for the first time ([`super::PidnsEvent`]).
     pub const PIDNS: u32 = 1;
+    /// A crossing judged anything but ok/group/any ([`super::audit::AnomalyEvent`]).
+    pub const ANOMALY: u32 = 2;
 }
 
 /// A new pid namespace, reported once by the kernel programs.
@@ -253,6 +271,8 @@ mod pod {
     unsafe impl aya::Pod for DeepLevels {}
     unsafe impl aya::Pod for VirtKey {}
     unsafe impl aya::Pod for PidnsInfo {}
+    unsafe impl aya::Pod for VirtValue {}
+    unsafe impl aya::Pod for audit::ContainerCounters {}
 }
 
 #[cfg(test)]
@@ -269,7 +289,9 @@ mod tests {
         assert!(DEEP_SLOTS >= DEEP_LEVELS && DEEP_SLOTS.is_power_of_two());
         assert!(INLINE_LEVELS.is_power_of_two());
         assert_eq!(size_of::<PidnsEvent>(), 32);
-        assert_eq!(size_of::<PidnsInfo>(), 152);
+        assert_eq!(size_of::<PidnsInfo>(), 16 + 4 * ANCESTOR_SLOTS);
+        assert!(ANCESTOR_SLOTS >= MAX_LEVELS && ANCESTOR_SLOTS.is_power_of_two());
+        assert_eq!(size_of::<VirtValue>(), 8);
     }
 
     #[test]
@@ -279,18 +301,8 @@ mod tests {
         assert!(same_start(123_456_789, 0, 123_456_789, tick));
         assert!(!same_start(123_456_789, 0, 123_456_790, tick));
         // Seeded entry: same tick matches, another tick does not.
-        assert!(same_start(
-            120_000_000,
-            task_flags::SEEDED,
-            123_456_789,
-            tick
-        ));
-        assert!(!same_start(
-            120_000_000,
-            task_flags::SEEDED,
-            133_456_789,
-            tick
-        ));
+        assert!(same_start(120_000_000, task_flags::SEEDED, 123_456_789, tick));
+        assert!(!same_start(120_000_000, task_flags::SEEDED, 133_456_789, tick));
     }
 
     #[test]
@@ -309,5 +321,7 @@ mod tests {
         assert!(MAP_ERROR_BASE + MAP_ERROR_REASONS.len() as u32 <= DROP_BASE);
         assert!(DROP_BASE + DROP_REASONS.len() as u32 <= LIFECYCLE_BASE);
         assert!(LIFECYCLE_BASE + LIFECYCLE_NAMES.len() as u32 <= CROSSING_BASE);
+        let crossings = (crate::audit::NSYSCALLS * crate::audit::NVERDICTS) as u32;
+        assert!(CROSSING_BASE + crossings <= SLOTS);
     }
 }

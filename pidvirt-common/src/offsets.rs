@@ -62,11 +62,14 @@ pub struct KernelOffsets {
     pub pidtype_tgid: u32,
     pub pidtype_pgid: u32,
     pub pidtype_sid: u32,
+    /// Offset of `args[0]` in a syscalls:sys_enter_* record (from the tracepoint format).
+    pub syscall_args: u32,
+    /// Offset of `ret` in a syscalls:sys_exit_* record.
+    pub syscall_ret: u32,
     /// Nanoseconds per clock tick of /proc/PID/stat start times (USER_HZ).
     pub tick_ns: u32,
     /// [`OFFSETS_MAGIC`] once filled.
     pub magic: u32,
-    pub _pad: u32,
 }
 
 impl KernelOffsets {
@@ -99,9 +102,10 @@ impl KernelOffsets {
             pidtype_tgid: 0,
             pidtype_pgid: 0,
             pidtype_sid: 0,
+            syscall_args: 0,
+            syscall_ret: 0,
             tick_ns: 0,
             magic: 0,
-            _pad: 0,
         }
     }
 }

@@ -13,15 +13,14 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use pidvirt_common::{
-    HOST_CONTAINER, INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, PidnsEvent, TaskEntry, VirtKey,
+    HOST_CONTAINER, INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, PidnsEvent, TaskEntry, VirtKey, VirtValue,
     counter, event_kind, pidns_source, same_start, task_flags,
 };
 
 use crate::{
     kernel::{off, offsets_ready, read},
     maps::{
-        DEEP, EVENTS, PIDNS, SCRATCH, Scratch, TASKS, VIRT, count_drop, count_lifecycle,
-        count_map_error,
+        DEEP, EVENTS, PIDNS, SCRATCH, Scratch, TASKS, VIRT, count_drop, count_lifecycle, count_map_error,
     },
     task::read_task,
 };
@@ -115,26 +114,19 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn tid_and_start(task: *const u8) -> Result<(u32, u64), i32> {
-    Ok((
-        read(task, off!(task_pid))?,
-        read(task, off!(task_start_time))?,
-    ))
+    Ok((read(task, off!(task_pid))?, read(task, off!(task_start_time))?))
 }
 
 /// Reads `task` and writes its entry, deep levels and reverse entries; registers pid
 /// namespaces seen for the first time.
 #[inline(always)]
-fn record_task(task: *const u8) -> Result<(), u32> {
+pub fn record_task(task: *const u8) -> Result<(), u32> {
     let s = SCRATCH.get_ptr_mut(0).ok_or(counter::ERR_SCRATCH)?;
     let s = unsafe { &mut *s };
     read_task(task, s)?;
     let level = s.entry.level as u32;
     let tid = s.entry.nr[0].tid;
-    s.entry.container = if level == 0 {
-        HOST_CONTAINER
-    } else {
-        s.entry.pidns
-    };
+    s.entry.container = if level == 0 { HOST_CONTAINER } else { s.entry.pidns };
 
     // A stale entry under this tid (its task's free not seen yet, or lost): drop it first so
     // the new task inherits none of it. The same task seeded from /proc is not stale.
@@ -145,9 +137,7 @@ fn record_task(task: *const u8) -> Result<(), u32> {
             forget(tid, &old);
         }
     }
-    TASKS
-        .insert(tid, &s.entry, 0)
-        .map_err(|_| counter::ERR_TASK_INSERT)?;
+    TASKS.insert(tid, &s.entry, 0).map_err(|_| counter::ERR_TASK_INSERT)?;
     if level as usize >= INLINE_LEVELS && DEEP.insert(tid, &s.deep, 0).is_err() {
         count_map_error(counter::ERR_DEEP_INSERT);
     }
@@ -159,7 +149,7 @@ fn record_task(task: *const u8) -> Result<(), u32> {
             break;
         };
         let (nr, ns) = (ids.tid, *ns);
-        if VIRT.insert(VirtKey { pidns: ns, nr }, tid, 0).is_err() {
+        if VIRT.insert(VirtKey { pidns: ns, nr }, VirtValue::of(&s.entry), 0).is_err() {
             count_map_error(counter::ERR_VIRT_INSERT);
         }
         if PIDNS.get_ptr(ns).is_none() {
@@ -214,11 +204,7 @@ fn register_pidns(s: &mut Scratch, level: usize, tid: u32) {
 #[inline(always)]
 fn forget(tid: u32, e: &TaskEntry) {
     let level = e.level as usize;
-    let deep = if level >= INLINE_LEVELS {
-        DEEP.get_ptr(tid)
-    } else {
-        None
-    };
+    let deep = if level >= INLINE_LEVELS { DEEP.get_ptr(tid) } else { None };
     match PIDNS.get_ptr(e.pidns) {
         Some(info) => {
             for i in 1..MAX_LEVELS {
@@ -236,7 +222,7 @@ fn forget(tid: u32, e: &TaskEntry) {
                 };
                 let key = VirtKey { pidns: ns, nr };
                 if let Some(v) = VIRT.get_ptr(key)
-                    && unsafe { *v } == tid
+                    && unsafe { (*v).host_tid } == tid
                 {
                     let _ = VIRT.remove(key);
                 }

@@ -10,9 +10,11 @@
 // 512-byte BPF stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod audit;
 mod kernel;
 mod lifecycle;
 mod maps;
+mod syscalls;
 mod task;
 
 #[cfg(not(test))]

@@ -3,9 +3,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use pidvirt_common::{DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, TaskEntry, VirtKey, counter};
+use pidvirt_common::{
+    DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, TaskEntry, VirtKey, VirtValue, audit::ContainerCounters,
+    counter,
+};
 
 /// host tid -> ids at every level (inline up to INLINE_LEVELS).
 #[map]
@@ -17,11 +20,23 @@ pub static DEEP: HashMap<u32, DeepLevels> = HashMap::with_max_entries(16_384, BP
 
 /// (pid namespace inode, number in it) -> host tid, for every non-host level of every task.
 #[map]
-pub static VIRT: HashMap<VirtKey, u32> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+pub static VIRT: HashMap<VirtKey, VirtValue> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
 
 /// pid namespace inode -> level and parent.
 #[map]
 pub static PIDNS: HashMap<u32, PidnsInfo> = HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
+
+/// Crossing counters per container (key: container number), per CPU.
+#[map]
+pub static CCOUNTERS: PerCpuHashMap<u32, ContainerCounters> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// A zeroed value to create per-container counters from.
+#[map]
+pub static ZERO_COUNTERS: PerCpuArray<ContainerCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// State of a syscall between its enter and exit (host tid -> value), for the few that need it.
+#[map]
+pub static PENDING: HashMap<u32, u64> = HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
 
 /// Per-CPU counters (pidvirt_common::counter).
 #[map]

@@ -27,13 +27,9 @@ pub fn task_pids(task: *const u8) -> Result<TaskPids, u32> {
         return Err(counter::ERR_LEVEL_OVERFLOW);
     }
     let signal = read_ptr(task, off!(task_signal)).map_err(|_| counter::ERR_KERNEL_READ)?;
-    let tgid_pid = read_ptr(signal, off!(signal_pids) + 8 * off!(pidtype_tgid))
-        .map_err(|_| counter::ERR_KERNEL_READ)?;
-    Ok(TaskPids {
-        thread_pid,
-        tgid_pid,
-        level,
-    })
+    let tgid_pid =
+        read_ptr(signal, off!(signal_pids) + 8 * off!(pidtype_tgid)).map_err(|_| counter::ERR_KERNEL_READ)?;
+    Ok(TaskPids { thread_pid, tgid_pid, level })
 }
 
 /// Address of `pid->numbers[level]`.
@@ -98,4 +94,56 @@ pub fn read_task(task: *const u8, s: &mut Scratch) -> Result<(), u32> {
     s.entry.flags = 0;
     s.deep.start_time = start;
     Ok(())
+}
+
+/// The number of `struct pid` `pid` in the namespace `ns` at `level` (pid_nr_ns(): 0 when
+/// the pid has no number there).
+#[inline(always)]
+pub fn pid_nr_ns(pid: *const u8, level: u32, ns: *const u8) -> Result<u32, u32> {
+    if pid.is_null() {
+        return Ok(0);
+    }
+    let plevel: u32 = read(pid, off!(pid_level)).map_err(|_| counter::ERR_KERNEL_READ)?;
+    if plevel < level {
+        return Ok(0);
+    }
+    if ns_at(pid, level)? != ns {
+        return Ok(0);
+    }
+    nr_at(pid, level)
+}
+
+/// Which of a task's ids, as seen from its own namespace.
+#[derive(Clone, Copy)]
+pub enum Own {
+    Tid,
+    Tgid,
+    Pgid,
+    Sid,
+    /// The real parent's tgid.
+    Ppid,
+}
+
+/// `task`'s id `which` in the task's own (active) pid namespace — what gettid, getpid,
+/// getpgid(0), getsid(0) and getppid return to it. Read from the task structures: the truth
+/// returned values are checked against.
+#[inline(always)]
+pub fn own_id(task: *const u8, which: Own) -> Result<u32, u32> {
+    let pids = task_pids(task)?;
+    let level = pids.level;
+    let ns = ns_at(pids.thread_pid, level)?;
+    let pid = match which {
+        Own::Tid => return nr_at(pids.thread_pid, level),
+        Own::Tgid => return nr_at(pids.tgid_pid, level),
+        Own::Pgid | Own::Sid => {
+            let signal = read_ptr(task, off!(task_signal)).map_err(|_| counter::ERR_KERNEL_READ)?;
+            let index = if matches!(which, Own::Pgid) { off!(pidtype_pgid) } else { off!(pidtype_sid) };
+            read::<*const u8>(signal, off!(signal_pids) + 8 * index).map_err(|_| counter::ERR_KERNEL_READ)?
+        }
+        Own::Ppid => {
+            let parent = read_ptr(task, off!(task_real_parent)).map_err(|_| counter::ERR_KERNEL_READ)?;
+            task_pids(parent)?.tgid_pid
+        }
+    };
+    pid_nr_ns(pid, level, ns)
 }

@@ -32,8 +32,23 @@ pub enum Request {
         #[serde(default)]
         pid: Option<u32>,
     },
-    /// Counters kept by the kernel programs.
-    Stats,
+    /// Counters kept by the kernel programs (crossings of one container, or all).
+    Stats {
+        #[serde(default)]
+        container: Option<String>,
+    },
+    /// Recent anomalies (oldest first), or with `follow` a live stream of them: one response
+    /// line per record until the client disconnects.
+    Audit {
+        #[serde(default)]
+        container: Option<String>,
+        #[serde(default)]
+        verdict: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+        #[serde(default)]
+        follow: bool,
+    },
     /// Daemon and kernel status (attached programs, features).
     Status,
 }
@@ -58,10 +73,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 }
 
@@ -81,25 +93,23 @@ pub struct Response {
     pub result: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiError>,
+    /// In an audit stream: records this client missed because it read too slowly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lagged: Option<u64>,
 }
 
 impl Response {
     pub fn ok(result: impl Serialize) -> Self {
         match serde_json::to_value(result) {
-            Ok(v) => Self {
-                ok: true,
-                result: Some(v),
-                error: None,
-            },
+            Ok(v) => Self { ok: true, result: Some(v), error: None, lagged: None },
             Err(e) => Self::err(ApiError::new(ErrorCode::Internal, e.to_string())),
         }
     }
     pub fn err(error: ApiError) -> Self {
-        Self {
-            ok: false,
-            result: None,
-            error: Some(error),
-        }
+        Self { ok: false, result: None, error: Some(error), lagged: None }
+    }
+    pub fn lagged(n: u64) -> Self {
+        Self { ok: true, result: None, error: None, lagged: Some(n) }
     }
 }
 
@@ -157,16 +167,8 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        let r: Request =
-            serde_json::from_str(r#"{"op":"translate","container":"c1","vpid":3}"#).unwrap();
-        assert_eq!(
-            r,
-            Request::Translate {
-                container: "c1".into(),
-                vpid: Some(3),
-                pid: None
-            }
-        );
+        let r: Request = serde_json::from_str(r#"{"op":"translate","container":"c1","vpid":3}"#).unwrap();
+        assert_eq!(r, Request::Translate { container: "c1".into(), vpid: Some(3), pid: None });
         let r: Request = serde_json::from_str(r#"{"op":"ps"}"#).unwrap();
         assert_eq!(r, Request::Ps { container: None });
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());

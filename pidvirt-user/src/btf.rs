@@ -19,10 +19,7 @@ pub enum OffsetError {
         "kernel BTF not available at {path}: {source} (pidvirt needs a kernel built with \
          CONFIG_DEBUG_INFO_BTF=y)"
     )]
-    NoBtf {
-        path: String,
-        source: std::io::Error,
-    },
+    NoBtf { path: String, source: std::io::Error },
     #[error("cannot parse kernel BTF: {0}")]
     Parse(String),
     #[error("kernel BTF has no type `{0}`")]
@@ -32,12 +29,7 @@ pub enum OffsetError {
     #[error("kernel BTF: enum `{ty}` has no value `{name}`")]
     MissingEnumValue { ty: String, name: String },
     #[error("kernel BTF: `{ty}.{field}` is {found} bytes, pidvirt expects {expected}")]
-    UnexpectedSize {
-        ty: String,
-        field: String,
-        expected: usize,
-        found: usize,
-    },
+    UnexpectedSize { ty: String, field: String, expected: usize, found: usize },
     #[error("kernel BTF: `{ty}.{field}` is a bitfield; pidvirt needs a byte-addressable field")]
     Bitfield { ty: String, field: String },
 }
@@ -60,10 +52,8 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn from_file(path: &Path) -> Result<Self, OffsetError> {
-        let bytes = std::fs::read(path).map_err(|source| OffsetError::NoBtf {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|source| OffsetError::NoBtf { path: path.display().to_string(), source })?;
         Self::from_bytes(&bytes)
     }
 
@@ -74,10 +64,8 @@ impl KernelBtf {
 
     /// The (complete, not forward-declared) struct or union named `name`.
     fn composite(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {
-        let types = self
-            .btf
-            .resolve_types_by_name(name)
-            .map_err(|_| OffsetError::MissingType(name.to_string()))?;
+        let types =
+            self.btf.resolve_types_by_name(name).map_err(|_| OffsetError::MissingType(name.to_string()))?;
         types
             .into_iter()
             .find_map(|t| match t {
@@ -99,12 +87,10 @@ impl KernelBtf {
                 | Type::Volatile(_)
                 | Type::Const(_)
                 | Type::Restrict(_)
-                | Type::TypeTag(_) => {
-                    match self.btf.resolve_chained_type(ty.as_btf_type().unwrap()) {
-                        Ok(next) => ty = next,
-                        Err(_) => return ty,
-                    }
-                }
+                | Type::TypeTag(_) => match self.btf.resolve_chained_type(ty.as_btf_type().unwrap()) {
+                    Ok(next) => ty = next,
+                    Err(_) => return ty,
+                },
                 _ => return ty,
             }
         }
@@ -135,10 +121,7 @@ impl KernelBtf {
     pub fn field(&self, ty: &str, field: &str) -> Result<Field, OffsetError> {
         let s = self.composite(ty)?;
         self.find_in(&s, field, 0, 0)?
-            .ok_or_else(|| OffsetError::MissingField {
-                ty: ty.to_string(),
-                field: field.to_string(),
-            })
+            .ok_or_else(|| OffsetError::MissingField { ty: ty.to_string(), field: field.to_string() })
     }
 
     fn find_in(
@@ -157,16 +140,9 @@ impl KernelBtf {
             let type_id = m.get_type_id().unwrap_or(0);
             if name == field {
                 if m.bitfield_size().unwrap_or(0) != 0 || !bits.is_multiple_of(8) {
-                    return Err(OffsetError::Bitfield {
-                        ty: String::new(),
-                        field: field.into(),
-                    });
+                    return Err(OffsetError::Bitfield { ty: String::new(), field: field.into() });
                 }
-                return Ok(Some(Field {
-                    offset: bits / 8,
-                    size: self.size_of(type_id),
-                    type_id,
-                }));
+                return Ok(Some(Field { offset: bits / 8, size: self.size_of(type_id), type_id }));
             }
             if name.is_empty()
                 && let Ok(t) = self.btf.resolve_type_by_id(type_id)
@@ -182,10 +158,7 @@ impl KernelBtf {
     /// Offset of `ty.field`, checking the field's size.
     pub fn offset(&self, ty: &str, field: &str, size: usize) -> Result<u32, OffsetError> {
         let f = self.field(ty, field).map_err(|e| match e {
-            OffsetError::Bitfield { field, .. } => OffsetError::Bitfield {
-                ty: ty.into(),
-                field,
-            },
+            OffsetError::Bitfield { field, .. } => OffsetError::Bitfield { ty: ty.into(), field },
             other => other,
         })?;
         if f.size != size {
@@ -206,14 +179,8 @@ impl KernelBtf {
 
     /// Value of enumerator `name` of enum `ty`.
     pub fn enum_value(&self, ty: &str, name: &str) -> Result<u32, OffsetError> {
-        let missing = || OffsetError::MissingEnumValue {
-            ty: ty.into(),
-            name: name.into(),
-        };
-        let types = self
-            .btf
-            .resolve_types_by_name(ty)
-            .map_err(|_| OffsetError::MissingType(ty.into()))?;
+        let missing = || OffsetError::MissingEnumValue { ty: ty.into(), name: name.into() };
+        let types = self.btf.resolve_types_by_name(ty).map_err(|_| OffsetError::MissingType(ty.into()))?;
         let e = types
             .into_iter()
             .find_map(|t| match t {
@@ -223,12 +190,7 @@ impl KernelBtf {
             .ok_or_else(|| OffsetError::MissingType(ty.into()))?;
         e.members
             .iter()
-            .find(|m| {
-                self.btf
-                    .resolve_name(*m)
-                    .map(|n| n == name)
-                    .unwrap_or(false)
-            })
+            .find(|m| self.btf.resolve_name(*m).map(|n| n == name).unwrap_or(false))
             .map(|m| m.val())
             .ok_or_else(missing)
     }
@@ -288,9 +250,11 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
         pidtype_tgid: btf.enum_value("pid_type", "PIDTYPE_TGID")?,
         pidtype_pgid: btf.enum_value("pid_type", "PIDTYPE_PGID")?,
         pidtype_sid: btf.enum_value("pid_type", "PIDTYPE_SID")?,
+        // From the tracepoint formats (tracefs), filled by the caller.
+        syscall_args: 0,
+        syscall_ret: 0,
         tick_ns,
         magic: OFFSETS_MAGIC,
-        _pad: 0,
     })
 }
 
@@ -313,11 +277,7 @@ mod tests {
 
     impl Builder {
         fn new() -> Self {
-            Self {
-                types: vec![],
-                strings: vec![0],
-                next_id: 1,
-            }
+            Self { types: vec![], strings: vec![0], next_id: 1 }
         }
         fn s(&mut self, name: &str) -> u32 {
             if name.is_empty() {
@@ -346,13 +306,7 @@ mod tests {
             self.id()
         }
         /// kind 4 = struct, 5 = union; members: (name, type, byte offset).
-        fn composite(
-            &mut self,
-            kind: u32,
-            name: &str,
-            size: u32,
-            members: &[(&str, u32, u32)],
-        ) -> u32 {
+        fn composite(&mut self, kind: u32, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
             let n = self.s(name);
             self.push_u32(n);
             self.push_u32((kind << 24) | members.len() as u32);
@@ -429,17 +383,7 @@ mod tests {
         let e = btf.field("pid", "tasks").unwrap_err();
         assert_eq!(e.to_string(), "kernel BTF: `pid` has no field `tasks`");
         let e = btf.offset("pid", "level", 8).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                OffsetError::UnexpectedSize {
-                    expected: 8,
-                    found: 4,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, OffsetError::UnexpectedSize { expected: 8, found: 4, .. }), "{e}");
         // The full resolution fails on the first missing piece, by name.
         let e = resolve(&btf, 10_000_000).unwrap_err();
         assert!(e.to_string().contains("pid_type"), "{e}");
@@ -447,13 +391,8 @@ mod tests {
 
     #[test]
     fn garbage_is_a_parse_error() {
-        assert!(matches!(
-            KernelBtf::from_bytes(b"not btf"),
-            Err(OffsetError::Parse(_))
-        ));
-        let e = KernelBtf::from_file(Path::new("/nonexistent/vmlinux"))
-            .err()
-            .unwrap();
+        assert!(matches!(KernelBtf::from_bytes(b"not btf"), Err(OffsetError::Parse(_))));
+        let e = KernelBtf::from_file(Path::new("/nonexistent/vmlinux")).err().unwrap();
         assert!(e.to_string().contains("/nonexistent/vmlinux"), "{e}");
     }
 
@@ -461,8 +400,7 @@ mod tests {
     /// shares hold (pid and tgid are adjacent, a upid is {int nr; struct pid_namespace *ns}).
     #[test]
     fn running_kernel_offsets_resolve() {
-        let o = resolve_running_kernel(10_000_000)
-            .expect("resolve offsets from /sys/kernel/btf/vmlinux");
+        let o = resolve_running_kernel(10_000_000).expect("resolve offsets from /sys/kernel/btf/vmlinux");
         assert_eq!(o.magic, OFFSETS_MAGIC);
         assert_eq!(o.task_tgid, o.task_pid + 4);
         assert_eq!((o.upid_size, o.upid_nr, o.upid_ns), (16, 0, 8));
@@ -475,10 +413,7 @@ mod tests {
         if release.trim() == "6.18.44-fc-v769" {
             assert_eq!((o.pid_level, o.pid_numbers), (4, 144));
             assert_eq!((o.pidns_level, o.pidns_parent, o.pidns_inum), (64, 72, 136));
-            assert_eq!(
-                (o.task_pid, o.task_tgid, o.task_thread_pid, o.task_signal),
-                (1264, 1268, 1368, 1848)
-            );
+            assert_eq!((o.task_pid, o.task_tgid, o.task_thread_pid, o.task_signal), (1264, 1268, 1368, 1848));
             assert_eq!(o.signal_pids, 360);
         }
     }

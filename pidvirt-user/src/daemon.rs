@@ -8,12 +8,16 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use pidvirt_common::{PidnsEvent, PidnsInfo, event_kind, pidns_source};
+use pidvirt_common::{
+    PidnsEvent, PidnsInfo,
+    audit::{AnomalyEvent, NSYSCALLS, NVERDICTS, VERDICT_NAMES},
+    counter, event_kind, pidns_source,
+};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     api::{ApiError, ContainerRow, ErrorCode, Request, TaskRow, Translation},
-    btf,
+    audit::{Filter, Hub, Record, Sink},
     kernel::{self, FullTask, KernelMaps, LoadOptions},
     procscan,
     registry::Registry,
@@ -32,6 +36,7 @@ pub struct RunOptions {
 /// Everything the request handlers read.
 pub struct State {
     pub maps: Mutex<KernelMaps>,
+    pub audit: Hub,
     pub registry: Mutex<Registry>,
     pub seed: SeedReport,
     pub attached: Vec<(String, String)>,
@@ -40,27 +45,22 @@ pub struct State {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    kernel::require_root()?;
+    let sink = match &opts.audit_log {
+        Some(spec) => Some(Sink::open(spec).with_context(|| format!("open audit log {spec}"))?),
+        None => None,
+    };
     let host_pidns = procscan::own_pidns_is_init().map_err(anyhow::Error::msg)?;
     let tick_ns = procscan::tick_ns();
-    let offsets = btf::resolve_running_kernel(tick_ns)?;
+    let offsets = kernel::resolve_offsets(tick_ns)?;
     tracing::debug!(?offsets, "kernel offsets from BTF");
     // Attach first, then walk /proc: a process born in between is seen by the fork program.
     let loaded = kernel::load_and_attach(offsets, &opts.load)?;
-    let kernel::Loaded {
-        ebpf,
-        mut maps,
-        events,
-        attached,
-        iterator,
-        ..
-    } = loaded;
+    let kernel::Loaded { ebpf, mut maps, events, attached, iterator, .. } = loaded;
     for (prog, hook) in &attached {
         tracing::info!("attached {prog} to {hook}");
     }
-    maps.seed_pidns(
-        host_pidns,
-        PidnsInfo::from_chain(&[host_pidns], 0, 1, pidns_source::SEED),
-    );
+    maps.seed_pidns(host_pidns, PidnsInfo::from_chain(&[host_pidns], 0, 1, pidns_source::SEED));
     let report = seed::seed(&mut maps, tick_ns, &iterator);
     tracing::info!(
         scanned = report.scanned,
@@ -77,6 +77,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     registry.sync_pidns(&maps.pidns_all());
     let state = Arc::new(State {
         maps: Mutex::new(maps),
+        audit: Hub::new(sink),
         registry: Mutex::new(registry),
         seed: report,
         attached,
@@ -107,34 +108,58 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Most records handled per batch (one sink write each).
+const BATCH: usize = 4096;
+
 /// Reads the events ring buffer until the daemon stops.
 async fn consume_events(events: RingBuf<MapData>, state: Arc<State>) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd holds it.
     let mut fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("poll the events ring buffer: {e}"))?;
+    let mut anomalies: Vec<AnomalyEvent> = Vec::with_capacity(BATCH);
     loop {
         let mut guard = fd.readable_mut().await?;
         let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            handle_event(&item, &state);
+        loop {
+            let mut more = false;
+            while let Some(item) = ring.next() {
+                handle_event(&item, &state, &mut anomalies);
+                if anomalies.len() == BATCH {
+                    more = true;
+                    break;
+                }
+            }
+            publish(&state, &mut anomalies);
+            if !more {
+                break;
+            }
         }
         guard.clear_ready();
     }
 }
 
-fn handle_event(bytes: &[u8], state: &State) {
+fn publish(state: &State, anomalies: &mut Vec<AnomalyEvent>) {
+    if anomalies.is_empty() {
+        return;
+    }
+    let records: Vec<Record> = match state.registry.lock() {
+        Ok(reg) => anomalies.iter().filter_map(|ev| Record::from_event(ev, &reg)).collect(),
+        Err(_) => Vec::new(),
+    };
+    anomalies.clear();
+    state.audit.publish(records);
+}
+
+fn handle_event(bytes: &[u8], state: &State, anomalies: &mut Vec<AnomalyEvent>) {
     if bytes.len() < 4 {
         return;
     }
     let kind = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    if kind == event_kind::PIDNS && bytes.len() >= std::mem::size_of::<PidnsEvent>() {
+    if kind == event_kind::ANOMALY && bytes.len() >= std::mem::size_of::<AnomalyEvent>() {
+        anomalies.push(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) });
+    } else if kind == event_kind::PIDNS && bytes.len() >= std::mem::size_of::<PidnsEvent>() {
         let ev: PidnsEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        tracing::info!(
-            pidns = ev.pidns,
-            level = ev.level,
-            first_tid = ev.first_tid,
-            "new pid namespace"
-        );
+        tracing::info!(pidns = ev.pidns, level = ev.level, first_tid = ev.first_tid, "new pid namespace");
         if let Ok(mut reg) = state.registry.lock() {
             reg.note_pidns(
                 ev.pidns,
@@ -162,10 +187,7 @@ fn comm_of(host_pid: u32, host_tid: u32) -> String {
 }
 
 impl State {
-    fn sync_registry(
-        &self,
-        maps: &KernelMaps,
-    ) -> Result<std::sync::MutexGuard<'_, Registry>, ApiError> {
+    fn sync_registry(&self, maps: &KernelMaps) -> Result<std::sync::MutexGuard<'_, Registry>, ApiError> {
         let mut reg = self.registry.lock().map_err(internal)?;
         reg.sync_pidns(&maps.pidns_all());
         Ok(reg)
@@ -196,12 +218,12 @@ impl State {
         match req {
             Request::Ps { container } => to_json(self.ps(container.as_deref())?),
             Request::Containers => to_json(self.containers()?),
-            Request::Translate {
-                container,
-                vpid,
-                pid,
-            } => to_json(self.translate(&container, vpid, pid)?),
-            Request::Stats => self.stats(),
+            Request::Translate { container, vpid, pid } => to_json(self.translate(&container, vpid, pid)?),
+            Request::Stats { container } => self.stats(container.as_deref()),
+            Request::Audit { container, verdict, limit, .. } => {
+                let filter = self.audit_filter(container, verdict)?;
+                to_json(self.audit.recent(&filter, limit.unwrap_or(1000)))
+            }
             Request::Status => Ok(self.status()),
         }
     }
@@ -210,11 +232,7 @@ impl State {
         let maps = self.maps.lock().map_err(internal)?;
         let reg = self.sync_registry(&maps)?;
         let want = match container {
-            Some(name) => Some(
-                reg.find(name)
-                    .ok_or_else(|| unknown_container(name))?
-                    .number,
-            ),
+            Some(name) => Some(reg.find(name).ok_or_else(|| unknown_container(name))?.number),
             None => None,
         };
         let mut rows: Vec<TaskRow> = maps
@@ -241,9 +259,7 @@ impl State {
                 id: c.id.clone(),
                 pidns: c.pidns,
                 level: c.level,
-                parent: (c.level > 0)
-                    .then(|| by_ns.get(&c.parent_pidns).cloned())
-                    .flatten(),
+                parent: (c.level > 0).then(|| by_ns.get(&c.parent_pidns).cloned()).flatten(),
                 tasks: counts.get(&c.number).copied().unwrap_or(0),
                 registered_by: c.registered_by.clone(),
                 labels: c.labels.clone(),
@@ -259,24 +275,16 @@ impl State {
     ) -> Result<Translation, ApiError> {
         let maps = self.maps.lock().map_err(internal)?;
         let reg = self.sync_registry(&maps)?;
-        let c = reg
-            .find(container)
-            .ok_or_else(|| unknown_container(container))?;
+        let c = reg.find(container).ok_or_else(|| unknown_container(container))?;
         let (level, pidns, id) = (c.level, c.pidns, c.id.clone());
         let task = match (vpid, pid) {
-            (Some(v), None) => maps
-                .resolve(pidns, level, v)
-                .filter(|_| level > 0)
-                .or_else(|| {
-                    // The host's (and host-namespace containers') numbers are host numbers.
-                    (level == 0).then(|| maps.task(v)).flatten()
-                }),
+            (Some(v), None) => maps.resolve(pidns, level, v).filter(|_| level > 0).or_else(|| {
+                // The host's (and host-namespace containers') numbers are host numbers.
+                (level == 0).then(|| maps.task(v)).flatten()
+            }),
             (None, Some(p)) => maps.task(p),
             _ => {
-                return Err(ApiError::new(
-                    ErrorCode::BadRequest,
-                    "give exactly one of vpid and pid",
-                ));
+                return Err(ApiError::new(ErrorCode::BadRequest, "give exactly one of vpid and pid"));
             }
         };
         let not_found = || {
@@ -291,10 +299,7 @@ impl State {
         // The task must be in this container or in one nested in it (its ids at this level
         // exist and its namespace at this level is the container's).
         let inside = t.entry.level as u32 >= level
-            && (level == 0
-                || maps
-                    .resolve(pidns, level, t.at(level).map(|i| i.tid).unwrap_or(0))
-                    .is_some());
+            && (level == 0 || maps.resolve(pidns, level, t.at(level).map(|i| i.tid).unwrap_or(0)).is_some());
         if !inside {
             return Err(not_found());
         }
@@ -309,10 +314,64 @@ impl State {
         })
     }
 
-    pub fn stats(&self) -> Result<serde_json::Value, ApiError> {
+    /// The filter of an audit request, checked: a known container, a known verdict.
+    pub fn audit_filter(
+        &self,
+        container: Option<String>,
+        verdict: Option<String>,
+    ) -> Result<Filter, ApiError> {
+        if let Some(v) = &verdict
+            && !VERDICT_NAMES.contains(&v.as_str())
+        {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("unknown verdict `{v}` (one of {})", VERDICT_NAMES.join(", ")),
+            ));
+        }
+        let container = match container {
+            Some(name) => {
+                let maps = self.maps.lock().map_err(internal)?;
+                let reg = self.sync_registry(&maps)?;
+                Some(reg.find(&name).ok_or_else(|| unknown_container(&name))?.id.clone())
+            }
+            None => None,
+        };
+        Ok(Filter { container, verdict })
+    }
+
+    /// Counters: crossings per syscall per verdict (of one container, or of all), and with no
+    /// container also drops, map errors and lifecycle events.
+    pub fn stats(&self, container: Option<&str>) -> Result<serde_json::Value, ApiError> {
         let maps = self.maps.lock().map_err(internal)?;
+        if let Some(name) = container {
+            let reg = self.sync_registry(&maps)?;
+            let c = reg.find(name).ok_or_else(|| unknown_container(name))?;
+            let (crossings, drops) = maps.crossings(Some(c.number)).remove(&c.number).unwrap_or_default();
+            let crossings = if crossings.is_empty() { vec![0; NSYSCALLS * NVERDICTS] } else { crossings };
+            return Ok(serde_json::json!({
+                "container": c.id,
+                "crossings": kernel::named_crossings(&crossings),
+                "ringbuf_drops": drops,
+            }));
+        }
         let values = maps.counters();
-        serde_json::to_value(kernel::named_counters(&values)).map_err(internal)
+        // Crossings of every container, plus those no per-container counter could take.
+        let mut total: Vec<u64> = (0..NSYSCALLS * NVERDICTS)
+            .map(|i| values.get(counter::CROSSING_BASE as usize + i).copied().unwrap_or(0))
+            .collect();
+        for (crossings, _) in maps.crossings(None).values() {
+            for (t, n) in total.iter_mut().zip(crossings) {
+                *t += n;
+            }
+        }
+        let mut out = serde_json::to_value(kernel::named_counters(&values)).map_err(internal)?;
+        out["crossings"] = serde_json::to_value(kernel::named_crossings(&total)).map_err(internal)?;
+        use std::sync::atomic::Ordering::Relaxed;
+        out["audit_log"] = serde_json::json!({
+            "written": self.audit.written.load(Relaxed),
+            "write_errors": self.audit.sink_errors.load(Relaxed),
+        });
+        Ok(out)
     }
 
     pub fn status(&self) -> serde_json::Value {
@@ -326,10 +385,7 @@ impl State {
 }
 
 fn unknown_container(name: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::UnknownContainer,
-        format!("unknown container `{name}`"),
-    )
+    ApiError::new(ErrorCode::UnknownContainer, format!("unknown container `{name}`"))
 }
 
 fn to_json(v: impl serde::Serialize) -> Result<serde_json::Value, ApiError> {

@@ -1,5 +1,6 @@
 //! pidvirt: a run-time check on process ids crossing pid-namespace boundaries.
 pub mod api;
+pub mod audit;
 pub mod btf;
 pub mod client;
 pub mod daemon;
@@ -8,3 +9,4 @@ pub mod procscan;
 pub mod registry;
 pub mod seed;
 pub mod server;
+pub mod tracefs;

@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 use pidvirt::{
     api::{self, ContainerRow, Request, TaskRow, Translation},
+    audit::Record,
     client::{self, ClientError},
     daemon::{self, RunOptions},
     kernel::LoadOptions,
@@ -87,12 +88,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Counters kept by the kernel programs.
+    /// Counters kept by the kernel programs: crossings per syscall per verdict, drops, errors.
     Stats {
         #[command(flatten)]
         socket: SocketArg,
+        /// Only the crossings of this container.
+        #[arg(long)]
+        container: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Recent anomalies (every verdict but ok, group, any), or a live stream of them.
+    Audit {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Stream new anomalies until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        container: Option<String>,
+        /// leak, collision, cross_container, unknown, stale, mismatch, denied.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// At most this many recent records.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
     },
     /// Daemon status: kernel, attached programs, seed report.
     Status {
@@ -115,11 +138,7 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pidvirt: cannot start the runtime: {e}");
@@ -147,10 +166,7 @@ macro_rules! out {
 fn emit(text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
@@ -159,13 +175,7 @@ fn emit(text: &str) -> anyhow::Result<()> {
 async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     let mut o = String::new();
     match cmd {
-        Command::Run {
-            socket,
-            audit_log,
-            max_tasks,
-            ringbuf_bytes,
-            seed,
-        } => {
+        Command::Run { socket, audit_log, max_tasks, ringbuf_bytes, seed } => {
             daemon::run(RunOptions {
                 socket: socket.socket,
                 audit_log,
@@ -177,11 +187,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             })
             .await?;
         }
-        Command::Ps {
-            socket,
-            container,
-            json,
-        } => {
+        Command::Ps { socket, container, json } => {
             let rows: Vec<TaskRow> = call(&socket, Request::Ps { container }).await?;
             if json {
                 out!(o, "{}", serde_json::to_string_pretty(&rows)?);
@@ -197,12 +203,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     "NSPID"
                 );
                 for r in rows {
-                    let nspid = r
-                        .nspid
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" ");
+                    let nspid = r.nspid.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
                     out!(
                         o,
                         "{:<22} {:>8} {:>8} {:>7} {:>7}  {:<20} {}",
@@ -233,12 +234,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     "PARENT"
                 );
                 for c in rows {
-                    let labels = c
-                        .labels
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",");
+                    let labels =
+                        c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
                     out!(
                         o,
                         "{:<28} {:>12} {:>5} {:>6}  {:<8} {:<28} {}",
@@ -253,22 +250,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Translate {
-            socket,
-            container,
-            vpid,
-            pid,
-            json,
-        } => {
-            let t: Translation = call(
-                &socket,
-                Request::Translate {
-                    container,
-                    vpid,
-                    pid,
-                },
-            )
-            .await?;
+        Command::Translate { socket, container, vpid, pid, json } => {
+            let t: Translation = call(&socket, Request::Translate { container, vpid, pid }).await?;
             if json {
                 out!(o, "{}", serde_json::to_string(&t)?);
             } else if vpid.is_some() {
@@ -277,12 +260,52 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 out!(o, "{}", t.vpid);
             }
         }
-        Command::Stats { socket, json } => {
-            let v: serde_json::Value = call(&socket, Request::Stats).await?;
+        Command::Stats { socket, container, json } => {
+            let v: serde_json::Value = call(&socket, Request::Stats { container }).await?;
             if json {
                 out!(o, "{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_stats(&mut o, &v);
+            }
+        }
+        Command::Audit { socket, follow, json, container, verdict, limit } => {
+            let req = Request::Audit { container, verdict, limit: Some(limit), follow };
+            if follow {
+                if !json {
+                    emit(&format!("{}\n", record_header()))?;
+                }
+                let mut failed = None;
+                client::stream(&socket.socket, &req, |v| {
+                    let line = match serde_json::from_value::<Record>(v) {
+                        Ok(r) if json => serde_json::to_string(&r).unwrap_or_default(),
+                        Ok(r) => record_line(&r),
+                        Err(e) => format!("(undecodable record: {e})"),
+                    };
+                    match emit(&format!("{line}\n")) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            failed = Some(e);
+                            false
+                        }
+                    }
+                })
+                .await
+                .map_err(|e| anyhow::Error::msg(e.to_string()))?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+            } else {
+                let records: Vec<Record> = call(&socket, req).await?;
+                if !json {
+                    out!(o, "{}", record_header());
+                }
+                for r in records {
+                    if json {
+                        out!(o, "{}", serde_json::to_string(&r)?);
+                    } else {
+                        out!(o, "{}", record_line(&r));
+                    }
+                }
             }
         }
         Command::Status { socket } => {
@@ -293,21 +316,57 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     emit(&o)
 }
 
-async fn call<T: serde::de::DeserializeOwned>(
-    socket: &SocketArg,
-    req: Request,
-) -> anyhow::Result<T> {
-    client::call(&socket.socket, &req)
-        .await
-        .map_err(|e| match e {
-            ClientError::Other(e) => e,
-            e => anyhow::Error::msg(e.to_string()),
-        })
+async fn call<T: serde::de::DeserializeOwned>(socket: &SocketArg, req: Request) -> anyhow::Result<T> {
+    client::call(&socket.socket, &req).await.map_err(|e| match e {
+        ClientError::Other(e) => e,
+        e => anyhow::Error::msg(e.to_string()),
+    })
+}
+
+fn record_header() -> String {
+    format!(
+        "{:>16} {:<18} {:<4} {:<16} {:>8}  {:<24} {:<28} TARGET",
+        "TS_NS", "SYSCALL", "DIR", "VERDICT", "VALUE", "CONTAINER", "CALLER"
+    )
+}
+
+fn record_line(r: &Record) -> String {
+    let caller = format!("{}/{} {}", r.caller.host_pid, r.caller.vpid, r.caller.comm);
+    let task = |t: &pidvirt::audit::Target| format!("{}/{}@{}", t.host_pid, t.vpid, t.container);
+    let mut target = r.target.as_ref().map(task).unwrap_or_else(|| "-".into());
+    if let Some(a) = &r.also {
+        target.push_str(&format!(" (host pid of {})", task(a)));
+    }
+    if let Some(t) = r.truth {
+        target.push_str(&format!(" (truth {t})"));
+    }
+    format!(
+        "{:>16} {:<18} {:<4} {:<16} {:>8}  {:<24} {:<28} {}",
+        r.ts_ns, r.syscall, r.direction, r.verdict, r.value, r.container, caller, target
+    )
 }
 
 fn print_stats(o: &mut String, v: &serde_json::Value) {
     let Some(groups) = v.as_object() else { return };
+    if let Some(crossings) = v.get("crossings").and_then(|c| c.as_object()) {
+        out!(o, "crossings (nonzero):");
+        for (syscall, verdicts) in crossings {
+            let nonzero: Vec<String> = verdicts
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                .map(|(verdict, n)| format!("{verdict}={n}"))
+                .collect();
+            if !nonzero.is_empty() {
+                out!(o, "  {syscall:<24} {}", nonzero.join(" "));
+            }
+        }
+    }
     for (group, counters) in groups {
+        if group == "crossings" {
+            continue;
+        }
         out!(o, "{group}:");
         if let Some(map) = counters.as_object() {
             let mut entries: Vec<_> = map.iter().collect();

@@ -48,13 +48,7 @@ impl ProcTask {
 }
 
 /// Builds a [`ProcTask`] from the text of status and stat (the pure part, unit-tested).
-pub fn parse_task(
-    pid: u32,
-    tid: u32,
-    status: &[u8],
-    stat: &[u8],
-    pidns: u32,
-) -> Result<ProcTask, ProcError> {
+pub fn parse_task(pid: u32, tid: u32, status: &[u8], stat: &[u8], pidns: u32) -> Result<ProcTask, ProcError> {
     let bad = |msg: String| ProcError::Bad { pid, tid, msg };
     let status = Status::from_read(status).map_err(|e| bad(format!("status: {e}")))?;
     let stat = Stat::from_read(stat).map_err(|e| bad(format!("stat: {e}")))?;
@@ -68,14 +62,10 @@ pub fn parse_task(
     let nspid = ids(status.nspid, "NSpid")?;
     let nstgid = ids(status.nstgid, "NStgid")?;
     if nspid.len() != nstgid.len() {
-        return Err(bad(format!(
-            "NSpid {nspid:?} and NStgid {nstgid:?} differ in depth"
-        )));
+        return Err(bad(format!("NSpid {nspid:?} and NStgid {nstgid:?} differ in depth")));
     }
     if nspid[0] != tid || nstgid[0] != pid {
-        return Err(bad(format!(
-            "NSpid {nspid:?} / NStgid {nstgid:?} do not start with {tid}/{pid}"
-        )));
+        return Err(bad(format!("NSpid {nspid:?} / NStgid {nstgid:?} do not start with {tid}/{pid}")));
     }
     Ok(ProcTask {
         host_pid: pid,
@@ -127,8 +117,7 @@ pub fn numeric_entries(dir: &str) -> Vec<u32> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return vec![];
     };
-    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
 }
 
 /// Every task on the host, process by process. Tasks that vanish during the walk are skipped.
@@ -150,11 +139,7 @@ pub fn scan() -> Vec<ProcTask> {
 /// Nanoseconds per clock tick of /proc start times.
 pub fn tick_ns() -> u32 {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz <= 0 {
-        10_000_000
-    } else {
-        (1_000_000_000 / hz) as u32
-    }
+    if hz <= 0 { 10_000_000 } else { (1_000_000_000 / hz) as u32 }
 }
 
 /// NS_GET_PARENT = _IO(0xb7, 0x2)
@@ -201,8 +186,7 @@ impl ChainCache {
                 e.insert(chain)
             }
         };
-        (chain.len() == task.nspid.len() && chain.last() == Some(&task.pidns))
-            .then(|| chain.clone())
+        (chain.len() == task.nspid.len() && chain.last() == Some(&task.pidns)).then(|| chain.clone())
     }
 }
 
@@ -242,11 +226,7 @@ CapBnd:\t000001fffeffffff\nCapAmb:\t0000000000000000\nSeccomp:\t0\n";
         // 52 fields; field 22 is starttime.
         let mut f: Vec<String> = vec![pid.to_string(), format!("({comm})"), "S".into()];
         for i in 4..=52 {
-            f.push(if i == 22 {
-                start.to_string()
-            } else {
-                "0".into()
-            });
+            f.push(if i == 22 { start.to_string() } else { "0".into() });
         }
         f.join(" ") + "\n"
     }
@@ -270,14 +250,8 @@ CapBnd:\t000001fffeffffff\nCapAmb:\t0000000000000000\nSeccomp:\t0\n";
 
     #[test]
     fn comm_with_spaces_and_parens() {
-        let t = parse_task(
-            26919,
-            26921,
-            STATUS.as_bytes(),
-            stat_line(26921, "a) b (c", 7).as_bytes(),
-            1,
-        )
-        .unwrap();
+        let t = parse_task(26919, 26921, STATUS.as_bytes(), stat_line(26921, "a) b (c", 7).as_bytes(), 1)
+            .unwrap();
         assert_eq!(t.comm, "a) b (c");
         assert_eq!(t.start_ticks, 7);
     }
@@ -285,34 +259,15 @@ CapBnd:\t000001fffeffffff\nCapAmb:\t0000000000000000\nSeccomp:\t0\n";
     #[test]
     fn rejects_inconsistent_ids() {
         // NSpid does not start with the tid we asked for.
-        let e = parse_task(
-            26919,
-            555,
-            STATUS.as_bytes(),
-            stat_line(555, "x", 1).as_bytes(),
-            1,
-        )
-        .unwrap_err();
+        let e = parse_task(26919, 555, STATUS.as_bytes(), stat_line(555, "x", 1).as_bytes(), 1).unwrap_err();
         assert!(e.to_string().contains("do not start with 555"), "{e}");
         let no_nspid = STATUS.replace("NSpid:\t26921\t3\n", "");
-        let e = parse_task(
-            26919,
-            26921,
-            no_nspid.as_bytes(),
-            stat_line(26921, "x", 1).as_bytes(),
-            1,
-        )
-        .unwrap_err();
+        let e = parse_task(26919, 26921, no_nspid.as_bytes(), stat_line(26921, "x", 1).as_bytes(), 1)
+            .unwrap_err();
         assert!(e.to_string().contains("no NSpid"), "{e}");
         let uneven = STATUS.replace("NSpid:\t26921\t3\n", "NSpid:\t26921\n");
-        let e = parse_task(
-            26919,
-            26921,
-            uneven.as_bytes(),
-            stat_line(26921, "x", 1).as_bytes(),
-            1,
-        )
-        .unwrap_err();
+        let e =
+            parse_task(26919, 26921, uneven.as_bytes(), stat_line(26921, "x", 1).as_bytes(), 1).unwrap_err();
         assert!(e.to_string().contains("differ in depth"), "{e}");
         let e = parse_task(26919, 26921, STATUS.as_bytes(), b"garbage", 1).unwrap_err();
         assert!(e.to_string().contains("stat"), "{e}");
@@ -327,9 +282,6 @@ CapBnd:\t000001fffeffffff\nCapAmb:\t0000000000000000\nSeccomp:\t0\n";
         let chain = pidns_chain(me).unwrap();
         assert_eq!(chain.len(), t.nspid.len());
         assert_eq!(chain[0], t.pidns);
-        assert!(matches!(
-            read_task(me, u32::MAX - 1, None),
-            Err(ProcError::Gone { .. })
-        ));
+        assert!(matches!(read_task(me, u32::MAX - 1, None), Err(ProcError::Gone { .. })));
     }
 }

@@ -92,9 +92,7 @@ impl Registry {
             return Some(c);
         }
         let ns: u32 = name.parse().ok()?;
-        self.by_number
-            .values()
-            .find(|c| c.pidns == ns && (c.number == ns || c.number == HOST_CONTAINER))
+        self.by_number.values().find(|c| c.pidns == ns && (c.number == ns || c.number == HOST_CONTAINER))
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Container> {
@@ -103,10 +101,7 @@ impl Registry {
 
     /// Container id by pid namespace inode, for the parent column.
     pub fn ids_by_pidns(&self) -> HashMap<u32, String> {
-        self.by_number
-            .values()
-            .map(|c| (c.pidns, c.id.clone()))
-            .collect()
+        self.by_number.values().map(|c| (c.pidns, c.id.clone())).collect()
     }
 }
 
@@ -118,22 +113,13 @@ mod tests {
     fn host_and_namespaces() {
         let mut r = Registry::new(4026531836);
         r.sync_pidns(&[
-            (
-                4026531836,
-                PidnsInfo::from_chain(&[4026531836], 0, 1, pidns_source::SEED),
-            ),
-            (
-                4026532300,
-                PidnsInfo::from_chain(&[4026531836, 4026532300], 1, 77, pidns_source::KERNEL),
-            ),
+            (4026531836, PidnsInfo::from_chain(&[4026531836], 0, 1, pidns_source::SEED)),
+            (4026532300, PidnsInfo::from_chain(&[4026531836, 4026532300], 1, 77, pidns_source::KERNEL)),
         ]);
         assert_eq!(r.find("host").unwrap().number, HOST_CONTAINER);
         assert_eq!(r.find("4026531836").unwrap().id, "host");
         let c = r.find("pidns-4026532300").unwrap();
-        assert_eq!(
-            (c.level, c.parent_pidns, c.registered_by.as_str()),
-            (1, 4026531836, "kernel")
-        );
+        assert_eq!((c.level, c.parent_pidns, c.registered_by.as_str()), (1, 4026531836, "kernel"));
         assert_eq!(r.find("4026532300").unwrap().id, "pidns-4026532300");
         assert!(r.find("nope").is_none());
         assert!(r.find("123").is_none());

@@ -36,22 +36,15 @@ pub struct SeedReport {
 }
 
 mod duration_ms {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64() * 1000.0)
     }
 }
 
 /// The entry and per-level ids of a task read from /proc.
 pub fn entry_from_proc(t: &ProcTask, ns: &[u32], tick_ns: u32) -> (TaskEntry, Vec<LevelIds>) {
-    let ids: Vec<LevelIds> = t
-        .nspid
-        .iter()
-        .zip(&t.nstgid)
-        .map(|(&tid, &tgid)| LevelIds { tid, tgid })
-        .collect();
+    let ids: Vec<LevelIds> =
+        t.nspid.iter().zip(&t.nstgid).map(|(&tid, &tgid)| LevelIds { tid, tgid }).collect();
     let level = t.level();
     let mut entry = TaskEntry {
         start_time: t.start_ticks * tick_ns as u64,
@@ -93,8 +86,7 @@ pub fn seed(maps: &mut KernelMaps, tick_ns: u32, iterator: &Result<(), String>) 
                 report.already_known += 1;
                 if let Some(known) = maps.task(t.host_tid)
                     && (known.ids != ids || known.entry.pidns != entry.pidns)
-                    && procscan::read_task(t.host_pid, t.host_tid, Some(t.pidns))
-                        .is_ok_and(|now| now == t)
+                    && procscan::read_task(t.host_pid, t.host_tid, Some(t.pidns)).is_ok_and(|now| now == t)
                 {
                     report.mismatched += 1;
                     tracing::warn!(

@@ -24,8 +24,7 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!("another pidvirt daemon is serving {}", path.display());
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| format!("remove stale socket {}", path.display()))?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -55,10 +54,7 @@ pub fn parse_request(line: &str) -> Result<Request, ApiError> {
         return Err(ApiError::new(ErrorCode::BadRequest, "request has no `op`"));
     };
     let Some(op) = op.as_str() else {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            "`op` must be a string",
-        ));
+        return Err(ApiError::new(ErrorCode::BadRequest, "`op` must be a string"));
     };
     let op = op.to_string();
     serde_json::from_value(value).map_err(|e| {
@@ -102,6 +98,15 @@ async fn connection(stream: UnixStream, state: Arc<State>) {
             continue;
         }
         let response = match parse_request(&line) {
+            Ok(Request::Audit { container, verdict, follow: true, .. }) => {
+                match state.audit_filter(container, verdict) {
+                    Ok(filter) => {
+                        follow(&mut framed, &state, filter).await;
+                        return;
+                    }
+                    Err(e) => Response::err(e),
+                }
+            }
             Ok(req) => {
                 let state = state.clone();
                 match tokio::task::spawn_blocking(move || state.handle(req)).await {
@@ -118,13 +123,32 @@ async fn connection(stream: UnixStream, state: Arc<State>) {
     }
 }
 
-async fn send(
-    framed: &mut Framed<UnixStream, LinesCodec>,
-    r: Response,
-) -> Result<(), LinesCodecError> {
-    let line = serde_json::to_string(&r).unwrap_or_else(|e| {
-        format!(r#"{{"ok":false,"error":{{"code":"internal","message":"{e}"}}}}"#)
-    });
+/// Streams audit records to the client until it goes away.
+async fn follow(framed: &mut Framed<UnixStream, LinesCodec>, state: &State, filter: crate::audit::Filter) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = state.audit.subscribe();
+    loop {
+        tokio::select! {
+            r = rx.recv() => {
+                let response = match r {
+                    Ok(record) if filter.accepts(&record) => Response::ok(&*record),
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => Response::lagged(n),
+                    Err(RecvError::Closed) => return,
+                };
+                if send(framed, response).await.is_err() {
+                    return;
+                }
+            }
+            // The client closing its side ends the stream.
+            next = framed.next() => if next.is_none() { return },
+        }
+    }
+}
+
+async fn send(framed: &mut Framed<UnixStream, LinesCodec>, r: Response) -> Result<(), LinesCodecError> {
+    let line = serde_json::to_string(&r)
+        .unwrap_or_else(|e| format!(r#"{{"ok":false,"error":{{"code":"internal","message":"{e}"}}}}"#));
     framed.send(line).await
 }
 
@@ -136,23 +160,12 @@ mod tests {
     fn bad_requests_are_classified() {
         assert_eq!(parse_request("{").unwrap_err().code, ErrorCode::BadRequest);
         assert_eq!(parse_request("[]").unwrap_err().code, ErrorCode::BadRequest);
-        assert_eq!(
-            parse_request(r#"{"op":5}"#).unwrap_err().code,
-            ErrorCode::BadRequest
-        );
-        assert_eq!(
-            parse_request(r#"{"op":"fly"}"#).unwrap_err().code,
-            ErrorCode::UnknownOp
-        );
-        assert_eq!(
-            parse_request(r#"{"op":"translate"}"#).unwrap_err().code,
-            ErrorCode::BadRequest
-        );
+        assert_eq!(parse_request(r#"{"op":5}"#).unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(parse_request(r#"{"op":"fly"}"#).unwrap_err().code, ErrorCode::UnknownOp);
+        assert_eq!(parse_request(r#"{"op":"translate"}"#).unwrap_err().code, ErrorCode::BadRequest);
         assert_eq!(
             parse_request(r#"{"op":"ps","container":"x"}"#).unwrap(),
-            Request::Ps {
-                container: Some("x".into())
-            }
+            Request::Ps { container: Some("x".into()) }
         );
     }
 }

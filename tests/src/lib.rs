@@ -57,11 +57,7 @@ impl From<Output> for Cli {
 
 /// Runs `pidvirt ARGS`.
 pub fn pidvirt(args: &[&str]) -> Cli {
-    Command::new(pidvirt_bin())
-        .args(args)
-        .output()
-        .expect("run pidvirt")
-        .into()
+    Command::new(pidvirt_bin()).args(args).output().expect("run pidvirt").into()
 }
 
 /// A `ps --json` row (the fields the tests check), parsed independently of pidvirt's types.
@@ -78,6 +74,36 @@ pub struct PsRow {
     pub nstgid: Vec<u32>,
     pub comm: String,
     pub seeded: bool,
+}
+
+/// An audit record (a line of --audit-log), parsed independently of pidvirt's types.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub ts_ns: u64,
+    pub syscall: String,
+    pub direction: String,
+    pub verdict: String,
+    pub value: i64,
+    pub container: String,
+    pub caller: AuditCaller,
+    pub target: Option<AuditTask>,
+    pub also: Option<AuditTask>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct AuditCaller {
+    pub host_pid: u32,
+    pub host_tid: u32,
+    pub vpid: u32,
+    pub pidns: u64,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct AuditTask {
+    pub host_pid: u32,
+    pub vpid: u32,
+    pub container: String,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -106,10 +132,7 @@ impl Daemon {
 
     /// Starts the daemon with extra `run` arguments and waits until it answers.
     pub fn start_with(extra: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("pidvirt-test-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("pidvirt-test-").tempdir().expect("tempdir");
         let socket = dir.path().join("pidvirt.sock");
         let audit_log = dir.path().join("audit.jsonl");
         let stderr_log = dir.path().join("daemon.log");
@@ -126,13 +149,7 @@ impl Daemon {
             .stderr(std::fs::File::create(&stderr_log).expect("daemon log"))
             .spawn()
             .expect("start pidvirt run");
-        let mut d = Self {
-            child: Some(child),
-            dir,
-            socket,
-            audit_log,
-            stderr_log,
-        };
+        let mut d = Self { child: Some(child), dir, socket, audit_log, stderr_log };
         let sock = d.socket.to_string_lossy().into_owned();
         let start = Instant::now();
         loop {
@@ -189,6 +206,23 @@ impl Daemon {
     /// `stats --json` as a JSON value.
     pub fn stats(&self) -> serde_json::Value {
         self.json(&["stats", "--json"])
+    }
+
+    /// Crossing counts of one container: syscall -> verdict -> count, and its ring-buffer drops.
+    pub fn container_crossings(&self, container: &str) -> (BTreeMap<String, BTreeMap<String, u64>>, u64) {
+        let v: serde_json::Value = self.json(&["stats", "--json", "--container", container]);
+        let crossings = serde_json::from_value(v["crossings"].clone()).expect("crossings");
+        (crossings, v["ringbuf_drops"].as_u64().expect("ringbuf_drops"))
+    }
+
+    /// Every record of the audit log so far (JSON lines).
+    pub fn audit_log(&self) -> Vec<AuditRecord> {
+        let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not a record ({e}): {l}"))
+            })
+            .collect()
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
@@ -252,13 +286,7 @@ impl Fixture {
         stdout.read_line(&mut hello).expect("fixture hello");
         let h: FixtureHello =
             serde_json::from_str(&hello).unwrap_or_else(|e| panic!("fixture said {hello:?}: {e}"));
-        Self {
-            child,
-            stdin,
-            stdout,
-            pidns: h.pidns,
-            outer_init: h.outer_init,
-        }
+        Self { child, stdin, stdout, pidns: h.pidns, outer_init: h.outer_init }
     }
 
     /// Runs one command in the innermost init; returns its answer.
@@ -274,8 +302,12 @@ impl Fixture {
     /// Runs a command whose answer is a number.
     pub fn num(&mut self, line: &str) -> i64 {
         let a = self.cmd(line);
-        a.parse()
-            .unwrap_or_else(|_| panic!("fixture {line:?} answered {a:?}"))
+        a.parse().unwrap_or_else(|_| panic!("fixture {line:?} answered {a:?}"))
+    }
+
+    /// The innermost namespace's container id.
+    pub fn container(&self) -> String {
+        format!("pidns-{}", self.inner())
     }
 
     /// The innermost namespace.
@@ -302,9 +334,7 @@ impl Drop for Fixture {
         let namespaces: BTreeSet<u64> = self.pidns.iter().copied().collect();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5)
-            && proc_truth::tasks()
-                .iter()
-                .any(|t| namespaces.contains(&t.pidns))
+            && proc_truth::tasks().iter().any(|t| namespaces.contains(&t.pidns))
         {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -326,18 +356,12 @@ pub mod proc_truth {
 
     fn numbers(status: &str, key: &str) -> Option<Vec<u32>> {
         let line = status.lines().find(|l| l.starts_with(key))?;
-        line[key.len()..]
-            .split_whitespace()
-            .map(|n| n.parse().ok())
-            .collect()
+        line[key.len()..].split_whitespace().map(|n| n.parse().ok()).collect()
     }
 
     fn dir_numbers(dir: &str) -> Vec<u32> {
         std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                    .collect()
-            })
+            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
             .unwrap_or_default()
     }
 

@@ -16,12 +16,9 @@ fn assert_ps_matches_proc(d: &Daemon, ns: u64) -> Vec<PsRow> {
     let rows = d.ps_by_tid();
     let mut mine = Vec::new();
     for t in &truth {
-        let r = rows.get(&t.tid).unwrap_or_else(|| {
-            panic!(
-                "task {} (NSpid {:?}) of pidns {ns} missing from ps",
-                t.tid, t.nspid
-            )
-        });
+        let r = rows
+            .get(&t.tid)
+            .unwrap_or_else(|| panic!("task {} (NSpid {:?}) of pidns {ns} missing from ps", t.tid, t.nspid));
         assert_eq!(r.nspid, t.nspid, "NSpid of host tid {}", t.tid);
         assert_eq!(r.nstgid, t.nstgid, "NStgid of host tid {}", t.tid);
         assert_eq!(r.pidns, ns, "pidns of host tid {}", t.tid);
@@ -33,12 +30,7 @@ fn assert_ps_matches_proc(d: &Daemon, ns: u64) -> Vec<PsRow> {
         mine.push(r.clone());
     }
     let listed = rows.values().filter(|r| r.pidns == ns).count();
-    assert_eq!(
-        listed,
-        truth.len(),
-        "ps lists {listed} tasks in pidns {ns}, /proc {}",
-        truth.len()
-    );
+    assert_eq!(listed, truth.len(), "ps lists {listed} tasks in pidns {ns}, /proc {}", truth.len());
     mine
 }
 
@@ -67,33 +59,20 @@ fn check_before_and_after_attach(seed: &str) {
     // /proc-only seed marks them (clock-tick start times).
     let seeded = old.iter().filter(|r| r.seeded).count();
     match seed {
-        "iterator" => assert_eq!(
-            seeded, 0,
-            "iterator seeding must leave no /proc-seeded entry"
-        ),
-        _ => assert_eq!(
-            seeded, 10,
-            "the 10 tasks made before attach are seeded from /proc"
-        ),
+        "iterator" => assert_eq!(seeded, 0, "iterator seeding must leave no /proc-seeded entry"),
+        _ => assert_eq!(seeded, 10, "the 10 tasks made before attach are seeded from /proc"),
     }
     assert!(new.iter().all(|r| !r.seeded));
 
     // Both namespaces are containers, registered automatically, with their task counts.
     let containers = d.containers();
     for (f, n) in [(&before, 12), (&after, 9)] {
-        let c = containers
-            .iter()
-            .find(|c| c.pidns == f.inner())
-            .expect("container listed");
+        let c = containers.iter().find(|c| c.pidns == f.inner()).expect("container listed");
         assert_eq!(c.id, format!("pidns-{}", f.inner()));
         assert_eq!((c.level, c.tasks), (1, n));
         assert_eq!(c.parent.as_deref(), Some("host"));
     }
-    assert!(
-        d.log().contains("mismatched=0"),
-        "seed self-check:\n{}",
-        d.log()
-    );
+    assert!(d.log().contains("mismatched=0"), "seed self-check:\n{}", d.log());
 }
 
 #[test]
@@ -118,10 +97,7 @@ fn nested_namespaces_have_a_pid_at_every_level() {
         assert!(rows.iter().all(|r| r.nspid.len() == 3 && r.level == 2));
         // The level-1 init is a task of the outer namespace.
         let outer = d.ps_by_tid()[&f.outer_init].clone();
-        assert_eq!(
-            outer.nspid,
-            proc_truth::task(f.outer_init, f.outer_init).unwrap().nspid
-        );
+        assert_eq!(outer.nspid, proc_truth::task(f.outer_init, f.outer_init).unwrap().nspid);
         assert_eq!((outer.level, outer.vpid), (1, 1));
         let containers = d.containers();
         let inner = containers.iter().find(|c| c.pidns == f.inner()).unwrap();
@@ -146,11 +122,8 @@ fn exits_remove_entries() {
     let mut f = Fixture::start(FIXTURE, 1);
     let vpid = f.num("spawn 3") as u32;
     let host = f.host_tid(vpid);
-    let threads: Vec<u32> = proc_truth::tasks()
-        .into_iter()
-        .filter(|t| t.pid == host)
-        .map(|t| t.tid)
-        .collect();
+    let threads: Vec<u32> =
+        proc_truth::tasks().into_iter().filter(|t| t.pid == host).map(|t| t.tid).collect();
     assert_eq!(threads.len(), 4);
     let rows = d.ps_by_tid();
     assert!(threads.iter().all(|t| rows.contains_key(t)));
@@ -166,10 +139,7 @@ fn exits_remove_entries() {
     let zhost = f.host_tid(z);
     assert_eq!(f.cmd(&format!("zombie {z}")), "ok");
     assert!(proc_truth::alive(zhost));
-    assert!(
-        d.ps_by_tid().contains_key(&zhost),
-        "a zombie keeps its entry"
-    );
+    assert!(d.ps_by_tid().contains_key(&zhost), "a zombie keeps its entry");
     assert_eq!(f.num(&format!("wait {z}")), z as i64);
     tests::eventually(SETTLE, "reaped zombie leaves ps", || {
         (!d.ps_by_tid().contains_key(&zhost)).then_some(())
@@ -193,12 +163,7 @@ fn recycled_pids_do_not_inherit_old_entries() {
     let rows = d.ps_by_tid();
     assert_eq!(rows[&second].nspid, vec![second, 500]);
     let c = format!("pidns-{}", f.inner());
-    assert_eq!(
-        d.cli(&["translate", "--container", &c, "--vpid", "500"])
-            .stdout
-            .trim(),
-        second.to_string()
-    );
+    assert_eq!(d.cli(&["translate", "--container", &c, "--vpid", "500"]).stdout.trim(), second.to_string());
 
     // The same HOST pid, recycled into the same container with another vpid: pin both levels
     // with clone3 set_tid (innermost first). The old vpid must not resolve to it any more.
@@ -214,27 +179,16 @@ fn recycled_pids_do_not_inherit_old_entries() {
     });
     let old = d.cli(&["translate", "--container", &c, "--vpid", "600"]);
     assert_eq!(old.code, 1, "vpid 600 is gone: {old:?}");
-    assert_eq!(
-        d.cli(&["translate", "--container", &c, "--pid", &host.to_string()])
-            .stdout
-            .trim(),
-        "601"
-    );
+    assert_eq!(d.cli(&["translate", "--container", &c, "--pid", &host.to_string()]).stdout.trim(), "601");
     assert_ps_matches_proc(&d, f.inner());
 }
 
 /// A host pid no task uses, well above the current allocation point.
 fn pick_free_host_pid() -> u32 {
-    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
     let used: std::collections::BTreeSet<u32> = proc_truth::tasks().iter().map(|t| t.tid).collect();
     let top = used.iter().next_back().copied().unwrap_or(1000);
-    (top + 5000..max)
-        .find(|p| !used.contains(p))
-        .expect("a free host pid")
+    (top + 5000..max).find(|p| !used.contains(p)).expect("a free host pid")
 }
 
 #[test]
@@ -261,53 +215,22 @@ fn translate_both_ways_and_clear_errors() {
     let host = f.host_tid(vpid);
     let c = format!("pidns-{}", f.inner());
     let to_host = d.cli(&["translate", "--container", &c, "--vpid", &vpid.to_string()]);
-    assert_eq!(
-        (to_host.code, to_host.stdout.trim()),
-        (0, host.to_string().as_str())
-    );
+    assert_eq!((to_host.code, to_host.stdout.trim()), (0, host.to_string().as_str()));
     let to_v = d.cli(&["translate", "--container", &c, "--pid", &host.to_string()]);
-    assert_eq!(
-        (to_v.code, to_v.stdout.trim()),
-        (0, vpid.to_string().as_str())
-    );
+    assert_eq!((to_v.code, to_v.stdout.trim()), (0, vpid.to_string().as_str()));
     // By namespace inode too.
-    let by_ino = d.cli(&[
-        "translate",
-        "--container",
-        &f.inner().to_string(),
-        "--vpid",
-        "1",
-    ]);
+    let by_ino = d.cli(&["translate", "--container", &f.inner().to_string(), "--vpid", "1"]);
     assert_eq!(by_ino.stdout.trim(), f.outer_init.to_string());
     // The host sees host pids.
     let me = std::process::id().to_string();
-    assert_eq!(
-        d.cli(&["translate", "--container", "host", "--pid", &me])
-            .stdout
-            .trim(),
-        me
-    );
+    assert_eq!(d.cli(&["translate", "--container", "host", "--pid", &me]).stdout.trim(), me);
 
-    let unknown = d.cli(&[
-        "translate",
-        "--container",
-        "no-such-container",
-        "--vpid",
-        "1",
-    ]);
+    let unknown = d.cli(&["translate", "--container", "no-such-container", "--vpid", "1"]);
     assert_eq!(unknown.code, 1);
-    assert!(
-        unknown
-            .stderr
-            .contains("unknown container `no-such-container`"),
-        "{unknown:?}"
-    );
+    assert!(unknown.stderr.contains("unknown container `no-such-container`"), "{unknown:?}");
     let absent = d.cli(&["translate", "--container", &c, "--vpid", "4000000"]);
     assert_eq!(absent.code, 1);
-    assert!(
-        absent.stderr.contains("no task with vpid 4000000"),
-        "{absent:?}"
-    );
+    assert!(absent.stderr.contains("no task with vpid 4000000"), "{absent:?}");
     // A host pid that is not in the container.
     let outside = d.cli(&["translate", "--container", &c, "--pid", &me]);
     assert_eq!(outside.code, 1, "{outside:?}");
@@ -315,8 +238,7 @@ fn translate_both_ways_and_clear_errors() {
     assert_eq!(ps_unknown.code, 1);
     assert!(ps_unknown.stderr.contains("unknown container `nope`"));
     // ps --container shows exactly that container.
-    let rows: Vec<PsRow> =
-        serde_json::from_str(&d.cli(&["ps", "--json", "--container", &c]).stdout).unwrap();
+    let rows: Vec<PsRow> = serde_json::from_str(&d.cli(&["ps", "--json", "--container", &c]).stdout).unwrap();
     assert_eq!(rows.len(), proc_truth::tasks_in(f.inner()).len());
 }
 
@@ -324,10 +246,7 @@ fn translate_both_ways_and_clear_errors() {
 fn bad_socket_path_is_a_clear_error() {
     let out = pidvirt(&["ps", "--socket", "/nonexistent/dir/pidvirt.sock"]);
     assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("/nonexistent/dir/pidvirt.sock"),
-        "{out:?}"
-    );
+    assert!(out.stderr.contains("/nonexistent/dir/pidvirt.sock"), "{out:?}");
     assert!(out.stderr.contains("is `pidvirt run` running?"), "{out:?}");
     let out = pidvirt(&["translate", "--container", "x"]);
     assert_eq!(out.code, 2, "clap usage error: {out:?}");
@@ -355,26 +274,17 @@ fn a_second_daemon_does_not_steal_the_socket() {
     let sock = d.socket.to_string_lossy().into_owned();
     let out = pidvirt(&["run", "--socket", &sock]);
     assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("another pidvirt daemon is serving"),
-        "{out:?}"
-    );
+    assert!(out.stderr.contains("another pidvirt daemon is serving"), "{out:?}");
     assert_eq!(d.cli(&["status"]).code, 0, "the first daemon still serves");
 }
 
 /// Names of the BPF programs loaded in the kernel, as bpftool lists them.
 fn loaded_programs() -> Vec<String> {
-    let out = std::process::Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .expect("bpftool");
+    let out =
+        std::process::Command::new("bpftool").args(["prog", "show", "--json"]).output().expect("bpftool");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["name"].as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str().map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
@@ -382,19 +292,12 @@ fn loaded_programs() -> Vec<String> {
 fn sigterm_detaches_every_program() {
     let d = Daemon::start();
     let socket = d.socket.clone();
-    let ours = |names: &[String]| {
-        names
-            .iter()
-            .filter(|n| n.starts_with("sched_process_"))
-            .count()
-    };
+    let ours = |names: &[String]| names.iter().filter(|n| n.starts_with("sched_process_")).count();
     assert!(ours(&loaded_programs()) >= 4, "{:?}", loaded_programs());
     let status = d.stop();
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "socket removed");
-    tests::eventually(SETTLE, "programs unloaded", || {
-        (ours(&loaded_programs()) == 0).then_some(())
-    });
+    tests::eventually(SETTLE, "programs unloaded", || (ours(&loaded_programs()) == 0).then_some(()));
 }
 
 #[test]

@@ -44,10 +44,7 @@ enum Task {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| ".".into())
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into())
 }
 
 fn cargo() -> Command {
@@ -60,9 +57,7 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
-        bail!(
-            "{what} needs root (it loads eBPF programs and makes pid namespaces); effective uid is {euid}"
-        );
+        bail!("{what} needs root (it loads eBPF programs and makes pid namespaces); effective uid is {euid}");
     }
     Ok(())
 }
@@ -78,7 +73,15 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     setup::test_deps()?;
     let bin = build()?;
     println!("[test] unit tests");
-    setup::run(cargo().args(["test", "--release", "--workspace", "--exclude", "tests", "--exclude", "pidvirt-ebpf"]))?;
+    setup::run(cargo().args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "tests",
+        "--exclude",
+        "pidvirt-ebpf",
+    ]))?;
     println!("[test] integration suite on {} (serial)", kernel_release());
     let mut cmd = cargo();
     cmd.args(["test", "--release", "--package", "tests", "--"]);
@@ -92,10 +95,7 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -141,10 +141,7 @@ fn main() -> anyhow::Result<()> {
                     .args(["-Z", "build-std=core", "--target-dir"])
                     .arg(workspace_root().join("target/ebpf-clippy"))
                     .args(["--", "-D", "warnings"])
-                    .env(
-                        "CARGO_ENCODED_RUSTFLAGS",
-                        "--cfg=bpf_target_arch=\"x86_64\"",
-                    )
+                    .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"")
                     .env_remove("RUSTC")
                     .env_remove("CARGO"),
             )

@@ -19,9 +19,7 @@ fn step(what: &str, status: &str) {
 /// Runs a command, streaming its output, failing with its name.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
     }
@@ -31,9 +29,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// Output of a command, if it ran and succeeded.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn missing_packages(packages: &[&str]) -> Vec<String> {
@@ -71,13 +67,8 @@ pub fn apt_install(label: &str, packages: &[&str]) -> anyhow::Result<()> {
 
 fn ensure_rust_src() -> anyhow::Result<()> {
     let label = "rust-src component of the nightly toolchain (eBPF build)";
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        "nightly",
-    ]));
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]));
     match installed {
         Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => {
             step(label, "present");
@@ -85,13 +76,7 @@ fn ensure_rust_src() -> anyhow::Result<()> {
         }
         Some(_) => {
             step(label, "installing");
-            run(Command::new("rustup").args([
-                "component",
-                "add",
-                "rust-src",
-                "--toolchain",
-                "nightly",
-            ]))
+            run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
         }
         None => {
             step("nightly toolchain", "installing");
@@ -111,31 +96,18 @@ fn ensure_rust_src() -> anyhow::Result<()> {
 fn ensure_bpf_linker() -> anyhow::Result<()> {
     let label = format!("bpf-linker {BPF_LINKER_VERSION} built against LLVM 22");
     if let Some(v) = output(Command::new("bpf-linker").arg("--version"))
-        && v.split_whitespace()
-            .nth(1)
-            .is_some_and(|v| v.starts_with(&format!("{BPF_LINKER_VERSION}.")))
+        && v.split_whitespace().nth(1).is_some_and(|v| v.starts_with(&format!("{BPF_LINKER_VERSION}.")))
     {
         step(&label, &format!("present ({})", v.trim()));
         return Ok(());
     }
     step(&label, "installing (cargo install, about 2 minutes)");
-    let path = format!(
-        "/usr/lib/llvm-22/bin:{}",
-        std::env::var("PATH").unwrap_or_default()
-    );
-    run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--version",
-                &format!("^{BPF_LINKER_VERSION}"),
-            ])
-            .args(["--no-default-features", "--features", "llvm-22"])
-            .env("PATH", path)
-            .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
-    )
+    let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["install", "bpf-linker", "--locked", "--version", &format!("^{BPF_LINKER_VERSION}")])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("PATH", path)
+        .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))
 }
 
 /// Everything `cargo build` of pidvirt needs.

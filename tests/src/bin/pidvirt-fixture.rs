@@ -22,6 +22,9 @@
 //! - `pid` — answers getpid() (the init's vpid, 1).
 //!
 //! Every process of the fixture dies with the fixture (PR_SET_PDEATHSIG) and when stdin closes.
+//!
+//! `pidvirt-fixture call NAME ARGS...` makes one syscall from the calling process and prints
+//! its raw return value (run it under `nsenter -t PID -p` to call from another namespace).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -52,9 +55,7 @@ fn die_with_parent() {
 
 fn own_pidns_inode() -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/pid")
-        .map(|m| m.ino())
-        .unwrap_or(0)
+    std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).unwrap_or(0)
 }
 
 /// The body of a spawned child: T threads that sleep, and the main thread too.
@@ -101,11 +102,8 @@ fn spawn_with(set_tid: &[i32], body: impl FnOnce()) -> i64 {
             ..Default::default()
         };
         unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            ) as i32
+            libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
+                as i32
         }
     };
     match pid {
@@ -197,11 +195,7 @@ fn execute(line: &str) -> String {
             None => "err bad vpid".into(),
         },
         Some("spawn_pids") => {
-            let pids: Vec<i32> = words
-                .iter()
-                .skip(2)
-                .filter_map(|w| w.parse().ok())
-                .collect();
+            let pids: Vec<i32> = words.iter().skip(2).filter_map(|w| w.parse().ok()).collect();
             match spawn(num(1).unwrap_or(0) as usize, &pids) {
                 r if r < 0 => format!("err {}", -r),
                 r => r.to_string(),
@@ -215,8 +209,7 @@ fn execute(line: &str) -> String {
             if unsafe { libc::kill(v as i32, libc::SIGKILL) } != 0 {
                 return format!("err {}", errno());
             }
-            if words[0] == "reap" && unsafe { libc::waitpid(v as i32, std::ptr::null_mut(), 0) } < 0
-            {
+            if words[0] == "reap" && unsafe { libc::waitpid(v as i32, std::ptr::null_mut(), 0) } < 0 {
                 return format!("err {}", errno());
             }
             if words[0] == "zombie" {
@@ -239,8 +232,7 @@ fn execute(line: &str) -> String {
             None => "err unknown syscall".into(),
         },
         Some("repeat") => {
-            let (Some(n), Some(nr)) = (num(1), words.get(2).and_then(|n| syscall_by_name(n)))
-            else {
+            let (Some(n), Some(nr)) = (num(1), words.get(2).and_then(|n| syscall_by_name(n))) else {
                 return "err bad repeat".into();
             };
             let args: Vec<i64> = words[3..].iter().filter_map(|w| w.parse().ok()).collect();
@@ -258,14 +250,7 @@ fn execute(line: &str) -> String {
 /// Polls the siginfo of child `pid` without reaping it until it has exited.
 fn wait_zombie(pid: i32) -> bool {
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as u32,
-            &mut info,
-            libc::WEXITED | libc::WNOWAIT,
-        ) == 0
-    }
+    unsafe { libc::waitid(libc::P_PID, pid as u32, &mut info, libc::WEXITED | libc::WNOWAIT) == 0 }
 }
 
 /// The innermost init: reports its namespace, then serves commands.
@@ -321,6 +306,13 @@ fn level_body(depth: usize, l: usize, cmd_r: RawFd, resp_w: RawFd) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // `pidvirt-fixture call NAME ARGS...`: one syscall from this process (e.g. under nsenter),
+    // its raw return value on stdout.
+    if args.get(1).map(String::as_str) == Some("call") {
+        let line = format!("sys {}", args[2..].join(" "));
+        println!("{}", execute(&line));
+        return;
+    }
     let depth = match args.iter().position(|a| a == "--depth") {
         Some(i) => args.get(i + 1).and_then(|d| d.parse().ok()).unwrap_or(1),
         None => 1,
@@ -351,11 +343,7 @@ fn main() {
         }
     }
     let mut stdout = std::io::stdout();
-    let _ = writeln!(
-        stdout,
-        "{{\"pidns\": [{}], \"outer_init\": {outer_init}}}",
-        namespaces.join(", ")
-    );
+    let _ = writeln!(stdout, "{{\"pidns\": [{}], \"outer_init\": {outer_init}}}", namespaces.join(", "));
     let _ = stdout.flush();
     let mut commands = unsafe { std::fs::File::from_raw_fd(cmd_w) };
     let stdin = std::io::stdin();

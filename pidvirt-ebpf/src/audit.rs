@@ -1,0 +1,360 @@
+//! Auditing one crossing: find the caller, resolve the number in the caller's namespace and as a
+//! host pid, classify it (pidvirt_common::audit::classify, the one place), count it per container
+//! per CPU, and report anomalies on the ring buffer.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+};
+use pidvirt_common::{
+    ANCESTOR_SLOTS, HOST_CONTAINER, INLINE_LEVELS, LevelIds, TaskEntry, VirtKey,
+    audit::{
+        AnomalyEvent, ContainerCounters, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution, Verdict,
+        classify, crossing_slot, event_flags,
+    },
+    counter, event_kind,
+};
+
+use crate::{
+    maps::{
+        CCOUNTERS, DEEP, EVENTS, PIDNS, SCRATCH, TASKS, VIRT, ZERO_COUNTERS, count, count_drop,
+        count_map_error,
+    },
+    task::{nr_at, ns_at, pidns_inum, task_pids},
+};
+
+/// The calling task's entry (a pointer into the task map). A caller without an entry (should
+/// not happen once seeded; counted) is described from its task structures in per-CPU scratch:
+/// its level, namespace and host ids, enough to judge this crossing.
+#[inline(always)]
+pub fn caller() -> Option<(u32, *const TaskEntry)> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(e) = TASKS.get_ptr(tid) {
+        return Some((tid, e));
+    }
+    count_map_error(counter::ERR_TASK_MISSING);
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let s = SCRATCH.get_ptr_mut(0)?;
+    let e = unsafe { &mut (*s).entry };
+    match describe(task, e) {
+        Ok(()) => Some((tid, e as *const TaskEntry)),
+        Err(reason) => {
+            count_map_error(reason);
+            None
+        }
+    }
+}
+
+/// A minimal entry for `task` (no loop: level, own namespace, host ids, own ids).
+#[inline(always)]
+fn describe(task: *const u8, e: &mut TaskEntry) -> Result<(), u32> {
+    let pids = task_pids(task)?;
+    let level = pids.level;
+    e.level = level as u16;
+    e.pidns = pidns_inum(ns_at(pids.thread_pid, level)?)?;
+    e.container = if level == 0 { HOST_CONTAINER } else { e.pidns };
+    e.flags = 0;
+    e.start_time = 0;
+    e.nr[0] = LevelIds { tid: nr_at(pids.thread_pid, 0)?, tgid: nr_at(pids.tgid_pid, 0)? };
+    if level > 0 && (level as usize) < INLINE_LEVELS {
+        e.nr[level as usize & (INLINE_LEVELS - 1)] =
+            LevelIds { tid: nr_at(pids.thread_pid, level)?, tgid: nr_at(pids.tgid_pid, level)? };
+    }
+    Ok(())
+}
+
+/// A task entry found while resolving, for the event (`entry` null: none).
+#[derive(Clone, Copy)]
+pub struct Found {
+    pub tid: u32,
+    pub entry: *const TaskEntry,
+}
+
+impl Found {
+    pub const NONE: Found = Found { tid: 0, entry: core::ptr::null() };
+    #[inline(always)]
+    fn lookup(tid: u32) -> Found {
+        match TASKS.get_ptr(tid) {
+            Some(entry) => Found { tid, entry },
+            None => Found::NONE,
+        }
+    }
+    #[inline(always)]
+    pub fn is_some(&self) -> bool {
+        !self.entry.is_null()
+    }
+    #[inline(always)]
+    fn party(&self, visible: bool) -> Party {
+        if self.entry.is_null() {
+            Party::NONE
+        } else {
+            Party::new(self.tid, unsafe { (*self.entry).container }, visible)
+        }
+    }
+}
+
+pub struct Resolved {
+    pub res: Resolution,
+    pub named: Found,
+    pub host: Found,
+}
+
+/// Whether the caller (entry `c`) can see task `y`: same container, or a namespace nested
+/// below the caller's.
+#[inline(always)]
+fn visible(c: &TaskEntry, y: &TaskEntry) -> bool {
+    if y.container == c.container {
+        return true;
+    }
+    if y.level <= c.level {
+        return false;
+    }
+    match PIDNS.get_ptr(y.pidns) {
+        Some(info) => unsafe { (*info).ancestors[c.level as usize & (ANCESTOR_SLOTS - 1)] == c.pidns },
+        None => false,
+    }
+}
+
+/// Resolves `n` for the caller `c`: as a number of the caller's namespace, and as a host pid.
+#[inline(always)]
+pub fn resolve(c: &TaskEntry, n: u32) -> Resolved {
+    if c.level == 0 {
+        // The initial namespace: numbers are host numbers.
+        let named = Found::lookup(n);
+        let p = named.party(true);
+        return Resolved { res: Resolution { named: p, host: p, named_stale: false }, named, host: named };
+    }
+    let mut stale = false;
+    let mut named = Found::NONE;
+    if let Some(v) = VIRT.get_ptr(VirtKey { pidns: c.pidns, nr: n }) {
+        let v = unsafe { *v };
+        let found = Found::lookup(v.host_tid);
+        if found.is_some() && v.points_at(unsafe { &*found.entry }) {
+            named = found;
+        } else {
+            stale = true;
+        }
+    }
+    let host = Found::lookup(n);
+    let host_visible = host.is_some() && visible(c, unsafe { &*host.entry });
+    let res = Resolution { named: named.party(true), host: host.party(host_visible), named_stale: stale };
+    Resolved { res, named, host }
+}
+
+/// Adds one to the crossing counter of (container, syscall, verdict), per CPU.
+#[inline(always)]
+pub fn count_crossing(container: u32, syscall: u16, verdict: Verdict) {
+    let slot = crossing_slot(syscall, verdict);
+    if let Some(p) = container_counters(container) {
+        if slot < NSYSCALLS * NVERDICTS {
+            unsafe { (*p).crossings[slot] += 1 };
+        }
+    } else {
+        count(counter::CROSSING_BASE + slot as u32);
+    }
+}
+
+#[inline(always)]
+fn container_counters(container: u32) -> Option<*mut ContainerCounters> {
+    if let Some(p) = CCOUNTERS.get_ptr_mut(container) {
+        return Some(p);
+    }
+    let zero = ZERO_COUNTERS.get_ptr(0)?;
+    // BPF_NOEXIST: another CPU may have created it meanwhile; either way look it up again.
+    let _ = CCOUNTERS.insert(container, unsafe { &*zero }, 1);
+    let p = CCOUNTERS.get_ptr_mut(container);
+    if p.is_none() {
+        count_map_error(counter::ERR_CONTAINER_COUNTERS);
+    }
+    p
+}
+
+/// Ids of a task in its own namespace.
+#[inline(always)]
+fn own_ids(tid: u32, e: &TaskEntry) -> (u32, u32) {
+    let level = e.level as usize;
+    if level < INLINE_LEVELS {
+        let ids = e.nr[level & (INLINE_LEVELS - 1)];
+        return (ids.tgid, ids.tid);
+    }
+    match DEEP.get_ptr(tid) {
+        Some(d) => {
+            let ids = unsafe { (*d).nr[(level - INLINE_LEVELS) & 31] };
+            (ids.tgid, ids.tid)
+        }
+        None => (0, 0),
+    }
+}
+
+#[inline(always)]
+fn info(tid: u32, e: &TaskEntry) -> PartyInfo {
+    let (vpid, vtid) = own_ids(tid, e);
+    PartyInfo {
+        host_pid: e.nr[0].tgid,
+        host_tid: e.nr[0].tid,
+        vpid,
+        vtid,
+        pidns: e.pidns,
+        container: e.container,
+    }
+}
+
+/// One crossing being reported.
+pub struct Crossing {
+    pub syscall: u16,
+    pub direction: u8,
+    pub verdict: Verdict,
+    pub value: i64,
+}
+
+/// Reports an anomaly on the ring buffer; a full ring buffer is counted, globally and for the
+/// caller's container.
+#[inline(always)]
+pub fn report(x: Crossing, caller_tid: u32, c: &TaskEntry, target: Found, also: Found) {
+    let Crossing { syscall, direction, verdict, value } = x;
+    let Some(mut slot) = EVENTS.reserve::<AnomalyEvent>(0) else {
+        count_drop(counter::DROP_RINGBUF_ANOMALY);
+        if let Some(p) = container_counters(c.container) {
+            unsafe { (*p).ringbuf_drops += 1 };
+        }
+        return;
+    };
+    let ev = slot.as_mut_ptr();
+    unsafe {
+        (*ev).kind = event_kind::ANOMALY;
+        (*ev).syscall = syscall;
+        (*ev).direction = direction;
+        (*ev).verdict = verdict as u8;
+        (*ev).value = value;
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).caller = info(caller_tid, c);
+        (*ev).flags = 0;
+        (*ev)._pad = 0;
+        (*ev).target = PartyInfo::default();
+        (*ev).also = PartyInfo::default();
+        if target.is_some() {
+            (*ev).target = info(target.tid, &*target.entry);
+            (*ev).flags |= event_flags::HAS_TARGET;
+        }
+        if also.is_some() {
+            (*ev).also = info(also.tid, &*also.entry);
+            (*ev).flags |= event_flags::HAS_ALSO;
+        }
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+    slot.submit(0);
+}
+
+/// A number naming one task, from the caller. Returns the verdict.
+#[inline(always)]
+pub fn audit_task_number(syscall: u16, direction: u8, n: i32, tid: u32, c: &TaskEntry) -> Verdict {
+    if n <= 0 {
+        // Not a task number (negative) or nothing (0 where 0 is not "self").
+        count_crossing(c.container, syscall, Verdict::Unknown);
+        let x = Crossing { syscall, direction, verdict: Verdict::Unknown, value: n as i64 };
+        report(x, tid, c, Found::NONE, Found::NONE);
+        return Verdict::Unknown;
+    }
+    let r = resolve(c, n as u32);
+    let verdict = classify(c.container, &r.res);
+    count_crossing(c.container, syscall, verdict);
+    if verdict.is_anomaly() {
+        let also = match verdict {
+            Verdict::Leak | Verdict::Collision => r.host,
+            _ => Found::NONE,
+        };
+        report(Crossing { syscall, direction, verdict, value: n as i64 }, tid, c, r.named, also);
+    }
+    verdict
+}
+
+/// An argument naming a task, where 0 means the caller itself.
+#[inline(always)]
+pub fn task_arg(syscall: u16, n: i32, zero_is_self: bool) {
+    let Some((tid, c)) = caller() else { return };
+    let c = unsafe { &*c };
+    if n == 0 && zero_is_self {
+        count_crossing(c.container, syscall, Verdict::Ok);
+        return;
+    }
+    audit_task_number(syscall, pidvirt_common::audit::DIR_IN, n, tid, c);
+}
+
+/// kill/wait-style argument: 0 and < -1 are process groups, -1 is "any", > 0 one task.
+#[inline(always)]
+pub fn pid_arg(syscall: u16, n: i32) {
+    match pidvirt_common::audit::special_pid(n) {
+        Some(v) => group(syscall, v),
+        None => task_arg(syscall, n, false),
+    }
+}
+
+/// A crossing that names a group (or everything): counted, never reported.
+#[inline(always)]
+pub fn group(syscall: u16, v: Verdict) {
+    let Some((_, c)) = caller() else { return };
+    count_crossing(unsafe { (*c).container }, syscall, v);
+}
+
+/// A returned number checked against the truth read from the task structures.
+#[inline(always)]
+pub fn returned(syscall: u16, value: i64, truth: Result<i64, u32>) {
+    let Some((tid, c)) = caller() else { return };
+    let c = unsafe { &*c };
+    let truth = match truth {
+        Ok(t) => t,
+        Err(reason) => {
+            count_map_error(reason);
+            return;
+        }
+    };
+    let verdict = pidvirt_common::audit::check_return(value, truth);
+    count_crossing(c.container, syscall, verdict);
+    if verdict.is_anomaly() {
+        report_mismatch(syscall, value, truth, tid, c);
+    }
+}
+
+#[inline(always)]
+fn report_mismatch(syscall: u16, value: i64, truth: i64, tid: u32, c: &TaskEntry) {
+    let Some(mut slot) = EVENTS.reserve::<AnomalyEvent>(0) else {
+        count_drop(counter::DROP_RINGBUF_ANOMALY);
+        return;
+    };
+    let ev = slot.as_mut_ptr();
+    unsafe {
+        *ev = AnomalyEvent::default();
+        (*ev).kind = event_kind::ANOMALY;
+        (*ev).syscall = syscall;
+        (*ev).direction = pidvirt_common::audit::DIR_OUT;
+        (*ev).verdict = Verdict::Mismatch as u8;
+        (*ev).value = value;
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).caller = info(tid, c);
+        (*ev).also.vpid = truth as u32;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+    slot.submit(0);
+}
+
+/// A returned number naming a task (fork's child, wait's reaped child): it must name a task in
+/// the caller's namespace; if none, its entry is already gone (`stale`).
+#[inline(always)]
+pub fn returned_task(syscall: u16, value: i64) {
+    let Some((tid, c)) = caller() else { return };
+    let c = unsafe { &*c };
+    if value == 0 {
+        // fork/clone in the child.
+        count_crossing(c.container, syscall, Verdict::Ok);
+        return;
+    }
+    let r = resolve(c, value as u32);
+    let verdict = if r.named.is_some() { Verdict::Ok } else { Verdict::Stale };
+    count_crossing(c.container, syscall, verdict);
+    if verdict.is_anomaly() {
+        let x = Crossing { syscall, direction: pidvirt_common::audit::DIR_OUT, verdict, value };
+        report(x, tid, c, Found::NONE, r.host);
+    }
+}
+
+// Keeps the global fallback region in range.
+const _: () = assert!(counter::CROSSING_BASE as usize + NSYSCALLS * NVERDICTS <= counter::SLOTS as usize);

@@ -1,0 +1,262 @@
+//! The crossing audit: every pid crossing a watched syscall is counted per container and
+//! classified; anomalies reach the audit log. The kernel's own answer (the syscall's return
+//! value, /proc) is checked next to pidvirt's verdict.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tests::{AuditRecord, Daemon, Fixture, eventually, proc_truth};
+
+const FIXTURE: &str = env!("CARGO_BIN_EXE_pidvirt-fixture");
+const ESRCH: i64 = -3;
+const SETTLE: Duration = Duration::from_secs(5);
+
+fn records_of(d: &Daemon, container: &str, syscall: &str) -> Vec<AuditRecord> {
+    d.audit_log().into_iter().filter(|r| r.container == container && r.syscall == syscall).collect()
+}
+
+/// Waits for exactly `n` audit records matching `pred`; returns them.
+fn wait_records(d: &Daemon, n: usize, what: &str, pred: impl Fn(&AuditRecord) -> bool) -> Vec<AuditRecord> {
+    let found = eventually(SETTLE, what, || {
+        let found: Vec<AuditRecord> = d.audit_log().into_iter().filter(|r| pred(r)).collect();
+        (found.len() >= n).then_some(found)
+    });
+    assert_eq!(found.len(), n, "{what}: {found:#?}");
+    found
+}
+
+/// A pid number used by no task, neither as a host pid nor as a vpid.
+fn unused_number() -> u32 {
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let used: std::collections::BTreeSet<u32> =
+        proc_truth::tasks().iter().flat_map(|t| t.nspid.iter().copied()).collect();
+    (1000..max).rev().find(|n| !used.contains(n)).expect("a free number")
+}
+
+fn count(c: &BTreeMap<String, BTreeMap<String, u64>>, syscall: &str, verdict: &str) -> u64 {
+    c[syscall][verdict]
+}
+
+#[test]
+fn a_host_pid_passed_to_kill_inside_a_container_is_a_leak() {
+    let d = Daemon::start();
+    let mut f = Fixture::start(FIXTURE, 1);
+    let sibling = f.num("spawn 0") as u32;
+    let host = f.host_tid(sibling);
+    assert!(proc_truth::tasks_in(f.inner()).iter().all(|t| t.nspid[1] != host), "host pid is also a vpid");
+    // The kernel: the host pid names nothing inside the container.
+    assert_eq!(f.num(&format!("sys kill {host} 0")), ESRCH);
+    let r = wait_records(&d, 1, "leak record", |r| r.container == f.container() && r.verdict == "leak");
+    let r = &r[0];
+    assert_eq!((r.syscall.as_str(), r.direction.as_str(), r.value), ("kill", "in", host as i64));
+    assert_eq!((r.caller.vpid, r.caller.host_pid, r.caller.pidns), (1, f.outer_init, f.inner()));
+    assert_eq!(r.caller.comm, "pidvirt-fixture");
+    assert!(r.target.is_none(), "nothing is named in the container");
+    let also = r.also.as_ref().expect("the task whose host pid leaked");
+    assert_eq!((also.host_pid, also.vpid, also.container.as_str()), (host, sibling, f.container().as_str()));
+    let (c, _) = d.container_crossings(&f.container());
+    assert_eq!(count(&c, "kill", "leak"), 1);
+}
+
+#[test]
+fn a_vpid_equal_to_a_siblings_host_pid_is_a_collision_naming_both() {
+    let d = Daemon::start();
+    let mut f = Fixture::start(FIXTURE, 1);
+    let sibling = f.num("spawn 0") as u32;
+    let sibling_host = f.host_tid(sibling);
+    // clone3 set_tid: a task whose vpid is the sibling's host pid.
+    assert_eq!(f.num(&format!("spawn_vpid {sibling_host} 0")), sibling_host as i64);
+    let twin_host = f.host_tid(sibling_host);
+    assert_ne!(twin_host, sibling_host);
+    // The kernel: the number names the twin (kill succeeds), while it is the sibling's host pid.
+    assert_eq!(f.num(&format!("sys kill {sibling_host} 0")), 0);
+    let r =
+        wait_records(&d, 1, "collision record", |r| r.container == f.container() && r.verdict == "collision");
+    let r = &r[0];
+    assert_eq!((r.syscall.as_str(), r.value), ("kill", sibling_host as i64));
+    let target = r.target.as_ref().expect("the task hit");
+    assert_eq!((target.host_pid, target.vpid), (twin_host, sibling_host));
+    let also = r.also.as_ref().expect("the task meant");
+    assert_eq!((also.host_pid, also.vpid), (sibling_host, sibling));
+    assert_eq!(also.container, f.container());
+}
+
+#[test]
+fn a_number_naming_nothing_is_unknown() {
+    let d = Daemon::start();
+    let mut f = Fixture::start(FIXTURE, 1);
+    let n = unused_number();
+    assert_eq!(f.num(&format!("sys kill {n} 0")), ESRCH);
+    assert_eq!(f.num(&format!("sys tkill {n} 0")), ESRCH);
+    assert_eq!(f.num(&format!("sys prlimit64 {n} 7 0 0")), ESRCH);
+    let rs =
+        wait_records(&d, 3, "unknown records", |r| r.container == f.container() && r.verdict == "unknown");
+    let syscalls: Vec<&str> = rs.iter().map(|r| r.syscall.as_str()).collect();
+    assert_eq!(syscalls, ["kill", "tkill", "prlimit64"]);
+    assert!(rs.iter().all(|r| r.value == n as i64 && r.target.is_none() && r.also.is_none()));
+}
+
+#[test]
+fn a_nested_container_targeted_from_its_parent_is_cross_container() {
+    let d = Daemon::start();
+    let mut f = Fixture::start(FIXTURE, 2);
+    let v2 = f.num("spawn 0") as u32;
+    let host = f.host_tid(v2);
+    let t = proc_truth::task(host, host).unwrap();
+    let in_parent = t.nspid[1]; // the number the level-1 namespace knows it by
+    let outer = format!("pidns-{}", f.pidns[0]);
+    // From a process of the level-1 namespace (nsenter forks it there).
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &f.outer_init.to_string(),
+            "-p",
+            "--",
+            FIXTURE,
+            "call",
+            "kill",
+            &in_parent.to_string(),
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "the kernel lets the parent reach it");
+    // (The level-1 init waiting for its child, the level-2 init, is a cross_container crossing
+    // too: wait4 of a task in a nested container.)
+    let r = wait_records(&d, 1, "cross_container from the parent namespace", |r| {
+        r.container == outer && r.verdict == "cross_container" && r.syscall == "kill"
+    });
+    let target = r[0].target.as_ref().unwrap();
+    assert_eq!((target.host_pid, target.vpid, target.container.as_str()), (host, v2, f.container().as_str()));
+    assert_eq!(r[0].value, in_parent as i64);
+    // And from the host.
+    assert_eq!(unsafe { libc::kill(host as i32, 0) }, 0);
+    let me = std::process::id();
+    let r = wait_records(&d, 1, "cross_container from the host", |r| {
+        r.container == "host"
+            && r.caller.host_pid == me
+            && r.verdict == "cross_container"
+            && r.syscall == "kill"
+    });
+    assert_eq!(r[0].target.as_ref().unwrap().host_pid, host);
+}
+
+#[test]
+fn returns_are_counted_ok_exactly_and_never_reported() {
+    let d = Daemon::start();
+    let mut f = Fixture::start(FIXTURE, 1);
+    let c = f.container();
+    let (before, _) = d.container_crossings(&c);
+    assert_eq!(f.num("repeat 1000 getpid"), 1);
+    assert_eq!(f.num("repeat 300 gettid"), 1);
+    assert_eq!(f.num("repeat 200 getppid"), 0, "a namespace init's parent is outside");
+    let child = f.num("spawn 0");
+    assert_eq!(f.cmd(&format!("reap {child}")), "ok");
+    assert_eq!(f.num("sys getpgid 0"), 0, "the init's group is outside its namespace");
+    let (after, drops) = d.container_crossings(&c);
+    let delta = |s: &str, v: &str| count(&after, s, v) - count(&before, s, v);
+    assert_eq!(delta("getpid", "ok"), 1000);
+    assert_eq!(delta("gettid", "ok"), 300);
+    assert_eq!(delta("getppid", "ok"), 200);
+    assert_eq!(delta("clone", "ok"), 2, "fork: the parent's return and the child's 0");
+    assert_eq!(delta("kill", "ok"), 1);
+    assert_eq!(delta("wait4", "ok"), 2, "wait4's argument and its return");
+    assert_eq!(delta("getpgid", "ok"), 2, "getpgid(0): argument and return");
+    for (syscall, verdicts) in &after {
+        for (verdict, n) in verdicts {
+            if !matches!(verdict.as_str(), "ok" | "group" | "any") {
+                assert_eq!(*n, 0, "{syscall}/{verdict} in a correct container");
+            }
+        }
+    }
+    assert_eq!(drops, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(d.audit_log().iter().all(|r| r.container != c), "nothing of this container is reported");
+}
+
+#[test]
+fn group_and_any_values_are_counted_not_reported() {
+    let d = Daemon::start();
+    let mut f = Fixture::start(FIXTURE, 1);
+    let c = f.container();
+    let (before, _) = d.container_crossings(&c);
+    assert_eq!(f.num("sys kill 0 0"), 0); // own process group
+    assert_eq!(f.num("sys getpriority 1 0"), 20); // PRIO_PGRP: nice 0 -> 20
+    let (after, _) = d.container_crossings(&c);
+    assert_eq!(count(&after, "kill", "group") - count(&before, "kill", "group"), 1);
+    assert_eq!(count(&after, "getpriority", "group") - count(&before, "getpriority", "group"), 1);
+    assert!(records_of(&d, &c, "kill").is_empty());
+}
+
+#[test]
+fn a_tiny_ring_buffer_overflows_and_every_drop_is_counted() {
+    let d = Daemon::start_with(&["--ringbuf-bytes", "4096"]);
+    let mut f = Fixture::start(FIXTURE, 1);
+    let sibling = f.num("spawn 0") as u32;
+    let host = f.host_tid(sibling);
+    let n = 20_000;
+    assert_eq!(f.num(&format!("repeat {n} kill {host} 0")), ESRCH);
+    let c = f.container();
+    // Wait until the audit log stops growing.
+    let mut last = usize::MAX;
+    let start = Instant::now();
+    let delivered = loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = records_of(&d, &c, "kill").len();
+        if now == last || start.elapsed() > Duration::from_secs(20) {
+            break now as u64;
+        }
+        last = now;
+    };
+    let (crossings, drops) = d.container_crossings(&c);
+    assert_eq!(count(&crossings, "kill", "leak"), n, "every crossing counted");
+    assert!(drops > 0, "a 4 KiB ring buffer must overflow under {n} anomalies");
+    assert_eq!(delivered + drops, n, "delivered {delivered} + dropped {drops} == generated");
+    let global = d.stats();
+    assert!(global["drops"]["ringbuf_full_anomaly"].as_u64().unwrap() >= drops);
+}
+
+#[test]
+fn audit_follow_streams_and_filters() {
+    let d = Daemon::start();
+    let mut f = Fixture::start(FIXTURE, 1);
+    let sock = d.socket.to_string_lossy().into_owned();
+    let c = f.container();
+    let mut follower = Command::new(tests::pidvirt_bin())
+        .args(["audit", "--follow", "--json", "--verdict", "unknown", "--container", &c, "--socket", &sock])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300)); // let it subscribe
+    let n = unused_number();
+    let sibling = f.num("spawn 0") as u32;
+    let host_pid = f.host_tid(sibling);
+    assert_eq!(f.num(&format!("sys kill {host_pid} 0")), ESRCH); // a leak: filtered out
+    assert_eq!(f.num(&format!("sys kill {n} 0")), ESRCH); // unknown: streamed
+    let line = rx.recv_timeout(SETTLE).expect("a streamed record");
+    let r: AuditRecord = serde_json::from_str(&line).unwrap();
+    assert_eq!((r.verdict.as_str(), r.value, r.container.as_str()), ("unknown", n as i64, c.as_str()));
+    let _ = follower.kill();
+    let _ = follower.wait();
+    // Recent records, with filters; bad filters are clear errors.
+    let out = d.cli(&["audit", "--json", "--container", &c, "--verdict", "leak"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 1);
+    let bad = d.cli(&["audit", "--verdict", "nope"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("unknown verdict `nope`"), "{bad:?}");
+    let bad = d.cli(&["stats", "--container", "nope"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("unknown container `nope`"), "{bad:?}");
+}
