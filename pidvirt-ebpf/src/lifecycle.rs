@@ -259,3 +259,21 @@ pub fn seed_tasks(ctx: *mut core::ffi::c_void) -> i32 {
     }
     0
 }
+
+// Empty programs on the lifecycle hooks, for the benchmark's floor (`pidvirt floor`).
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn floor_sched_process_fork(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn floor_sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn floor_sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn floor_sched_process_free(_ctx: BtfTracePointContext) -> i32 {
+    0
+}

@@ -174,6 +174,34 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     Ok(Loaded { ebpf, maps, events, offsets, attached, iterator })
 }
 
+/// The benchmark's floor: EMPTY programs attached to exactly the hooks pidvirt uses (the
+/// lifecycle tp_btf hooks and every syscall tracepoint of the hook list). Dropping the result
+/// detaches them.
+pub fn attach_floor() -> Result<(Ebpf, Vec<(String, String)>), LoadError> {
+    require_root()?;
+    let mut ebpf = EbpfLoader::new().load(PROGRAM_OBJECT).map_err(LoadError::Object)?;
+    let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
+    let mut attached = Vec::new();
+    for (_, tp) in LIFECYCLE_HOOKS {
+        let name = format!("floor_{tp}");
+        let refused = |message: String| LoadError::Refused { program: name.clone(), message };
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(&name)
+            .ok_or_else(|| refused("not in object".into()))?
+            .try_into()
+            .map_err(|e| refused(program_error(&e)))?;
+        prog.load(tp, &btf).map_err(|e| refused(program_error(&e)))?;
+        prog.attach().map_err(|e| refused(program_error(&e)))?;
+        attached.push((name, format!("tp_btf/{tp}")));
+    }
+    crate::tracefs::tracefs_root()?;
+    for (name, tp) in syscall_hooks() {
+        attach_tracepoint(&mut ebpf, "floor_empty", &name, &tp)?;
+        attached.push(("floor_empty".into(), format!("syscalls:{tp}")));
+    }
+    Ok((ebpf, attached))
+}
+
 /// Loads program `program` (once) and attaches it to syscalls:`tp`.
 fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, label: &str, tp: &str) -> Result<(), LoadError> {
     let refused = |message: String| LoadError::Refused { program: label.into(), message };

@@ -117,6 +117,9 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
+    /// Benchmark floor: attach EMPTY programs to exactly the hooks `run` uses, until SIGINT/SIGTERM.
+    #[command(hide = true)]
+    Floor,
     /// Daemon status: kernel, attached programs, seed report.
     Status {
         #[command(flatten)]
@@ -307,6 +310,16 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Command::Floor => {
+            let (ebpf, attached) = pidvirt::kernel::attach_floor()?;
+            tracing::info!("floor: {} empty programs attached; SIGINT/SIGTERM detach", attached.len());
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            drop(ebpf);
         }
         Command::Status { socket } => {
             let v: serde_json::Value = call(&socket, Request::Status).await?;
