@@ -208,9 +208,9 @@ pub mod counter {
 
     /// Events that could not be handed to user space, per reason.
     pub const DROP_BASE: u32 = 16;
-    pub const DROP_REASONS: [&str; 2] = ["ringbuf_full_anomaly", "ringbuf_full_pidns"];
+    pub const DROP_REASONS: [&str; 2] = ["ringbuf_full_anomaly", "ringbuf_full_lifecycle"];
     pub const DROP_RINGBUF_ANOMALY: u32 = 0;
-    pub const DROP_RINGBUF_PIDNS: u32 = 1;
+    pub const DROP_RINGBUF_LIFECYCLE: u32 = 1;
 
     /// Lifecycle events seen by the kernel programs.
     pub const LIFECYCLE_BASE: u32 = 32;
@@ -230,12 +230,25 @@ pub mod counter {
     pub const SLOTS: u32 = 1024;
 }
 
+/// Slots of the CONFIG array the daemon writes and the programs read.
+pub mod config {
+    /// Number of registered cgroup containers (the programs skip the cgroup walk when 0).
+    pub const CGROUP_CONTAINERS: u32 = 0;
+    pub const SLOTS: u32 = 4;
+}
+
+/// Deepest cgroup level the programs walk up from (deeper ancestors are not matched).
+pub const MAX_CGROUP_DEPTH: u32 = 32;
+
 /// Kinds of record on the events ring buffer.
 pub mod event_kind {
     /// A pid namespace was seen for the first time ([`super::PidnsEvent`]).
     pub const PIDNS: u32 = 1;
     /// A crossing judged anything but ok/group/any ([`super::audit::AnomalyEvent`]).
     pub const ANOMALY: u32 = 2;
+    /// A process moved to another cgroup ([`super::MigrateEvent`]): the daemon gives its other
+    /// threads the leader's container.
+    pub const MIGRATE: u32 = 3;
 }
 
 /// A new pid namespace, reported once by the kernel programs.
@@ -249,6 +262,16 @@ pub struct PidnsEvent {
     pub first_tid: u32,
     pub _pad: u32,
     pub ts_ns: u64,
+}
+
+/// A process (its leader) moved to another cgroup and now belongs to `container`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MigrateEvent {
+    pub kind: u32,
+    pub host_pid: u32,
+    pub container: u32,
+    pub threadgroup: u32,
 }
 
 /// Whether an entry's start time denotes the same task as a task whose

@@ -6,7 +6,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
 };
 use pidvirt_common::{
-    ANCESTOR_SLOTS, HOST_CONTAINER, INLINE_LEVELS, LevelIds, TaskEntry, VirtKey,
+    ANCESTOR_SLOTS, INLINE_LEVELS, LevelIds, TaskEntry, VirtKey,
     audit::{
         AnomalyEvent, ContainerCounters, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution, Verdict,
         classify, crossing_slot, event_flags,
@@ -16,10 +16,10 @@ use pidvirt_common::{
 
 use crate::{
     maps::{
-        CCOUNTERS, DEEP, EVENTS, PIDNS, SCRATCH, TASKS, VIRT, ZERO_COUNTERS, count, count_drop,
-        count_map_error,
+        CCOUNTERS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, VIRT, ZERO_COUNTERS, count,
+        count_drop, count_map_error,
     },
-    task::{nr_at, ns_at, pidns_inum, task_pids},
+    task::{container_of, nr_at, ns_at, pidns_inum, task_pids},
 };
 
 /// The calling task's entry (a pointer into the task map). A caller without an entry (should
@@ -33,7 +33,7 @@ pub fn caller() -> Option<(u32, *const TaskEntry)> {
     }
     count_map_error(counter::ERR_TASK_MISSING);
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let s = SCRATCH.get_ptr_mut(0)?;
+    let s = SCRATCH.get_ptr_mut(SCRATCH_TRACEPOINT)?;
     let e = unsafe { &mut (*s).entry };
     match describe(task, e) {
         Ok(()) => Some((tid, e as *const TaskEntry)),
@@ -51,7 +51,7 @@ fn describe(task: *const u8, e: &mut TaskEntry) -> Result<(), u32> {
     let level = pids.level;
     e.level = level as u16;
     e.pidns = pidns_inum(ns_at(pids.thread_pid, level)?)?;
-    e.container = if level == 0 { HOST_CONTAINER } else { e.pidns };
+    e.container = container_of(task, level, e.pidns);
     e.flags = 0;
     e.start_time = 0;
     e.nr[0] = LevelIds { tid: nr_at(pids.thread_pid, 0)?, tgid: nr_at(pids.tgid_pid, 0)? };

@@ -13,16 +13,17 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use pidvirt_common::{
-    HOST_CONTAINER, INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, PidnsEvent, TaskEntry, VirtKey, VirtValue,
+    INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, MigrateEvent, PidnsEvent, TaskEntry, VirtKey, VirtValue,
     counter, event_kind, pidns_source, same_start, task_flags,
 };
 
 use crate::{
     kernel::{off, offsets_ready, read},
     maps::{
-        DEEP, EVENTS, PIDNS, SCRATCH, Scratch, TASKS, VIRT, count_drop, count_lifecycle, count_map_error,
+        DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_ITERATOR, SCRATCH_TRACEPOINT, Scratch, TASKS, VIRT, count_drop,
+        count_lifecycle, count_map_error,
     },
-    task::read_task,
+    task::{container_of, read_task},
 };
 
 #[inline(always)]
@@ -37,7 +38,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     }
     count_lifecycle(counter::LC_FORK);
     let child: *const u8 = ctx.arg(1);
-    if let Err(reason) = record_task(child) {
+    if let Err(reason) = record_task(child, SCRATCH_TRACEPOINT) {
         count_map_error(reason);
     }
     0
@@ -65,7 +66,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
             forget(old_tid as u32, &old);
         }
     }
-    if let Err(reason) = record_task(task) {
+    if let Err(reason) = record_task(task, SCRATCH_TRACEPOINT) {
         count_map_error(reason);
     }
     let _ = ctx.as_ptr();
@@ -120,13 +121,13 @@ fn tid_and_start(task: *const u8) -> Result<(u32, u64), i32> {
 /// Reads `task` and writes its entry, deep levels and reverse entries; registers pid
 /// namespaces seen for the first time.
 #[inline(always)]
-pub fn record_task(task: *const u8) -> Result<(), u32> {
-    let s = SCRATCH.get_ptr_mut(0).ok_or(counter::ERR_SCRATCH)?;
+pub fn record_task(task: *const u8, slot: u32) -> Result<(), u32> {
+    let s = SCRATCH.get_ptr_mut(slot).ok_or(counter::ERR_SCRATCH)?;
     let s = unsafe { &mut *s };
     read_task(task, s)?;
     let level = s.entry.level as u32;
     let tid = s.entry.nr[0].tid;
-    s.entry.container = if level == 0 { HOST_CONTAINER } else { s.entry.pidns };
+    s.entry.container = container_of(task, level, s.entry.pidns);
 
     // A stale entry under this tid (its task's free not seen yet, or lost): drop it first so
     // the new task inherits none of it. The same task seeded from /proc is not stale.
@@ -193,7 +194,7 @@ fn register_pidns(s: &mut Scratch, level: usize, tid: u32) {
             });
             slot.submit(0);
         }
-        None => count_drop(counter::DROP_RINGBUF_PIDNS),
+        None => count_drop(counter::DROP_RINGBUF_LIFECYCLE),
     }
 }
 
@@ -242,6 +243,41 @@ fn forget(tid: u32, e: &TaskEntry) {
 // Keeps MAX_LEVELS and the scratch array bound in sync.
 const _: () = assert!(MAX_LEVELS == MAX_PID_NS_LEVEL as usize + 1);
 
+/// A process moved to another cgroup: its leader's entry takes the container of its new
+/// cgroup, and the daemon is told so that the other threads follow.
+#[btf_tracepoint(function = "cgroup_attach_task")]
+pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
+    if !offsets_ready() {
+        return 0;
+    }
+    let task: *const u8 = ctx.arg(2);
+    let threadgroup: u8 = ctx.arg(3);
+    let Ok((tid, _)) = tid_and_start(task) else {
+        count_map_error(counter::ERR_KERNEL_READ);
+        return 0;
+    };
+    let Some(e) = TASKS.get_ptr_mut(tid) else { return 0 };
+    let e = unsafe { &mut *e };
+    let container = container_of(task, e.level as u32, e.pidns);
+    if container == e.container {
+        return 0;
+    }
+    e.container = container;
+    match EVENTS.reserve::<MigrateEvent>(0) {
+        Some(mut slot) => {
+            slot.write(MigrateEvent {
+                kind: event_kind::MIGRATE,
+                host_pid: tid,
+                container,
+                threadgroup: threadgroup as u32,
+            });
+            slot.submit(0);
+        }
+        None => count_drop(counter::DROP_RINGBUF_LIFECYCLE),
+    }
+    0
+}
+
 /// Task iterator (bpf_iter__task { meta, task }): records every existing task exactly as the
 /// fork program would. Driven by the daemon at attach time, by reading the iterator's file.
 #[unsafe(no_mangle)]
@@ -254,7 +290,7 @@ pub fn seed_tasks(ctx: *mut core::ffi::c_void) -> i32 {
     if task.is_null() {
         return 0;
     }
-    if let Err(reason) = record_task(task) {
+    if let Err(reason) = record_task(task, SCRATCH_ITERATOR) {
         count_map_error(reason);
     }
     0
@@ -275,5 +311,9 @@ pub fn floor_sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
 }
 #[btf_tracepoint(function = "sched_process_free")]
 pub fn floor_sched_process_free(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+#[btf_tracepoint(function = "cgroup_attach_task")]
+pub fn floor_cgroup_attach_task(_ctx: BtfTracePointContext) -> i32 {
     0
 }

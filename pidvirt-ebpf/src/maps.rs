@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use pidvirt_common::{
     DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, TaskEntry, VirtKey, VirtValue, audit::ContainerCounters,
@@ -38,6 +38,15 @@ pub static ZERO_COUNTERS: PerCpuArray<ContainerCounters> = PerCpuArray::with_max
 #[map]
 pub static PENDING: HashMap<u32, u64> = HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
 
+/// Registered cgroup containers: cgroup v2 id -> container number. A task in that cgroup or
+/// below belongs to the container.
+#[map]
+pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Daemon settings the programs read (pidvirt_common::config).
+#[map]
+pub static CONFIG: Array<u32> = Array::with_max_entries(pidvirt_common::config::SLOTS, 0);
+
 /// Per-CPU counters (pidvirt_common::counter).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
@@ -58,8 +67,14 @@ pub struct Scratch {
     pub pidns: PidnsInfo,
 }
 
+/// Slots of SCRATCH. Tracepoint programs run with preemption disabled and share slot 0; the
+/// task iterator runs preemptible (a tracepoint program may run on its CPU in between) and has
+/// its own slot.
+pub const SCRATCH_TRACEPOINT: u32 = 0;
+pub const SCRATCH_ITERATOR: u32 = 1;
+
 #[map]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 0);
 
 /// Adds one to a per-CPU counter slot.
 #[inline(always)]

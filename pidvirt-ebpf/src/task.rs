@@ -147,3 +147,46 @@ pub fn own_id(task: *const u8, which: Own) -> Result<u32, u32> {
     };
     pid_nr_ns(pid, level, ns)
 }
+
+/// The registered cgroup container `task` belongs to: the first registered cgroup among its
+/// cgroup v2 (default hierarchy) cgroup and that cgroup's ancestors, deepest first.
+#[inline(always)]
+pub fn cgroup_container(task: *const u8) -> Result<Option<u32>, u32> {
+    let e = |_| counter::ERR_KERNEL_READ;
+    let cset = read_ptr(task, off!(task_cgroups)).map_err(e)?;
+    let cgrp = read_ptr(cset, off!(css_set_dfl_cgrp)).map_err(e)?;
+    let level: i32 = read(cgrp, off!(cgroup_level)).map_err(e)?;
+    for i in 0..pidvirt_common::MAX_CGROUP_DEPTH as i32 {
+        let l = level - i;
+        if l < 0 {
+            break;
+        }
+        let ancestor = read_ptr(cgrp, off!(cgroup_ancestors) + 8 * l as u32).map_err(e)?;
+        let kn = read_ptr(ancestor, off!(cgroup_kn)).map_err(e)?;
+        let id: u64 = read(kn, off!(kernfs_node_id)).map_err(e)?;
+        if let Some(c) = crate::maps::CGROUPS.get_ptr(id) {
+            return Ok(Some(unsafe { *c }));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether any cgroup container is registered.
+#[inline(always)]
+pub fn cgroup_containers_registered() -> bool {
+    crate::maps::CONFIG.get(pidvirt_common::config::CGROUP_CONTAINERS).is_some_and(|n| *n > 0)
+}
+
+/// The container of a task whose own pid namespace is `pidns` at `level`: a registered cgroup
+/// container if the task is in one, else its namespace (or the host).
+#[inline(always)]
+pub fn container_of(task: *const u8, level: u32, pidns: u32) -> u32 {
+    if cgroup_containers_registered() {
+        match cgroup_container(task) {
+            Ok(Some(c)) => return c,
+            Ok(None) => {}
+            Err(reason) => crate::maps::count_map_error(reason),
+        }
+    }
+    if level == 0 { pidvirt_common::HOST_CONTAINER } else { pidns }
+}

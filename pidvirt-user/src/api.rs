@@ -24,6 +24,25 @@ pub enum Request {
     },
     /// Every known container.
     Containers,
+    /// Registers a container under `id`, by exactly one of: `pid` (a task in it: its pid
+    /// namespace, or its cgroup if it runs in the host's), `cgroup` (a cgroup v2 directory,
+    /// absolute or relative to the cgroup2 mount) or `pidns` (a namespace inode).
+    Register {
+        id: String,
+        #[serde(default)]
+        pid: Option<i32>,
+        #[serde(default)]
+        cgroup: Option<String>,
+        #[serde(default)]
+        pidns: Option<u32>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        /// Who registers: `api` (default) or `oci` (the OCI hook).
+        #[serde(default)]
+        by: Option<String>,
+    },
+    /// Unregisters container `id`.
+    Unregister { id: String },
     /// vpid -> host pid (`vpid`) or host pid -> vpid (`pid`) in a container.
     Translate {
         container: String,
@@ -62,6 +81,8 @@ pub enum ErrorCode {
     UnknownOp,
     UnknownContainer,
     NotFound,
+    IdInUse,
+    PermissionDenied,
     Internal,
 }
 
@@ -139,13 +160,19 @@ pub struct TaskRow {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContainerRow {
     pub id: String,
+    /// `host`, `pidns` (a pid namespace and those nested in it) or `cgroup` (a cgroup v2
+    /// subtree whose tasks share the host's pid namespace).
+    pub kind: String,
     pub pidns: u32,
     pub level: u32,
     /// Id of the container whose namespace is the parent of this one's (none for the host).
     pub parent: Option<String>,
+    /// The cgroup of a cgroup container.
+    pub cgroup: Option<String>,
     pub tasks: u64,
     /// How the container became known: `host`, `kernel` (first task seen by the kernel
-    /// programs), `seed` (found in /proc at attach).
+    /// programs), `seed` (found in /proc at attach), `discovered` (a runtime's id found in the
+    /// cgroup path of its first task), `api` or `oci` (registered by an orchestrator).
     pub registered_by: String,
     pub labels: BTreeMap<String, String>,
 }
@@ -173,5 +200,12 @@ mod tests {
         assert_eq!(r, Request::Ps { container: None });
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"ps","bogus":1}"#).is_err());
+        let r: Request =
+            serde_json::from_str(r#"{"op":"register","id":"c","cgroup":"/x","labels":{"pod":"web"}}"#)
+                .unwrap();
+        assert!(
+            matches!(r, Request::Register { ref cgroup, ref labels, .. } if cgroup.as_deref() == Some("/x") && labels["pod"] == "web")
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"register","id":"c","labels":{"pod":1}}"#).is_err());
     }
 }

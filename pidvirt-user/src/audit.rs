@@ -233,6 +233,7 @@ mod tests {
         r.note_pidns(
             4026532300,
             &PidnsInfo::from_chain(&[4026531836, 4026532300], 1, 7, pidns_source::KERNEL),
+            None,
         );
         r
     }

@@ -65,11 +65,14 @@ pub async fn call<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_string(req).context("encode request")?;
     line.push('\n');
-    write.write_all(line.as_bytes()).await.context("send request")?;
+    // A daemon that refuses the request may answer and close before reading all of it: the
+    // answer matters more than the write error.
+    let sent = write.write_all(line.as_bytes()).await;
     let mut reader = BufReader::new(read);
     let mut answer = String::new();
     reader.read_line(&mut answer).await.context("read response")?;
     if answer.is_empty() {
+        sent.context("send request")?;
         return Err(anyhow!("the daemon closed the connection without answering").into());
     }
     let resp: Response = serde_json::from_str(&answer).context("decode response")?;

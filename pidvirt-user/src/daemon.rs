@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use pidvirt_common::{
-    PidnsEvent, PidnsInfo,
+    MigrateEvent, PidnsEvent, PidnsInfo,
     audit::{AnomalyEvent, NSYSCALLS, NVERDICTS, VERDICT_NAMES},
     counter, event_kind, pidns_source,
 };
@@ -19,8 +19,9 @@ use crate::{
     api::{ApiError, ContainerRow, ErrorCode, Request, TaskRow, Translation},
     audit::{Filter, Hub, Record, Sink},
     kernel::{self, FullTask, KernelMaps, LoadOptions},
+    orchestrator::{self, Target},
     procscan,
-    registry::Registry,
+    registry::{self, Kind, Registry},
     seed::{self, SeedReport},
     server,
 };
@@ -28,6 +29,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub socket: PathBuf,
+    /// Where registrations are kept across restarts (None: not kept).
+    pub state_file: Option<PathBuf>,
     /// `-` for standard output.
     pub audit_log: Option<String>,
     pub load: LoadOptions,
@@ -37,6 +40,9 @@ pub struct RunOptions {
 pub struct State {
     pub maps: Mutex<KernelMaps>,
     pub audit: Hub,
+    pub state_file: Option<PathBuf>,
+    /// Crossing counters of containers that ended (their per-container counters are gone).
+    pub retired: Mutex<Vec<u64>>,
     pub registry: Mutex<Registry>,
     pub seed: SeedReport,
     pub attached: Vec<(String, String)>,
@@ -74,10 +80,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         report.elapsed.as_secs_f64() * 1000.0
     );
     let mut registry = Registry::new(host_pidns);
-    registry.sync_pidns(&maps.pidns_all());
+    registry.sync_pidns(&maps.pidns_all(), orchestrator::cgroup_path_of);
     let state = Arc::new(State {
         maps: Mutex::new(maps),
         audit: Hub::new(sink),
+        state_file: opts.state_file.clone(),
+        retired: Mutex::new(vec![0; NSYSCALLS * NVERDICTS]),
         registry: Mutex::new(registry),
         seed: report,
         attached,
@@ -87,6 +95,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .trim()
             .to_string(),
     });
+
+    state.restore();
+    let sweeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut suspects = std::collections::HashSet::new();
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                let s = state.clone();
+                let mut held = std::mem::take(&mut suspects);
+                suspects = tokio::task::spawn_blocking(move || {
+                    s.sweep(&mut held);
+                    held
+                })
+                .await
+                .unwrap_or_default();
+            }
+        })
+    };
 
     let listener = server::bind(&opts.socket)?;
     tracing::info!("serving {}", opts.socket.display());
@@ -102,6 +130,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     server.abort();
+    sweeper.abort();
     let _ = std::fs::remove_file(&opts.socket);
     drop(ebpf); // closes every link: the programs are detached
     tracing::info!("detached");
@@ -159,23 +188,33 @@ fn handle_event(bytes: &[u8], state: &State, anomalies: &mut Vec<AnomalyEvent>) 
         anomalies.push(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) });
     } else if kind == event_kind::PIDNS && bytes.len() >= std::mem::size_of::<PidnsEvent>() {
         let ev: PidnsEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        tracing::info!(pidns = ev.pidns, level = ev.level, first_tid = ev.first_tid, "new pid namespace");
+        let discovered = orchestrator::cgroup_path_of(ev.first_tid).and_then(|p| registry::discover(&p));
+        tracing::info!(
+            pidns = ev.pidns,
+            level = ev.level,
+            first_tid = ev.first_tid,
+            ?discovered,
+            "new pid namespace"
+        );
         if let Ok(mut reg) = state.registry.lock() {
-            reg.note_pidns(
-                ev.pidns,
-                &PidnsInfo {
-                    level: ev.level,
-                    parent: ev.parent,
-                    first_tid: ev.first_tid,
-                    source: pidns_source::KERNEL,
-                    ..Default::default()
-                },
-            );
+            let info = PidnsInfo {
+                level: ev.level,
+                parent: ev.parent,
+                first_tid: ev.first_tid,
+                source: pidns_source::KERNEL,
+                ..Default::default()
+            };
+            reg.note_pidns(ev.pidns, &info, discovered);
+        }
+    } else if kind == event_kind::MIGRATE && bytes.len() >= std::mem::size_of::<MigrateEvent>() {
+        let ev: MigrateEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        if ev.threadgroup != 0 {
+            state.migrated(ev.host_pid, ev.container);
         }
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Internal, e.to_string())
 }
 
@@ -187,10 +226,22 @@ fn comm_of(host_pid: u32, host_tid: u32) -> String {
 }
 
 impl State {
-    fn sync_registry(&self, maps: &KernelMaps) -> Result<std::sync::MutexGuard<'_, Registry>, ApiError> {
+    pub(crate) fn sync_registry(
+        &self,
+        maps: &KernelMaps,
+    ) -> Result<std::sync::MutexGuard<'_, Registry>, ApiError> {
         let mut reg = self.registry.lock().map_err(internal)?;
-        reg.sync_pidns(&maps.pidns_all());
+        reg.sync_pidns(&maps.pidns_all(), orchestrator::cgroup_path_of);
         Ok(reg)
+    }
+
+    /// Adds the counters of an ended container to the retired totals.
+    pub(crate) fn retire(&self, (crossings, _drops): (Vec<u64>, u64)) {
+        if let Ok(mut retired) = self.retired.lock() {
+            for (t, n) in retired.iter_mut().zip(crossings) {
+                *t += n;
+            }
+        }
     }
 
     fn row(&self, reg: &Registry, t: &FullTask) -> TaskRow {
@@ -220,6 +271,25 @@ impl State {
             Request::Containers => to_json(self.containers()?),
             Request::Translate { container, vpid, pid } => to_json(self.translate(&container, vpid, pid)?),
             Request::Stats { container } => self.stats(container.as_deref()),
+            Request::Register { id, pid, cgroup, pidns, labels, by } => {
+                let target = match (pid, cgroup, pidns) {
+                    (Some(p), None, None) => Target::Pid(p),
+                    (None, Some(c), None) => Target::Cgroup(c),
+                    (None, None, Some(n)) => Target::Pidns(n),
+                    _ => {
+                        return Err(ApiError::new(
+                            ErrorCode::BadRequest,
+                            "register needs exactly one of `pid`, `cgroup`, `pidns`",
+                        ));
+                    }
+                };
+                let c = self.register(&id, target, labels, by.as_deref().unwrap_or("api"))?;
+                to_json(self.container_row(&c, 0, &std::collections::HashMap::new()))
+            }
+            Request::Unregister { id } => {
+                let c = self.unregister(&id)?;
+                to_json(serde_json::json!({ "id": c.id }))
+            }
             Request::Audit { container, verdict, limit, .. } => {
                 let filter = self.audit_filter(container, verdict)?;
                 to_json(self.audit.recent(&filter, limit.unwrap_or(1000)))
@@ -255,16 +325,35 @@ impl State {
         let by_ns = reg.ids_by_pidns();
         Ok(reg
             .all()
-            .map(|c| ContainerRow {
-                id: c.id.clone(),
-                pidns: c.pidns,
-                level: c.level,
-                parent: (c.level > 0).then(|| by_ns.get(&c.parent_pidns).cloned()).flatten(),
-                tasks: counts.get(&c.number).copied().unwrap_or(0),
-                registered_by: c.registered_by.clone(),
-                labels: c.labels.clone(),
-            })
+            .map(|c| self.container_row(c, counts.get(&c.number).copied().unwrap_or(0), &by_ns))
             .collect())
+    }
+
+    fn container_row(
+        &self,
+        c: &registry::Container,
+        tasks: u64,
+        by_ns: &std::collections::HashMap<u32, String>,
+    ) -> ContainerRow {
+        ContainerRow {
+            id: c.id.clone(),
+            kind: match c.kind {
+                Kind::Host => "host",
+                Kind::Pidns => "pidns",
+                Kind::Cgroup { .. } => "cgroup",
+            }
+            .into(),
+            pidns: c.pidns,
+            level: c.level,
+            parent: (c.level > 0).then(|| by_ns.get(&c.parent_pidns).cloned()).flatten(),
+            cgroup: match &c.kind {
+                Kind::Cgroup { path, .. } => Some(path.display().to_string()),
+                _ => None,
+            },
+            tasks,
+            registered_by: c.registered_by.clone(),
+            labels: c.labels.clone(),
+        }
     }
 
     pub fn translate(
@@ -276,7 +365,8 @@ impl State {
         let maps = self.maps.lock().map_err(internal)?;
         let reg = self.sync_registry(&maps)?;
         let c = reg.find(container).ok_or_else(|| unknown_container(container))?;
-        let (level, pidns, id) = (c.level, c.pidns, c.id.clone());
+        let (level, pidns, id, number) = (c.level, c.pidns, c.id.clone(), c.number);
+        let cgroup = matches!(c.kind, Kind::Cgroup { .. });
         let task = match (vpid, pid) {
             (Some(v), None) => maps.resolve(pidns, level, v).filter(|_| level > 0).or_else(|| {
                 // The host's (and host-namespace containers') numbers are host numbers.
@@ -298,8 +388,13 @@ impl State {
         let t = task.ok_or_else(not_found)?;
         // The task must be in this container or in one nested in it (its ids at this level
         // exist and its namespace at this level is the container's).
-        let inside = t.entry.level as u32 >= level
-            && (level == 0 || maps.resolve(pidns, level, t.at(level).map(|i| i.tid).unwrap_or(0)).is_some());
+        let inside = if cgroup {
+            t.entry.container == number
+        } else {
+            t.entry.level as u32 >= level
+                && (level == 0
+                    || maps.resolve(pidns, level, t.at(level).map(|i| i.tid).unwrap_or(0)).is_some())
+        };
         if !inside {
             return Err(not_found());
         }
@@ -359,6 +454,11 @@ impl State {
         let mut total: Vec<u64> = (0..NSYSCALLS * NVERDICTS)
             .map(|i| values.get(counter::CROSSING_BASE as usize + i).copied().unwrap_or(0))
             .collect();
+        if let Ok(retired) = self.retired.lock() {
+            for (t, n) in total.iter_mut().zip(retired.iter()) {
+                *t += n;
+            }
+        }
         for (crossings, _) in maps.crossings(None).values() {
             for (t, n) in total.iter_mut().zip(crossings) {
                 *t += n;
@@ -391,6 +491,9 @@ fn unknown_container(name: &str) -> ApiError {
 fn to_json(v: impl serde::Serialize) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(v).map_err(internal)
 }
+
+/// How often containers whose namespace or cgroup is gone are looked for.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(3);
 
 /// How long the server waits for a request line before closing an idle connection.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);

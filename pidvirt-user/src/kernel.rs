@@ -4,7 +4,7 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, Iter, ProgramError, TracePoint},
 };
 use pidvirt_common::{
@@ -17,11 +17,12 @@ use pidvirt_common::{
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pidvirt"));
 
 /// tp_btf programs following the task lifecycle: (program, tracepoint).
-pub const LIFECYCLE_HOOKS: [(&str, &str); 4] = [
+pub const LIFECYCLE_HOOKS: [(&str, &str); 5] = [
     ("sched_process_fork", "sched_process_fork"),
     ("sched_process_exec", "sched_process_exec"),
     ("sched_process_exit", "sched_process_exit"),
     ("sched_process_free", "sched_process_free"),
+    ("cgroup_attach_task", "cgroup_attach_task"),
 ];
 
 /// The syscall tracepoint programs: (program, tracepoint) for every hooked side of every
@@ -245,6 +246,8 @@ pub struct KernelMaps {
     pub pidns: HashMap<MapData, u32, PidnsInfo>,
     pub counters: PerCpuArray<MapData, u64>,
     pub container_counters: PerCpuHashMap<MapData, u32, ContainerCounters>,
+    pub cgroups: HashMap<MapData, u64, u32>,
+    pub config: Array<MapData, u32>,
 }
 
 /// A task entry with all its levels.
@@ -276,7 +279,10 @@ impl KernelMaps {
     fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
         let counters = ebpf.take_map("COUNTERS").ok_or(LoadError::MissingMap("COUNTERS"))?;
         let ccounters = ebpf.take_map("CCOUNTERS").ok_or(LoadError::MissingMap("CCOUNTERS"))?;
+        let config = ebpf.take_map("CONFIG").ok_or(LoadError::MissingMap("CONFIG"))?;
         Ok(Self {
+            cgroups: map_of(ebpf, "CGROUPS")?,
+            config: Array::try_from(config).map_err(|source| LoadError::Map { name: "CONFIG", source })?,
             container_counters: PerCpuHashMap::try_from(ccounters)
                 .map_err(|source| LoadError::Map { name: "CCOUNTERS", source })?,
             tasks: map_of(ebpf, "TASKS")?,
@@ -382,6 +388,41 @@ impl KernelMaps {
             );
         }
         Ok(true)
+    }
+
+    /// Makes tasks of cgroup `cgroup_id` (and below) members of container `number` (None: of
+    /// no cgroup container), and tells the programs how many cgroup containers exist.
+    pub fn set_cgroup(&mut self, cgroup_id: u64, number: Option<u32>) -> Result<(), MapError> {
+        match number {
+            Some(n) => self.cgroups.insert(cgroup_id, n, 0)?,
+            None => {
+                let _ = self.cgroups.remove(&cgroup_id);
+            }
+        }
+        let count = self.cgroups.keys().filter(Result::is_ok).count() as u32;
+        self.config.set(pidvirt_common::config::CGROUP_CONTAINERS, count, 0)
+    }
+
+    /// Sets the container of task `tid` (if it is tracked).
+    pub fn retag(&mut self, tid: u32, container: impl Fn(&TaskEntry) -> u32) {
+        if let Ok(mut e) = self.tasks.get(&tid, 0) {
+            let c = container(&e);
+            if c != e.container {
+                e.container = c;
+                // BPF_EXIST: never resurrect an entry the kernel just removed.
+                let _ = self.tasks.insert(tid, e, 2);
+            }
+        }
+    }
+
+    /// Forgets pid namespace `ns` and container `number`'s counters; returns the counters.
+    pub fn forget_container(&mut self, ns: Option<u32>, number: u32) -> Option<(Vec<u64>, u64)> {
+        if let Some(ns) = ns {
+            let _ = self.pidns.remove(&ns);
+        }
+        let counters = self.crossings(Some(number)).remove(&number);
+        let _ = self.container_counters.remove(&number);
+        counters
     }
 
     /// Registers pid namespace `ns` (level, parent) unless the kernel already did.

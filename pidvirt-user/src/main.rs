@@ -36,6 +36,34 @@ enum SeedMode {
 }
 
 #[derive(Subcommand)]
+enum ContainerAction {
+    /// Register a container under ID, by a task in it, a cgroup v2 directory or a pid namespace.
+    Add {
+        #[command(flatten)]
+        socket: SocketArg,
+        id: String,
+        /// A process of the container (its pid namespace; or its cgroup if it runs in the host's).
+        #[arg(long, group = "target", required = true)]
+        pid: Option<i32>,
+        /// A cgroup v2 directory (absolute, or relative to the cgroup2 mount).
+        #[arg(long, group = "target")]
+        cgroup: Option<String>,
+        /// A pid namespace inode.
+        #[arg(long, group = "target")]
+        pidns: Option<u32>,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "label", value_parser = pidvirt::orchestrator::parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Unregister a container.
+    Rm {
+        #[command(flatten)]
+        socket: SocketArg,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Attach to this host and serve the control socket (foreground; SIGINT/SIGTERM detach).
     Run {
@@ -50,6 +78,9 @@ enum Command {
         /// Size of the events ring buffer in bytes (a power of two, at least one page).
         #[arg(long, default_value_t = LoadOptions::default().ringbuf_bytes)]
         ringbuf_bytes: u32,
+        /// Where registrations are kept across restarts (`none`: not kept).
+        #[arg(long, default_value = "/var/lib/pidvirt/state.json")]
+        state_file: String,
         /// How to seed tasks that exist at attach: `iterator` (the kernel's task iterator, then
         /// /proc for anything it missed) or `proc` (/proc only; start times at clock-tick precision).
         #[arg(long, value_enum, default_value_t = SeedMode::Iterator)]
@@ -65,6 +96,18 @@ enum Command {
         /// JSON array instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Register or unregister a container.
+    Container {
+        #[command(subcommand)]
+        action: ContainerAction,
+    },
+    /// OCI runtime hook: reads the container state JSON on stdin; registers the container at
+    /// createRuntime/createContainer/poststart (annotations become labels), unregisters it at
+    /// poststop.
+    OciHook {
+        #[command(flatten)]
+        socket: SocketArg,
     },
     /// List known containers.
     Containers {
@@ -178,9 +221,10 @@ fn emit(text: &str) -> anyhow::Result<()> {
 async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     let mut o = String::new();
     match cmd {
-        Command::Run { socket, audit_log, max_tasks, ringbuf_bytes, seed } => {
+        Command::Run { socket, audit_log, max_tasks, ringbuf_bytes, seed, state_file } => {
             daemon::run(RunOptions {
                 socket: socket.socket,
+                state_file: (state_file != "none").then(|| state_file.into()),
                 audit_log,
                 load: LoadOptions {
                     max_tasks,
@@ -221,6 +265,23 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Container { action: ContainerAction::Add { socket, id, pid, cgroup, pidns, labels } } => {
+            let req =
+                Request::Register { id, pid, cgroup, pidns, labels: labels.into_iter().collect(), by: None };
+            let row: ContainerRow = call(&socket, req).await?;
+            out!(
+                o,
+                "registered {} ({} {})",
+                row.id,
+                row.kind,
+                row.cgroup.unwrap_or_else(|| row.pidns.to_string())
+            );
+        }
+        Command::Container { action: ContainerAction::Rm { socket, id } } => {
+            let _: serde_json::Value = call(&socket, Request::Unregister { id: id.clone() }).await?;
+            out!(o, "unregistered {id}");
+        }
+        Command::OciHook { socket } => oci_hook(&socket).await?,
         Command::Containers { socket, json } => {
             let rows: Vec<ContainerRow> = call(&socket, Request::Containers).await?;
             if json {
@@ -228,26 +289,29 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             } else {
                 out!(
                     o,
-                    "{:<28} {:>12} {:>5} {:>6}  {:<8} {:<28} LABELS",
+                    "{:<28} {:<6} {:>12} {:>5} {:>6}  {:<10} {:<28} LABELS",
                     "ID",
+                    "KIND",
                     "PIDNS",
                     "LEVEL",
                     "TASKS",
                     "BY",
-                    "PARENT"
+                    "PARENT/CGROUP"
                 );
                 for c in rows {
                     let labels =
                         c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                    let parent = c.cgroup.or(c.parent).unwrap_or_else(|| "-".into());
                     out!(
                         o,
-                        "{:<28} {:>12} {:>5} {:>6}  {:<8} {:<28} {}",
+                        "{:<28} {:<6} {:>12} {:>5} {:>6}  {:<10} {:<28} {}",
                         c.id,
+                        c.kind,
                         c.pidns,
                         c.level,
                         c.tasks,
                         c.registered_by,
-                        c.parent.unwrap_or_else(|| "-".into()),
+                        parent,
                         labels
                     );
                 }
@@ -334,6 +398,51 @@ async fn call<T: serde::de::DeserializeOwned>(socket: &SocketArg, req: Request) 
         ClientError::Other(e) => e,
         e => anyhow::Error::msg(e.to_string()),
     })
+}
+
+/// The container state an OCI runtime passes to hooks on stdin.
+#[derive(serde::Deserialize)]
+struct OciState {
+    id: String,
+    status: String,
+    #[serde(default)]
+    pid: Option<i32>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
+}
+
+async fn oci_hook(socket: &SocketArg) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut input)
+        .context("read the OCI state on stdin")?;
+    let state: OciState = serde_json::from_str(&input).context("the OCI state on stdin is not valid")?;
+    match state.status.as_str() {
+        "creating" | "created" | "running" => {
+            let pid = state.pid.filter(|p| *p > 0).context("the OCI state has no pid")?;
+            let req = Request::Register {
+                id: state.id,
+                pid: Some(pid),
+                cgroup: None,
+                pidns: None,
+                labels: state.annotations,
+                by: Some("oci".into()),
+            };
+            let _: ContainerRow = call(socket, req).await?;
+        }
+        "stopped" => {
+            // Idempotent: a container pidvirt does not know (any more) is fine.
+            match client::call::<serde_json::Value>(&socket.socket, &Request::Unregister { id: state.id })
+                .await
+            {
+                Ok(_)
+                | Err(ClientError::Api(api::ApiError { code: api::ErrorCode::UnknownContainer, .. })) => {}
+                Err(e) => return Err(anyhow::Error::msg(e.to_string())),
+            }
+        }
+        other => anyhow::bail!("unexpected container status `{other}` in the OCI state"),
+    }
+    Ok(())
 }
 
 fn record_header() -> String {

@@ -1,28 +1,145 @@
-//! The one place containers are registered: their ids (what users know them by), how they
-//! became known, and the kernel's container number behind each.
+//! The one place containers are registered: the ids users know them by, how they became known,
+//! their labels, and the kernel's container number behind each.
+//!
+//! Container numbers: 0 is the host; a pid namespace container is numbered by its namespace
+//! inode (>= 0xF0000000, proc's dynamic inode range); a cgroup container gets a small number
+//! (1..CGROUP_NUMBERS_END) allocated here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+};
 
 use pidvirt_common::{HOST_CONTAINER, PidnsInfo, pidns_source};
+use serde::{Deserialize, Serialize};
 
 /// The host's id.
 pub const HOST_ID: &str = "host";
+/// Cgroup containers are numbered below this (namespace inodes are far above).
+pub const CGROUP_NUMBERS_END: u32 = 0x1000_0000;
+
+/// What a container is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Host,
+    /// A pid namespace (and every namespace nested in it).
+    Pidns,
+    /// A cgroup v2 directory and its descendants.
+    Cgroup {
+        cgroup_id: u64,
+        path: PathBuf,
+    },
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Container {
-    /// Kernel container number (0 = host, a pid namespace inode for namespace containers).
+    /// Kernel container number.
     pub number: u32,
     pub id: String,
+    pub kind: Kind,
+    /// The pid namespace (for a cgroup container: the host's).
     pub pidns: u32,
     pub level: u32,
     pub parent_pidns: u32,
+    /// `host`, `kernel` / `seed` (found automatically), `discovered` (id from a runtime's cgroup
+    /// path), `api`, `oci` (registered by an orchestrator).
     pub registered_by: String,
     pub labels: BTreeMap<String, String>,
+}
+
+impl Container {
+    /// Registered by an orchestrator (as opposed to found automatically).
+    pub fn is_registered(&self) -> bool {
+        matches!(self.registered_by.as_str(), "api" | "oci")
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegError {
+    #[error("container id `{0}` is already registered for another target")]
+    IdInUse(String),
+    #[error("{0} is already registered as container `{1}`")]
+    TargetTaken(String, String),
+    #[error("unknown container `{0}`")]
+    Unknown(String),
+    #[error("container id must be 1..=256 printable characters without spaces, got {0:?}")]
+    BadId(String),
+    #[error("`host` cannot be registered or unregistered")]
+    Host,
+    #[error("too many cgroup containers")]
+    Full,
 }
 
 #[derive(Debug)]
 pub struct Registry {
     by_number: BTreeMap<u32, Container>,
+    host_pidns: u32,
+}
+
+/// A runtime's container found from a cgroup path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovered {
+    pub runtime: &'static str,
+    pub id: String,
+    pub pod_uid: Option<String>,
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The runtime container id in a cgroup path, for docker (`docker-<id>.scope`, `/docker/<id>`),
+/// containerd/CRI (`cri-containerd-<id>.scope`), CRI-O (`crio-<id>.scope`), podman
+/// (`libpod-<id>.scope`, `/libpod_parent/libpod-<id>`) and kubepods paths (cgroupfs and systemd
+/// drivers). Conmon scopes are not containers.
+pub fn discover(cgroup_path: &str) -> Option<Discovered> {
+    let parts: Vec<&str> = cgroup_path.split('/').filter(|p| !p.is_empty()).collect();
+    let pod_uid = parts.iter().find_map(|p| {
+        let p = p.strip_suffix(".slice").unwrap_or(p);
+        let uid = p.rsplit_once("-pod").map(|(_, u)| u).or_else(|| p.strip_prefix("pod"))?;
+        (!uid.is_empty()).then(|| uid.replace('_', "-"))
+    });
+    let kube = parts.iter().any(|p| p.starts_with("kubepods"));
+    for (i, part) in parts.iter().enumerate().rev() {
+        let scope = part.strip_suffix(".scope").unwrap_or(part);
+        for (prefix, runtime) in [
+            ("docker-", "docker"),
+            ("cri-containerd-", "containerd"),
+            ("crio-", "cri-o"),
+            ("libpod-", "podman"),
+        ] {
+            if let Some(id) = scope.strip_prefix(prefix)
+                && is_container_id(id)
+            {
+                return Some(Discovered { runtime, id: id.into(), pod_uid: pod_uid.clone() });
+            }
+        }
+        if is_container_id(part) && i > 0 {
+            let parent = parts[i - 1];
+            if parent == "docker" {
+                return Some(Discovered { runtime: "docker", id: (*part).into(), pod_uid: None });
+            }
+            if kube {
+                return Some(Discovered {
+                    runtime: "kubernetes",
+                    id: (*part).into(),
+                    pod_uid: pod_uid.clone(),
+                });
+            }
+        }
+    }
+    None
+}
+
+pub fn check_id(id: &str) -> Result<(), RegError> {
+    if id == HOST_ID {
+        return Err(RegError::Host);
+    }
+    if id.is_empty() || id.len() > 256 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(RegError::BadId(id.into()));
+    }
+    Ok(())
 }
 
 impl Registry {
@@ -33,6 +150,7 @@ impl Registry {
             Container {
                 number: HOST_CONTAINER,
                 id: HOST_ID.into(),
+                kind: Kind::Host,
                 pidns: host_pidns,
                 level: 0,
                 parent_pidns: 0,
@@ -40,7 +158,11 @@ impl Registry {
                 labels: BTreeMap::new(),
             },
         );
-        Self { by_number }
+        Self { by_number, host_pidns }
+    }
+
+    pub fn host_pidns(&self) -> u32 {
+        self.host_pidns
     }
 
     /// Id of an automatically found namespace container.
@@ -48,21 +170,28 @@ impl Registry {
         format!("pidns-{pidns}")
     }
 
-    /// Adds the pid namespaces the kernel (or the seed) knows and the registry does not.
-    pub fn sync_pidns(&mut self, all: &[(u32, PidnsInfo)]) {
+    /// Adds the pid namespaces the kernel (or the seed) knows and the registry does not;
+    /// `cgroup_of` gives the cgroup path of a namespace's first task, for discovery.
+    pub fn sync_pidns(&mut self, all: &[(u32, PidnsInfo)], cgroup_of: impl Fn(u32) -> Option<String>) {
         for (ns, info) in all {
             if info.level == 0 || self.by_number.contains_key(ns) {
                 continue;
             }
-            self.note_pidns(*ns, info);
+            let discovered = cgroup_of(info.first_tid).and_then(|p| discover(&p));
+            self.note_pidns(*ns, info, discovered);
         }
     }
 
-    /// Registers namespace `ns` automatically.
-    pub fn note_pidns(&mut self, ns: u32, info: &PidnsInfo) {
-        self.by_number.entry(ns).or_insert_with(|| Container {
+    /// Registers namespace `ns` automatically (with a runtime's id if one was discovered and
+    /// no container has it yet).
+    pub fn note_pidns(&mut self, ns: u32, info: &PidnsInfo, discovered: Option<Discovered>) {
+        if self.by_number.contains_key(&ns) {
+            return;
+        }
+        let mut c = Container {
             number: ns,
             id: Self::auto_id(ns),
+            kind: Kind::Pidns,
             pidns: ns,
             level: info.level,
             parent_pidns: info.parent,
@@ -71,7 +200,131 @@ impl Registry {
                 _ => "kernel".into(),
             },
             labels: BTreeMap::new(),
-        });
+        };
+        if let Some(d) = discovered
+            && self.find_id(&d.id).is_none()
+        {
+            c.id = d.id;
+            c.registered_by = "discovered".into();
+            c.labels.insert("runtime".into(), d.runtime.into());
+            if let Some(uid) = d.pod_uid {
+                c.labels.insert("pod_uid".into(), uid);
+            }
+        }
+        self.by_number.insert(ns, c);
+    }
+
+    fn find_id(&self, id: &str) -> Option<&Container> {
+        self.by_number.values().find(|c| c.id == id)
+    }
+
+    /// Registers pid namespace `ns` under `id` (an orchestrator's id wins over a discovered or
+    /// automatic one). Registering the same id for the same target again updates its labels.
+    pub fn register_pidns(
+        &mut self,
+        id: &str,
+        ns: u32,
+        info: &PidnsInfo,
+        labels: BTreeMap<String, String>,
+        by: &str,
+    ) -> Result<Container, RegError> {
+        check_id(id)?;
+        if ns == self.host_pidns {
+            return Err(RegError::Host);
+        }
+        if let Some(other) = self.find_id(id)
+            && other.number != ns
+        {
+            return Err(RegError::IdInUse(id.into()));
+        }
+        if let Some(c) = self.by_number.get(&ns)
+            && c.is_registered()
+            && c.id != id
+        {
+            return Err(RegError::TargetTaken(format!("pid namespace {ns}"), c.id.clone()));
+        }
+        self.note_pidns(ns, info, None);
+        let c = self.by_number.get_mut(&ns).expect("just noted");
+        c.id = id.into();
+        c.registered_by = by.into();
+        c.labels = labels;
+        Ok(c.clone())
+    }
+
+    /// Registers cgroup `cgroup_id` (at `path`) under `id`; returns the container (with its
+    /// newly allocated number, or the existing one when re-registering the same target).
+    pub fn register_cgroup(
+        &mut self,
+        id: &str,
+        cgroup_id: u64,
+        path: PathBuf,
+        labels: BTreeMap<String, String>,
+        by: &str,
+    ) -> Result<Container, RegError> {
+        check_id(id)?;
+        let existing = self
+            .by_number
+            .values()
+            .find(|c| matches!(&c.kind, Kind::Cgroup { cgroup_id: g, .. } if *g == cgroup_id))
+            .map(|c| (c.number, c.id.clone()));
+        if let Some((_, other)) = &existing
+            && other != id
+        {
+            return Err(RegError::TargetTaken(format!("cgroup {}", path.display()), other.clone()));
+        }
+        if let Some(other) = self.find_id(id)
+            && existing.as_ref().is_none_or(|(n, _)| *n != other.number)
+        {
+            return Err(RegError::IdInUse(id.into()));
+        }
+        let number = match existing {
+            Some((n, _)) => n,
+            None => {
+                (1..CGROUP_NUMBERS_END).find(|n| !self.by_number.contains_key(n)).ok_or(RegError::Full)?
+            }
+        };
+        let c = Container {
+            number,
+            id: id.into(),
+            kind: Kind::Cgroup { cgroup_id, path },
+            pidns: self.host_pidns,
+            level: 0,
+            parent_pidns: 0,
+            registered_by: by.into(),
+            labels,
+        };
+        self.by_number.insert(number, c.clone());
+        Ok(c)
+    }
+
+    /// Unregisters `id`: a cgroup container goes; a namespace container falls back to its
+    /// automatic id. Returns the container as it was.
+    pub fn unregister(&mut self, id: &str) -> Result<Container, RegError> {
+        if id == HOST_ID {
+            return Err(RegError::Host);
+        }
+        let c = self.find_id(id).cloned().ok_or_else(|| RegError::Unknown(id.into()))?;
+        match c.kind {
+            Kind::Cgroup { .. } => {
+                self.by_number.remove(&c.number);
+            }
+            _ => {
+                if let Some(entry) = self.by_number.get_mut(&c.number) {
+                    entry.id = Self::auto_id(c.number);
+                    entry.registered_by = "kernel".into();
+                    entry.labels.clear();
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// Forgets a namespace container whose namespace is gone.
+    pub fn remove(&mut self, number: u32) -> Option<Container> {
+        if number == HOST_CONTAINER {
+            return None;
+        }
+        self.by_number.remove(&number)
     }
 
     pub fn get(&self, number: u32) -> Option<&Container> {
@@ -88,7 +341,7 @@ impl Registry {
 
     /// The container a user names: by id, or by its pid namespace inode.
     pub fn find(&self, name: &str) -> Option<&Container> {
-        if let Some(c) = self.by_number.values().find(|c| c.id == name) {
+        if let Some(c) = self.find_id(name) {
             return Some(c);
         }
         let ns: u32 = name.parse().ok()?;
@@ -99,9 +352,13 @@ impl Registry {
         self.by_number.values()
     }
 
-    /// Container id by pid namespace inode, for the parent column.
+    /// Container id by pid namespace inode (namespace containers and the host), for parents.
     pub fn ids_by_pidns(&self) -> HashMap<u32, String> {
-        self.by_number.values().map(|c| (c.pidns, c.id.clone())).collect()
+        self.by_number
+            .values()
+            .filter(|c| !matches!(c.kind, Kind::Cgroup { .. }))
+            .map(|c| (c.pidns, c.id.clone()))
+            .collect()
     }
 }
 
@@ -109,20 +366,105 @@ impl Registry {
 mod tests {
     use super::*;
 
+    const HOST: u32 = 4026531836;
+    const NS: u32 = 4026532300;
+
+    fn info(level: u32, source: u32) -> PidnsInfo {
+        PidnsInfo::from_chain(&[HOST, NS], level as usize, 77, source)
+    }
+
     #[test]
     fn host_and_namespaces() {
-        let mut r = Registry::new(4026531836);
-        r.sync_pidns(&[
-            (4026531836, PidnsInfo::from_chain(&[4026531836], 0, 1, pidns_source::SEED)),
-            (4026532300, PidnsInfo::from_chain(&[4026531836, 4026532300], 1, 77, pidns_source::KERNEL)),
-        ]);
+        let mut r = Registry::new(HOST);
+        r.sync_pidns(&[(HOST, info(0, pidns_source::SEED)), (NS, info(1, pidns_source::KERNEL))], |_| None);
         assert_eq!(r.find("host").unwrap().number, HOST_CONTAINER);
-        assert_eq!(r.find("4026531836").unwrap().id, "host");
+        assert_eq!(r.find(&HOST.to_string()).unwrap().id, "host");
         let c = r.find("pidns-4026532300").unwrap();
-        assert_eq!((c.level, c.parent_pidns, c.registered_by.as_str()), (1, 4026531836, "kernel"));
-        assert_eq!(r.find("4026532300").unwrap().id, "pidns-4026532300");
+        assert_eq!((c.level, c.parent_pidns, c.registered_by.as_str()), (1, HOST, "kernel"));
+        assert_eq!(r.find(&NS.to_string()).unwrap().id, "pidns-4026532300");
         assert!(r.find("nope").is_none());
         assert!(r.find("123").is_none());
         assert_eq!(r.id_of(999), "pidns-999");
+    }
+
+    #[test]
+    fn an_orchestrator_id_wins_and_unregistering_falls_back() {
+        let mut r = Registry::new(HOST);
+        let docker =
+            "/system.slice/docker-4f5a1e2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7.scope";
+        r.sync_pidns(&[(NS, info(1, pidns_source::KERNEL))], |_| Some(docker.into()));
+        let c = r.get(NS).unwrap();
+        assert_eq!(c.id, "4f5a1e2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7");
+        assert_eq!((c.registered_by.as_str(), c.labels["runtime"].as_str()), ("discovered", "docker"));
+        let labels = BTreeMap::from([("pod".to_string(), "web".to_string())]);
+        let c = r.register_pidns("web-1", NS, &info(1, 0), labels.clone(), "oci").unwrap();
+        assert_eq!((c.id.as_str(), c.registered_by.as_str()), ("web-1", "oci"));
+        assert_eq!(r.find("web-1").unwrap().labels, labels);
+        // Idempotent for the same target; refused for another id or another target.
+        assert!(r.register_pidns("web-1", NS, &info(1, 0), BTreeMap::new(), "oci").is_ok());
+        assert_eq!(
+            r.register_pidns("other", NS, &info(1, 0), BTreeMap::new(), "api"),
+            Err(RegError::TargetTaken(format!("pid namespace {NS}"), "web-1".into()))
+        );
+        let g = r.register_cgroup("web-1", 55, "/x".into(), BTreeMap::new(), "api");
+        assert_eq!(g, Err(RegError::IdInUse("web-1".into())));
+        assert_eq!(r.unregister("web-1").unwrap().id, "web-1");
+        assert_eq!(r.get(NS).unwrap().id, "pidns-4026532300");
+        assert_eq!(r.unregister("web-1"), Err(RegError::Unknown("web-1".into())));
+        assert_eq!(r.unregister("host"), Err(RegError::Host));
+        assert_eq!(
+            r.register_pidns("bad id", NS, &info(1, 0), BTreeMap::new(), "api"),
+            Err(RegError::BadId("bad id".into()))
+        );
+        assert_eq!(r.register_pidns("x", HOST, &info(0, 0), BTreeMap::new(), "api"), Err(RegError::Host));
+    }
+
+    #[test]
+    fn cgroup_containers_get_small_numbers() {
+        let mut r = Registry::new(HOST);
+        let a = r.register_cgroup("a", 100, "/sys/fs/cgroup/a".into(), BTreeMap::new(), "api").unwrap();
+        let b = r.register_cgroup("b", 200, "/sys/fs/cgroup/b".into(), BTreeMap::new(), "api").unwrap();
+        assert_eq!((a.number, b.number), (1, 2));
+        assert_eq!(a.pidns, HOST);
+        let again = r.register_cgroup("a", 100, "/sys/fs/cgroup/a".into(), BTreeMap::new(), "api").unwrap();
+        assert_eq!(again.number, 1);
+        assert!(r.register_cgroup("c", 100, "/sys/fs/cgroup/a".into(), BTreeMap::new(), "api").is_err());
+        r.unregister("a").unwrap();
+        assert!(r.find("a").is_none());
+        let c = r.register_cgroup("c", 300, "/sys/fs/cgroup/c".into(), BTreeMap::new(), "api").unwrap();
+        assert_eq!(c.number, 1, "numbers are reused");
+        // A cgroup container is found by id, never by the host's inode.
+        assert_eq!(r.find(&HOST.to_string()).unwrap().id, "host");
+    }
+
+    #[test]
+    fn discovery_of_runtime_ids_from_cgroup_paths() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let d = |p: String| discover(&p);
+        let docker = d(format!("/system.slice/docker-{id}.scope")).unwrap();
+        assert_eq!((docker.runtime, docker.id.as_str()), ("docker", id));
+        assert_eq!(d(format!("/docker/{id}")).unwrap().runtime, "docker");
+        let cri = d(format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod2c5d4e8a_1b2c_4d5e_8f90_a1b2c3d4e5f6.slice/cri-containerd-{id}.scope"
+        ))
+        .unwrap();
+        assert_eq!((cri.runtime, cri.id.as_str()), ("containerd", id));
+        assert_eq!(cri.pod_uid.as_deref(), Some("2c5d4e8a-1b2c-4d5e-8f90-a1b2c3d4e5f6"));
+        let crio = d(format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podabc.slice/crio-{id}.scope"
+        ))
+        .unwrap();
+        assert_eq!((crio.runtime, crio.pod_uid.as_deref()), ("cri-o", Some("abc")));
+        assert_eq!(d(format!("/machine.slice/libpod-{id}.scope")).unwrap().runtime, "podman");
+        assert_eq!(d(format!("/libpod_parent/libpod-{id}")).unwrap().runtime, "podman");
+        let kube = d(format!("/kubepods/burstable/pod7f0c1a2b-3c4d-5e6f-7a8b-9c0d1e2f3a4b/{id}")).unwrap();
+        assert_eq!((kube.runtime, kube.id.as_str()), ("kubernetes", id));
+        assert_eq!(kube.pod_uid.as_deref(), Some("7f0c1a2b-3c4d-5e6f-7a8b-9c0d1e2f3a4b"));
+        // Not containers: conmon, the host, short ids, user slices.
+        assert_eq!(d(format!("/machine.slice/libpod-conmon-{id}.scope")), None);
+        assert_eq!(d(format!("/system.slice/crio-conmon-{id}.scope")), None);
+        assert_eq!(d("/".into()), None);
+        assert_eq!(d("/user.slice/user-1000.slice/session-2.scope".into()), None);
+        assert_eq!(d("/docker/abc".into()), None);
     }
 }

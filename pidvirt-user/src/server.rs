@@ -1,11 +1,12 @@
 //! The control socket: root only (mode 0600 and SO_PEERCRED), newline-delimited JSON.
 
-use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
+use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
+use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder, Framed};
 
 use crate::{
     api::{ApiError, ErrorCode, MAX_REQUEST_BYTES, Request, Response},
@@ -69,10 +70,13 @@ pub fn parse_request(line: &str) -> Result<Request, ApiError> {
 
 async fn connection(stream: UnixStream, state: Arc<State>) {
     let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
-    let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_REQUEST_BYTES));
+    // Lines of bytes: a request that is not UTF-8 gets an error answer like any other.
+    let mut framed = Framed::new(stream, RequestCodec::new());
     if peer_uid != Some(0) {
+        // Read the request first, so that the client is not writing into a closed socket.
+        let _ = tokio::time::timeout(Duration::from_secs(5), framed.next()).await;
         let err = ApiError::new(
-            ErrorCode::BadRequest,
+            ErrorCode::PermissionDenied,
             format!("permission denied: peer uid {peer_uid:?} is not root"),
         );
         let _ = send(&mut framed, Response::err(err)).await;
@@ -81,8 +85,17 @@ async fn connection(stream: UnixStream, state: Arc<State>) {
     loop {
         let line = match tokio::time::timeout(IDLE_TIMEOUT, framed.next()).await {
             Err(_) | Ok(None) => return,
-            Ok(Some(Ok(line))) => line,
-            Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
+            Ok(Some(Ok(Line::Request(bytes)))) => match String::from_utf8(bytes.to_vec()) {
+                Ok(line) => line,
+                Err(_) => {
+                    let err = ApiError::new(ErrorCode::BadRequest, "request is not UTF-8");
+                    if send(&mut framed, Response::err(err)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            Ok(Some(Ok(Line::TooLong))) => {
                 let err = ApiError::new(
                     ErrorCode::TooLong,
                     format!("request longer than {MAX_REQUEST_BYTES} bytes"),
@@ -92,7 +105,7 @@ async fn connection(stream: UnixStream, state: Arc<State>) {
                 }
                 continue;
             }
-            Ok(Some(Err(LinesCodecError::Io(_)))) => return,
+            Ok(Some(Err(_))) => return,
         };
         if line.trim().is_empty() {
             continue;
@@ -124,7 +137,51 @@ async fn connection(stream: UnixStream, state: Arc<State>) {
 }
 
 /// Streams audit records to the client until it goes away.
-async fn follow(framed: &mut Framed<UnixStream, LinesCodec>, state: &State, filter: crate::audit::Filter) {
+/// A request line, or the news that one was too long (as an item, not an error: a framed
+/// stream ends after its decoder's first error, and a too-long request must not end the
+/// connection).
+pub enum Line {
+    Request(Bytes),
+    TooLong,
+}
+
+/// Newline-delimited byte lines of at most MAX_REQUEST_BYTES.
+pub struct RequestCodec(AnyDelimiterCodec);
+
+impl RequestCodec {
+    pub fn new() -> Self {
+        Self(AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), MAX_REQUEST_BYTES))
+    }
+}
+
+impl Default for RequestCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder for RequestCodec {
+    type Item = Line;
+    type Error = AnyDelimiterCodecError;
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Line>, Self::Error> {
+        match self.0.decode(buf) {
+            Ok(line) => Ok(line.map(Line::Request)),
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => Ok(Some(Line::TooLong)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Encoder<String> for RequestCodec {
+    type Error = AnyDelimiterCodecError;
+    fn encode(&mut self, line: String, buf: &mut BytesMut) -> Result<(), Self::Error> {
+        self.0.encode(line, buf)
+    }
+}
+
+type Conn = Framed<UnixStream, RequestCodec>;
+
+async fn follow(framed: &mut Conn, state: &State, filter: crate::audit::Filter) {
     use tokio::sync::broadcast::error::RecvError;
     let mut rx = state.audit.subscribe();
     loop {
@@ -146,7 +203,7 @@ async fn follow(framed: &mut Framed<UnixStream, LinesCodec>, state: &State, filt
     }
 }
 
-async fn send(framed: &mut Framed<UnixStream, LinesCodec>, r: Response) -> Result<(), LinesCodecError> {
+async fn send(framed: &mut Conn, r: Response) -> Result<(), AnyDelimiterCodecError> {
     let line = serde_json::to_string(&r)
         .unwrap_or_else(|e| format!(r#"{{"ok":false,"error":{{"code":"internal","message":"{e}"}}}}"#));
     framed.send(line).await

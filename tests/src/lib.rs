@@ -109,11 +109,14 @@ pub struct AuditTask {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct ContainerRow {
     pub id: String,
+    pub kind: String,
     pub pidns: u64,
     pub level: u32,
     pub parent: Option<String>,
+    pub cgroup: Option<String>,
     pub tasks: u64,
     pub registered_by: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A running `pidvirt run`, with its own socket and audit log; stopped (SIGTERM) on drop.
@@ -133,6 +136,13 @@ impl Daemon {
     /// Starts the daemon with extra `run` arguments and waits until it answers.
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new().prefix("pidvirt-test-").tempdir().expect("tempdir");
+        Self::start_in(dir, extra)
+    }
+
+    /// Starts the daemon in `dir` (its socket, logs and state file live there); a daemon
+    /// started again in the same directory finds the previous one's state file.
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let state_file = dir.path().join("state.json");
         let socket = dir.path().join("pidvirt.sock");
         let audit_log = dir.path().join("audit.jsonl");
         let stderr_log = dir.path().join("daemon.log");
@@ -142,6 +152,8 @@ impl Daemon {
             .arg(&socket)
             .arg("--audit-log")
             .arg(&audit_log)
+            .arg("--state-file")
+            .arg(&state_file)
             .args(extra)
             .env("PIDVIRT_LOG", "info")
             .stdin(Stdio::null())
@@ -230,6 +242,14 @@ impl Daemon {
         self.stop_inner().expect("daemon already stopped")
     }
 
+    /// Stops the daemon and hands back its directory (state file, logs) for a restart.
+    pub fn stop_keep_dir(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let status = self.stop_inner().expect("daemon already stopped");
+        let dir = tempfile::Builder::new().prefix("pidvirt-test-").tempdir().expect("tempdir");
+        let old = std::mem::replace(&mut self.dir, dir);
+        (status, old)
+    }
+
     fn stop_inner(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -274,12 +294,18 @@ struct FixtureHello {
 impl Fixture {
     /// Starts `bin` (pass `env!("CARGO_BIN_EXE_pidvirt-fixture")`) with `depth` nested namespaces.
     pub fn start(bin: &str, depth: usize) -> Self {
-        let mut child = Command::new(bin)
-            .args(["--depth", &depth.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start pidvirt-fixture");
+        Self::spawn(Command::new(bin).args(["--depth", &depth.to_string()]))
+    }
+
+    /// The same, from inside cgroup v2 directory `cgroup` (the fixture moves there first).
+    pub fn start_in_cgroup(bin: &str, depth: usize, cgroup: &Path) -> Self {
+        let script = format!("echo $$ > '{}/cgroup.procs' && exec '{bin}' --depth {depth}", cgroup.display());
+        Self::spawn(Command::new("sh").args(["-c", &script]))
+    }
+
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("start pidvirt-fixture");
         let stdin = child.stdin.take().expect("stdin");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut hello = String::new();
@@ -339,6 +365,80 @@ impl Drop for Fixture {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A cgroup v2 directory made for a test, removed (after its processes) on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `<cgroup2 mount>/<name>`.
+    pub fn new(name: &str) -> Self {
+        let path = cgroup2_root().join(name);
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+
+    /// A child cgroup (removed with this one).
+    pub fn child(&self, name: &str) -> PathBuf {
+        let p = self.path.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Starts `sh -c SCRIPT` inside cgroup `dir` (moved there before it runs SCRIPT).
+    pub fn spawn_in(dir: &Path, script: &str) -> Child {
+        Command::new("sh")
+            .args(["-c", &format!("echo $$ > '{}/cgroup.procs' && {script}", dir.display())])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Kill what is left, then remove the directories, deepest first.
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        walk(&e.path(), out);
+                    }
+                }
+            }
+            out.push(dir.to_path_buf());
+        }
+        let mut dirs = Vec::new();
+        walk(&self.path, &mut dirs);
+        for d in &dirs {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        for d in &dirs {
+            let start = Instant::now();
+            while std::fs::remove_dir(d).is_err() && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// The cgroup v2 mount point.
+pub fn cgroup2_root() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+        })
+        .expect("a cgroup2 mount")
 }
 
 /// What the kernel says, read from /proc with this crate's own parser.

@@ -183,12 +183,15 @@ fn recycled_pids_do_not_inherit_old_entries() {
     assert_ps_matches_proc(&d, f.inner());
 }
 
-/// A host pid no task uses, well above the current allocation point.
+/// A host pid no task uses, far from where the kernel allocates next (pids wrap at pid_max).
 fn pick_free_host_pid() -> u32 {
-    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let read = |f: &str| -> u32 { std::fs::read_to_string(f).unwrap().trim().parse().unwrap() };
+    let (max, last) = (read("/proc/sys/kernel/pid_max"), read("/proc/sys/kernel/ns_last_pid"));
     let used: std::collections::BTreeSet<u32> = proc_truth::tasks().iter().map(|t| t.tid).collect();
-    let top = used.iter().next_back().copied().unwrap_or(1000);
-    (top + 5000..max).find(|p| !used.contains(p)).expect("a free host pid")
+    (0..max)
+        .map(|i| 301 + (last + max / 2 + i) % (max - 301))
+        .find(|p| !used.contains(p))
+        .expect("a free host pid")
 }
 
 #[test]

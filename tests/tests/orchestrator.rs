@@ -1,0 +1,373 @@
+//! Container ids from an orchestrator: the control API, the OCI hook with a real runtime
+//! (Debian's runc), cgroup containers sharing the host's pid namespace, discovery, restarts.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use tests::{AuditRecord, ContainerRow, Daemon, Fixture, TestCgroup, eventually, pidvirt_bin, proc_truth};
+
+const FIXTURE: &str = env!("CARGO_BIN_EXE_pidvirt-fixture");
+const SETTLE: Duration = Duration::from_secs(5);
+
+fn container(d: &Daemon, id: &str) -> Option<ContainerRow> {
+    d.containers().into_iter().find(|c| c.id == id)
+}
+
+fn wait_record(d: &Daemon, what: &str, pred: impl Fn(&AuditRecord) -> bool) -> AuditRecord {
+    eventually(SETTLE, what, || d.audit_log().into_iter().find(|r| pred(r)))
+}
+
+/// An OCI bundle: busybox (static) as the rootfs, `sleep` as the process, pidvirt's hook at
+/// createRuntime and poststop.
+fn bundle(dir: &Path, socket: &Path) {
+    let rootfs = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "sys", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed");
+    for applet in ["sh", "sleep", "kill"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let spec = Command::new("runc").args(["spec", "--bundle"]).arg(dir).status().expect("runc is installed");
+    assert!(spec.success());
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["process"]["terminal"] = false.into();
+    config["process"]["args"] = serde_json::json!(["/bin/sh", "-c", "sleep 1000"]);
+    config["annotations"] =
+        serde_json::json!({"io.kubernetes.pod.name": "web", "pidvirt.test/run": "orchestrator"});
+    let hook = serde_json::json!({
+        "path": pidvirt_bin(),
+        "args": ["pidvirt", "oci-hook", "--socket", socket],
+    });
+    config["hooks"] = serde_json::json!({"createRuntime": [hook.clone()], "poststop": [hook]});
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+}
+
+/// Runs runc; returns its exit status and stderr. Its output goes to a file, not a pipe: a
+/// detached container inherits runc's stdio and would hold a pipe open.
+fn runc(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let status = Command::new("runc")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .status()
+        .expect("runc");
+    (status, std::fs::read_to_string(log.path()).unwrap_or_default())
+}
+
+fn runc_state(id: &str) -> Option<serde_json::Value> {
+    let out = Command::new("runc").args(["state", id]).stdin(Stdio::null()).output().ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn wait_in_cgroup(dir: &Path, pid: u32) {
+    eventually(SETTLE, "process moved into its cgroup", || {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+        procs.lines().any(|l| l.trim() == pid.to_string()).then_some(())
+    });
+}
+
+/// Deletes the container even when a test fails.
+struct RuncContainer(String);
+impl Drop for RuncContainer {
+    fn drop(&mut self) {
+        let _ = runc(&["delete", "--force", &self.0]);
+    }
+}
+
+#[test]
+fn oci_hook_registers_a_runc_container_with_its_annotations_and_unregisters_it() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    bundle(dir.path(), &d.socket);
+    let id = format!("pidvirt-test-{}", std::process::id());
+    let _guard = RuncContainer(id.clone());
+    let (status, stderr) = runc(&["run", "-d", "--bundle", &dir.path().to_string_lossy(), &id]);
+    assert!(status.success(), "runc run: {stderr}");
+
+    let c = eventually(SETTLE, "the OCI id listed", || container(&d, &id));
+    assert_eq!((c.kind.as_str(), c.registered_by.as_str(), c.level), ("pidns", "oci", 1));
+    let labels = BTreeMap::from([
+        ("io.kubernetes.pod.name".to_string(), "web".to_string()),
+        ("pidvirt.test/run".to_string(), "orchestrator".to_string()),
+    ]);
+    assert_eq!(c.labels, labels);
+    // The container's init, per the runtime, is a task of that container.
+    let state = runc_state(&id).expect("runc state");
+    let init = state["pid"].as_u64().unwrap() as u32;
+    let truth = proc_truth::task(init, init).unwrap();
+    assert_eq!(c.pidns, truth.pidns);
+    let rows = d.ps_by_tid();
+    assert_eq!(rows[&init].container, id);
+    assert_eq!(rows[&init].nspid, truth.nspid);
+
+    // A leaked host pid passed to kill inside the container: reported under the OCI id.
+    let (status, stderr) = runc(&["exec", &id, "/bin/kill", "-0", &init.to_string()]);
+    assert!(
+        !status.success() && stderr.contains("No such process"),
+        "the host pid names nothing inside: {stderr}"
+    );
+    let r = wait_record(&d, "leak in the runc container", |r| r.container == id && r.verdict == "leak");
+    assert_eq!((r.syscall.as_str(), r.value, r.caller.comm.as_str()), ("kill", init as i64, "kill"));
+    assert_eq!(r.also.as_ref().unwrap().container, id);
+
+    // poststop unregisters it.
+    assert!(runc(&["kill", &id, "KILL"]).0.success());
+    eventually(SETTLE, "container stopped", || (runc_state(&id)?["status"] == "stopped").then_some(()));
+    let (status, stderr) = runc(&["delete", &id]);
+    assert!(status.success(), "runc delete: {stderr}");
+    assert!(container(&d, &id).is_none(), "unregistered at poststop");
+}
+
+#[test]
+fn cgroup_containers_in_the_host_namespace_cross_container() {
+    let d = Daemon::start();
+    let a = TestCgroup::new(&format!("pidvirt-test-a-{}", std::process::id()));
+    let b = TestCgroup::new(&format!("pidvirt-test-b-{}", std::process::id()));
+    // A task already in A before registration; a child cgroup of A.
+    let mut early = TestCgroup::spawn_in(&a.path, "exec sleep 1000");
+    wait_in_cgroup(&a.path, early.id());
+    let sub = a.child("sub");
+    assert_eq!(
+        d.cli(&["container", "add", "ca", "--cgroup", &a.path.to_string_lossy(), "--label", "team=blue"])
+            .code,
+        0
+    );
+    let rel = b.path.file_name().unwrap().to_string_lossy().into_owned();
+    let out = d.cli(&["container", "add", "cb", "--cgroup", &rel]);
+    assert_eq!(out.code, 0, "relative to the cgroup2 mount: {out:?}");
+    let ca = container(&d, "ca").unwrap();
+    assert_eq!((ca.kind.as_str(), ca.level, ca.labels["team"].as_str()), ("cgroup", 0, "blue"));
+    assert_eq!(ca.cgroup.as_deref(), Some(a.path.to_string_lossy().as_ref()));
+    let rows = d.ps_by_tid();
+    assert_eq!(rows[&early.id()].container, "ca", "a task there before registration joins");
+    assert_eq!(rows[&early.id()].vpid, early.id(), "vpid == host pid in the host namespace");
+
+    // A target in B; a caller in A's child cgroup (moved there after registration, then forks).
+    let mut target = TestCgroup::spawn_in(&b.path, "exec sleep 1000");
+    let t = target.id();
+    eventually(SETTLE, "target in cb", || (d.ps_by_tid().get(&t)?.container == "cb").then_some(()));
+    let caller = TestCgroup::spawn_in(&sub, &format!("exec {FIXTURE} call kill {t} 0"));
+    let out = caller.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "the kernel lets it through (same pid namespace)"
+    );
+    let r = wait_record(&d, "cross_container between cgroup containers", |r| {
+        r.container == "ca" && r.verdict == "cross_container" && r.syscall == "kill"
+    });
+    assert_eq!(r.value, t as i64);
+    let target_party = r.target.unwrap();
+    assert_eq!((target_party.host_pid, target_party.container.as_str()), (t, "cb"));
+    assert_eq!(
+        d.cli(&["translate", "--container", "cb", "--vpid", &t.to_string()]).stdout.trim(),
+        t.to_string()
+    );
+    assert_eq!(d.cli(&["translate", "--container", "ca", "--vpid", &t.to_string()]).code, 1);
+
+    // Unregistering returns the tasks to the host.
+    assert_eq!(d.cli(&["container", "rm", "cb"]).code, 0);
+    assert_eq!(d.ps_by_tid()[&t].container, "host");
+    assert!(container(&d, "cb").is_none());
+    let _ = early.kill();
+    let _ = target.kill();
+    let _ = early.wait();
+    let _ = target.wait();
+}
+
+#[test]
+fn registration_by_pid_and_by_pidns() {
+    let d = Daemon::start();
+    let mut f1 = Fixture::start(FIXTURE, 1);
+    let f2 = Fixture::start(FIXTURE, 1);
+    let v = f1.num("spawn 1") as u32;
+    let host = f1.host_tid(v);
+    let out = d.cli(&["container", "add", "by-pid", "--pid", &f1.outer_init.to_string(), "--label", "k=v"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = d.cli(&["container", "add", "by-ns", "--pidns", &f2.inner().to_string()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let c1 = container(&d, "by-pid").unwrap();
+    assert_eq!((c1.pidns, c1.kind.as_str(), c1.registered_by.as_str()), (f1.inner(), "pidns", "api"));
+    assert_eq!(container(&d, "by-ns").unwrap().pidns, f2.inner());
+    assert!(container(&d, &f1.container()).is_none(), "the automatic id is replaced");
+    assert_eq!(
+        d.cli(&["translate", "--container", "by-pid", "--vpid", &v.to_string()]).stdout.trim(),
+        host.to_string()
+    );
+    assert_eq!(d.ps_by_tid()[&host].container, "by-pid");
+    // By the pid of a host process: its cgroup.
+    let cg = TestCgroup::new(&format!("pidvirt-test-p-{}", std::process::id()));
+    let mut p = TestCgroup::spawn_in(&cg.path, "exec sleep 1000");
+    wait_in_cgroup(&cg.path, p.id());
+    assert_eq!(d.cli(&["container", "add", "by-host-pid", "--pid", &p.id().to_string()]).code, 0);
+    let c3 = container(&d, "by-host-pid").unwrap();
+    assert_eq!((c3.kind.as_str(), c3.tasks), ("cgroup", 1));
+    // Conflicts and unknown targets are errors with exit code 1.
+    let taken = d.cli(&["container", "add", "other", "--pidns", &f2.inner().to_string()]);
+    assert_eq!(taken.code, 1);
+    assert!(taken.stderr.contains("already registered as container `by-ns`"), "{taken:?}");
+    let dup = d.cli(&["container", "add", "by-pid", "--pidns", &f2.inner().to_string()]);
+    assert!(dup.stderr.contains("already registered"), "{dup:?}");
+    let gone = d.cli(&["container", "add", "x", "--pid", "4000000"]);
+    assert!(gone.stderr.contains("no process 4000000"), "{gone:?}");
+    let nons = d.cli(&["container", "add", "x", "--pidns", "12345"]);
+    assert!(nons.stderr.contains("no live pid namespace with inode 12345"), "{nons:?}");
+    let nocg = d.cli(&["container", "add", "x", "--cgroup", "/no/such/cgroup"]);
+    assert!(nocg.stderr.contains("/no/such/cgroup"), "{nocg:?}");
+    let badlabel = d.cli(&["container", "add", "x", "--pid", "1", "--label", "novalue"]);
+    assert_eq!(badlabel.code, 2, "{badlabel:?}");
+    let rm = d.cli(&["container", "rm", "never-registered"]);
+    assert!(rm.code == 1 && rm.stderr.contains("unknown container `never-registered`"), "{rm:?}");
+    let _ = p.kill();
+    let _ = p.wait();
+}
+
+/// Sends raw lines on one connection; returns the response to each.
+fn exchange(socket: &Path, lines: &[Vec<u8>]) -> Vec<serde_json::Value> {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(SETTLE)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    lines
+        .iter()
+        .map(|l| {
+            s.write_all(l).unwrap();
+            s.write_all(b"\n").unwrap();
+            let mut answer = String::new();
+            r.read_line(&mut answer).expect("an answer");
+            serde_json::from_str(&answer).unwrap_or_else(|e| panic!("not JSON ({e}): {answer}"))
+        })
+        .collect()
+}
+
+#[test]
+fn every_bad_request_gets_an_error_response_and_the_connection_survives() {
+    let d = Daemon::start();
+    let huge = format!(r#"{{"op":"ps","container":"{}"}}"#, "x".repeat(70_000));
+    let cases: Vec<(&[u8], &str)> = vec![
+        (b"this is not json", "bad_request"),
+        (b"[1,2,3]", "bad_request"),
+        (br#"{"container":"host"}"#, "bad_request"),
+        (br#"{"op":42}"#, "bad_request"),
+        (br#"{"op":"launch_missiles"}"#, "unknown_op"),
+        (br#"{"op":"translate","container":"host"}"#, "bad_request"),
+        (br#"{"op":"translate","container":"nope","pid":1}"#, "unknown_container"),
+        (br#"{"op":"register","id":"x"}"#, "bad_request"),
+        (br#"{"op":"register","id":"x","pid":1,"pidns":2}"#, "bad_request"),
+        (br#"{"op":"register","id":"x","pid":-5}"#, "not_found"),
+        (br#"{"op":"register","id":"has space","pidns":1}"#, "bad_request"),
+        (br#"{"op":"register","id":"x","pidns":1,"labels":{"a":1}}"#, "bad_request"),
+        (br#"{"op":"register","id":"x","pidns":1,"by":"mallory"}"#, "bad_request"),
+        (br#"{"op":"unregister","id":"nope"}"#, "unknown_container"),
+        (br#"{"op":"unregister","id":"host"}"#, "bad_request"),
+        (huge.as_bytes(), "too_long"),
+        (b"\xff\xfe not utf-8", "bad_request"),
+    ];
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    for (line, _) in &cases {
+        lines.push(line.to_vec());
+        lines.push(br#"{"op":"status"}"#.to_vec()); // the connection still answers
+    }
+    let answers = exchange(&d.socket, &lines);
+    for (i, (line, code)) in cases.iter().enumerate() {
+        let bad = &answers[2 * i];
+        assert_eq!(bad["ok"], false, "{}: {bad}", String::from_utf8_lossy(&line[..line.len().min(60)]));
+        assert_eq!(
+            bad["error"]["code"],
+            *code,
+            "{}: {bad}",
+            String::from_utf8_lossy(&line[..line.len().min(60)])
+        );
+        assert!(bad["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(answers[2 * i + 1]["ok"], true, "connection alive after case {i}");
+    }
+    assert!(d.cli(&["status"]).code == 0, "the daemon is still up");
+}
+
+#[test]
+fn a_non_root_client_is_refused() {
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    let d = Daemon::start();
+    // The socket is 0600: a non-root client cannot even connect...
+    let out = Command::new(pidvirt_bin())
+        .args(["ps", "--socket", &d.socket.to_string_lossy()])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+    // ...and if the socket is opened up, SO_PEERCRED still refuses it.
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new(pidvirt_bin())
+        .args(["ps", "--socket", &d.socket.to_string_lossy()])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied: peer uid Some(65534) is not root"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn registrations_come_back_after_a_restart_and_dead_ones_are_dropped() {
+    let d = Daemon::start();
+    let live = Fixture::start(FIXTURE, 1);
+    let dead = Fixture::start(FIXTURE, 1);
+    let cg = TestCgroup::new(&format!("pidvirt-test-r-{}", std::process::id()));
+    assert_eq!(
+        d.cli(&["container", "add", "keep-ns", "--pidns", &live.inner().to_string(), "--label", "a=1"]).code,
+        0
+    );
+    assert_eq!(d.cli(&["container", "add", "keep-cg", "--cgroup", &cg.path.to_string_lossy()]).code, 0);
+    assert_eq!(d.cli(&["container", "add", "doomed", "--pid", &dead.outer_init.to_string()]).code, 0);
+    let before: Vec<ContainerRow> = d.containers().into_iter().filter(|c| c.registered_by == "api").collect();
+    assert_eq!(before.len(), 3);
+    let (status, dir) = d.stop_keep_dir();
+    assert!(status.success());
+    let doomed_ns = dead.inner();
+    drop(dead); // its namespace ends while the daemon is down
+    let d = Daemon::start_in(dir, &[]);
+    let after: Vec<ContainerRow> = d.containers().into_iter().filter(|c| c.registered_by == "api").collect();
+    let mut ids: Vec<&str> = after.iter().map(|c| c.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["keep-cg", "keep-ns"]);
+    assert!(container(&d, "keep-ns").is_some_and(|c| c.pidns == live.inner() && c.labels["a"] == "1"));
+    assert!(container(&d, "keep-cg").is_some_and(|c| c.kind == "cgroup"));
+    assert!(container(&d, "doomed").is_none());
+    assert!(
+        d.log().contains("dropped registration") && d.log().contains(&doomed_ns.to_string()),
+        "a log line names the dropped registration:\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn containers_are_discovered_from_their_runtime_cgroup_path_and_an_orchestrator_id_wins() {
+    let d = Daemon::start();
+    let id = format!("{:0>64x}", 0xd0c4e2u64 + std::process::id() as u64);
+    let cg = TestCgroup::new(&format!("docker-{id}.scope"));
+    let f = Fixture::start_in_cgroup(FIXTURE, 1, &cg.path);
+    let c = eventually(SETTLE, "discovered container", || container(&d, &id));
+    assert_eq!(
+        (c.registered_by.as_str(), c.labels["runtime"].as_str(), c.pidns),
+        ("discovered", "docker", f.inner())
+    );
+    // An id given by the orchestrator wins.
+    assert_eq!(d.cli(&["container", "add", "from-orchestrator", "--pidns", &f.inner().to_string()]).code, 0);
+    assert!(container(&d, &id).is_none());
+    assert_eq!(container(&d, "from-orchestrator").unwrap().pidns, f.inner());
+}
