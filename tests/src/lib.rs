@@ -23,6 +23,14 @@ pub fn pidvirt_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pidvirt")
 }
 
+/// How long to wait for something the daemon does asynchronously: 5 s, times
+/// $PIDVIRT_TIME_SCALE (set for software-emulated VM kernels, where everything is slower).
+pub fn settle() -> Duration {
+    let scale: u32 =
+        std::env::var("PIDVIRT_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+    Duration::from_secs(5) * scale
+}
+
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
 pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -171,8 +179,10 @@ impl Daemon {
             if pidvirt(&["status", "--socket", &sock]).code == 0 {
                 break;
             }
-            if start.elapsed() > Duration::from_secs(30) {
-                panic!("pidvirt run did not answer within 30 s:\n{}", d.log());
+            // Generous: under software emulation (the VM kernels) verifying the programs alone
+            // takes ~10 s.
+            if start.elapsed() > Duration::from_secs(120) {
+                panic!("pidvirt run did not answer within 120 s:\n{}", d.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -7,20 +7,18 @@ use std::{
     os::unix::net::UnixStream,
     path::Path,
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use tests::{AuditRecord, ContainerRow, Daemon, Fixture, TestCgroup, eventually, pidvirt_bin, proc_truth};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_pidvirt-fixture");
-const SETTLE: Duration = Duration::from_secs(5);
 
 fn container(d: &Daemon, id: &str) -> Option<ContainerRow> {
     d.containers().into_iter().find(|c| c.id == id)
 }
 
 fn wait_record(d: &Daemon, what: &str, pred: impl Fn(&AuditRecord) -> bool) -> AuditRecord {
-    eventually(SETTLE, what, || d.audit_log().into_iter().find(|r| pred(r)))
+    eventually(tests::settle(), what, || d.audit_log().into_iter().find(|r| pred(r)))
 }
 
 /// An OCI bundle: busybox (static) as the rootfs, `sleep` as the process, pidvirt's hook at
@@ -70,7 +68,7 @@ fn runc_state(id: &str) -> Option<serde_json::Value> {
 }
 
 fn wait_in_cgroup(dir: &Path, pid: u32) {
-    eventually(SETTLE, "process moved into its cgroup", || {
+    eventually(tests::settle(), "process moved into its cgroup", || {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
         procs.lines().any(|l| l.trim() == pid.to_string()).then_some(())
     });
@@ -94,7 +92,7 @@ fn oci_hook_registers_a_runc_container_with_its_annotations_and_unregisters_it()
     let (status, stderr) = runc(&["run", "-d", "--bundle", &dir.path().to_string_lossy(), &id]);
     assert!(status.success(), "runc run: {stderr}");
 
-    let c = eventually(SETTLE, "the OCI id listed", || container(&d, &id));
+    let c = eventually(tests::settle(), "the OCI id listed", || container(&d, &id));
     assert_eq!((c.kind.as_str(), c.registered_by.as_str(), c.level), ("pidns", "oci", 1));
     let labels = BTreeMap::from([
         ("io.kubernetes.pod.name".to_string(), "web".to_string()),
@@ -122,7 +120,9 @@ fn oci_hook_registers_a_runc_container_with_its_annotations_and_unregisters_it()
 
     // poststop unregisters it.
     assert!(runc(&["kill", &id, "KILL"]).0.success());
-    eventually(SETTLE, "container stopped", || (runc_state(&id)?["status"] == "stopped").then_some(()));
+    eventually(tests::settle(), "container stopped", || {
+        (runc_state(&id)?["status"] == "stopped").then_some(())
+    });
     let (status, stderr) = runc(&["delete", &id]);
     assert!(status.success(), "runc delete: {stderr}");
     assert!(container(&d, &id).is_none(), "unregistered at poststop");
@@ -155,7 +155,7 @@ fn cgroup_containers_in_the_host_namespace_cross_container() {
     // A target in B; a caller in A's child cgroup (moved there after registration, then forks).
     let mut target = TestCgroup::spawn_in(&b.path, "exec sleep 1000");
     let t = target.id();
-    eventually(SETTLE, "target in cb", || (d.ps_by_tid().get(&t)?.container == "cb").then_some(()));
+    eventually(tests::settle(), "target in cb", || (d.ps_by_tid().get(&t)?.container == "cb").then_some(()));
     let caller = TestCgroup::spawn_in(&sub, &format!("exec {FIXTURE} call kill {t} 0"));
     let out = caller.wait_with_output().unwrap();
     assert_eq!(
@@ -235,7 +235,7 @@ fn registration_by_pid_and_by_pidns() {
 /// Sends raw lines on one connection; returns the response to each.
 fn exchange(socket: &Path, lines: &[Vec<u8>]) -> Vec<serde_json::Value> {
     let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(SETTLE)).unwrap();
+    s.set_read_timeout(Some(tests::settle())).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     lines
         .iter()
@@ -361,7 +361,7 @@ fn containers_are_discovered_from_their_runtime_cgroup_path_and_an_orchestrator_
     let id = format!("{:0>64x}", 0xd0c4e2u64 + std::process::id() as u64);
     let cg = TestCgroup::new(&format!("docker-{id}.scope"));
     let f = Fixture::start_in_cgroup(FIXTURE, 1, &cg.path);
-    let c = eventually(SETTLE, "discovered container", || container(&d, &id));
+    let c = eventually(tests::settle(), "discovered container", || container(&d, &id));
     assert_eq!(
         (c.registered_by.as_str(), c.labels["runtime"].as_str(), c.pidns),
         ("discovered", "docker", f.inner())

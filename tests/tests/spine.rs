@@ -1,12 +1,9 @@
 //! The spine: per-container vpid maps kept in the kernel, attach to a running host, and the CLI
 //! contract. Every assertion compares with the kernel's own truth (/proc), not with pidvirt.
 
-use std::time::Duration;
-
 use tests::{Daemon, Fixture, PsRow, pidvirt, proc_truth};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_pidvirt-fixture");
-const SETTLE: Duration = Duration::from_secs(5);
 
 /// Asserts that `ps --json` lists exactly the tasks /proc lists in namespace `ns`, each with
 /// the same ids at every level; returns the rows.
@@ -129,7 +126,7 @@ fn exits_remove_entries() {
     assert!(threads.iter().all(|t| rows.contains_key(t)));
     assert_eq!(f.cmd(&format!("reap {vpid}")), "ok");
     assert!(!proc_truth::alive(host), "the kernel reaped {host}");
-    tests::eventually(SETTLE, "exited tasks leave ps", || {
+    tests::eventually(tests::settle(), "exited tasks leave ps", || {
         let rows = d.ps_by_tid();
         threads.iter().all(|t| !rows.contains_key(t)).then_some(())
     });
@@ -141,7 +138,7 @@ fn exits_remove_entries() {
     assert!(proc_truth::alive(zhost));
     assert!(d.ps_by_tid().contains_key(&zhost), "a zombie keeps its entry");
     assert_eq!(f.num(&format!("wait {z}")), z as i64);
-    tests::eventually(SETTLE, "reaped zombie leaves ps", || {
+    tests::eventually(tests::settle(), "reaped zombie leaves ps", || {
         (!d.ps_by_tid().contains_key(&zhost)).then_some(())
     });
 }
@@ -157,7 +154,7 @@ fn recycled_pids_do_not_inherit_old_entries() {
     assert_eq!(f.num("spawn_vpid 500 0"), 500);
     let second = f.host_tid(500);
     assert_ne!(first, second);
-    tests::eventually(SETTLE, "old host tid leaves ps", || {
+    tests::eventually(tests::settle(), "old host tid leaves ps", || {
         (!d.ps_by_tid().contains_key(&first)).then_some(())
     });
     let rows = d.ps_by_tid();
@@ -173,7 +170,7 @@ fn recycled_pids_do_not_inherit_old_entries() {
     assert_eq!(f.cmd("reap 600"), "ok");
     assert_eq!(f.num(&format!("spawn_pids 0 601 {host}")), 601);
     assert_eq!(f.host_tid(601), host);
-    tests::eventually(SETTLE, "recycled host pid carries the new vpid", || {
+    tests::eventually(tests::settle(), "recycled host pid carries the new vpid", || {
         let rows = d.ps_by_tid();
         (rows.get(&host).map(|r| r.nspid.clone()) == Some(vec![host, 601])).then_some(())
     });
@@ -200,7 +197,7 @@ fn a_thread_that_execs_takes_the_leaders_pid() {
     let mut f = Fixture::start(FIXTURE, 1);
     let vpid = f.num("spawn_exec 2") as u32;
     let host = f.host_tid(vpid);
-    tests::eventually(SETTLE, "exec'd process is single-threaded in ps", || {
+    tests::eventually(tests::settle(), "exec'd process is single-threaded in ps", || {
         let rows: Vec<PsRow> = d.ps().into_iter().filter(|r| r.host_pid == host).collect();
         (rows.len() == 1).then_some(())
     });
@@ -300,7 +297,7 @@ fn sigterm_detaches_every_program() {
     let status = d.stop();
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "socket removed");
-    tests::eventually(SETTLE, "programs unloaded", || (ours(&loaded_programs()) == 0).then_some(()));
+    tests::eventually(tests::settle(), "programs unloaded", || (ours(&loaded_programs()) == 0).then_some(()));
 }
 
 #[test]

@@ -58,15 +58,26 @@ fn own_pidns_inode() -> u64 {
     std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).unwrap_or(0)
 }
 
-/// The body of a spawned child: T threads that sleep, and the main thread too.
-fn child_body(threads: usize) -> ! {
+/// The body of a spawned child: T threads that sleep, and the main thread too. Once every
+/// thread runs (so the kernel has finished creating it), one byte on `ready`.
+fn child_body(threads: usize, ready: RawFd) -> ! {
     die_with_parent();
+    let (tx, rx) = std::sync::mpsc::channel();
     for _ in 0..threads {
-        std::thread::spawn(|| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(());
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
         });
+    }
+    for _ in 0..threads {
+        let _ = rx.recv();
+    }
+    unsafe {
+        libc::write(ready, b"r".as_ptr().cast(), 1);
+        libc::close(ready);
     }
     loop {
         unsafe { libc::pause() };
@@ -116,8 +127,17 @@ fn spawn_with(set_tid: &[i32], body: impl FnOnce()) -> i64 {
     }
 }
 
+/// Spawns a child with `threads` threads; answers once all of them run.
 fn spawn(threads: usize, set_tid: &[i32]) -> i64 {
-    spawn_with(set_tid, || child_body(threads))
+    let (r, w) = pipe();
+    let pid = spawn_with(set_tid, || child_body(threads, w));
+    unsafe { libc::close(w) };
+    if pid > 0 {
+        let mut buf = [0u8; 1];
+        unsafe { libc::read(r, buf.as_mut_ptr().cast(), 1) };
+    }
+    unsafe { libc::close(r) };
+    pid
 }
 
 /// A child whose non-leader thread execs `sleep 3600` (it then takes the leader's pid).
