@@ -1,5 +1,6 @@
 //! `cargo xtask`: setup, build, run, test (and later bench, vm-test) for pidvirt.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -41,6 +42,10 @@ enum Task {
     },
     /// clippy on every target, warnings denied.
     Lint,
+    /// Benchmark on this machine (root): syscall overhead vs an empty-program floor and a
+    /// bpftrace peer, anomaly throughput, attach time, map memory per task. Writes
+    /// target/bench/bench.{json,md}.
+    Bench(bench::Options),
 }
 
 fn workspace_root() -> PathBuf {
@@ -121,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             Err(err).with_context(|| format!("exec {}", bin.display()))
         }
         Task::Test { filter } => test(filter),
+        Task::Bench(opts) => bench::run(opts),
         Task::Lint => {
             setup::build_deps()?;
             println!("[lint] clippy, user space (all targets)");
