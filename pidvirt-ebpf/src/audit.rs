@@ -56,8 +56,13 @@ fn describe(task: *const u8, e: &mut TaskEntry) -> Result<(), u32> {
     e.start_time = 0;
     e.nr[0] = LevelIds { tid: nr_at(pids.thread_pid, 0)?, tgid: nr_at(pids.tgid_pid, 0)? };
     if level > 0 && (level as usize) < INLINE_LEVELS {
-        e.nr[level as usize & (INLINE_LEVELS - 1)] =
-            LevelIds { tid: nr_at(pids.thread_pid, level)?, tgid: nr_at(pids.tgid_pid, level)? };
+        let ids = LevelIds { tid: nr_at(pids.thread_pid, level)?, tgid: nr_at(pids.tgid_pid, level)? };
+        // Constant indices: older verifiers (6.1) lose a spilled index's bounds.
+        match level {
+            1 => e.nr[1] = ids,
+            2 => e.nr[2] = ids,
+            _ => e.nr[3] = ids,
+        }
     }
     Ok(())
 }
@@ -172,8 +177,15 @@ fn container_counters(container: u32) -> Option<*mut ContainerCounters> {
 #[inline(always)]
 fn own_ids(tid: u32, e: &TaskEntry) -> (u32, u32) {
     let level = e.level as usize;
-    if level < INLINE_LEVELS {
-        let ids = e.nr[level & (INLINE_LEVELS - 1)];
+    // Constant indices: older verifiers (6.1) lose a spilled index's bounds.
+    let inline = match level {
+        0 => Some(e.nr[0]),
+        1 => Some(e.nr[1]),
+        2 => Some(e.nr[2]),
+        3 => Some(e.nr[3]),
+        _ => None,
+    };
+    if let Some(ids) = inline {
         return (ids.tgid, ids.tid);
     }
     match DEEP.get_ptr(tid) {

@@ -184,7 +184,7 @@ fn group_and_any_values_are_counted_not_reported() {
     let c = f.container();
     let (before, _) = d.container_crossings(&c);
     assert_eq!(f.num("sys kill 0 0"), 0); // own process group
-    assert_eq!(f.num("sys getpriority 1 0"), 20); // PRIO_PGRP: nice 0 -> 20
+    assert!((1..=40).contains(&f.num("sys getpriority 1 0"))); // PRIO_PGRP: 20 - nice
     let (after, _) = d.container_crossings(&c);
     assert_eq!(count(&after, "kill", "group") - count(&before, "kill", "group"), 1);
     assert_eq!(count(&after, "getpriority", "group") - count(&before, "getpriority", "group"), 1);

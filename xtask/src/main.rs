@@ -2,6 +2,8 @@
 
 mod bench;
 mod setup;
+mod vm;
+mod vmtest;
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -34,9 +36,20 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Unit tests, then the integration suite on this kernel (serially, as root).
+    /// Unit tests, then the suite on this kernel (serially, as root) and on Debian's kernels
+    /// booted under QEMU (6.12 and 6.1; the VMs run in parallel).
     Test {
-        /// Only run integration tests whose name contains this.
+        /// Only run tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Only this kernel: the host's.
+        #[arg(long)]
+        host_only: bool,
+    },
+    /// The suite in VMs only: `--kernel 6.12 --kernel 6.1` (default: both).
+    VmTest {
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
         #[arg(long)]
         filter: Option<String>,
     },
@@ -73,9 +86,13 @@ fn build() -> anyhow::Result<PathBuf> {
     Ok(workspace_root().join("target/release/pidvirt"))
 }
 
-fn test(filter: Option<String>) -> anyhow::Result<()> {
+fn test(filter: Option<String>, host_only: bool) -> anyhow::Result<()> {
     require_root("the test suite")?;
     setup::test_deps()?;
+    if !host_only {
+        vm::ensure_tools()?;
+    }
+    let started = std::time::Instant::now();
     let bin = build()?;
     println!("[test] unit tests");
     setup::run(cargo().args([
@@ -87,16 +104,67 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
         "--exclude",
         "pidvirt-ebpf",
     ]))?;
-    println!("[test] integration suite on {} (serial)", kernel_release());
-    let mut cmd = cargo();
-    cmd.args(["test", "--release", "--package", "tests", "--"]);
-    if let Some(f) = filter {
-        cmd.arg(f);
+    let bins = vmtest::build_test_binaries(cargo())?;
+    let mut reports = vec![host_suite(&bins, &bin, filter.as_deref())?];
+    if !host_only {
+        let series: Vec<String> = vmtest::DEFAULT_SERIES.iter().map(|s| s.to_string()).collect();
+        println!("[test] the suite on Debian kernels {} under QEMU (in parallel)", series.join(", "));
+        reports.extend(vmtest::run_all(&workspace_root(), &series, &bins, &bin, filter.as_deref())?);
     }
-    cmd.args(["--test-threads=1"]).env("PIDVIRT_BIN", &bin);
-    setup::run(&mut cmd)?;
-    println!("[test] all passed");
-    Ok(())
+    finish(&reports, started)
+}
+
+/// Runs every test binary of the suite on this kernel, serially.
+fn host_suite(
+    bins: &[vmtest::TestBinary],
+    pidvirt: &Path,
+    filter: Option<&str>,
+) -> anyhow::Result<vmtest::KernelReport> {
+    let started = std::time::Instant::now();
+    let release = kernel_release();
+    println!("[test] the suite on this kernel ({release}), serially");
+    let logs = workspace_root().join("target/test-logs/host");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs)?;
+    let notes = logs.join("unavailable.tsv");
+    let mut report = vmtest::KernelReport { kernel: release, ..Default::default() };
+    for b in bins {
+        let log = logs.join(format!("{}.log", b.name));
+        let mut cmd = Command::new(&b.path);
+        cmd.current_dir(workspace_root().join("tests"))
+            .args(["--test-threads=1", "--logfile"])
+            .arg(&log)
+            .args(filter)
+            .env("PIDVIRT_BIN", pidvirt)
+            .env("PIDVIRT_TEST_NOTES", &notes);
+        let status = cmd.status().with_context(|| format!("run {}", b.path.display()))?;
+        vmtest::parse_logfile(
+            &std::fs::read_to_string(&log).unwrap_or_default(),
+            &mut report.passed,
+            &mut report.failed,
+        );
+        if !status.success() && report.failed.is_empty() {
+            report.error = Some(format!("{} exited with {status} without a failed test", b.name));
+        }
+    }
+    report.unavailable = vmtest::parse_notes(&std::fs::read_to_string(&notes).unwrap_or_default());
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+fn finish(reports: &[vmtest::KernelReport], started: std::time::Instant) -> anyhow::Result<()> {
+    println!("\n[test] results per kernel (REAL: passed for real, not through an unavailable path)");
+    print!("{}", vmtest::summary(reports));
+    println!("[test] total time {:.0} s", started.elapsed().as_secs_f64());
+    if reports.iter().all(vmtest::KernelReport::ok) {
+        println!("[test] all passed");
+        Ok(())
+    } else {
+        bail!(
+            "the suite failed on {}",
+            reports.iter().filter(|r| !r.ok()).map(|r| r.kernel.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    }
 }
 
 fn kernel_release() -> String {
@@ -125,7 +193,21 @@ fn main() -> anyhow::Result<()> {
             let err = Command::new(&bin).arg("run").args(&args).exec();
             Err(err).with_context(|| format!("exec {}", bin.display()))
         }
-        Task::Test { filter } => test(filter),
+        Task::Test { filter, host_only } => test(filter, host_only),
+        Task::VmTest { kernels, filter } => {
+            require_root("the test suite")?;
+            setup::test_deps()?;
+            let started = std::time::Instant::now();
+            let bin = build()?;
+            let bins = vmtest::build_test_binaries(cargo())?;
+            let series = if kernels.is_empty() {
+                vmtest::DEFAULT_SERIES.iter().map(|s| s.to_string()).collect()
+            } else {
+                kernels
+            };
+            let reports = vmtest::run_all(&workspace_root(), &series, &bins, &bin, filter.as_deref())?;
+            finish(&reports, started)
+        }
         Task::Bench(opts) => bench::run(opts),
         Task::Lint => {
             setup::build_deps()?;
