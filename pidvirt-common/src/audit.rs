@@ -58,71 +58,112 @@ impl Verdict {
     }
 }
 
-/// Direction of a crossing: an argument going in, or a returned value coming out.
+/// Direction of a crossing: an argument going in, or a returned value coming out; or an
+/// enforcement decision at an LSM hook.
 pub const DIR_IN: u8 = 0;
 pub const DIR_OUT: u8 = 1;
+pub const DIR_LSM: u8 = 2;
 
-/// A watched syscall: which of its tracepoints pidvirt hooks.
+/// A BPF-LSM hook the enforcer guards: it receives the target task as argument `target`, and
+/// the previous BPF program's verdict after its `args` arguments.
+#[derive(Clone, Copy, Debug)]
+pub struct LsmHook {
+    pub name: &'static str,
+    pub args: usize,
+}
+
+const fn h(name: &'static str, args: usize) -> LsmHook {
+    LsmHook { name, args }
+}
+
+/// The enforcer's hooks (program `lsm_<name>` on LSM hook `<name>`); the index is the hook's
+/// id in counters and events. The target task is always the first argument.
+pub const LSM_HOOKS: [LsmHook; NLSM] = [
+    h("task_kill", 4),
+    h("ptrace_access_check", 2),
+    h("task_setpgid", 2),
+    h("task_setnice", 2),
+    h("task_setscheduler", 1),
+    h("task_getscheduler", 1),
+    h("task_setioprio", 2),
+    h("task_getioprio", 1),
+    h("task_movememory", 1),
+    h("task_setrlimit", 3),
+    h("task_getsid", 1),
+    h("task_getpgid", 1),
+    h("capget", 4),
+    h("file_send_sigiotask", 3),
+];
+pub const NLSM: usize = 14;
+
+/// Per-container policy (value of the MODES map, keyed by container number).
+pub mod mode {
+    /// Audit only (the default; also when a container has no entry).
+    pub const OBSERVE: u32 = 0;
+    /// Deny actions on tasks outside the container (and the containers nested in it).
+    pub const ENFORCE: u32 = 1;
+}
+
+/// A watched syscall: which of its tracepoints pidvirt hooks, with which program.
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallSpec {
     pub name: &'static str,
-    /// Hooked at sys_enter (an argument is a pid).
-    pub enter: bool,
-    /// Hooked at sys_exit (the return value is a pid).
-    pub exit: bool,
+    /// Program attached to `syscalls:sys_enter_<name>` (an argument is a pid).
+    pub enter: Option<&'static str>,
+    /// Program attached to `syscalls:sys_exit_<name>` (the return value is a pid).
+    pub exit: Option<&'static str>,
 }
 
-const fn s(name: &'static str, enter: bool, exit: bool) -> SyscallSpec {
+const fn s(name: &'static str, enter: Option<&'static str>, exit: Option<&'static str>) -> SyscallSpec {
     SyscallSpec { name, enter, exit }
 }
 
-/// Every watched syscall. The index is the syscall's id in counters and events; the kernel
-/// programs are named `enter_<name>` / `exit_<name>` and attached to
-/// `syscalls:sys_enter_<name>` / `syscalls:sys_exit_<name>`. This list IS the hook list (the
-/// benchmark's floor attaches empty programs to exactly these).
+/// Every watched syscall. The index is the syscall's id in counters and events. This list IS
+/// the hook list: the daemon attaches exactly these programs to exactly these tracepoints, and
+/// the benchmark's floor attaches an empty program to the same tracepoints.
 pub const SYSCALLS: [SyscallSpec; NSYSCALLS] = [
-    s("getpid", false, true),
-    s("getppid", false, true),
-    s("gettid", false, true),
-    s("set_tid_address", false, true),
-    s("fork", false, true),
-    s("vfork", false, true),
-    s("clone", false, true),
-    s("clone3", false, true),
-    s("kill", true, false),
-    s("tkill", true, false),
-    s("tgkill", true, false),
-    s("rt_sigqueueinfo", true, false),
-    s("rt_tgsigqueueinfo", true, false),
-    s("pidfd_open", true, false),
-    s("wait4", true, true),
-    s("waitid", true, true),
-    s("setpgid", true, false),
-    s("getpgid", true, true),
-    s("getsid", true, true),
-    s("setsid", false, true),
-    s("sched_setaffinity", true, false),
-    s("sched_getaffinity", true, false),
-    s("sched_setscheduler", true, false),
-    s("sched_getscheduler", true, false),
-    s("sched_setparam", true, false),
-    s("sched_getparam", true, false),
-    s("sched_setattr", true, false),
-    s("sched_getattr", true, false),
-    s("sched_rr_get_interval", true, false),
-    s("setpriority", true, false),
-    s("getpriority", true, false),
-    s("ioprio_set", true, false),
-    s("ioprio_get", true, false),
-    s("prlimit64", true, false),
-    s("ptrace", true, false),
-    s("process_vm_readv", true, false),
-    s("process_vm_writev", true, false),
-    s("kcmp", true, false),
-    s("get_robust_list", true, false),
-    s("migrate_pages", true, false),
-    s("move_pages", true, false),
-    s("capget", true, false),
+    s("getpid", None, Some("exit_getpid")),
+    s("getppid", None, Some("exit_getppid")),
+    s("gettid", None, Some("exit_own_tid")),
+    s("set_tid_address", None, Some("exit_own_tid")),
+    s("fork", None, Some("exit_fork")),
+    s("vfork", None, Some("exit_fork")),
+    s("clone", None, Some("exit_fork")),
+    s("clone3", None, Some("exit_fork")),
+    s("kill", Some("enter_pid_arg"), None),
+    s("tkill", Some("enter_task_arg"), None),
+    s("tgkill", Some("enter_two_tasks"), None),
+    s("rt_sigqueueinfo", Some("enter_task_arg"), None),
+    s("rt_tgsigqueueinfo", Some("enter_two_tasks"), None),
+    s("pidfd_open", Some("enter_task_arg"), None),
+    s("wait4", Some("enter_pid_arg"), Some("exit_wait4")),
+    s("waitid", Some("enter_waitid"), Some("exit_waitid")),
+    s("setpgid", Some("enter_setpgid"), None),
+    s("getpgid", Some("enter_self_query"), Some("exit_self_query")),
+    s("getsid", Some("enter_self_query"), Some("exit_self_query")),
+    s("setsid", None, Some("exit_setsid")),
+    s("sched_setaffinity", Some("enter_task_or_self"), None),
+    s("sched_getaffinity", Some("enter_task_or_self"), None),
+    s("sched_setscheduler", Some("enter_task_or_self"), None),
+    s("sched_getscheduler", Some("enter_task_or_self"), None),
+    s("sched_setparam", Some("enter_task_or_self"), None),
+    s("sched_getparam", Some("enter_task_or_self"), None),
+    s("sched_setattr", Some("enter_task_or_self"), None),
+    s("sched_getattr", Some("enter_task_or_self"), None),
+    s("sched_rr_get_interval", Some("enter_task_or_self"), None),
+    s("setpriority", Some("enter_which_who"), None),
+    s("getpriority", Some("enter_which_who"), None),
+    s("ioprio_set", Some("enter_which_who"), None),
+    s("ioprio_get", Some("enter_which_who"), None),
+    s("prlimit64", Some("enter_task_or_self"), None),
+    s("ptrace", Some("enter_ptrace"), None),
+    s("process_vm_readv", Some("enter_task_arg"), None),
+    s("process_vm_writev", Some("enter_task_arg"), None),
+    s("kcmp", Some("enter_two_tasks"), None),
+    s("get_robust_list", Some("enter_task_or_self"), None),
+    s("migrate_pages", Some("enter_task_or_self"), None),
+    s("move_pages", Some("enter_task_or_self"), None),
+    s("capget", Some("enter_capget"), None),
 ];
 
 pub const NSYSCALLS: usize = 42;
@@ -293,11 +334,13 @@ pub struct ContainerCounters {
     pub crossings: [u64; NSYSCALLS * NVERDICTS],
     /// Anomalies of this container that could not be reported (ring buffer full).
     pub ringbuf_drops: u64,
+    /// Actions of this container the enforcer denied, per LSM hook.
+    pub denied: [u64; NLSM],
 }
 
 impl Default for ContainerCounters {
     fn default() -> Self {
-        Self { crossings: [0; NSYSCALLS * NVERDICTS], ringbuf_drops: 0 }
+        Self { crossings: [0; NSYSCALLS * NVERDICTS], ringbuf_drops: 0, denied: [0; NLSM] }
     }
 }
 
@@ -382,7 +425,7 @@ mod tests {
         assert_eq!(SYSCALLS[sys::KILL as usize].name, "kill");
         assert_eq!(SYSCALLS[sys::WAITID as usize].name, "waitid");
         assert_eq!(SYSCALLS[sys::SCHED_RR_GET_INTERVAL as usize].name, "sched_rr_get_interval");
-        assert!(SYSCALLS.iter().all(|s| s.enter || s.exit));
+        assert!(SYSCALLS.iter().all(|s| s.enter.is_some() || s.exit.is_some()));
         for (i, v) in VERDICT_NAMES.iter().enumerate() {
             assert_eq!(Verdict::from_u8(i as u8).unwrap().name(), *v);
         }

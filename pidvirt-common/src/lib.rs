@@ -61,6 +61,8 @@ pub struct TaskEntry {
     pub flags: u16,
     /// Ids at levels 0..INLINE_LEVELS (only 0..=level are meaningful).
     pub nr: [LevelIds; INLINE_LEVELS],
+    /// The container's counter slot (index into the per-CPU counters array; see [`slots`]).
+    pub slot: u32,
 }
 
 impl TaskEntry {
@@ -133,14 +135,26 @@ pub struct PidnsInfo {
     pub first_tid: u32,
     /// [`pidns_source`].
     pub source: u32,
+    /// Counter slot of the namespace's container ([`slots`]).
+    pub slot: u32,
+    pub _pad: u32,
     /// Inode of the namespace at each level 0..=level (this namespace's ancestors, then itself);
-    /// 0 above `level`. Lets the programs find every level's namespace with constant indices.
+    /// entries above `level` are unspecified and never read. Lets the programs find every
+    /// level's namespace with constant indices.
     pub ancestors: [u32; ANCESTOR_SLOTS],
 }
 
 impl Default for PidnsInfo {
     fn default() -> Self {
-        Self { level: 0, parent: 0, first_tid: 0, source: 0, ancestors: [0; ANCESTOR_SLOTS] }
+        Self {
+            level: 0,
+            parent: 0,
+            first_tid: 0,
+            source: 0,
+            slot: 0,
+            _pad: 0,
+            ancestors: [0; ANCESTOR_SLOTS],
+        }
     }
 }
 
@@ -173,7 +187,7 @@ pub mod pidns_source {
 pub mod counter {
     /// Map insert/update failures, per reason. Nothing is dropped silently.
     pub const MAP_ERROR_BASE: u32 = 0;
-    pub const MAP_ERROR_REASONS: [&str; 11] = [
+    pub const MAP_ERROR_REASONS: [&str; 12] = [
         "task_insert",
         "virt_insert",
         "deep_insert",
@@ -185,6 +199,7 @@ pub mod counter {
         "pidns_missing",
         "container_counters",
         "pending_insert",
+        "no_counter_slot",
     ];
     pub const ERR_TASK_INSERT: u32 = 0;
     pub const ERR_VIRT_INSERT: u32 = 1;
@@ -205,6 +220,8 @@ pub mod counter {
     pub const ERR_CONTAINER_COUNTERS: u32 = 9;
     /// A syscall's state between enter and exit could not be kept (waitid's infop).
     pub const ERR_PENDING_INSERT: u32 = 10;
+    /// No free counter slot for a new container: its crossings count in the overflow slot.
+    pub const ERR_NO_SLOT: u32 = 11;
 
     /// Events that could not be handed to user space, per reason.
     pub const DROP_BASE: u32 = 16;
@@ -230,10 +247,42 @@ pub mod counter {
     pub const SLOTS: u32 = 1024;
 }
 
+/// Per-container counter slots: each container's crossing counters are one element of a per-CPU
+/// array (a lookup the verifier inlines), not a hash-map value. The programs take a free slot
+/// for a new pid namespace from the FREE_SLOTS queue the daemon fills; the daemon gives cgroup
+/// containers theirs and recycles the slots of ended containers.
+pub mod slots {
+    /// The host (the initial pid namespace).
+    pub const HOST: u32 = 0;
+    /// Containers that found no free slot (counted, and counted together here).
+    pub const OVERFLOW: u32 = 1;
+    /// The first slot handed out.
+    pub const FIRST_FREE: u32 = 2;
+    /// Default number of slots (containers counted apart at once, plus the two above).
+    pub const DEFAULT: u32 = 258;
+}
+
+/// Value of the cgroup-container map (key: cgroup v2 id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupContainer {
+    pub container: u32,
+    pub slot: u32,
+}
+
 /// Slots of the CONFIG array the daemon writes and the programs read.
 pub mod config {
     /// Number of registered cgroup containers (the programs skip the cgroup walk when 0).
     pub const CGROUP_CONTAINERS: u32 = 0;
+    pub const SLOTS: u32 = 4;
+}
+
+/// Slots of the META array (read by a daemon adopting pinned programs).
+pub mod meta {
+    /// A hash of the eBPF object the pinned programs were loaded from.
+    pub const OBJECT_HASH: u32 = 0;
+    /// 1 when the enforcer's LSM programs are attached.
+    pub const ENFORCEMENT: u32 = 1;
     pub const SLOTS: u32 = 4;
 }
 
@@ -271,6 +320,7 @@ pub struct MigrateEvent {
     pub kind: u32,
     pub host_pid: u32,
     pub container: u32,
+    pub slot: u32,
     pub threadgroup: u32,
 }
 
@@ -295,6 +345,7 @@ mod pod {
     unsafe impl aya::Pod for VirtKey {}
     unsafe impl aya::Pod for PidnsInfo {}
     unsafe impl aya::Pod for VirtValue {}
+    unsafe impl aya::Pod for CgroupContainer {}
     unsafe impl aya::Pod for audit::ContainerCounters {}
 }
 
@@ -312,7 +363,7 @@ mod tests {
         assert!(DEEP_SLOTS >= DEEP_LEVELS && DEEP_SLOTS.is_power_of_two());
         assert!(INLINE_LEVELS.is_power_of_two());
         assert_eq!(size_of::<PidnsEvent>(), 32);
-        assert_eq!(size_of::<PidnsInfo>(), 16 + 4 * ANCESTOR_SLOTS);
+        assert_eq!(size_of::<PidnsInfo>(), 24 + 4 * ANCESTOR_SLOTS);
         assert!(ANCESTOR_SLOTS >= MAX_LEVELS && ANCESTOR_SLOTS.is_power_of_two());
         assert_eq!(size_of::<VirtValue>(), 8);
     }

@@ -6,6 +6,17 @@
 /// Value of [`KernelOffsets::magic`] once the daemon has filled the struct.
 pub const OFFSETS_MAGIC: u32 = 0x7069_6476; // "pidv"
 
+/// Layout of syscall tracepoint records (`struct syscall_trace_enter { struct trace_entry ent;
+/// int nr; unsigned long args[]; }` and `struct syscall_trace_exit { ...; int nr; long ret; }`).
+/// The programs read these fields straight from their context, which the verifier only allows at
+/// offsets fixed at compile time; the daemon checks them against every hooked tracepoint's format
+/// at start-up and refuses to run where they differ.
+pub mod syscall_record {
+    pub const NR: u32 = 8;
+    pub const ARGS: u32 = 16;
+    pub const RET: u32 = 16;
+}
+
 /// Byte offsets (and the few sizes and enum values the programs need).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,10 +73,6 @@ pub struct KernelOffsets {
     pub pidtype_tgid: u32,
     pub pidtype_pgid: u32,
     pub pidtype_sid: u32,
-    /// Offset of `args[0]` in a syscalls:sys_enter_* record (from the tracepoint format).
-    pub syscall_args: u32,
-    /// Offset of `ret` in a syscalls:sys_exit_* record.
-    pub syscall_ret: u32,
     /// Nanoseconds per clock tick of /proc/PID/stat start times (USER_HZ).
     pub tick_ns: u32,
     /// [`OFFSETS_MAGIC`] once filled.
@@ -102,8 +109,6 @@ impl KernelOffsets {
             pidtype_tgid: 0,
             pidtype_pgid: 0,
             pidtype_sid: 0,
-            syscall_args: 0,
-            syscall_ret: 0,
             tick_ns: 0,
             magic: 0,
         }

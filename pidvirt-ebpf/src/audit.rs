@@ -8,16 +8,16 @@ use aya_ebpf::helpers::{
 use pidvirt_common::{
     ANCESTOR_SLOTS, INLINE_LEVELS, LevelIds, TaskEntry, VirtKey,
     audit::{
-        AnomalyEvent, ContainerCounters, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution, Verdict,
-        classify, crossing_slot, event_flags,
+        AnomalyEvent, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution, Verdict, classify, crossing_slot,
+        event_flags,
     },
-    counter, event_kind,
+    counter, event_kind, slots,
 };
 
 use crate::{
     maps::{
-        CCOUNTERS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, VIRT, ZERO_COUNTERS, count,
-        count_drop, count_map_error,
+        COUNTS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, VIRT, count, count_drop,
+        count_map_error,
     },
     task::{container_of, nr_at, ns_at, pidns_inum, task_pids},
 };
@@ -51,7 +51,10 @@ fn describe(task: *const u8, e: &mut TaskEntry) -> Result<(), u32> {
     let level = pids.level;
     e.level = level as u16;
     e.pidns = pidns_inum(ns_at(pids.thread_pid, level)?)?;
-    e.container = container_of(task, level, e.pidns);
+    let ns_slot = if level == 0 { slots::HOST } else { crate::lifecycle::pidns_slot(e.pidns) };
+    let c = container_of(task, level, e.pidns, ns_slot);
+    e.container = c.container;
+    e.slot = c.slot;
     e.flags = 0;
     e.start_time = 0;
     e.nr[0] = LevelIds { tid: nr_at(pids.thread_pid, 0)?, tgid: nr_at(pids.tgid_pid, 0)? };
@@ -106,7 +109,7 @@ pub struct Resolved {
 /// Whether the caller (entry `c`) can see task `y`: same container, or a namespace nested
 /// below the caller's.
 #[inline(always)]
-fn visible(c: &TaskEntry, y: &TaskEntry) -> bool {
+pub fn visible(c: &TaskEntry, y: &TaskEntry) -> bool {
     if y.container == c.container {
         return true;
     }
@@ -147,30 +150,15 @@ pub fn resolve(c: &TaskEntry, n: u32) -> Resolved {
 
 /// Adds one to the crossing counter of (container, syscall, verdict), per CPU.
 #[inline(always)]
-pub fn count_crossing(container: u32, syscall: u16, verdict: Verdict) {
-    let slot = crossing_slot(syscall, verdict);
-    if let Some(p) = container_counters(container) {
-        if slot < NSYSCALLS * NVERDICTS {
-            unsafe { (*p).crossings[slot] += 1 };
+pub fn count_crossing(slot: u32, syscall: u16, verdict: Verdict) {
+    let i = crossing_slot(syscall, verdict);
+    match (COUNTS.get_ptr_mut(slot), crate::kernel::below(i, NSYSCALLS * NVERDICTS)) {
+        (Some(p), Some(i)) => unsafe { (*p).crossings[i] += 1 },
+        _ => {
+            count_map_error(counter::ERR_CONTAINER_COUNTERS);
+            count(counter::CROSSING_BASE + i as u32);
         }
-    } else {
-        count(counter::CROSSING_BASE + slot as u32);
     }
-}
-
-#[inline(always)]
-fn container_counters(container: u32) -> Option<*mut ContainerCounters> {
-    if let Some(p) = CCOUNTERS.get_ptr_mut(container) {
-        return Some(p);
-    }
-    let zero = ZERO_COUNTERS.get_ptr(0)?;
-    // BPF_NOEXIST: another CPU may have created it meanwhile; either way look it up again.
-    let _ = CCOUNTERS.insert(container, unsafe { &*zero }, 1);
-    let p = CCOUNTERS.get_ptr_mut(container);
-    if p.is_none() {
-        count_map_error(counter::ERR_CONTAINER_COUNTERS);
-    }
-    p
 }
 
 /// Ids of a task in its own namespace.
@@ -225,7 +213,7 @@ pub fn report(x: Crossing, caller_tid: u32, c: &TaskEntry, target: Found, also: 
     let Crossing { syscall, direction, verdict, value } = x;
     let Some(mut slot) = EVENTS.reserve::<AnomalyEvent>(0) else {
         count_drop(counter::DROP_RINGBUF_ANOMALY);
-        if let Some(p) = container_counters(c.container) {
+        if let Some(p) = COUNTS.get_ptr_mut(c.slot) {
             unsafe { (*p).ringbuf_drops += 1 };
         }
         return;
@@ -261,14 +249,14 @@ pub fn report(x: Crossing, caller_tid: u32, c: &TaskEntry, target: Found, also: 
 pub fn audit_task_number(syscall: u16, direction: u8, n: i32, tid: u32, c: &TaskEntry) -> Verdict {
     if n <= 0 {
         // Not a task number (negative) or nothing (0 where 0 is not "self").
-        count_crossing(c.container, syscall, Verdict::Unknown);
+        count_crossing(c.slot, syscall, Verdict::Unknown);
         let x = Crossing { syscall, direction, verdict: Verdict::Unknown, value: n as i64 };
         report(x, tid, c, Found::NONE, Found::NONE);
         return Verdict::Unknown;
     }
     let r = resolve(c, n as u32);
     let verdict = classify(c.container, &r.res);
-    count_crossing(c.container, syscall, verdict);
+    count_crossing(c.slot, syscall, verdict);
     if verdict.is_anomaly() {
         let also = match verdict {
             Verdict::Leak | Verdict::Collision => r.host,
@@ -285,7 +273,7 @@ pub fn task_arg(syscall: u16, n: i32, zero_is_self: bool) {
     let Some((tid, c)) = caller() else { return };
     let c = unsafe { &*c };
     if n == 0 && zero_is_self {
-        count_crossing(c.container, syscall, Verdict::Ok);
+        count_crossing(c.slot, syscall, Verdict::Ok);
         return;
     }
     audit_task_number(syscall, pidvirt_common::audit::DIR_IN, n, tid, c);
@@ -304,7 +292,7 @@ pub fn pid_arg(syscall: u16, n: i32) {
 #[inline(always)]
 pub fn group(syscall: u16, v: Verdict) {
     let Some((_, c)) = caller() else { return };
-    count_crossing(unsafe { (*c).container }, syscall, v);
+    count_crossing(unsafe { (*c).slot }, syscall, v);
 }
 
 /// A returned number checked against the truth read from the task structures.
@@ -320,7 +308,22 @@ pub fn returned(syscall: u16, value: i64, truth: Result<i64, u32>) {
         }
     };
     let verdict = pidvirt_common::audit::check_return(value, truth);
-    count_crossing(c.container, syscall, verdict);
+    count_crossing(c.slot, syscall, verdict);
+    if verdict.is_anomaly() {
+        report_mismatch(syscall, value, truth, tid, c);
+    }
+}
+
+/// A returned id of the caller itself (getpid: `tgid`, gettid/set_tid_address: tid) against its
+/// ids recorded from the task structures at fork/exec: one map lookup, no kernel read.
+#[inline(always)]
+pub fn returned_own(syscall: u16, value: i64, tgid: bool) {
+    let Some((tid, c)) = caller() else { return };
+    let c = unsafe { &*c };
+    let (vpid, vtid) = own_ids(tid, c);
+    let truth = if tgid { vpid } else { vtid } as i64;
+    let verdict = pidvirt_common::audit::check_return(value, truth);
+    count_crossing(c.slot, syscall, verdict);
     if verdict.is_anomaly() {
         report_mismatch(syscall, value, truth, tid, c);
     }
@@ -356,12 +359,12 @@ pub fn returned_task(syscall: u16, value: i64) {
     let c = unsafe { &*c };
     if value == 0 {
         // fork/clone in the child.
-        count_crossing(c.container, syscall, Verdict::Ok);
+        count_crossing(c.slot, syscall, Verdict::Ok);
         return;
     }
     let r = resolve(c, value as u32);
     let verdict = if r.named.is_some() { Verdict::Ok } else { Verdict::Stale };
-    count_crossing(c.container, syscall, verdict);
+    count_crossing(c.slot, syscall, verdict);
     if verdict.is_anomaly() {
         let x = Crossing { syscall, direction: pidvirt_common::audit::DIR_OUT, verdict, value };
         report(x, tid, c, Found::NONE, r.host);

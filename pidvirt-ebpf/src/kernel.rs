@@ -37,3 +37,12 @@ pub fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, i32> {
     let p: *const u8 = read(base, offset)?;
     if p.is_null() { Err(-14) } else { Ok(p) }
 }
+
+/// `i` if it is below `n`: the check is made on a value LLVM cannot relate to older copies of
+/// `i` (an asm self-move), so the verifier sees it on the very register that indexes.
+#[inline(always)]
+pub fn below(i: usize, n: usize) -> Option<usize> {
+    let mut v = i;
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) v) };
+    if v < n { Some(v) } else { None }
+}

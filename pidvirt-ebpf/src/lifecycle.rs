@@ -9,19 +9,18 @@
 //!   recycled between the kernel freeing the pid and this RCU-delayed event.
 
 use aya_ebpf::{
-    EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use pidvirt_common::{
     INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, MigrateEvent, PidnsEvent, TaskEntry, VirtKey, VirtValue,
-    counter, event_kind, pidns_source, same_start, task_flags,
+    counter, event_kind, pidns_source, same_start, slots, task_flags,
 };
 
 use crate::{
     kernel::{off, offsets_ready, read},
     maps::{
-        DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_ITERATOR, SCRATCH_TRACEPOINT, Scratch, TASKS, VIRT, count_drop,
-        count_lifecycle, count_map_error,
+        DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR, SCRATCH_TRACEPOINT, Scratch, TASKS, VIRT,
+        count_drop, count_lifecycle, count_map_error, take_slot,
     },
     task::{container_of, read_task},
 };
@@ -60,16 +59,19 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         }
     };
     if old_tid as u32 != tid {
-        // A non-leader thread exec'd and now carries its leader's pid.
+        // A non-leader thread exec'd: it now carries its leader's pid, ids and start time (the
+        // leader's entry, which describes it exactly), and its own old entry goes.
         if let Some(old) = TASKS.get_ptr(old_tid as u32) {
             let old = unsafe { *old };
             forget(old_tid as u32, &old);
         }
     }
-    if let Err(reason) = record_task(task, SCRATCH_TRACEPOINT) {
-        count_map_error(reason);
+    match TASKS.get_ptr_mut(tid) {
+        Some(e) => unsafe {
+            (*e).flags = ((*e).flags & !task_flags::EXITED) | task_flags::EXECED;
+        },
+        None => count_map_error(counter::ERR_TASK_MISSING),
     }
-    let _ = ctx.as_ptr();
     0
 }
 
@@ -121,13 +123,12 @@ fn tid_and_start(task: *const u8) -> Result<(u32, u64), i32> {
 /// Reads `task` and writes its entry, deep levels and reverse entries; registers pid
 /// namespaces seen for the first time.
 #[inline(always)]
-pub fn record_task(task: *const u8, slot: u32) -> Result<(), u32> {
-    let s = SCRATCH.get_ptr_mut(slot).ok_or(counter::ERR_SCRATCH)?;
+pub fn record_task(task: *const u8, scratch: u32) -> Result<(), u32> {
+    let s = SCRATCH.get_ptr_mut(scratch).ok_or(counter::ERR_SCRATCH)?;
     let s = unsafe { &mut *s };
     read_task(task, s)?;
     let level = s.entry.level as u32;
     let tid = s.entry.nr[0].tid;
-    s.entry.container = container_of(task, level, s.entry.pidns);
 
     // A stale entry under this tid (its task's free not seen yet, or lost): drop it first so
     // the new task inherits none of it. The same task seeded from /proc is not stale.
@@ -138,10 +139,13 @@ pub fn record_task(task: *const u8, slot: u32) -> Result<(), u32> {
             forget(tid, &old);
         }
     }
-    TASKS.insert(tid, &s.entry, 0).map_err(|_| counter::ERR_TASK_INSERT)?;
-    if level as usize >= INLINE_LEVELS && DEEP.insert(tid, &s.deep, 0).is_err() {
-        count_map_error(counter::ERR_DEEP_INSERT);
+    // Reverse entries for every level; namespaces seen for the first time are registered
+    // (and get a counter slot). Their ancestors are this task's namespaces (the entries above
+    // a namespace's own level are not read).
+    for (a, ns) in s.pidns.ancestors.iter_mut().zip(s.ns.iter()) {
+        *a = *ns;
     }
+    let mut ns_slot = slots::HOST;
     for i in 1..MAX_LEVELS {
         if i as u32 > level {
             break;
@@ -153,37 +157,50 @@ pub fn record_task(task: *const u8, slot: u32) -> Result<(), u32> {
         if VIRT.insert(VirtKey { pidns: ns, nr }, VirtValue::of(&s.entry), 0).is_err() {
             count_map_error(counter::ERR_VIRT_INSERT);
         }
-        if PIDNS.get_ptr(ns).is_none() {
-            register_pidns(s, i, tid);
-        }
+        ns_slot = match PIDNS.get_ptr(ns) {
+            Some(info) => unsafe { (*info).slot },
+            None => register_pidns(s, i, tid),
+        };
+    }
+    let c = container_of(task, level, s.entry.pidns, ns_slot);
+    s.entry.container = c.container;
+    s.entry.slot = c.slot;
+    TASKS.insert(tid, &s.entry, 0).map_err(|_| counter::ERR_TASK_INSERT)?;
+    if level as usize >= INLINE_LEVELS && DEEP.insert(tid, &s.deep, 0).is_err() {
+        count_map_error(counter::ERR_DEEP_INSERT);
     }
     Ok(())
 }
 
-/// Registers the namespace at `level` of the task in `s` (its ancestors are `s.ns[..level]`).
+/// Registers the namespace at `level` of the task in `s` (its ancestors are `s.ns[..level]`)
+/// with a new counter slot; returns the namespace's slot.
 #[inline(always)]
-fn register_pidns(s: &mut Scratch, level: usize, tid: u32) {
-    let Some(&ns) = s.ns.get(level) else { return };
+fn register_pidns(s: &mut Scratch, level: usize, tid: u32) -> u32 {
+    let (Some(&ns), Some(&parent)) = (s.ns.get(level), s.ns.get(level.wrapping_sub(1))) else {
+        return slots::OVERFLOW;
+    };
+    let slot = take_slot();
     let info = &mut s.pidns;
     info.level = level as u32;
     info.first_tid = tid;
     info.source = pidns_source::KERNEL;
-    info.parent = 0;
-    for j in 0..MAX_LEVELS {
-        let v = if j <= level { s.ns[j] } else { 0 };
-        info.ancestors[j] = v;
-        if j + 1 == level {
-            info.parent = v;
-        }
-    }
-    let parent = info.parent;
-    // BPF_NOEXIST: two CPUs may race to register the same namespace; one wins and reports it.
+    info.slot = slot;
+    info._pad = 0;
+    info.parent = parent;
+    // BPF_NOEXIST: two CPUs may race to register the same namespace; one wins and reports it,
+    // the other gives its slot back and takes the winner's.
     if PIDNS.insert(ns, &s.pidns, BPF_NOEXIST as u64).is_err() {
-        return;
+        if slot >= slots::FIRST_FREE {
+            let _ = FREE_SLOTS.push(slot, 0);
+        }
+        return match PIDNS.get_ptr(ns) {
+            Some(info) => unsafe { (*info).slot },
+            None => slots::OVERFLOW,
+        };
     }
     match EVENTS.reserve::<PidnsEvent>(0) {
-        Some(mut slot) => {
-            slot.write(PidnsEvent {
+        Some(mut ev) => {
+            ev.write(PidnsEvent {
                 kind: event_kind::PIDNS,
                 pidns: ns,
                 level: level as u32,
@@ -192,9 +209,19 @@ fn register_pidns(s: &mut Scratch, level: usize, tid: u32) {
                 _pad: 0,
                 ts_ns: unsafe { bpf_ktime_get_ns() },
             });
-            slot.submit(0);
+            ev.submit(0);
         }
         None => count_drop(counter::DROP_RINGBUF_LIFECYCLE),
+    }
+    slot
+}
+
+/// Counter slot of pid namespace `ns` (the overflow slot if it has no record).
+#[inline(always)]
+pub fn pidns_slot(ns: u32) -> u32 {
+    match PIDNS.get_ptr(ns) {
+        Some(info) => unsafe { (*info).slot },
+        None => slots::OVERFLOW,
     }
 }
 
@@ -258,20 +285,23 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
     };
     let Some(e) = TASKS.get_ptr_mut(tid) else { return 0 };
     let e = unsafe { &mut *e };
-    let container = container_of(task, e.level as u32, e.pidns);
-    if container == e.container {
+    let ns_slot = if e.level == 0 { slots::HOST } else { pidns_slot(e.pidns) };
+    let c = container_of(task, e.level as u32, e.pidns, ns_slot);
+    if c.container == e.container {
         return 0;
     }
-    e.container = container;
+    e.container = c.container;
+    e.slot = c.slot;
     match EVENTS.reserve::<MigrateEvent>(0) {
-        Some(mut slot) => {
-            slot.write(MigrateEvent {
+        Some(mut ev) => {
+            ev.write(MigrateEvent {
                 kind: event_kind::MIGRATE,
                 host_pid: tid,
-                container,
+                container: c.container,
+                slot: c.slot,
                 threadgroup: threadgroup as u32,
             });
-            slot.submit(0);
+            ev.submit(0);
         }
         None => count_drop(counter::DROP_RINGBUF_LIFECYCLE),
     }

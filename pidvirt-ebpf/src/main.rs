@@ -6,6 +6,9 @@
 //! from BTF at start-up (no CO-RE in Rust eBPF).
 #![no_std]
 #![no_main]
+// For `kernel::below`: an asm barrier (a self-move), so that a bounds check and the index it guards
+// are the same register (LLVM otherwise reuses an older, unchecked copy and the verifier refuses).
+#![feature(asm_experimental_arch)]
 // Map values are passed by reference on purpose: by value they would be copied onto the
 // 512-byte BPF stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
@@ -13,6 +16,7 @@
 mod audit;
 mod kernel;
 mod lifecycle;
+mod lsm;
 mod maps;
 mod syscalls;
 mod task;

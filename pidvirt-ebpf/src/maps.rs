@@ -3,11 +3,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
 };
 use pidvirt_common::{
-    DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, TaskEntry, VirtKey, VirtValue, audit::ContainerCounters,
-    counter,
+    CgroupContainer, DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, TaskEntry, VirtKey, VirtValue,
+    audit::ContainerCounters, counter, slots,
 };
 
 /// host tid -> ids at every level (inline up to INLINE_LEVELS).
@@ -26,22 +26,35 @@ pub static VIRT: HashMap<VirtKey, VirtValue> = HashMap::with_max_entries(262_144
 #[map]
 pub static PIDNS: HashMap<u32, PidnsInfo> = HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
 
-/// Crossing counters per container (key: container number), per CPU.
+/// Crossing counters per container, per CPU: one element per counter slot (pidvirt_common::slots).
 #[map]
-pub static CCOUNTERS: PerCpuHashMap<u32, ContainerCounters> = PerCpuHashMap::with_max_entries(4096, 0);
+pub static COUNTS: PerCpuArray<ContainerCounters> = PerCpuArray::with_max_entries(slots::DEFAULT, 0);
 
-/// A zeroed value to create per-container counters from.
+/// Counter slots free for new containers (filled by the daemon).
 #[map]
-pub static ZERO_COUNTERS: PerCpuArray<ContainerCounters> = PerCpuArray::with_max_entries(1, 0);
+pub static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(slots::DEFAULT, 0);
+
+/// x86_64 syscall number -> pidvirt syscall id (pidvirt_common::audit::sys), for the programs
+/// shared by several syscalls (filled by the daemon).
+#[map]
+pub static SYSNR: Array<u32> = Array::with_max_entries(1024, 0);
 
 /// State of a syscall between its enter and exit (host tid -> value), for the few that need it.
 #[map]
 pub static PENDING: HashMap<u32, u64> = HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
 
-/// Registered cgroup containers: cgroup v2 id -> container number. A task in that cgroup or
-/// below belongs to the container.
+/// Registered cgroup containers: cgroup v2 id -> container number and counter slot. A task in
+/// that cgroup or below belongs to the container.
 #[map]
-pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+pub static CGROUPS: HashMap<u64, CgroupContainer> = HashMap::with_max_entries(4096, 0);
+
+/// Per-container policy: container number -> pidvirt_common::audit::mode (absent: observe).
+#[map]
+pub static MODES: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// What the daemon notes about the loaded object, kept with the pins (pidvirt_common::meta).
+#[map]
+pub static META: Array<u64> = Array::with_max_entries(pidvirt_common::meta::SLOTS, 0);
 
 /// Daemon settings the programs read (pidvirt_common::config).
 #[map]
@@ -75,6 +88,18 @@ pub const SCRATCH_ITERATOR: u32 = 1;
 
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 0);
+
+/// A counter slot for a new container (the overflow slot, counted, when none is free).
+#[inline(always)]
+pub fn take_slot() -> u32 {
+    match FREE_SLOTS.pop() {
+        Ok(Some(slot)) => slot,
+        _ => {
+            count_map_error(counter::ERR_NO_SLOT);
+            slots::OVERFLOW
+        }
+    }
+}
 
 /// Adds one to a per-CPU counter slot.
 #[inline(always)]

@@ -1,7 +1,11 @@
-//! One small program per watched syscall tracepoint (pidvirt_common::audit::SYSCALLS is the
-//! list): arguments are read at sys_enter (raw numbers of the CALLER's namespace), returned
-//! values at sys_exit. What a value means follows the kernel (see
+//! The syscall tracepoint programs (pidvirt_common::audit::SYSCALLS is the hook list, and names
+//! the program of each hook). Arguments are read at sys_enter (raw numbers of the CALLER's
+//! namespace), returned values at sys_exit. What a value means follows the kernel (see
 //! ../shared/reference/pid-crossings.md): 0 is often "self", kill/wait have group values, etc.
+//!
+//! Syscalls that are judged alike share one program, which finds which syscall it runs for from
+//! the record's `__syscall_nr` (SYSNR map): fewer programs to verify at start-up. The hottest
+//! (getpid) has its own.
 
 use aya_ebpf::{
     EbpfContext,
@@ -12,33 +16,55 @@ use aya_ebpf::{
 use pidvirt_common::{
     audit::{Verdict, sys},
     counter,
+    offsets::syscall_record,
 };
 
 use crate::{
-    audit::{group, pid_arg, returned, returned_task, task_arg},
-    kernel::{off, offsets_ready},
-    maps::{PENDING, count_map_error},
+    audit::{group, pid_arg, returned, returned_own, returned_task, task_arg},
+    kernel::offsets_ready,
+    maps::{PENDING, SYSNR, count_map_error},
     task::{Own, own_id},
 };
 
-/// Argument `i` of a sys_enter record (every syscall argument is stored as 8 bytes).
+/// An 8-byte field of the tracepoint record at `AT`, read straight from the context (the
+/// verifier wants a compile-time offset; the daemon checked the layout against tracefs).
 #[inline(always)]
-fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    let at = off!(syscall_args) as usize + 8 * i;
-    unsafe { ctx.read_at::<u64>(at).unwrap_or(0) }
+fn field<const AT: usize>(ctx: &TracePointContext) -> u64 {
+    unsafe { *((ctx.as_ptr() as *const u8).add(AT) as *const u64) }
+}
+
+const ARGS: usize = syscall_record::ARGS as usize;
+
+/// Argument `I` of a sys_enter record (every syscall argument is stored as 8 bytes).
+#[inline(always)]
+fn arg<const I: usize>(ctx: &TracePointContext) -> u64 {
+    match I {
+        0 => field::<ARGS>(ctx),
+        1 => field::<{ ARGS + 8 }>(ctx),
+        _ => field::<{ ARGS + 16 }>(ctx),
+    }
 }
 
 /// An `int`/`pid_t` argument (the low 32 bits, as the kernel's SYSCALL_DEFINE truncates).
 #[inline(always)]
-fn int_arg(ctx: &TracePointContext, i: usize) -> i32 {
-    arg(ctx, i) as u32 as i32
+fn int_arg<const I: usize>(ctx: &TracePointContext) -> i32 {
+    arg::<I>(ctx) as u32 as i32
 }
 
 /// The return value of a sys_exit record.
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> i64 {
-    let at = off!(syscall_ret) as usize;
-    unsafe { ctx.read_at::<i64>(at).unwrap_or(-1) }
+    field::<{ syscall_record::RET as usize }>(ctx) as i64
+}
+
+/// Which watched syscall a shared program runs for (`None`: not one of its syscalls).
+#[inline(always)]
+fn syscall_id(ctx: &TracePointContext) -> Option<u16> {
+    let nr = field::<{ syscall_record::NR as usize }>(ctx) as u32;
+    match SYSNR.get(nr) {
+        Some(&id) if id != 0 => Some((id - 1) as u16),
+        _ => None,
+    }
 }
 
 fn current() -> *const u8 {
@@ -55,58 +81,85 @@ macro_rules! hook {
     };
 }
 
-// ---- returned ids: checked against the task structures --------------------------------------
-
-macro_rules! own_return {
-    ($name:ident, $sys:expr, $which:expr) => {
-        hook!($name, |ctx| {
-            let r = ret(&ctx);
-            if r >= 0 {
-                returned($sys, r, own_id(current(), $which).map(|v| v as i64));
-            }
+/// A program shared by several syscalls: `$sys` is the syscall's id in the body.
+macro_rules! shared_hook {
+    ($name:ident, |$ctx:ident, $sys:ident| $body:block) => {
+        hook!($name, |$ctx| {
+            if let Some($sys) = syscall_id(&$ctx) $body
         });
     };
 }
 
-own_return!(exit_getpid, sys::GETPID, Own::Tgid);
-own_return!(exit_gettid, sys::GETTID, Own::Tid);
-own_return!(exit_getppid, sys::GETPPID, Own::Ppid);
-own_return!(exit_set_tid_address, sys::SET_TID_ADDRESS, Own::Tid);
-own_return!(exit_setsid, sys::SETSID, Own::Sid);
+// ---- returned ids ---------------------------------------------------------------------------
 
-// fork/clone: the parent gets the child's number in the parent's namespace, the child 0.
-macro_rules! fork_return {
-    ($name:ident, $sys:expr) => {
-        hook!($name, |ctx| {
-            let r = ret(&ctx);
-            if r >= 0 {
-                returned_task($sys, r);
-            }
-        });
-    };
-}
-
-fork_return!(exit_fork, sys::FORK);
-fork_return!(exit_vfork, sys::VFORK);
-fork_return!(exit_clone, sys::CLONE);
-fork_return!(exit_clone3, sys::CLONE3);
+// getpid, gettid, set_tid_address: against the caller's recorded ids.
+hook!(exit_getpid, |ctx| {
+    let r = ret(&ctx);
+    if r >= 0 {
+        returned_own(sys::GETPID, r, true);
+    }
+});
+shared_hook!(exit_own_tid, |ctx, s| {
+    let r = ret(&ctx);
+    if r >= 0 {
+        returned_own(s, r, false);
+    }
+});
+// getppid (the parent changes on reparenting) and setsid: against the task structures.
+hook!(exit_getppid, |ctx| {
+    let r = ret(&ctx);
+    if r >= 0 {
+        returned(sys::GETPPID, r, own_id(current(), Own::Ppid).map(|v| v as i64));
+    }
+});
+hook!(exit_setsid, |ctx| {
+    let r = ret(&ctx);
+    if r >= 0 {
+        returned(sys::SETSID, r, own_id(current(), Own::Sid).map(|v| v as i64));
+    }
+});
+// fork, vfork, clone, clone3: the parent gets the child's number in the parent's namespace,
+// the child 0.
+shared_hook!(exit_fork, |ctx, s| {
+    let r = ret(&ctx);
+    if r >= 0 {
+        returned_task(s, r);
+    }
+});
 
 // ---- arguments ------------------------------------------------------------------------------
 
-hook!(enter_kill, |ctx| { pid_arg(sys::KILL, int_arg(&ctx, 0)) });
-hook!(enter_tkill, |ctx| { task_arg(sys::TKILL, int_arg(&ctx, 0), false) });
-hook!(enter_tgkill, |ctx| {
-    task_arg(sys::TGKILL, int_arg(&ctx, 0), false);
-    task_arg(sys::TGKILL, int_arg(&ctx, 1), false);
+// kill, wait4: > 0 a task, 0 and < -1 a process group, -1 any.
+shared_hook!(enter_pid_arg, |ctx, s| { pid_arg(s, int_arg::<0>(&ctx)) });
+// tkill, rt_sigqueueinfo, pidfd_open, process_vm_readv/writev: the first argument is a task.
+shared_hook!(enter_task_arg, |ctx, s| { task_arg(s, int_arg::<0>(&ctx), false) });
+// sched_*, prlimit64, get_robust_list, migrate_pages, move_pages: a task, 0 = the caller.
+shared_hook!(enter_task_or_self, |ctx, s| { task_arg(s, int_arg::<0>(&ctx), true) });
+// tgkill, rt_tgsigqueueinfo, kcmp: two tasks.
+shared_hook!(enter_two_tasks, |ctx, s| {
+    task_arg(s, int_arg::<0>(&ctx), false);
+    task_arg(s, int_arg::<1>(&ctx), false);
 });
-hook!(enter_rt_sigqueueinfo, |ctx| { task_arg(sys::RT_SIGQUEUEINFO, int_arg(&ctx, 0), false) });
-hook!(enter_rt_tgsigqueueinfo, |ctx| {
-    task_arg(sys::RT_TGSIGQUEUEINFO, int_arg(&ctx, 0), false);
-    task_arg(sys::RT_TGSIGQUEUEINFO, int_arg(&ctx, 1), false);
-});
-hook!(enter_pidfd_open, |ctx| { task_arg(sys::PIDFD_OPEN, int_arg(&ctx, 0), false) });
 
-hook!(enter_wait4, |ctx| { pid_arg(sys::WAIT4, int_arg(&ctx, 0)) });
+/// setpriority/getpriority `which` (include/uapi/linux/resource.h) and ioprio_set/get `which`
+/// (include/uapi/linux/ioprio.h); the USER forms name a uid, not a pid.
+const PRIO_PROCESS: u64 = 0;
+const PRIO_PGRP: u64 = 1;
+const IOPRIO_WHO_PROCESS: u64 = 1;
+const IOPRIO_WHO_PGRP: u64 = 2;
+
+shared_hook!(enter_which_who, |ctx, s| {
+    let ioprio = s == sys::IOPRIO_SET || s == sys::IOPRIO_GET;
+    let (process, pgrp) =
+        if ioprio { (IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP) } else { (PRIO_PROCESS, PRIO_PGRP) };
+    let which = arg::<0>(&ctx);
+    if which == process {
+        task_arg(s, int_arg::<1>(&ctx), true);
+    } else if which == pgrp {
+        group(s, Verdict::Group);
+    }
+});
+
 hook!(exit_wait4, |ctx| {
     let r = ret(&ctx);
     if r > 0 {
@@ -122,13 +175,13 @@ const P_PGID: u64 = 2;
 const SIGINFO_SI_PID: usize = 16;
 
 hook!(enter_waitid, |ctx| {
-    match arg(&ctx, 0) {
+    match arg::<0>(&ctx) {
         P_ALL => group(sys::WAITID, Verdict::Any),
-        P_PID => task_arg(sys::WAITID, int_arg(&ctx, 1), false),
+        P_PID => task_arg(sys::WAITID, int_arg::<1>(&ctx), false),
         P_PGID => group(sys::WAITID, Verdict::Group),
         _ => {} // P_PIDFD: a file descriptor, not a pid
     }
-    let infop = arg(&ctx, 2);
+    let infop = arg::<2>(&ctx);
     if infop != 0 {
         let tid = bpf_get_current_pid_tgid() as u32;
         if PENDING.insert(tid, infop, 0).is_err() {
@@ -152,8 +205,8 @@ hook!(exit_waitid, |ctx| {
 });
 
 hook!(enter_setpgid, |ctx| {
-    task_arg(sys::SETPGID, int_arg(&ctx, 0), true);
-    let pgid = int_arg(&ctx, 1);
+    task_arg(sys::SETPGID, int_arg::<0>(&ctx), true);
+    let pgid = int_arg::<1>(&ctx);
     if pgid != 0 {
         task_arg(sys::SETPGID, pgid, false);
     }
@@ -161,114 +214,45 @@ hook!(enter_setpgid, |ctx| {
 
 // getpgid/getsid: the argument (0 = self) at enter; at exit, for the caller's own group or
 // session (argument 0), the returned id against the task structures.
-macro_rules! self_query {
-    ($enter:ident, $exit:ident, $sys:expr, $which:expr) => {
-        hook!($enter, |ctx| {
-            let n = int_arg(&ctx, 0);
-            task_arg($sys, n, true);
-            if n == 0 {
-                let tid = bpf_get_current_pid_tgid() as u32;
-                if PENDING.insert(tid, $sys as u64 | 1 << 32, 0).is_err() {
-                    count_map_error(counter::ERR_PENDING_INSERT);
-                }
-            }
-        });
-        hook!($exit, |ctx| {
-            let tid = bpf_get_current_pid_tgid() as u32;
-            if let Some(p) = PENDING.get_ptr(tid) {
-                let mark = unsafe { *p };
-                let _ = PENDING.remove(tid);
-                let r = ret(&ctx);
-                if mark == ($sys as u64 | 1 << 32) && r >= 0 {
-                    returned($sys, r, own_id(current(), $which).map(|v| v as i64));
-                }
-            }
-        });
-    };
-}
+const SELF_QUERY: u64 = 1 << 32;
 
-self_query!(enter_getpgid, exit_getpgid, sys::GETPGID, Own::Pgid);
-self_query!(enter_getsid, exit_getsid, sys::GETSID, Own::Sid);
-
-// sched_* and friends: the first argument is a task, 0 is the caller.
-macro_rules! self_or_task {
-    ($name:ident, $sys:expr) => {
-        hook!($name, |ctx| { task_arg($sys, int_arg(&ctx, 0), true) });
-    };
-}
-
-self_or_task!(enter_sched_setaffinity, sys::SCHED_SETAFFINITY);
-self_or_task!(enter_sched_getaffinity, sys::SCHED_GETAFFINITY);
-self_or_task!(enter_sched_setscheduler, sys::SCHED_SETSCHEDULER);
-self_or_task!(enter_sched_getscheduler, sys::SCHED_GETSCHEDULER);
-self_or_task!(enter_sched_setparam, sys::SCHED_SETPARAM);
-self_or_task!(enter_sched_getparam, sys::SCHED_GETPARAM);
-self_or_task!(enter_sched_setattr, sys::SCHED_SETATTR);
-self_or_task!(enter_sched_getattr, sys::SCHED_GETATTR);
-self_or_task!(enter_sched_rr_get_interval, sys::SCHED_RR_GET_INTERVAL);
-self_or_task!(enter_prlimit64, sys::PRLIMIT64);
-self_or_task!(enter_get_robust_list, sys::GET_ROBUST_LIST);
-self_or_task!(enter_migrate_pages, sys::MIGRATE_PAGES);
-self_or_task!(enter_move_pages, sys::MOVE_PAGES);
-
-/// setpriority/getpriority `which` (include/uapi/linux/resource.h).
-const PRIO_PROCESS: u64 = 0;
-const PRIO_PGRP: u64 = 1;
-
-macro_rules! priority {
-    ($name:ident, $sys:expr) => {
-        hook!($name, |ctx| {
-            match arg(&ctx, 0) {
-                PRIO_PROCESS => task_arg($sys, int_arg(&ctx, 1), true),
-                PRIO_PGRP => group($sys, Verdict::Group),
-                _ => {} // PRIO_USER: a uid
-            }
-        });
-    };
-}
-
-priority!(enter_setpriority, sys::SETPRIORITY);
-priority!(enter_getpriority, sys::GETPRIORITY);
-
-/// ioprio_set/ioprio_get `which` (include/uapi/linux/ioprio.h).
-const IOPRIO_WHO_PROCESS: u64 = 1;
-const IOPRIO_WHO_PGRP: u64 = 2;
-
-macro_rules! ioprio {
-    ($name:ident, $sys:expr) => {
-        hook!($name, |ctx| {
-            match arg(&ctx, 0) {
-                IOPRIO_WHO_PROCESS => task_arg($sys, int_arg(&ctx, 1), true),
-                IOPRIO_WHO_PGRP => group($sys, Verdict::Group),
-                _ => {} // IOPRIO_WHO_USER: a uid
-            }
-        });
-    };
-}
-
-ioprio!(enter_ioprio_set, sys::IOPRIO_SET);
-ioprio!(enter_ioprio_get, sys::IOPRIO_GET);
+shared_hook!(enter_self_query, |ctx, s| {
+    let n = int_arg::<0>(&ctx);
+    task_arg(s, n, true);
+    if n == 0 {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        if PENDING.insert(tid, s as u64 | SELF_QUERY, 0).is_err() {
+            count_map_error(counter::ERR_PENDING_INSERT);
+        }
+    }
+});
+shared_hook!(exit_self_query, |ctx, s| {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(p) = PENDING.get_ptr(tid) {
+        let mark = unsafe { *p };
+        let _ = PENDING.remove(tid);
+        let r = ret(&ctx);
+        if mark == (s as u64 | SELF_QUERY) && r >= 0 {
+            let which = if s == sys::GETSID { Own::Sid } else { Own::Pgid };
+            returned(s, r, own_id(current(), which).map(|v| v as i64));
+        }
+    }
+});
 
 /// PTRACE_TRACEME ignores its pid argument.
 const PTRACE_TRACEME: u64 = 0;
 
 hook!(enter_ptrace, |ctx| {
-    if arg(&ctx, 0) != PTRACE_TRACEME {
-        task_arg(sys::PTRACE, int_arg(&ctx, 1), false);
+    if arg::<0>(&ctx) != PTRACE_TRACEME {
+        task_arg(sys::PTRACE, int_arg::<1>(&ctx), false);
     }
-});
-hook!(enter_process_vm_readv, |ctx| { task_arg(sys::PROCESS_VM_READV, int_arg(&ctx, 0), false) });
-hook!(enter_process_vm_writev, |ctx| { task_arg(sys::PROCESS_VM_WRITEV, int_arg(&ctx, 0), false) });
-hook!(enter_kcmp, |ctx| {
-    task_arg(sys::KCMP, int_arg(&ctx, 0), false);
-    task_arg(sys::KCMP, int_arg(&ctx, 1), false);
 });
 
 /// Offset of `pid` in the user's `struct __user_cap_header_struct { __u32 version; int pid; }`.
 const CAP_HEADER_PID: usize = 4;
 
 hook!(enter_capget, |ctx| {
-    let header = arg(&ctx, 0);
+    let header = arg::<0>(&ctx);
     if header != 0
         && let Ok(pid) = unsafe { bpf_probe_read_user((header as usize + CAP_HEADER_PID) as *const i32) }
     {

@@ -4,7 +4,7 @@
 //! i is pid->numbers[i].nr and the namespace is pid->numbers[i].ns (mirrors the kernel's
 //! pid_nr_ns()). Level 0 is the init namespace: host numbers.
 
-use pidvirt_common::{INLINE_LEVELS, LevelIds, MAX_LEVELS, MAX_PID_NS_LEVEL, counter};
+use pidvirt_common::{CgroupContainer, INLINE_LEVELS, LevelIds, MAX_LEVELS, MAX_PID_NS_LEVEL, counter};
 
 use crate::{
     kernel::{off, read, read_ptr},
@@ -116,16 +116,14 @@ pub fn pid_nr_ns(pid: *const u8, level: u32, ns: *const u8) -> Result<u32, u32> 
 /// Which of a task's ids, as seen from its own namespace.
 #[derive(Clone, Copy)]
 pub enum Own {
-    Tid,
-    Tgid,
     Pgid,
     Sid,
     /// The real parent's tgid.
     Ppid,
 }
 
-/// `task`'s id `which` in the task's own (active) pid namespace — what gettid, getpid,
-/// getpgid(0), getsid(0) and getppid return to it. Read from the task structures: the truth
+/// `task`'s id `which` in the task's own (active) pid namespace — what getpgid(0), getsid(0),
+/// setsid and getppid return to it. Read from the task structures: the truth
 /// returned values are checked against.
 #[inline(always)]
 pub fn own_id(task: *const u8, which: Own) -> Result<u32, u32> {
@@ -133,8 +131,6 @@ pub fn own_id(task: *const u8, which: Own) -> Result<u32, u32> {
     let level = pids.level;
     let ns = ns_at(pids.thread_pid, level)?;
     let pid = match which {
-        Own::Tid => return nr_at(pids.thread_pid, level),
-        Own::Tgid => return nr_at(pids.tgid_pid, level),
         Own::Pgid | Own::Sid => {
             let signal = read_ptr(task, off!(task_signal)).map_err(|_| counter::ERR_KERNEL_READ)?;
             let index = if matches!(which, Own::Pgid) { off!(pidtype_pgid) } else { off!(pidtype_sid) };
@@ -151,7 +147,7 @@ pub fn own_id(task: *const u8, which: Own) -> Result<u32, u32> {
 /// The registered cgroup container `task` belongs to: the first registered cgroup among its
 /// cgroup v2 (default hierarchy) cgroup and that cgroup's ancestors, deepest first.
 #[inline(always)]
-pub fn cgroup_container(task: *const u8) -> Result<Option<u32>, u32> {
+pub fn cgroup_container(task: *const u8) -> Result<Option<CgroupContainer>, u32> {
     let e = |_| counter::ERR_KERNEL_READ;
     let cset = read_ptr(task, off!(task_cgroups)).map_err(e)?;
     let cgrp = read_ptr(cset, off!(css_set_dfl_cgrp)).map_err(e)?;
@@ -177,10 +173,11 @@ pub fn cgroup_containers_registered() -> bool {
     crate::maps::CONFIG.get(pidvirt_common::config::CGROUP_CONTAINERS).is_some_and(|n| *n > 0)
 }
 
-/// The container of a task whose own pid namespace is `pidns` at `level`: a registered cgroup
-/// container if the task is in one, else its namespace (or the host).
+/// The container (and counter slot) of a task whose own pid namespace is `pidns` at `level`,
+/// with counter slot `ns_slot`: a registered cgroup container if the task is in one, else its
+/// namespace (or the host).
 #[inline(always)]
-pub fn container_of(task: *const u8, level: u32, pidns: u32) -> u32 {
+pub fn container_of(task: *const u8, level: u32, pidns: u32, ns_slot: u32) -> CgroupContainer {
     if cgroup_containers_registered() {
         match cgroup_container(task) {
             Ok(Some(c)) => return c,
@@ -188,5 +185,9 @@ pub fn container_of(task: *const u8, level: u32, pidns: u32) -> u32 {
             Err(reason) => crate::maps::count_map_error(reason),
         }
     }
-    if level == 0 { pidvirt_common::HOST_CONTAINER } else { pidns }
+    if level == 0 {
+        CgroupContainer { container: pidvirt_common::HOST_CONTAINER, slot: pidvirt_common::slots::HOST }
+    } else {
+        CgroupContainer { container: pidns, slot: ns_slot }
+    }
 }

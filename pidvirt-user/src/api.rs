@@ -40,7 +40,15 @@ pub enum Request {
         /// Who registers: `api` (default) or `oci` (the OCI hook).
         #[serde(default)]
         by: Option<String>,
+        /// `observe` (default) or `enforce`.
+        #[serde(default)]
+        mode: Option<String>,
     },
+    /// Sets a container's policy: `observe` (audit only) or `enforce` (deny cross-container
+    /// actions; an error where enforcement is unavailable).
+    Policy { id: String, mode: String },
+    /// Stops the daemon (pinned programs stay: `pidvirt detach` removes them).
+    Shutdown,
     /// Unregisters container `id`.
     Unregister { id: String },
     /// vpid -> host pid (`vpid`) or host pid -> vpid (`pid`) in a container.
@@ -83,6 +91,8 @@ pub enum ErrorCode {
     NotFound,
     IdInUse,
     PermissionDenied,
+    /// The kernel lacks what the request needs (e.g. BPF-LSM for enforce mode).
+    Unavailable,
     Internal,
 }
 
@@ -169,6 +179,8 @@ pub struct ContainerRow {
     pub parent: Option<String>,
     /// The cgroup of a cgroup container.
     pub cgroup: Option<String>,
+    /// `observe` or `enforce`.
+    pub mode: String,
     pub tasks: u64,
     /// How the container became known: `host`, `kernel` (first task seen by the kernel
     /// programs), `seed` (found in /proc at attach), `discovered` (a runtime's id found in the

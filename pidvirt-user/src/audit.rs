@@ -9,7 +9,9 @@ use std::{
 };
 
 use bytes::{BufMut, BytesMut};
-use pidvirt_common::audit::{AnomalyEvent, DIR_IN, PartyInfo, SYSCALLS, Verdict, event_flags};
+use pidvirt_common::audit::{
+    AnomalyEvent, DIR_IN, DIR_LSM, DIR_OUT, LSM_HOOKS, PartyInfo, SYSCALLS, Verdict, event_flags,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -84,12 +86,18 @@ impl Record {
     /// Builds a record from a kernel event; `None` for a malformed one.
     pub fn from_event(ev: &AnomalyEvent, reg: &Registry) -> Option<Self> {
         let verdict = Verdict::from_u8(ev.verdict)?;
-        let syscall = SYSCALLS.get(ev.syscall as usize)?.name;
+        // An LSM decision names its hook; a crossing, its syscall.
+        let (syscall, direction) = match ev.direction {
+            DIR_IN => (SYSCALLS.get(ev.syscall as usize)?.name, "in"),
+            DIR_OUT => (SYSCALLS.get(ev.syscall as usize)?.name, "out"),
+            DIR_LSM => (LSM_HOOKS.get(ev.syscall as usize)?.name, "lsm"),
+            _ => return None,
+        };
         let mismatch = verdict == Verdict::Mismatch;
         Some(Self {
             ts_ns: ev.ts_ns,
             syscall: syscall.into(),
-            direction: if ev.direction == DIR_IN { "in" } else { "out" }.into(),
+            direction: direction.into(),
             verdict: verdict.name().into(),
             value: ev.value,
             container: reg.id_of(ev.caller.container),
@@ -316,6 +324,20 @@ mod tests {
         bad.verdict = 3;
         bad.syscall = 999;
         assert!(Record::from_event(&bad, &registry()).is_none());
+    }
+
+    #[test]
+    fn a_denial_names_its_lsm_hook() {
+        let mut ev = event(Verdict::Denied, event_flags::HAS_TARGET);
+        ev.direction = DIR_LSM;
+        ev.syscall = 0;
+        let r = Record::from_event(&ev, &registry()).unwrap();
+        assert_eq!((r.syscall.as_str(), r.direction.as_str()), ("task_kill", "lsm"));
+        ev.syscall = LSM_HOOKS.len() as u16;
+        assert!(Record::from_event(&ev, &registry()).is_none());
+        ev.syscall = 0;
+        ev.direction = 7;
+        assert!(Record::from_event(&ev, &registry()).is_none());
     }
 
     #[test]

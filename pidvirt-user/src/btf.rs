@@ -51,10 +51,21 @@ pub struct KernelBtf {
 }
 
 impl KernelBtf {
+    /// Maps the file rather than parsing all of it (a few look-ups need a fraction of the
+    /// kernel's ~100k types); kernels older than 6.16 cannot mmap it: read and parse it all.
     pub fn from_file(path: &Path) -> Result<Self, OffsetError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| OffsetError::NoBtf { path: path.display().to_string(), source })?;
-        Self::from_bytes(&bytes)
+        if let Err(source) = std::fs::metadata(path) {
+            return Err(OffsetError::NoBtf { path: path.display().to_string(), source });
+        }
+        match Btf::from_file_with_backend(path, btf_rs::Backend::Mmap) {
+            Ok(btf) => Ok(Self { btf }),
+            Err(e) => {
+                tracing::debug!("cannot mmap {} ({e}); reading it", path.display());
+                let bytes = std::fs::read(path)
+                    .map_err(|source| OffsetError::NoBtf { path: path.display().to_string(), source })?;
+                Self::from_bytes(&bytes)
+            }
+        }
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, OffsetError> {
@@ -250,9 +261,6 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
         pidtype_tgid: btf.enum_value("pid_type", "PIDTYPE_TGID")?,
         pidtype_pgid: btf.enum_value("pid_type", "PIDTYPE_PGID")?,
         pidtype_sid: btf.enum_value("pid_type", "PIDTYPE_SID")?,
-        // From the tracepoint formats (tracefs), filled by the caller.
-        syscall_args: 0,
-        syscall_ret: 0,
         tick_ns,
         magic: OFFSETS_MAGIC,
     })

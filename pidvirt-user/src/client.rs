@@ -6,7 +6,10 @@ use anyhow::{Context as _, anyhow};
 use serde::de::DeserializeOwned;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::UnixStream,
+    net::{
+        UnixStream,
+        unix::{OwnedReadHalf, OwnedWriteHalf},
+    },
 };
 
 use crate::api::{ApiError, Request, Response};
@@ -22,6 +25,39 @@ pub enum ClientError {
     Other(#[from] anyhow::Error),
 }
 
+/// A connection with one request sent.
+struct Sent {
+    answers: BufReader<OwnedReadHalf>,
+    /// Kept open: dropping it shuts our side down, which ends a followed stream.
+    _write: OwnedWriteHalf,
+    /// The result of the write (a daemon that refuses a request may answer and close before
+    /// reading all of it: the answer matters more than the write error).
+    result: std::io::Result<()>,
+}
+
+/// Connects and sends one request line.
+async fn send(socket: &Path, req: &Request) -> Result<Sent, ClientError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(req).context("encode request")?;
+    line.push('\n');
+    let result = write.write_all(line.as_bytes()).await;
+    Ok(Sent { answers: BufReader::new(read), _write: write, result })
+}
+
+/// The result of a response line, or its error.
+fn result_of(resp: Response) -> Result<serde_json::Value, ClientError> {
+    if !resp.ok {
+        return Err(ClientError::Api(
+            resp.error
+                .unwrap_or_else(|| ApiError::new(crate::api::ErrorCode::Internal, "error without detail")),
+        ));
+    }
+    Ok(resp.result.unwrap_or(serde_json::Value::Null))
+}
+
 /// Sends `req` and hands every response line's result to `each` until the daemon closes the
 /// stream (for `audit --follow`).
 pub async fn stream(
@@ -29,28 +65,16 @@ pub async fn stream(
     req: &Request,
     mut each: impl FnMut(serde_json::Value) -> bool,
 ) -> Result<(), ClientError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_string(req).context("encode request")?;
-    line.push('\n');
-    write.write_all(line.as_bytes()).await.context("send request")?;
-    let mut lines = BufReader::new(read).lines();
+    let sent = send(socket, req).await?;
+    sent.result.context("send request")?;
+    let mut lines = sent.answers.lines();
     while let Some(answer) = lines.next_line().await.context("read response")? {
         let resp: Response = serde_json::from_str(&answer).context("decode response")?;
-        if !resp.ok {
-            return Err(ClientError::Api(
-                resp.error.unwrap_or_else(|| {
-                    ApiError::new(crate::api::ErrorCode::Internal, "error without detail")
-                }),
-            ));
-        }
         if let Some(n) = resp.lagged {
             tracing::warn!("{n} audit records skipped: this client read too slowly");
             continue;
         }
-        if !each(resp.result.unwrap_or(serde_json::Value::Null)) {
+        if !each(result_of(resp)?) {
             break;
         }
     }
@@ -59,29 +83,13 @@ pub async fn stream(
 
 /// Sends one request and returns its result.
 pub async fn call<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T, ClientError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_string(req).context("encode request")?;
-    line.push('\n');
-    // A daemon that refuses the request may answer and close before reading all of it: the
-    // answer matters more than the write error.
-    let sent = write.write_all(line.as_bytes()).await;
-    let mut reader = BufReader::new(read);
+    let mut sent = send(socket, req).await?;
     let mut answer = String::new();
-    reader.read_line(&mut answer).await.context("read response")?;
+    sent.answers.read_line(&mut answer).await.context("read response")?;
     if answer.is_empty() {
-        sent.context("send request")?;
+        sent.result.context("send request")?;
         return Err(anyhow!("the daemon closed the connection without answering").into());
     }
     let resp: Response = serde_json::from_str(&answer).context("decode response")?;
-    if !resp.ok {
-        return Err(ClientError::Api(
-            resp.error
-                .unwrap_or_else(|| ApiError::new(crate::api::ErrorCode::Internal, "error without detail")),
-        ));
-    }
-    let result = resp.result.unwrap_or(serde_json::Value::Null);
-    Ok(serde_json::from_value(result).context("decode result")?)
+    Ok(serde_json::from_value(result_of(resp)?).context("decode result")?)
 }

@@ -18,7 +18,8 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use crate::{
     api::{ApiError, ContainerRow, ErrorCode, Request, TaskRow, Translation},
     audit::{Filter, Hub, Record, Sink},
-    kernel::{self, FullTask, KernelMaps, LoadOptions},
+    kernel::{self, FullTask, KernelMaps},
+    loader::{self, LoadOptions},
     orchestrator::{self, Target},
     procscan,
     registry::{self, Kind, Registry},
@@ -42,52 +43,56 @@ pub struct State {
     pub audit: Hub,
     pub state_file: Option<PathBuf>,
     /// Crossing counters of containers that ended (their per-container counters are gone).
-    pub retired: Mutex<Vec<u64>>,
+    pub retired: Mutex<kernel::SlotCounts>,
+    /// Whether the enforcer runs (and why not).
+    pub enforcement: loader::Enforcement,
+    /// The programs are pinned (they outlive the daemon); `adopted`: pinned by a previous one.
+    pub pinned: bool,
+    pub adopted: bool,
+    /// Notified to stop the daemon (the `shutdown` request).
+    pub shutdown: tokio::sync::Notify,
     pub registry: Mutex<Registry>,
-    pub seed: SeedReport,
+    /// How the /proc walk went (None while it runs).
+    pub seed: Mutex<Option<SeedReport>>,
     pub attached: Vec<(String, String)>,
     pub started: Instant,
     pub kernel_release: String,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    kernel::require_root()?;
+    loader::require_root()?;
     let sink = match &opts.audit_log {
         Some(spec) => Some(Sink::open(spec).with_context(|| format!("open audit log {spec}"))?),
         None => None,
     };
     let host_pidns = procscan::own_pidns_is_init().map_err(anyhow::Error::msg)?;
     let tick_ns = procscan::tick_ns();
-    let offsets = kernel::resolve_offsets(tick_ns)?;
+    let t0 = Instant::now();
+    let offsets = loader::resolve_offsets(tick_ns)?;
+    tracing::info!("offsets from BTF and tracefs in {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0);
     tracing::debug!(?offsets, "kernel offsets from BTF");
     // Attach first, then walk /proc: a process born in between is seen by the fork program.
-    let loaded = kernel::load_and_attach(offsets, &opts.load)?;
-    let kernel::Loaded { ebpf, mut maps, events, attached, iterator, .. } = loaded;
+    let loaded = loader::load_and_attach(offsets, &opts.load)?;
+    let loader::Loaded { ebpf, mut maps, events, attached, iterator, enforcement, adopted } = loaded;
+    // Adopted maps are current (the pinned programs kept them): the walk only checks them.
+    let iterator_ok = iterator.is_ok() || adopted;
     for (prog, hook) in &attached {
         tracing::info!("attached {prog} to {hook}");
     }
     maps.seed_pidns(host_pidns, PidnsInfo::from_chain(&[host_pidns], 0, 1, pidns_source::SEED));
-    let report = seed::seed(&mut maps, tick_ns, &iterator);
-    tracing::info!(
-        scanned = report.scanned,
-        inserted = report.inserted,
-        already_known = report.already_known,
-        mismatched = report.mismatched,
-        iterator = report.iterator.as_str(),
-        died_during_walk = report.died_during_walk,
-        errors = report.errors,
-        "seeded from /proc in {:.1} ms",
-        report.elapsed.as_secs_f64() * 1000.0
-    );
     let mut registry = Registry::new(host_pidns);
     registry.sync_pidns(&maps.pidns_all(), orchestrator::cgroup_path_of);
     let state = Arc::new(State {
         maps: Mutex::new(maps),
         audit: Hub::new(sink),
         state_file: opts.state_file.clone(),
-        retired: Mutex::new(vec![0; NSYSCALLS * NVERDICTS]),
+        retired: Mutex::new(kernel::SlotCounts::default()),
+        enforcement: enforcement.clone(),
+        pinned: opts.load.pin,
+        adopted,
+        shutdown: tokio::sync::Notify::new(),
         registry: Mutex::new(registry),
-        seed: report,
+        seed: Mutex::new(None),
         attached,
         started: Instant::now(),
         kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -95,6 +100,34 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .trim()
             .to_string(),
     });
+    // The /proc walk. When the task iterator already recorded every existing task (exactly, as
+    // the fork program would), the walk only checks it and seeds what it missed: it runs while
+    // the daemon serves. Without the iterator, /proc is the seed: it completes first.
+    let walk = {
+        let state = state.clone();
+        move || {
+            let report = seed::seed(&state.maps, tick_ns, &iterator);
+            tracing::info!(
+                scanned = report.scanned,
+                inserted = report.inserted,
+                already_known = report.already_known,
+                mismatched = report.mismatched,
+                iterator = report.iterator.as_str(),
+                died_during_walk = report.died_during_walk,
+                errors = report.errors,
+                "seeded from /proc in {:.1} ms",
+                report.elapsed.as_secs_f64() * 1000.0
+            );
+            if let Ok(mut seed) = state.seed.lock() {
+                *seed = Some(report);
+            }
+        }
+    };
+    if iterator_ok {
+        tokio::task::spawn_blocking(walk);
+    } else {
+        tokio::task::spawn_blocking(walk).await?;
+    }
 
     state.restore();
     let sweeper = {
@@ -122,9 +155,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let events = tokio::spawn(consume_events(events, state.clone()));
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let stopping = if state.pinned { "stopping; the pinned programs stay" } else { "detaching" };
     tokio::select! {
-        r = tokio::signal::ctrl_c() => { r?; tracing::info!("SIGINT: detaching"); }
-        _ = term.recv() => tracing::info!("SIGTERM: detaching"),
+        r = tokio::signal::ctrl_c() => { r?; tracing::info!("SIGINT: {stopping}"); }
+        _ = term.recv() => tracing::info!("SIGTERM: {stopping}"),
+        _ = state.shutdown.notified() => tracing::info!("shutdown requested: {stopping}"),
         r = events => {
             r.context("event task")??;
         }
@@ -132,8 +167,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     server.abort();
     sweeper.abort();
     let _ = std::fs::remove_file(&opts.socket);
-    drop(ebpf); // closes every link: the programs are detached
-    tracing::info!("detached");
+    drop(ebpf); // closes every link: the programs are detached unless pinned
+    tracing::info!("{}", if state.pinned { "stopped (programs pinned)" } else { "detached" });
     Ok(())
 }
 
@@ -209,7 +244,7 @@ fn handle_event(bytes: &[u8], state: &State, anomalies: &mut Vec<AnomalyEvent>) 
     } else if kind == event_kind::MIGRATE && bytes.len() >= std::mem::size_of::<MigrateEvent>() {
         let ev: MigrateEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         if ev.threadgroup != 0 {
-            state.migrated(ev.host_pid, ev.container);
+            state.migrated(ev.host_pid, ev.container, ev.slot);
         }
     }
 }
@@ -236,9 +271,12 @@ impl State {
     }
 
     /// Adds the counters of an ended container to the retired totals.
-    pub(crate) fn retire(&self, (crossings, _drops): (Vec<u64>, u64)) {
+    pub(crate) fn retire(&self, counted: kernel::SlotCounts) {
         if let Ok(mut retired) = self.retired.lock() {
-            for (t, n) in retired.iter_mut().zip(crossings) {
+            for (t, n) in retired.crossings.iter_mut().zip(counted.crossings) {
+                *t += n;
+            }
+            for (t, n) in retired.denied.iter_mut().zip(counted.denied) {
                 *t += n;
             }
         }
@@ -271,7 +309,7 @@ impl State {
             Request::Containers => to_json(self.containers()?),
             Request::Translate { container, vpid, pid } => to_json(self.translate(&container, vpid, pid)?),
             Request::Stats { container } => self.stats(container.as_deref()),
-            Request::Register { id, pid, cgroup, pidns, labels, by } => {
+            Request::Register { id, pid, cgroup, pidns, labels, by, mode } => {
                 let target = match (pid, cgroup, pidns) {
                     (Some(p), None, None) => Target::Pid(p),
                     (None, Some(c), None) => Target::Cgroup(c),
@@ -283,13 +321,20 @@ impl State {
                         ));
                     }
                 };
-                let c = self.register(&id, target, labels, by.as_deref().unwrap_or("api"))?;
+                let c =
+                    self.register(&id, target, labels, by.as_deref().unwrap_or("api"), mode.as_deref())?;
                 to_json(self.container_row(&c, 0, &std::collections::HashMap::new()))
             }
             Request::Unregister { id } => {
                 let c = self.unregister(&id)?;
                 to_json(serde_json::json!({ "id": c.id }))
             }
+            Request::Policy { id, mode } => {
+                let c = self.set_policy(&id, &mode)?;
+                to_json(self.container_row(&c, 0, &std::collections::HashMap::new()))
+            }
+            // The connection notifies `shutdown` once this answer is sent.
+            Request::Shutdown => to_json(serde_json::json!({ "stopping": true, "pinned": self.pinned })),
             Request::Audit { container, verdict, limit, .. } => {
                 let filter = self.audit_filter(container, verdict)?;
                 to_json(self.audit.recent(&filter, limit.unwrap_or(1000)))
@@ -350,6 +395,7 @@ impl State {
                 Kind::Cgroup { path, .. } => Some(path.display().to_string()),
                 _ => None,
             },
+            mode: orchestrator::mode_name(c.mode).into(),
             tasks,
             registered_by: c.registered_by.clone(),
             labels: c.labels.clone(),
@@ -441,12 +487,17 @@ impl State {
         if let Some(name) = container {
             let reg = self.sync_registry(&maps)?;
             let c = reg.find(name).ok_or_else(|| unknown_container(name))?;
-            let (crossings, drops) = maps.crossings(Some(c.number)).remove(&c.number).unwrap_or_default();
-            let crossings = if crossings.is_empty() { vec![0; NSYSCALLS * NVERDICTS] } else { crossings };
+            let slot = match &c.kind {
+                Kind::Host => pidvirt_common::slots::HOST,
+                Kind::Pidns => maps.pidns_slot(c.pidns),
+                Kind::Cgroup { slot, .. } => *slot,
+            };
+            let counted = maps.slot_counts(slot);
             return Ok(serde_json::json!({
                 "container": c.id,
-                "crossings": kernel::named_crossings(&crossings),
-                "ringbuf_drops": drops,
+                "crossings": kernel::named_crossings(&counted.crossings),
+                "ringbuf_drops": counted.ringbuf_drops,
+                "denied": kernel::named_denied(&counted.denied),
             }));
         }
         let values = maps.counters();
@@ -454,18 +505,26 @@ impl State {
         let mut total: Vec<u64> = (0..NSYSCALLS * NVERDICTS)
             .map(|i| values.get(counter::CROSSING_BASE as usize + i).copied().unwrap_or(0))
             .collect();
+        let mut denied = vec![0u64; pidvirt_common::audit::NLSM];
         if let Ok(retired) = self.retired.lock() {
-            for (t, n) in total.iter_mut().zip(retired.iter()) {
+            for (t, n) in total.iter_mut().zip(retired.crossings.iter()) {
+                *t += n;
+            }
+            for (t, n) in denied.iter_mut().zip(retired.denied.iter()) {
                 *t += n;
             }
         }
-        for (crossings, _) in maps.crossings(None).values() {
-            for (t, n) in total.iter_mut().zip(crossings) {
+        for slot in 0..maps.counts.len() {
+            for (t, n) in denied.iter_mut().zip(maps.slot_counts(slot).denied) {
                 *t += n;
             }
+        }
+        for (t, n) in total.iter_mut().zip(maps.all_counts()) {
+            *t += n;
         }
         let mut out = serde_json::to_value(kernel::named_counters(&values)).map_err(internal)?;
         out["crossings"] = serde_json::to_value(kernel::named_crossings(&total)).map_err(internal)?;
+        out["denied"] = serde_json::to_value(kernel::named_denied(&denied)).map_err(internal)?;
         use std::sync::atomic::Ordering::Relaxed;
         out["audit_log"] = serde_json::json!({
             "written": self.audit.written.load(Relaxed),
@@ -479,7 +538,10 @@ impl State {
             "kernel": self.kernel_release,
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "programs": self.attached.iter().map(|(p, h)| serde_json::json!({"program": p, "hook": h})).collect::<Vec<_>>(),
-            "seed": self.seed,
+            "enforcement": self.enforcement,
+            "pinned": self.pinned,
+            "adopted": self.adopted,
+            "seed": self.seed.lock().ok().and_then(|s| s.clone()).map(|s| serde_json::json!(s)).unwrap_or_else(|| serde_json::json!("running")),
         })
     }
 }

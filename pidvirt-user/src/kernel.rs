@@ -2,15 +2,11 @@
 
 use std::collections::HashMap as StdHashMap;
 
-use aya::{
-    Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, Iter, ProgramError, TracePoint},
-};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, Queue};
 use pidvirt_common::{
-    DeepLevels, INLINE_LEVELS, KernelOffsets, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue,
-    audit::{ContainerCounters, NSYSCALLS, NVERDICTS, SYSCALLS, VERDICT_NAMES},
-    counter,
+    CgroupContainer, DeepLevels, INLINE_LEVELS, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue,
+    audit::{ContainerCounters, LSM_HOOKS, NSYSCALLS, NVERDICTS, SYSCALLS, VERDICT_NAMES},
+    counter, slots,
 };
 
 /// The kernel programs, compiled for the BPF target by build.rs (aya-build).
@@ -27,17 +23,66 @@ pub const LIFECYCLE_HOOKS: [(&str, &str); 5] = [
 
 /// The syscall tracepoint programs: (program, tracepoint) for every hooked side of every
 /// watched syscall (the hook list, from pidvirt_common::audit::SYSCALLS).
-pub fn syscall_hooks() -> Vec<(String, String)> {
+pub fn syscall_hooks() -> Vec<(&'static str, String)> {
     let mut hooks = Vec::new();
     for spec in SYSCALLS {
-        if spec.enter {
-            hooks.push((format!("enter_{}", spec.name), format!("sys_enter_{}", spec.name)));
+        if let Some(program) = spec.enter {
+            hooks.push((program, format!("sys_enter_{}", spec.name)));
         }
-        if spec.exit {
-            hooks.push((format!("exit_{}", spec.name), format!("sys_exit_{}", spec.name)));
+        if let Some(program) = spec.exit {
+            hooks.push((program, format!("sys_exit_{}", spec.name)));
         }
     }
     hooks
+}
+
+/// This architecture's number of watched syscall `name` (the record's `__syscall_nr`).
+pub fn syscall_number(name: &str) -> Option<i64> {
+    Some(match name {
+        "getpid" => libc::SYS_getpid,
+        "getppid" => libc::SYS_getppid,
+        "gettid" => libc::SYS_gettid,
+        "set_tid_address" => libc::SYS_set_tid_address,
+        "fork" => libc::SYS_fork,
+        "vfork" => libc::SYS_vfork,
+        "clone" => libc::SYS_clone,
+        "clone3" => libc::SYS_clone3,
+        "kill" => libc::SYS_kill,
+        "tkill" => libc::SYS_tkill,
+        "tgkill" => libc::SYS_tgkill,
+        "rt_sigqueueinfo" => libc::SYS_rt_sigqueueinfo,
+        "rt_tgsigqueueinfo" => libc::SYS_rt_tgsigqueueinfo,
+        "pidfd_open" => libc::SYS_pidfd_open,
+        "wait4" => libc::SYS_wait4,
+        "waitid" => libc::SYS_waitid,
+        "setpgid" => libc::SYS_setpgid,
+        "getpgid" => libc::SYS_getpgid,
+        "getsid" => libc::SYS_getsid,
+        "setsid" => libc::SYS_setsid,
+        "sched_setaffinity" => libc::SYS_sched_setaffinity,
+        "sched_getaffinity" => libc::SYS_sched_getaffinity,
+        "sched_setscheduler" => libc::SYS_sched_setscheduler,
+        "sched_getscheduler" => libc::SYS_sched_getscheduler,
+        "sched_setparam" => libc::SYS_sched_setparam,
+        "sched_getparam" => libc::SYS_sched_getparam,
+        "sched_setattr" => libc::SYS_sched_setattr,
+        "sched_getattr" => libc::SYS_sched_getattr,
+        "sched_rr_get_interval" => libc::SYS_sched_rr_get_interval,
+        "setpriority" => libc::SYS_setpriority,
+        "getpriority" => libc::SYS_getpriority,
+        "ioprio_set" => libc::SYS_ioprio_set,
+        "ioprio_get" => libc::SYS_ioprio_get,
+        "prlimit64" => libc::SYS_prlimit64,
+        "ptrace" => libc::SYS_ptrace,
+        "process_vm_readv" => libc::SYS_process_vm_readv,
+        "process_vm_writev" => libc::SYS_process_vm_writev,
+        "kcmp" => libc::SYS_kcmp,
+        "get_robust_list" => libc::SYS_get_robust_list,
+        "migrate_pages" => libc::SYS_migrate_pages,
+        "move_pages" => libc::SYS_move_pages,
+        "capget" => libc::SYS_capget,
+        _ => return None,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,184 +103,8 @@ pub enum LoadError {
     MissingMap(&'static str),
     #[error("map `{name}`: {source}")]
     Map { name: &'static str, source: MapError },
-}
-
-/// Sizes that can be chosen at load time.
-#[derive(Clone, Debug)]
-pub struct LoadOptions {
-    pub max_tasks: u32,
-    pub ringbuf_bytes: u32,
-    /// Seed existing tasks with the kernel's task iterator before the /proc walk.
-    pub task_iterator: bool,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self { max_tasks: 262_144, ringbuf_bytes: 1 << 20, task_iterator: true }
-    }
-}
-
-/// Formats a program error, with the verifier log when the kernel refused the program.
-fn program_error(e: &ProgramError) -> String {
-    match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
-            format!("{io_error}\n--- verifier log ---\n{verifier_log}")
-        }
-        other => {
-            let mut s = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(inner) = src {
-                s.push_str(": ");
-                s.push_str(&inner.to_string());
-                src = inner.source();
-            }
-            s
-        }
-    }
-}
-
-/// The loaded object; dropping it detaches every program.
-pub struct Loaded {
-    pub ebpf: Ebpf,
-    pub maps: KernelMaps,
-    pub events: RingBuf<MapData>,
-    pub offsets: KernelOffsets,
-    /// Programs attached, with their hooks, for `status`.
-    pub attached: Vec<(String, String)>,
-    /// Whether the task iterator seeded the existing tasks (or why not).
-    pub iterator: Result<(), String>,
-}
-
-/// Loading eBPF programs (and mounting tracefs) needs root: say so first.
-pub fn require_root() -> Result<(), LoadError> {
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        return Err(LoadError::NotRoot(euid));
-    }
-    Ok(())
-}
-
-/// Every offset the programs need: structure offsets from the kernel's BTF, syscall record
-/// offsets from the tracepoint formats (checked on every hooked tracepoint).
-pub fn resolve_offsets(tick_ns: u32) -> Result<KernelOffsets, LoadError> {
-    let mut offsets = crate::btf::resolve_running_kernel(tick_ns)?;
-    let root = crate::tracefs::tracefs_root()?;
-    let enter = SYSCALLS.iter().filter(|s| s.enter).map(|s| s.name);
-    let exit = SYSCALLS.iter().filter(|s| s.exit).map(|s| s.name);
-    let (args, ret) = crate::tracefs::syscall_layout(&root, enter, exit)?;
-    offsets.syscall_args = args;
-    offsets.syscall_ret = ret;
-    Ok(offsets)
-}
-
-/// Loads the object with `offsets`, attaches the lifecycle programs, and takes the maps.
-pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded, LoadError> {
-    require_root()?;
-    let mut ebpf = EbpfLoader::new()
-        .override_global("OFFSETS", &offsets, true)
-        .map_max_entries("TASKS", opts.max_tasks)
-        .map_max_entries("VIRT", opts.max_tasks)
-        .map_max_entries("EVENTS", opts.ringbuf_bytes)
-        .load(PROGRAM_OBJECT)
-        .map_err(LoadError::Object)?;
-    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
-        tracing::debug!("no eBPF log channel: {e}");
-    }
-    let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
-    let mut attached = Vec::new();
-    for (name, tp) in LIFECYCLE_HOOKS {
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| LoadError::Refused { program: name.into(), message: "not in object".into() })?
-            .try_into()
-            .map_err(|e| LoadError::Refused { program: name.into(), message: program_error(&e) })?;
-        prog.load(tp, &btf)
-            .map_err(|e| LoadError::Refused { program: name.into(), message: program_error(&e) })?;
-        prog.attach().map_err(|e| LoadError::Attach {
-            program: name.into(),
-            hook: format!("tp_btf/{tp}"),
-            message: program_error(&e),
-        })?;
-        attached.push((name.to_string(), format!("tp_btf/{tp}")));
-    }
-    // Attached first; now record every task that already exists, exactly as the fork program
-    // would (same code, same precision). The /proc walk that follows seeds what this missed.
-    let iterator = if opts.task_iterator {
-        run_task_iterator(&mut ebpf, &btf)
-    } else {
-        Err("disabled (--seed proc)".to_string())
-    };
-    for (name, tp) in syscall_hooks() {
-        attach_tracepoint(&mut ebpf, &name, &name, &tp)?;
-        attached.push((name, format!("syscalls:{tp}")));
-    }
-    let maps = KernelMaps::take(&mut ebpf)?;
-    let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?)
-        .map_err(|source| LoadError::Map { name: "EVENTS", source })?;
-    Ok(Loaded { ebpf, maps, events, offsets, attached, iterator })
-}
-
-/// The benchmark's floor: EMPTY programs attached to exactly the hooks pidvirt uses (the
-/// lifecycle tp_btf hooks and every syscall tracepoint of the hook list). Dropping the result
-/// detaches them.
-pub fn attach_floor() -> Result<(Ebpf, Vec<(String, String)>), LoadError> {
-    require_root()?;
-    let mut ebpf = EbpfLoader::new().load(PROGRAM_OBJECT).map_err(LoadError::Object)?;
-    let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
-    let mut attached = Vec::new();
-    for (_, tp) in LIFECYCLE_HOOKS {
-        let name = format!("floor_{tp}");
-        let refused = |message: String| LoadError::Refused { program: name.clone(), message };
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(&name)
-            .ok_or_else(|| refused("not in object".into()))?
-            .try_into()
-            .map_err(|e| refused(program_error(&e)))?;
-        prog.load(tp, &btf).map_err(|e| refused(program_error(&e)))?;
-        prog.attach().map_err(|e| refused(program_error(&e)))?;
-        attached.push((name, format!("tp_btf/{tp}")));
-    }
-    crate::tracefs::tracefs_root()?;
-    for (name, tp) in syscall_hooks() {
-        attach_tracepoint(&mut ebpf, "floor_empty", &name, &tp)?;
-        attached.push(("floor_empty".into(), format!("syscalls:{tp}")));
-    }
-    Ok((ebpf, attached))
-}
-
-/// Loads program `program` (once) and attaches it to syscalls:`tp`.
-fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, label: &str, tp: &str) -> Result<(), LoadError> {
-    let refused = |message: String| LoadError::Refused { program: label.into(), message };
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| refused("not in object".into()))?
-        .try_into()
-        .map_err(|e| refused(program_error(&e)))?;
-    if prog.fd().is_err() {
-        prog.load().map_err(|e| refused(program_error(&e)))?;
-    }
-    prog.attach("syscalls", tp).map_err(|e| LoadError::Attach {
-        program: label.into(),
-        hook: format!("syscalls:{tp}"),
-        message: program_error(&e),
-    })?;
-    Ok(())
-}
-
-/// Loads the `iter/task` program and reads its file once: one run over every task.
-fn run_task_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
-    let prog: &mut Iter = ebpf
-        .program_mut("seed_tasks")
-        .ok_or("program seed_tasks not in object")?
-        .try_into()
-        .map_err(|e: ProgramError| e.to_string())?;
-    prog.load("task", btf).map_err(|e| format!("load: {}", program_error(&e)))?;
-    let id = prog.attach().map_err(|e| format!("attach: {}", program_error(&e)))?;
-    let link = prog.take_link(id).map_err(|e| format!("link: {}", program_error(&e)))?;
-    let mut file = link.into_file().map_err(|e| format!("open: {e}"))?;
-    let mut sink = Vec::new();
-    std::io::Read::read_to_end(&mut file, &mut sink).map_err(|e| format!("read: {e}"))?;
-    Ok(())
+    #[error("pinning in bpffs: {0}")]
+    Pin(String),
 }
 
 /// Handles on the maps the daemon reads and seeds.
@@ -245,9 +114,35 @@ pub struct KernelMaps {
     pub virt: HashMap<MapData, VirtKey, VirtValue>,
     pub pidns: HashMap<MapData, u32, PidnsInfo>,
     pub counters: PerCpuArray<MapData, u64>,
-    pub container_counters: PerCpuHashMap<MapData, u32, ContainerCounters>,
-    pub cgroups: HashMap<MapData, u64, u32>,
+    /// Crossing counters per container slot.
+    pub counts: PerCpuArray<MapData, ContainerCounters>,
+    pub free_slots: Queue<MapData, u32>,
+    pub cgroups: HashMap<MapData, u64, CgroupContainer>,
     pub config: Array<MapData, u32>,
+    /// Per-container policy (pidvirt_common::audit::mode).
+    pub modes: HashMap<MapData, u32, u32>,
+    pub meta: Array<MapData, u64>,
+}
+
+/// What one counter slot counted (summed over CPUs).
+#[derive(Clone, Debug)]
+pub struct SlotCounts {
+    /// Index `syscall * NVERDICTS + verdict`.
+    pub crossings: Vec<u64>,
+    pub ringbuf_drops: u64,
+    /// Denials per LSM hook.
+    pub denied: Vec<u64>,
+}
+
+impl Default for SlotCounts {
+    fn default() -> Self {
+        Self { crossings: vec![0; NSYSCALLS * NVERDICTS], ringbuf_drops: 0, denied: vec![0; LSM_HOOKS.len()] }
+    }
+}
+
+/// Denials by LSM hook name.
+pub fn named_denied(values: &[u64]) -> std::collections::BTreeMap<&'static str, u64> {
+    LSM_HOOKS.iter().zip(values).map(|(h, n)| (h.name, *n)).collect()
 }
 
 /// A task entry with all its levels.
@@ -267,30 +162,24 @@ impl FullTask {
 /// BPF_NOEXIST
 const NOEXIST: u64 = 1;
 
-fn map_of<K: aya::Pod, V: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<HashMap<MapData, K, V>, LoadError> {
-    let m = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
-    HashMap::try_from(m).map_err(|source| LoadError::Map { name, source })
-}
-
 impl KernelMaps {
-    fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
-        let counters = ebpf.take_map("COUNTERS").ok_or(LoadError::MissingMap("COUNTERS"))?;
-        let ccounters = ebpf.take_map("CCOUNTERS").ok_or(LoadError::MissingMap("CCOUNTERS"))?;
-        let config = ebpf.take_map("CONFIG").ok_or(LoadError::MissingMap("CONFIG"))?;
+    /// Takes the maps the daemon uses from `get` (the loaded object, or the pins).
+    pub fn open(mut get: impl FnMut(&'static str) -> Result<Map, LoadError>) -> Result<Self, LoadError> {
+        fn err(name: &'static str) -> impl FnOnce(MapError) -> LoadError {
+            move |source| LoadError::Map { name, source }
+        }
         Ok(Self {
-            cgroups: map_of(ebpf, "CGROUPS")?,
-            config: Array::try_from(config).map_err(|source| LoadError::Map { name: "CONFIG", source })?,
-            container_counters: PerCpuHashMap::try_from(ccounters)
-                .map_err(|source| LoadError::Map { name: "CCOUNTERS", source })?,
-            tasks: map_of(ebpf, "TASKS")?,
-            deep: map_of(ebpf, "DEEP")?,
-            virt: map_of(ebpf, "VIRT")?,
-            pidns: map_of(ebpf, "PIDNS")?,
-            counters: PerCpuArray::try_from(counters)
-                .map_err(|source| LoadError::Map { name: "COUNTERS", source })?,
+            tasks: HashMap::try_from(get("TASKS")?).map_err(err("TASKS"))?,
+            deep: HashMap::try_from(get("DEEP")?).map_err(err("DEEP"))?,
+            virt: HashMap::try_from(get("VIRT")?).map_err(err("VIRT"))?,
+            pidns: HashMap::try_from(get("PIDNS")?).map_err(err("PIDNS"))?,
+            counters: PerCpuArray::try_from(get("COUNTERS")?).map_err(err("COUNTERS"))?,
+            counts: PerCpuArray::try_from(get("COUNTS")?).map_err(err("COUNTS"))?,
+            free_slots: Queue::try_from(get("FREE_SLOTS")?).map_err(err("FREE_SLOTS"))?,
+            cgroups: HashMap::try_from(get("CGROUPS")?).map_err(err("CGROUPS"))?,
+            config: Array::try_from(get("CONFIG")?).map_err(err("CONFIG"))?,
+            modes: HashMap::try_from(get("MODES")?).map_err(err("MODES"))?,
+            meta: Array::try_from(get("META")?).map_err(err("META"))?,
         })
     }
 
@@ -327,33 +216,50 @@ impl KernelMaps {
         self.pidns.iter().filter_map(Result::ok).collect()
     }
 
-    /// Crossing counters (summed over CPUs) of every container, or of one.
-    pub fn crossings(&self, container: Option<u32>) -> StdHashMap<u32, (Vec<u64>, u64)> {
-        let mut out = StdHashMap::new();
-        let sum = |values: aya::maps::PerCpuValues<ContainerCounters>| {
-            let mut crossings = vec![0u64; NSYSCALLS * NVERDICTS];
-            let mut drops = 0;
+    /// What counter slot `slot` counted, summed over CPUs.
+    pub fn slot_counts(&self, slot: u32) -> SlotCounts {
+        let mut c = SlotCounts::default();
+        if let Ok(values) = self.counts.get(&slot, 0) {
             for v in values.iter() {
-                for (total, n) in crossings.iter_mut().zip(v.crossings.iter()) {
+                for (total, n) in c.crossings.iter_mut().zip(v.crossings.iter()) {
                     *total += n;
                 }
-                drops += v.ringbuf_drops;
-            }
-            (crossings, drops)
-        };
-        match container {
-            Some(c) => {
-                if let Ok(v) = self.container_counters.get(&c, 0) {
-                    out.insert(c, sum(v));
+                for (total, n) in c.denied.iter_mut().zip(v.denied.iter()) {
+                    *total += n;
                 }
-            }
-            None => {
-                for (c, v) in self.container_counters.iter().filter_map(Result::ok) {
-                    out.insert(c, sum(v));
-                }
+                c.ringbuf_drops += v.ringbuf_drops;
             }
         }
-        out
+        c
+    }
+
+    /// Crossing counters of every slot, summed.
+    pub fn all_counts(&self) -> Vec<u64> {
+        let mut total = vec![0u64; NSYSCALLS * NVERDICTS];
+        for slot in 0..self.counts.len() {
+            for (t, n) in total.iter_mut().zip(self.slot_counts(slot).crossings) {
+                *t += n;
+            }
+        }
+        total
+    }
+
+    /// A free counter slot (for a cgroup container), or the overflow slot.
+    pub fn take_slot(&mut self) -> u32 {
+        self.free_slots.pop(0).unwrap_or(slots::OVERFLOW)
+    }
+
+    /// Zeroes counter slot `slot` and returns it to the free slots; returns what it counted.
+    pub fn release_slot(&mut self, slot: u32) -> SlotCounts {
+        let counted = self.slot_counts(slot);
+        if slot >= slots::FIRST_FREE {
+            let zero = vec![ContainerCounters::default(); aya::util::nr_cpus().unwrap_or(1)];
+            if let Ok(values) = aya::maps::PerCpuValues::try_from(zero) {
+                let _ = self.counts.set(slot, values, 0);
+            }
+            let _ = self.free_slots.push(slot, 0);
+        }
+        counted
     }
 
     /// Per-CPU counters summed.
@@ -387,14 +293,19 @@ impl KernelMaps {
                 PidnsInfo::from_chain(ns, level, tid, pidvirt_common::pidns_source::SEED),
             );
         }
+        // The counter slot of its namespace (known now: the kernel's or the one just seeded).
+        if entry.level > 0 {
+            let slot = self.pidns.get(&entry.pidns, 0).map(|i| i.slot).unwrap_or(slots::OVERFLOW);
+            self.retag(tid, |e| (e.container, slot));
+        }
         Ok(true)
     }
 
-    /// Makes tasks of cgroup `cgroup_id` (and below) members of container `number` (None: of
-    /// no cgroup container), and tells the programs how many cgroup containers exist.
-    pub fn set_cgroup(&mut self, cgroup_id: u64, number: Option<u32>) -> Result<(), MapError> {
-        match number {
-            Some(n) => self.cgroups.insert(cgroup_id, n, 0)?,
+    /// Makes tasks of cgroup `cgroup_id` (and below) members of a container (None: of no cgroup
+    /// container), and tells the programs how many cgroup containers exist.
+    pub fn set_cgroup(&mut self, cgroup_id: u64, container: Option<CgroupContainer>) -> Result<(), MapError> {
+        match container {
+            Some(c) => self.cgroups.insert(cgroup_id, c, 0)?,
             None => {
                 let _ = self.cgroups.remove(&cgroup_id);
             }
@@ -403,31 +314,41 @@ impl KernelMaps {
         self.config.set(pidvirt_common::config::CGROUP_CONTAINERS, count, 0)
     }
 
-    /// Sets the container of task `tid` (if it is tracked).
-    pub fn retag(&mut self, tid: u32, container: impl Fn(&TaskEntry) -> u32) {
+    /// Sets the container and counter slot of task `tid` (if it is tracked).
+    pub fn retag(&mut self, tid: u32, container: impl Fn(&TaskEntry) -> (u32, u32)) {
         if let Ok(mut e) = self.tasks.get(&tid, 0) {
-            let c = container(&e);
-            if c != e.container {
+            let (c, slot) = container(&e);
+            if (c, slot) != (e.container, e.slot) {
                 e.container = c;
+                e.slot = slot;
                 // BPF_EXIST: never resurrect an entry the kernel just removed.
                 let _ = self.tasks.insert(tid, e, 2);
             }
         }
     }
 
-    /// Forgets pid namespace `ns` and container `number`'s counters; returns the counters.
-    pub fn forget_container(&mut self, ns: Option<u32>, number: u32) -> Option<(Vec<u64>, u64)> {
-        if let Some(ns) = ns {
-            let _ = self.pidns.remove(&ns);
-        }
-        let counters = self.crossings(Some(number)).remove(&number);
-        let _ = self.container_counters.remove(&number);
-        counters
+    /// Forgets pid namespace `ns` (its record and its counter slot); returns what it counted.
+    pub fn forget_pidns(&mut self, ns: u32) -> Option<SlotCounts> {
+        let info = self.pidns.get(&ns, 0).ok()?;
+        let _ = self.pidns.remove(&ns);
+        Some(self.release_slot(info.slot))
     }
 
-    /// Registers pid namespace `ns` (level, parent) unless the kernel already did.
-    pub fn seed_pidns(&mut self, ns: u32, info: PidnsInfo) {
-        let _ = self.pidns.insert(ns, info, NOEXIST);
+    /// Registers pid namespace `ns` (level, parent, with a counter slot) unless the kernel
+    /// already did.
+    pub fn seed_pidns(&mut self, ns: u32, mut info: PidnsInfo) {
+        if self.pidns.get(&ns, 0).is_ok() {
+            return;
+        }
+        info.slot = if info.level == 0 { slots::HOST } else { self.take_slot() };
+        if self.pidns.insert(ns, info, NOEXIST).is_err() && info.slot >= slots::FIRST_FREE {
+            let _ = self.free_slots.push(info.slot, 0);
+        }
+    }
+
+    /// The counter slot of pid namespace `ns`.
+    pub fn pidns_slot(&self, ns: u32) -> u32 {
+        self.pidns.get(&ns, 0).map(|i| i.slot).unwrap_or(slots::OVERFLOW)
     }
 
     /// Removes a seeded entry that turned out stale (its task died during the walk), with its

@@ -5,6 +5,7 @@ pub mod btf;
 pub mod client;
 pub mod daemon;
 pub mod kernel;
+pub mod loader;
 pub mod orchestrator;
 pub mod procscan;
 pub mod registry;

@@ -8,7 +8,7 @@ use pidvirt::{
     audit::Record,
     client::{self, ClientError},
     daemon::{self, RunOptions},
-    kernel::LoadOptions,
+    loader::LoadOptions,
 };
 
 #[derive(Parser)]
@@ -36,6 +36,19 @@ enum SeedMode {
 }
 
 #[derive(Subcommand)]
+enum PolicyAction {
+    /// `observe`: audit only; `enforce`: deny this container's actions on tasks of other
+    /// containers (EPERM). Enforce needs BPF-LSM (see `pidvirt status`).
+    Set {
+        #[command(flatten)]
+        socket: SocketArg,
+        id: String,
+        #[arg(long, value_parser = ["observe", "enforce"])]
+        mode: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ContainerAction {
     /// Register a container under ID, by a task in it, a cgroup v2 directory or a pid namespace.
     Add {
@@ -54,6 +67,9 @@ enum ContainerAction {
         /// KEY=VALUE, repeatable.
         #[arg(long = "label", value_parser = pidvirt::orchestrator::parse_label)]
         labels: Vec<(String, String)>,
+        /// Policy: observe (default) or enforce.
+        #[arg(long, value_parser = ["observe", "enforce"])]
+        mode: Option<String>,
     },
     /// Unregister a container.
     Rm {
@@ -78,6 +94,13 @@ enum Command {
         /// Size of the events ring buffer in bytes (a power of two, at least one page).
         #[arg(long, default_value_t = LoadOptions::default().ringbuf_bytes)]
         ringbuf_bytes: u32,
+        /// Containers whose crossings are counted apart at once (more share one overflow counter).
+        #[arg(long, default_value_t = LoadOptions::default().counter_slots - 2)]
+        max_containers: u32,
+        /// Pin programs and maps in bpffs (/sys/fs/bpf/pidvirt): counting and enforcement go on
+        /// while the daemon is down, a restarted daemon adopts them; `pidvirt detach` removes them.
+        #[arg(long)]
+        pin: bool,
         /// Where registrations are kept across restarts (`none`: not kept).
         #[arg(long, default_value = "/var/lib/pidvirt/state.json")]
         state_file: String,
@@ -106,6 +129,17 @@ enum Command {
     /// createRuntime/createContainer/poststart (annotations become labels), unregisters it at
     /// poststop.
     OciHook {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Set a container's policy.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Stop the daemon and remove every pinned program and map (nothing of pidvirt stays in
+    /// the kernel).
+    Detach {
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -221,7 +255,16 @@ fn emit(text: &str) -> anyhow::Result<()> {
 async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     let mut o = String::new();
     match cmd {
-        Command::Run { socket, audit_log, max_tasks, ringbuf_bytes, seed, state_file } => {
+        Command::Run {
+            socket,
+            audit_log,
+            max_tasks,
+            ringbuf_bytes,
+            seed,
+            state_file,
+            max_containers,
+            pin,
+        } => {
             daemon::run(RunOptions {
                 socket: socket.socket,
                 state_file: (state_file != "none").then(|| state_file.into()),
@@ -229,7 +272,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 load: LoadOptions {
                     max_tasks,
                     ringbuf_bytes,
+                    counter_slots: max_containers.saturating_add(pidvirt_common::slots::FIRST_FREE),
                     task_iterator: matches!(seed, SeedMode::Iterator),
+                    pin,
                 },
             })
             .await?;
@@ -265,9 +310,18 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Container { action: ContainerAction::Add { socket, id, pid, cgroup, pidns, labels } } => {
-            let req =
-                Request::Register { id, pid, cgroup, pidns, labels: labels.into_iter().collect(), by: None };
+        Command::Container {
+            action: ContainerAction::Add { socket, id, pid, cgroup, pidns, labels, mode },
+        } => {
+            let req = Request::Register {
+                id,
+                pid,
+                cgroup,
+                pidns,
+                labels: labels.into_iter().collect(),
+                by: None,
+                mode,
+            };
             let row: ContainerRow = call(&socket, req).await?;
             out!(
                 o,
@@ -282,6 +336,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             out!(o, "unregistered {id}");
         }
         Command::OciHook { socket } => oci_hook(&socket).await?,
+        Command::Policy { action: PolicyAction::Set { socket, id, mode } } => {
+            let row: ContainerRow = call(&socket, Request::Policy { id, mode }).await?;
+            out!(o, "{}: {}", row.id, row.mode);
+        }
+        Command::Detach { socket } => detach(&socket, &mut o).await?,
         Command::Containers { socket, json } => {
             let rows: Vec<ContainerRow> = call(&socket, Request::Containers).await?;
             if json {
@@ -376,7 +435,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             }
         }
         Command::Floor => {
-            let (ebpf, attached) = pidvirt::kernel::attach_floor()?;
+            let (ebpf, attached) = pidvirt::loader::attach_floor()?;
             tracing::info!("floor: {} empty programs attached; SIGINT/SIGTERM detach", attached.len());
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
@@ -411,6 +470,41 @@ struct OciState {
     annotations: std::collections::BTreeMap<String, String>,
 }
 
+/// The OCI annotation that sets a container's policy.
+const MODE_ANNOTATION: &str = "pidvirt.io/mode";
+
+/// Stops the daemon if it runs, removes the pins, and checks that no pidvirt program is left.
+async fn detach(socket: &SocketArg, o: &mut String) -> anyhow::Result<()> {
+    pidvirt::loader::require_root()?;
+    match client::call::<serde_json::Value>(&socket.socket, &Request::Shutdown).await {
+        Ok(_) => {
+            out!(o, "asked the daemon at {} to stop", socket.socket.display());
+            let start = std::time::Instant::now();
+            while socket.socket.exists() && start.elapsed() < std::time::Duration::from_secs(20) {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        Err(ClientError::Connect { .. }) => out!(o, "no daemon at {}", socket.socket.display()),
+        Err(e) => return Err(anyhow::Error::msg(e.to_string())),
+    }
+    if pidvirt::loader::remove_pins()? {
+        out!(o, "removed the pins in {}", pidvirt::loader::PIN_DIR);
+    }
+    // Links go asynchronously once their last reference is gone.
+    let start = std::time::Instant::now();
+    loop {
+        let left = pidvirt::loader::loaded_pidvirt_programs();
+        if left.is_empty() {
+            out!(o, "detached: no pidvirt program is loaded");
+            return Ok(());
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            anyhow::bail!("{} pidvirt programs are still loaded: {}", left.len(), left.join(", "));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn oci_hook(socket: &SocketArg) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut input = String::new();
@@ -420,6 +514,7 @@ async fn oci_hook(socket: &SocketArg) -> anyhow::Result<()> {
     match state.status.as_str() {
         "creating" | "created" | "running" => {
             let pid = state.pid.filter(|p| *p > 0).context("the OCI state has no pid")?;
+            let mode = state.annotations.get(MODE_ANNOTATION).cloned();
             let req = Request::Register {
                 id: state.id,
                 pid: Some(pid),
@@ -427,6 +522,7 @@ async fn oci_hook(socket: &SocketArg) -> anyhow::Result<()> {
                 pidns: None,
                 labels: state.annotations,
                 by: Some("oci".into()),
+                mode,
             };
             let _: ContainerRow = call(socket, req).await?;
         }

@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use pidvirt_common::{HOST_CONTAINER, PidnsInfo, TaskEntry};
+use pidvirt_common::{CgroupContainer, HOST_CONTAINER, PidnsInfo, TaskEntry, audit::mode, slots};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -35,6 +35,29 @@ pub struct Saved {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub registered_by: String,
+    /// `observe` or `enforce`.
+    #[serde(default = "observe")]
+    pub mode: String,
+}
+
+fn observe() -> String {
+    "observe".into()
+}
+
+/// A policy mode by name.
+pub fn parse_mode(name: &str) -> Result<u32, ApiError> {
+    match name {
+        "observe" => Ok(mode::OBSERVE),
+        "enforce" => Ok(mode::ENFORCE),
+        other => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("mode must be observe or enforce, not `{other}`"),
+        )),
+    }
+}
+
+pub fn mode_name(m: u32) -> &'static str {
+    if m == mode::ENFORCE { "enforce" } else { "observe" }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -111,9 +134,10 @@ fn cgroup_threads(dir: &Path, out: &mut Vec<u32>, depth: u32) {
     }
 }
 
-/// A task's container when it belongs to no cgroup container.
-fn default_container(e: &TaskEntry) -> u32 {
-    if e.level == 0 { HOST_CONTAINER } else { e.pidns }
+/// A task's container (and counter slot) when it belongs to no cgroup container: its pid
+/// namespace's, or the host's. `ns_slot` gives a namespace's counter slot.
+fn default_container(e: &TaskEntry, ns_slot: impl Fn(u32) -> u32) -> (u32, u32) {
+    if e.level == 0 { (HOST_CONTAINER, slots::HOST) } else { (e.pidns, ns_slot(e.pidns)) }
 }
 
 impl State {
@@ -124,11 +148,16 @@ impl State {
         target: Target,
         labels: BTreeMap<String, String>,
         by: &str,
+        mode: Option<&str>,
     ) -> Result<Container, ApiError> {
         if !matches!(by, "api" | "oci") {
             return Err(ApiError::new(ErrorCode::BadRequest, format!("`by` must be api or oci, not `{by}`")));
         }
         crate::registry::check_id(id)?;
+        let mode = mode.map(parse_mode).transpose()?;
+        if mode == Some(pidvirt_common::audit::mode::ENFORCE) {
+            self.require_enforcement()?;
+        }
         let mut maps = self.maps.lock().map_err(crate::daemon::internal)?;
         let mut reg = self.sync_registry(&maps)?;
         let target = match target {
@@ -159,19 +188,66 @@ impl State {
             }
             Target::Cgroup(spec) => {
                 let (path, cgroup_id) = resolve_cgroup(spec)?;
-                let c = reg.register_cgroup(id, cgroup_id, path.clone(), labels, by)?;
-                maps.set_cgroup(cgroup_id, Some(c.number)).map_err(crate::daemon::internal)?;
+                let reuse = maps.cgroups.get(&cgroup_id, 0).ok().map(|c| (c.container, c.slot));
+                let c = reg
+                    .register_cgroup(id, (cgroup_id, path.clone()), labels, by, reuse, || maps.take_slot())?;
+                let Kind::Cgroup { slot, .. } = c.kind else { unreachable!("a cgroup container") };
+                let member = CgroupContainer { container: c.number, slot };
+                maps.set_cgroup(cgroup_id, Some(member)).map_err(crate::daemon::internal)?;
                 let mut tids = Vec::new();
                 cgroup_threads(&path, &mut tids, 0);
                 for tid in tids {
-                    maps.retag(tid, |_| c.number);
+                    maps.retag(tid, |_| (member.container, member.slot));
                 }
                 c
             }
             Target::Pid(_) => unreachable!("resolved above"),
         };
+        let c = match mode {
+            Some(m) => {
+                set_kernel_mode(&mut maps, c.number, m);
+                let _ = reg.set_mode(&c.id, m);
+                Container { mode: m, ..c }
+            }
+            None => c,
+        };
         drop(maps);
-        tracing::info!(id = c.id.as_str(), by, "registered container ({})", describe(&c));
+        tracing::info!(
+            id = c.id.as_str(),
+            by,
+            mode = mode_name(c.mode),
+            "registered container ({})",
+            describe(&c)
+        );
+        self.save(&reg);
+        Ok(c)
+    }
+
+    /// An error naming why enforcement is unavailable, if it is.
+    pub fn require_enforcement(&self) -> Result<(), ApiError> {
+        if self.enforcement.available {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("enforcement is unavailable on this kernel: {}", self.enforcement.reason),
+            ))
+        }
+    }
+
+    /// Sets container `id`'s policy.
+    pub fn set_policy(&self, id: &str, mode_name_: &str) -> Result<Container, ApiError> {
+        let m = parse_mode(mode_name_)?;
+        if m == mode::ENFORCE {
+            self.require_enforcement()?;
+        }
+        let mut maps = self.maps.lock().map_err(crate::daemon::internal)?;
+        let mut reg = self.sync_registry(&maps)?;
+        let number = reg.set_mode(id, m)?;
+        set_kernel_mode(&mut maps, number, m);
+        let c = reg.get(number).cloned().ok_or_else(|| ApiError::new(ErrorCode::UnknownContainer, id))?;
+        drop(maps);
+        tracing::info!(id, mode = mode_name(m), "policy set");
         self.save(&reg);
         Ok(c)
     }
@@ -181,14 +257,19 @@ impl State {
         let mut maps = self.maps.lock().map_err(crate::daemon::internal)?;
         let mut reg = self.sync_registry(&maps)?;
         let c = reg.unregister(id)?;
-        if let Kind::Cgroup { cgroup_id, path } = &c.kind {
+        set_kernel_mode(&mut maps, c.number, mode::OBSERVE);
+        if let Kind::Cgroup { cgroup_id, path, slot } = &c.kind {
             maps.set_cgroup(*cgroup_id, None).map_err(crate::daemon::internal)?;
             let mut tids = Vec::new();
             cgroup_threads(path, &mut tids, 0);
+            let ns_slots: std::collections::HashMap<u32, u32> =
+                maps.pidns_all().into_iter().map(|(ns, i)| (ns, i.slot)).collect();
             for tid in tids {
-                maps.retag(tid, default_container);
+                maps.retag(tid, |e| {
+                    default_container(e, |ns| ns_slots.get(&ns).copied().unwrap_or(slots::OVERFLOW))
+                });
             }
-            let _ = maps.forget_container(None, c.number).map(|counters| self.retire(counters));
+            self.retire(maps.release_slot(*slot));
         }
         drop(maps);
         tracing::info!(id, "unregistered container");
@@ -196,11 +277,11 @@ impl State {
         Ok(c)
     }
 
-    /// Gives every thread of process `pid` the container its leader moved to.
-    pub fn migrated(&self, pid: u32, container: u32) {
+    /// Gives every thread of process `pid` the container (and counter slot) its leader moved to.
+    pub fn migrated(&self, pid: u32, container: u32, slot: u32) {
         if let Ok(mut maps) = self.maps.lock() {
             for tid in procscan::thread_ids(pid) {
-                maps.retag(tid, |_| container);
+                maps.retag(tid, |_| (container, slot));
             }
         }
     }
@@ -219,6 +300,7 @@ impl State {
                 },
                 labels: c.labels.clone(),
                 registered_by: c.registered_by.clone(),
+                mode: mode_name(c.mode).into(),
             })
             .collect();
         if let Err(e) = write_atomically(path, &StateFile { version: 1, registrations }) {
@@ -248,7 +330,8 @@ impl State {
             }
         };
         for s in saved.registrations {
-            if let Err(e) = self.register(&s.id, s.target.clone(), s.labels, &s.registered_by) {
+            if let Err(e) = self.register(&s.id, s.target.clone(), s.labels, &s.registered_by, Some(&s.mode))
+            {
                 tracing::warn!(id = s.id.as_str(), "dropped registration {:?}: {}", s.target, e.message);
             }
         }
@@ -280,9 +363,10 @@ impl State {
                 continue; // first sweep without a task: wait for the next
             }
             suspects.remove(&ns);
-            if let Some(counters) = maps.forget_container(Some(ns), ns) {
+            if let Some(counters) = maps.forget_pidns(ns) {
                 self.retire(counters);
             }
+            set_kernel_mode(&mut maps, ns, mode::OBSERVE);
             if let Some(c) = reg.remove(ns) {
                 changed |= c.is_registered();
                 if c.is_registered() {
@@ -293,7 +377,7 @@ impl State {
         let gone: Vec<Container> = reg
             .all()
             .filter(|c| match &c.kind {
-                Kind::Cgroup { cgroup_id, path } => {
+                Kind::Cgroup { cgroup_id, path, .. } => {
                     std::fs::metadata(path).map(|m| m.ino() != *cgroup_id).unwrap_or(true)
                 }
                 _ => false,
@@ -301,12 +385,11 @@ impl State {
             .cloned()
             .collect();
         for c in gone {
-            if let Kind::Cgroup { cgroup_id, path } = &c.kind {
+            if let Kind::Cgroup { cgroup_id, path, slot } = &c.kind {
                 tracing::info!(id = c.id.as_str(), "container ended: cgroup {} removed", path.display());
                 let _ = maps.set_cgroup(*cgroup_id, None);
-                if let Some(counters) = maps.forget_container(None, c.number) {
-                    self.retire(counters);
-                }
+                set_kernel_mode(&mut maps, c.number, mode::OBSERVE);
+                self.retire(maps.release_slot(*slot));
                 let _ = reg.unregister(&c.id);
                 changed = true;
             }
@@ -315,6 +398,15 @@ impl State {
         if changed {
             self.save(&reg);
         }
+    }
+}
+
+/// Writes a container's policy where the enforcer reads it (observe: no entry).
+fn set_kernel_mode(maps: &mut crate::kernel::KernelMaps, number: u32, m: u32) {
+    if m == mode::OBSERVE {
+        let _ = maps.modes.remove(&number);
+    } else if let Err(e) = maps.modes.insert(number, m, 0) {
+        tracing::error!("cannot set the policy of container {number}: {e}");
     }
 }
 
@@ -366,6 +458,7 @@ mod tests {
                 target: Target::Pidns(4026532300),
                 labels: BTreeMap::from([("pod".into(), "web".into())]),
                 registered_by: "oci".into(),
+                mode: "enforce".into(),
             }],
         };
         write_atomically(&path, &state).unwrap();

@@ -10,7 +10,7 @@ use std::{
     path::PathBuf,
 };
 
-use pidvirt_common::{HOST_CONTAINER, PidnsInfo, pidns_source};
+use pidvirt_common::{HOST_CONTAINER, PidnsInfo, audit::mode, pidns_source};
 use serde::{Deserialize, Serialize};
 
 /// The host's id.
@@ -25,10 +25,11 @@ pub enum Kind {
     Host,
     /// A pid namespace (and every namespace nested in it).
     Pidns,
-    /// A cgroup v2 directory and its descendants.
+    /// A cgroup v2 directory and its descendants (`slot`: its counter slot).
     Cgroup {
         cgroup_id: u64,
         path: PathBuf,
+        slot: u32,
     },
 }
 
@@ -46,6 +47,8 @@ pub struct Container {
     /// path), `api`, `oci` (registered by an orchestrator).
     pub registered_by: String,
     pub labels: BTreeMap<String, String>,
+    /// pidvirt_common::audit::mode (observe unless set).
+    pub mode: u32,
 }
 
 impl Container {
@@ -156,6 +159,7 @@ impl Registry {
                 parent_pidns: 0,
                 registered_by: "host".into(),
                 labels: BTreeMap::new(),
+                mode: mode::OBSERVE,
             },
         );
         Self { by_number, host_pidns }
@@ -200,6 +204,7 @@ impl Registry {
                 _ => "kernel".into(),
             },
             labels: BTreeMap::new(),
+            mode: mode::OBSERVE,
         };
         if let Some(d) = discovered
             && self.find_id(&d.id).is_none()
@@ -253,45 +258,60 @@ impl Registry {
 
     /// Registers cgroup `cgroup_id` (at `path`) under `id`; returns the container (with its
     /// newly allocated number, or the existing one when re-registering the same target).
+    /// `reuse` is the kernel's (number, counter slot) for this cgroup, if it has one (pinned
+    /// programs adopted); `take_slot` allocates a counter slot otherwise.
     pub fn register_cgroup(
         &mut self,
         id: &str,
-        cgroup_id: u64,
-        path: PathBuf,
+        (cgroup_id, path): (u64, PathBuf),
         labels: BTreeMap<String, String>,
         by: &str,
+        reuse: Option<(u32, u32)>,
+        take_slot: impl FnOnce() -> u32,
     ) -> Result<Container, RegError> {
         check_id(id)?;
-        let existing = self
-            .by_number
-            .values()
-            .find(|c| matches!(&c.kind, Kind::Cgroup { cgroup_id: g, .. } if *g == cgroup_id))
-            .map(|c| (c.number, c.id.clone()));
-        if let Some((_, other)) = &existing
+        let existing = self.by_number.values().find_map(|c| match &c.kind {
+            Kind::Cgroup { cgroup_id: g, slot, .. } if *g == cgroup_id => {
+                Some((c.number, c.id.clone(), *slot))
+            }
+            _ => None,
+        });
+        if let Some((_, other, _)) = &existing
             && other != id
         {
             return Err(RegError::TargetTaken(format!("cgroup {}", path.display()), other.clone()));
         }
         if let Some(other) = self.find_id(id)
-            && existing.as_ref().is_none_or(|(n, _)| *n != other.number)
+            && existing.as_ref().is_none_or(|(n, _, _)| *n != other.number)
         {
             return Err(RegError::IdInUse(id.into()));
         }
-        let number = match existing {
-            Some((n, _)) => n,
-            None => {
-                (1..CGROUP_NUMBERS_END).find(|n| !self.by_number.contains_key(n)).ok_or(RegError::Full)?
+        let (number, slot) = match (existing, reuse) {
+            (Some((n, _, slot)), _) => (n, slot),
+            // The kernel already has this cgroup (pinned programs adopted): same number, same
+            // counters.
+            (None, Some((n, slot)))
+                if (1..CGROUP_NUMBERS_END).contains(&n) && !self.by_number.contains_key(&n) =>
+            {
+                (n, slot)
+            }
+            (None, _) => {
+                let n = (1..CGROUP_NUMBERS_END)
+                    .find(|n| !self.by_number.contains_key(n))
+                    .ok_or(RegError::Full)?;
+                (n, take_slot())
             }
         };
         let c = Container {
             number,
             id: id.into(),
-            kind: Kind::Cgroup { cgroup_id, path },
+            kind: Kind::Cgroup { cgroup_id, path, slot },
             pidns: self.host_pidns,
             level: 0,
             parent_pidns: 0,
             registered_by: by.into(),
             labels,
+            mode: self.by_number.get(&number).map(|c| c.mode).unwrap_or(mode::OBSERVE),
         };
         self.by_number.insert(number, c.clone());
         Ok(c)
@@ -313,10 +333,23 @@ impl Registry {
                     entry.id = Self::auto_id(c.number);
                     entry.registered_by = "kernel".into();
                     entry.labels.clear();
+                    entry.mode = mode::OBSERVE;
                 }
             }
         }
         Ok(c)
+    }
+
+    /// Sets container `id`'s policy; returns its number.
+    pub fn set_mode(&mut self, id: &str, m: u32) -> Result<u32, RegError> {
+        if id == HOST_ID {
+            return Err(RegError::Host);
+        }
+        let number = self.find_id(id).map(|c| c.number).ok_or_else(|| RegError::Unknown(id.into()))?;
+        if let Some(c) = self.by_number.get_mut(&number) {
+            c.mode = m;
+        }
+        Ok(number)
     }
 
     /// Forgets a namespace container whose namespace is gone.
@@ -406,7 +439,7 @@ mod tests {
             r.register_pidns("other", NS, &info(1, 0), BTreeMap::new(), "api"),
             Err(RegError::TargetTaken(format!("pid namespace {NS}"), "web-1".into()))
         );
-        let g = r.register_cgroup("web-1", 55, "/x".into(), BTreeMap::new(), "api");
+        let g = r.register_cgroup("web-1", (55, "/x".into()), BTreeMap::new(), "api", None, || 7);
         assert_eq!(g, Err(RegError::IdInUse("web-1".into())));
         assert_eq!(r.unregister("web-1").unwrap().id, "web-1");
         assert_eq!(r.get(NS).unwrap().id, "pidns-4026532300");
@@ -422,16 +455,27 @@ mod tests {
     #[test]
     fn cgroup_containers_get_small_numbers() {
         let mut r = Registry::new(HOST);
-        let a = r.register_cgroup("a", 100, "/sys/fs/cgroup/a".into(), BTreeMap::new(), "api").unwrap();
-        let b = r.register_cgroup("b", 200, "/sys/fs/cgroup/b".into(), BTreeMap::new(), "api").unwrap();
+        let a = r
+            .register_cgroup("a", (100, "/sys/fs/cgroup/a".into()), BTreeMap::new(), "api", None, || 7)
+            .unwrap();
+        let b = r
+            .register_cgroup("b", (200, "/sys/fs/cgroup/b".into()), BTreeMap::new(), "api", None, || 7)
+            .unwrap();
         assert_eq!((a.number, b.number), (1, 2));
         assert_eq!(a.pidns, HOST);
-        let again = r.register_cgroup("a", 100, "/sys/fs/cgroup/a".into(), BTreeMap::new(), "api").unwrap();
+        let again = r
+            .register_cgroup("a", (100, "/sys/fs/cgroup/a".into()), BTreeMap::new(), "api", None, || 7)
+            .unwrap();
         assert_eq!(again.number, 1);
-        assert!(r.register_cgroup("c", 100, "/sys/fs/cgroup/a".into(), BTreeMap::new(), "api").is_err());
+        assert!(
+            r.register_cgroup("c", (100, "/sys/fs/cgroup/a".into()), BTreeMap::new(), "api", None, || 7)
+                .is_err()
+        );
         r.unregister("a").unwrap();
         assert!(r.find("a").is_none());
-        let c = r.register_cgroup("c", 300, "/sys/fs/cgroup/c".into(), BTreeMap::new(), "api").unwrap();
+        let c = r
+            .register_cgroup("c", (300, "/sys/fs/cgroup/c".into()), BTreeMap::new(), "api", None, || 7)
+            .unwrap();
         assert_eq!(c.number, 1, "numbers are reused");
         // A cgroup container is found by id, never by the host's inode.
         assert_eq!(r.find(&HOST.to_string()).unwrap().id, "host");

@@ -62,7 +62,7 @@ pub fn entry_from_proc(t: &ProcTask, ns: &[u32], tick_ns: u32) -> (TaskEntry, Ve
 
 /// Seeds every task in /proc into the maps, then reconciles. `iterator` says whether the
 /// kernel's task iterator already recorded the existing tasks.
-pub fn seed(maps: &mut KernelMaps, tick_ns: u32, iterator: &Result<(), String>) -> SeedReport {
+pub fn seed(maps: &std::sync::Mutex<KernelMaps>, tick_ns: u32, iterator: &Result<(), String>) -> SeedReport {
     let started = Instant::now();
     let mut report = SeedReport {
         iterator: match iterator {
@@ -80,6 +80,8 @@ pub fn seed(maps: &mut KernelMaps, tick_ns: u32, iterator: &Result<(), String>) 
             continue;
         };
         let (entry, ids) = entry_from_proc(&t, &ns, tick_ns);
+        // The lock is taken per task: the daemon answers meanwhile.
+        let Ok(mut maps) = maps.lock() else { break };
         match maps.seed(&entry, &ids, &ns) {
             Ok(true) => inserted.push((t, ns, entry.start_time)),
             Ok(false) => {
@@ -115,7 +117,7 @@ pub fn seed(maps: &mut KernelMaps, tick_ns: u32, iterator: &Result<(), String>) 
         );
         if alive {
             report.inserted += 1;
-        } else {
+        } else if let Ok(mut maps) = maps.lock() {
             maps.forget_seeded(t.host_tid, *start, ns);
             report.died_during_walk += 1;
         }

@@ -110,7 +110,10 @@ async fn connection(stream: UnixStream, state: Arc<State>) {
         if line.trim().is_empty() {
             continue;
         }
-        let response = match parse_request(&line) {
+        let request = parse_request(&line);
+        // The daemon stops only once the client has its answer.
+        let shutdown = matches!(request, Ok(Request::Shutdown));
+        let response = match request {
             Ok(Request::Audit { container, verdict, follow: true, .. }) => {
                 match state.audit_filter(container, verdict) {
                     Ok(filter) => {
@@ -130,7 +133,12 @@ async fn connection(stream: UnixStream, state: Arc<State>) {
             }
             Err(e) => Response::err(e),
         };
-        if send(&mut framed, response).await.is_err() {
+        let sent = send(&mut framed, response).await;
+        if shutdown {
+            state.shutdown.notify_one();
+            return;
+        }
+        if sent.is_err() {
             return;
         }
     }

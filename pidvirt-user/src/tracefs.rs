@@ -79,22 +79,43 @@ fn read_format(root: &Path, event: &str) -> Result<Vec<FormatField>, TracefsErro
     Ok(parse_format(&text))
 }
 
-/// Offsets of `args[0]` in sys_enter records and of `ret` in sys_exit records, checked on
-/// every hooked tracepoint (`enter` and `exit` name the syscalls hooked at each side).
+/// Where the fields of syscall tracepoint records are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallLayout {
+    /// `__syscall_nr` (4 bytes) in sys_enter and sys_exit records.
+    pub nr: u32,
+    /// `args[0]` in sys_enter records (8 bytes per argument).
+    pub args: u32,
+    /// `ret` in sys_exit records (8 bytes).
+    pub ret: u32,
+}
+
+/// The layout of syscall tracepoint records, checked on every hooked tracepoint (`enter` and
+/// `exit` name the syscalls hooked at each side).
 pub fn syscall_layout<'a>(
     root: &Path,
     enter: impl IntoIterator<Item = &'a str>,
     exit: impl IntoIterator<Item = &'a str>,
-) -> Result<(u32, u32), TracefsError> {
+) -> Result<SyscallLayout, TracefsError> {
+    let mut nr_offset = None;
+    let mut check_nr = |event: &str, fields: &[FormatField]| -> Result<usize, TracefsError> {
+        let bad = |msg: String| TracefsError::Format { path: format!("syscalls:{event}"), msg };
+        let i = fields
+            .iter()
+            .position(|f| f.name == "__syscall_nr")
+            .ok_or_else(|| bad("no __syscall_nr".into()))?;
+        let f = &fields[i];
+        if *nr_offset.get_or_insert(f.offset) != f.offset || f.size != 4 {
+            return Err(bad(format!("__syscall_nr at offset {} size {}", f.offset, f.size)));
+        }
+        Ok(i)
+    };
     let mut args_offset = None;
     for name in enter {
         let event = format!("sys_enter_{name}");
         let fields = read_format(root, &event)?;
+        let nr = check_nr(&event, &fields)?;
         let bad = |msg: String| TracefsError::Format { path: format!("syscalls:{event}"), msg };
-        let nr = fields
-            .iter()
-            .position(|f| f.name == "__syscall_nr")
-            .ok_or_else(|| bad("no __syscall_nr".into()))?;
         let args = &fields[nr + 1..];
         let first = args.first().ok_or_else(|| bad("no argument".into()))?.offset;
         let expected = *args_offset.get_or_insert(first);
@@ -114,6 +135,7 @@ pub fn syscall_layout<'a>(
     for name in exit {
         let event = format!("sys_exit_{name}");
         let fields = read_format(root, &event)?;
+        check_nr(&event, &fields)?;
         let ret = fields.iter().find(|f| f.name == "ret").ok_or_else(|| TracefsError::Format {
             path: format!("syscalls:{event}"),
             msg: "no `ret` field".into(),
@@ -125,7 +147,11 @@ pub fn syscall_layout<'a>(
             });
         }
     }
-    Ok((args_offset.unwrap_or(0), ret_offset.unwrap_or(0)))
+    Ok(SyscallLayout {
+        nr: nr_offset.unwrap_or(0),
+        args: args_offset.unwrap_or(0),
+        ret: ret_offset.unwrap_or(0),
+    })
 }
 
 #[cfg(test)]
@@ -169,8 +195,8 @@ print fmt: \"pid: 0x%08lx, sig: 0x%08lx\", ((unsigned long)(REC->pid)), ((unsign
     #[test]
     fn layout_of_the_running_kernel() {
         let root = tracefs_root().expect("tracefs");
-        let (args, ret) = syscall_layout(&root, ["kill", "waitid", "capget"], ["getpid", "wait4"]).unwrap();
-        assert_eq!((args, ret), (16, 16));
+        let l = syscall_layout(&root, ["kill", "waitid", "capget"], ["getpid", "wait4"]).unwrap();
+        assert_eq!((l.nr, l.args, l.ret), (8, 16, 16));
         let e = syscall_layout(&root, ["no_such_syscall"], []).unwrap_err();
         assert!(e.to_string().contains("syscalls:sys_enter_no_such_syscall does not exist"), "{e}");
     }

@@ -23,6 +23,18 @@ pub fn pidvirt_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pidvirt")
 }
 
+/// Records that `test` found a kernel feature missing and checked the "unavailable" path
+/// instead (the suite's runner reports it per kernel: "unavailable on <kernel>: <reason>").
+pub fn note_unavailable(test: &str, reason: &str) {
+    eprintln!("{test}: unavailable on this kernel: {reason}");
+    if let Some(path) = std::env::var_os("PIDVIRT_TEST_NOTES") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{test}\t{}", reason.replace(['\t', '\n'], " "));
+        }
+    }
+}
+
 /// How long to wait for something the daemon does asynchronously: 5 s, times
 /// $PIDVIRT_TIME_SCALE (set for software-emulated VM kernels, where everything is slower).
 pub fn settle() -> Duration {
@@ -252,9 +264,17 @@ impl Daemon {
         self.stop_inner().expect("daemon already stopped")
     }
 
+    /// SIGKILLs the daemon (no chance to clean up) and reaps it.
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the daemon and hands back its directory (state file, logs) for a restart.
-    pub fn stop_keep_dir(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
-        let status = self.stop_inner().expect("daemon already stopped");
+    pub fn stop_keep_dir(mut self) -> (Option<std::process::ExitStatus>, tempfile::TempDir) {
+        let status = self.stop_inner();
         let dir = tempfile::Builder::new().prefix("pidvirt-test-").tempdir().expect("tempdir");
         let old = std::mem::replace(&mut self.dir, dir);
         (status, old)

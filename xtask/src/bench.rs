@@ -449,7 +449,7 @@ fn peer_script() -> (String, usize) {
     let exists = |tp: &str| tracefs.is_none_or(|t| t.join("events/syscalls").join(tp).is_dir());
     let mut counted = Vec::new();
     for s in SYSCALLS.iter() {
-        for (hooked, dir) in [(s.enter, "enter"), (s.exit, "exit")] {
+        for (hooked, dir) in [(s.enter.is_some(), "enter"), (s.exit.is_some(), "exit")] {
             let tp = format!("sys_{dir}_{}", s.name);
             if hooked && exists(&tp) && tp != "sys_enter_kill" {
                 counted.push(format!("tracepoint:syscalls:{tp}"));
@@ -461,7 +461,7 @@ fn peer_script() -> (String, usize) {
          // of the syscalls pidvirt watches (count per syscall and task, kill targets, fork/exit).\n",
     );
     let mut n = counted.len() + 2;
-    if SYSCALLS.iter().any(|s| s.name == "kill" && s.enter) && exists("sys_enter_kill") {
+    if SYSCALLS.iter().any(|s| s.name == "kill" && s.enter.is_some()) && exists("sys_enter_kill") {
         script.push_str("tracepoint:syscalls:sys_enter_kill { @kill[args->pid] = count(); @counts[probe, tid] = count(); }\n");
         n += 1;
     }
@@ -1037,7 +1037,7 @@ fn p4_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) -> anyh
 // ---------------------------------------------------------------------------------------------
 // 3 and 4. P5 attach time, P6 memory per task
 
-const MAPS: [&str; 5] = ["TASKS", "VIRT", "DEEP", "PIDNS", "CCOUNTERS"];
+const MAPS: [&str; 5] = ["TASKS", "VIRT", "DEEP", "PIDNS", "COUNTS"];
 
 /// The daemon's maps (those it holds fds of), by name, from `bpftool map show --json`.
 fn daemon_maps(pid: u32) -> anyhow::Result<BTreeMap<String, Value>> {

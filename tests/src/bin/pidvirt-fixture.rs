@@ -20,6 +20,8 @@
 //!   arguments; answers its raw return value (`-errno` on failure).
 //! - `repeat N NAME ARGS...` — the same N times; answers the last value.
 //! - `pid` — answers getpid() (the init's vpid, 1).
+//! - `prlimit_set P` — prlimit64(P, RLIMIT_NOFILE) setting P's current limits again (the
+//!   kernel asks the LSMs); answers 0 or `-errno`.
 //!
 //! Every process of the fixture dies with the fixture (PR_SET_PDEATHSIG) and when stdin closes.
 //!
@@ -263,6 +265,17 @@ fn execute(line: &str) -> String {
             last.to_string()
         }
         Some("pid") => unsafe { libc::getpid() }.to_string(),
+        Some("prlimit_set") => {
+            // prlimit64(PID, RLIMIT_NOFILE, its current limits): a set, so the kernel asks
+            // the LSMs (task_setrlimit), but nothing changes.
+            let Some(pid) = num(1) else { return "err bad pid".into() };
+            let mut lim: libc::rlimit64 = unsafe { std::mem::zeroed() };
+            if unsafe { libc::prlimit64(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim) } != 0 {
+                return (-errno()).to_string();
+            }
+            raw_syscall(libc::SYS_prlimit64, &[pid, libc::RLIMIT_NOFILE as i64, &lim as *const _ as i64, 0])
+                .to_string()
+        }
         _ => format!("err unknown command {line:?}"),
     }
 }
@@ -329,7 +342,10 @@ fn main() {
     // `pidvirt-fixture call NAME ARGS...`: one syscall from this process (e.g. under nsenter),
     // its raw return value on stdout.
     if args.get(1).map(String::as_str) == Some("call") {
-        let line = format!("sys {}", args[2..].join(" "));
+        let line = match args.get(2).map(String::as_str) {
+            Some("prlimit_set") => args[2..].join(" "),
+            _ => format!("sys {}", args[2..].join(" ")),
+        };
         println!("{}", execute(&line));
         return;
     }

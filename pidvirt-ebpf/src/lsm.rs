@@ -1,0 +1,98 @@
+//! The enforcer: BPF-LSM programs on the hooks that receive the target task. A task of a
+//! container in `enforce` mode may act on tasks of its own container and of containers nested
+//! in it; any other target is denied with EPERM, reported (verdict `denied`) and counted. The
+//! host acts on all; `observe` containers are only audited (by the syscall programs).
+//!
+//! Loaded only where the kernel accepts LSM programs; the daemon says so (`pidvirt status`).
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext};
+use pidvirt_common::{
+    TaskEntry,
+    audit::{DIR_LSM, LSM_HOOKS, NLSM, Verdict, mode},
+    counter,
+};
+
+use crate::{
+    audit::{Crossing, Found, report, visible},
+    kernel::{off, offsets_ready, read},
+    maps::{COUNTS, MODES, TASKS, count_map_error},
+};
+
+/// EPERM
+const EPERM: i32 = 1;
+
+/// The decision for an action of `current` on `target` at hook `hook`; `prev` is the verdict of
+/// the BPF programs before this one (kept if it denies).
+#[inline(always)]
+fn decide(hook: usize, target: *const u8, prev: i32) -> i32 {
+    if prev != 0 || !offsets_ready() {
+        return prev;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(c) = TASKS.get_ptr(tid) else { return 0 };
+    let c = unsafe { &*c };
+    match MODES.get_ptr(c.container) {
+        Some(m) if unsafe { *m } == mode::ENFORCE => {}
+        _ => return 0,
+    }
+    let Ok(target_tid) = read::<u32>(target, off!(task_pid)) else {
+        count_map_error(counter::ERR_KERNEL_READ);
+        return 0;
+    };
+    let Some(t) = TASKS.get_ptr(target_tid) else {
+        count_map_error(counter::ERR_TASK_MISSING);
+        return 0;
+    };
+    let t = unsafe { &*t };
+    if visible(c, t) {
+        return 0;
+    }
+    deny(hook, tid, c, target_tid, t);
+    -EPERM
+}
+
+/// Counts the denial for the caller's container and reports it (target: the task acted on).
+#[inline(always)]
+fn deny(hook: usize, tid: u32, c: &TaskEntry, target_tid: u32, t: &TaskEntry) {
+    if let Some(p) = COUNTS.get_ptr_mut(c.slot)
+        && hook < NLSM
+    {
+        unsafe { (*p).denied[hook] += 1 };
+    }
+    let x = Crossing {
+        syscall: hook as u16,
+        direction: DIR_LSM,
+        verdict: Verdict::Denied,
+        value: target_tid as i64,
+    };
+    report(x, tid, c, Found { tid: target_tid, entry: t }, Found::NONE);
+}
+
+macro_rules! guard {
+    ($prog:ident, $hook:literal, $index:expr) => {
+        #[lsm(hook = $hook)]
+        pub fn $prog(ctx: LsmContext) -> i32 {
+            let target: *const u8 = ctx.arg(0);
+            let prev: i32 = ctx.arg(LSM_HOOKS[$index].args);
+            decide($index, target, prev)
+        }
+    };
+}
+
+guard!(lsm_task_kill, "task_kill", 0);
+guard!(lsm_ptrace_access_check, "ptrace_access_check", 1);
+guard!(lsm_task_setpgid, "task_setpgid", 2);
+guard!(lsm_task_setnice, "task_setnice", 3);
+guard!(lsm_task_setscheduler, "task_setscheduler", 4);
+guard!(lsm_task_getscheduler, "task_getscheduler", 5);
+guard!(lsm_task_setioprio, "task_setioprio", 6);
+guard!(lsm_task_getioprio, "task_getioprio", 7);
+guard!(lsm_task_movememory, "task_movememory", 8);
+guard!(lsm_task_setrlimit, "task_setrlimit", 9);
+guard!(lsm_task_getsid, "task_getsid", 10);
+guard!(lsm_task_getpgid, "task_getpgid", 11);
+guard!(lsm_capget, "capget", 12);
+guard!(lsm_file_send_sigiotask, "file_send_sigiotask", 13);
+
+// The hooks above, in the order of pidvirt_common::audit::LSM_HOOKS.
+const _: () = assert!(NLSM == 14);

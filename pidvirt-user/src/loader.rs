@@ -1,0 +1,526 @@
+//! Loading and attaching the kernel programs: the tracer (lifecycle and syscall programs), the
+//! enforcer (BPF-LSM, where the kernel accepts it), the benchmark's floor; pinning in bpffs so
+//! that counting and enforcement outlive the daemon, adopting pinned programs, detaching.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, Map, MapData, Queue, RingBuf},
+    programs::{
+        BtfTracePoint, Iter, Lsm, ProgramError, TracePoint,
+        links::{FdLink, PinnedLink},
+    },
+};
+use pidvirt_common::{
+    KernelOffsets,
+    audit::{LSM_HOOKS, SYSCALLS},
+    meta,
+    offsets::syscall_record,
+    slots,
+};
+
+use crate::kernel::{KernelMaps, LIFECYCLE_HOOKS, LoadError, PROGRAM_OBJECT, syscall_hooks, syscall_number};
+
+/// Where `--pin` keeps maps (`maps/NAME`) and links (`links/PROGRAM@HOOK`).
+pub const PIN_DIR: &str = "/sys/fs/bpf/pidvirt";
+
+/// Sizes and choices made at load time.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub max_tasks: u32,
+    pub ringbuf_bytes: u32,
+    /// Containers counted apart at once (counter slots, including the host and overflow ones).
+    pub counter_slots: u32,
+    /// Seed existing tasks with the kernel's task iterator before the /proc walk.
+    pub task_iterator: bool,
+    /// Pin maps and links in bpffs: counting and enforcement go on while the daemon is down,
+    /// and a restarted daemon adopts them.
+    pub pin: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_tasks: 262_144,
+            ringbuf_bytes: 1 << 20,
+            counter_slots: slots::DEFAULT,
+            task_iterator: true,
+            pin: false,
+        }
+    }
+}
+
+/// Whether the enforcer runs, and why not.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Enforcement {
+    pub available: bool,
+    pub reason: String,
+}
+
+/// Formats a program error, with the verifier log when the kernel refused the program.
+pub fn program_error(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            format!("{io_error}\n--- verifier log ---\n{verifier_log}")
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// The loaded (or adopted) programs.
+pub struct Loaded {
+    /// The object (None when pinned programs were adopted); dropping it detaches every program
+    /// that is not pinned.
+    pub ebpf: Option<Ebpf>,
+    pub maps: KernelMaps,
+    pub events: RingBuf<MapData>,
+    /// Programs attached, with their hooks, for `status`.
+    pub attached: Vec<(String, String)>,
+    /// Whether the task iterator seeded the existing tasks (or why not).
+    pub iterator: Result<(), String>,
+    pub enforcement: Enforcement,
+    /// Pinned programs of a previous daemon were adopted (nothing was loaded).
+    pub adopted: bool,
+}
+
+/// Loading eBPF programs (and mounting tracefs) needs root: say so first.
+pub fn require_root() -> Result<(), LoadError> {
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(LoadError::NotRoot(euid));
+    }
+    Ok(())
+}
+
+/// Every offset the programs need, from the kernel's BTF; and the syscall record layout the
+/// programs are compiled for, checked against every hooked tracepoint's format.
+pub fn resolve_offsets(tick_ns: u32) -> Result<KernelOffsets, LoadError> {
+    let offsets = crate::btf::resolve_running_kernel(tick_ns)?;
+    let root = crate::tracefs::tracefs_root()?;
+    let enter = SYSCALLS.iter().filter(|s| s.enter.is_some()).map(|s| s.name);
+    let exit = SYSCALLS.iter().filter(|s| s.exit.is_some()).map(|s| s.name);
+    let layout = crate::tracefs::syscall_layout(&root, enter, exit)?;
+    let expected = crate::tracefs::SyscallLayout {
+        nr: syscall_record::NR,
+        args: syscall_record::ARGS,
+        ret: syscall_record::RET,
+    };
+    if layout != expected {
+        return Err(LoadError::Tracefs(crate::tracefs::TracefsError::Format {
+            path: "syscalls:*".into(),
+            msg: format!("records are laid out as {layout:?}; the programs were built for {expected:?}"),
+        }));
+    }
+    Ok(offsets)
+}
+
+/// FNV-1a of the object: tells a build's pinned programs from another's.
+pub fn object_hash() -> u64 {
+    PROGRAM_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+fn pin_dir() -> PathBuf {
+    PathBuf::from(PIN_DIR)
+}
+
+/// Pins of a previous daemon, if any.
+pub fn pinned() -> bool {
+    pin_dir().join("maps/META").exists()
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless it is there.
+fn ensure_bpffs() -> Result<(), LoadError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let path = c"/sys/fs/bpf";
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let _ = std::fs::create_dir_all("/sys/fs/bpf");
+    let fstype = c"bpf";
+    if unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
+        return Err(LoadError::Pin(format!(
+            "mount bpffs at /sys/fs/bpf: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    tracing::info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
+}
+
+/// Keeps links alive: pinned (when pinning) or owned.
+struct Links {
+    pin: bool,
+    pinned: Vec<PinnedLink>,
+}
+
+impl Links {
+    /// Pins `link` as `links/<program>@<hook>` when pinning; otherwise the program keeps it.
+    fn keep(
+        &mut self,
+        program: &str,
+        hook: &str,
+        link: impl TryInto<FdLink, Error = impl std::fmt::Display>,
+    ) -> Result<(), LoadError> {
+        if !self.pin {
+            return Ok(());
+        }
+        let fd: FdLink = link.try_into().map_err(|e| LoadError::Pin(format!("{program}@{hook}: {e}")))?;
+        let path = pin_dir().join("links").join(format!("{program}@{}", hook.replace('/', ":")));
+        let pinned = fd.pin(&path).map_err(|e| LoadError::Pin(format!("{}: {e}", path.display())))?;
+        self.pinned.push(pinned);
+        Ok(())
+    }
+}
+
+/// Loads the object with `offsets`, attaches every program (lifecycle, then the task iterator,
+/// syscalls, and the enforcer where the kernel takes it), pins them with `opts.pin`; or adopts
+/// the pinned programs of a previous daemon.
+pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    require_root()?;
+    if opts.pin {
+        ensure_bpffs()?;
+        if pinned() {
+            return adopt();
+        }
+    }
+    let t0 = Instant::now();
+    let mut ebpf = EbpfLoader::new()
+        .override_global("OFFSETS", &offsets, true)
+        .map_max_entries("TASKS", opts.max_tasks)
+        .map_max_entries("VIRT", opts.max_tasks)
+        .map_max_entries("EVENTS", opts.ringbuf_bytes)
+        .map_max_entries("COUNTS", opts.counter_slots)
+        .map_max_entries("FREE_SLOTS", opts.counter_slots)
+        .load(PROGRAM_OBJECT)
+        .map_err(LoadError::Object)?;
+    prepare_maps(&mut ebpf, opts.counter_slots)?;
+    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
+        tracing::debug!("no eBPF log channel: {e}");
+    }
+    let mut links = Links { pin: opts.pin, pinned: Vec::new() };
+    if opts.pin {
+        let _ = std::fs::remove_dir_all(pin_dir());
+        std::fs::create_dir_all(pin_dir().join("maps")).map_err(|e| LoadError::Pin(e.to_string()))?;
+        std::fs::create_dir_all(pin_dir().join("links")).map_err(|e| LoadError::Pin(e.to_string()))?;
+        // Every map but the object's read-only data (the programs hold it; bpffs refuses dot names).
+        for (name, map) in ebpf.maps().filter(|(name, _)| !name.starts_with('.')) {
+            map.pin(pin_dir().join("maps").join(name))
+                .map_err(|e| LoadError::Pin(format!("map {name}: {e}")))?;
+        }
+    }
+    let t_object = t0.elapsed();
+    let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
+    let t_btf = t0.elapsed();
+    let mut attached = Vec::new();
+    for (name, tp) in LIFECYCLE_HOOKS {
+        let refused = |message: String| LoadError::Refused { program: name.into(), message };
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| refused("not in object".into()))?
+            .try_into()
+            .map_err(|e| refused(program_error(&e)))?;
+        prog.load(tp, &btf).map_err(|e| refused(program_error(&e)))?;
+        let hook = format!("tp_btf/{tp}");
+        let id = prog.attach().map_err(|e| LoadError::Attach {
+            program: name.into(),
+            hook: hook.clone(),
+            message: program_error(&e),
+        })?;
+        if opts.pin {
+            links.keep(name, &hook, prog.take_link(id).map_err(|e| refused(program_error(&e)))?)?;
+        }
+        attached.push((name.to_string(), hook));
+    }
+    // Attached first; now record every task that already exists, exactly as the fork program
+    // would (same code, same precision). The /proc walk that follows seeds what this missed.
+    let t_lifecycle = t0.elapsed();
+    let iterator = if opts.task_iterator {
+        run_task_iterator(&mut ebpf, &btf)
+    } else {
+        Err("disabled (--seed proc)".to_string())
+    };
+    let t_iterator = t0.elapsed();
+    for (program, tp) in syscall_hooks() {
+        attach_tracepoint(&mut ebpf, program, program, &tp, &mut links)?;
+        attached.push((program.to_string(), format!("syscalls:{tp}")));
+    }
+    let t_syscalls = t0.elapsed();
+    let enforcement = attach_enforcer(&mut ebpf, &btf, &mut links, &mut attached);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    tracing::info!(
+        "loaded in {:.0} ms: object and maps {:.0}, kernel BTF {:.0}, lifecycle programs {:.0}, task iterator \
+         {:.0}, syscall programs {:.0}, enforcer {:.0}",
+        ms(t0.elapsed()),
+        ms(t_object),
+        ms(t_btf - t_object),
+        ms(t_lifecycle - t_btf),
+        ms(t_iterator - t_lifecycle),
+        ms(t_syscalls - t_iterator),
+        ms(t0.elapsed() - t_syscalls)
+    );
+    let maps = KernelMaps::open(|name| ebpf.take_map(name).ok_or(LoadError::MissingMap(name)))?;
+    let mut maps = maps;
+    let _ = maps.meta.set(meta::OBJECT_HASH, object_hash(), 0);
+    let _ = maps.meta.set(meta::ENFORCEMENT, enforcement.available as u64, 0);
+    let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?)
+        .map_err(|source| LoadError::Map { name: "EVENTS", source })?;
+    // The pins hold the links from here on; our link handles can go.
+    drop(links);
+    Ok(Loaded { ebpf: Some(ebpf), maps, events, attached, iterator, enforcement, adopted: false })
+}
+
+/// Opens the maps and lists the links a previous daemon pinned (same build only).
+fn adopt() -> Result<Loaded, LoadError> {
+    let open = |name: &'static str| -> Result<Map, LoadError> {
+        let data = MapData::from_pin(pin_dir().join("maps").join(name))
+            .map_err(|source| LoadError::Map { name, source })?;
+        Map::from_map_data(data).map_err(|source| LoadError::Map { name, source })
+    };
+    let meta_map: Array<MapData, u64> =
+        Array::try_from(open("META")?).map_err(|source| LoadError::Map { name: "META", source })?;
+    let hash = meta_map.get(&meta::OBJECT_HASH, 0).unwrap_or(0);
+    if hash != object_hash() {
+        return Err(LoadError::Pin(format!(
+            "the programs pinned in {PIN_DIR} come from another pidvirt build; run `pidvirt detach` first"
+        )));
+    }
+    let available = meta_map.get(&meta::ENFORCEMENT, 0).unwrap_or(0) == 1;
+    let maps = KernelMaps::open(open)?;
+    let events =
+        RingBuf::try_from(open("EVENTS")?).map_err(|source| LoadError::Map { name: "EVENTS", source })?;
+    let mut attached: Vec<(String, String)> = std::fs::read_dir(pin_dir().join("links"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.split_once('@').map(|(p, h)| (p.to_string(), h.replacen(':', "/", 1)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    attached.sort();
+    tracing::info!("adopted {} pinned programs from {PIN_DIR}", attached.len());
+    Ok(Loaded {
+        ebpf: None,
+        maps,
+        events,
+        attached,
+        iterator: Err("pinned programs adopted: their maps are current".into()),
+        enforcement: Enforcement {
+            available,
+            reason: if available {
+                "pinned LSM programs".into()
+            } else {
+                "not attached by the pinning daemon".into()
+            },
+        },
+        adopted: true,
+    })
+}
+
+/// Removes every pin; the programs go once no daemon holds them.
+pub fn remove_pins() -> std::io::Result<bool> {
+    match std::fs::remove_dir_all(pin_dir()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Names (as the kernel keeps them: 15 bytes) of pidvirt's programs that are loaded.
+pub fn loaded_pidvirt_programs() -> Vec<String> {
+    let mut ours: Vec<String> = LIFECYCLE_HOOKS.iter().map(|(p, _)| p.to_string()).collect();
+    ours.extend(SYSCALLS.iter().flat_map(|s| s.enter.into_iter().chain(s.exit)).map(str::to_string));
+    ours.extend(LSM_HOOKS.iter().map(|h| format!("lsm_{}", h.name)));
+    ours.push("seed_tasks".into());
+    let ours: std::collections::HashSet<String> =
+        ours.into_iter().map(|n| n.chars().take(15).collect()).collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| String::from_utf8_lossy(p.name()).into_owned())
+        .filter(|n| ours.contains(n))
+        .collect()
+}
+
+/// Fills what the programs need before any is attached: the free counter slots, and the
+/// syscall-number table of the shared syscall programs.
+fn prepare_maps(ebpf: &mut Ebpf, counter_slots: u32) -> Result<(), LoadError> {
+    let map = ebpf.map_mut("FREE_SLOTS").ok_or(LoadError::MissingMap("FREE_SLOTS"))?;
+    let mut free: Queue<&mut MapData, u32> =
+        Queue::try_from(map).map_err(|source| LoadError::Map { name: "FREE_SLOTS", source })?;
+    for slot in slots::FIRST_FREE..counter_slots {
+        free.push(slot, 0).map_err(|source| LoadError::Map { name: "FREE_SLOTS", source })?;
+    }
+    let map = ebpf.map_mut("SYSNR").ok_or(LoadError::MissingMap("SYSNR"))?;
+    let mut sysnr: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(|source| LoadError::Map { name: "SYSNR", source })?;
+    for (id, spec) in SYSCALLS.iter().enumerate() {
+        let nr = syscall_number(spec.name).ok_or(LoadError::MissingMap("SYSNR"))?;
+        sysnr.set(nr as u32, id as u32 + 1, 0).map_err(|source| LoadError::Map { name: "SYSNR", source })?;
+    }
+    Ok(())
+}
+
+/// The LSMs the kernel runs (securityfs, mounted if needed).
+fn active_lsms() -> Result<String, String> {
+    let path = Path::new("/sys/kernel/security/lsm");
+    if !path.exists() {
+        let target = c"/sys/kernel/security";
+        let fstype = c"securityfs";
+        unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    }
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Attaches the enforcer's LSM programs if BPF-LSM is active and the kernel accepts them.
+fn attach_enforcer(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    links: &mut Links,
+    attached: &mut Vec<(String, String)>,
+) -> Enforcement {
+    let unavailable = |reason: String| {
+        tracing::warn!("enforcement unavailable: {reason}");
+        Enforcement { available: false, reason }
+    };
+    let lsms = match active_lsms() {
+        Ok(l) => l,
+        Err(e) => return unavailable(e),
+    };
+    if !lsms.split(',').any(|l| l == "bpf") {
+        return unavailable(format!("BPF-LSM is not active (lsm={lsms}); boot with lsm=...,bpf"));
+    }
+    for hook in LSM_HOOKS {
+        let program = format!("lsm_{}", hook.name);
+        let Some(prog) = ebpf.program_mut(&program) else {
+            return unavailable(format!("program {program} missing from the object"));
+        };
+        let prog: &mut Lsm = match prog.try_into() {
+            Ok(p) => p,
+            Err(e) => return unavailable(format!("{program}: {}", program_error(&e))),
+        };
+        if let Err(e) = prog.load(hook.name, btf) {
+            return unavailable(format!(
+                "the kernel refused the LSM program for {}: {}",
+                hook.name,
+                first_line(&program_error(&e))
+            ));
+        }
+        let id = match prog.attach() {
+            Ok(id) => id,
+            Err(e) => {
+                return unavailable(format!(
+                    "attaching the LSM program to {}: {}",
+                    hook.name,
+                    program_error(&e)
+                ));
+            }
+        };
+        if links.pin {
+            match prog.take_link(id) {
+                Ok(link) => {
+                    if let Err(e) = links.keep(&program, &format!("lsm/{}", hook.name), link) {
+                        return unavailable(e.to_string());
+                    }
+                }
+                Err(e) => return unavailable(program_error(&e)),
+            }
+        }
+        attached.push((program, format!("lsm/{}", hook.name)));
+    }
+    Enforcement { available: true, reason: format!("BPF-LSM active (lsm={lsms})") }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// The benchmark's floor: EMPTY programs attached to exactly the hooks pidvirt uses (the
+/// lifecycle tp_btf hooks and every syscall tracepoint of the hook list). Dropping the result
+/// detaches them.
+pub fn attach_floor() -> Result<(Ebpf, Vec<(String, String)>), LoadError> {
+    require_root()?;
+    let mut ebpf = EbpfLoader::new().load(PROGRAM_OBJECT).map_err(LoadError::Object)?;
+    let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
+    let mut attached = Vec::new();
+    for (_, tp) in LIFECYCLE_HOOKS {
+        let name = format!("floor_{tp}");
+        let refused = |message: String| LoadError::Refused { program: name.clone(), message };
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(&name)
+            .ok_or_else(|| refused("not in object".into()))?
+            .try_into()
+            .map_err(|e| refused(program_error(&e)))?;
+        prog.load(tp, &btf).map_err(|e| refused(program_error(&e)))?;
+        prog.attach().map_err(|e| refused(program_error(&e)))?;
+        attached.push((name, format!("tp_btf/{tp}")));
+    }
+    crate::tracefs::tracefs_root()?;
+    let mut links = Links { pin: false, pinned: Vec::new() };
+    for (program, tp) in syscall_hooks() {
+        attach_tracepoint(&mut ebpf, "floor_empty", program, &tp, &mut links)?;
+        attached.push(("floor_empty".into(), format!("syscalls:{tp}")));
+    }
+    Ok((ebpf, attached))
+}
+
+/// Loads program `program` (once) and attaches it to syscalls:`tp`.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &str,
+    label: &str,
+    tp: &str,
+    links: &mut Links,
+) -> Result<(), LoadError> {
+    let refused = |message: String| LoadError::Refused { program: label.into(), message };
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| refused("not in object".into()))?
+        .try_into()
+        .map_err(|e| refused(program_error(&e)))?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|e| refused(program_error(&e)))?;
+    }
+    let hook = format!("syscalls:{tp}");
+    let id = prog.attach("syscalls", tp).map_err(|e| LoadError::Attach {
+        program: label.into(),
+        hook: hook.clone(),
+        message: program_error(&e),
+    })?;
+    if links.pin {
+        links.keep(program, &hook, prog.take_link(id).map_err(|e| refused(program_error(&e)))?)?;
+    }
+    Ok(())
+}
+
+/// Loads the `iter/task` program and reads its file once: one run over every task.
+fn run_task_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+    let prog: &mut Iter = ebpf
+        .program_mut("seed_tasks")
+        .ok_or("program seed_tasks not in object")?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    prog.load("task", btf).map_err(|e| format!("load: {}", program_error(&e)))?;
+    let id = prog.attach().map_err(|e| format!("attach: {}", program_error(&e)))?;
+    let link = prog.take_link(id).map_err(|e| format!("link: {}", program_error(&e)))?;
+    let mut file = link.into_file().map_err(|e| format!("open: {e}"))?;
+    let mut sink = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut sink).map_err(|e| format!("read: {e}"))?;
+    Ok(())
+}
