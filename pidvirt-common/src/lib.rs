@@ -277,6 +277,31 @@ pub mod config {
     pub const SLOTS: u32 = 4;
 }
 
+/// Slots of the TASKS_GENERATION array (u64 each; see [`CallerCache`]).
+pub mod tasks_generation {
+    /// Bumped (atomically) by the programs after every write to the task map.
+    pub const KERNEL: u32 = 0;
+    /// Bumped by the daemon (the only writer of this slot) after every write to the task map.
+    pub const DAEMON: u32 = 1;
+    pub const SLOTS: u32 = 2;
+}
+
+/// Per-CPU copy of the last calling task's entry, so that the hottest crossings (getpid, a
+/// task naming itself) cost no hash lookup. Valid while `tid` is the caller and both generations
+/// equal the task map's ([`tasks_generation`]): every writer of the task map bumps its
+/// generation AFTER the write, and a filler reads the generations BEFORE copying, so a copy is
+/// never labelled newer than its content. Writes of `flags` alone (exit, exec) do not bump: the
+/// copy's flags are not read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallerCache {
+    pub kernel_generation: u64,
+    pub daemon_generation: u64,
+    pub tid: u32,
+    pub _pad: u32,
+    pub entry: TaskEntry,
+}
+
 /// Slots of the META array (read by a daemon adopting pinned programs).
 pub mod meta {
     /// A hash of the eBPF object the pinned programs were loaded from.

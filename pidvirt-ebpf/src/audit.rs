@@ -16,19 +16,37 @@ use pidvirt_common::{
 
 use crate::{
     maps::{
-        COUNTS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, VIRT, count, count_drop,
-        count_map_error,
+        CALLER, COUNTS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, VIRT, count, count_drop,
+        count_map_error, tasks_generation,
     },
     task::{container_of, nr_at, ns_at, pidns_inum, task_pids},
 };
 
-/// The calling task's entry (a pointer into the task map). A caller without an entry (should
-/// not happen once seeded; counted) is described from its task structures in per-CPU scratch:
-/// its level, namespace and host ids, enough to judge this crossing.
+/// The calling task's entry: this CPU's copy of it when still valid (CALLER, see
+/// pidvirt_common::CallerCache), else looked up in the task map and copied. A caller without
+/// an entry (should not happen once seeded; counted) is described from its task structures in
+/// per-CPU scratch: its level, namespace and host ids, enough to judge this crossing.
 #[inline(always)]
 pub fn caller() -> Option<(u32, *const TaskEntry)> {
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(e) = TASKS.get_ptr(tid) {
+    // The generations are read before the lookup: a write after it makes the copy invalid.
+    let (kernel_generation, daemon_generation) = tasks_generation();
+    if let Some(cache) = CALLER.get_ptr_mut(0) {
+        let cache = unsafe { &mut *cache };
+        if cache.tid == tid
+            && cache.kernel_generation == kernel_generation
+            && cache.daemon_generation == daemon_generation
+        {
+            return Some((tid, &cache.entry));
+        }
+        if let Some(e) = TASKS.get_ptr(tid) {
+            cache.entry = unsafe { *e };
+            cache.tid = tid;
+            cache.kernel_generation = kernel_generation;
+            cache.daemon_generation = daemon_generation;
+            return Some((tid, &cache.entry));
+        }
+    } else if let Some(e) = TASKS.get_ptr(tid) {
         return Some((tid, e));
     }
     count_map_error(counter::ERR_TASK_MISSING);
@@ -122,30 +140,63 @@ pub fn visible(c: &TaskEntry, y: &TaskEntry) -> bool {
     }
 }
 
-/// Resolves `n` for the caller `c`: as a number of the caller's namespace, and as a host pid.
+/// Resolves `n` for the caller `tid` (entry `c`): as a number of the caller's namespace, and as
+/// a host pid. A number that is the caller's own tid in its namespace names the caller itself
+/// (no lookup: kill(getpid()), raise(), sched_*(own tid) are the common case); as a host pid
+/// it is still looked up, for collisions.
 #[inline(always)]
-pub fn resolve(c: &TaskEntry, n: u32) -> Resolved {
+pub fn resolve(tid: u32, c: &TaskEntry, n: u32) -> Resolved {
+    let (named, stale) = resolve_named(tid, c, n);
     if c.level == 0 {
         // The initial namespace: numbers are host numbers.
-        let named = Found::lookup(n);
         let p = named.party(true);
         return Resolved { res: Resolution { named: p, host: p, named_stale: false }, named, host: named };
     }
-    let mut stale = false;
-    let mut named = Found::NONE;
-    if let Some(v) = VIRT.get_ptr(VirtKey { pidns: c.pidns, nr: n }) {
-        let v = unsafe { *v };
-        let found = Found::lookup(v.host_tid);
-        if found.is_some() && v.points_at(unsafe { &*found.entry }) {
-            named = found;
-        } else {
-            stale = true;
-        }
-    }
-    let host = Found::lookup(n);
+    let host = host_pid(tid, c, n);
     let host_visible = host.is_some() && visible(c, unsafe { &*host.entry });
     let res = Resolution { named: named.party(true), host: host.party(host_visible), named_stale: stale };
     Resolved { res, named, host }
+}
+
+/// The task `n` names in the caller's namespace, and whether the number's reverse entry is
+/// stale (names a task that is gone).
+#[inline(always)]
+fn resolve_named(tid: u32, c: &TaskEntry, n: u32) -> (Found, bool) {
+    if c.level == 0 {
+        return (host_pid(tid, c, n), false);
+    }
+    if own_inline(c).is_some_and(|ids| ids.tid == n) {
+        return (Found { tid, entry: c }, false);
+    }
+    let Some(v) = VIRT.get_ptr(VirtKey { pidns: c.pidns, nr: n }) else {
+        return (Found::NONE, false);
+    };
+    let v = unsafe { *v };
+    let found = Found::lookup(v.host_tid);
+    if found.is_some() && v.points_at(unsafe { &*found.entry }) {
+        (found, false)
+    } else {
+        (Found::NONE, true)
+    }
+}
+
+/// The task `n` names as a host pid.
+#[inline(always)]
+fn host_pid(tid: u32, c: &TaskEntry, n: u32) -> Found {
+    if n == tid { Found { tid, entry: c } } else { Found::lookup(n) }
+}
+
+/// The ids of a task in its own namespace, when its entry holds them inline.
+#[inline(always)]
+fn own_inline(e: &TaskEntry) -> Option<LevelIds> {
+    // Constant indices: older verifiers (6.1) lose a spilled index's bounds.
+    match e.level {
+        0 => Some(e.nr[0]),
+        1 => Some(e.nr[1]),
+        2 => Some(e.nr[2]),
+        3 => Some(e.nr[3]),
+        _ => None,
+    }
 }
 
 /// Adds one to the crossing counter of (container, syscall, verdict), per CPU.
@@ -164,18 +215,10 @@ pub fn count_crossing(slot: u32, syscall: u16, verdict: Verdict) {
 /// Ids of a task in its own namespace.
 #[inline(always)]
 fn own_ids(tid: u32, e: &TaskEntry) -> (u32, u32) {
-    let level = e.level as usize;
-    // Constant indices: older verifiers (6.1) lose a spilled index's bounds.
-    let inline = match level {
-        0 => Some(e.nr[0]),
-        1 => Some(e.nr[1]),
-        2 => Some(e.nr[2]),
-        3 => Some(e.nr[3]),
-        _ => None,
-    };
-    if let Some(ids) = inline {
+    if let Some(ids) = own_inline(e) {
         return (ids.tgid, ids.tid);
     }
+    let level = e.level as usize;
     match DEEP.get_ptr(tid) {
         Some(d) => {
             let ids = unsafe { (*d).nr[(level - INLINE_LEVELS) & 31] };
@@ -254,7 +297,7 @@ pub fn audit_task_number(syscall: u16, direction: u8, n: i32, tid: u32, c: &Task
         report(x, tid, c, Found::NONE, Found::NONE);
         return Verdict::Unknown;
     }
-    let r = resolve(c, n as u32);
+    let r = resolve(tid, c, n as u32);
     let verdict = classify(c.container, &r.res);
     count_crossing(c.slot, syscall, verdict);
     if verdict.is_anomaly() {
@@ -362,12 +405,13 @@ pub fn returned_task(syscall: u16, value: i64) {
         count_crossing(c.slot, syscall, Verdict::Ok);
         return;
     }
-    let r = resolve(c, value as u32);
-    let verdict = if r.named.is_some() { Verdict::Ok } else { Verdict::Stale };
+    // Only the named task decides; the host-pid reading is looked up for the report alone.
+    let (named, _) = resolve_named(tid, c, value as u32);
+    let verdict = if named.is_some() { Verdict::Ok } else { Verdict::Stale };
     count_crossing(c.slot, syscall, verdict);
     if verdict.is_anomaly() {
         let x = Crossing { syscall, direction: pidvirt_common::audit::DIR_OUT, verdict, value };
-        report(x, tid, c, Found::NONE, r.host);
+        report(x, tid, c, Found::NONE, host_pid(tid, c, value as u32));
     }
 }
 

@@ -20,7 +20,7 @@ use crate::{
     kernel::{off, offsets_ready, read},
     maps::{
         DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR, SCRATCH_TRACEPOINT, Scratch, TASKS, VIRT,
-        count_drop, count_lifecycle, count_map_error, take_slot,
+        count_drop, count_lifecycle, count_map_error, take_slot, tasks_changed,
     },
     task::{container_of, read_task},
 };
@@ -166,6 +166,7 @@ pub fn record_task(task: *const u8, scratch: u32) -> Result<(), u32> {
     s.entry.container = c.container;
     s.entry.slot = c.slot;
     TASKS.insert(tid, &s.entry, 0).map_err(|_| counter::ERR_TASK_INSERT)?;
+    tasks_changed();
     if level as usize >= INLINE_LEVELS && DEEP.insert(tid, &s.deep, 0).is_err() {
         count_map_error(counter::ERR_DEEP_INSERT);
     }
@@ -265,6 +266,7 @@ fn forget(tid: u32, e: &TaskEntry) {
         let _ = DEEP.remove(tid);
     }
     let _ = TASKS.remove(tid);
+    tasks_changed();
 }
 
 // Keeps MAX_LEVELS and the scratch array bound in sync.
@@ -292,6 +294,7 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
     }
     e.container = c.container;
     e.slot = c.slot;
+    tasks_changed();
     match EVENTS.reserve::<MigrateEvent>(0) {
         Some(mut ev) => {
             ev.write(MigrateEvent {

@@ -6,13 +6,15 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
 };
 use pidvirt_common::{
-    CgroupContainer, DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, TaskEntry, VirtKey, VirtValue,
-    audit::ContainerCounters, counter, slots,
+    CallerCache, CgroupContainer, DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, TaskEntry, VirtKey, VirtValue,
+    audit::ContainerCounters, counter, slots, tasks_generation,
 };
 
-/// host tid -> ids at every level (inline up to INLINE_LEVELS).
+/// host tid -> ids at every level (inline up to INLINE_LEVELS). TASKS and VIRT are written on
+/// every fork and free: preallocated (an element taken from a per-CPU free list, no allocation;
+/// measured ~1 µs less per fork+exit than BPF_F_NO_PREALLOC). Capacity set by the daemon.
 #[map]
-pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(262_144, 0);
 
 /// host tid -> ids at levels >= INLINE_LEVELS, for deeply nested tasks only.
 #[map]
@@ -20,7 +22,7 @@ pub static DEEP: HashMap<u32, DeepLevels> = HashMap::with_max_entries(16_384, BP
 
 /// (pid namespace inode, number in it) -> host tid, for every non-host level of every task.
 #[map]
-pub static VIRT: HashMap<VirtKey, VirtValue> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+pub static VIRT: HashMap<VirtKey, VirtValue> = HashMap::with_max_entries(262_144, 0);
 
 /// pid namespace inode -> level and parent.
 #[map]
@@ -59,6 +61,34 @@ pub static META: Array<u64> = Array::with_max_entries(pidvirt_common::meta::SLOT
 /// Daemon settings the programs read (pidvirt_common::config).
 #[map]
 pub static CONFIG: Array<u32> = Array::with_max_entries(pidvirt_common::config::SLOTS, 0);
+
+/// The last caller's entry, per CPU (pidvirt_common::CallerCache; used by audit::caller).
+#[map]
+pub static CALLER: PerCpuArray<CallerCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// Generations of the task map (pidvirt_common::tasks_generation, ::CallerCache).
+#[map]
+pub static TASKS_GENERATION: Array<u64> = Array::with_max_entries(tasks_generation::SLOTS, 0);
+
+/// The task map's (kernel, daemon) generations.
+#[inline(always)]
+pub fn tasks_generation() -> (u64, u64) {
+    let read = |slot| match TASKS_GENERATION.get_ptr(slot) {
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    };
+    (read(tasks_generation::KERNEL), read(tasks_generation::DAEMON))
+}
+
+/// To be called AFTER every write to TASKS by a program. Atomic: a read-then-write could
+/// be preempted and store an older generation back.
+#[inline(always)]
+pub fn tasks_changed() {
+    if let Some(p) = TASKS_GENERATION.get_ptr_mut(tasks_generation::KERNEL) {
+        // BPF_ATOMIC | BPF_ADD (the bpf target has no compare-and-swap for Rust's fetch_add).
+        unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) p, in(reg) 1u64) };
+    }
+}
 
 /// Per-CPU counters (pidvirt_common::counter).
 #[map]

@@ -38,6 +38,21 @@ pub fn upid_at(pid: *const u8, level: u32) -> *const u8 {
     pid.wrapping_add((off!(pid_numbers) + level * off!(upid_size)) as usize)
 }
 
+/// The number and `struct pid_namespace *` of `pid` at `level`, in one read of the 16-byte
+/// `struct upid` (the daemon checked its size; the field offsets are the BTF's).
+#[inline(always)]
+pub fn upid(pid: *const u8, level: u32) -> Result<(u32, *const u8), u32> {
+    let u: [u64; 2] = read(upid_at(pid, level), 0).map_err(|_| counter::ERR_KERNEL_READ)?;
+    let (nr_at, ns_at) = (off!(upid_nr), off!(upid_ns));
+    let word = u[(nr_at / 8) as usize & 1];
+    let nr = if nr_at % 8 == 0 { word as u32 } else { (word >> 32) as u32 };
+    let ns = u[(ns_at / 8) as usize & 1] as *const u8;
+    if ns.is_null() {
+        return Err(counter::ERR_KERNEL_READ);
+    }
+    Ok((nr, ns))
+}
+
 /// The number of `pid` at `level` (no namespace check: the caller knows the level exists).
 #[inline(always)]
 pub fn nr_at(pid: *const u8, level: u32) -> Result<u32, u32> {
@@ -69,9 +84,10 @@ pub fn read_task(task: *const u8, s: &mut Scratch) -> Result<(), u32> {
         if lvl > level {
             break;
         }
-        let tid = nr_at(pids.thread_pid, lvl)?;
-        let tgid = nr_at(pids.tgid_pid, lvl)?;
-        let ns = pidns_inum(ns_at(pids.thread_pid, lvl)?)?;
+        let (tid, ns) = upid(pids.thread_pid, lvl)?;
+        // A thread-group leader's two pids are one (the common case: one read less per level).
+        let tgid = if pids.tgid_pid == pids.thread_pid { tid } else { nr_at(pids.tgid_pid, lvl)? };
+        let ns = pidns_inum(ns)?;
         if let Some(slot) = s.ids.get_mut(i) {
             *slot = LevelIds { tid, tgid };
         }

@@ -224,6 +224,15 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
     let ns = btf.field("pid_namespace", "ns")?;
     let inum = btf.offset("ns_common", "inum", 4)?;
     let upid_size = btf.struct_size("upid")?;
+    // The programs read a whole `struct upid { int nr; struct pid_namespace *ns; }` at once.
+    if upid_size != 16 {
+        return Err(OffsetError::UnexpectedSize {
+            ty: "upid".into(),
+            field: "(whole struct)".into(),
+            expected: 16,
+            found: upid_size,
+        });
+    }
     let numbers = btf.field("pid", "numbers")?;
     if numbers.size != upid_size {
         return Err(OffsetError::UnexpectedSize {

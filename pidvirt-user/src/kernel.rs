@@ -119,6 +119,8 @@ pub struct KernelMaps {
     pub free_slots: Queue<MapData, u32>,
     pub cgroups: HashMap<MapData, u64, CgroupContainer>,
     pub config: Array<MapData, u32>,
+    /// The task map's generations (pidvirt_common::tasks_generation).
+    pub tasks_generation: Array<MapData, u64>,
     /// Per-container policy (pidvirt_common::audit::mode).
     pub modes: HashMap<MapData, u32, u32>,
     pub meta: Array<MapData, u64>,
@@ -178,6 +180,7 @@ impl KernelMaps {
             free_slots: Queue::try_from(get("FREE_SLOTS")?).map_err(err("FREE_SLOTS"))?,
             cgroups: HashMap::try_from(get("CGROUPS")?).map_err(err("CGROUPS"))?,
             config: Array::try_from(get("CONFIG")?).map_err(err("CONFIG"))?,
+            tasks_generation: Array::try_from(get("TASKS_GENERATION")?).map_err(err("TASKS_GENERATION"))?,
             modes: HashMap::try_from(get("MODES")?).map_err(err("MODES"))?,
             meta: Array::try_from(get("META")?).map_err(err("META"))?,
         })
@@ -278,6 +281,7 @@ impl KernelMaps {
             }
             Err(e) => return Err(e),
         }
+        self.tasks_changed();
         if ids.len() > INLINE_LEVELS {
             let mut deep = DeepLevels { start_time: entry.start_time, ..Default::default() };
             for (slot, id) in deep.nr.iter_mut().zip(&ids[INLINE_LEVELS..]) {
@@ -323,6 +327,7 @@ impl KernelMaps {
                 e.slot = slot;
                 // BPF_EXIST: never resurrect an entry the kernel just removed.
                 let _ = self.tasks.insert(tid, e, 2);
+                self.tasks_changed();
             }
         }
     }
@@ -369,6 +374,19 @@ impl KernelMaps {
             let _ = self.deep.remove(&tid);
         }
         let _ = self.tasks.remove(&tid);
+        self.tasks_changed();
+    }
+
+    /// To be called AFTER every write to the task map: the programs' per-CPU copies of a
+    /// caller's entry are then taken again (pidvirt_common::CallerCache). The daemon is the only
+    /// writer of its generation slot, so read-and-increment is safe; continuing from the map's
+    /// value keeps it increasing across a daemon that adopts pinned maps.
+    fn tasks_changed(&mut self) {
+        let slot = pidvirt_common::tasks_generation::DAEMON;
+        let next = self.tasks_generation.get(&slot, 0).unwrap_or(0).wrapping_add(1);
+        if let Err(e) = self.tasks_generation.set(slot, next, 0) {
+            tracing::warn!("could not bump the task map generation: {e}");
+        }
     }
 }
 

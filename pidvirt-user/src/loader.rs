@@ -42,6 +42,18 @@ pub struct LoadOptions {
     pub pin: bool,
 }
 
+/// Default capacity of the task maps: the kernel's pid_max (host tids are below it, so no more
+/// tasks exist at once), within 4096..=262144. The maps are preallocated (an allocation per
+/// fork cost ~1 µs per fork+exit here: see the README's performance section), so their size is
+/// kernel memory held from attach: about 210 bytes per entry of TASKS + VIRT (6.8 MB for a
+/// pid_max of 32768).
+pub fn max_tasks_for_this_host() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map_or(262_144, |n| n.clamp(4096, 262_144))
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {

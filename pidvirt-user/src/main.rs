@@ -88,9 +88,10 @@ enum Command {
         /// Write audit events as JSON lines to this file (`-` for standard output).
         #[arg(long)]
         audit_log: Option<String>,
-        /// Capacity of the task maps (tasks tracked at once).
-        #[arg(long, default_value_t = LoadOptions::default().max_tasks)]
-        max_tasks: u32,
+        /// Capacity of the task maps (tasks tracked at once; preallocated). Default: the kernel's
+        /// pid_max (no more tasks can exist at once), within 4096..=262144.
+        #[arg(long)]
+        max_tasks: Option<u32>,
         /// Size of the events ring buffer in bytes (a power of two, at least one page).
         #[arg(long, default_value_t = LoadOptions::default().ringbuf_bytes)]
         ringbuf_bytes: u32,
@@ -270,7 +271,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 state_file: (state_file != "none").then(|| state_file.into()),
                 audit_log,
                 load: LoadOptions {
-                    max_tasks,
+                    max_tasks: max_tasks.unwrap_or_else(pidvirt::loader::max_tasks_for_this_host),
                     ringbuf_bytes,
                     counter_slots: max_containers.saturating_add(pidvirt_common::slots::FIRST_FREE),
                     task_iterator: matches!(seed, SeedMode::Iterator),

@@ -185,6 +185,36 @@ fn cgroup_containers_in_the_host_namespace_cross_container() {
     let _ = target.wait();
 }
 
+/// The programs keep, per CPU, a copy of the last caller's entry (getpid costs no hash lookup).
+/// A container registered while its task keeps calling must get that task's next crossings:
+/// the daemon's retagging of the task makes the copy be taken again.
+#[test]
+fn a_container_registered_between_two_call_loops_of_a_task_gets_the_second() {
+    let d = Daemon::start();
+    let cg = TestCgroup::new(&format!("pidvirt-test-cache-{}", std::process::id()));
+    let mut f = Fixture::start_in_cgroup(FIXTURE, 1, &cg.path);
+    let ns = f.container();
+    let getpid_ok = |c: &str| {
+        let (x, _) = d.container_crossings(c);
+        x.get("getpid").and_then(|v| v.get("ok")).copied().unwrap_or(0)
+    };
+    assert_eq!(f.num("repeat 1000 getpid"), 1);
+    assert_eq!(getpid_ok(&ns), 1000, "counted for its pid namespace");
+    // From here to the second loop nothing forks or exits (the request goes on the socket, not
+    // through a CLI process), so no task-map write of the programs' own invalidates the copy:
+    // only the daemon's retagging can. The last CLI process is freed (RCU) before the copy is
+    // made warm.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(f.num("repeat 10 getpid"), 1);
+    let request = serde_json::json!({"op": "register", "id": "registered-mid-loop", "cgroup": cg.path});
+    let answer = exchange(&d.socket, &[request.to_string().into_bytes()]);
+    assert_eq!(answer[0]["ok"], true, "{answer:?}");
+    assert_eq!(f.num("repeat 1000 getpid"), 1);
+    assert_eq!(d.ps_by_tid()[&f.outer_init].container, "registered-mid-loop");
+    assert_eq!(getpid_ok("registered-mid-loop"), 1000, "every later call counts for the new container");
+    assert_eq!(getpid_ok(&ns), 1010, "none for the old one");
+}
+
 #[test]
 fn registration_by_pid_and_by_pidns() {
     let d = Daemon::start();
