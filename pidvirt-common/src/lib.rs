@@ -287,16 +287,20 @@ pub mod tasks_generation {
 }
 
 /// Per-CPU copy of the last calling task's entry, so that the hottest crossings (getpid, a
-/// task naming itself) cost no hash lookup. Valid while `tid` is the caller and both generations
-/// equal the task map's ([`tasks_generation`]): every writer of the task map bumps its
-/// generation AFTER the write, and a filler reads the generations BEFORE copying, so a copy is
-/// never labelled newer than its content. Writes of `flags` alone (exit, exec) do not bump: the
+/// task naming itself) cost no hash lookup. Valid while `task` (the `task_struct` address) is the
+/// caller's and both generations equal the task map's ([`tasks_generation`]): every writer of
+/// the task map bumps its generation AFTER the write, and a filler reads the generations BEFORE
+/// copying, so a copy is never labelled newer than its content. Writes of `flags` alone (exit, exec) do not bump: the
 /// copy's flags are not read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CallerCache {
     pub kernel_generation: u64,
     pub daemon_generation: u64,
+    /// The caller's `task_struct` address (bpf_get_current_task, inlined by recent JITs). The
+    /// memory of a copied task is reused only after its free removed its entry and a fork
+    /// recorded the new task: both bump the kernel generation.
+    pub task: u64,
     pub tid: u32,
     pub _pad: u32,
     pub entry: TaskEntry,

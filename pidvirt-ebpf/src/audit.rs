@@ -28,19 +28,25 @@ use crate::{
 /// per-CPU scratch: its level, namespace and host ids, enough to judge this crossing.
 #[inline(always)]
 pub fn caller() -> Option<(u32, *const TaskEntry)> {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let task = unsafe { bpf_get_current_task() };
     // The generations are read before the lookup: a write after it makes the copy invalid.
     let (kernel_generation, daemon_generation) = tasks_generation();
-    if let Some(cache) = CALLER.get_ptr_mut(0) {
-        let cache = unsafe { &mut *cache };
-        if cache.tid == tid
+    let cache = CALLER.get_ptr_mut(0);
+    if let Some(cache) = cache {
+        let cache = unsafe { &*cache };
+        if cache.task == task
             && cache.kernel_generation == kernel_generation
             && cache.daemon_generation == daemon_generation
         {
-            return Some((tid, &cache.entry));
+            return Some((cache.tid, &cache.entry));
         }
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(cache) = cache {
+        let cache = unsafe { &mut *cache };
         if let Some(e) = TASKS.get_ptr(tid) {
             cache.entry = unsafe { *e };
+            cache.task = task;
             cache.tid = tid;
             cache.kernel_generation = kernel_generation;
             cache.daemon_generation = daemon_generation;
@@ -50,7 +56,7 @@ pub fn caller() -> Option<(u32, *const TaskEntry)> {
         return Some((tid, e));
     }
     count_map_error(counter::ERR_TASK_MISSING);
-    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let task = task as *const u8;
     let s = SCRATCH.get_ptr_mut(SCRATCH_TRACEPOINT)?;
     let e = unsafe { &mut (*s).entry };
     match describe(task, e) {
