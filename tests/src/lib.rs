@@ -23,6 +23,39 @@ pub fn pidvirt_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pidvirt")
 }
 
+/// The pidvirt binary run as user nobody (65534): a copy in a directory anyone can enter, since
+/// the build's own may not be (a clone under /root, mode 0700).
+pub struct NobodyPidvirt {
+    _dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl NobodyPidvirt {
+    pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod 0755");
+        let bin = dir.path().join("pidvirt");
+        std::fs::copy(pidvirt_bin(), &bin).expect("copy the pidvirt binary");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod 0755");
+        Self { _dir: dir, bin }
+    }
+
+    /// `pidvirt ARGS` as nobody.
+    pub fn command(&self) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(&self.bin);
+        c.uid(65534).gid(65534);
+        c
+    }
+}
+
+impl Default for NobodyPidvirt {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Records that `test` found a kernel feature missing and checked the "unavailable" path
 /// instead (the suite's runner reports it per kernel: "unavailable on <kernel>: <reason>").
 pub fn note_unavailable(test: &str, reason: &str) {

@@ -325,26 +325,17 @@ fn every_bad_request_gets_an_error_response_and_the_connection_survives() {
 
 #[test]
 fn a_non_root_client_is_refused() {
-    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    use std::os::unix::fs::PermissionsExt;
     let d = Daemon::start();
+    let nobody = tests::NobodyPidvirt::new();
     // The socket is 0600: a non-root client cannot even connect...
-    let out = Command::new(pidvirt_bin())
-        .args(["ps", "--socket", &d.socket.to_string_lossy()])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let out = nobody.command().args(["ps", "--socket", &d.socket.to_string_lossy()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
     // ...and if the socket is opened up, SO_PEERCRED still refuses it.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = Command::new(pidvirt_bin())
-        .args(["ps", "--socket", &d.socket.to_string_lossy()])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let out = nobody.command().args(["ps", "--socket", &d.socket.to_string_lossy()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("permission denied: peer uid Some(65534) is not root"),

@@ -254,15 +254,9 @@ fn bad_socket_path_is_a_clear_error() {
 
 #[test]
 fn refuses_to_run_without_root() {
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(tests::pidvirt_bin())
-        .args(["run", "--socket"])
-        .arg(dir.path().join("s.sock"))
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let nobody = tests::NobodyPidvirt::new();
+    let out = nobody.command().args(["run", "--socket"]).arg(dir.path().join("s.sock")).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("must run as root"), "{stderr}");

@@ -21,8 +21,10 @@
 //! (about 1 boot in 75 here) dies of an int3 Oops while patching its own code. A guest that dies
 //! before starting the command is booted once more ([`VmRun::boot_attempts`]).
 //!
-//! Consequence of the tmpfs mounts: host files under `/tmp`, `/run` or `/var/tmp` are NOT visible
-//! in the guest; [`run_in_vm`] refuses a program or working directory there.
+//! Consequence of the tmpfs mounts: host files under `/tmp`, `/run` or `/var/tmp` are not visible
+//! in the guest, except the top-level entry there that holds the program or the working
+//! directory (e.g. `/tmp/clone` for a clone of the repository under /tmp): [`run_in_vm`] lists
+//! it in the run directory's `expose` file and the guest binds it (read-only) into its tmpfs.
 //!
 //! Kernel cache layout (`cache_dir`): `debs/*.deb`, `kernels/<release>/{boot,lib,...}` (unpacked
 //! package), `kernels/<release>/initramfs.cpio`, and `runs/<id>/results` (one per run; kept for the
@@ -625,6 +627,10 @@ mount -t tmpfs -o mode=1777 tmp $R/tmp || fatal "mounting /tmp failed"
 if [ -d $R/var/tmp ]; then
     mount -t tmpfs -o mode=1777 vartmp $R/var/tmp || fatal "mounting /var/tmp failed"
 fi
+while read -r p; do
+    [ -n "$p" ] || continue
+    mkdir -p "$R$p" && mount -o bind "/host$p" "$R$p" || fatal "showing the host's $p in the guest failed"
+done < /share/expose
 mount -o bind /share/results $R/vm-results || fatal "mounting /vm-results failed"
 mkdir -p $R/run/pidvirt-vm
 cp /bin/busybox /share/cmd.sh $R/run/pidvirt-vm/ || fatal "copying the command script failed"
@@ -825,10 +831,12 @@ pub fn run_in_vm_with_console(
     on_line: &mut dyn FnMut(&str),
 ) -> Result<VmRun> {
     let script = command_script(argv, opts)?;
-    check_guest_visible(&opts.cwd, "working directory")?;
+    let mut expose = check_guest_visible(&opts.cwd, "working directory")?;
     if let Some(prog) = argv.first().filter(|a| a.starts_with('/')) {
-        check_guest_visible(Path::new(prog), "program")?;
+        expose.extend(check_guest_visible(Path::new(prog), "program")?);
     }
+    expose.sort();
+    expose.dedup();
     if opts.extra_cmdline.contains(['\n', '\r', '\0']) {
         bail!("extra_cmdline contains a line break or NUL: {:?}", opts.extra_cmdline);
     }
@@ -848,6 +856,9 @@ pub fn run_in_vm_with_console(
     let (nonce_file, script_file, status_file) =
         (run_dir.join("nonce"), run_dir.join("cmd.sh"), run_dir.join("exit-status"));
     fs::write(&script_file, &script).context("writing the command script")?;
+    // Host directories under the guest's tmpfs mounts to bind there again, a line each.
+    let expose: String = expose.iter().filter_map(|p| p.to_str()).map(|p| format!("{p}\n")).collect();
+    fs::write(run_dir.join("expose"), expose).context("writing the list of directories to expose")?;
 
     let mem = if opts.mem_mb == 0 { 2048 } else { opts.mem_mb };
     let cpus = if opts.cpus == 0 { 2 } else { opts.cpus };
@@ -1053,23 +1064,49 @@ fn virtfs_arg(path: &Path, tag: &str, readonly: bool) -> Result<String> {
     Ok(arg)
 }
 
-/// Fails if `path` is not visible in the guest (relative, missing, or under a masked directory).
-fn check_guest_visible(path: &Path, what: &str) -> Result<()> {
+/// Directories the guest masks with its own tmpfs but can show the host's entries of again
+/// (bind mounts of the read-only host root inside that tmpfs).
+const REEXPOSABLE_DIRS: &[&str] = &["/tmp", "/run", "/var/tmp"];
+
+/// Checks that `path` can be made visible in the guest. Returns the host directories to bind
+/// into the guest's tmpfs mounts for it: for `/tmp/clone/target/x`, `/tmp/clone` (a clone of
+/// the repository under /tmp still runs its VM tests). Fails for a relative or missing path, or
+/// one under /proc, /sys or /dev.
+fn check_guest_visible(path: &Path, what: &str) -> Result<Vec<PathBuf>> {
     if !path.is_absolute() {
         bail!("{what} {} must be an absolute host path", path.display());
     }
     let real = fs::canonicalize(path)
         .with_context(|| format!("{what} {} does not exist on the host", path.display()))?;
+    let mut expose = Vec::new();
     for p in [path, real.as_path()] {
-        if let Some(m) = masked_dir(p) {
+        let Some(m) = masked_dir(p) else { continue };
+        let top = reexposed_top(p, m).ok_or_else(|| {
+            anyhow!("{what} {} is under {m}, which the guest replaces with its own mount", path.display())
+        })?;
+        if top.to_str().is_none_or(|t| t.contains(['\n', '\r'])) {
             bail!(
-                "{what} {} is under {m}, which the guest replaces with its own mount; \
-                 put it elsewhere (e.g. under the cargo target directory)",
-                path.display()
+                "{what} {}: {} cannot be shown in the guest (not UTF-8 or a line break)",
+                path.display(),
+                top.display()
             );
         }
+        expose.push(top);
     }
-    Ok(())
+    Ok(expose)
+}
+
+/// `m/first` for a path `m/first/...` under a re-exposable masked directory `m`.
+fn reexposed_top(path: &Path, m: &str) -> Option<PathBuf> {
+    if !REEXPOSABLE_DIRS.contains(&m) {
+        return None;
+    }
+    let norm: PathBuf = path.components().filter(|c| !matches!(c, Component::CurDir)).collect();
+    let first = norm.strip_prefix(m).ok()?.components().next()?;
+    match first {
+        Component::Normal(n) => Some(Path::new(m).join(n)),
+        _ => None,
+    }
 }
 
 fn masked_dir(path: &Path) -> Option<&'static str> {
@@ -1409,6 +1446,14 @@ pidvirt-vm:00ff:exit=7
         assert_eq!(masked_dir(Path::new("/tmpfoo/x")), None);
         assert_eq!(masked_dir(Path::new("/work/main/target/debug/x")), None);
         assert!(check_guest_visible(Path::new("relative"), "program").is_err());
+        assert_eq!(
+            reexposed_top(Path::new("/tmp/clone/target/x"), "/tmp"),
+            Some(PathBuf::from("/tmp/clone"))
+        );
+        assert_eq!(reexposed_top(Path::new("/var/tmp/a"), "/var/tmp"), Some(PathBuf::from("/var/tmp/a")));
+        assert_eq!(reexposed_top(Path::new("/tmp"), "/tmp"), None, "the whole tmpfs cannot be replaced");
+        assert_eq!(reexposed_top(Path::new("/proc/1/exe"), "/proc"), None);
+        assert!(check_guest_visible(Path::new("/proc/self/exe"), "program").is_err());
     }
 
     #[test]
