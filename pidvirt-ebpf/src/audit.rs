@@ -11,7 +11,7 @@ use pidvirt_common::{
         AnomalyEvent, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution, Verdict, classify, crossing_slot,
         event_flags,
     },
-    counter, event_kind, slots,
+    counter, event_kind,
 };
 
 use crate::{
@@ -75,7 +75,7 @@ fn describe(task: *const u8, e: &mut TaskEntry) -> Result<(), u32> {
     let level = pids.level;
     e.level = level as u16;
     e.pidns = pidns_inum(ns_at(pids.thread_pid, level)?)?;
-    let ns_slot = if level == 0 { slots::HOST } else { crate::lifecycle::pidns_slot(e.pidns) };
+    let ns_slot = crate::lifecycle::own_ns_slot(e.level, e.pidns);
     let c = container_of(task, level, e.pidns, ns_slot);
     e.container = c.container;
     e.slot = c.slot;

@@ -194,10 +194,7 @@ fn register_pidns(s: &mut Scratch, level: usize, tid: u32) -> u32 {
         if slot >= slots::FIRST_FREE {
             let _ = FREE_SLOTS.push(slot, 0);
         }
-        return match PIDNS.get_ptr(ns) {
-            Some(info) => unsafe { (*info).slot },
-            None => slots::OVERFLOW,
-        };
+        return pidns_slot(ns);
     }
     match EVENTS.reserve::<PidnsEvent>(0) {
         Some(mut ev) => {
@@ -224,6 +221,12 @@ pub fn pidns_slot(ns: u32) -> u32 {
         Some(info) => unsafe { (*info).slot },
         None => slots::OVERFLOW,
     }
+}
+
+/// Counter slot of a task's own pid namespace `pidns` at `level` (the host's at level 0).
+#[inline(always)]
+pub fn own_ns_slot(level: u16, pidns: u32) -> u32 {
+    if level == 0 { slots::HOST } else { pidns_slot(pidns) }
 }
 
 /// Removes the entry of `tid` (whose content is `e`), its deep levels, and the reverse entries
@@ -287,7 +290,7 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
     };
     let Some(e) = TASKS.get_ptr_mut(tid) else { return 0 };
     let e = unsafe { &mut *e };
-    let ns_slot = if e.level == 0 { slots::HOST } else { pidns_slot(e.pidns) };
+    let ns_slot = own_ns_slot(e.level, e.pidns);
     let c = container_of(task, e.level as u32, e.pidns, ns_slot);
     if c.container == e.container {
         return 0;

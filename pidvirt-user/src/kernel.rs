@@ -281,7 +281,8 @@ impl KernelMaps {
             }
             Err(e) => return Err(e),
         }
-        self.tasks_changed();
+        // No generation bump: the insert only succeeds where the tid had no entry, and no valid
+        // copy of a caller's entry (pidvirt_common::CallerCache) outlives its entry's removal.
         if ids.len() > INLINE_LEVELS {
             let mut deep = DeepLevels { start_time: entry.start_time, ..Default::default() };
             for (slot, id) in deep.nr.iter_mut().zip(&ids[INLINE_LEVELS..]) {

@@ -74,6 +74,19 @@ pub struct Enforcement {
 }
 
 /// Formats a program error, with the verifier log when the kernel refused the program.
+/// Program `name` of the object as a `T` (a refusal naming `label` if it is missing or of
+/// another type).
+fn typed_program<'a, T>(ebpf: &'a mut Ebpf, name: &str, label: &str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let refused = |message: String| LoadError::Refused { program: label.into(), message };
+    ebpf.program_mut(name)
+        .ok_or_else(|| refused("not in object".into()))?
+        .try_into()
+        .map_err(|e| refused(program_error(&e)))
+}
+
 pub fn program_error(e: &ProgramError) -> String {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
@@ -240,11 +253,7 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     let mut attached = Vec::new();
     for (name, tp) in LIFECYCLE_HOOKS {
         let refused = |message: String| LoadError::Refused { program: name.into(), message };
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| refused("not in object".into()))?
-            .try_into()
-            .map_err(|e| refused(program_error(&e)))?;
+        let prog: &mut BtfTracePoint = typed_program(&mut ebpf, name, name)?;
         prog.load(tp, &btf).map_err(|e| refused(program_error(&e)))?;
         let hook = format!("tp_btf/{tp}");
         let id = prog.attach().map_err(|e| LoadError::Attach {
@@ -474,11 +483,7 @@ pub fn attach_floor() -> Result<(Ebpf, Vec<(String, String)>), LoadError> {
     for (_, tp) in LIFECYCLE_HOOKS {
         let name = format!("floor_{tp}");
         let refused = |message: String| LoadError::Refused { program: name.clone(), message };
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(&name)
-            .ok_or_else(|| refused("not in object".into()))?
-            .try_into()
-            .map_err(|e| refused(program_error(&e)))?;
+        let prog: &mut BtfTracePoint = typed_program(&mut ebpf, &name, &name)?;
         prog.load(tp, &btf).map_err(|e| refused(program_error(&e)))?;
         prog.attach().map_err(|e| refused(program_error(&e)))?;
         attached.push((name, format!("tp_btf/{tp}")));
@@ -501,11 +506,7 @@ fn attach_tracepoint(
     links: &mut Links,
 ) -> Result<(), LoadError> {
     let refused = |message: String| LoadError::Refused { program: label.into(), message };
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| refused("not in object".into()))?
-        .try_into()
-        .map_err(|e| refused(program_error(&e)))?;
+    let prog: &mut TracePoint = typed_program(ebpf, program, label)?;
     if prog.fd().is_err() {
         prog.load().map_err(|e| refused(program_error(&e)))?;
     }

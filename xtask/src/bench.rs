@@ -268,6 +268,21 @@ fn capture_json(cmd: &mut Command) -> anyhow::Result<Value> {
     serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))
 }
 
+/// `pidvirt-bench ps-check`: polls `pidvirt ps --json` on `socket` until it lists every process
+/// of `spawned` with nspid equal to /proc's (30 s at most); answers its JSON report.
+fn ps_check(b: &Bench, socket: &Path, spawned: &Spawned) -> anyhow::Result<Value> {
+    capture_json(
+        Command::new(&b.generator)
+            .args(["ps-check", "--pidvirt"])
+            .arg(&b.pidvirt)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--expect")
+            .arg(&spawned.file)
+            .args(["--timeout-ms", "30000"]),
+    )
+}
+
 fn wait_for(
     what: &str,
     timeout: Duration,
@@ -804,20 +819,27 @@ fn syscall_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) ->
             ratio(p, q).map_or("n/a".into(), |r| format!("{r:.2}x")),
         ]);
         let pf = ratio(p, f);
-        if audited {
-            goals.push(Goal::new(
-                format!("{label}: pidvirt added <= 1.3x floor added"),
-                match pf {
-                    Some(r) => format!("{r:.2}x ({} vs {} ns)", fmt_opt(p, 1, true), fmt_opt(f, 1, true)),
-                    None => format!(
+        let floor_goal = if audited {
+            format!("{label}: pidvirt added <= 1.3x floor added")
+        } else {
+            format!("{label}: pidvirt added <= 1.3x empty programs on per-syscall tracepoints (floor)")
+        };
+        goals.push(Goal::new(
+            floor_goal,
+            match pf {
+                Some(r) => format!("{r:.2}x ({} vs {} ns)", fmt_opt(p, 1, true), fmt_opt(f, 1, true)),
+                None => {
+                    format!(
                         "no ratio: floor added {} ns (noise), pidvirt {} ns",
                         fmt_opt(f, 1, true),
                         fmt_opt(p, 1, true)
-                    ),
-                },
-                "<= 1.30x",
-                pf.map(|r| r <= 1.3),
-            ));
+                    )
+                }
+            },
+            "<= 1.30x",
+            pf.map(|r| r <= 1.3),
+        ));
+        if audited {
             goals.push(Goal::new(
                 format!("{label}: pidvirt added below the peer's"),
                 match (p, q) {
@@ -829,20 +851,6 @@ fn syscall_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) ->
                     (Some(p), Some(q)) => Some(p < q),
                     _ => None,
                 },
-            ));
-        } else {
-            goals.push(Goal::new(
-                format!("{label}: pidvirt added <= 1.3x empty programs on per-syscall tracepoints (floor)"),
-                match pf {
-                    Some(r) => format!("{r:.2}x ({} vs {} ns)", fmt_opt(p, 1, true), fmt_opt(f, 1, true)),
-                    None => format!(
-                        "no ratio: floor added {} ns (noise), pidvirt {} ns",
-                        fmt_opt(f, 1, true),
-                        fmt_opt(p, 1, true)
-                    ),
-                },
-                "<= 1.30x",
-                pf.map(|r| r <= 1.3),
             ));
         }
         let rounds: serde_json::Map<String, Value> =
@@ -1141,16 +1149,7 @@ fn p5_p6_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) -> a
         bail!("pidvirt-bench spawn made {} processes, not {total}", spawned.count);
     }
     // Tracked by the fork program as they were born; wait until `ps` lists them all.
-    let live = capture_json(
-        Command::new(&b.generator)
-            .args(["ps-check", "--pidvirt"])
-            .arg(&b.pidvirt)
-            .arg("--socket")
-            .arg(&sock6)
-            .arg("--expect")
-            .arg(&spawned.file)
-            .args(["--timeout-ms", "30000"]),
-    )?;
+    let live = ps_check(b, &sock6, &spawned)?;
     check_interrupted()?;
     let after = Snapshot::take(b, &d6, &sock6)?;
     drop(d6);
@@ -1162,26 +1161,19 @@ fn p5_p6_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) -> a
     let mut cmd = b.pidvirt_cmd();
     cmd.arg("run").arg("--socket").arg(&sock5).args(["--audit-log", "/dev/null"]);
     let d5 = Running::spawn("pidvirt run", &mut cmd, libc::SIGTERM, &b.tmp.0.join("p5.log"))?;
-    let attach = capture_json(
-        Command::new(&b.generator)
-            .args(["ps-check", "--pidvirt"])
-            .arg(&b.pidvirt)
-            .arg("--socket")
-            .arg(&sock5)
-            .arg("--expect")
-            .arg(&spawned.file)
-            .args(["--timeout-ms", "30000"]),
-    )?;
+    let attach = ps_check(b, &sock5, &spawned)?;
     let attach_s = t0.elapsed().as_secs_f64();
     check_interrupted()?;
     // The socket (and the iterator's entries) come before the /proc walk ends: its report is
     // "running" until then.
-    let mut status = capture_json(b.pidvirt_cmd().arg("status").arg("--socket").arg(&sock5))?;
+    let status = || capture_json(b.pidvirt_cmd().arg("status").arg("--socket").arg(&sock5));
     let walk_deadline = Instant::now() + Duration::from_secs(30);
-    while !status["seed"].is_object() && Instant::now() < walk_deadline {
+    let mut status_now = status()?;
+    while !status_now["seed"].is_object() && Instant::now() < walk_deadline {
         std::thread::sleep(Duration::from_millis(50));
-        status = capture_json(b.pidvirt_cmd().arg("status").arg("--socket").arg(&sock5))?;
+        status_now = status()?;
     }
+    let status = status_now;
     let seeded = Snapshot::take(b, &d5, &sock5)?;
     drop(d5);
     drop(spawned);

@@ -50,6 +50,20 @@ fn die_with_parent() {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
 }
 
+/// fork(2) of this single-threaded program, the child killed with its parent: the child's pid
+/// in the parent, 0 in the child.
+fn fork_tied() -> anyhow::Result<libc::pid_t> {
+    // SAFETY: the program is single-threaded, so the child may go on running Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        die_with_parent();
+    }
+    Ok(pid)
+}
+
 fn pin(cpu: Option<usize>) -> anyhow::Result<()> {
     let Some(cpu) = cpu else { return Ok(()) };
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it for cpu < 1024.
@@ -120,13 +134,9 @@ fn waitpid(pid: i32) -> i32 {
 fn in_new_pidns(f: impl FnOnce() -> String) -> anyhow::Result<(String, u64)> {
     let (r, w) = pipe()?;
     let (ir, iw) = pipe()?;
-    // SAFETY: single-threaded program; the child only runs `f` and exits.
-    let helper = unsafe { libc::fork() };
-    if helper < 0 {
-        bail!("fork: {}", std::io::Error::last_os_error());
-    }
+    // The child only runs `f` and exits.
+    let helper = fork_tied()?;
     if helper == 0 {
-        die_with_parent();
         // SAFETY: plain syscalls in a single-threaded child.
         unsafe {
             libc::close(r);
@@ -281,13 +291,9 @@ fn leak(args: &Args) -> anyhow::Result<Value> {
     pin(args.cpu()?)?;
     let seconds: f64 = args.num("--seconds", 2.0)?;
     // The sibling: a host process whose host pid the container will (wrongly) use.
-    // SAFETY: single-threaded; the child only sleeps.
-    let sibling = unsafe { libc::fork() };
-    if sibling < 0 {
-        bail!("fork: {}", std::io::Error::last_os_error());
-    }
+    // The child only sleeps.
+    let sibling = fork_tied()?;
     if sibling == 0 {
-        die_with_parent();
         loop {
             // SAFETY: pause has no preconditions.
             unsafe { libc::pause() };
@@ -339,13 +345,9 @@ fn spawn(args: &Args) -> anyhow::Result<()> {
     let mut helpers = Vec::new();
     for _ in 0..namespaces {
         let (r, w) = pipe()?;
-        // SAFETY: single-threaded; the children only fork and sleep.
-        let helper = unsafe { libc::fork() };
-        if helper < 0 {
-            bail!("fork: {}", std::io::Error::last_os_error());
-        }
+        // The children only fork and sleep.
+        let helper = fork_tied()?;
         if helper == 0 {
-            die_with_parent();
             // SAFETY: raw syscalls in single-threaded children.
             unsafe {
                 libc::close(r);

@@ -129,10 +129,9 @@ fn spawn_with(set_tid: &[i32], body: impl FnOnce()) -> i64 {
     }
 }
 
-/// Spawns a child with `threads` threads; answers once all of them run.
-fn spawn(threads: usize, set_tid: &[i32]) -> i64 {
-    let (r, w) = pipe();
-    let pid = spawn_with(set_tid, || child_body(threads, w));
+/// Closes our write end of `(r, w)`, then, if the spawn worked (`pid` > 0), waits until the
+/// child writes a byte or closes its end; answers `pid`.
+fn answer_when_ready(pid: i64, (r, w): (RawFd, RawFd)) -> i64 {
     unsafe { libc::close(w) };
     if pid > 0 {
         let mut buf = [0u8; 1];
@@ -140,6 +139,13 @@ fn spawn(threads: usize, set_tid: &[i32]) -> i64 {
     }
     unsafe { libc::close(r) };
     pid
+}
+
+/// Spawns a child with `threads` threads; answers once all of them run.
+fn spawn(threads: usize, set_tid: &[i32]) -> i64 {
+    let (r, w) = pipe();
+    let pid = spawn_with(set_tid, || child_body(threads, w));
+    answer_when_ready(pid, (r, w))
 }
 
 /// A child whose non-leader thread execs `sleep 3600` (it then takes the leader's pid).
@@ -163,14 +169,8 @@ fn spawn_exec(threads: usize) -> i64 {
         });
         let _ = exec.join();
     });
-    unsafe { libc::close(w) };
-    if pid > 0 {
-        // The pipe is close-on-exec: EOF means the exec happened (or the child died).
-        let mut buf = [0u8; 1];
-        unsafe { libc::read(r, buf.as_mut_ptr().cast(), 1) };
-    }
-    unsafe { libc::close(r) };
-    pid
+    // The pipe is close-on-exec: EOF means the exec happened (or the child died).
+    answer_when_ready(pid, (r, w))
 }
 
 fn syscall_by_name(name: &str) -> Option<libc::c_long> {
