@@ -286,24 +286,44 @@ pub mod tasks_generation {
     pub const SLOTS: u32 = 2;
 }
 
-/// Per-CPU copy of the last calling task's entry, so that the hottest crossings (getpid, a
-/// task naming itself) cost no hash lookup. Valid while `task` (the `task_struct` address) is the
-/// caller's and both generations equal the task map's ([`tasks_generation`]): every writer of
-/// the task map bumps its generation AFTER the write, and a filler reads the generations BEFORE
-/// copying, so a copy is never labelled newer than its content. Writes of `flags` alone (exit, exec) do not bump: the
-/// copy's flags are not read.
+/// Per-CPU copy of a calling task's entry, so that the hottest crossings (getpid, a task naming
+/// itself) cost no hash lookup. Each CPU keeps [`CALLER_SLOTS`] of them: [`caller_slot::CALLER`]
+/// for the last caller that had to look its entry up, [`caller_slot::NEWBORN`] for the last
+/// child forked on that CPU (the fork program fills it, so the child's first crossing, fork's 0,
+/// needs no lookup either).
+///
+/// A copy is used only by the task it was made for: same `task_struct` address AND same start
+/// time (a freed task's memory can be reused by a new task, which has a later start time), so
+/// removing the entry of a task that is gone needs no invalidation. A copy is also valid only
+/// while both generations equal the task map's ([`tasks_generation`]): whoever changes the entry
+/// of a LIVE task (a daemon retag, a cgroup move, an exec that changes a thread's tid, a seeded
+/// entry replaced) bumps its generation AFTER the write, and a filler reads the generations
+/// BEFORE copying, so a copy is never labelled newer than its content. Inserting the entry of a
+/// new task needs no bump (nobody holds a copy of it), and neither do writes of `flags` alone
+/// (exit, exec): the copy's flags are not read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CallerCache {
     pub kernel_generation: u64,
     pub daemon_generation: u64,
-    /// The caller's `task_struct` address (bpf_get_current_task, inlined by recent JITs). The
-    /// memory of a copied task is reused only after its free removed its entry and a fork
-    /// recorded the new task: both bump the kernel generation.
+    /// The task's `task_struct` address.
     pub task: u64,
+    /// The task's `task_struct.start_time` (ns, as the kernel has it, even for seeded entries).
+    pub start_time: u64,
     pub tid: u32,
     pub _pad: u32,
     pub entry: TaskEntry,
+}
+
+/// Copies of callers' entries per CPU (see [`CallerCache`]).
+pub const CALLER_SLOTS: u32 = 2;
+
+/// Which copy a slot of the per-CPU caller cache holds.
+pub mod caller_slot {
+    /// The last caller whose entry was looked up on this CPU.
+    pub const CALLER: u32 = 0;
+    /// The last child forked on this CPU.
+    pub const NEWBORN: u32 = 1;
 }
 
 /// Slots of the META array (read by a daemon adopting pinned programs).

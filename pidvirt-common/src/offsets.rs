@@ -73,6 +73,11 @@ pub struct KernelOffsets {
     pub pidtype_tgid: u32,
     pub pidtype_pgid: u32,
     pub pidtype_sid: u32,
+    /// 1 when `pid.numbers` is a flexible array (`struct upid numbers[]`, 6.5 and later): the
+    /// verifier then lets programs load `numbers[i]` for i > 0 straight through a BTF pointer.
+    /// 0 where it is declared `numbers[1]` (6.1): levels above 0 are read with
+    /// bpf_probe_read_kernel.
+    pub pid_numbers_flexible: u32,
     /// Nanoseconds per clock tick of /proc/PID/stat start times (USER_HZ).
     pub tick_ns: u32,
     /// [`OFFSETS_MAGIC`] once filled.
@@ -109,6 +114,7 @@ impl KernelOffsets {
             pidtype_tgid: 0,
             pidtype_pgid: 0,
             pidtype_sid: 0,
+            pid_numbers_flexible: 0,
             tick_ns: 0,
             magic: 0,
         }

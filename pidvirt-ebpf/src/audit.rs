@@ -3,18 +3,19 @@
 //! per CPU, and report anomalies on the ring buffer.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
 };
 use pidvirt_common::{
-    ANCESTOR_SLOTS, INLINE_LEVELS, LevelIds, TaskEntry, VirtKey,
+    ANCESTOR_SLOTS, CallerCache, INLINE_LEVELS, LevelIds, TaskEntry, VirtKey,
     audit::{
         AnomalyEvent, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution, Verdict, classify, crossing_slot,
         event_flags,
     },
-    counter, event_kind,
+    caller_slot, counter, event_kind,
 };
 
 use crate::{
+    kernel::{Direct, Kmem, Probe, off},
     maps::{
         CALLER, COUNTS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, VIRT, count, count_drop,
         count_map_error, tasks_generation,
@@ -22,41 +23,40 @@ use crate::{
     task::{container_of, nr_at, ns_at, pidns_inum, task_pids},
 };
 
-/// The calling task's entry: this CPU's copy of it when still valid (CALLER, see
+/// The calling task's entry: one of this CPU's copies of it when still valid (CALLER, see
 /// pidvirt_common::CallerCache), else looked up in the task map and copied. A caller without
 /// an entry (should not happen once seeded; counted) is described from its task structures in
 /// per-CPU scratch: its level, namespace and host ids, enough to judge this crossing.
 #[inline(always)]
 pub fn caller() -> Option<(u32, *const TaskEntry)> {
-    let task = unsafe { bpf_get_current_task() };
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let start: u64 = Direct.read(task, off!(task_start_time)).unwrap_or(0);
     // The generations are read before the lookup: a write after it makes the copy invalid.
-    let (kernel_generation, daemon_generation) = tasks_generation();
-    let cache = CALLER.get_ptr_mut(0);
-    if let Some(cache) = cache {
-        let cache = unsafe { &*cache };
-        if cache.task == task
-            && cache.kernel_generation == kernel_generation
-            && cache.daemon_generation == daemon_generation
-        {
-            return Some((cache.tid, &cache.entry));
-        }
+    let generations = tasks_generation();
+    let valid = |c: &CallerCache| {
+        c.task == task as u64
+            && c.start_time == start
+            && (c.kernel_generation, c.daemon_generation) == generations
+    };
+    let cache = CALLER.get_ptr_mut(caller_slot::CALLER);
+    if let Some(c) = cache
+        && valid(unsafe { &*c })
+    {
+        return Some(unsafe { ((*c).tid, &(*c).entry) });
+    }
+    if let Some(c) = CALLER.get_ptr(caller_slot::NEWBORN)
+        && valid(unsafe { &*c })
+    {
+        return Some(unsafe { ((*c).tid, &(*c).entry) });
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(cache) = cache {
-        let cache = unsafe { &mut *cache };
-        if let Some(e) = TASKS.get_ptr(tid) {
-            cache.entry = unsafe { *e };
-            cache.task = task;
-            cache.tid = tid;
-            cache.kernel_generation = kernel_generation;
-            cache.daemon_generation = daemon_generation;
-            return Some((tid, &cache.entry));
-        }
-    } else if let Some(e) = TASKS.get_ptr(tid) {
-        return Some((tid, e));
+    if let Some(e) = TASKS.get_ptr(tid) {
+        let Some(c) = cache else { return Some((tid, e)) };
+        let c = unsafe { &mut *c };
+        fill(c, task, start, tid, unsafe { &*e }, generations);
+        return Some((tid, &c.entry));
     }
     count_map_error(counter::ERR_TASK_MISSING);
-    let task = task as *const u8;
     let s = SCRATCH.get_ptr_mut(SCRATCH_TRACEPOINT)?;
     let e = unsafe { &mut (*s).entry };
     match describe(task, e) {
@@ -68,22 +68,43 @@ pub fn caller() -> Option<(u32, *const TaskEntry)> {
     }
 }
 
+#[inline(always)]
+fn fill(c: &mut CallerCache, task: *const u8, start: u64, tid: u32, e: &TaskEntry, generations: (u64, u64)) {
+    c.entry = *e;
+    c.task = task as u64;
+    c.start_time = start;
+    c.tid = tid;
+    (c.kernel_generation, c.daemon_generation) = generations;
+}
+
+/// Keeps this CPU's copy of the entry of a child just forked (`task`, entry `e`, written after
+/// the task map's generations were `generations`).
+#[inline(always)]
+pub fn remember_newborn(task: *const u8, e: &TaskEntry, generations: (u64, u64)) {
+    if let Some(c) = CALLER.get_ptr_mut(caller_slot::NEWBORN) {
+        fill(unsafe { &mut *c }, task, e.start_time, e.nr[0].tid, e, generations);
+    }
+}
+
 /// A minimal entry for `task` (no loop: level, own namespace, host ids, own ids).
 #[inline(always)]
 fn describe(task: *const u8, e: &mut TaskEntry) -> Result<(), u32> {
-    let pids = task_pids(task)?;
+    let pids = task_pids(Probe, task)?;
     let level = pids.level;
     e.level = level as u16;
-    e.pidns = pidns_inum(ns_at(pids.thread_pid, level)?)?;
+    e.pidns = pidns_inum(Probe, ns_at(Probe, pids.thread_pid, level)?)?;
     let ns_slot = crate::lifecycle::own_ns_slot(e.level, e.pidns);
     let c = container_of(task, level, e.pidns, ns_slot);
     e.container = c.container;
     e.slot = c.slot;
     e.flags = 0;
     e.start_time = 0;
-    e.nr[0] = LevelIds { tid: nr_at(pids.thread_pid, 0)?, tgid: nr_at(pids.tgid_pid, 0)? };
+    e.nr[0] = LevelIds { tid: nr_at(Probe, pids.thread_pid, 0)?, tgid: nr_at(Probe, pids.tgid_pid, 0)? };
     if level > 0 && (level as usize) < INLINE_LEVELS {
-        let ids = LevelIds { tid: nr_at(pids.thread_pid, level)?, tgid: nr_at(pids.tgid_pid, level)? };
+        let ids = LevelIds {
+            tid: nr_at(Probe, pids.thread_pid, level)?,
+            tgid: nr_at(Probe, pids.tgid_pid, level)?,
+        };
         // Constant indices: older verifiers (6.1) lose a spilled index's bounds.
         match level {
             1 => e.nr[1] = ids,

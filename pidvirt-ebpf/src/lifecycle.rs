@@ -7,20 +7,23 @@
 //!   wait4/kill still name it.
 //! - free: the entry goes, if it still describes this task (same start time): a pid may have been
 //!   recycled between the kernel freeing the pid and this RCU-delayed event.
+//!
+//! Every argument of these tracepoints is a BTF-typed task pointer: the task structures are read
+//! with direct loads ([`Direct`]), not helper calls.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use pidvirt_common::{
-    INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, MigrateEvent, PidnsEvent, TaskEntry, VirtKey, VirtValue,
-    counter, event_kind, pidns_source, same_start, slots, task_flags,
+    DEEP_LEVELS, INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, MigrateEvent, PidnsEvent, TaskEntry, VirtKey,
+    VirtValue, counter, event_kind, pidns_source, same_start, slots, task_flags,
 };
 
 use crate::{
-    kernel::{off, offsets_ready, read},
+    kernel::{Direct, Kmem, below, off, offsets_ready},
     maps::{
         DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR, SCRATCH_TRACEPOINT, Scratch, TASKS, VIRT,
-        count_drop, count_lifecycle, count_map_error, take_slot, tasks_changed,
+        count_drop, count_lifecycle, count_map_error, take_slot, tasks_changed, tasks_generation,
     },
     task::{container_of, read_task},
 };
@@ -37,8 +40,12 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     }
     count_lifecycle(counter::LC_FORK);
     let child: *const u8 = ctx.arg(1);
-    if let Err(reason) = record_task(child, SCRATCH_TRACEPOINT) {
-        count_map_error(reason);
+    // Read before the entry is written: a copy is never labelled newer than its content.
+    let generations = tasks_generation();
+    match record_task(Direct, child, SCRATCH_TRACEPOINT) {
+        // The child's first crossing (fork's 0) then needs no lookup.
+        Ok(s) => crate::audit::remember_newborn(child, unsafe { &(*s).entry }, generations),
+        Err(reason) => count_map_error(reason),
     }
     0
 }
@@ -51,7 +58,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     count_lifecycle(counter::LC_EXEC);
     let task: *const u8 = ctx.arg(0);
     let old_tid: i32 = ctx.arg(1);
-    let tid: u32 = match read(task, off!(task_pid)) {
+    let tid: u32 = match Direct.read(task, off!(task_pid)) {
         Ok(t) => t,
         Err(_) => {
             count_map_error(counter::ERR_KERNEL_READ);
@@ -64,6 +71,8 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         if let Some(old) = TASKS.get_ptr(old_tid as u32) {
             let old = unsafe { *old };
             forget(old_tid as u32, &old);
+            // The task lives on under another tid: copies of its old entry must go.
+            tasks_changed();
         }
     }
     match TASKS.get_ptr_mut(tid) {
@@ -117,64 +126,102 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn tid_and_start(task: *const u8) -> Result<(u32, u64), i32> {
-    Ok((read(task, off!(task_pid))?, read(task, off!(task_start_time))?))
+    Ok((Direct.read(task, off!(task_pid))?, Direct.read(task, off!(task_start_time))?))
 }
 
 /// Reads `task` and writes its entry, deep levels and reverse entries; registers pid
-/// namespaces seen for the first time.
+/// namespaces seen for the first time. Answers the scratch space holding the entry written.
 #[inline(always)]
-pub fn record_task(task: *const u8, scratch: u32) -> Result<(), u32> {
+pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*const Scratch, u32> {
     let s = SCRATCH.get_ptr_mut(scratch).ok_or(counter::ERR_SCRATCH)?;
     let s = unsafe { &mut *s };
-    read_task(task, s)?;
-    let level = s.entry.level as u32;
+    read_task(k, task, s)?;
+    // Loaded again from the map value (volatile): the verifier then knows nothing of the level
+    // here, so the paths out of read_task's loops (one per level) become one state, and what
+    // follows is verified once, not once per level.
+    let level = unsafe { core::ptr::read_volatile(&s.entry.level) } as u32;
     let tid = s.entry.nr[0].tid;
 
-    // A stale entry under this tid (its task's free not seen yet, or lost): drop it first so
-    // the new task inherits none of it. The same task seeded from /proc is not stale.
-    if let Some(old) = TASKS.get_ptr(tid) {
-        let old = unsafe { *old };
-        if !same_start(old.start_time, old.flags, s.entry.start_time, tick_ns()) {
-            count_lifecycle(counter::LC_PID_REUSE);
-            forget(tid, &old);
+    // The container, by the counter slot of the task's own namespace. A namespace seen for the
+    // first time is registered, with those of its ancestors that are not (a namespace is only
+    // ever registered after its ancestors, so a known one needs nothing more).
+    let ns_slot = if level == 0 {
+        slots::HOST
+    } else {
+        match PIDNS.get_ptr(s.entry.pidns) {
+            Some(info) => unsafe { (*info).slot },
+            None => register_chain(s, level as usize, tid),
         }
+    };
+    let c = container_of(task, level, s.entry.pidns, ns_slot);
+    s.entry.container = c.container;
+    s.entry.slot = c.slot;
+
+    // The common case: the tid has no entry. BPF_NOEXIST spares a lookup, and nobody can hold a
+    // copy of an entry that did not exist: no generation bump.
+    if TASKS.insert(tid, &s.entry, BPF_NOEXIST as u64).is_err() {
+        // An entry is there: the same task (seeded from /proc, or recorded by the iterator
+        // while the fork program ran), or a stale one (its task's free not seen yet, or lost),
+        // which is dropped with its reverse entries so that the new task inherits none of it.
+        // Before this task's own reverse entries are written: they may carry the same keys.
+        if let Some(old) = TASKS.get_ptr(tid) {
+            let old = unsafe { *old };
+            if !same_start(old.start_time, old.flags, s.entry.start_time, tick_ns()) {
+                count_lifecycle(counter::LC_PID_REUSE);
+                forget(tid, &old);
+            }
+        }
+        TASKS.insert(tid, &s.entry, 0).map_err(|_| counter::ERR_TASK_INSERT)?;
+        tasks_changed();
     }
-    // Reverse entries for every level; namespaces seen for the first time are registered
-    // (and get a counter slot). Their ancestors are this task's namespaces (the entries above
-    // a namespace's own level are not read).
-    for (a, ns) in s.pidns.ancestors.iter_mut().zip(s.ns.iter()) {
-        *a = *ns;
-    }
-    let mut ns_slot = slots::HOST;
+    // Reverse entries for every level.
     for i in 1..MAX_LEVELS {
         if i as u32 > level {
             break;
         }
-        let (Some(ids), Some(ns)) = (s.ids.get(i), s.ns.get(i)) else {
+        let (Some(ids), Some(&ns)) = (s.ids.get(i), s.ns.get(i)) else {
             break;
         };
-        let (nr, ns) = (ids.tid, *ns);
-        if VIRT.insert(VirtKey { pidns: ns, nr }, VirtValue::of(&s.entry), 0).is_err() {
+        if VIRT.insert(VirtKey { pidns: ns, nr: ids.tid }, VirtValue::of(&s.entry), 0).is_err() {
             count_map_error(counter::ERR_VIRT_INSERT);
         }
-        ns_slot = match PIDNS.get_ptr(ns) {
+    }
+    if level as usize >= INLINE_LEVELS && DEEP.insert(tid, &s.deep, 0).is_err() {
+        count_map_error(counter::ERR_DEEP_INSERT);
+    }
+    Ok(s)
+}
+
+/// Registers the namespaces of the task in `s`, from level 1 to its own `level`, that have no
+/// record yet; answers the slot of the task's own namespace.
+#[inline(always)]
+fn register_chain(s: &mut Scratch, level: usize, tid: u32) -> u32 {
+    // A namespace's ancestors are this task's namespaces up to its level (the entries above a
+    // namespace's own level are not read).
+    for i in 0..MAX_LEVELS {
+        if i > level {
+            break;
+        }
+        if let (Some(a), Some(&ns)) = (s.pidns.ancestors.get_mut(i), s.ns.get(i)) {
+            *a = ns;
+        }
+    }
+    let mut slot = slots::OVERFLOW;
+    for i in 1..MAX_LEVELS {
+        if i > level {
+            break;
+        }
+        let Some(&ns) = s.ns.get(i) else { break };
+        slot = match PIDNS.get_ptr(ns) {
             Some(info) => unsafe { (*info).slot },
             None => register_pidns(s, i, tid),
         };
     }
-    let c = container_of(task, level, s.entry.pidns, ns_slot);
-    s.entry.container = c.container;
-    s.entry.slot = c.slot;
-    TASKS.insert(tid, &s.entry, 0).map_err(|_| counter::ERR_TASK_INSERT)?;
-    tasks_changed();
-    if level as usize >= INLINE_LEVELS && DEEP.insert(tid, &s.deep, 0).is_err() {
-        count_map_error(counter::ERR_DEEP_INSERT);
-    }
-    Ok(())
+    slot
 }
 
-/// Registers the namespace at `level` of the task in `s` (its ancestors are `s.ns[..level]`)
-/// with a new counter slot; returns the namespace's slot.
+/// Registers the namespace at `level` of the task in `s` (its ancestors are `s.ns[..level]`,
+/// already in `s.pidns.ancestors`) with a new counter slot; returns the namespace's slot.
 #[inline(always)]
 fn register_pidns(s: &mut Scratch, level: usize, tid: u32) -> u32 {
     let (Some(&ns), Some(&parent)) = (s.ns.get(level), s.ns.get(level.wrapping_sub(1))) else {
@@ -230,46 +277,71 @@ pub fn own_ns_slot(level: u16, pidns: u32) -> u32 {
 }
 
 /// Removes the entry of `tid` (whose content is `e`), its deep levels, and the reverse entries
-/// that still point at it. The namespace at each level comes from the task's namespace record
-/// (the task's `struct pid` is already detached at free time). All indices are constants per
-/// loop iteration, which the verifier can check.
+/// that still point at it. The namespace of the task's own level is in its entry; those of the
+/// levels between come from its namespace's record (the task's `struct pid` is already detached
+/// at free time). All indices are constants per loop iteration, which the verifier can check.
+///
+/// No generation bump: a copy of the entry (pidvirt_common::CallerCache) is only used by the
+/// task it describes, matched by address AND start time, and this task is gone (free) or was
+/// replaced (a stale entry). A caller that removes the entry of a task that lives on bumps.
 #[inline(always)]
 fn forget(tid: u32, e: &TaskEntry) {
     let level = e.level as usize;
     let deep = if level >= INLINE_LEVELS { DEEP.get_ptr(tid) } else { None };
-    match PIDNS.get_ptr(e.pidns) {
-        Some(info) => {
-            for i in 1..MAX_LEVELS {
-                if i > level {
-                    break;
-                }
-                let ns = unsafe { (*info).ancestors[i] };
-                let nr = if i < INLINE_LEVELS {
-                    e.nr[i].tid
-                } else {
-                    match deep {
-                        Some(d) => unsafe { (*d).nr[i - INLINE_LEVELS].tid },
-                        None => break,
+    // The task's own level: its namespace is in the entry (the common case, a task one level
+    // down, needs nothing else).
+    let own = match level {
+        0 => None,
+        1 => Some(e.nr[1].tid),
+        2 => Some(e.nr[2].tid),
+        3 => Some(e.nr[3].tid),
+        _ => match (deep, below(level - INLINE_LEVELS, DEEP_LEVELS)) {
+            (Some(d), Some(j)) => Some(unsafe { (*d).nr[j].tid }),
+            _ => None,
+        },
+    };
+    if let Some(nr) = own {
+        forget_virt(VirtKey { pidns: e.pidns, nr }, tid);
+    }
+    // The levels between: their namespaces come from the namespace's record.
+    if level > 1 {
+        match PIDNS.get_ptr(e.pidns) {
+            Some(info) => {
+                for i in 1..MAX_LEVELS {
+                    if i >= level {
+                        break;
                     }
-                };
-                let key = VirtKey { pidns: ns, nr };
-                if let Some(v) = VIRT.get_ptr(key)
-                    && unsafe { (*v).host_tid } == tid
-                {
-                    let _ = VIRT.remove(key);
+                    let ns = unsafe { (*info).ancestors[i] };
+                    let nr = if i < INLINE_LEVELS {
+                        e.nr[i].tid
+                    } else {
+                        match deep {
+                            Some(d) => unsafe { (*d).nr[i - INLINE_LEVELS].tid },
+                            None => break,
+                        }
+                    };
+                    forget_virt(VirtKey { pidns: ns, nr }, tid);
                 }
             }
+            // Only the host namespace has no record before a task is seen in it; these reverse
+            // entries are left to the daemon's sweep.
+            None => count_map_error(counter::ERR_PIDNS_MISSING),
         }
-        // Only the host namespace has no record before a task is seen in it; a task of a
-        // nested namespace without one leaves its reverse entries to the daemon's sweep.
-        None if level > 0 => count_map_error(counter::ERR_PIDNS_MISSING),
-        None => {}
     }
     if deep.is_some() {
         let _ = DEEP.remove(tid);
     }
     let _ = TASKS.remove(tid);
-    tasks_changed();
+}
+
+/// Removes reverse entry `key` if it still points at `tid` (a newer task may own the number).
+#[inline(always)]
+fn forget_virt(key: VirtKey, tid: u32) {
+    if let Some(v) = VIRT.get_ptr(key)
+        && unsafe { (*v).host_tid } == tid
+    {
+        let _ = VIRT.remove(key);
+    }
 }
 
 // Keeps MAX_LEVELS and the scratch array bound in sync.
@@ -326,7 +398,7 @@ pub fn seed_tasks(ctx: *mut core::ffi::c_void) -> i32 {
     if task.is_null() {
         return 0;
     }
-    if let Err(reason) = record_task(task, SCRATCH_ITERATOR) {
+    if let Err(reason) = record_task(Direct, task, SCRATCH_ITERATOR) {
         count_map_error(reason);
     }
     0

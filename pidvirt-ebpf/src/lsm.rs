@@ -14,7 +14,7 @@ use pidvirt_common::{
 
 use crate::{
     audit::{Crossing, Found, report, visible},
-    kernel::{off, offsets_ready, read},
+    kernel::{Direct, Kmem, off, offsets_ready},
     maps::{COUNTS, MODES, TASKS, count_map_error},
 };
 
@@ -35,7 +35,7 @@ fn decide(hook: usize, target: *const u8, prev: i32) -> i32 {
         Some(m) if unsafe { *m } == mode::ENFORCE => {}
         _ => return 0,
     }
-    let Ok(target_tid) = read::<u32>(target, off!(task_pid)) else {
+    let Ok(target_tid) = Direct.read::<u32>(target, off!(task_pid)) else {
         count_map_error(counter::ERR_KERNEL_READ);
         return 0;
     };

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
 };
 use pidvirt_common::{
-    CallerCache, CgroupContainer, DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, TaskEntry, VirtKey, VirtValue,
-    audit::ContainerCounters, counter, slots, tasks_generation,
+    CALLER_SLOTS, CallerCache, CgroupContainer, DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, TaskEntry,
+    VirtKey, VirtValue, audit::ContainerCounters, counter, slots, tasks_generation,
 };
 
 /// host tid -> ids at every level (inline up to INLINE_LEVELS). TASKS and VIRT are written on
@@ -62,9 +62,10 @@ pub static META: Array<u64> = Array::with_max_entries(pidvirt_common::meta::SLOT
 #[map]
 pub static CONFIG: Array<u32> = Array::with_max_entries(pidvirt_common::config::SLOTS, 0);
 
-/// The last caller's entry, per CPU (pidvirt_common::CallerCache; used by audit::caller).
+/// Copies of callers' entries, per CPU (pidvirt_common::CallerCache, ::caller_slot; used by
+/// audit::caller).
 #[map]
-pub static CALLER: PerCpuArray<CallerCache> = PerCpuArray::with_max_entries(1, 0);
+pub static CALLER: PerCpuArray<CallerCache> = PerCpuArray::with_max_entries(CALLER_SLOTS, 0);
 
 /// Generations of the task map (pidvirt_common::tasks_generation, ::CallerCache).
 #[map]

@@ -7,9 +7,15 @@
 use pidvirt_common::{CgroupContainer, INLINE_LEVELS, LevelIds, MAX_LEVELS, MAX_PID_NS_LEVEL, counter};
 
 use crate::{
-    kernel::{off, read, read_ptr},
+    kernel::{Kmem, Probe, off, read, read_ptr},
     maps::Scratch,
 };
+
+/// A failed kernel read, as a counter reason.
+#[inline(always)]
+fn kerr(_: i32) -> u32 {
+    counter::ERR_KERNEL_READ
+}
 
 /// Pointers of the two `struct pid` of a task.
 #[derive(Clone, Copy)]
@@ -20,15 +26,14 @@ pub struct TaskPids {
 }
 
 #[inline(always)]
-pub fn task_pids(task: *const u8) -> Result<TaskPids, u32> {
-    let thread_pid = read_ptr(task, off!(task_thread_pid)).map_err(|_| counter::ERR_KERNEL_READ)?;
-    let level: u32 = read(thread_pid, off!(pid_level)).map_err(|_| counter::ERR_KERNEL_READ)?;
+pub fn task_pids<K: Kmem>(k: K, task: *const u8) -> Result<TaskPids, u32> {
+    let thread_pid = k.read_ptr(task, off!(task_thread_pid)).map_err(kerr)?;
+    let level: u32 = k.read(thread_pid, off!(pid_level)).map_err(kerr)?;
     if level > MAX_PID_NS_LEVEL {
         return Err(counter::ERR_LEVEL_OVERFLOW);
     }
-    let signal = read_ptr(task, off!(task_signal)).map_err(|_| counter::ERR_KERNEL_READ)?;
-    let tgid_pid =
-        read_ptr(signal, off!(signal_pids) + 8 * off!(pidtype_tgid)).map_err(|_| counter::ERR_KERNEL_READ)?;
+    let signal = k.read_ptr(task, off!(task_signal)).map_err(kerr)?;
+    let tgid_pid = k.read_ptr(signal, off!(signal_pids) + 8 * off!(pidtype_tgid)).map_err(kerr)?;
     Ok(TaskPids { thread_pid, tgid_pid, level })
 }
 
@@ -38,15 +43,24 @@ pub fn upid_at(pid: *const u8, level: u32) -> *const u8 {
     pid.wrapping_add((off!(pid_numbers) + level * off!(upid_size)) as usize)
 }
 
-/// The number and `struct pid_namespace *` of `pid` at `level`, in one read of the 16-byte
-/// `struct upid` (the daemon checked its size; the field offsets are the BTF's).
+/// The number and `struct pid_namespace *` of `pid` at `level`: with [`Probe`], one read of the
+/// whole 16-byte `struct upid` (the daemon checked its size; the field offsets are the BTF's);
+/// directly, two loads (`level` must then be a constant to the verifier).
 #[inline(always)]
-pub fn upid(pid: *const u8, level: u32) -> Result<(u32, *const u8), u32> {
-    let u: [u64; 2] = read(upid_at(pid, level), 0).map_err(|_| counter::ERR_KERNEL_READ)?;
-    let (nr_at, ns_at) = (off!(upid_nr), off!(upid_ns));
-    let word = u[(nr_at / 8) as usize & 1];
-    let nr = if nr_at % 8 == 0 { word as u32 } else { (word >> 32) as u32 };
-    let ns = u[(ns_at / 8) as usize & 1] as *const u8;
+pub fn upid<K: Kmem>(k: K, pid: *const u8, level: u32) -> Result<(u32, *const u8), u32> {
+    let (nr, ns) = if K::DIRECT {
+        let at = upid_at(pid, level);
+        (
+            k.read::<u32>(at, off!(upid_nr)).map_err(kerr)?,
+            k.read::<*const u8>(at, off!(upid_ns)).map_err(kerr)?,
+        )
+    } else {
+        let u: [u64; 2] = k.read(upid_at(pid, level), 0).map_err(kerr)?;
+        let (nr_at, ns_at) = (off!(upid_nr), off!(upid_ns));
+        let word = u[(nr_at / 8) as usize & 1];
+        let nr = if nr_at % 8 == 0 { word as u32 } else { (word >> 32) as u32 };
+        (nr, u[(ns_at / 8) as usize & 1] as *const u8)
+    };
     if ns.is_null() {
         return Err(counter::ERR_KERNEL_READ);
     }
@@ -55,54 +69,91 @@ pub fn upid(pid: *const u8, level: u32) -> Result<(u32, *const u8), u32> {
 
 /// The number of `pid` at `level` (no namespace check: the caller knows the level exists).
 #[inline(always)]
-pub fn nr_at(pid: *const u8, level: u32) -> Result<u32, u32> {
-    read(upid_at(pid, level), off!(upid_nr)).map_err(|_| counter::ERR_KERNEL_READ)
+pub fn nr_at<K: Kmem>(k: K, pid: *const u8, level: u32) -> Result<u32, u32> {
+    k.read(upid_at(pid, level), off!(upid_nr)).map_err(kerr)
 }
 
 /// Inode of the pid namespace a `struct pid_namespace *` points to.
 #[inline(always)]
-pub fn pidns_inum(ns: *const u8) -> Result<u32, u32> {
-    read(ns, off!(pidns_inum)).map_err(|_| counter::ERR_KERNEL_READ)
+pub fn pidns_inum<K: Kmem>(k: K, ns: *const u8) -> Result<u32, u32> {
+    k.read(ns, off!(pidns_inum)).map_err(kerr)
 }
 
 /// `struct pid_namespace *` of `pid` at `level`.
 #[inline(always)]
-pub fn ns_at(pid: *const u8, level: u32) -> Result<*const u8, u32> {
-    read_ptr(upid_at(pid, level), off!(upid_ns)).map_err(|_| counter::ERR_KERNEL_READ)
+pub fn ns_at<K: Kmem>(k: K, pid: *const u8, level: u32) -> Result<*const u8, u32> {
+    k.read_ptr(upid_at(pid, level), off!(upid_ns)).map_err(kerr)
+}
+
+/// Reads the ids and namespace of level `lvl` of the task whose pids are `pids` into `s`.
+#[inline(always)]
+fn read_level<K: Kmem>(k: K, pids: &TaskPids, lvl: u32, s: &mut Scratch) -> Result<(), u32> {
+    let i = lvl as usize;
+    let (tid, ns) = upid(k, pids.thread_pid, lvl)?;
+    // A thread-group leader's two pids are one (the common case: one read less per level).
+    let tgid = if pids.tgid_pid == pids.thread_pid { tid } else { nr_at(k, pids.tgid_pid, lvl)? };
+    let ns = pidns_inum(k, ns)?;
+    if let Some(slot) = s.ids.get_mut(i) {
+        *slot = LevelIds { tid, tgid };
+    }
+    if let Some(slot) = s.ns.get_mut(i) {
+        *slot = ns;
+    }
+    if lvl == pids.level {
+        s.entry.pidns = ns;
+    }
+    if i < INLINE_LEVELS {
+        if let Some(slot) = s.entry.nr.get_mut(i) {
+            *slot = LevelIds { tid, tgid };
+        }
+    } else if let Some(slot) = s.deep.nr.get_mut(i - INLINE_LEVELS) {
+        *slot = LevelIds { tid, tgid };
+    }
+    Ok(())
+}
+
+/// An inline level (a constant `lvl` > 0): directly where the kernel declares `pid.numbers` a
+/// flexible array (the verifier refuses a direct load past `numbers[1]` otherwise; the flag is a
+/// constant to it, so it checks only the branch taken).
+#[inline(always)]
+fn read_inline_level<K: Kmem>(k: K, pids: &TaskPids, lvl: u32, s: &mut Scratch) -> Result<(), u32> {
+    if K::DIRECT && off!(pid_numbers_flexible) == 0 {
+        read_level(Probe, pids, lvl, s)
+    } else {
+        read_level(k, pids, lvl, s)
+    }
 }
 
 /// Reads task `task`: its start time, level, and ids and namespace inode at every level, into
 /// `s.ids` / `s.ns`, then packs them into `s.entry` (inline levels) and `s.deep` (the rest).
+/// The inline levels are read one by one with constant indices, so that [`crate::kernel::Direct`]
+/// loads are possible; deeper levels (rare) in a loop with [`Probe`] reads.
 /// The entry's `container` is left to the caller.
 #[inline(always)]
-pub fn read_task(task: *const u8, s: &mut Scratch) -> Result<(), u32> {
-    let pids = task_pids(task)?;
-    let start: u64 = read(task, off!(task_start_time)).map_err(|_| counter::ERR_KERNEL_READ)?;
+pub fn read_task<K: Kmem>(k: K, task: *const u8, s: &mut Scratch) -> Result<(), u32> {
+    let pids = task_pids(k, task)?;
+    let start: u64 = k.read(task, off!(task_start_time)).map_err(kerr)?;
     let level = pids.level;
-    for i in 0..MAX_LEVELS {
-        let lvl = i as u32;
-        if lvl > level {
-            break;
-        }
-        let (tid, ns) = upid(pids.thread_pid, lvl)?;
-        // A thread-group leader's two pids are one (the common case: one read less per level).
-        let tgid = if pids.tgid_pid == pids.thread_pid { tid } else { nr_at(pids.tgid_pid, lvl)? };
-        let ns = pidns_inum(ns)?;
-        if let Some(slot) = s.ids.get_mut(i) {
-            *slot = LevelIds { tid, tgid };
-        }
-        if let Some(slot) = s.ns.get_mut(i) {
-            *slot = ns;
-        }
-        if lvl == level {
-            s.entry.pidns = ns;
-        }
-        if i < INLINE_LEVELS {
-            if let Some(slot) = s.entry.nr.get_mut(i) {
-                *slot = LevelIds { tid, tgid };
+    read_level(k, &pids, 0, s)?;
+    if level >= 1 {
+        read_inline_level(k, &pids, 1, s)?;
+    }
+    if level >= 2 {
+        read_inline_level(k, &pids, 2, s)?;
+    }
+    if level >= 3 {
+        read_inline_level(k, &pids, 3, s)?;
+    }
+    if level as usize >= INLINE_LEVELS {
+        // The pointers again, read with Probe: plain numbers to the verifier, which then keeps
+        // one state per iteration of this loop, not one per kind of pointer.
+        let pids = task_pids(Probe, task)?;
+        for i in INLINE_LEVELS..MAX_LEVELS {
+            let lvl = i as u32;
+            if lvl > level {
+                break;
             }
-        } else if let Some(slot) = s.deep.nr.get_mut(i - INLINE_LEVELS) {
-            *slot = LevelIds { tid, tgid };
+            read_level(Probe, &pids, lvl, s)?;
         }
     }
     s.entry.start_time = start;
@@ -112,6 +163,9 @@ pub fn read_task(task: *const u8, s: &mut Scratch) -> Result<(), u32> {
     Ok(())
 }
 
+// read_task unrolls exactly the inline levels.
+const _: () = assert!(INLINE_LEVELS == 4);
+
 /// The number of `struct pid` `pid` in the namespace `ns` at `level` (pid_nr_ns(): 0 when
 /// the pid has no number there).
 #[inline(always)]
@@ -119,14 +173,14 @@ pub fn pid_nr_ns(pid: *const u8, level: u32, ns: *const u8) -> Result<u32, u32> 
     if pid.is_null() {
         return Ok(0);
     }
-    let plevel: u32 = read(pid, off!(pid_level)).map_err(|_| counter::ERR_KERNEL_READ)?;
+    let plevel: u32 = read(pid, off!(pid_level)).map_err(kerr)?;
     if plevel < level {
         return Ok(0);
     }
-    if ns_at(pid, level)? != ns {
+    if ns_at(Probe, pid, level)? != ns {
         return Ok(0);
     }
-    nr_at(pid, level)
+    nr_at(Probe, pid, level)
 }
 
 /// Which of a task's ids, as seen from its own namespace.
@@ -143,9 +197,9 @@ pub enum Own {
 /// returned values are checked against.
 #[inline(always)]
 pub fn own_id(task: *const u8, which: Own) -> Result<u32, u32> {
-    let pids = task_pids(task)?;
+    let pids = task_pids(Probe, task)?;
     let level = pids.level;
-    let ns = ns_at(pids.thread_pid, level)?;
+    let ns = ns_at(Probe, pids.thread_pid, level)?;
     let pid = match which {
         Own::Pgid | Own::Sid => {
             let signal = read_ptr(task, off!(task_signal)).map_err(|_| counter::ERR_KERNEL_READ)?;
@@ -154,7 +208,7 @@ pub fn own_id(task: *const u8, which: Own) -> Result<u32, u32> {
         }
         Own::Ppid => {
             let parent = read_ptr(task, off!(task_real_parent)).map_err(|_| counter::ERR_KERNEL_READ)?;
-            task_pids(parent)?.tgid_pid
+            task_pids(Probe, parent)?.tgid_pid
         }
     };
     pid_nr_ns(pid, level, ns)

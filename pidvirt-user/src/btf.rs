@@ -128,6 +128,14 @@ impl KernelBtf {
         }
     }
 
+    /// Whether type `id` is a flexible array (`T name[]`, no element count).
+    pub fn is_flexible_array(&self, id: u32) -> bool {
+        match self.btf.resolve_type_by_id(id).map(|t| self.strip(t)) {
+            Ok(Type::Array(a)) => a.len() == 0,
+            _ => false,
+        }
+    }
+
     /// Finds `field` in struct `ty`, descending into anonymous struct/union members.
     pub fn field(&self, ty: &str, field: &str) -> Result<Field, OffsetError> {
         let s = self.composite(ty)?;
@@ -270,6 +278,7 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
         pidtype_tgid: btf.enum_value("pid_type", "PIDTYPE_TGID")?,
         pidtype_pgid: btf.enum_value("pid_type", "PIDTYPE_PGID")?,
         pidtype_sid: btf.enum_value("pid_type", "PIDTYPE_SID")?,
+        pid_numbers_flexible: btf.is_flexible_array(numbers.type_id) as u32,
         tick_ns,
         magic: OFFSETS_MAGIC,
     })
@@ -320,6 +329,16 @@ mod tests {
             self.push_u32(0);
             self.push_u32(2 << 24); // BTF_KIND_PTR
             self.push_u32(to);
+            self.id()
+        }
+        /// BTF_KIND_ARRAY of `len` elements of `elem` (0: a flexible array).
+        fn array(&mut self, elem: u32, index: u32, len: u32) -> u32 {
+            self.push_u32(0);
+            self.push_u32(3 << 24);
+            self.push_u32(0);
+            self.push_u32(elem);
+            self.push_u32(index);
+            self.push_u32(len);
             self.id()
         }
         /// kind 4 = struct, 5 = union; members: (name, type, byte offset).
@@ -390,6 +409,27 @@ mod tests {
         assert_eq!(btf.field("pid", "numbers").unwrap().offset, 24);
         assert_eq!(btf.field("pid", "numbers").unwrap().size, 16);
         assert_eq!(btf.struct_size("upid").unwrap(), 16);
+    }
+
+    /// `struct pid`'s `numbers` as 6.5+ declares it (`numbers[]`) and as 6.1 does (`numbers[1]`):
+    /// only the first lets the programs load numbers[i > 0] directly.
+    #[test]
+    fn flexible_array_is_told_from_one_element_array() {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let upid = b.composite(4, "upid", 16, &[("nr", int, 0), ("ns", int, 8)]);
+        let flexible = b.array(upid, int, 0);
+        let one = b.array(upid, int, 1);
+        b.composite(4, "pid", 24, &[("level", int, 4), ("numbers", flexible, 8)]);
+        b.composite(4, "pid_61", 24, &[("level", int, 4), ("numbers", one, 8)]);
+        let btf = KernelBtf::from_bytes(&b.build()).expect("parses");
+        let f = btf.field("pid", "numbers").unwrap();
+        assert_eq!((f.offset, f.size), (8, 16));
+        assert!(btf.is_flexible_array(f.type_id));
+        let f = btf.field("pid_61", "numbers").unwrap();
+        assert_eq!((f.offset, f.size), (8, 16));
+        assert!(!btf.is_flexible_array(f.type_id));
+        assert!(!btf.is_flexible_array(int));
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct State {
     /// How the /proc walk went (None while it runs).
     pub seed: Mutex<Option<SeedReport>>,
     pub attached: Vec<(String, String)>,
+    /// How the programs read pids above level 0 (loader::task_reads).
+    pub task_reads: &'static str,
     pub started: Instant,
     pub kernel_release: String,
 }
@@ -68,7 +70,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let host_pidns = procscan::own_pidns_is_init().map_err(anyhow::Error::msg)?;
     let tick_ns = procscan::tick_ns();
     let t0 = Instant::now();
-    let offsets = loader::resolve_offsets(tick_ns)?;
+    let mut offsets = loader::resolve_offsets(tick_ns)?;
+    if opts.load.probe_reads {
+        offsets.pid_numbers_flexible = 0;
+    }
     tracing::info!("offsets from BTF and tracefs in {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0);
     tracing::debug!(?offsets, "kernel offsets from BTF");
     // Attach first, then walk /proc: a process born in between is seen by the fork program.
@@ -94,6 +99,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         registry: Mutex::new(registry),
         seed: Mutex::new(None),
         attached,
+        task_reads: if adopted {
+            "as loaded by the daemon that pinned the programs"
+        } else {
+            loader::task_reads(&offsets)
+        },
         started: Instant::now(),
         kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
@@ -539,6 +549,7 @@ impl State {
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "programs": self.attached.iter().map(|(p, h)| serde_json::json!({"program": p, "hook": h})).collect::<Vec<_>>(),
             "enforcement": self.enforcement,
+            "task_reads": self.task_reads,
             "pinned": self.pinned,
             "adopted": self.adopted,
             "seed": self.seed.lock().ok().and_then(|s| s.clone()).map(|s| serde_json::json!(s)).unwrap_or_else(|| serde_json::json!("running")),

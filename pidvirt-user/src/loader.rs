@@ -40,6 +40,9 @@ pub struct LoadOptions {
     /// Pin maps and links in bpffs: counting and enforcement go on while the daemon is down,
     /// and a restarted daemon adopts them.
     pub pin: bool,
+    /// Read a task's pids above level 0 with bpf_probe_read_kernel even where direct loads are
+    /// possible: the path of kernels that declare `pid.numbers[1]` (tests use it).
+    pub probe_reads: bool,
 }
 
 /// Default capacity of the task maps: the kernel's pid_max (host tids are below it, so no more
@@ -62,6 +65,7 @@ impl Default for LoadOptions {
             counter_slots: slots::DEFAULT,
             task_iterator: true,
             pin: false,
+            probe_reads: false,
         }
     }
 }
@@ -128,6 +132,15 @@ pub fn require_root() -> Result<(), LoadError> {
         return Err(LoadError::NotRoot(euid));
     }
     Ok(())
+}
+
+/// How the programs read a task's pids at levels above 0 (`pidvirt status`: `task_reads`).
+pub fn task_reads(offsets: &KernelOffsets) -> &'static str {
+    if offsets.pid_numbers_flexible != 0 {
+        "direct loads through BTF-typed pointers (the kernel declares pid.numbers[] a flexible array)"
+    } else {
+        "bpf_probe_read_kernel above level 0 (the kernel declares pid.numbers[1], or --probe-reads)"
+    }
 }
 
 /// Every offset the programs need, from the kernel's BTF; and the syscall record layout the

@@ -109,6 +109,10 @@ enum Command {
         /// /proc for anything it missed) or `proc` (/proc only; start times at clock-tick precision).
         #[arg(long, value_enum, default_value_t = SeedMode::Iterator)]
         seed: SeedMode,
+        /// Read pids above level 0 with bpf_probe_read_kernel even where direct loads are
+        /// possible (the path of kernels that declare `pid.numbers[1]`; for tests).
+        #[arg(long, hide = true)]
+        probe_reads: bool,
     },
     /// List tracked tasks.
     Ps {
@@ -265,6 +269,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             state_file,
             max_containers,
             pin,
+            probe_reads,
         } => {
             daemon::run(RunOptions {
                 socket: socket.socket,
@@ -276,6 +281,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     counter_slots: max_containers.saturating_add(pidvirt_common::slots::FIRST_FREE),
                     task_iterator: matches!(seed, SeedMode::Iterator),
                     pin,
+                    probe_reads,
                 },
             })
             .await?;

@@ -113,6 +113,31 @@ fn deep_nesting_beyond_the_inline_levels() {
     assert!(rows.iter().all(|r| r.nspid.len() == 7));
 }
 
+/// Kernels that declare `pid.numbers[1]` refuse direct loads of levels above 0; the programs
+/// then read those levels with bpf_probe_read_kernel. `--probe-reads` forces that path here, so
+/// it is checked on every kernel: tasks seeded by the iterator, recorded at fork, at inline and
+/// at deep levels, all against /proc.
+#[test]
+fn probe_read_fallback_reads_every_level_like_direct_loads() {
+    let mut pre = Fixture::start(FIXTURE, 5);
+    namespace_tree(&mut pre, 1, 1);
+    let d = Daemon::start_with(&["--probe-reads"]);
+    let status = d.cli(&["status"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    let reads = status["task_reads"].as_str().unwrap_or_default();
+    assert!(reads.starts_with("bpf_probe_read_kernel"), "task_reads: {reads}");
+    let mut post = Fixture::start(FIXTURE, 5);
+    namespace_tree(&mut post, 2, 2);
+    for f in [&pre, &post] {
+        // Every namespace of the chain (the inits of the outer ones, too), level by level.
+        for (i, &ns) in f.pidns.iter().enumerate() {
+            let rows = assert_ps_matches_proc(&d, ns);
+            assert!(rows.iter().all(|r| r.nspid.len() == i + 2 && r.level as usize == i + 1));
+        }
+    }
+}
+
 #[test]
 fn exits_remove_entries() {
     let d = Daemon::start();
