@@ -334,13 +334,16 @@ pub struct ContainerCounters {
     pub crossings: [u64; NSYSCALLS * NVERDICTS],
     /// Anomalies of this container that could not be reported (ring buffer full).
     pub ringbuf_drops: u64,
+    /// Processes its tasks released with wait4 (their entries removed there: `reaped` in the
+    /// lifecycle counters).
+    pub reaped: u64,
     /// Actions of this container the enforcer denied, per LSM hook.
     pub denied: [u64; NLSM],
 }
 
 impl Default for ContainerCounters {
     fn default() -> Self {
-        Self { crossings: [0; NSYSCALLS * NVERDICTS], ringbuf_drops: 0, denied: [0; NLSM] }
+        Self { crossings: [0; NSYSCALLS * NVERDICTS], ringbuf_drops: 0, reaped: 0, denied: [0; NLSM] }
     }
 }
 

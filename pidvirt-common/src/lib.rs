@@ -42,6 +42,19 @@ pub mod task_flags {
     pub const EXITED: u16 = 1 << 1;
     /// The task was seen at exec.
     pub const EXECED: u16 = 1 << 2;
+    /// On a thread-group leader's entry: its whole group has exited (the last thread's exit
+    /// found `signal->live` at 0), so the process is a zombie that a wait reaps.
+    pub const GROUP_DEAD: u16 = 1 << 3;
+    /// On a thread-group leader's entry: it was ptraced when it exited (a tracer that is not
+    /// its parent may collect its exit status without releasing it).
+    pub const TRACED: u16 = 1 << 4;
+
+    /// Whether a task whose entry has `flags` is released once a wait4 returns its pid: a
+    /// whole group that exited untraced (a stopped or continued child, a zombie leader whose
+    /// threads still run, or a tracee reported to its tracer, is not).
+    pub const fn reaped_by_wait(flags: u16) -> bool {
+        flags & (EXITED | GROUP_DEAD | TRACED) == EXITED | GROUP_DEAD
+    }
 }
 
 /// Value of the task map, keyed by host tid. 56 bytes.
@@ -231,7 +244,7 @@ pub mod counter {
 
     /// Lifecycle events seen by the kernel programs.
     pub const LIFECYCLE_BASE: u32 = 32;
-    pub const LIFECYCLE_NAMES: [&str; 5] = ["fork", "exec", "exit", "free", "pid_reuse"];
+    pub const LIFECYCLE_NAMES: [&str; 6] = ["fork", "exec", "exit", "free", "pid_reuse", "reaped"];
     pub const LC_FORK: u32 = 0;
     pub const LC_EXEC: u32 = 1;
     pub const LC_EXIT: u32 = 2;
@@ -239,6 +252,9 @@ pub mod counter {
     /// A fork found a stale entry under the new task's host tid (the old task's free was not
     /// seen yet): the old entry was replaced.
     pub const LC_PID_REUSE: u32 = 4;
+    /// A wait4 returned the pid of a process it released (task_flags::reaped_by_wait): its
+    /// entries were removed there, while their lines were hot, not at its free.
+    pub const LC_REAPED: u32 = 5;
 
     /// Crossings of containers whose per-container counters could not be had (map full),
     /// index `CROSSING_BASE + syscall * NVERDICTS + verdict`.
@@ -324,6 +340,32 @@ pub mod caller_slot {
     pub const CALLER: u32 = 0;
     /// The last child forked on this CPU.
     pub const NEWBORN: u32 = 1;
+}
+
+/// The filter of host tids with a task entry (maps LIVE_TIDS, written by the programs, and
+/// SEEDED_TIDS, written by the daemon): bit `tid % 64` of word `tid / 64`. Answers "no entry"
+/// for a number without a hash lookup; a set bit may be stale (then the lookup says no), a
+/// tid beyond the words is always looked up.
+pub mod tid_filter {
+    /// Words for a kernel whose pid_max is `pid_max` (host tids are below it), within the
+    /// map's bounds.
+    pub const fn words(pid_max: u32) -> u32 {
+        let w = pid_max.div_ceil(64);
+        if w < 64 {
+            64
+        } else if w > MAX_WORDS {
+            MAX_WORDS
+        } else {
+            w
+        }
+    }
+    /// For the largest pid_max (PID_MAX_LIMIT, 4194304 on 64-bit): 512 KiB.
+    pub const MAX_WORDS: u32 = 4_194_304 / 64;
+
+    /// Word index and bit of `tid`.
+    pub const fn bit(tid: u32) -> (u32, u64) {
+        (tid / 64, 1u64 << (tid % 64))
+    }
 }
 
 /// Slots of the META array (read by a daemon adopting pinned programs).

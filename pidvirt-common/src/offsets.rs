@@ -41,6 +41,10 @@ pub struct KernelOffsets {
     pub task_nsproxy: u32,
     /// task_struct.cgroups (struct css_set *)
     pub task_cgroups: u32,
+    /// task_struct.ptrace (unsigned int)
+    pub task_ptrace: u32,
+    /// signal_struct.live.counter (atomic_t: int): threads of the group not yet exited
+    pub signal_live: u32,
     /// signal_struct.pids (struct pid *[PIDTYPE_MAX])
     pub signal_pids: u32,
     /// pid.level (unsigned int)
@@ -97,6 +101,8 @@ impl KernelOffsets {
             task_signal: 0,
             task_nsproxy: 0,
             task_cgroups: 0,
+            task_ptrace: 0,
+            signal_live: 0,
             signal_pids: 0,
             pid_level: 0,
             pid_numbers: 0,

@@ -9,7 +9,7 @@ use pidvirt_common::{
     ANCESTOR_SLOTS, CallerCache, INLINE_LEVELS, LevelIds, TaskEntry, VirtKey,
     audit::{
         AnomalyEvent, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution, Verdict, classify, crossing_slot,
-        event_flags,
+        event_flags, sys,
     },
     caller_slot, counter, event_kind,
 };
@@ -18,7 +18,7 @@ use crate::{
     kernel::{Direct, Kmem, Probe, off},
     maps::{
         CALLER, COUNTS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, VIRT, count, count_drop,
-        count_map_error, tasks_generation,
+        count_map_error, may_have_entry, tasks_generation,
     },
     task::{container_of, nr_at, ns_at, pidns_inum, task_pids},
 };
@@ -207,10 +207,17 @@ fn resolve_named(tid: u32, c: &TaskEntry, n: u32) -> (Found, bool) {
     }
 }
 
-/// The task `n` names as a host pid.
+/// The task `n` names as a host pid. Most numbers a container passes are no live host tid:
+/// the tid filter answers for them without a lookup.
 #[inline(always)]
 fn host_pid(tid: u32, c: &TaskEntry, n: u32) -> Found {
-    if n == tid { Found { tid, entry: c } } else { Found::lookup(n) }
+    if n == tid {
+        Found { tid, entry: c }
+    } else if may_have_entry(n) {
+        Found::lookup(n)
+    } else {
+        Found::NONE
+    }
 }
 
 /// The ids of a task in its own namespace, when its entry holds them inline.
@@ -422,24 +429,47 @@ fn report_mismatch(syscall: u16, value: i64, truth: i64, tid: u32, c: &TaskEntry
 }
 
 /// A returned number naming a task (fork's child, wait's reaped child): it must name a task in
-/// the caller's namespace; if none, its entry is already gone (`stale`).
+/// the caller's namespace; if none, its entry is already gone (`stale`). Answers the caller's
+/// counter slot and the task named.
 #[inline(always)]
-pub fn returned_task(syscall: u16, value: i64) {
-    let Some((tid, c)) = caller() else { return };
+pub fn returned_task(syscall: u16, value: i64) -> (u32, Found) {
+    let Some((tid, c)) = caller() else { return (0, Found::NONE) };
     let c = unsafe { &*c };
     if value == 0 {
         // fork/clone in the child.
         count_crossing(c.slot, syscall, Verdict::Ok);
-        return;
+        return (c.slot, Found::NONE);
     }
     // Only the named task decides; the host-pid reading is looked up for the report alone.
-    let (named, _) = resolve_named(tid, c, value as u32);
+    // A fork's child was most likely just recorded on this CPU: its copy names it.
+    let named = match newborn_named(c, value, syscall) {
+        Some(found) => found,
+        None => resolve_named(tid, c, value as u32).0,
+    };
     let verdict = if named.is_some() { Verdict::Ok } else { Verdict::Stale };
     count_crossing(c.slot, syscall, verdict);
     if verdict.is_anomaly() {
         let x = Crossing { syscall, direction: pidvirt_common::audit::DIR_OUT, verdict, value };
         report(x, tid, c, Found::NONE, host_pid(tid, c, value as u32));
     }
+    (c.slot, named)
+}
+
+/// The child a fork on this CPU just recorded (CALLER's newborn copy, still valid), if `value`,
+/// a fork's return to caller `c`, is its number: same namespace, same number. Only for fork
+/// returns: the copy's flags are not kept up to date, and a number passed IN must be judged
+/// on the task map as it is now.
+#[inline(always)]
+fn newborn_named(c: &TaskEntry, value: i64, syscall: u16) -> Option<Found> {
+    if !matches!(syscall, sys::FORK | sys::VFORK | sys::CLONE | sys::CLONE3) {
+        return None;
+    }
+    let n = unsafe { &*CALLER.get_ptr(caller_slot::NEWBORN)? };
+    let valid = (n.kernel_generation, n.daemon_generation) == tasks_generation()
+        && n.entry.level == c.level
+        && n.entry.pidns == c.pidns
+        && own_inline(&n.entry).is_some_and(|ids| ids.tid as i64 == value);
+    valid.then_some(Found { tid: n.tid, entry: &n.entry })
 }
 
 // Keeps the global fallback region in range.

@@ -22,8 +22,9 @@ use pidvirt_common::{
 use crate::{
     kernel::{Direct, Kmem, below, off, offsets_ready},
     maps::{
-        DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR, SCRATCH_TRACEPOINT, Scratch, TASKS, VIRT,
-        count_drop, count_lifecycle, count_map_error, take_slot, tasks_changed, tasks_generation,
+        COUNTS, DEEP, EVENTS, FREE_SLOTS, PIDNS, REAPED, REAPED_SLOTS, Reaped, SCRATCH, SCRATCH_ITERATOR,
+        SCRATCH_TRACEPOINT, Scratch, TASKS, VIRT, count_drop, count_lifecycle, count_map_error, mark_tid,
+        take_slot, tasks_changed, tasks_generation, unmark_tid,
     },
     task::{container_of, read_task},
 };
@@ -77,7 +78,10 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     }
     match TASKS.get_ptr_mut(tid) {
         Some(e) => unsafe {
-            (*e).flags = ((*e).flags & !task_flags::EXITED) | task_flags::EXECED;
+            // The entry under the leader's tid now describes a live exec'd thread: what the old
+            // leader's exit marked on it goes.
+            let exit_marks = task_flags::EXITED | task_flags::GROUP_DEAD | task_flags::TRACED;
+            (*e).flags = ((*e).flags & !exit_marks) | task_flags::EXECED;
         },
         None => count_map_error(counter::ERR_TASK_MISSING),
     }
@@ -95,13 +99,61 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
         count_map_error(counter::ERR_KERNEL_READ);
         return 0;
     };
+    let tgid: u32 = Direct.read(task, off!(task_tgid)).unwrap_or(0);
+    // do_exit() decrements signal->live before this tracepoint: 0 once the group's last
+    // thread is exiting (a read that fails counts as alive: nothing is concluded from it).
+    let group_dead = Direct
+        .read_ptr(task, off!(task_signal))
+        .and_then(|signal| Direct.read::<u32>(signal, off!(signal_live)))
+        .is_ok_and(|live| live == 0);
     if let Some(e) = TASKS.get_ptr_mut(tid) {
         let e = unsafe { &mut *e };
         if same_start(e.start_time, e.flags, start, tick_ns()) {
             e.flags |= task_flags::EXITED;
+            if tid == tgid {
+                // A ptraced leader's exit may be reported to its tracer first (a read that fails
+                // counts as traced).
+                if Direct.read::<u32>(task, off!(task_ptrace)).is_ok_and(|p| p == 0) {
+                    e.flags &= !task_flags::TRACED;
+                } else {
+                    e.flags |= task_flags::TRACED;
+                }
+                if group_dead {
+                    e.flags |= task_flags::GROUP_DEAD;
+                }
+            }
+        }
+    }
+    if group_dead && tid != tgid {
+        // The last thread of a group whose leader exited before it.
+        if let Some(leader) = TASKS.get_ptr_mut(tgid) {
+            unsafe { (*leader).flags |= task_flags::GROUP_DEAD };
         }
     }
     0
+}
+
+/// A wait4 of a task of the container with counter slot `slot` returned the pid of task
+/// `tid` (entry `entry`): if the kernel released that process (a whole group that exited
+/// untraced: task_flags::reaped_by_wait), its entries go now, while the lookups that found it
+/// have their lines in cache, rather than at its free (RCU-delayed, cold), which then finds
+/// nothing to do.
+#[inline(always)]
+pub fn forget_reaped(slot: u32, tid: u32, entry: *const TaskEntry) {
+    if entry.is_null() {
+        return;
+    }
+    let e = unsafe { *entry };
+    if task_flags::reaped_by_wait(e.flags) {
+        count_lifecycle(counter::LC_REAPED);
+        if let Some(c) = COUNTS.get_ptr_mut(slot) {
+            unsafe { (*c).reaped += 1 };
+        }
+        forget(tid, &e);
+        if let Some(r) = REAPED.get_ptr_mut(tid & (REAPED_SLOTS - 1)) {
+            unsafe { *r = Reaped { start_time: e.start_time, tid, _pad: 0 } };
+        }
+    }
 }
 
 #[btf_tracepoint(function = "sched_process_free")]
@@ -115,6 +167,14 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
         count_map_error(counter::ERR_KERNEL_READ);
         return 0;
     };
+    // Removed already by the wait4 that reaped it, on this CPU.
+    if let Some(r) = REAPED.get_ptr_mut(tid & (REAPED_SLOTS - 1)) {
+        let r = unsafe { &mut *r };
+        if r.tid == tid && r.start_time == start {
+            r.tid = 0;
+            return 0;
+        }
+    }
     if let Some(e) = TASKS.get_ptr(tid) {
         let e = unsafe { *e };
         if same_start(e.start_time, e.flags, start, tick_ns()) {
@@ -174,6 +234,7 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*cons
         TASKS.insert(tid, &s.entry, 0).map_err(|_| counter::ERR_TASK_INSERT)?;
         tasks_changed();
     }
+    mark_tid(tid);
     // Reverse entries for every level.
     for i in 1..MAX_LEVELS {
         if i as u32 > level {
@@ -332,6 +393,7 @@ fn forget(tid: u32, e: &TaskEntry) {
         let _ = DEEP.remove(tid);
     }
     let _ = TASKS.remove(tid);
+    unmark_tid(tid);
 }
 
 /// Removes reverse entry `key` if it still points at `tid` (a newer task may own the number).

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use pidvirt_common::{
     CALLER_SLOTS, CallerCache, CgroupContainer, DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, TaskEntry,
-    VirtKey, VirtValue, audit::ContainerCounters, counter, slots, tasks_generation,
+    VirtKey, VirtValue, audit::ContainerCounters, counter, slots, tasks_generation, tid_filter,
 };
 
 /// host tid -> ids at every level (inline up to INLINE_LEVELS). TASKS and VIRT are written on
@@ -90,6 +90,64 @@ pub fn tasks_changed() {
         unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) p, in(reg) 1u64) };
     }
 }
+
+/// Host tids whose entry the programs wrote (pidvirt_common::tid_filter); sized by the daemon.
+#[map]
+pub static LIVE_TIDS: Array<u64> = Array::with_max_entries(tid_filter::MAX_WORDS, 0);
+
+/// Host tids whose entry the daemon seeded (only the daemon sets bits; the programs clear them).
+#[map]
+pub static SEEDED_TIDS: Array<u64> = Array::with_max_entries(tid_filter::MAX_WORDS, 0);
+
+/// Records that `tid` has an entry written by the programs (after the write).
+#[inline(always)]
+pub fn mark_tid(tid: u32) {
+    let (word, bit) = tid_filter::bit(tid);
+    if let Some(p) = LIVE_TIDS.get_ptr_mut(word) {
+        // BPF_ATOMIC | BPF_OR: other CPUs set and clear other bits of the word.
+        unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) p, in(reg) bit) };
+    }
+}
+
+/// Records that `tid` has no entry any more (after its removal).
+#[inline(always)]
+pub fn unmark_tid(tid: u32) {
+    let (word, bit) = tid_filter::bit(tid);
+    for map in [&LIVE_TIDS, &SEEDED_TIDS] {
+        if let Some(p) = map.get_ptr_mut(word) {
+            // BPF_ATOMIC | BPF_AND.
+            unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) &= {1}", in(reg) p, in(reg) !bit) };
+        }
+    }
+}
+
+/// Whether `tid` may have an entry: false only when neither the programs nor the daemon wrote
+/// one that is still there (a tid beyond the filter: true).
+#[inline(always)]
+pub fn may_have_entry(tid: u32) -> bool {
+    let (word, bit) = tid_filter::bit(tid);
+    match (LIVE_TIDS.get(word), SEEDED_TIDS.get(word)) {
+        (Some(live), Some(seeded)) => (live | seeded) & bit != 0,
+        _ => true,
+    }
+}
+
+/// A task whose entries a wait4 removed when it reaped it (lifecycle::forget_reaped).
+#[derive(Clone, Copy)]
+pub struct Reaped {
+    pub start_time: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}
+
+/// Slots of REAPED (a power of two): the tasks reaped on a CPU whose free has not run yet (an
+/// RCU grace period later) rarely number more.
+pub const REAPED_SLOTS: u32 = 256;
+
+/// The last tasks reaped on each CPU, by host tid modulo REAPED_SLOTS: their free, which runs
+/// on the reaper's CPU, then knows there is nothing left to remove, without a lookup.
+#[map]
+pub static REAPED: PerCpuArray<Reaped> = PerCpuArray::with_max_entries(REAPED_SLOTS, 0);
 
 /// Per-CPU counters (pidvirt_common::counter).
 #[map]

@@ -73,13 +73,14 @@ impl KernelBtf {
         Ok(Self { btf })
     }
 
-    /// The (complete, not forward-declared) struct or union named `name`.
+    /// The (complete, not forward-declared) struct or union named `name`, or that a typedef
+    /// named `name` stands for (`atomic_t`).
     fn composite(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {
         let types =
             self.btf.resolve_types_by_name(name).map_err(|_| OffsetError::MissingType(name.to_string()))?;
         types
             .into_iter()
-            .find_map(|t| match t {
+            .find_map(|t| match self.strip(t) {
                 Type::Struct(s) | Type::Union(s) => Some(s),
                 _ => None,
             })
@@ -261,6 +262,8 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
         task_signal: btf.offset("task_struct", "signal", PTR)?,
         task_nsproxy: btf.offset("task_struct", "nsproxy", PTR)?,
         task_cgroups: btf.offset("task_struct", "cgroups", PTR)?,
+        task_ptrace: btf.offset("task_struct", "ptrace", 4)?,
+        signal_live: btf.offset("signal_struct", "live", 4)? + btf.offset("atomic_t", "counter", 4)?,
         signal_pids: signal_pids.offset,
         pid_level: btf.offset("pid", "level", 4)?,
         pid_numbers: numbers.offset,
@@ -464,6 +467,9 @@ mod tests {
         assert_eq!((o.pidtype_tgid, o.pidtype_pgid, o.pidtype_sid), (1, 2, 3));
         assert!(o.pid_numbers > o.pid_level);
         assert!(o.task_thread_pid > 0 && o.task_signal > 0 && o.task_start_time > 0);
+        // signal_struct begins { refcount_t sigcnt; atomic_t live; ... } on every 6.x kernel.
+        assert_eq!(o.signal_live, 4);
+        assert!(o.task_ptrace > 0);
         // Cross-check with the offsets read independently (pahole/bpftool) on this very build,
         // recorded in ../shared/reference/pid-crossings.md; other kernels only get the invariants.
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

@@ -507,6 +507,7 @@ impl State {
                 "container": c.id,
                 "crossings": kernel::named_crossings(&counted.crossings),
                 "ringbuf_drops": counted.ringbuf_drops,
+                "reaped": counted.reaped,
                 "denied": kernel::named_denied(&counted.denied),
             }));
         }

@@ -6,7 +6,7 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, Queue};
 use pidvirt_common::{
     CgroupContainer, DeepLevels, INLINE_LEVELS, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue,
     audit::{ContainerCounters, LSM_HOOKS, NSYSCALLS, NVERDICTS, SYSCALLS, VERDICT_NAMES},
-    counter, slots,
+    counter, slots, tid_filter,
 };
 
 /// The kernel programs, compiled for the BPF target by build.rs (aya-build).
@@ -124,6 +124,8 @@ pub struct KernelMaps {
     /// Per-container policy (pidvirt_common::audit::mode).
     pub modes: HashMap<MapData, u32, u32>,
     pub meta: Array<MapData, u64>,
+    /// The daemon's half of the tid filter (pidvirt_common::tid_filter).
+    pub seeded_tids: Array<MapData, u64>,
 }
 
 /// What one counter slot counted (summed over CPUs).
@@ -132,13 +134,19 @@ pub struct SlotCounts {
     /// Index `syscall * NVERDICTS + verdict`.
     pub crossings: Vec<u64>,
     pub ringbuf_drops: u64,
+    pub reaped: u64,
     /// Denials per LSM hook.
     pub denied: Vec<u64>,
 }
 
 impl Default for SlotCounts {
     fn default() -> Self {
-        Self { crossings: vec![0; NSYSCALLS * NVERDICTS], ringbuf_drops: 0, denied: vec![0; LSM_HOOKS.len()] }
+        Self {
+            crossings: vec![0; NSYSCALLS * NVERDICTS],
+            ringbuf_drops: 0,
+            reaped: 0,
+            denied: vec![0; LSM_HOOKS.len()],
+        }
     }
 }
 
@@ -183,6 +191,7 @@ impl KernelMaps {
             tasks_generation: Array::try_from(get("TASKS_GENERATION")?).map_err(err("TASKS_GENERATION"))?,
             modes: HashMap::try_from(get("MODES")?).map_err(err("MODES"))?,
             meta: Array::try_from(get("META")?).map_err(err("META"))?,
+            seeded_tids: Array::try_from(get("SEEDED_TIDS")?).map_err(err("SEEDED_TIDS"))?,
         })
     }
 
@@ -231,6 +240,7 @@ impl KernelMaps {
                     *total += n;
                 }
                 c.ringbuf_drops += v.ringbuf_drops;
+                c.reaped += v.reaped;
             }
         }
         c
@@ -281,8 +291,9 @@ impl KernelMaps {
             }
             Err(e) => return Err(e),
         }
-        // No generation bump: the insert only succeeds where the tid had no entry, and no valid
-        // copy of a caller's entry (pidvirt_common::CallerCache) outlives its entry's removal.
+        // No generation bump: the insert only succeeds where the tid had no entry, so nobody
+        // holds a copy of it (pidvirt_common::CallerCache).
+        self.seeded_tid(tid, true);
         if ids.len() > INLINE_LEVELS {
             let mut deep = DeepLevels { start_time: entry.start_time, ..Default::default() };
             for (slot, id) in deep.nr.iter_mut().zip(&ids[INLINE_LEVELS..]) {
@@ -375,7 +386,23 @@ impl KernelMaps {
             let _ = self.deep.remove(&tid);
         }
         let _ = self.tasks.remove(&tid);
+        self.seeded_tid(tid, false);
         self.tasks_changed();
+    }
+
+    /// Sets or clears `tid`'s bit in the daemon's half of the tid filter
+    /// (pidvirt_common::tid_filter). Only the daemon sets bits there and the programs only clear
+    /// them, so a read-modify-write can at worst set a cleared bit again: a stale bit, which
+    /// costs a lookup, never a wrong answer.
+    fn seeded_tid(&mut self, tid: u32, set: bool) {
+        let (word, bit) = tid_filter::bit(tid);
+        let Ok(old) = self.seeded_tids.get(&word, 0) else { return };
+        let new = if set { old | bit } else { old & !bit };
+        if new != old
+            && let Err(e) = self.seeded_tids.set(word, new, 0)
+        {
+            tracing::warn!("could not update the tid filter for {tid}: {e}");
+        }
     }
 
     /// To be called AFTER every write to the task map: the programs' per-CPU copies of a

@@ -11,7 +11,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, Queue, RingBuf},
     programs::{
-        BtfTracePoint, Iter, Lsm, ProgramError, TracePoint,
+        BtfTracePoint, Iter, Lsm, ProgramError, RawTracePoint, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
@@ -20,7 +20,7 @@ use pidvirt_common::{
     audit::{LSM_HOOKS, SYSCALLS},
     meta,
     offsets::syscall_record,
-    slots,
+    slots, tid_filter,
 };
 
 use crate::kernel::{KernelMaps, LIFECYCLE_HOOKS, LoadError, PROGRAM_OBJECT, syscall_hooks, syscall_number};
@@ -51,10 +51,12 @@ pub struct LoadOptions {
 /// kernel memory held from attach: about 210 bytes per entry of TASKS + VIRT (6.8 MB for a
 /// pid_max of 32768).
 pub fn max_tasks_for_this_host() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .map_or(262_144, |n| n.clamp(4096, 262_144))
+    pid_max().map_or(262_144, |n| n.clamp(4096, 262_144))
+}
+
+/// The kernel's pid_max (host tids are below it).
+fn pid_max() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<u32>().ok())
 }
 
 impl Default for LoadOptions {
@@ -243,6 +245,8 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .map_max_entries("COUNTS", opts.counter_slots)
         .map_max_entries("FREE_SLOTS", opts.counter_slots)
+        .map_max_entries("LIVE_TIDS", tid_filter::words(pid_max().unwrap_or(tid_filter::MAX_WORDS * 64)))
+        .map_max_entries("SEEDED_TIDS", tid_filter::words(pid_max().unwrap_or(tid_filter::MAX_WORDS * 64)))
         .load(PROGRAM_OBJECT)
         .map_err(LoadError::Object)?;
     prepare_maps(&mut ebpf, opts.counter_slots)?;
@@ -485,27 +489,65 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
-/// The benchmark's floor: EMPTY programs attached to exactly the hooks pidvirt uses (the
-/// lifecycle tp_btf hooks and every syscall tracepoint of the hook list). Dropping the result
-/// detaches them.
-pub fn attach_floor() -> Result<(Ebpf, Vec<(String, String)>), LoadError> {
+/// Which hooks the benchmark's floor puts EMPTY programs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloorHooks {
+    /// Exactly the hooks pidvirt uses: the lifecycle tp_btf hooks and every syscall tracepoint
+    /// of the hook list (what any design on these hooks pays).
+    Pidvirt,
+    /// syscalls:sys_enter_read and sys_exit_read: what hooking one syscall through its own
+    /// tracepoints costs it (the yardstick for syscalls pidvirt does not audit).
+    Read,
+    /// The raw sys_enter/sys_exit tracepoints: what a design that hooks every syscall (and
+    /// filters in the program) costs each one.
+    Raw,
+}
+
+/// The benchmark's floor: EMPTY programs attached to `hooks`. Dropping the result detaches
+/// them.
+pub fn attach_floor(hooks: FloorHooks) -> Result<(Ebpf, Vec<(String, String)>), LoadError> {
     require_root()?;
     let mut ebpf = EbpfLoader::new().load(PROGRAM_OBJECT).map_err(LoadError::Object)?;
-    let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
     let mut attached = Vec::new();
-    for (_, tp) in LIFECYCLE_HOOKS {
-        let name = format!("floor_{tp}");
-        let refused = |message: String| LoadError::Refused { program: name.clone(), message };
-        let prog: &mut BtfTracePoint = typed_program(&mut ebpf, &name, &name)?;
-        prog.load(tp, &btf).map_err(|e| refused(program_error(&e)))?;
-        prog.attach().map_err(|e| refused(program_error(&e)))?;
-        attached.push((name, format!("tp_btf/{tp}")));
-    }
-    crate::tracefs::tracefs_root()?;
     let mut links = Links { pin: false, pinned: Vec::new() };
-    for (program, tp) in syscall_hooks() {
-        attach_tracepoint(&mut ebpf, "floor_empty", program, &tp, &mut links)?;
-        attached.push(("floor_empty".into(), format!("syscalls:{tp}")));
+    match hooks {
+        FloorHooks::Pidvirt => {
+            let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
+            for (_, tp) in LIFECYCLE_HOOKS {
+                let name = format!("floor_{tp}");
+                let refused = |message: String| LoadError::Refused { program: name.clone(), message };
+                let prog: &mut BtfTracePoint = typed_program(&mut ebpf, &name, &name)?;
+                prog.load(tp, &btf).map_err(|e| refused(program_error(&e)))?;
+                prog.attach().map_err(|e| refused(program_error(&e)))?;
+                attached.push((name, format!("tp_btf/{tp}")));
+            }
+            crate::tracefs::tracefs_root()?;
+            for (program, tp) in syscall_hooks() {
+                attach_tracepoint(&mut ebpf, "floor_empty", program, &tp, &mut links)?;
+                attached.push(("floor_empty".into(), format!("syscalls:{tp}")));
+            }
+        }
+        FloorHooks::Read => {
+            crate::tracefs::tracefs_root()?;
+            for tp in ["sys_enter_read", "sys_exit_read"] {
+                attach_tracepoint(&mut ebpf, "floor_empty", "floor_empty", tp, &mut links)?;
+                attached.push(("floor_empty".into(), format!("syscalls:{tp}")));
+            }
+        }
+        FloorHooks::Raw => {
+            let name = "floor_raw_empty";
+            let refused = |message: String| LoadError::Refused { program: name.into(), message };
+            let prog: &mut RawTracePoint = typed_program(&mut ebpf, name, name)?;
+            prog.load().map_err(|e| refused(program_error(&e)))?;
+            for tp in ["sys_enter", "sys_exit"] {
+                prog.attach(tp).map_err(|e| LoadError::Attach {
+                    program: name.into(),
+                    hook: format!("raw_tracepoint/{tp}"),
+                    message: program_error(&e),
+                })?;
+                attached.push((name.into(), format!("raw_tracepoint/{tp}")));
+            }
+        }
     }
     Ok((ebpf, attached))
 }

@@ -199,9 +199,14 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
-    /// Benchmark floor: attach EMPTY programs to exactly the hooks `run` uses, until SIGINT/SIGTERM.
+    /// Benchmark floor: attach EMPTY programs to exactly the hooks `run` uses (or, for the
+    /// comparison of designs, to `read`'s own tracepoints or the raw sys_enter/sys_exit), until
+    /// SIGINT/SIGTERM.
     #[command(hide = true)]
-    Floor,
+    Floor {
+        #[arg(long, value_enum, default_value_t = pidvirt::loader::FloorHooks::Pidvirt)]
+        hooks: pidvirt::loader::FloorHooks,
+    },
     /// Daemon status: kernel, attached programs, seed report.
     Status {
         #[command(flatten)]
@@ -441,8 +446,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Floor => {
-            let (ebpf, attached) = pidvirt::loader::attach_floor()?;
+        Command::Floor { hooks } => {
+            let (ebpf, attached) = pidvirt::loader::attach_floor(hooks)?;
             tracing::info!("floor: {} empty programs attached; SIGINT/SIGTERM detach", attached.len());
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {

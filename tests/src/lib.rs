@@ -561,4 +561,10 @@ pub mod proc_truth {
     pub fn alive(tid: u32) -> bool {
         Path::new(&format!("/proc/{tid}")).exists()
     }
+
+    /// The state letter of host tid `tid` (`/proc/TID/status` State: R, S, T, Z...).
+    pub fn state(tid: u32) -> Option<char> {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("State:"))?.trim().chars().next()
+    }
 }

@@ -61,6 +61,23 @@ fn a_host_pid_passed_to_kill_inside_a_container_is_a_leak() {
     assert_eq!(count(&c, "kill", "leak"), 1);
 }
 
+/// A task that only the daemon's /proc walk recorded (`--seed proc`: no task iterator) is found
+/// by its host pid as well: the daemon keeps its own half of the filter of host tids.
+#[test]
+fn the_host_pid_of_a_task_seeded_from_proc_is_a_leak_too() {
+    let mut f = Fixture::start(FIXTURE, 1);
+    let sibling = f.num("spawn 0") as u32;
+    let host = f.host_tid(sibling);
+    let d = Daemon::start_with(&["--seed", "proc"]);
+    tests::eventually(tests::settle(), "the sibling seeded from /proc", || {
+        d.ps_by_tid().get(&host).filter(|r| r.seeded).map(|_| ())
+    });
+    assert_eq!(f.num(&format!("sys kill {host} 0")), ESRCH);
+    let r = wait_records(&d, 1, "leak record", |r| r.container == f.container() && r.verdict == "leak");
+    let also = r[0].also.as_ref().expect("the task whose host pid leaked");
+    assert_eq!((r[0].value, also.host_pid, also.vpid), (host as i64, host, sibling));
+}
+
 #[test]
 fn a_vpid_equal_to_a_siblings_host_pid_is_a_collision_naming_both() {
     let d = Daemon::start();

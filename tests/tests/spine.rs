@@ -168,6 +168,87 @@ fn exits_remove_entries() {
     });
 }
 
+/// Processes the tasks of container `container` released with a wait4 that removed their
+/// entries (`reaped` in its stats).
+fn reaped(d: &Daemon, container: &str) -> u64 {
+    let out = d.cli(&["stats", "--container", container, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("stats JSON");
+    v["reaped"].as_u64().expect("reaped in the container's stats")
+}
+
+/// A wait4 that releases a process removes its entries at once; one that only reports it (a
+/// stopped child) or a process that is not dead as a whole (a zombie leader whose threads run)
+/// keeps them. Every step is checked against /proc.
+#[test]
+fn a_wait_that_reaps_removes_the_entries_one_that_reports_keeps_them() {
+    let d = Daemon::start();
+    let mut f = Fixture::start(FIXTURE, 1);
+    let before = reaped(&d, &f.container());
+
+    // Killed, then waited for: the wait releases it.
+    let v = f.num("spawn 1") as u32;
+    let host = f.host_tid(v);
+    assert_eq!(f.cmd(&format!("zombie {v}")), "ok");
+    assert_eq!(proc_truth::state(host), Some('Z'));
+    assert!(d.ps_by_tid().contains_key(&host), "a zombie keeps its entry");
+    assert_eq!(f.num(&format!("wait {v}")), v as i64);
+    assert!(!proc_truth::alive(host), "the kernel released {host}");
+    tests::eventually(tests::settle(), "the reaped process leaves ps", || {
+        (!d.ps_by_tid().contains_key(&host)).then_some(())
+    });
+    assert_eq!(reaped(&d, &f.container()), before + 1, "removed by the wait that reaped it");
+
+    // Stopped and reported by wait4(WUNTRACED): alive, and listed.
+    let s = f.num("spawn 0") as u32;
+    let shost = f.host_tid(s);
+    assert_eq!(f.num(&format!("stop {s}")), s as i64);
+    assert_eq!(proc_truth::state(shost), Some('T'));
+    let row = d.ps_by_tid().get(&shost).cloned().expect("a stopped child keeps its entry");
+    assert_eq!(row.nspid, proc_truth::task(shost, shost).unwrap().nspid);
+
+    // A zombie leader whose threads run is not reapable; once they die (SIGKILL), the last
+    // thread's exit marks the group dead and the wait releases it.
+    let z = f.num("spawn_leader_exits 2") as u32;
+    let zhost = f.host_tid(z);
+    tests::eventually(tests::settle(), "the leader thread exits", || {
+        (proc_truth::state(zhost) == Some('Z')).then_some(())
+    });
+    let threads: Vec<u32> =
+        proc_truth::tasks().into_iter().filter(|t| t.pid == zhost && t.tid != zhost).map(|t| t.tid).collect();
+    assert_eq!(threads.len(), 2, "the threads outlive their leader");
+    assert!(d.ps_by_tid().contains_key(&zhost), "the zombie leader of a live group keeps its entry");
+    // Stopped: wait4(WUNTRACED) returns its pid, its leader is a zombie, the group lives on.
+    assert_eq!(f.num(&format!("stop {z}")), z as i64);
+    assert!(threads.iter().all(|t| proc_truth::state(*t) == Some('T')));
+    assert!(d.ps_by_tid().contains_key(&zhost), "a reported group that lives keeps its leader's entry");
+    assert_eq!(reaped(&d, &f.container()), before + 1);
+    assert_eq!(f.cmd(&format!("reap {z}")), "ok");
+    assert!(!proc_truth::alive(zhost));
+    tests::eventually(tests::settle(), "the group leaves ps", || {
+        let rows = d.ps_by_tid();
+        (!rows.contains_key(&zhost) && threads.iter().all(|t| !rows.contains_key(t))).then_some(())
+    });
+    assert_eq!(
+        reaped(&d, &f.container()),
+        before + 2,
+        "the leader's entry went with the wait that reaped the group"
+    );
+
+    // A tracer that is not the parent collects the exit: the zombie stays for the parent.
+    let t = f.num("spawn 0") as u32;
+    let thost = f.host_tid(t);
+    assert_eq!(f.num(&format!("traced_exit {t}")), t as i64);
+    assert_eq!(proc_truth::state(thost), Some('Z'), "a zombie for its parent still");
+    assert!(d.ps_by_tid().contains_key(&thost), "a zombie the tracer reported keeps its entry");
+    assert_eq!(f.num(&format!("wait {t}")), t as i64);
+    assert!(!proc_truth::alive(thost));
+    tests::eventually(tests::settle(), "the traced process leaves ps", || {
+        (!d.ps_by_tid().contains_key(&thost)).then_some(())
+    });
+    assert_ps_matches_proc(&d, f.inner());
+}
+
 #[test]
 fn recycled_pids_do_not_inherit_old_entries() {
     let d = Daemon::start();

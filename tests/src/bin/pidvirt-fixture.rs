@@ -16,6 +16,13 @@
 //! - `reap V` — SIGKILL child V and wait for it; answers `ok` or `err E`.
 //! - `zombie V` — SIGKILL child V but do not reap it; answers `ok`.
 //! - `wait V` — reap child V (after `zombie`); answers the pid wait4 returned.
+//! - `stop V` — SIGSTOP child V and wait4(V, WUNTRACED) for it (reported, not reaped);
+//!   answers the pid wait4 returned.
+//! - `spawn_leader_exits T` — fork a child with T threads that sleep, whose leader thread then
+//!   exits on its own (a zombie leader while its threads run); answers its vpid.
+//! - `traced_exit V` — a second child of the init ptraces (PTRACE_SEIZE) child V, kills it
+//!   and collects its exit with wait4 (the tracer is not V's parent: V stays a zombie for the
+//!   init); answers the pid the tracer's wait4 returned.
 //! - `sys NAME ARGS...` — make syscall NAME (see `syscall_by_name`) from the init with integer
 //!   arguments; answers its raw return value (`-errno` on failure).
 //! - `repeat N NAME ARGS...` — the same N times; answers the last value.
@@ -148,6 +155,61 @@ fn spawn(threads: usize, set_tid: &[i32]) -> i64 {
     answer_when_ready(pid, (r, w))
 }
 
+/// A child with `threads` sleeping threads whose leader thread exits on its own once they run
+/// (exit(2), not exit_group): the process lives on with a zombie leader.
+fn spawn_leader_exits(threads: usize) -> i64 {
+    let (r, w) = pipe();
+    let pid = spawn_with(&[], || {
+        die_with_parent();
+        let (ready_r, ready_w) = pipe();
+        for _ in 0..threads.max(1) {
+            std::thread::spawn(move || {
+                unsafe { libc::write(ready_w, b"t".as_ptr().cast(), 1) };
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            });
+        }
+        let mut buf = [0u8; 1];
+        for _ in 0..threads.max(1) {
+            unsafe { libc::read(ready_r, buf.as_mut_ptr().cast(), 1) };
+        }
+        unsafe {
+            libc::write(w, b"r".as_ptr().cast(), 1);
+            libc::syscall(libc::SYS_exit, 0);
+        }
+    });
+    answer_when_ready(pid, (r, w))
+}
+
+/// A tracer (another child of ours) seizes child `v`, kills it and collects its exit.
+fn traced_exit(v: i32) -> String {
+    let (r, w) = pipe();
+    let tracer = unsafe { libc::fork() };
+    if tracer == 0 {
+        let answer = unsafe {
+            if libc::ptrace(libc::PTRACE_SEIZE, v, 0, 0) != 0 {
+                format!("err seize {}", errno())
+            } else if libc::kill(v, libc::SIGKILL) != 0 {
+                format!("err kill {}", errno())
+            } else {
+                libc::wait4(v, std::ptr::null_mut(), libc::__WALL, std::ptr::null_mut()).to_string()
+            }
+        };
+        unsafe {
+            libc::write(w, answer.as_ptr().cast(), answer.len());
+            libc::_exit(0);
+        }
+    }
+    unsafe { libc::close(w) };
+    let mut out = String::new();
+    let _ = unsafe { std::fs::File::from_raw_fd(r) }.read_to_string(&mut out);
+    if tracer > 0 {
+        unsafe { libc::waitpid(tracer, std::ptr::null_mut(), 0) };
+    }
+    out
+}
+
 /// A child whose non-leader thread execs `sleep 3600` (it then takes the leader's pid).
 fn spawn_exec(threads: usize) -> i64 {
     let (r, w) = pipe();
@@ -246,6 +308,21 @@ fn execute(line: &str) -> String {
             };
             unsafe { libc::waitpid(v as i32, std::ptr::null_mut(), 0) }.to_string()
         }
+        Some("stop") => {
+            let Some(v) = num(1) else {
+                return "err bad pid".into();
+            };
+            if unsafe { libc::kill(v as i32, libc::SIGSTOP) } != 0 {
+                return format!("err {}", errno());
+            }
+            unsafe { libc::wait4(v as i32, std::ptr::null_mut(), libc::WUNTRACED, std::ptr::null_mut()) }
+                .to_string()
+        }
+        Some("spawn_leader_exits") => spawn_leader_exits(num(1).unwrap_or(1) as usize).to_string(),
+        Some("traced_exit") => match num(1) {
+            Some(v) => traced_exit(v as i32),
+            None => "err bad pid".into(),
+        },
         Some("sys") => match words.get(1).and_then(|n| syscall_by_name(n)) {
             Some(nr) => {
                 let args: Vec<i64> = words[2..].iter().filter_map(|w| w.parse().ok()).collect();
