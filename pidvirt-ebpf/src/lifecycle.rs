@@ -258,59 +258,34 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*cons
 #[inline(always)]
 fn register_chain(s: &mut Scratch, level: usize, tid: u32) -> u32 {
     // A namespace's ancestors are this task's namespaces up to its level (the entries above a
-    // namespace's own level are not read).
-    for i in 0..MAX_LEVELS {
-        if i > level {
-            break;
-        }
-        if let (Some(a), Some(&ns)) = (s.pidns.ancestors.get_mut(i), s.ns.get(i)) {
-            *a = ns;
-        }
-    }
-    let mut slot = slots::OVERFLOW;
+    // namespace's own level are not read). One straight copy, not a loop: the verifier then has
+    // nothing to walk through 33 times.
+    let (ancestors, ns) = (&mut s.pidns.ancestors, &s.ns);
+    ancestors[..MAX_LEVELS].copy_from_slice(ns);
+    // Ancestors without a record first, silently (the daemon reads every record from the map
+    // when it answers). The loop's body is kept small and carries nothing from one level to the
+    // next: the verifier walks it once per level, and its states then stay alike and are pruned.
     for i in 1..MAX_LEVELS {
-        if i > level {
+        if i >= level {
             break;
         }
         let Some(&ns) = s.ns.get(i) else { break };
-        slot = match PIDNS.get_ptr(ns) {
-            Some(info) => unsafe { (*info).slot },
-            None => register_pidns(s, i, tid),
-        };
-    }
-    slot
-}
-
-/// Registers the namespace at `level` of the task in `s` (its ancestors are `s.ns[..level]`,
-/// already in `s.pidns.ancestors`) with a new counter slot; returns the namespace's slot.
-#[inline(always)]
-fn register_pidns(s: &mut Scratch, level: usize, tid: u32) -> u32 {
-    let (Some(&ns), Some(&parent)) = (s.ns.get(level), s.ns.get(level.wrapping_sub(1))) else {
-        return slots::OVERFLOW;
-    };
-    let slot = take_slot();
-    let info = &mut s.pidns;
-    info.level = level as u32;
-    info.first_tid = tid;
-    info.source = pidns_source::KERNEL;
-    info.slot = slot;
-    info._pad = 0;
-    info.parent = parent;
-    // BPF_NOEXIST: two CPUs may race to register the same namespace; one wins and reports it,
-    // the other gives its slot back and takes the winner's.
-    if PIDNS.insert(ns, &s.pidns, BPF_NOEXIST as u64).is_err() {
-        if slot >= slots::FIRST_FREE {
-            let _ = FREE_SLOTS.push(slot, 0);
+        if PIDNS.get_ptr(ns).is_none() {
+            let _ = insert_pidns(s, i, tid);
         }
-        return pidns_slot(ns);
     }
+    // The task's own namespace, announced on the ring buffer.
+    let Some(slot) = insert_pidns(s, level, tid) else {
+        // Another CPU registered it first.
+        return pidns_slot(s.entry.pidns);
+    };
     match EVENTS.reserve::<PidnsEvent>(0) {
         Some(mut ev) => {
             ev.write(PidnsEvent {
                 kind: event_kind::PIDNS,
-                pidns: ns,
+                pidns: s.entry.pidns,
                 level: level as u32,
-                parent,
+                parent: s.pidns.parent,
                 first_tid: tid,
                 _pad: 0,
                 ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -320,6 +295,35 @@ fn register_pidns(s: &mut Scratch, level: usize, tid: u32) -> u32 {
         None => count_drop(counter::DROP_RINGBUF_LIFECYCLE),
     }
     slot
+}
+
+/// Writes the record of the namespace at `level` of the task in `s` (its ancestors are
+/// `s.ns[..level]`, already in `s.pidns.ancestors`) with a new counter slot; answers the slot,
+/// or None where a record was there already.
+#[inline(always)]
+fn insert_pidns(s: &mut Scratch, level: usize, tid: u32) -> Option<u32> {
+    // Checked on the very registers that index (6.1's verifier loses a spilled index's bounds).
+    let (Some(own), Some(up)) = (below(level, MAX_LEVELS), below(level.wrapping_sub(1), MAX_LEVELS)) else {
+        return None;
+    };
+    let (ns, parent) = (s.ns[own], s.ns[up]);
+    let slot = take_slot();
+    let info = &mut s.pidns;
+    info.level = level as u32;
+    info.first_tid = tid;
+    info.source = pidns_source::KERNEL;
+    info.slot = slot;
+    info._pad = 0;
+    info.parent = parent;
+    // BPF_NOEXIST: two CPUs may race to register the same namespace; one wins, the other gives
+    // its slot back.
+    if PIDNS.insert(ns, &s.pidns, BPF_NOEXIST as u64).is_err() {
+        if slot >= slots::FIRST_FREE {
+            let _ = FREE_SLOTS.push(slot, 0);
+        }
+        return None;
+    }
+    Some(slot)
 }
 
 /// Counter slot of pid namespace `ns` (the overflow slot if it has no record).

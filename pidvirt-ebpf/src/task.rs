@@ -7,7 +7,7 @@
 use pidvirt_common::{CgroupContainer, INLINE_LEVELS, LevelIds, MAX_LEVELS, MAX_PID_NS_LEVEL, counter};
 
 use crate::{
-    kernel::{Kmem, Probe, off, read, read_ptr},
+    kernel::{Kmem, Probe, below, off, read, read_ptr},
     maps::Scratch,
 };
 
@@ -145,21 +145,46 @@ pub fn read_task<K: Kmem>(k: K, task: *const u8, s: &mut Scratch) -> Result<(), 
         read_inline_level(k, &pids, 3, s)?;
     }
     if level as usize >= INLINE_LEVELS {
-        // The pointers again, read with Probe: plain numbers to the verifier, which then keeps
-        // one state per iteration of this loop, not one per kind of pointer.
-        let pids = task_pids(Probe, task)?;
-        for i in INLINE_LEVELS..MAX_LEVELS {
-            let lvl = i as u32;
-            if lvl > level {
-                break;
-            }
-            read_level(Probe, &pids, lvl, s)?;
-        }
+        read_deep_levels(task, level, s)?;
     }
     s.entry.start_time = start;
     s.entry.level = level as u16;
     s.entry.flags = 0;
     s.deep.start_time = start;
+    Ok(())
+}
+
+/// Levels INLINE_LEVELS..=`level` of `task` (deep nesting: rare), in a loop with Probe reads,
+/// written so that the verifier, which walks the loop once per level, has little to branch on in
+/// each iteration (the 33 iterations otherwise cost most of the program's verification time).
+#[inline(always)]
+fn read_deep_levels(task: *const u8, level: u32, s: &mut Scratch) -> Result<(), u32> {
+    // The pointers again, read with Probe: plain numbers to the verifier, which then keeps one
+    // state per iteration, not one per kind of pointer.
+    let pids = task_pids(Probe, task)?;
+    // Decided once: a thread-group leader's two pids are one.
+    let leader = pids.tgid_pid == pids.thread_pid;
+    for i in INLINE_LEVELS..MAX_LEVELS {
+        let lvl = i as u32;
+        if lvl > level {
+            break;
+        }
+        let (tid, ns) = upid(Probe, pids.thread_pid, lvl)?;
+        let tgid = if leader { tid } else { nr_at(Probe, pids.tgid_pid, lvl)? };
+        let ns = pidns_inum(Probe, ns)?;
+        if let Some(slot) = s.ns.get_mut(i) {
+            *slot = ns;
+        }
+        if let Some(slot) = s.ids.get_mut(i) {
+            *slot = LevelIds { tid, tgid };
+        }
+        if let Some(slot) = s.deep.nr.get_mut(i - INLINE_LEVELS) {
+            *slot = LevelIds { tid, tgid };
+        }
+    }
+    if let Some(own) = below(level as usize, MAX_LEVELS) {
+        s.entry.pidns = s.ns[own];
+    }
     Ok(())
 }
 
