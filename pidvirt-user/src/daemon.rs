@@ -265,9 +265,14 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
 
 /// comm of a task, from /proc (empty if it is gone).
 fn comm_of(host_pid: u32, host_tid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{host_pid}/task/{host_tid}/comm"))
-        .map(|s| s.trim_end_matches('\n').to_string())
-        .unwrap_or_default()
+    use std::io::Read as _;
+    // One read into a small buffer (a comm is at most 15 bytes): read_to_string would stat the
+    // file first, a path walk per task of `ps`.
+    let mut buf = [0u8; 64];
+    let n = std::fs::File::open(format!("/proc/{host_pid}/task/{host_tid}/comm"))
+        .and_then(|mut f| f.read(&mut buf))
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).trim_end_matches('\n').to_string()
 }
 
 impl State {
@@ -360,8 +365,10 @@ impl State {
             Some(name) => Some(reg.find(name).ok_or_else(|| unknown_container(name))?.number),
             None => None,
         };
-        let mut rows: Vec<TaskRow> = maps
-            .all_tasks()
+        let tasks = maps.all_tasks();
+        // The rows (a /proc read each, for the comm) are made without holding the maps.
+        drop(maps);
+        let mut rows: Vec<TaskRow> = tasks
             .iter()
             .filter(|t| want.is_none_or(|c| t.entry.container == c))
             .map(|t| self.row(&reg, t))
@@ -374,7 +381,7 @@ impl State {
         let maps = self.maps.lock().map_err(internal)?;
         let reg = self.sync_registry(&maps)?;
         let mut counts = std::collections::HashMap::<u32, u64>::new();
-        for (_, e) in maps.tasks.iter().filter_map(Result::ok) {
+        for (_, e) in maps.task_entries() {
             *counts.entry(e.container).or_default() += 1;
         }
         let by_ns = reg.ids_by_pidns();

@@ -344,7 +344,7 @@ impl State {
         let pidns = maps.pidns_all();
         let ancestors: std::collections::HashMap<u32, PidnsInfo> = pidns.iter().copied().collect();
         let mut live = HashSet::new();
-        for (_, e) in maps.tasks.iter().filter_map(Result::ok) {
+        for (_, e) in maps.task_entries() {
             match ancestors.get(&e.pidns) {
                 Some(info) => live.extend(info.ancestors.iter().take(e.level as usize + 1).copied()),
                 None => {
