@@ -4,11 +4,16 @@
 //!    of /dev/zero, which pidvirt does not audit), each in a fresh pid namespace, under four
 //!    modes: `bare` (nothing attached), `floor` (`pidvirt floor`: EMPTY programs on exactly
 //!    pidvirt's hooks), `pidvirt` (`pidvirt run`), `peer` (bpftrace auditing the same syscalls
-//!    minimally). The modes alternate round by round (the order rotates), so drift hits all of
-//!    them; a mode's cost is the median over rounds of its per-round difference to bare.
-//! 2. P4: anomaly throughput (kill(host pid) `leak` crossings from a container into the JSON sink).
-//! 3. P5: attach time to a host with 10,000 extra processes in 10 pid namespaces.
-//! 4. P6: kernel map memory per tracked task (bpftool map show), before and after those processes.
+//!    minimally); and, for the syscalls pidvirt does not audit, two other designs with EMPTY
+//!    programs: `read-hooked` (read's own syscall tracepoints: what hooking a syscall costs it)
+//!    and `raw` (raw sys_enter/sys_exit: a program on every syscall). The modes alternate round
+//!    by round (the order rotates), so drift hits all of them; a mode's cost is the median over
+//!    rounds of its per-round difference to bare.
+//! 2. In-kernel program time (bpf_stats, in a pass of its own: the statistics cost every run two
+//!    clock reads): per workload and mode, and program by program for fork+exit+wait.
+//! 3. P4: anomaly throughput (kill(host pid) `leak` crossings from a container into the JSON sink).
+//! 4. P5: attach time to a host with 10,000 extra processes in 10 pid namespaces.
+//! 5. P6: kernel map memory per tracked task (bpftool map show), before and after those processes.
 //!
 //! A round during which someone else had tracing programs attached (a test daemon, another
 //! tracer: `bare` would pay for them) is discarded and run again while `--time-budget` lasts.
@@ -36,14 +41,18 @@ use crate::setup;
 #[derive(clap::Args, Clone, Debug)]
 pub struct Options {
     /// Alternating rounds of the syscall workloads (each runs every mode once).
-    #[arg(long, default_value_t = 11)]
+    #[arg(long, default_value_t = 15)]
     rounds: usize,
     /// Calls per batch (getpid, kill, read).
     #[arg(long, default_value_t = 200_000)]
     iters: u64,
-    /// fork+exit+wait per batch.
-    #[arg(long, default_value_t = 2_000)]
+    /// fork+exit+wait per batch (a batch of ~30 ms: long enough to hold the kernel's deferred
+    /// work, RCU callbacks, short enough that a burst of host noise spoils few batches).
+    #[arg(long, default_value_t = 300)]
     fork_iters: u64,
+    /// Batches of fork+exit+wait per round (the round's value is the median of their means).
+    #[arg(long, default_value_t = 21)]
+    fork_batches: usize,
     /// Batches per workload per round (the round's value is their median).
     #[arg(long, default_value_t = 3)]
     batches: usize,
@@ -65,7 +74,7 @@ pub struct Options {
     quiet_wait: u64,
     /// Seconds the syscall rounds may take in all: a perturbed round (someone else tracing) is
     /// run again while this lasts.
-    #[arg(long, default_value_t = 180)]
+    #[arg(long, default_value_t = 300)]
     time_budget: u64,
     /// Skip the bpftrace peer.
     #[arg(long)]
@@ -231,6 +240,63 @@ impl Drop for Spawned {
     }
 }
 
+/// `pidvirt-bench serve`: one process in one pid namespace measuring every mode of the run
+/// (closing its stdin ends it).
+struct Generator {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Generator {
+    fn start(path: &Path, cpu: usize) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(path);
+        cmd.args(["serve", "--cpu", &cpu.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: as in Running::spawn.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("cannot start pidvirt-bench serve")?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().context("no stdout")?);
+        Ok(Self { child, stdin, stdout })
+    }
+
+    /// Runs `workloads` (comma-separated); answers the generator's JSON.
+    fn run(&mut self, workloads: &str, o: &Options) -> anyhow::Result<Value> {
+        let stdin = self.stdin.as_mut().context("generator closed")?;
+        writeln!(stdin, "{workloads} {} {} {} {}", o.iters, o.batches, o.fork_iters, o.fork_batches)?;
+        stdin.flush()?;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("pidvirt-bench serve ended ({:?})", self.child.try_wait());
+        }
+        let v: Value = serde_json::from_str(&line).with_context(|| format!("pidvirt-bench serve: {line}"))?;
+        if let Some(e) = v.get("error") {
+            bail!("pidvirt-bench serve: {e}");
+        }
+        Ok(v)
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A scratch directory, removed when dropped.
 struct TempDir(PathBuf);
 
@@ -310,9 +376,14 @@ enum Mode {
     Floor,
     Pidvirt,
     Peer,
+    /// EMPTY programs on read's own syscall tracepoints: what hooking a syscall through its
+    /// tracepoints costs it (the yardstick for the syscalls pidvirt does not audit).
+    ReadHooked,
+    /// EMPTY programs on the raw sys_enter/sys_exit tracepoints: a design hooking every syscall.
+    Raw,
 }
 
-const MODES: [Mode; 4] = [Mode::Bare, Mode::Floor, Mode::Pidvirt, Mode::Peer];
+const MODES: [Mode; 6] = [Mode::Bare, Mode::Floor, Mode::Pidvirt, Mode::Peer, Mode::ReadHooked, Mode::Raw];
 
 impl Mode {
     fn name(self) -> &'static str {
@@ -321,6 +392,27 @@ impl Mode {
             Mode::Floor => "floor",
             Mode::Pidvirt => "pidvirt",
             Mode::Peer => "peer",
+            Mode::ReadHooked => "read-hooked",
+            Mode::Raw => "raw",
+        }
+    }
+
+    /// The workloads measured under this mode (pidvirt-bench `--workloads`).
+    fn workloads(self) -> &'static str {
+        match self {
+            Mode::ReadHooked => "read",
+            Mode::Raw => "getpid,read",
+            _ => "getpid,kill,fork,read",
+        }
+    }
+
+    /// `pidvirt floor --hooks H` for the floor-like modes.
+    fn floor_hooks(self) -> Option<&'static str> {
+        match self {
+            Mode::Floor => Some("pidvirt"),
+            Mode::ReadHooked => Some("read"),
+            Mode::Raw => Some("raw"),
+            _ => None,
         }
     }
 }
@@ -366,10 +458,15 @@ impl Bench {
     fn start_mode(&self, mode: Mode) -> anyhow::Result<Option<Running>> {
         match mode {
             Mode::Bare => Ok(None),
-            Mode::Floor => {
-                let log = self.tmp.0.join("floor.log");
-                let mut f =
-                    Running::spawn("pidvirt floor", self.pidvirt_cmd().arg("floor"), libc::SIGTERM, &log)?;
+            Mode::Floor | Mode::ReadHooked | Mode::Raw => {
+                let hooks = mode.floor_hooks().unwrap_or("pidvirt");
+                let log = self.tmp.0.join(format!("{}.log", mode.name()));
+                let mut f = Running::spawn(
+                    "pidvirt floor",
+                    self.pidvirt_cmd().args(["floor", "--hooks", hooks]),
+                    libc::SIGTERM,
+                    &log,
+                )?;
                 wait_for("pidvirt floor to attach", Duration::from_secs(60), || {
                     f.check_alive()?;
                     Ok(std::fs::read_to_string(&log).unwrap_or_default().contains("empty programs attached"))
@@ -519,6 +616,11 @@ const WORKLOADS: [(&str, &str, bool); 4] = [
     ("read", "read 1 B of /dev/zero (unaudited)", false),
 ];
 
+/// A workload's value in one round: ns per call, the median of the batch means.
+fn round_value(v: &Value) -> f64 {
+    v["ns_per_call"].as_f64().unwrap_or(f64::NAN)
+}
+
 struct Goal {
     name: String,
     measured: String,
@@ -663,6 +765,10 @@ fn syscall_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) ->
     };
     // Wait for a quiet machine first: another tracer (a test daemon...) would perturb `bare`.
     let mut foreign = wait_quiet(Duration::from_secs(b.opts.quiet_wait));
+    // One process measures every mode of every round (see pidvirt-bench serve).
+    let mut generator = Generator::start(&b.generator, b.cpu)?;
+    // Once before the rounds, not counted: the process's first runs pay for faulting itself in.
+    generator.run(Mode::Bare.workloads(), &b.opts).context("load generator warm-up")?;
     let started = Instant::now();
     let budget = Duration::from_secs(b.opts.time_budget);
     let clean = |rounds: &[Round]| rounds.iter().filter(|r| r.foreign.is_empty()).count();
@@ -700,24 +806,18 @@ fn syscall_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) ->
                 Err(e) => return Err(e.context(format!("starting mode {}", mode.name()))),
             };
             round.attach_ms.insert(mode, t.elapsed().as_secs_f64() * 1e3);
-            let v = capture_json(
-                Command::new(&b.generator)
-                    .args(["syscalls", "--cpu", &b.cpu.to_string()])
-                    .args([
-                        "--iters",
-                        &b.opts.iters.to_string(),
-                        "--fork-iters",
-                        &b.opts.fork_iters.to_string(),
-                    ])
-                    .args(["--batches", &b.opts.batches.to_string()]),
-            )
-            .with_context(|| format!("load generator under mode {}", mode.name()))?;
+            let v = generator
+                .run(mode.workloads(), &b.opts)
+                .with_context(|| format!("load generator under mode {}", mode.name()))?;
             drop(guard);
             check_interrupted()?;
             let _ = write!(line, " {}", mode.name());
             let per = round.ns.entry(mode).or_default();
             for (w, _, _) in WORKLOADS {
-                let ns = v[w]["ns_per_call"].as_f64().unwrap_or(f64::NAN);
+                if v.get(w).is_none() {
+                    continue;
+                }
+                let ns = round_value(&v[w]);
                 per.insert(w, ns);
                 let _ = write!(line, " {w}={ns:.0}");
             }
@@ -775,8 +875,11 @@ fn syscall_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) ->
 
     report.heading("Syscall overhead (ns per call)");
     report.note(&format!(
-        "Each workload runs in a fresh pid namespace, pinned to CPU {}; a round's value is the median of {} \
-         batches of {} calls ({} for fork+exit+wait), timed with CLOCK_MONOTONIC. {} rounds ({}); the \
+        "Every workload of every mode and round runs in ONE process pinned to CPU {}, the init of one pid \
+         namespace (pidvirt-bench serve: a process's own layout, which fork copies, then weighs the same \
+         on every mode); a round's value is the median of {} \
+         batches' means of {} calls ({} batches of {} for fork+exit+wait), timed with CLOCK_MONOTONIC. {} \
+         rounds ({}); the \
          modes alternate round by round (rotating order). bare: median ns per call with nothing attached; \
          +floor / +pidvirt / +peer: ns ADDED over bare (median of the per-round differences, \
          [25th..75th percentile] of them). floor = \
@@ -785,6 +888,7 @@ fn syscall_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) ->
         b.cpu,
         b.opts.batches,
         b.opts.iters,
+        b.opts.fork_batches,
         b.opts.fork_iters,
         used.len(),
         if use_all && !perturbed.is_empty() {
@@ -819,27 +923,20 @@ fn syscall_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) ->
             ratio(p, q).map_or("n/a".into(), |r| format!("{r:.2}x")),
         ]);
         let pf = ratio(p, f);
-        let floor_goal = if audited {
-            format!("{label}: pidvirt added <= 1.3x floor added")
-        } else {
-            format!("{label}: pidvirt added <= 1.3x empty programs on per-syscall tracepoints (floor)")
-        };
-        goals.push(Goal::new(
-            floor_goal,
-            match pf {
-                Some(r) => format!("{r:.2}x ({} vs {} ns)", fmt_opt(p, 1, true), fmt_opt(f, 1, true)),
-                None => {
-                    format!(
+        if audited {
+            goals.push(Goal::new(
+                format!("{label}: pidvirt added <= 1.3x floor added"),
+                match pf {
+                    Some(r) => format!("{r:.2}x ({} vs {} ns)", fmt_opt(p, 1, true), fmt_opt(f, 1, true)),
+                    None => format!(
                         "no ratio: floor added {} ns (noise), pidvirt {} ns",
                         fmt_opt(f, 1, true),
                         fmt_opt(p, 1, true)
-                    )
-                }
-            },
-            "<= 1.30x",
-            pf.map(|r| r <= 1.3),
-        ));
-        if audited {
+                    ),
+                },
+                "<= 1.30x",
+                pf.map(|r| r <= 1.3),
+            ));
             goals.push(Goal::new(
                 format!("{label}: pidvirt added below the peer's"),
                 match (p, q) {
@@ -876,12 +973,87 @@ fn syscall_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) ->
         &["workload", "bare ns", "+floor ns", "+pidvirt ns", "+peer ns", "pidvirt/floor", "pidvirt/peer"],
         &rows,
     );
-    let fork_rate = ratio(median_of(Mode::Bare, "fork"), median_of(Mode::Pidvirt, "fork"));
     report.note(&format!(
-        "fork+exit+wait rate with pidvirt: {} of bare ({} vs {} per second)",
+        "fork+exit+wait: {} batches of {} per round, ~{:.0} ms each: long enough to hold the work the \
+         kernel defers to RCU callbacks (freeing the task, and the programs on sched_process_free), short \
+         enough that a burst of host noise spoils few of them; the median of their means is the round's \
+         value. The in-kernel time of every program is broken down below (bpf_stats).",
+        b.opts.fork_batches,
+        b.opts.fork_iters,
+        median_of(Mode::Bare, "fork").map_or(0.0, |ns| ns * b.opts.fork_iters as f64 / 1e6),
+    ));
+    let rate_by_round: Vec<f64> = used
+        .iter()
+        .filter_map(|r| Some(r.ns.get(&Mode::Bare)?.get("fork")? / r.ns.get(&Mode::Pidvirt)?.get("fork")?))
+        .collect();
+    let fork_rate = median(&rate_by_round);
+    report.note(&format!(
+        "fork+exit+wait rate with pidvirt: {} of bare (median of the rounds' ratios; {} vs {} per second)",
         fork_rate.map_or("n/a".into(), |r| format!("{r:.3}x")),
         fmt_opt(median_of(Mode::Pidvirt, "fork").map(|ns| 1e9 / ns), 0, false),
         fmt_opt(median_of(Mode::Bare, "fork").map(|ns| 1e9 / ns), 0, false),
+    ));
+
+    // Syscalls pidvirt does not audit: what the design taxes them with, against hooking them.
+    report.heading("Syscalls pidvirt does not audit: what each design adds (ns per call)");
+    report.note(
+        "Per-syscall tracepoints (pidvirt's design) put a program on the audited syscalls only; every \
+         other syscall pays just the kernel's slow path for traced syscalls. A design on the raw \
+         sys_enter/sys_exit tracepoints runs a program on every syscall. Yardstick: EMPTY programs on \
+         read's own sys_enter_read/sys_exit_read tracepoints, i.e. what hooking read would cost it. Same \
+         rounds, same statistics as above.",
+    );
+    let dash = || "-".to_string();
+    report.table(
+        &["design (EMPTY programs unless pidvirt)", "+ns read (unaudited)", "+ns getpid (audited)"],
+        &[
+            vec![
+                "per-syscall tracepoints: pidvirt's hooks (floor)".into(),
+                cell(Mode::Floor, "read"),
+                cell(Mode::Floor, "getpid"),
+            ],
+            vec!["pidvirt".into(), cell(Mode::Pidvirt, "read"), cell(Mode::Pidvirt, "getpid")],
+            vec![
+                "per-syscall tracepoints: read's own (read hooked)".into(),
+                cell(Mode::ReadHooked, "read"),
+                dash(),
+            ],
+            vec![
+                "raw sys_enter/sys_exit (every syscall)".into(),
+                cell(Mode::Raw, "read"),
+                cell(Mode::Raw, "getpid"),
+            ],
+        ],
+    );
+    let (p_read, f_read) = (added(Mode::Pidvirt, "read"), added(Mode::Floor, "read"));
+    let unaudited = ratio(p_read, f_read);
+    goals.push(Goal::new(
+        "read 1 B of /dev/zero (unaudited): pidvirt added <= 1.3x EMPTY programs on per-syscall tracepoints (floor)",
+        match unaudited {
+            Some(r) => format!("{r:.2}x ({} vs {} ns)", fmt_opt(p_read, 1, true), fmt_opt(f_read, 1, true)),
+            None => format!("no ratio: floor added {} ns (noise), pidvirt {} ns", fmt_opt(f_read, 1, true), fmt_opt(p_read, 1, true)),
+        },
+        "<= 1.30x",
+        unaudited.map(|r| r <= 1.3),
+    ));
+    report.note(&format!(
+        "Neither pidvirt nor its floor attaches anything to read: what both add to it ({} and {} ns here) is \
+         the kernel's slow path for syscalls while any syscall tracepoint is enabled, the same for both; their \
+         difference per round is {}.",
+        fmt_opt(p_read, 1, true),
+        fmt_opt(f_read, 1, true),
+        {
+            let d: Vec<f64> = used
+                .iter()
+                .filter_map(|r| {
+                    Some(r.ns.get(&Mode::Pidvirt)?.get("read")? - r.ns.get(&Mode::Floor)?.get("read")?)
+                })
+                .collect();
+            match (median(&d), quantile(&d, 0.25), quantile(&d, 0.75)) {
+                (Some(x), Some(lo), Some(hi)) => format!("{x:+.1} ns [{lo:+.0}..{hi:+.0}]"),
+                _ => "n/a".into(),
+            }
+        }
     ));
     goals.push(Goal::new(
         "fork+exit+wait rate with pidvirt >= 0.9x bare",
@@ -914,6 +1086,7 @@ fn syscall_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) ->
             "attach_ms": r.attach_ms.iter().map(|(m, v)| (m.name(), v)).collect::<BTreeMap<_, _>>(),
         })).collect::<Vec<_>>(),
         "batches": b.opts.batches, "iters": b.opts.iters, "fork_iters": b.opts.fork_iters,
+        "fork_batches": b.opts.fork_batches,
         "cpu": b.cpu, "elapsed_s": elapsed,
         "peer": { "available": peer_ok, "reason": peer_error,
                   "tracepoints": b.peer.as_ref().ok().map(|s| s.tracepoints),
@@ -921,6 +1094,178 @@ fn syscall_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) ->
         "workloads": workloads,
         "fork_rate_pidvirt_over_bare": fork_rate,
         "perturbed_rounds": perturbed,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. In-kernel program time (bpf_stats)
+
+/// Turns the kernel's BPF run-time statistics on while it lives (they cost every program run
+/// two clock reads, so never during the timed rounds); restores the previous setting.
+struct BpfStats {
+    previous: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<Self> {
+        let previous = std::fs::read_to_string(BPF_STATS).with_context(|| BPF_STATS.to_string())?;
+        std::fs::write(BPF_STATS, "1").with_context(|| format!("enable {BPF_STATS}"))?;
+        Ok(Self { previous: previous.trim().to_string() })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, &self.previous);
+    }
+}
+
+/// Loaded programs: id -> (name, run_time_ns, run_cnt).
+fn prog_stats() -> anyhow::Result<BTreeMap<u64, (String, u64, u64)>> {
+    let v: Value = serde_json::from_str(&capture(Command::new("bpftool").args(["prog", "show", "--json"]))?)
+        .context("bpftool prog show --json")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["id"].as_u64()?,
+                (
+                    p["name"].as_str().unwrap_or("?").to_string(),
+                    p["run_time_ns"].as_u64().unwrap_or(0),
+                    p["run_cnt"].as_u64().unwrap_or(0),
+                ),
+            ))
+        })
+        .collect())
+}
+
+/// What one program did during one workload.
+struct ProgTime {
+    name: String,
+    runs: u64,
+    ns: u64,
+}
+
+fn kernel_time_section(b: &mut Bench, report: &mut Report, _goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
+    let forks = b.opts.fork_iters * b.opts.fork_batches as u64;
+    let workloads = [("getpid", b.opts.iters), ("kill", b.opts.iters), ("fork", forks)];
+    let mut modes = vec![Mode::Floor, Mode::Pidvirt];
+    if b.peer.is_ok() {
+        modes.push(Mode::Peer);
+    }
+    let stats = BpfStats::enable()?;
+    // (mode, workload) -> per-program times, and the calls made.
+    let mut measured: BTreeMap<(Mode, &str), (Vec<ProgTime>, u64)> = BTreeMap::new();
+    for &mode in &modes {
+        check_interrupted()?;
+        let others = prog_stats()?;
+        let guard = b.start_mode(mode).with_context(|| format!("starting mode {}", mode.name()))?;
+        for (w, iters) in workloads {
+            let before = prog_stats()?;
+            capture_json(
+                Command::new(&b.generator)
+                    .args(["syscalls", "--cpu", &b.cpu.to_string(), "--workloads", w, "--batches", "1"])
+                    .args(["--iters", &iters.to_string(), "--fork-iters", &iters.to_string()]),
+            )
+            .with_context(|| format!("load generator ({w}) under mode {}", mode.name()))?;
+            let after = prog_stats()?;
+            // The generator warms up with a tenth of the calls first (pidvirt-bench batches).
+            let calls = iters + (iters / 10).max(1);
+            let progs = after
+                .iter()
+                .filter(|(id, _)| !others.contains_key(id))
+                .filter_map(|(id, (name, ns, runs))| {
+                    let (_, ns0, runs0) = before.get(id)?;
+                    (runs > runs0).then(|| ProgTime { name: name.clone(), runs: runs - runs0, ns: ns - ns0 })
+                })
+                .collect();
+            measured.insert((mode, w), (progs, calls));
+        }
+        drop(guard);
+    }
+    drop(stats);
+
+    // bpf_stats' own cost per run: what an EMPTY program measures.
+    let (empty_ns, empty_runs) = measured
+        .iter()
+        .filter(|((m, _), _)| *m == Mode::Floor)
+        .flat_map(|(_, (progs, _))| progs.iter())
+        .fold((0u64, 0u64), |(ns, runs), p| (ns + p.ns, runs + p.runs));
+    let per_run = if empty_runs > 0 { empty_ns as f64 / empty_runs as f64 } else { f64::NAN };
+    let per_call = |mode: Mode, w: &str| -> Option<(f64, f64)> {
+        let (progs, calls) = measured.get(&(mode, w))?;
+        let ns: u64 = progs.iter().map(|p| p.ns).sum();
+        let runs: u64 = progs.iter().map(|p| p.runs).sum();
+        Some((ns as f64 / *calls as f64, runs as f64 / *calls as f64))
+    };
+
+    report.heading("In-kernel program time per call (bpf_stats)");
+    report.note(&format!(
+        "The same workloads once more under each mode with the kernel's BPF run-time statistics on \
+         (kernel.bpf_stats_enabled): the time spent INSIDE the programs, summed over every program run \
+         during the workload, per call. It leaves out the tracepoints' own dispatch (which the floor's \
+         added ns above is made of) and each run includes the statistics' own two clock reads: {per_run:.1} \
+         ns per run, what the floor's EMPTY programs measure. pidvirt minus floor is what pidvirt's \
+         program bodies cost: the part of its added ns above the floor's."
+    ));
+    let mut rows = Vec::new();
+    for (w, _) in workloads {
+        let cell = |m: Mode| match per_call(m, w) {
+            Some((ns, runs)) => format!("{ns:.1} ({runs:.2} runs)"),
+            None => "n/a".into(),
+        };
+        let bodies = match (per_call(Mode::Pidvirt, w), per_call(Mode::Floor, w)) {
+            (Some((p, _)), Some((f, _))) => format!("{:+.1}", p - f),
+            _ => "n/a".into(),
+        };
+        rows.push(vec![
+            WORKLOADS.iter().find(|(n, _, _)| *n == w).map_or(w, |(_, l, _)| l).to_string(),
+            cell(Mode::Floor),
+            cell(Mode::Pidvirt),
+            if b.peer.is_ok() { cell(Mode::Peer) } else { "unavailable".into() },
+            bodies,
+        ]);
+    }
+    report.table(&["workload", "floor ns", "pidvirt ns", "peer ns", "pidvirt - floor"], &rows);
+    // Where fork+exit+wait goes, program by program.
+    let mut rows = Vec::new();
+    for &mode in &modes[1..] {
+        let Some((progs, calls)) = measured.get(&(mode, "fork")) else { continue };
+        let mut progs: Vec<&ProgTime> = progs.iter().collect();
+        progs.sort_by_key(|p| std::cmp::Reverse(p.ns));
+        for p in progs {
+            let runs = p.runs as f64 / *calls as f64;
+            if runs < 0.01 {
+                continue;
+            }
+            let ns_run = p.ns as f64 / p.runs as f64;
+            rows.push(vec![
+                mode.name().to_string(),
+                p.name.clone(),
+                format!("{runs:.2}"),
+                format!("{ns_run:.1}"),
+                format!("{:.1}", ns_run - per_run),
+                format!("{:.1}", p.ns as f64 / *calls as f64),
+            ]);
+        }
+    }
+    report.note("fork+exit+wait, program by program (runs per call, and ns per run with and without the statistics' own cost):");
+    report.table(&["mode", "program", "runs/call", "ns/run", "ns/run - stats", "ns/call"], &rows);
+
+    let json_of = |(progs, calls): &(Vec<ProgTime>, u64)| {
+        json!({
+            "calls": calls,
+            "programs": progs.iter().map(|p| json!({ "name": p.name, "runs": p.runs, "run_time_ns": p.ns })).collect::<Vec<_>>(),
+        })
+    };
+    Ok(json!({
+        "stats_ns_per_run": per_run,
+        "by_mode": modes.iter().map(|m| (m.name(), workloads.iter()
+            .filter_map(|(w, _)| Some((w.to_string(), json_of(measured.get(&(*m, *w))?))))
+            .collect::<serde_json::Map<_, _>>())).collect::<BTreeMap<_, _>>(),
     }))
 }
 
@@ -1045,7 +1390,7 @@ fn p4_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) -> anyh
 // ---------------------------------------------------------------------------------------------
 // 3 and 4. P5 attach time, P6 memory per task
 
-const MAPS: [&str; 5] = ["TASKS", "VIRT", "DEEP", "PIDNS", "COUNTS"];
+const MAPS: [&str; 7] = ["TASKS", "VIRT", "DEEP", "PIDNS", "COUNTS", "LIVE_TIDS", "SEEDED_TIDS"];
 
 /// The daemon's maps (those it holds fds of), by name, from `bpftool map show --json`.
 fn daemon_maps(pid: u32) -> anyhow::Result<BTreeMap<String, Value>> {
@@ -1363,8 +1708,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut sections = serde_json::Map::new();
     let mut failed = Vec::new();
     type Section = fn(&mut Bench, &mut Report, &mut Vec<Goal>) -> anyhow::Result<Value>;
-    let all: [(&str, &str, Section); 3] = [
+    let all: [(&str, &str, Section); 4] = [
         ("syscalls", "syscall overhead", syscall_section),
+        ("kernel_time", "in-kernel program time", kernel_time_section),
         ("p4_leak_throughput", "P4 anomaly throughput", p4_section),
         ("p5_p6_attach_memory", "P5 attach / P6 memory", p5_p6_section),
     ];
@@ -1412,7 +1758,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         "machine": { "kernel": crate::kernel_release(), "cpus": cpus, "cpu_model": cpu_model,
                      "loadavg_start": load_start, "loadavg_end": loadavg(),
                      "foreign_tracing_at_start": foreign },
-        "options": { "rounds": opts.rounds, "iters": opts.iters, "fork_iters": opts.fork_iters, "batches": opts.batches,
+        "options": { "rounds": opts.rounds, "iters": opts.iters, "fork_iters": opts.fork_iters, "fork_batches": opts.fork_batches, "batches": opts.batches,
                      "cpu": cpu, "leak_seconds": opts.leak_seconds, "namespaces": opts.namespaces, "tasks": opts.tasks },
         "elapsed_s": started.elapsed().as_secs_f64(),
         "results": sections,

@@ -1,12 +1,17 @@
 //! Load generator of `cargo xtask bench`. Every mode prints one JSON line on stdout.
 //!
-//! - `pidvirt-bench syscalls [--iters N] [--fork-iters N] [--batches B] [--cpu C] [--workloads a,b]`
+//! - `pidvirt-bench syscalls [--iters N] [--batches B] [--fork-iters N] [--fork-batches B] [--cpu C]
+//!   [--workloads a,b]`
 //!   — for each workload (`getpid`, `kill`, `fork`, `read`), in a FRESH pid namespace
 //!   (unshare(CLONE_NEWPID) + fork: the workload runs as the namespace's init, vpid 1), B
 //!   batches of N raw syscalls timed with CLOCK_MONOTONIC; answers ns per call per batch and
 //!   their median. `getpid`: syscall(SYS_getpid); `kill`: kill(self, 0); `fork`: clone(SIGCHLD)
-//!   of a child that exit_group(0)s at once, then wait4 (N = --fork-iters); `read`: a 1-byte
-//!   read of /dev/zero.
+//!   of a child that exit_group(0)s at once, then wait4 (--fork-batches batches of --fork-iters;
+//!   every call is also timed on its own: `per_call_ns` has the quantiles of those times);
+//!   `read`: a 1-byte read of /dev/zero.
+//! - `pidvirt-bench serve [--cpu C]` — the same workloads, on command, in ONE pid namespace and
+//!   process for as long as stdin lasts: each line `WORKLOADS ITERS BATCHES FORK_ITERS
+//!   FORK_BATCHES` is answered with one JSON line like `syscalls`'.
 //! - `pidvirt-bench leak [--seconds S] [--cpu C]` — forks a sibling on the host (host pid H),
 //!   then in a fresh pid namespace calls kill(H, 0) in a tight loop for S seconds (H names
 //!   nothing inside: the kernel answers ESRCH; pidvirt's verdict is `leak`). Answers the calls
@@ -209,6 +214,60 @@ fn batches(n: usize, iters: u64, mut body: impl FnMut() -> i64) -> Vec<f64> {
         .collect()
 }
 
+/// The q-quantile (0..=1) of sorted `v` (nearest rank).
+fn quantile_sorted(v: &[u64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize] as f64
+}
+
+/// Times every call of `body` (for calls long enough that reading the clock around each one
+/// costs nothing that matters: fork+exit+wait). Answers ns per call per batch (mean), and the
+/// quantiles of all the calls' times. The batch means are what to compare: work the kernel
+/// defers (RCU callbacks: freeing the task, and the sched_process_free programs) runs in
+/// batches inside a few calls, which the quantiles of single calls leave out.
+fn batches_each(n: usize, iters: u64, mut body: impl FnMut() -> i64) -> (Vec<f64>, Value) {
+    for _ in 0..(iters / 10).max(1) {
+        std::hint::black_box(body());
+    }
+    let mut all = Vec::with_capacity(n * iters as usize);
+    let means = (0..n)
+        .map(|_| {
+            let t0 = now_ns();
+            for _ in 0..iters {
+                let t = now_ns();
+                std::hint::black_box(body());
+                all.push(now_ns() - t);
+            }
+            (now_ns() - t0) as f64 / iters as f64
+        })
+        .collect();
+    all.sort_unstable();
+    let q = |q| quantile_sorted(&all, q);
+    (means, json!({ "p10": q(0.10), "p25": q(0.25), "p50": q(0.50), "p75": q(0.75), "p90": q(0.90) }))
+}
+
+/// fork(2) (as clone(SIGCHLD)) of a child that exit_group(0)s at once, then wait4 for it.
+fn fork_exit_wait() -> i64 {
+    // SAFETY: raw syscalls with valid arguments; the child only exits.
+    unsafe {
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+        if pid == 0 {
+            libc::syscall(libc::SYS_exit_group, 0);
+        }
+        let mut status = 0;
+        libc::syscall(libc::SYS_wait4, pid, &mut status as *mut i32, 0, 0usize)
+    }
+}
+
 /// The body of one workload, run as the init of a fresh pid namespace.
 fn workload(name: &str, iters: u64, n: usize) -> Value {
     // SAFETY: every call below is a raw syscall with valid arguments.
@@ -217,21 +276,12 @@ fn workload(name: &str, iters: u64, n: usize) -> Value {
     let ns = match name {
         "getpid" => batches(n, iters, getpid),
         "kill" => batches(n, iters, || unsafe { libc::syscall(libc::SYS_kill, me, 0) }),
-        "fork" => batches(n, iters, || unsafe {
-            let pid = libc::syscall(
-                libc::SYS_clone,
-                libc::SIGCHLD as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            );
-            if pid == 0 {
-                libc::syscall(libc::SYS_exit_group, 0);
-            }
-            let mut status = 0;
-            libc::syscall(libc::SYS_wait4, pid, &mut status as *mut i32, 0, 0usize)
-        }),
+        "fork" => {
+            let (ns, quantiles) = batches_each(n, iters, fork_exit_wait);
+            return json!({
+                "ns_per_call": median(&ns), "batches": ns, "per_call_ns": quantiles, "iters": iters, "vpid": me,
+            });
+        }
         "read" => {
             // SAFETY: a constant C string path.
             let fd = unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
@@ -272,10 +322,11 @@ fn syscalls(args: &Args) -> anyhow::Result<Value> {
     let iters: u64 = args.num("--iters", 200_000)?;
     let fork_iters: u64 = args.num("--fork-iters", 2_000)?;
     let n: usize = args.num("--batches", 3)?;
+    let fork_batches: usize = args.num("--fork-batches", n)?;
     let list = args.get("--workloads").unwrap_or("getpid,kill,fork,read");
     let mut out = serde_json::Map::new();
     for name in list.split(',') {
-        let it = if name == "fork" { fork_iters } else { iters };
+        let (it, n) = if name == "fork" { (fork_iters, fork_batches) } else { (iters, n) };
         let (text, ino) = in_new_pidns(|| workload(name, it, n).to_string())?;
         let mut v: Value = serde_json::from_str(&text).with_context(|| format!("workload {name}: {text}"))?;
         if let Some(e) = v.get("error") {
@@ -285,6 +336,59 @@ fn syscalls(args: &Args) -> anyhow::Result<Value> {
         out.insert(name.to_string(), v);
     }
     Ok(Value::Object(out))
+}
+
+/// `serve`: one pid namespace whose init runs workloads on command for as long as stdin lasts.
+/// Each line `WORKLOADS ITERS BATCHES FORK_ITERS FORK_BATCHES` (WORKLOADS comma-separated) is
+/// answered with one JSON line, as `syscalls` answers. One process for every measurement of a
+/// run: what a process brings along (its memory layout, which fork copies) is then the same under
+/// every mode compared (separate processes differ by a few µs per fork here).
+fn serve(args: &Args) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    pin(args.cpu()?)?;
+    // SAFETY: this program is single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        bail!("unshare(CLONE_NEWPID): {}", std::io::Error::last_os_error());
+    }
+    let init = fork_tied()?;
+    if init == 0 {
+        let mut out = std::io::stdout().lock();
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            let answer = serve_line(&line);
+            if writeln!(out, "{answer}").and_then(|()| out.flush()).is_err() {
+                break;
+            }
+        }
+        // SAFETY: ends the init (and with it the namespace) without unwinding.
+        unsafe { libc::_exit(0) };
+    }
+    match waitpid(init) {
+        0 => Ok(()),
+        status => bail!("the namespace's init ended with wait status {status}"),
+    }
+}
+
+/// One `serve` request, run in the serving namespace.
+fn serve_line(line: &str) -> Value {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let num = |i: usize| w.get(i).and_then(|v| v.parse::<u64>().ok());
+    let (Some(list), Some(iters), Some(n), Some(fork_iters), Some(fork_n)) =
+        (w.first(), num(1), num(2), num(3), num(4))
+    else {
+        return json!({ "error": format!("bad request {line:?}: WORKLOADS ITERS BATCHES FORK_ITERS FORK_BATCHES") });
+    };
+    let mut out = serde_json::Map::new();
+    for name in list.split(',') {
+        let (it, n) = if name == "fork" { (fork_iters, fork_n) } else { (iters, n) };
+        let v = workload(name, it, n as usize);
+        if v.get("error").is_some() {
+            return v;
+        }
+        out.insert(name.to_string(), v);
+    }
+    out.insert("pidns".into(), json!(std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).unwrap_or(0)));
+    Value::Object(out)
 }
 
 fn leak(args: &Args) -> anyhow::Result<Value> {
@@ -572,6 +676,7 @@ fn main() {
         "syscalls" => syscalls(&args).map(Some),
         "leak" => leak(&args).map(Some),
         "spawn" => spawn(&args).map(|()| None),
+        "serve" => serve(&args).map(|()| None),
         "ps-check" => ps_check(&args).map(Some),
         "audit-count" => audit_count(&args).map(Some),
         other => {
