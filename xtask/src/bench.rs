@@ -172,6 +172,38 @@ impl Drop for Running {
     }
 }
 
+/// Starts the load generator with `args`, talking to it through its stdin and stdout; it dies
+/// with us (PR_SET_PDEATHSIG). Answers the child and its two pipes.
+fn start_generator(
+    generator: &Path,
+    args: &[&str],
+) -> anyhow::Result<(Child, ChildStdin, std::process::ChildStdout)> {
+    let mut cmd = Command::new(generator);
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    // SAFETY: as in Running::spawn.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("cannot start pidvirt-bench {}", args.join(" ")))?;
+    let stdin = child.stdin.take().context("no stdin")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    Ok((child, stdin, stdout))
+}
+
+/// Closes a generator's stdin (which ends it), gives it 10 s to exit, then kills it.
+fn stop_generator(child: &mut Child, stdin: Option<ChildStdin>) {
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The extra processes of P5/P6: the generator holds them until its stdin closes.
 struct Spawned {
     child: Child,
@@ -183,22 +215,11 @@ struct Spawned {
 
 impl Spawned {
     fn start(generator: &Path, namespaces: usize, per_ns: usize, file: &Path) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(generator);
-        cmd.args(["spawn", "--namespaces", &namespaces.to_string(), "--per-ns", &per_ns.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // SAFETY: as in Running::spawn.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().context("cannot start pidvirt-bench spawn")?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut guard = Self { child, stdin, inits: Vec::new(), file: file.to_path_buf(), count: 0 };
+        let (namespaces, per_ns) = (namespaces.to_string(), per_ns.to_string());
+        let (child, stdin, stdout) =
+            start_generator(generator, &["spawn", "--namespaces", &namespaces, "--per-ns", &per_ns])?;
+        let mut guard =
+            Self { child, stdin: Some(stdin), inits: Vec::new(), file: file.to_path_buf(), count: 0 };
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         let v: Value =
@@ -218,13 +239,7 @@ impl Spawned {
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_generator(&mut self.child, self.stdin.take());
         // Belt and braces: an init's death takes its whole namespace with it.
         for &i in &self.inits {
             // SAFETY: these are the inits the generator made (still ours until they are gone).
@@ -250,22 +265,8 @@ struct Generator {
 
 impl Generator {
     fn start(path: &Path, cpu: usize) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(path);
-        cmd.args(["serve", "--cpu", &cpu.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // SAFETY: as in Running::spawn.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().context("cannot start pidvirt-bench serve")?;
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().context("no stdout")?);
-        Ok(Self { child, stdin, stdout })
+        let (child, stdin, stdout) = start_generator(path, &["serve", "--cpu", &cpu.to_string()])?;
+        Ok(Self { child, stdin: Some(stdin), stdout: BufReader::new(stdout) })
     }
 
     /// Runs `workloads` (comma-separated); answers the generator's JSON.
@@ -287,13 +288,7 @@ impl Generator {
 
 impl Drop for Generator {
     fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_generator(&mut self.child, self.stdin.take());
     }
 }
 
