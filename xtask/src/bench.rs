@@ -935,12 +935,16 @@ fn syscall_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) ->
             goals.push(Goal::new(
                 format!("{label}: pidvirt added below the peer's"),
                 match (p, q) {
-                    (Some(p), Some(q)) => format!("{p:+.1} vs {q:+.1} ns"),
+                    (Some(p), Some(q)) if q > 0.0 => format!("{p:+.1} vs {q:+.1} ns"),
+                    (Some(p), Some(q)) => {
+                        format!("no comparison: peer added {q:+.1} ns (noise), pidvirt {p:+.1}")
+                    }
                     _ => "peer unavailable".into(),
                 },
                 "pidvirt < peer",
+                // An addition at or below zero is noise (as for the ratios): nothing to compare.
                 match (p, q) {
-                    (Some(p), Some(q)) => Some(p < q),
+                    (Some(p), Some(q)) if q > 0.0 => Some(p < q),
                     _ => None,
                 },
             ));
