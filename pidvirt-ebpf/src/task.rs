@@ -85,7 +85,8 @@ pub fn ns_at<K: Kmem>(k: K, pid: *const u8, level: u32) -> Result<*const u8, u32
     k.read_ptr(upid_at(pid, level), off!(upid_ns)).map_err(kerr)
 }
 
-/// Reads the ids and namespace of level `lvl` of the task whose pids are `pids` into `s`.
+/// Reads the ids and namespace of inline level `lvl` (below INLINE_LEVELS; deeper ones:
+/// `read_deep_levels`) of the task whose pids are `pids` into `s`.
 #[inline(always)]
 fn read_level<K: Kmem>(k: K, pids: &TaskPids, lvl: u32, s: &mut Scratch) -> Result<(), u32> {
     let i = lvl as usize;
@@ -102,11 +103,7 @@ fn read_level<K: Kmem>(k: K, pids: &TaskPids, lvl: u32, s: &mut Scratch) -> Resu
     if lvl == pids.level {
         s.entry.pidns = ns;
     }
-    if i < INLINE_LEVELS {
-        if let Some(slot) = s.entry.nr.get_mut(i) {
-            *slot = LevelIds { tid, tgid };
-        }
-    } else if let Some(slot) = s.deep.nr.get_mut(i - INLINE_LEVELS) {
+    if let Some(slot) = s.entry.nr.get_mut(i) {
         *slot = LevelIds { tid, tgid };
     }
     Ok(())
