@@ -238,6 +238,7 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         }
     }
     let t0 = Instant::now();
+    let tid_words = tid_filter::words(pid_max().unwrap_or(tid_filter::MAX_WORDS * 64));
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)
         .map_max_entries("TASKS", opts.max_tasks)
@@ -245,8 +246,8 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .map_max_entries("COUNTS", opts.counter_slots)
         .map_max_entries("FREE_SLOTS", opts.counter_slots)
-        .map_max_entries("LIVE_TIDS", tid_filter::words(pid_max().unwrap_or(tid_filter::MAX_WORDS * 64)))
-        .map_max_entries("SEEDED_TIDS", tid_filter::words(pid_max().unwrap_or(tid_filter::MAX_WORDS * 64)))
+        .map_max_entries("LIVE_TIDS", tid_words)
+        .map_max_entries("SEEDED_TIDS", tid_words)
         .load(PROGRAM_OBJECT)
         .map_err(LoadError::Object)?;
     prepare_maps(&mut ebpf, opts.counter_slots)?;
