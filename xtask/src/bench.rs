@@ -269,10 +269,16 @@ impl Generator {
         Ok(Self { child, stdin: Some(stdin), stdout: BufReader::new(stdout) })
     }
 
-    /// Runs `workloads` (comma-separated); answers the generator's JSON.
+    /// Runs `workloads` (comma-separated) with the run's counts; answers the generator's JSON.
     fn run(&mut self, workloads: &str, o: &Options) -> anyhow::Result<Value> {
+        self.request(workloads, [o.iters, o.batches as u64, o.fork_iters, o.fork_batches as u64])
+    }
+
+    /// Runs `workloads` with `[iters, batches, fork_iters, fork_batches]`.
+    fn request(&mut self, workloads: &str, counts: [u64; 4]) -> anyhow::Result<Value> {
         let stdin = self.stdin.as_mut().context("generator closed")?;
-        writeln!(stdin, "{workloads} {} {} {} {}", o.iters, o.batches, o.fork_iters, o.fork_batches)?;
+        let [iters, batches, fork_iters, fork_batches] = counts;
+        writeln!(stdin, "{workloads} {iters} {batches} {fork_iters} {fork_batches}")?;
         stdin.flush()?;
         let mut line = String::new();
         if self.stdout.read_line(&mut line)? == 0 {
@@ -1155,6 +1161,7 @@ fn kernel_time_section(b: &mut Bench, report: &mut Report, _goals: &mut Vec<Goal
     if b.peer.is_ok() {
         modes.push(Mode::Peer);
     }
+    let mut generator = Generator::start(&b.generator, b.cpu)?;
     let stats = BpfStats::enable()?;
     // (mode, workload) -> per-program times, and the calls made.
     let mut measured: BTreeMap<(Mode, &str), (Vec<ProgTime>, u64)> = BTreeMap::new();
@@ -1164,12 +1171,9 @@ fn kernel_time_section(b: &mut Bench, report: &mut Report, _goals: &mut Vec<Goal
         let guard = b.start_mode(mode).with_context(|| format!("starting mode {}", mode.name()))?;
         for (w, iters) in workloads {
             let before = prog_stats()?;
-            capture_json(
-                Command::new(&b.generator)
-                    .args(["syscalls", "--cpu", &b.cpu.to_string(), "--workloads", w, "--batches", "1"])
-                    .args(["--iters", &iters.to_string(), "--fork-iters", &iters.to_string()]),
-            )
-            .with_context(|| format!("load generator ({w}) under mode {}", mode.name()))?;
+            generator
+                .request(w, [iters, 1, iters, 1])
+                .with_context(|| format!("load generator ({w}) under mode {}", mode.name()))?;
             let after = prog_stats()?;
             // The generator warms up with a tenth of the calls first (pidvirt-bench batches).
             let calls = iters + (iters / 10).max(1);

@@ -1,17 +1,14 @@
 //! Load generator of `cargo xtask bench`. Every mode prints one JSON line on stdout.
 //!
-//! - `pidvirt-bench syscalls [--iters N] [--batches B] [--fork-iters N] [--fork-batches B] [--cpu C]
-//!   [--workloads a,b]`
-//!   — for each workload (`getpid`, `kill`, `fork`, `read`), in a FRESH pid namespace
-//!   (unshare(CLONE_NEWPID) + fork: the workload runs as the namespace's init, vpid 1), B
-//!   batches of N raw syscalls timed with CLOCK_MONOTONIC; answers ns per call per batch and
-//!   their median. `getpid`: syscall(SYS_getpid); `kill`: kill(self, 0); `fork`: clone(SIGCHLD)
-//!   of a child that exit_group(0)s at once, then wait4 (--fork-batches batches of --fork-iters;
-//!   every call is also timed on its own: `per_call_ns` has the quantiles of those times);
-//!   `read`: a 1-byte read of /dev/zero.
-//! - `pidvirt-bench serve [--cpu C]` — the same workloads, on command, in ONE pid namespace and
-//!   process for as long as stdin lasts: each line `WORKLOADS ITERS BATCHES FORK_ITERS
-//!   FORK_BATCHES` is answered with one JSON line like `syscalls`'.
+//! - `pidvirt-bench serve [--cpu C]` — one pid namespace (unshare(CLONE_NEWPID) + fork) whose
+//!   init (vpid 1) runs workloads on command for as long as stdin lasts, in that one process:
+//!   each line `WORKLOADS ITERS BATCHES FORK_ITERS FORK_BATCHES` (WORKLOADS comma-separated, of
+//!   `getpid`, `kill`, `fork`, `read`) is answered with one JSON line holding, per workload, the
+//!   ns per call of each batch (timed with CLOCK_MONOTONIC) and their median. `getpid`:
+//!   syscall(SYS_getpid); `kill`: kill(self, 0); `fork`: clone(SIGCHLD) of a child that
+//!   exit_group(0)s at once, then wait4 (FORK_BATCHES batches of FORK_ITERS; every call is also
+//!   timed on its own: `per_call_ns` has the quantiles of those times); `read`: a 1-byte read of
+//!   /dev/zero. Each workload first warms up with a tenth of its calls.
 //! - `pidvirt-bench leak [--seconds S] [--cpu C]` — forks a sibling on the host (host pid H),
 //!   then in a fresh pid namespace calls kill(H, 0) in a tight loop for S seconds (H names
 //!   nothing inside: the kernel answers ESRCH; pidvirt's verdict is `leak`). Answers the calls
@@ -317,30 +314,9 @@ impl Args {
     }
 }
 
-fn syscalls(args: &Args) -> anyhow::Result<Value> {
-    pin(args.cpu()?)?;
-    let iters: u64 = args.num("--iters", 200_000)?;
-    let fork_iters: u64 = args.num("--fork-iters", 2_000)?;
-    let n: usize = args.num("--batches", 3)?;
-    let fork_batches: usize = args.num("--fork-batches", n)?;
-    let list = args.get("--workloads").unwrap_or("getpid,kill,fork,read");
-    let mut out = serde_json::Map::new();
-    for name in list.split(',') {
-        let (it, n) = if name == "fork" { (fork_iters, fork_batches) } else { (iters, n) };
-        let (text, ino) = in_new_pidns(|| workload(name, it, n).to_string())?;
-        let mut v: Value = serde_json::from_str(&text).with_context(|| format!("workload {name}: {text}"))?;
-        if let Some(e) = v.get("error") {
-            bail!("workload {name}: {e}");
-        }
-        v["pidns"] = json!(ino);
-        out.insert(name.to_string(), v);
-    }
-    Ok(Value::Object(out))
-}
-
 /// `serve`: one pid namespace whose init runs workloads on command for as long as stdin lasts.
 /// Each line `WORKLOADS ITERS BATCHES FORK_ITERS FORK_BATCHES` (WORKLOADS comma-separated) is
-/// answered with one JSON line, as `syscalls` answers. One process for every measurement of a
+/// answered with one JSON line (see the module doc). One process for every measurement of a
 /// run: what a process brings along (its memory layout, which fork copies) is then the same under
 /// every mode compared (separate processes differ by a few µs per fork here).
 fn serve(args: &Args) -> anyhow::Result<()> {
@@ -668,12 +644,11 @@ fn audit_count(args: &Args) -> anyhow::Result<Value> {
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(mode) = argv.first().cloned() else {
-        eprintln!("usage: pidvirt-bench syscalls|leak|spawn|ps-check|audit-count [OPTIONS]");
+        eprintln!("usage: pidvirt-bench serve|leak|spawn|ps-check|audit-count [OPTIONS]");
         std::process::exit(2);
     };
     let args = Args(argv);
     let result = match mode.as_str() {
-        "syscalls" => syscalls(&args).map(Some),
         "leak" => leak(&args).map(Some),
         "spawn" => spawn(&args).map(|()| None),
         "serve" => serve(&args).map(|()| None),
