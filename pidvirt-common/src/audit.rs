@@ -1,217 +1,15 @@
-//! Pid crossings: the catalogue of watched syscalls, the verdicts, the one classification
-//! function (used by the kernel programs, unit-tested here), and the event and counter layouts.
+//! Pid crossings: the one classification function (used by the kernel programs, unit-tested
+//! here), and the event and counter layouts. The verdicts and watched syscalls are in the
+//! catalogue.
 
-/// How a crossing was judged.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The number names, in the caller's namespace, the task the kernel means.
-    Ok = 0,
-    /// A process-group value (0 or < -1 for kill/wait, PRIO_PGRP, ...).
-    Group = 1,
-    /// -1: every task the caller may signal / any child.
-    Any = 2,
-    /// The number names nothing in the caller's namespace but is the host pid of a live task.
-    Leak = 3,
-    /// The number names task X in the caller's namespace and is also the host pid of another
-    /// task Y the caller can see: a missed translation meant Y, the call hits X.
-    Collision = 4,
-    /// The target is outside the caller's container.
-    CrossContainer = 5,
-    /// The number names nothing (the kernel answers ESRCH).
-    Unknown = 6,
-    /// The number names a task whose entry is gone or was recycled (pid reuse during the call).
-    Stale = 7,
-    /// A returned number differs from the truth read from the task structures (self-check).
-    Mismatch = 8,
-    /// The enforcer denied the action.
-    Denied = 9,
-}
+pub use crate::catalogue::{
+    Direction, LSM_HOOKS, LsmHook, Mode, NLSM, NSYSCALLS, NVERDICTS, SYSCALLS, SyscallSpec, Verdict, lsm, sys,
+};
 
-pub const NVERDICTS: usize = 10;
-pub const VERDICT_NAMES: [&str; NVERDICTS] =
-    ["ok", "group", "any", "leak", "collision", "cross_container", "unknown", "stale", "mismatch", "denied"];
-
-impl Verdict {
-    pub fn name(self) -> &'static str {
-        VERDICT_NAMES[self as usize]
-    }
-    pub fn from_u8(v: u8) -> Option<Self> {
-        use Verdict::*;
-        Some(match v {
-            0 => Ok,
-            1 => Group,
-            2 => Any,
-            3 => Leak,
-            4 => Collision,
-            5 => CrossContainer,
-            6 => Unknown,
-            7 => Stale,
-            8 => Mismatch,
-            9 => Denied,
-            _ => return None,
-        })
-    }
-    /// Whether the crossing is reported to user space (every verdict but ok, group, any).
-    pub fn is_anomaly(self) -> bool {
-        !matches!(self, Verdict::Ok | Verdict::Group | Verdict::Any)
-    }
-}
-
-/// Direction of a crossing: an argument going in, or a returned value coming out; or an
-/// enforcement decision at an LSM hook.
-pub const DIR_IN: u8 = 0;
-pub const DIR_OUT: u8 = 1;
-pub const DIR_LSM: u8 = 2;
-
-/// A BPF-LSM hook the enforcer guards: it receives the target task as argument `target`, and
-/// the previous BPF program's verdict after its `args` arguments.
-#[derive(Clone, Copy, Debug)]
-pub struct LsmHook {
-    pub name: &'static str,
-    pub args: usize,
-}
-
-const fn h(name: &'static str, args: usize) -> LsmHook {
-    LsmHook { name, args }
-}
-
-/// The enforcer's hooks (program `lsm_<name>` on LSM hook `<name>`); the index is the hook's
-/// id in counters and events. The target task is always the first argument.
-pub const LSM_HOOKS: [LsmHook; NLSM] = [
-    h("task_kill", 4),
-    h("ptrace_access_check", 2),
-    h("task_setpgid", 2),
-    h("task_setnice", 2),
-    h("task_setscheduler", 1),
-    h("task_getscheduler", 1),
-    h("task_setioprio", 2),
-    h("task_getioprio", 1),
-    h("task_movememory", 1),
-    h("task_setrlimit", 3),
-    h("task_getsid", 1),
-    h("task_getpgid", 1),
-    h("capget", 4),
-    h("file_send_sigiotask", 3),
-];
-pub const NLSM: usize = 14;
-
-/// Per-container policy (value of the MODES map, keyed by container number).
-pub mod mode {
-    /// Audit only (the default; also when a container has no entry).
-    pub const OBSERVE: u32 = 0;
-    /// Deny actions on tasks outside the container (and the containers nested in it).
-    pub const ENFORCE: u32 = 1;
-}
-
-/// A watched syscall: which of its tracepoints pidvirt hooks, with which program.
-#[derive(Clone, Copy, Debug)]
-pub struct SyscallSpec {
-    pub name: &'static str,
-    /// Program attached to `syscalls:sys_enter_<name>` (an argument is a pid).
-    pub enter: Option<&'static str>,
-    /// Program attached to `syscalls:sys_exit_<name>` (the return value is a pid).
-    pub exit: Option<&'static str>,
-}
-
-const fn s(name: &'static str, enter: Option<&'static str>, exit: Option<&'static str>) -> SyscallSpec {
-    SyscallSpec { name, enter, exit }
-}
-
-/// Every watched syscall. The index is the syscall's id in counters and events. This list IS
-/// the hook list: the daemon attaches exactly these programs to exactly these tracepoints, and
-/// the benchmark's floor attaches an empty program to the same tracepoints.
-pub const SYSCALLS: [SyscallSpec; NSYSCALLS] = [
-    s("getpid", None, Some("exit_getpid")),
-    s("getppid", None, Some("exit_getppid")),
-    s("gettid", None, Some("exit_own_tid")),
-    s("set_tid_address", None, Some("exit_own_tid")),
-    s("fork", None, Some("exit_fork")),
-    s("vfork", None, Some("exit_fork")),
-    s("clone", None, Some("exit_fork")),
-    s("clone3", None, Some("exit_fork")),
-    s("kill", Some("enter_pid_arg"), None),
-    s("tkill", Some("enter_task_arg"), None),
-    s("tgkill", Some("enter_two_tasks"), None),
-    s("rt_sigqueueinfo", Some("enter_task_arg"), None),
-    s("rt_tgsigqueueinfo", Some("enter_two_tasks"), None),
-    s("pidfd_open", Some("enter_task_arg"), None),
-    s("wait4", Some("enter_pid_arg"), Some("exit_wait4")),
-    s("waitid", Some("enter_waitid"), Some("exit_waitid")),
-    s("setpgid", Some("enter_setpgid"), None),
-    s("getpgid", Some("enter_self_query"), Some("exit_self_query")),
-    s("getsid", Some("enter_self_query"), Some("exit_self_query")),
-    s("setsid", None, Some("exit_setsid")),
-    s("sched_setaffinity", Some("enter_task_or_self"), None),
-    s("sched_getaffinity", Some("enter_task_or_self"), None),
-    s("sched_setscheduler", Some("enter_task_or_self"), None),
-    s("sched_getscheduler", Some("enter_task_or_self"), None),
-    s("sched_setparam", Some("enter_task_or_self"), None),
-    s("sched_getparam", Some("enter_task_or_self"), None),
-    s("sched_setattr", Some("enter_task_or_self"), None),
-    s("sched_getattr", Some("enter_task_or_self"), None),
-    s("sched_rr_get_interval", Some("enter_task_or_self"), None),
-    s("setpriority", Some("enter_which_who"), None),
-    s("getpriority", Some("enter_which_who"), None),
-    s("ioprio_set", Some("enter_which_who"), None),
-    s("ioprio_get", Some("enter_which_who"), None),
-    s("prlimit64", Some("enter_task_or_self"), None),
-    s("ptrace", Some("enter_ptrace"), None),
-    s("process_vm_readv", Some("enter_task_arg"), None),
-    s("process_vm_writev", Some("enter_task_arg"), None),
-    s("kcmp", Some("enter_two_tasks"), None),
-    s("get_robust_list", Some("enter_task_or_self"), None),
-    s("migrate_pages", Some("enter_task_or_self"), None),
-    s("move_pages", Some("enter_task_or_self"), None),
-    s("capget", Some("enter_capget"), None),
-];
-
-pub const NSYSCALLS: usize = 42;
-
-/// Syscall ids (indices into [`SYSCALLS`]).
-pub mod sys {
-    pub const GETPID: u16 = 0;
-    pub const GETPPID: u16 = 1;
-    pub const GETTID: u16 = 2;
-    pub const SET_TID_ADDRESS: u16 = 3;
-    pub const FORK: u16 = 4;
-    pub const VFORK: u16 = 5;
-    pub const CLONE: u16 = 6;
-    pub const CLONE3: u16 = 7;
-    pub const KILL: u16 = 8;
-    pub const TKILL: u16 = 9;
-    pub const TGKILL: u16 = 10;
-    pub const RT_SIGQUEUEINFO: u16 = 11;
-    pub const RT_TGSIGQUEUEINFO: u16 = 12;
-    pub const PIDFD_OPEN: u16 = 13;
-    pub const WAIT4: u16 = 14;
-    pub const WAITID: u16 = 15;
-    pub const SETPGID: u16 = 16;
-    pub const GETPGID: u16 = 17;
-    pub const GETSID: u16 = 18;
-    pub const SETSID: u16 = 19;
-    pub const SCHED_SETAFFINITY: u16 = 20;
-    pub const SCHED_GETAFFINITY: u16 = 21;
-    pub const SCHED_SETSCHEDULER: u16 = 22;
-    pub const SCHED_GETSCHEDULER: u16 = 23;
-    pub const SCHED_SETPARAM: u16 = 24;
-    pub const SCHED_GETPARAM: u16 = 25;
-    pub const SCHED_SETATTR: u16 = 26;
-    pub const SCHED_GETATTR: u16 = 27;
-    pub const SCHED_RR_GET_INTERVAL: u16 = 28;
-    pub const SETPRIORITY: u16 = 29;
-    pub const GETPRIORITY: u16 = 30;
-    pub const IOPRIO_SET: u16 = 31;
-    pub const IOPRIO_GET: u16 = 32;
-    pub const PRLIMIT64: u16 = 33;
-    pub const PTRACE: u16 = 34;
-    pub const PROCESS_VM_READV: u16 = 35;
-    pub const PROCESS_VM_WRITEV: u16 = 36;
-    pub const KCMP: u16 = 37;
-    pub const GET_ROBUST_LIST: u16 = 38;
-    pub const MIGRATE_PAGES: u16 = 39;
-    pub const MOVE_PAGES: u16 = 40;
-    pub const CAPGET: u16 = 41;
+/// Whether a crossing with verdict `v` is reported to user space (every verdict but ok,
+/// group, any).
+pub const fn is_anomaly(v: Verdict) -> bool {
+    v.reported_by_default()
 }
 
 /// A task as the classification sees it.
@@ -422,19 +220,10 @@ mod tests {
     }
 
     #[test]
-    fn catalogue_is_consistent() {
-        assert_eq!(SYSCALLS.len(), NSYSCALLS);
-        assert_eq!(SYSCALLS[sys::CAPGET as usize].name, "capget");
-        assert_eq!(SYSCALLS[sys::KILL as usize].name, "kill");
-        assert_eq!(SYSCALLS[sys::WAITID as usize].name, "waitid");
-        assert_eq!(SYSCALLS[sys::SCHED_RR_GET_INTERVAL as usize].name, "sched_rr_get_interval");
-        assert!(SYSCALLS.iter().all(|s| s.enter.is_some() || s.exit.is_some()));
-        for (i, v) in VERDICT_NAMES.iter().enumerate() {
-            assert_eq!(Verdict::from_u8(i as u8).unwrap().name(), *v);
-        }
-        assert!(!Verdict::Ok.is_anomaly() && !Verdict::Group.is_anomaly() && !Verdict::Any.is_anomaly());
-        assert!(Verdict::Leak.is_anomaly() && Verdict::Mismatch.is_anomaly());
+    fn layouts() {
         assert_eq!(core::mem::size_of::<AnomalyEvent>(), 8 + 8 + 8 + 3 * 24 + 8 + 16);
         assert_eq!(crossing_slot(sys::CAPGET, Verdict::Denied), NSYSCALLS * NVERDICTS - 1);
+        assert!(!is_anomaly(Verdict::Ok) && !is_anomaly(Verdict::Group) && !is_anomaly(Verdict::Any));
+        assert!(is_anomaly(Verdict::Leak) && is_anomaly(Verdict::Mismatch));
     }
 }

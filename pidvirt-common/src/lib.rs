@@ -5,8 +5,13 @@
 //! numbers, `v*` fields and `nr[level]` are numbers in the namespace at that level.
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
 pub mod audit;
+pub mod catalogue;
 pub mod offsets;
+pub use catalogue::counter;
 pub use offsets::KernelOffsets;
 
 /// Deepest pid namespace level the kernel allows (`MAX_PID_NS_LEVEL`): levels run 0..=32.
@@ -194,73 +199,6 @@ pub mod pidns_source {
     pub const KERNEL: u32 = 1;
     /// The daemon found it in /proc when it attached.
     pub const SEED: u32 = 2;
-}
-
-/// Per-CPU counter slots (one `u64` each) of the `COUNTERS` map.
-pub mod counter {
-    /// Map insert/update failures, per reason. Nothing is dropped silently.
-    pub const MAP_ERROR_BASE: u32 = 0;
-    pub const MAP_ERROR_REASONS: [&str; 12] = [
-        "task_insert",
-        "virt_insert",
-        "deep_insert",
-        "pidns_insert",
-        "kernel_read",
-        "level_overflow",
-        "scratch",
-        "task_missing",
-        "pidns_missing",
-        "container_counters",
-        "pending_insert",
-        "no_counter_slot",
-    ];
-    pub const ERR_TASK_INSERT: u32 = 0;
-    pub const ERR_VIRT_INSERT: u32 = 1;
-    pub const ERR_DEEP_INSERT: u32 = 2;
-    pub const ERR_PIDNS_INSERT: u32 = 3;
-    /// bpf_probe_read_kernel failed on a task structure.
-    pub const ERR_KERNEL_READ: u32 = 4;
-    /// A task with a level above MAX_PID_NS_LEVEL (should be impossible).
-    pub const ERR_LEVEL_OVERFLOW: u32 = 5;
-    /// Per-CPU scratch space could not be had.
-    pub const ERR_SCRATCH: u32 = 6;
-    /// A caller had no task entry when one was needed (not yet seeded, or lost).
-    pub const ERR_TASK_MISSING: u32 = 7;
-    /// A task of a nested namespace was forgotten but its namespace had no record.
-    pub const ERR_PIDNS_MISSING: u32 = 8;
-    /// Per-container counters could not be created (map full): counted in the global
-    /// crossing region instead.
-    pub const ERR_CONTAINER_COUNTERS: u32 = 9;
-    /// A syscall's state between enter and exit could not be kept (waitid's infop).
-    pub const ERR_PENDING_INSERT: u32 = 10;
-    /// No free counter slot for a new container: its crossings count in the overflow slot.
-    pub const ERR_NO_SLOT: u32 = 11;
-
-    /// Events that could not be handed to user space, per reason.
-    pub const DROP_BASE: u32 = 16;
-    pub const DROP_REASONS: [&str; 2] = ["ringbuf_full_anomaly", "ringbuf_full_lifecycle"];
-    pub const DROP_RINGBUF_ANOMALY: u32 = 0;
-    pub const DROP_RINGBUF_LIFECYCLE: u32 = 1;
-
-    /// Lifecycle events seen by the kernel programs.
-    pub const LIFECYCLE_BASE: u32 = 32;
-    pub const LIFECYCLE_NAMES: [&str; 6] = ["fork", "exec", "exit", "free", "pid_reuse", "reaped"];
-    pub const LC_FORK: u32 = 0;
-    pub const LC_EXEC: u32 = 1;
-    pub const LC_EXIT: u32 = 2;
-    pub const LC_FREE: u32 = 3;
-    /// A fork found a stale entry under the new task's host tid (the old task's free was not
-    /// seen yet): the old entry was replaced.
-    pub const LC_PID_REUSE: u32 = 4;
-    /// A wait4 returned the pid of a process it released (task_flags::reaped_by_wait): its
-    /// entries were removed there, while their lines were hot, not at its free.
-    pub const LC_REAPED: u32 = 5;
-
-    /// Crossings of containers whose per-container counters could not be had (map full),
-    /// index `CROSSING_BASE + syscall * NVERDICTS + verdict`.
-    pub const CROSSING_BASE: u32 = 64;
-    /// Size of the counters array.
-    pub const SLOTS: u32 = 1024;
 }
 
 /// Per-container counter slots: each container's crossing counters are one element of a per-CPU
@@ -478,15 +416,5 @@ mod tests {
         assert_eq!(&info.ancestors[..3], &[10, 20, 0]);
         let root = PidnsInfo::from_chain(&chain, 0, 1, pidns_source::SEED);
         assert_eq!((root.level, root.parent, root.ancestors[0]), (0, 0, 10));
-    }
-
-    #[test]
-    fn counter_regions_do_not_overlap() {
-        use counter::*;
-        assert!(MAP_ERROR_BASE + MAP_ERROR_REASONS.len() as u32 <= DROP_BASE);
-        assert!(DROP_BASE + DROP_REASONS.len() as u32 <= LIFECYCLE_BASE);
-        assert!(LIFECYCLE_BASE + LIFECYCLE_NAMES.len() as u32 <= CROSSING_BASE);
-        let crossings = (crate::audit::NSYSCALLS * crate::audit::NVERDICTS) as u32;
-        assert!(CROSSING_BASE + crossings <= SLOTS);
     }
 }

@@ -8,8 +8,8 @@ use aya_ebpf::helpers::{
 use pidvirt_common::{
     ANCESTOR_SLOTS, CallerCache, INLINE_LEVELS, LevelIds, TaskEntry, VirtKey,
     audit::{
-        AnomalyEvent, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution, Verdict, classify, crossing_slot,
-        event_flags, sys,
+        AnomalyEvent, Direction, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution, Verdict, classify,
+        crossing_slot, event_flags, is_anomaly, sys,
     },
     caller_slot, counter, event_kind,
 };
@@ -56,7 +56,7 @@ pub fn caller() -> Option<(u32, *const TaskEntry)> {
         fill(c, task, start, tid, unsafe { &*e }, generations);
         return Some((tid, &c.entry));
     }
-    count_map_error(counter::ERR_TASK_MISSING);
+    count_map_error(counter::map_error::TASK_MISSING);
     let s = SCRATCH.get_ptr_mut(SCRATCH_TRACEPOINT)?;
     let e = unsafe { &mut (*s).entry };
     match describe(task, e) {
@@ -240,7 +240,7 @@ pub fn count_crossing(slot: u32, syscall: u16, verdict: Verdict) {
     match (COUNTS.get_ptr_mut(slot), crate::kernel::below(i, NSYSCALLS * NVERDICTS)) {
         (Some(p), Some(i)) => unsafe { (*p).crossings[i] += 1 },
         _ => {
-            count_map_error(counter::ERR_CONTAINER_COUNTERS);
+            count_map_error(counter::map_error::CONTAINER_COUNTERS);
             count(counter::CROSSING_BASE + i as u32);
         }
     }
@@ -278,7 +278,7 @@ fn info(tid: u32, e: &TaskEntry) -> PartyInfo {
 /// One crossing being reported.
 pub struct Crossing {
     pub syscall: u16,
-    pub direction: u8,
+    pub direction: Direction,
     pub verdict: Verdict,
     pub value: i64,
 }
@@ -289,7 +289,7 @@ pub struct Crossing {
 pub fn report(x: Crossing, caller_tid: u32, c: &TaskEntry, target: Found, also: Found) {
     let Crossing { syscall, direction, verdict, value } = x;
     let Some(mut slot) = EVENTS.reserve::<AnomalyEvent>(0) else {
-        count_drop(counter::DROP_RINGBUF_ANOMALY);
+        count_drop(counter::drop::RINGBUF_FULL_ANOMALY);
         if let Some(p) = COUNTS.get_ptr_mut(c.slot) {
             unsafe { (*p).ringbuf_drops += 1 };
         }
@@ -299,7 +299,7 @@ pub fn report(x: Crossing, caller_tid: u32, c: &TaskEntry, target: Found, also: 
     unsafe {
         (*ev).kind = event_kind::ANOMALY;
         (*ev).syscall = syscall;
-        (*ev).direction = direction;
+        (*ev).direction = direction as u8;
         (*ev).verdict = verdict as u8;
         (*ev).value = value;
         (*ev).ts_ns = bpf_ktime_get_ns();
@@ -323,7 +323,7 @@ pub fn report(x: Crossing, caller_tid: u32, c: &TaskEntry, target: Found, also: 
 
 /// A number naming one task, from the caller. Returns the verdict.
 #[inline(always)]
-pub fn audit_task_number(syscall: u16, direction: u8, n: i32, tid: u32, c: &TaskEntry) -> Verdict {
+pub fn audit_task_number(syscall: u16, direction: Direction, n: i32, tid: u32, c: &TaskEntry) -> Verdict {
     if n <= 0 {
         // Not a task number (negative) or nothing (0 where 0 is not "self").
         count_crossing(c.slot, syscall, Verdict::Unknown);
@@ -334,7 +334,7 @@ pub fn audit_task_number(syscall: u16, direction: u8, n: i32, tid: u32, c: &Task
     let r = resolve(tid, c, n as u32);
     let verdict = classify(c.container, &r.res);
     count_crossing(c.slot, syscall, verdict);
-    if verdict.is_anomaly() {
+    if is_anomaly(verdict) {
         let also = match verdict {
             Verdict::Leak | Verdict::Collision => r.host,
             _ => Found::NONE,
@@ -353,7 +353,7 @@ pub fn task_arg(syscall: u16, n: i32, zero_is_self: bool) {
         count_crossing(c.slot, syscall, Verdict::Ok);
         return;
     }
-    audit_task_number(syscall, pidvirt_common::audit::DIR_IN, n, tid, c);
+    audit_task_number(syscall, Direction::In, n, tid, c);
 }
 
 /// kill/wait-style argument: 0 and < -1 are process groups, -1 is "any", > 0 one task.
@@ -386,7 +386,7 @@ pub fn returned(syscall: u16, value: i64, truth: Result<i64, u32>) {
     };
     let verdict = pidvirt_common::audit::check_return(value, truth);
     count_crossing(c.slot, syscall, verdict);
-    if verdict.is_anomaly() {
+    if is_anomaly(verdict) {
         report_mismatch(syscall, value, truth, tid, c);
     }
 }
@@ -401,7 +401,7 @@ pub fn returned_own(syscall: u16, value: i64, tgid: bool) {
     let truth = if tgid { vpid } else { vtid } as i64;
     let verdict = pidvirt_common::audit::check_return(value, truth);
     count_crossing(c.slot, syscall, verdict);
-    if verdict.is_anomaly() {
+    if is_anomaly(verdict) {
         report_mismatch(syscall, value, truth, tid, c);
     }
 }
@@ -409,7 +409,7 @@ pub fn returned_own(syscall: u16, value: i64, tgid: bool) {
 #[inline(always)]
 fn report_mismatch(syscall: u16, value: i64, truth: i64, tid: u32, c: &TaskEntry) {
     let Some(mut slot) = EVENTS.reserve::<AnomalyEvent>(0) else {
-        count_drop(counter::DROP_RINGBUF_ANOMALY);
+        count_drop(counter::drop::RINGBUF_FULL_ANOMALY);
         return;
     };
     let ev = slot.as_mut_ptr();
@@ -417,7 +417,7 @@ fn report_mismatch(syscall: u16, value: i64, truth: i64, tid: u32, c: &TaskEntry
         *ev = AnomalyEvent::default();
         (*ev).kind = event_kind::ANOMALY;
         (*ev).syscall = syscall;
-        (*ev).direction = pidvirt_common::audit::DIR_OUT;
+        (*ev).direction = Direction::Out as u8;
         (*ev).verdict = Verdict::Mismatch as u8;
         (*ev).value = value;
         (*ev).ts_ns = bpf_ktime_get_ns();
@@ -448,8 +448,8 @@ pub fn returned_task(syscall: u16, value: i64) -> (u32, Found) {
     };
     let verdict = if named.is_some() { Verdict::Ok } else { Verdict::Stale };
     count_crossing(c.slot, syscall, verdict);
-    if verdict.is_anomaly() {
-        let x = Crossing { syscall, direction: pidvirt_common::audit::DIR_OUT, verdict, value };
+    if is_anomaly(verdict) {
+        let x = Crossing { syscall, direction: Direction::Out, verdict, value };
         report(x, tid, c, Found::NONE, host_pid(tid, c, value as u32));
     }
     (c.slot, named)

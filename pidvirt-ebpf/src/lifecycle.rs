@@ -34,12 +34,12 @@ fn tick_ns() -> u64 {
     off!(tick_ns) as u64
 }
 
-#[btf_tracepoint(function = "sched_process_fork")]
+#[btf_tracepoint]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     if !offsets_ready() {
         return 0;
     }
-    count_lifecycle(counter::LC_FORK);
+    count_lifecycle(counter::lifecycle::FORK);
     let child: *const u8 = ctx.arg(1);
     // Read before the entry is written: a copy is never labelled newer than its content.
     let generations = tasks_generation();
@@ -51,18 +51,18 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-#[btf_tracepoint(function = "sched_process_exec")]
+#[btf_tracepoint]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     if !offsets_ready() {
         return 0;
     }
-    count_lifecycle(counter::LC_EXEC);
+    count_lifecycle(counter::lifecycle::EXEC);
     let task: *const u8 = ctx.arg(0);
     let old_tid: i32 = ctx.arg(1);
     let tid: u32 = match Direct.read(task, off!(task_pid)) {
         Ok(t) => t,
         Err(_) => {
-            count_map_error(counter::ERR_KERNEL_READ);
+            count_map_error(counter::map_error::KERNEL_READ);
             return 0;
         }
     };
@@ -83,20 +83,20 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
             let exit_marks = task_flags::EXITED | task_flags::GROUP_DEAD | task_flags::TRACED;
             (*e).flags = ((*e).flags & !exit_marks) | task_flags::EXECED;
         },
-        None => count_map_error(counter::ERR_TASK_MISSING),
+        None => count_map_error(counter::map_error::TASK_MISSING),
     }
     0
 }
 
-#[btf_tracepoint(function = "sched_process_exit")]
+#[btf_tracepoint]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     if !offsets_ready() {
         return 0;
     }
-    count_lifecycle(counter::LC_EXIT);
+    count_lifecycle(counter::lifecycle::EXIT);
     let task: *const u8 = ctx.arg(0);
     let Ok((tid, start)) = tid_and_start(task) else {
-        count_map_error(counter::ERR_KERNEL_READ);
+        count_map_error(counter::map_error::KERNEL_READ);
         return 0;
     };
     let tgid: u32 = Direct.read(task, off!(task_tgid)).unwrap_or(0);
@@ -145,7 +145,7 @@ pub fn forget_reaped(slot: u32, tid: u32, entry: *const TaskEntry) {
     }
     let e = unsafe { *entry };
     if task_flags::reaped_by_wait(e.flags) {
-        count_lifecycle(counter::LC_REAPED);
+        count_lifecycle(counter::lifecycle::REAPED);
         if let Some(c) = COUNTS.get_ptr_mut(slot) {
             unsafe { (*c).reaped += 1 };
         }
@@ -156,15 +156,15 @@ pub fn forget_reaped(slot: u32, tid: u32, entry: *const TaskEntry) {
     }
 }
 
-#[btf_tracepoint(function = "sched_process_free")]
+#[btf_tracepoint]
 pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     if !offsets_ready() {
         return 0;
     }
-    count_lifecycle(counter::LC_FREE);
+    count_lifecycle(counter::lifecycle::FREE);
     let task: *const u8 = ctx.arg(0);
     let Ok((tid, start)) = tid_and_start(task) else {
-        count_map_error(counter::ERR_KERNEL_READ);
+        count_map_error(counter::map_error::KERNEL_READ);
         return 0;
     };
     // Removed already by the wait4 that reaped it, on this CPU.
@@ -193,7 +193,7 @@ fn tid_and_start(task: *const u8) -> Result<(u32, u64), i32> {
 /// namespaces seen for the first time. Answers the scratch space holding the entry written.
 #[inline(always)]
 pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*const Scratch, u32> {
-    let s = SCRATCH.get_ptr_mut(scratch).ok_or(counter::ERR_SCRATCH)?;
+    let s = SCRATCH.get_ptr_mut(scratch).ok_or(counter::map_error::SCRATCH)?;
     let s = unsafe { &mut *s };
     read_task(k, task, s)?;
     // Loaded again from the map value (volatile): the verifier then knows nothing of the level
@@ -227,11 +227,11 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*cons
         if let Some(old) = TASKS.get_ptr(tid) {
             let old = unsafe { *old };
             if !same_start(old.start_time, old.flags, s.entry.start_time, tick_ns()) {
-                count_lifecycle(counter::LC_PID_REUSE);
+                count_lifecycle(counter::lifecycle::PID_REUSE);
                 forget(tid, &old);
             }
         }
-        TASKS.insert(tid, &s.entry, 0).map_err(|_| counter::ERR_TASK_INSERT)?;
+        TASKS.insert(tid, &s.entry, 0).map_err(|_| counter::map_error::TASK_INSERT)?;
         tasks_changed();
     }
     mark_tid(tid);
@@ -244,11 +244,11 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*cons
             break;
         };
         if VIRT.insert(VirtKey { pidns: ns, nr: ids.tid }, VirtValue::of(&s.entry), 0).is_err() {
-            count_map_error(counter::ERR_VIRT_INSERT);
+            count_map_error(counter::map_error::VIRT_INSERT);
         }
     }
     if level as usize >= INLINE_LEVELS && DEEP.insert(tid, &s.deep, 0).is_err() {
-        count_map_error(counter::ERR_DEEP_INSERT);
+        count_map_error(counter::map_error::DEEP_INSERT);
     }
     Ok(s)
 }
@@ -292,7 +292,7 @@ fn register_chain(s: &mut Scratch, level: usize, tid: u32) -> u32 {
             });
             ev.submit(0);
         }
-        None => count_drop(counter::DROP_RINGBUF_LIFECYCLE),
+        None => count_drop(counter::drop::RINGBUF_FULL_LIFECYCLE),
     }
     slot
 }
@@ -390,7 +390,7 @@ fn forget(tid: u32, e: &TaskEntry) {
             }
             // Only the host namespace has no record before a task is seen in it; these reverse
             // entries are left to the daemon's sweep.
-            None => count_map_error(counter::ERR_PIDNS_MISSING),
+            None => count_map_error(counter::map_error::PIDNS_MISSING),
         }
     }
     if deep.is_some() {
@@ -415,7 +415,7 @@ const _: () = assert!(MAX_LEVELS == MAX_PID_NS_LEVEL as usize + 1);
 
 /// A process moved to another cgroup: its leader's entry takes the container of its new
 /// cgroup, and the daemon is told so that the other threads follow.
-#[btf_tracepoint(function = "cgroup_attach_task")]
+#[btf_tracepoint]
 pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
     if !offsets_ready() {
         return 0;
@@ -423,7 +423,7 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(2);
     let threadgroup: u8 = ctx.arg(3);
     let Ok((tid, _)) = tid_and_start(task) else {
-        count_map_error(counter::ERR_KERNEL_READ);
+        count_map_error(counter::map_error::KERNEL_READ);
         return 0;
     };
     let Some(e) = TASKS.get_ptr_mut(tid) else { return 0 };
@@ -447,7 +447,7 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
             });
             ev.submit(0);
         }
-        None => count_drop(counter::DROP_RINGBUF_LIFECYCLE),
+        None => count_drop(counter::drop::RINGBUF_FULL_LIFECYCLE),
     }
     0
 }
@@ -470,24 +470,14 @@ pub fn seed_tasks(ctx: *mut core::ffi::c_void) -> i32 {
     0
 }
 
-// Empty programs on the lifecycle hooks, for the benchmark's floor (`pidvirt floor`).
-#[btf_tracepoint(function = "sched_process_fork")]
-pub fn floor_sched_process_fork(_ctx: BtfTracePointContext) -> i32 {
-    0
+/// Empty programs on the lifecycle hooks, for the benchmark's floor (`pidvirt floor`).
+macro_rules! floor_programs {
+    ($($hook:ident),* $(,)?) => { pastey::paste! { $(
+        #[btf_tracepoint]
+        pub fn [<floor_ $hook>](_ctx: BtfTracePointContext) -> i32 {
+            0
+        }
+    )* } };
 }
-#[btf_tracepoint(function = "sched_process_exec")]
-pub fn floor_sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-#[btf_tracepoint(function = "sched_process_exit")]
-pub fn floor_sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-#[btf_tracepoint(function = "sched_process_free")]
-pub fn floor_sched_process_free(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-#[btf_tracepoint(function = "cgroup_attach_task")]
-pub fn floor_cgroup_attach_task(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
+
+pidvirt_common::for_each_lifecycle_hook!(floor_programs);

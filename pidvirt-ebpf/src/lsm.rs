@@ -8,7 +8,7 @@
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext};
 use pidvirt_common::{
     TaskEntry,
-    audit::{DIR_LSM, LSM_HOOKS, NLSM, Verdict, mode},
+    audit::{Direction, Mode, NLSM, Verdict, lsm},
     counter,
 };
 
@@ -32,15 +32,15 @@ fn decide(hook: usize, target: *const u8, prev: i32) -> i32 {
     let Some(c) = TASKS.get_ptr(tid) else { return 0 };
     let c = unsafe { &*c };
     match MODES.get_ptr(c.container) {
-        Some(m) if unsafe { *m } == mode::ENFORCE => {}
+        Some(m) if unsafe { *m } == Mode::Enforce as u32 => {}
         _ => return 0,
     }
     let Ok(target_tid) = Direct.read::<u32>(target, off!(task_pid)) else {
-        count_map_error(counter::ERR_KERNEL_READ);
+        count_map_error(counter::map_error::KERNEL_READ);
         return 0;
     };
     let Some(t) = TASKS.get_ptr(target_tid) else {
-        count_map_error(counter::ERR_TASK_MISSING);
+        count_map_error(counter::map_error::TASK_MISSING);
         return 0;
     };
     let t = unsafe { &*t };
@@ -61,38 +61,23 @@ fn deny(hook: usize, tid: u32, c: &TaskEntry, target_tid: u32, t: &TaskEntry) {
     }
     let x = Crossing {
         syscall: hook as u16,
-        direction: DIR_LSM,
+        direction: Direction::Lsm,
         verdict: Verdict::Denied,
         value: target_tid as i64,
     };
     report(x, tid, c, Found { tid: target_tid, entry: t }, Found::NONE);
 }
 
-macro_rules! guard {
-    ($prog:ident, $hook:literal, $index:expr) => {
-        #[lsm(hook = $hook)]
-        pub fn $prog(ctx: LsmContext) -> i32 {
+/// One program per hook of the catalogue (`lsm_<hook>`; the daemon attaches it to `<hook>`).
+macro_rules! guards {
+    ($($hook:ident $args:literal),* $(,)?) => { pastey::paste! { $(
+        #[lsm]
+        pub fn [<lsm_ $hook>](ctx: LsmContext) -> i32 {
             let target: *const u8 = ctx.arg(0);
-            let prev: i32 = ctx.arg(LSM_HOOKS[$index].args);
-            decide($index, target, prev)
+            let prev: i32 = ctx.arg($args);
+            decide(lsm::[<$hook:upper>], target, prev)
         }
-    };
+    )* } };
 }
 
-guard!(lsm_task_kill, "task_kill", 0);
-guard!(lsm_ptrace_access_check, "ptrace_access_check", 1);
-guard!(lsm_task_setpgid, "task_setpgid", 2);
-guard!(lsm_task_setnice, "task_setnice", 3);
-guard!(lsm_task_setscheduler, "task_setscheduler", 4);
-guard!(lsm_task_getscheduler, "task_getscheduler", 5);
-guard!(lsm_task_setioprio, "task_setioprio", 6);
-guard!(lsm_task_getioprio, "task_getioprio", 7);
-guard!(lsm_task_movememory, "task_movememory", 8);
-guard!(lsm_task_setrlimit, "task_setrlimit", 9);
-guard!(lsm_task_getsid, "task_getsid", 10);
-guard!(lsm_task_getpgid, "task_getpgid", 11);
-guard!(lsm_capget, "capget", 12);
-guard!(lsm_file_send_sigiotask, "file_send_sigiotask", 13);
-
-// The hooks above, in the order of pidvirt_common::audit::LSM_HOOKS.
-const _: () = assert!(NLSM == 14);
+pidvirt_common::for_each_lsm_hook!(guards);

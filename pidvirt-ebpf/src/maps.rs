@@ -184,7 +184,7 @@ pub fn take_slot() -> u32 {
     match FREE_SLOTS.pop() {
         Ok(Some(slot)) => slot,
         _ => {
-            count_map_error(counter::ERR_NO_SLOT);
+            count_map_error(counter::map_error::NO_COUNTER_SLOT);
             slots::OVERFLOW
         }
     }
@@ -200,15 +200,15 @@ pub fn count(slot: u32) {
 
 #[inline(always)]
 pub fn count_map_error(reason: u32) {
-    count(counter::MAP_ERROR_BASE + reason);
+    count(counter::map_error::BASE + reason);
 }
 
 #[inline(always)]
 pub fn count_lifecycle(which: u32) {
-    count(counter::LIFECYCLE_BASE + which);
+    count(counter::lifecycle::BASE + which);
 }
 
 #[inline(always)]
 pub fn count_drop(reason: u32) {
-    count(counter::DROP_BASE + reason);
+    count(counter::drop::BASE + reason);
 }

@@ -187,7 +187,7 @@ hook!(enter_waitid, |ctx| {
     if infop != 0 {
         let tid = bpf_get_current_pid_tgid() as u32;
         if PENDING.insert(tid, infop, 0).is_err() {
-            count_map_error(counter::ERR_PENDING_INSERT);
+            count_map_error(counter::map_error::PENDING_INSERT);
         }
     }
 });
@@ -224,7 +224,7 @@ shared_hook!(enter_self_query, |ctx, s| {
     if n == 0 {
         let tid = bpf_get_current_pid_tgid() as u32;
         if PENDING.insert(tid, s as u64 | SELF_QUERY, 0).is_err() {
-            count_map_error(counter::ERR_PENDING_INSERT);
+            count_map_error(counter::map_error::PENDING_INSERT);
         }
     }
 });

@@ -14,7 +14,7 @@ use crate::{
 /// A failed kernel read, as a counter reason.
 #[inline(always)]
 fn kerr(_: i32) -> u32 {
-    counter::ERR_KERNEL_READ
+    counter::map_error::KERNEL_READ
 }
 
 /// Pointers of the two `struct pid` of a task.
@@ -30,7 +30,7 @@ pub fn task_pids<K: Kmem>(k: K, task: *const u8) -> Result<TaskPids, u32> {
     let thread_pid = k.read_ptr(task, off!(task_thread_pid)).map_err(kerr)?;
     let level: u32 = k.read(thread_pid, off!(pid_level)).map_err(kerr)?;
     if level > MAX_PID_NS_LEVEL {
-        return Err(counter::ERR_LEVEL_OVERFLOW);
+        return Err(counter::map_error::LEVEL_OVERFLOW);
     }
     let signal = k.read_ptr(task, off!(task_signal)).map_err(kerr)?;
     let tgid_pid = k.read_ptr(signal, off!(signal_pids) + 8 * off!(pidtype_tgid)).map_err(kerr)?;
@@ -62,7 +62,7 @@ pub fn upid<K: Kmem>(k: K, pid: *const u8, level: u32) -> Result<(u32, *const u8
         (nr, u[(ns_at / 8) as usize & 1] as *const u8)
     };
     if ns.is_null() {
-        return Err(counter::ERR_KERNEL_READ);
+        return Err(counter::map_error::KERNEL_READ);
     }
     Ok((nr, ns))
 }
@@ -224,12 +224,12 @@ pub fn own_id(task: *const u8, which: Own) -> Result<u32, u32> {
     let ns = ns_at(Probe, pids.thread_pid, level)?;
     let pid = match which {
         Own::Pgid | Own::Sid => {
-            let signal = read_ptr(task, off!(task_signal)).map_err(|_| counter::ERR_KERNEL_READ)?;
+            let signal = read_ptr(task, off!(task_signal)).map_err(|_| counter::map_error::KERNEL_READ)?;
             let index = if matches!(which, Own::Pgid) { off!(pidtype_pgid) } else { off!(pidtype_sid) };
-            read::<*const u8>(signal, off!(signal_pids) + 8 * index).map_err(|_| counter::ERR_KERNEL_READ)?
+            read::<*const u8>(signal, off!(signal_pids) + 8 * index).map_err(|_| counter::map_error::KERNEL_READ)?
         }
         Own::Ppid => {
-            let parent = read_ptr(task, off!(task_real_parent)).map_err(|_| counter::ERR_KERNEL_READ)?;
+            let parent = read_ptr(task, off!(task_real_parent)).map_err(|_| counter::map_error::KERNEL_READ)?;
             task_pids(Probe, parent)?.tgid_pid
         }
     };
@@ -240,7 +240,7 @@ pub fn own_id(task: *const u8, which: Own) -> Result<u32, u32> {
 /// cgroup v2 (default hierarchy) cgroup and that cgroup's ancestors, deepest first.
 #[inline(always)]
 pub fn cgroup_container(task: *const u8) -> Result<Option<CgroupContainer>, u32> {
-    let e = |_| counter::ERR_KERNEL_READ;
+    let e = |_| counter::map_error::KERNEL_READ;
     let cset = read_ptr(task, off!(task_cgroups)).map_err(e)?;
     let cgrp = read_ptr(cset, off!(css_set_dfl_cgrp)).map_err(e)?;
     let level: i32 = read(cgrp, off!(cgroup_level)).map_err(e)?;

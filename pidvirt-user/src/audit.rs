@@ -10,7 +10,7 @@ use std::{
 
 use bytes::{BufMut, BytesMut};
 use pidvirt_common::audit::{
-    AnomalyEvent, DIR_IN, DIR_LSM, DIR_OUT, LSM_HOOKS, PartyInfo, SYSCALLS, Verdict, event_flags,
+    AnomalyEvent, Direction, LSM_HOOKS, PartyInfo, SYSCALLS, Verdict, event_flags,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -87,17 +87,16 @@ impl Record {
     pub fn from_event(ev: &AnomalyEvent, reg: &Registry) -> Option<Self> {
         let verdict = Verdict::from_u8(ev.verdict)?;
         // An LSM decision names its hook; a crossing, its syscall.
-        let (syscall, direction) = match ev.direction {
-            DIR_IN => (SYSCALLS.get(ev.syscall as usize)?.name, "in"),
-            DIR_OUT => (SYSCALLS.get(ev.syscall as usize)?.name, "out"),
-            DIR_LSM => (LSM_HOOKS.get(ev.syscall as usize)?.name, "lsm"),
-            _ => return None,
+        let direction = Direction::from_u8(ev.direction)?;
+        let syscall = match direction {
+            Direction::In | Direction::Out => SYSCALLS.get(ev.syscall as usize)?.name,
+            Direction::Lsm => LSM_HOOKS.get(ev.syscall as usize)?.name,
         };
         let mismatch = verdict == Verdict::Mismatch;
         Some(Self {
             ts_ns: ev.ts_ns,
             syscall: syscall.into(),
-            direction: direction.into(),
+            direction: direction.name().into(),
             verdict: verdict.name().into(),
             value: ev.value,
             container: reg.id_of(ev.caller.container),
@@ -252,7 +251,7 @@ mod tests {
         AnomalyEvent {
             kind: event_kind::ANOMALY,
             syscall: sys::KILL,
-            direction: DIR_IN,
+            direction: Direction::In as u8,
             verdict: verdict as u8,
             value: 26922,
             ts_ns: 99,
@@ -329,7 +328,7 @@ mod tests {
     #[test]
     fn a_denial_names_its_lsm_hook() {
         let mut ev = event(Verdict::Denied, event_flags::HAS_TARGET);
-        ev.direction = DIR_LSM;
+        ev.direction = Direction::Lsm as u8;
         ev.syscall = 0;
         let r = Record::from_event(&ev, &registry()).unwrap();
         assert_eq!((r.syscall.as_str(), r.direction.as_str()), ("task_kill", "lsm"));

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use pidvirt_common::{
     MigrateEvent, PidnsEvent, PidnsInfo,
-    audit::{AnomalyEvent, NSYSCALLS, NVERDICTS, VERDICT_NAMES},
+    audit::{AnomalyEvent, NSYSCALLS, NVERDICTS, Verdict},
     counter, event_kind, pidns_source,
 };
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
@@ -412,7 +412,7 @@ impl State {
                 Kind::Cgroup { path, .. } => Some(path.display().to_string()),
                 _ => None,
             },
-            mode: orchestrator::mode_name(c.mode).into(),
+            mode: c.mode.name().into(),
             tasks,
             registered_by: c.registered_by.clone(),
             labels: c.labels.clone(),
@@ -479,11 +479,14 @@ impl State {
         verdict: Option<String>,
     ) -> Result<Filter, ApiError> {
         if let Some(v) = &verdict
-            && !VERDICT_NAMES.contains(&v.as_str())
+            && Verdict::by_name(v).is_none()
         {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
-                format!("unknown verdict `{v}` (one of {})", VERDICT_NAMES.join(", ")),
+                format!(
+                    "unknown verdict `{v}` (one of {})",
+                    Verdict::ALL.map(Verdict::name).join(", ")
+                ),
             ));
         }
         let container = match container {

@@ -8,84 +8,21 @@ use std::{
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, Queue};
 use pidvirt_common::{
     CgroupContainer, DeepLevels, INLINE_LEVELS, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue,
-    audit::{ContainerCounters, LSM_HOOKS, NSYSCALLS, NVERDICTS, SYSCALLS, VERDICT_NAMES},
+    audit::{ContainerCounters, LSM_HOOKS, NSYSCALLS, NVERDICTS, SYSCALLS, Verdict},
+    catalogue::{Program, map},
     counter, slots, tid_filter,
 };
 
 /// The kernel programs, compiled for the BPF target by build.rs (aya-build).
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pidvirt"));
 
-/// tp_btf programs following the task lifecycle: (program, tracepoint).
-pub const LIFECYCLE_HOOKS: [(&str, &str); 5] = [
-    ("sched_process_fork", "sched_process_fork"),
-    ("sched_process_exec", "sched_process_exec"),
-    ("sched_process_exit", "sched_process_exit"),
-    ("sched_process_free", "sched_process_free"),
-    ("cgroup_attach_task", "cgroup_attach_task"),
-];
-
 /// The syscall tracepoint programs: (program, tracepoint) for every hooked side of every
-/// watched syscall (the hook list, from pidvirt_common::audit::SYSCALLS).
-pub fn syscall_hooks() -> Vec<(&'static str, String)> {
-    let mut hooks = Vec::new();
-    for spec in SYSCALLS {
-        if let Some(program) = spec.enter {
-            hooks.push((program, format!("sys_enter_{}", spec.name)));
-        }
-        if let Some(program) = spec.exit {
-            hooks.push((program, format!("sys_exit_{}", spec.name)));
-        }
-    }
-    hooks
-}
-
-/// This architecture's number of watched syscall `name` (the record's `__syscall_nr`).
-pub fn syscall_number(name: &str) -> Option<i64> {
-    Some(match name {
-        "getpid" => libc::SYS_getpid,
-        "getppid" => libc::SYS_getppid,
-        "gettid" => libc::SYS_gettid,
-        "set_tid_address" => libc::SYS_set_tid_address,
-        "fork" => libc::SYS_fork,
-        "vfork" => libc::SYS_vfork,
-        "clone" => libc::SYS_clone,
-        "clone3" => libc::SYS_clone3,
-        "kill" => libc::SYS_kill,
-        "tkill" => libc::SYS_tkill,
-        "tgkill" => libc::SYS_tgkill,
-        "rt_sigqueueinfo" => libc::SYS_rt_sigqueueinfo,
-        "rt_tgsigqueueinfo" => libc::SYS_rt_tgsigqueueinfo,
-        "pidfd_open" => libc::SYS_pidfd_open,
-        "wait4" => libc::SYS_wait4,
-        "waitid" => libc::SYS_waitid,
-        "setpgid" => libc::SYS_setpgid,
-        "getpgid" => libc::SYS_getpgid,
-        "getsid" => libc::SYS_getsid,
-        "setsid" => libc::SYS_setsid,
-        "sched_setaffinity" => libc::SYS_sched_setaffinity,
-        "sched_getaffinity" => libc::SYS_sched_getaffinity,
-        "sched_setscheduler" => libc::SYS_sched_setscheduler,
-        "sched_getscheduler" => libc::SYS_sched_getscheduler,
-        "sched_setparam" => libc::SYS_sched_setparam,
-        "sched_getparam" => libc::SYS_sched_getparam,
-        "sched_setattr" => libc::SYS_sched_setattr,
-        "sched_getattr" => libc::SYS_sched_getattr,
-        "sched_rr_get_interval" => libc::SYS_sched_rr_get_interval,
-        "setpriority" => libc::SYS_setpriority,
-        "getpriority" => libc::SYS_getpriority,
-        "ioprio_set" => libc::SYS_ioprio_set,
-        "ioprio_get" => libc::SYS_ioprio_get,
-        "prlimit64" => libc::SYS_prlimit64,
-        "ptrace" => libc::SYS_ptrace,
-        "process_vm_readv" => libc::SYS_process_vm_readv,
-        "process_vm_writev" => libc::SYS_process_vm_writev,
-        "kcmp" => libc::SYS_kcmp,
-        "get_robust_list" => libc::SYS_get_robust_list,
-        "migrate_pages" => libc::SYS_migrate_pages,
-        "move_pages" => libc::SYS_move_pages,
-        "capget" => libc::SYS_capget,
-        _ => return None,
-    })
+/// watched syscall (the hook list: the catalogue's SYSCALLS).
+pub fn syscall_hooks() -> Vec<(Program, String)> {
+    SYSCALLS
+        .iter()
+        .flat_map(|spec| spec.hooks().map(move |(program, side)| (program, format!("{}{}", side.prefix(), spec.name))))
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,27 +120,27 @@ impl KernelMaps {
         fn err(name: &'static str) -> impl FnOnce(MapError) -> LoadError {
             move |source| LoadError::Map { name, source }
         }
-        let tasks = get("TASKS")?;
+        let tasks = get(map::TASKS)?;
         let tasks_fd = match &tasks {
             Map::HashMap(data) => data.fd().as_fd().try_clone_to_owned(),
             _ => Err(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
         }
-        .map_err(|e| LoadError::Map { name: "TASKS", source: MapError::from(e) })?;
+        .map_err(|e| LoadError::Map { name: map::TASKS, source: MapError::from(e) })?;
         Ok(Self {
-            tasks: HashMap::try_from(tasks).map_err(err("TASKS"))?,
+            tasks: HashMap::try_from(tasks).map_err(err(map::TASKS))?,
             tasks_fd,
-            deep: HashMap::try_from(get("DEEP")?).map_err(err("DEEP"))?,
-            virt: HashMap::try_from(get("VIRT")?).map_err(err("VIRT"))?,
-            pidns: HashMap::try_from(get("PIDNS")?).map_err(err("PIDNS"))?,
-            counters: PerCpuArray::try_from(get("COUNTERS")?).map_err(err("COUNTERS"))?,
-            counts: PerCpuArray::try_from(get("COUNTS")?).map_err(err("COUNTS"))?,
-            free_slots: Queue::try_from(get("FREE_SLOTS")?).map_err(err("FREE_SLOTS"))?,
-            cgroups: HashMap::try_from(get("CGROUPS")?).map_err(err("CGROUPS"))?,
-            config: Array::try_from(get("CONFIG")?).map_err(err("CONFIG"))?,
-            tasks_generation: Array::try_from(get("TASKS_GENERATION")?).map_err(err("TASKS_GENERATION"))?,
-            modes: HashMap::try_from(get("MODES")?).map_err(err("MODES"))?,
-            meta: Array::try_from(get("META")?).map_err(err("META"))?,
-            seeded_tids: Array::try_from(get("SEEDED_TIDS")?).map_err(err("SEEDED_TIDS"))?,
+            deep: HashMap::try_from(get(map::DEEP)?).map_err(err(map::DEEP))?,
+            virt: HashMap::try_from(get(map::VIRT)?).map_err(err(map::VIRT))?,
+            pidns: HashMap::try_from(get(map::PIDNS)?).map_err(err(map::PIDNS))?,
+            counters: PerCpuArray::try_from(get(map::COUNTERS)?).map_err(err(map::COUNTERS))?,
+            counts: PerCpuArray::try_from(get(map::COUNTS)?).map_err(err(map::COUNTS))?,
+            free_slots: Queue::try_from(get(map::FREE_SLOTS)?).map_err(err(map::FREE_SLOTS))?,
+            cgroups: HashMap::try_from(get(map::CGROUPS)?).map_err(err(map::CGROUPS))?,
+            config: Array::try_from(get(map::CONFIG)?).map_err(err(map::CONFIG))?,
+            tasks_generation: Array::try_from(get(map::TASKS_GENERATION)?).map_err(err(map::TASKS_GENERATION))?,
+            modes: HashMap::try_from(get(map::MODES)?).map_err(err(map::MODES))?,
+            meta: Array::try_from(get(map::META)?).map_err(err(map::META))?,
+            seeded_tids: Array::try_from(get(map::SEEDED_TIDS)?).map_err(err(map::SEEDED_TIDS))?,
         })
     }
 
@@ -518,28 +455,76 @@ pub fn named_crossings(
         .iter()
         .enumerate()
         .map(|(s, spec)| {
-            let per_verdict = VERDICT_NAMES
+            let per_verdict = Verdict::ALL
                 .iter()
-                .enumerate()
-                .map(|(v, name)| (*name, values.get(s * NVERDICTS + v).copied().unwrap_or(0)))
+                .map(|v| (v.name(), values.get(s * NVERDICTS + *v as usize).copied().unwrap_or(0)))
                 .collect();
             (spec.name, per_verdict)
         })
         .collect()
 }
 
-/// Counter values by name, for `stats`.
+/// Counter values by group and name, for `stats`.
 pub fn named_counters(values: &[u64]) -> StdHashMap<&'static str, StdHashMap<&'static str, u64>> {
-    let mut out: StdHashMap<&'static str, StdHashMap<&'static str, u64>> = StdHashMap::new();
-    let get = |slot: u32| values.get(slot as usize).copied().unwrap_or(0);
-    for (i, name) in counter::MAP_ERROR_REASONS.iter().enumerate() {
-        out.entry("map_errors").or_default().insert(name, get(counter::MAP_ERROR_BASE + i as u32));
+    counter::GROUPS
+        .iter()
+        .map(|(group, base, names)| {
+            let named = names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (*name, values.get(*base as usize + i).copied().unwrap_or(0)))
+                .collect();
+            (*group, named)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use aya_obj::{Object, ProgramSection};
+    use pidvirt_common::catalogue::{LSM_HOOKS, Program, ProgramKind, map};
+
+    use super::PROGRAM_OBJECT;
+
+    fn object() -> Object {
+        Object::parse(PROGRAM_OBJECT).expect("the built eBPF object parses (was it built with AYA_BUILD_SKIP?)")
     }
-    for (i, name) in counter::DROP_REASONS.iter().enumerate() {
-        out.entry("drops").or_default().insert(name, get(counter::DROP_BASE + i as u32));
+
+    fn kind(section: &ProgramSection) -> Option<ProgramKind> {
+        Some(match section {
+            ProgramSection::BtfTracePoint => ProgramKind::TpBtf,
+            ProgramSection::TracePoint => ProgramKind::Tracepoint,
+            ProgramSection::RawTracePoint => ProgramKind::RawTracepoint,
+            ProgramSection::Iter { .. } => ProgramKind::Iter,
+            ProgramSection::Lsm { .. } => ProgramKind::Lsm,
+            _ => return None,
+        })
     }
-    for (i, name) in counter::LIFECYCLE_NAMES.iter().enumerate() {
-        out.entry("lifecycle").or_default().insert(name, get(counter::LIFECYCLE_BASE + i as u32));
+
+    #[test]
+    fn every_catalogued_program_is_in_the_object_and_nothing_else() {
+        let obj = object();
+        let mut expected: Vec<(&str, ProgramKind)> = Program::ALL.iter().map(|p| (p.name(), p.kind())).collect();
+        expected.extend(LSM_HOOKS.iter().map(|h| (h.program, ProgramKind::Lsm)));
+        for (name, want) in &expected {
+            let prog = obj.programs.get(*name).unwrap_or_else(|| panic!("program {name} is not in the object"));
+            assert_eq!(kind(&prog.section), Some(*want), "program {name} has section {:?}", prog.section);
+        }
+        let mut unknown: Vec<&String> =
+            obj.programs.keys().filter(|n| !expected.iter().any(|(e, _)| e == n)).collect();
+        unknown.sort();
+        assert!(unknown.is_empty(), "programs in the object but not in the catalogue: {unknown:?}");
     }
-    out
+
+    #[test]
+    fn every_catalogued_map_is_in_the_object_and_nothing_else() {
+        let obj = object();
+        for name in map::ALL {
+            assert!(obj.maps.contains_key(name), "map {name} is not in the object");
+        }
+        let mut unknown: Vec<&String> =
+            obj.maps.keys().filter(|n| !n.starts_with('.') && !map::ALL.contains(&n.as_str())).collect();
+        unknown.sort();
+        assert!(unknown.is_empty(), "maps in the object but not in the catalogue: {unknown:?}");
+    }
 }

@@ -18,12 +18,13 @@ use aya::{
 use pidvirt_common::{
     KernelOffsets,
     audit::{LSM_HOOKS, SYSCALLS},
+    catalogue::{OFFSETS_GLOBAL, Program, map},
     meta,
     offsets::syscall_record,
     slots, tid_filter,
 };
 
-use crate::kernel::{KernelMaps, LIFECYCLE_HOOKS, LoadError, PROGRAM_OBJECT, syscall_hooks, syscall_number};
+use crate::kernel::{KernelMaps, LoadError, PROGRAM_OBJECT, syscall_hooks};
 
 /// Where `--pin` keeps maps (`maps/NAME`) and links (`links/PROGRAM@HOOK`).
 pub const PIN_DIR: &str = "/sys/fs/bpf/pidvirt";
@@ -240,20 +241,17 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     let t0 = Instant::now();
     let tid_words = tid_filter::words(pid_max().unwrap_or(tid_filter::MAX_WORDS * 64));
     let mut ebpf = EbpfLoader::new()
-        .override_global("OFFSETS", &offsets, true)
-        .map_max_entries("TASKS", opts.max_tasks)
-        .map_max_entries("VIRT", opts.max_tasks)
-        .map_max_entries("EVENTS", opts.ringbuf_bytes)
-        .map_max_entries("COUNTS", opts.counter_slots)
-        .map_max_entries("FREE_SLOTS", opts.counter_slots)
-        .map_max_entries("LIVE_TIDS", tid_words)
-        .map_max_entries("SEEDED_TIDS", tid_words)
+        .override_global(OFFSETS_GLOBAL, &offsets, true)
+        .map_max_entries(map::TASKS, opts.max_tasks)
+        .map_max_entries(map::VIRT, opts.max_tasks)
+        .map_max_entries(map::EVENTS, opts.ringbuf_bytes)
+        .map_max_entries(map::COUNTS, opts.counter_slots)
+        .map_max_entries(map::FREE_SLOTS, opts.counter_slots)
+        .map_max_entries(map::LIVE_TIDS, tid_words)
+        .map_max_entries(map::SEEDED_TIDS, tid_words)
         .load(PROGRAM_OBJECT)
         .map_err(LoadError::Object)?;
     prepare_maps(&mut ebpf, opts.counter_slots)?;
-    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
-        tracing::debug!("no eBPF log channel: {e}");
-    }
     let mut links = Links { pin: opts.pin, pinned: Vec::new() };
     if opts.pin {
         let _ = std::fs::remove_dir_all(pin_dir());
@@ -269,20 +267,9 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
     let t_btf = t0.elapsed();
     let mut attached = Vec::new();
-    for (name, tp) in LIFECYCLE_HOOKS {
-        let refused = |message: String| LoadError::Refused { program: name.into(), message };
-        let prog: &mut BtfTracePoint = typed_program(&mut ebpf, name, name)?;
-        prog.load(tp, &btf).map_err(|e| refused(program_error(&e)))?;
-        let hook = format!("tp_btf/{tp}");
-        let id = prog.attach().map_err(|e| LoadError::Attach {
-            program: name.into(),
-            hook: hook.clone(),
-            message: program_error(&e),
-        })?;
-        if opts.pin {
-            links.keep(name, &hook, prog.take_link(id).map_err(|e| refused(program_error(&e)))?)?;
-        }
-        attached.push((name.to_string(), hook));
+    for &program in Program::LIFECYCLE {
+        let hook = attach_btf_tracepoint(&mut ebpf, program, &btf, &mut links)?;
+        attached.push((program.name().to_string(), hook));
     }
     // Attached first; now record every task that already exists, exactly as the fork program
     // would (same code, same precision). The /proc walk that follows seeds what this missed.
@@ -294,8 +281,8 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     };
     let t_iterator = t0.elapsed();
     for (program, tp) in syscall_hooks() {
-        attach_tracepoint(&mut ebpf, program, program, &tp, &mut links)?;
-        attached.push((program.to_string(), format!("syscalls:{tp}")));
+        attach_tracepoint(&mut ebpf, program.name(), program.name(), &tp, &mut links)?;
+        attached.push((program.name().to_string(), format!("syscalls:{tp}")));
     }
     let t_syscalls = t0.elapsed();
     let enforcement = attach_enforcer(&mut ebpf, &btf, &mut links, &mut attached);
@@ -315,8 +302,8 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     let mut maps = maps;
     let _ = maps.meta.set(meta::OBJECT_HASH, object_hash(), 0);
     let _ = maps.meta.set(meta::ENFORCEMENT, enforcement.available as u64, 0);
-    let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?)
-        .map_err(|source| LoadError::Map { name: "EVENTS", source })?;
+    let events = RingBuf::try_from(ebpf.take_map(map::EVENTS).ok_or(LoadError::MissingMap(map::EVENTS))?)
+        .map_err(|source| LoadError::Map { name: map::EVENTS, source })?;
     // The pins hold the links from here on; our link handles can go.
     drop(links);
     Ok(Loaded { ebpf: Some(ebpf), maps, events, attached, iterator, enforcement, adopted: false })
@@ -330,7 +317,7 @@ fn adopt() -> Result<Loaded, LoadError> {
         Map::from_map_data(data).map_err(|source| LoadError::Map { name, source })
     };
     let meta_map: Array<MapData, u64> =
-        Array::try_from(open("META")?).map_err(|source| LoadError::Map { name: "META", source })?;
+        Array::try_from(open(map::META)?).map_err(|source| LoadError::Map { name: map::META, source })?;
     let hash = meta_map.get(&meta::OBJECT_HASH, 0).unwrap_or(0);
     if hash != object_hash() {
         return Err(LoadError::Pin(format!(
@@ -340,7 +327,7 @@ fn adopt() -> Result<Loaded, LoadError> {
     let available = meta_map.get(&meta::ENFORCEMENT, 0).unwrap_or(0) == 1;
     let maps = KernelMaps::open(open)?;
     let events =
-        RingBuf::try_from(open("EVENTS")?).map_err(|source| LoadError::Map { name: "EVENTS", source })?;
+        RingBuf::try_from(open(map::EVENTS)?).map_err(|source| LoadError::Map { name: map::EVENTS, source })?;
     let mut attached: Vec<(String, String)> = std::fs::read_dir(pin_dir().join("links"))
         .map(|rd| {
             rd.flatten()
@@ -382,12 +369,12 @@ pub fn remove_pins() -> std::io::Result<bool> {
 
 /// Names (as the kernel keeps them: 15 bytes) of pidvirt's programs that are loaded.
 pub fn loaded_pidvirt_programs() -> Vec<String> {
-    let mut ours: Vec<String> = LIFECYCLE_HOOKS.iter().map(|(p, _)| p.to_string()).collect();
-    ours.extend(SYSCALLS.iter().flat_map(|s| s.enter.into_iter().chain(s.exit)).map(str::to_string));
-    ours.extend(LSM_HOOKS.iter().map(|h| format!("lsm_{}", h.name)));
-    ours.push("seed_tasks".into());
-    let ours: std::collections::HashSet<String> =
-        ours.into_iter().map(|n| n.chars().take(15).collect()).collect();
+    let ours: std::collections::HashSet<String> = Program::ALL
+        .iter()
+        .map(|p| p.name())
+        .chain(LSM_HOOKS.iter().map(|h| h.program))
+        .map(|n| n.chars().take(15).collect())
+        .collect();
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .map(|p| String::from_utf8_lossy(p.name()).into_owned())
@@ -398,18 +385,16 @@ pub fn loaded_pidvirt_programs() -> Vec<String> {
 /// Fills what the programs need before any is attached: the free counter slots, and the
 /// syscall-number table of the shared syscall programs.
 fn prepare_maps(ebpf: &mut Ebpf, counter_slots: u32) -> Result<(), LoadError> {
-    let map = ebpf.map_mut("FREE_SLOTS").ok_or(LoadError::MissingMap("FREE_SLOTS"))?;
-    let mut free: Queue<&mut MapData, u32> =
-        Queue::try_from(map).map_err(|source| LoadError::Map { name: "FREE_SLOTS", source })?;
+    let err = |name| move |source| LoadError::Map { name, source };
+    let map = ebpf.map_mut(map::FREE_SLOTS).ok_or(LoadError::MissingMap(map::FREE_SLOTS))?;
+    let mut free: Queue<&mut MapData, u32> = Queue::try_from(map).map_err(err(map::FREE_SLOTS))?;
     for slot in slots::FIRST_FREE..counter_slots {
-        free.push(slot, 0).map_err(|source| LoadError::Map { name: "FREE_SLOTS", source })?;
+        free.push(slot, 0).map_err(err(map::FREE_SLOTS))?;
     }
-    let map = ebpf.map_mut("SYSNR").ok_or(LoadError::MissingMap("SYSNR"))?;
-    let mut sysnr: Array<&mut MapData, u32> =
-        Array::try_from(map).map_err(|source| LoadError::Map { name: "SYSNR", source })?;
+    let map = ebpf.map_mut(map::SYSNR).ok_or(LoadError::MissingMap(map::SYSNR))?;
+    let mut sysnr: Array<&mut MapData, u32> = Array::try_from(map).map_err(err(map::SYSNR))?;
     for (id, spec) in SYSCALLS.iter().enumerate() {
-        let nr = syscall_number(spec.name).ok_or(LoadError::MissingMap("SYSNR"))?;
-        sysnr.set(nr as u32, id as u32 + 1, 0).map_err(|source| LoadError::Map { name: "SYSNR", source })?;
+        sysnr.set(spec.nr as u32, id as u32 + 1, 0).map_err(err(map::SYSNR))?;
     }
     Ok(())
 }
@@ -446,7 +431,7 @@ fn attach_enforcer(
         return unavailable(format!("BPF-LSM is not active (lsm={lsms}); boot with lsm=...,bpf"));
     }
     for hook in LSM_HOOKS {
-        let program = format!("lsm_{}", hook.name);
+        let program = hook.program.to_string();
         let Some(prog) = ebpf.program_mut(&program) else {
             return unavailable(format!("program {program} missing from the object"));
         };
@@ -514,29 +499,27 @@ pub fn attach_floor(hooks: FloorHooks) -> Result<(Ebpf, Vec<(String, String)>), 
     match hooks {
         FloorHooks::Pidvirt => {
             let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
-            for (_, tp) in LIFECYCLE_HOOKS {
-                let name = format!("floor_{tp}");
-                let refused = |message: String| LoadError::Refused { program: name.clone(), message };
-                let prog: &mut BtfTracePoint = typed_program(&mut ebpf, &name, &name)?;
-                prog.load(tp, &btf).map_err(|e| refused(program_error(&e)))?;
-                prog.attach().map_err(|e| refused(program_error(&e)))?;
-                attached.push((name, format!("tp_btf/{tp}")));
+            for &program in Program::LIFECYCLE {
+                let hook = attach_btf_tracepoint(&mut ebpf, program.floor(), &btf, &mut links)?;
+                attached.push((program.floor().name().to_string(), hook));
             }
             crate::tracefs::tracefs_root()?;
             for (program, tp) in syscall_hooks() {
-                attach_tracepoint(&mut ebpf, "floor_empty", program, &tp, &mut links)?;
-                attached.push(("floor_empty".into(), format!("syscalls:{tp}")));
+                let floor = program.floor().name();
+                attach_tracepoint(&mut ebpf, floor, program.name(), &tp, &mut links)?;
+                attached.push((floor.into(), format!("syscalls:{tp}")));
             }
         }
         FloorHooks::Read => {
             crate::tracefs::tracefs_root()?;
+            let floor = Program::FloorEmpty.name();
             for tp in ["sys_enter_read", "sys_exit_read"] {
-                attach_tracepoint(&mut ebpf, "floor_empty", "floor_empty", tp, &mut links)?;
-                attached.push(("floor_empty".into(), format!("syscalls:{tp}")));
+                attach_tracepoint(&mut ebpf, floor, floor, tp, &mut links)?;
+                attached.push((floor.into(), format!("syscalls:{tp}")));
             }
         }
         FloorHooks::Raw => {
-            let name = "floor_raw_empty";
+            let name = Program::FloorRawEmpty.name();
             let refused = |message: String| LoadError::Refused { program: name.into(), message };
             let prog: &mut RawTracePoint = typed_program(&mut ebpf, name, name)?;
             prog.load().map_err(|e| refused(program_error(&e)))?;
@@ -551,6 +534,33 @@ pub fn attach_floor(hooks: FloorHooks) -> Result<(Ebpf, Vec<(String, String)>), 
         }
     }
     Ok((ebpf, attached))
+}
+
+/// Loads tp_btf program `program` and attaches it to its BTF tracepoint; answers the hook.
+fn attach_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    program: Program,
+    btf: &Btf,
+    links: &mut Links,
+) -> Result<String, LoadError> {
+    let name = program.name();
+    let tp = program.btf_tracepoint().ok_or_else(|| LoadError::Refused {
+        program: name.into(),
+        message: "not a tp_btf program".into(),
+    })?;
+    let refused = |message: String| LoadError::Refused { program: name.into(), message };
+    let prog: &mut BtfTracePoint = typed_program(ebpf, name, name)?;
+    prog.load(tp, btf).map_err(|e| refused(program_error(&e)))?;
+    let hook = format!("tp_btf/{tp}");
+    let id = prog.attach().map_err(|e| LoadError::Attach {
+        program: name.into(),
+        hook: hook.clone(),
+        message: program_error(&e),
+    })?;
+    if links.pin {
+        links.keep(name, &hook, prog.take_link(id).map_err(|e| refused(program_error(&e)))?)?;
+    }
+    Ok(hook)
 }
 
 /// Loads program `program` (once) and attaches it to syscalls:`tp`.
@@ -581,7 +591,7 @@ fn attach_tracepoint(
 /// Loads the `iter/task` program and reads its file once: one run over every task.
 fn run_task_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
     let prog: &mut Iter = ebpf
-        .program_mut("seed_tasks")
+        .program_mut(Program::SeedTasks.name())
         .ok_or("program seed_tasks not in object")?
         .try_into()
         .map_err(|e: ProgramError| e.to_string())?;

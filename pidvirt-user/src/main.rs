@@ -3,6 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
+use pidvirt_common::audit::Mode;
 use pidvirt::{
     api::{self, ContainerRow, Request, TaskRow, Translation},
     audit::Record,
@@ -43,7 +44,7 @@ enum PolicyAction {
         #[command(flatten)]
         socket: SocketArg,
         id: String,
-        #[arg(long, value_parser = ["observe", "enforce"])]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Mode::NAMES))]
         mode: String,
     },
 }
@@ -68,7 +69,7 @@ enum ContainerAction {
         #[arg(long = "label", value_parser = pidvirt::orchestrator::parse_label)]
         labels: Vec<(String, String)>,
         /// Policy: observe (default) or enforce.
-        #[arg(long, value_parser = ["observe", "enforce"])]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Mode::NAMES))]
         mode: Option<String>,
     },
     /// Unregister a container.

@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use pidvirt_common::{CgroupContainer, HOST_CONTAINER, PidnsInfo, TaskEntry, audit::mode, slots};
+use pidvirt_common::{CgroupContainer, HOST_CONTAINER, PidnsInfo, TaskEntry, audit::Mode, slots};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -41,23 +41,17 @@ pub struct Saved {
 }
 
 fn observe() -> String {
-    "observe".into()
+    Mode::Observe.name().into()
 }
 
 /// A policy mode by name.
-pub fn parse_mode(name: &str) -> Result<u32, ApiError> {
-    match name {
-        "observe" => Ok(mode::OBSERVE),
-        "enforce" => Ok(mode::ENFORCE),
-        other => Err(ApiError::new(
+pub fn parse_mode(name: &str) -> Result<Mode, ApiError> {
+    Mode::by_name(name).ok_or_else(|| {
+        ApiError::new(
             ErrorCode::BadRequest,
-            format!("mode must be observe or enforce, not `{other}`"),
-        )),
-    }
-}
-
-pub fn mode_name(m: u32) -> &'static str {
-    if m == mode::ENFORCE { "enforce" } else { "observe" }
+            format!("mode must be one of {}, not `{name}`", Mode::NAMES.join(", ")),
+        )
+    })
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -155,7 +149,7 @@ impl State {
         }
         crate::registry::check_id(id)?;
         let mode = mode.map(parse_mode).transpose()?;
-        if mode == Some(pidvirt_common::audit::mode::ENFORCE) {
+        if mode == Some(Mode::Enforce) {
             self.require_enforcement()?;
         }
         let mut maps = self.maps.lock().map_err(crate::daemon::internal)?;
@@ -215,7 +209,7 @@ impl State {
         tracing::info!(
             id = c.id.as_str(),
             by,
-            mode = mode_name(c.mode),
+            mode = c.mode.name(),
             "registered container ({})",
             describe(&c)
         );
@@ -238,7 +232,7 @@ impl State {
     /// Sets container `id`'s policy.
     pub fn set_policy(&self, id: &str, mode_name_: &str) -> Result<Container, ApiError> {
         let m = parse_mode(mode_name_)?;
-        if m == mode::ENFORCE {
+        if m == Mode::Enforce {
             self.require_enforcement()?;
         }
         let mut maps = self.maps.lock().map_err(crate::daemon::internal)?;
@@ -247,7 +241,7 @@ impl State {
         set_kernel_mode(&mut maps, number, m);
         let c = reg.get(number).cloned().ok_or_else(|| ApiError::new(ErrorCode::UnknownContainer, id))?;
         drop(maps);
-        tracing::info!(id, mode = mode_name(m), "policy set");
+        tracing::info!(id, mode = m.name(), "policy set");
         self.save(&reg);
         Ok(c)
     }
@@ -257,7 +251,7 @@ impl State {
         let mut maps = self.maps.lock().map_err(crate::daemon::internal)?;
         let mut reg = self.sync_registry(&maps)?;
         let c = reg.unregister(id)?;
-        set_kernel_mode(&mut maps, c.number, mode::OBSERVE);
+        set_kernel_mode(&mut maps, c.number, Mode::Observe);
         if let Kind::Cgroup { cgroup_id, path, slot } = &c.kind {
             maps.set_cgroup(*cgroup_id, None).map_err(crate::daemon::internal)?;
             let mut tids = Vec::new();
@@ -300,7 +294,7 @@ impl State {
                 },
                 labels: c.labels.clone(),
                 registered_by: c.registered_by.clone(),
-                mode: mode_name(c.mode).into(),
+                mode: c.mode.name().into(),
             })
             .collect();
         if let Err(e) = write_atomically(path, &StateFile { version: 1, registrations }) {
@@ -366,7 +360,7 @@ impl State {
             if let Some(counters) = maps.forget_pidns(ns) {
                 self.retire(counters);
             }
-            set_kernel_mode(&mut maps, ns, mode::OBSERVE);
+            set_kernel_mode(&mut maps, ns, Mode::Observe);
             if let Some(c) = reg.remove(ns) {
                 changed |= c.is_registered();
                 if c.is_registered() {
@@ -388,7 +382,7 @@ impl State {
             if let Kind::Cgroup { cgroup_id, path, slot } = &c.kind {
                 tracing::info!(id = c.id.as_str(), "container ended: cgroup {} removed", path.display());
                 let _ = maps.set_cgroup(*cgroup_id, None);
-                set_kernel_mode(&mut maps, c.number, mode::OBSERVE);
+                set_kernel_mode(&mut maps, c.number, Mode::Observe);
                 self.retire(maps.release_slot(*slot));
                 let _ = reg.unregister(&c.id);
                 changed = true;
@@ -402,10 +396,10 @@ impl State {
 }
 
 /// Writes a container's policy where the enforcer reads it (observe: no entry).
-fn set_kernel_mode(maps: &mut crate::kernel::KernelMaps, number: u32, m: u32) {
-    if m == mode::OBSERVE {
+fn set_kernel_mode(maps: &mut crate::kernel::KernelMaps, number: u32, m: Mode) {
+    if m == Mode::Observe {
         let _ = maps.modes.remove(&number);
-    } else if let Err(e) = maps.modes.insert(number, m, 0) {
+    } else if let Err(e) = maps.modes.insert(number, m as u32, 0) {
         tracing::error!("cannot set the policy of container {number}: {e}");
     }
 }

@@ -10,7 +10,7 @@ use std::{
     path::PathBuf,
 };
 
-use pidvirt_common::{HOST_CONTAINER, PidnsInfo, audit::mode, pidns_source};
+use pidvirt_common::{HOST_CONTAINER, PidnsInfo, audit::Mode, pidns_source};
 use serde::{Deserialize, Serialize};
 
 /// The host's id.
@@ -47,8 +47,8 @@ pub struct Container {
     /// path), `api`, `oci` (registered by an orchestrator).
     pub registered_by: String,
     pub labels: BTreeMap<String, String>,
-    /// pidvirt_common::audit::mode (observe unless set).
-    pub mode: u32,
+    /// Observe unless set.
+    pub mode: Mode,
 }
 
 impl Container {
@@ -159,7 +159,7 @@ impl Registry {
                 parent_pidns: 0,
                 registered_by: "host".into(),
                 labels: BTreeMap::new(),
-                mode: mode::OBSERVE,
+                mode: Mode::Observe,
             },
         );
         Self { by_number, host_pidns }
@@ -204,7 +204,7 @@ impl Registry {
                 _ => "kernel".into(),
             },
             labels: BTreeMap::new(),
-            mode: mode::OBSERVE,
+            mode: Mode::Observe,
         };
         if let Some(d) = discovered
             && self.find_id(&d.id).is_none()
@@ -311,7 +311,7 @@ impl Registry {
             parent_pidns: 0,
             registered_by: by.into(),
             labels,
-            mode: self.by_number.get(&number).map(|c| c.mode).unwrap_or(mode::OBSERVE),
+            mode: self.by_number.get(&number).map(|c| c.mode).unwrap_or(Mode::Observe),
         };
         self.by_number.insert(number, c.clone());
         Ok(c)
@@ -333,7 +333,7 @@ impl Registry {
                     entry.id = Self::auto_id(c.number);
                     entry.registered_by = "kernel".into();
                     entry.labels.clear();
-                    entry.mode = mode::OBSERVE;
+                    entry.mode = Mode::Observe;
                 }
             }
         }
@@ -341,7 +341,7 @@ impl Registry {
     }
 
     /// Sets container `id`'s policy; returns its number.
-    pub fn set_mode(&mut self, id: &str, m: u32) -> Result<u32, RegError> {
+    pub fn set_mode(&mut self, id: &str, m: Mode) -> Result<u32, RegError> {
         if id == HOST_ID {
             return Err(RegError::Host);
         }

@@ -33,7 +33,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use pidvirt_common::audit::SYSCALLS;
+use pidvirt_common::{audit::SYSCALLS, catalogue::map};
 use serde_json::{Value, json};
 
 use crate::setup;
@@ -574,7 +574,7 @@ fn peer_script() -> (String, usize) {
          // of the syscalls pidvirt watches (count per syscall and task, kill targets, fork/exit).\n",
     );
     let mut n = counted.len() + 2;
-    if SYSCALLS.iter().any(|s| s.name == "kill" && s.enter.is_some()) && exists("sys_enter_kill") {
+    if SYSCALLS[pidvirt_common::audit::sys::KILL as usize].enter.is_some() && exists("sys_enter_kill") {
         script.push_str("tracepoint:syscalls:sys_enter_kill { @kill[args->pid] = count(); @counts[probe, tid] = count(); }\n");
         n += 1;
     }
@@ -1393,7 +1393,7 @@ fn p4_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) -> anyh
 // ---------------------------------------------------------------------------------------------
 // 3 and 4. P5 attach time, P6 memory per task
 
-const MAPS: [&str; 7] = ["TASKS", "VIRT", "DEEP", "PIDNS", "COUNTS", "LIVE_TIDS", "SEEDED_TIDS"];
+const MAPS: [&str; 7] = [map::TASKS, map::VIRT, map::DEEP, map::PIDNS, map::COUNTS, map::LIVE_TIDS, map::SEEDED_TIDS];
 
 /// The daemon's maps (those it holds fds of), by name, from `bpftool map show --json`.
 fn daemon_maps(pid: u32) -> anyhow::Result<BTreeMap<String, Value>> {
@@ -1467,9 +1467,9 @@ impl Snapshot {
     /// level, a DEEP value for tasks nested deeper than the inline levels (4 and more).
     fn value_bytes(&self) -> u64 {
         let (t, v, d) = (
-            self.field("TASKS", "bytes_value"),
-            self.field("VIRT", "bytes_value"),
-            self.field("DEEP", "bytes_value"),
+            self.field(map::TASKS, "bytes_value"),
+            self.field(map::VIRT, "bytes_value"),
+            self.field(map::DEEP, "bytes_value"),
         );
         self.levels().iter().map(|(l, n)| n * (t + l * v + if *l >= 4 { d } else { 0 })).sum()
     }
@@ -1573,7 +1573,7 @@ fn p5_p6_section(b: &mut Bench, report: &mut Report, goals: &mut Vec<Goal>) -> a
     // P6
     let dt = after.tasks().saturating_sub(before.tasks());
     let per_task_memlock = (after.memlock() as f64 - before.memlock() as f64) / dt.max(1) as f64;
-    let (tv, vv) = (after.field("TASKS", "bytes_value"), after.field("VIRT", "bytes_value"));
+    let (tv, vv) = (after.field(map::TASKS, "bytes_value"), after.field(map::VIRT, "bytes_value"));
     let level1 = tv + vv;
     let avg_value = after.value_bytes() as f64 / after.tasks().max(1) as f64;
     let avg_value_nested = {

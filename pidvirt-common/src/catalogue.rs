@@ -1,0 +1,595 @@
+//! The catalogue: every verdict, watched syscall, LSM hook, counter, program and map of pidvirt,
+//! each written once. The kernel programs take their ids from here, the daemon its names, hook
+//! lists and syscall numbers, the benchmark its hook and map names. The program and map names
+//! are also the identifiers of their definitions in pidvirt-ebpf (aya names a program after its
+//! function and a map after its static); a unit test of pidvirt-user checks both lists against
+//! the built object, so a rename cannot drift.
+//!
+//! The lists other crates expand into code of their own (the LSM hooks and lifecycle hooks, from
+//! which pidvirt-ebpf generates its enforcer and floor programs) are `for_each_*` macros that
+//! hand the list to a macro of the caller's.
+
+use pastey::paste;
+
+/// `Some(x)` for one token tree, `None` for none (optional catalogue columns).
+macro_rules! opt {
+    () => {
+        None
+    };
+    ($x:expr) => {
+        Some($x)
+    };
+}
+
+// ---- verdicts ------------------------------------------------------------------------------
+
+macro_rules! verdicts {
+    ($( $(#[doc = $doc:literal])* $name:ident reported: $reported:literal, )*) => { paste! {
+        /// How a crossing was judged.
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Verdict { $( $(#[doc = $doc])* [<$name:camel>], )* }
+
+        /// Number of verdicts.
+        pub const NVERDICTS: usize = [$(stringify!($name)),*].len();
+
+        impl Verdict {
+            /// Every verdict, in id order (the id is the discriminant).
+            pub const ALL: [Verdict; NVERDICTS] = [$(Verdict::[<$name:camel>]),*];
+
+            /// The verdict's name in records, counters and options.
+            pub const fn name(self) -> &'static str {
+                match self { $(Verdict::[<$name:camel>] => stringify!($name),)* }
+            }
+
+            /// Whether crossings with this verdict are reported unless the operator chooses
+            /// otherwise (`pidvirt run --report`).
+            pub const fn reported_by_default(self) -> bool {
+                match self { $(Verdict::[<$name:camel>] => $reported,)* }
+            }
+        }
+    }};
+}
+
+verdicts! {
+    /// The number names, in the caller's namespace, the task the kernel means.
+    ok reported: false,
+    /// A process-group value (0 or < -1 for kill/wait, PRIO_PGRP, ...).
+    group reported: false,
+    /// -1: every task the caller may signal / any child.
+    any reported: false,
+    /// The number names nothing in the caller's namespace but is the host pid of a live task.
+    leak reported: true,
+    /// The number names task X in the caller's namespace and is also the host pid of another
+    /// task Y the caller can see: a missed translation meant Y, the call hits X.
+    collision reported: true,
+    /// The target is outside the caller's container.
+    cross_container reported: true,
+    /// The number names nothing (the kernel answers ESRCH).
+    unknown reported: true,
+    /// The number names a task whose entry is gone or was recycled (pid reuse during the call).
+    stale reported: true,
+    /// A returned number differs from the truth read from the task structures (self-check).
+    mismatch reported: true,
+    /// The enforcer denied the action.
+    denied reported: true,
+}
+
+impl Verdict {
+    /// The verdict with id `v`.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(v as usize).copied()
+    }
+
+    /// The verdict named `name`.
+    pub fn by_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|v| v.name() == name)
+    }
+}
+
+// ---- directions ----------------------------------------------------------------------------
+
+/// What crossed: an argument going in, a returned value coming out, or an enforcement decision
+/// at an LSM hook (its "syscall" is then the hook).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    In = 0,
+    Out = 1,
+    Lsm = 2,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 3] = [Direction::In, Direction::Out, Direction::Lsm];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+            Direction::Lsm => "lsm",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(v as usize).copied()
+    }
+}
+
+// ---- policy modes --------------------------------------------------------------------------
+
+/// A container's policy (value of the MODES map; a container without an entry observes).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Audit only.
+    #[default]
+    Observe = 0,
+    /// Deny actions on tasks outside the container (and the containers nested in it).
+    Enforce = 1,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Observe, Mode::Enforce];
+    /// The names, for option parsers.
+    pub const NAMES: [&'static str; 2] = [Mode::Observe.name(), Mode::Enforce.name()];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Observe => "observe",
+            Mode::Enforce => "enforce",
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|m| m.name() == name)
+    }
+
+    /// The mode a MODES value means (anything but enforce observes).
+    pub const fn from_u32(v: u32) -> Self {
+        if v == Mode::Enforce as u32 { Mode::Enforce } else { Mode::Observe }
+    }
+}
+
+// ---- programs ------------------------------------------------------------------------------
+
+/// How a program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    /// `tp_btf`: attached to the BTF tracepoint named like the program (`floor_X`: to X).
+    TpBtf,
+    /// A `syscalls:` tracepoint (the syscall catalogue says which).
+    Tracepoint,
+    /// The raw `sys_enter` / `sys_exit` tracepoints (the benchmark's floor only).
+    RawTracepoint,
+    /// A BPF iterator over tasks.
+    Iter,
+    /// A BPF-LSM program (`lsm_X` on hook X).
+    Lsm,
+}
+
+/// Lists the tp_btf hooks that follow the task lifecycle (each has a program of the same name,
+/// and an empty `floor_<hook>` for the benchmark), handing them to `$cb!`.
+#[macro_export]
+macro_rules! for_each_lifecycle_hook {
+    ($cb:ident) => {
+        $cb! { sched_process_fork, sched_process_exec, sched_process_exit, sched_process_free, cgroup_attach_task }
+    };
+}
+
+/// Lists the LSM hooks the enforcer guards, each with the number of arguments before the
+/// previous program's verdict (the target task is always the first), handing them to `$cb!`.
+/// A hook's index is its id in counters and events; its program is `lsm_<hook>`.
+#[macro_export]
+macro_rules! for_each_lsm_hook {
+    ($cb:ident) => {
+        $cb! {
+            task_kill 4,
+            ptrace_access_check 2,
+            task_setpgid 2,
+            task_setnice 2,
+            task_setscheduler 1,
+            task_getscheduler 1,
+            task_setioprio 2,
+            task_getioprio 1,
+            task_movememory 1,
+            task_setrlimit 3,
+            task_getsid 1,
+            task_getpgid 1,
+            capget 4,
+            file_send_sigiotask 3,
+        }
+    };
+}
+
+macro_rules! programs {
+    (
+        lifecycle: $($life:ident),* ;
+        $( $kind:ident: $($name:ident),* ; )*
+    ) => { paste! {
+        /// Every program of pidvirt-ebpf but the enforcer's (see [`LsmHook::program`]).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Program {
+            $( [<$life:camel>], [<Floor $life:camel>], )*
+            $( $( [<$name:camel>], )* )*
+        }
+
+        impl Program {
+            pub const ALL: &'static [Program] = &[
+                $( Program::[<$life:camel>], Program::[<Floor $life:camel>], )*
+                $( $( Program::[<$name:camel>], )* )*
+            ];
+
+            /// The lifecycle programs, in attach order.
+            pub const LIFECYCLE: &'static [Program] = &[$( Program::[<$life:camel>], )*];
+
+            /// The name of the program (and of its function in pidvirt-ebpf).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(
+                        Program::[<$life:camel>] => stringify!($life),
+                        Program::[<Floor $life:camel>] => concat!("floor_", stringify!($life)),
+                    )*
+                    $( $( Program::[<$name:camel>] => stringify!($name), )* )*
+                }
+            }
+
+            pub const fn kind(self) -> ProgramKind {
+                match self {
+                    $( Program::[<$life:camel>] | Program::[<Floor $life:camel>] => ProgramKind::TpBtf, )*
+                    $( $( Program::[<$name:camel>] => ProgramKind::$kind, )* )*
+                }
+            }
+
+            /// The BTF tracepoint of a tp_btf program.
+            pub const fn btf_tracepoint(self) -> Option<&'static str> {
+                match self {
+                    $( Program::[<$life:camel>] | Program::[<Floor $life:camel>] => Some(stringify!($life)), )*
+                    _ => None,
+                }
+            }
+
+            /// The empty program the benchmark's floor puts on this program's hook.
+            pub const fn floor(self) -> Program {
+                match self {
+                    $( Program::[<$life:camel>] => Program::[<Floor $life:camel>], )*
+                    Program::FloorRawEmpty => Program::FloorRawEmpty,
+                    _ => Program::FloorEmpty,
+                }
+            }
+        }
+    }};
+}
+
+macro_rules! lifecycle_programs {
+    ($($life:ident),*) => {
+        programs! {
+            lifecycle: $($life),* ;
+            Tracepoint:
+                exit_getpid, exit_getppid, exit_own_tid, exit_setsid, exit_fork, enter_pid_arg,
+                enter_task_arg, enter_task_or_self, enter_two_tasks, enter_which_who, exit_wait4,
+                enter_waitid, exit_waitid, enter_setpgid, enter_self_query, exit_self_query,
+                enter_ptrace, enter_capget, floor_empty;
+            RawTracepoint: floor_raw_empty;
+            Iter: seed_tasks;
+        }
+    };
+}
+for_each_lifecycle_hook!(lifecycle_programs);
+
+// ---- LSM hooks -----------------------------------------------------------------------------
+
+/// A BPF-LSM hook the enforcer guards.
+#[derive(Clone, Copy, Debug)]
+pub struct LsmHook {
+    pub name: &'static str,
+    /// Arguments of the hook before the previous BPF program's verdict.
+    pub args: usize,
+    /// The program attached to it.
+    pub program: &'static str,
+}
+
+macro_rules! lsm_table {
+    ($($hook:ident $args:literal),* $(,)?) => { paste! {
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        #[repr(usize)]
+        enum LsmIndex { $($hook,)* }
+
+        /// LSM hook ids (indices into [`LSM_HOOKS`]).
+        pub mod lsm {
+            $( pub const [<$hook:upper>]: usize = super::LsmIndex::$hook as usize; )*
+        }
+
+        /// Number of guarded LSM hooks.
+        pub const NLSM: usize = [$(stringify!($hook)),*].len();
+
+        /// The enforcer's hooks; the index is the hook's id.
+        pub const LSM_HOOKS: [LsmHook; NLSM] = [
+            $( LsmHook { name: stringify!($hook), args: $args, program: concat!("lsm_", stringify!($hook)) }, )*
+        ];
+    }};
+}
+for_each_lsm_hook!(lsm_table);
+
+// ---- syscalls ------------------------------------------------------------------------------
+
+/// A watched syscall: which of its tracepoints pidvirt hooks, with which program.
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallSpec {
+    pub name: &'static str,
+    /// Program attached to `syscalls:sys_enter_<name>` (an argument is a pid).
+    pub enter: Option<Program>,
+    /// Program attached to `syscalls:sys_exit_<name>` (the return value is a pid).
+    pub exit: Option<Program>,
+    /// This architecture's syscall number (the records' `__syscall_nr`).
+    #[cfg(feature = "user")]
+    pub nr: i64,
+}
+
+macro_rules! syscalls {
+    ($( $name:ident: $(enter($enter:ident))? $(exit($exit:ident))? ; )*) => { paste! {
+        #[allow(non_camel_case_types)]
+        #[repr(u16)]
+        enum SyscallIndex { $($name,)* }
+
+        /// Syscall ids (indices into [`SYSCALLS`]: the id in counters and events).
+        pub mod sys {
+            $( pub const [<$name:upper>]: u16 = super::SyscallIndex::$name as u16; )*
+        }
+
+        /// Number of watched syscalls.
+        pub const NSYSCALLS: usize = [$(stringify!($name)),*].len();
+
+        /// Every watched syscall, in id order. This list IS the hook list: the daemon attaches
+        /// exactly these programs to exactly these tracepoints, and the benchmark's floor an
+        /// empty program to the same tracepoints.
+        pub const SYSCALLS: [SyscallSpec; NSYSCALLS] = [
+            $( SyscallSpec {
+                name: stringify!($name),
+                enter: opt!($(Program::[<$enter:camel>])?),
+                exit: opt!($(Program::[<$exit:camel>])?),
+                #[cfg(feature = "user")]
+                nr: libc::[<SYS_ $name>],
+            }, )*
+        ];
+    }};
+}
+
+syscalls! {
+    getpid: exit(exit_getpid);
+    getppid: exit(exit_getppid);
+    gettid: exit(exit_own_tid);
+    set_tid_address: exit(exit_own_tid);
+    fork: exit(exit_fork);
+    vfork: exit(exit_fork);
+    clone: exit(exit_fork);
+    clone3: exit(exit_fork);
+    kill: enter(enter_pid_arg);
+    tkill: enter(enter_task_arg);
+    tgkill: enter(enter_two_tasks);
+    rt_sigqueueinfo: enter(enter_task_arg);
+    rt_tgsigqueueinfo: enter(enter_two_tasks);
+    pidfd_open: enter(enter_task_arg);
+    wait4: enter(enter_pid_arg) exit(exit_wait4);
+    waitid: enter(enter_waitid) exit(exit_waitid);
+    setpgid: enter(enter_setpgid);
+    getpgid: enter(enter_self_query) exit(exit_self_query);
+    getsid: enter(enter_self_query) exit(exit_self_query);
+    setsid: exit(exit_setsid);
+    sched_setaffinity: enter(enter_task_or_self);
+    sched_getaffinity: enter(enter_task_or_self);
+    sched_setscheduler: enter(enter_task_or_self);
+    sched_getscheduler: enter(enter_task_or_self);
+    sched_setparam: enter(enter_task_or_self);
+    sched_getparam: enter(enter_task_or_self);
+    sched_setattr: enter(enter_task_or_self);
+    sched_getattr: enter(enter_task_or_self);
+    sched_rr_get_interval: enter(enter_task_or_self);
+    setpriority: enter(enter_which_who);
+    getpriority: enter(enter_which_who);
+    ioprio_set: enter(enter_which_who);
+    ioprio_get: enter(enter_which_who);
+    prlimit64: enter(enter_task_or_self);
+    ptrace: enter(enter_ptrace);
+    process_vm_readv: enter(enter_task_arg);
+    process_vm_writev: enter(enter_task_arg);
+    kcmp: enter(enter_two_tasks);
+    get_robust_list: enter(enter_task_or_self);
+    migrate_pages: enter(enter_task_or_self);
+    move_pages: enter(enter_task_or_self);
+    capget: enter(enter_capget);
+}
+
+impl SyscallSpec {
+    /// The syscall tracepoints of this syscall that pidvirt hooks, with their programs.
+    pub fn hooks(&self) -> impl Iterator<Item = (Program, SyscallSide)> {
+        let enter = self.enter.map(|p| (p, SyscallSide::Enter));
+        let exit = self.exit.map(|p| (p, SyscallSide::Exit));
+        enter.into_iter().chain(exit)
+    }
+}
+
+/// Which tracepoint of a syscall: `sys_enter_<name>` or `sys_exit_<name>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallSide {
+    Enter,
+    Exit,
+}
+
+impl SyscallSide {
+    /// The tracepoint name's prefix.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            SyscallSide::Enter => "sys_enter_",
+            SyscallSide::Exit => "sys_exit_",
+        }
+    }
+}
+
+// ---- counters ------------------------------------------------------------------------------
+
+macro_rules! counter_groups {
+    ($( $(#[doc = $gdoc:literal])* $group:ident @ $base:literal { $( $(#[doc = $doc:literal])* $name:ident, )* } )*) => { paste! {
+        $(
+            $(#[doc = $gdoc])*
+            pub mod $group {
+                #[allow(non_camel_case_types)]
+                #[repr(u32)]
+                enum Index { $($name,)* }
+                /// Slot of the first counter of the group in `COUNTERS`.
+                pub const BASE: u32 = $base;
+                $( $(#[doc = $doc])* pub const [<$name:upper>]: u32 = Index::$name as u32; )*
+                /// Names of the group's counters, by index.
+                pub const NAMES: [&str; [$(stringify!($name)),*].len()] = [$(stringify!($name)),*];
+            }
+        )*
+    }};
+}
+
+/// Per-CPU counter slots (one `u64` each) of the `COUNTERS` map: failures per reason (nothing
+/// is dropped silently), lifecycle events, and crossings no per-container counter could take.
+pub mod counter {
+    use pastey::paste;
+
+    counter_groups! {
+        /// Map insert/update failures and failed reads, per reason (`stats`: `map_errors`).
+        map_error @ 0 {
+            task_insert,
+            virt_insert,
+            deep_insert,
+            pidns_insert,
+            /// bpf_probe_read_kernel failed on a task structure.
+            kernel_read,
+            /// A task with a level above MAX_PID_NS_LEVEL (should be impossible).
+            level_overflow,
+            /// Per-CPU scratch space could not be had.
+            scratch,
+            /// A caller had no task entry when one was needed (not yet seeded, or lost).
+            task_missing,
+            /// A task of a nested namespace was forgotten but its namespace had no record.
+            pidns_missing,
+            /// Per-container counters could not be had: counted in the global crossing region.
+            container_counters,
+            /// A syscall's state between enter and exit could not be kept (waitid's infop).
+            pending_insert,
+            /// No free counter slot for a new container: its crossings count in the overflow slot.
+            no_counter_slot,
+        }
+        /// Events that could not be handed to user space, per reason (`stats`: `drops`).
+        drop @ 16 {
+            ringbuf_full_anomaly,
+            ringbuf_full_lifecycle,
+        }
+        /// Lifecycle events seen by the kernel programs (`stats`: `lifecycle`).
+        lifecycle @ 32 {
+            fork,
+            exec,
+            exit,
+            free,
+            /// A fork found a stale entry under the new task's host tid (the old task's free was
+            /// not seen yet): the old entry was replaced.
+            pid_reuse,
+            /// A wait4 returned the pid of a process it released (task_flags::reaped_by_wait): its
+            /// entries were removed there, while their lines were hot, not at its free.
+            reaped,
+        }
+    }
+
+    /// Crossings of containers whose per-container counters could not be had, index
+    /// `CROSSING_BASE + syscall * NVERDICTS + verdict`.
+    pub const CROSSING_BASE: u32 = 64;
+    /// Size of the counters array.
+    pub const SLOTS: u32 = 1024;
+
+    /// The groups, with the name `stats` shows them under.
+    pub const GROUPS: [(&str, u32, &[&str]); 3] = [
+        ("map_errors", map_error::BASE, &map_error::NAMES),
+        ("drops", drop::BASE, &drop::NAMES),
+        ("lifecycle", lifecycle::BASE, &lifecycle::NAMES),
+    ];
+}
+
+// ---- maps ----------------------------------------------------------------------------------
+
+/// The read-only global through which the programs get their kernel offsets (`OFFSETS` in
+/// pidvirt-ebpf).
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+
+macro_rules! maps {
+    ($($name:ident),* $(,)?) => {
+        /// Names of the maps of pidvirt-ebpf (each the name of its static there).
+        pub mod map {
+            $( pub const $name: &str = stringify!($name); )*
+            /// Every map.
+            pub const ALL: [&str; [$(stringify!($name)),*].len()] = [$($name),*];
+        }
+    };
+}
+
+maps! {
+    TASKS, DEEP, VIRT, PIDNS, COUNTS, FREE_SLOTS, SYSNR, PENDING, CGROUPS, MODES, META, CONFIG,
+    CALLER, TASKS_GENERATION, LIVE_TIDS, SEEDED_TIDS, REAPED, COUNTERS, EVENTS, SCRATCH,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_index_their_tables() {
+        assert_eq!(SYSCALLS[sys::CAPGET as usize].name, "capget");
+        assert_eq!(SYSCALLS[sys::KILL as usize].name, "kill");
+        assert_eq!(SYSCALLS[sys::SCHED_RR_GET_INTERVAL as usize].name, "sched_rr_get_interval");
+        assert_eq!(SYSCALLS.len(), NSYSCALLS);
+        assert!(SYSCALLS.iter().all(|s| s.enter.is_some() || s.exit.is_some()));
+        assert_eq!(SYSCALLS[sys::WAIT4 as usize].hooks().count(), 2);
+        assert_eq!(LSM_HOOKS[lsm::FILE_SEND_SIGIOTASK].name, "file_send_sigiotask");
+        assert_eq!(LSM_HOOKS[lsm::TASK_KILL].program, "lsm_task_kill");
+        assert_eq!(counter::map_error::NAMES[counter::map_error::NO_COUNTER_SLOT as usize], "no_counter_slot");
+        assert_eq!(counter::lifecycle::NAMES[counter::lifecycle::REAPED as usize], "reaped");
+    }
+
+    #[test]
+    fn verdicts_round_trip() {
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(*v as usize, i);
+            assert_eq!(Verdict::from_u8(i as u8), Some(*v));
+            assert_eq!(Verdict::by_name(v.name()), Some(*v));
+        }
+        assert_eq!(Verdict::CrossContainer.name(), "cross_container");
+        assert_eq!(Verdict::from_u8(NVERDICTS as u8), None);
+        assert!(!Verdict::Ok.reported_by_default() && Verdict::Leak.reported_by_default());
+        for d in Direction::ALL {
+            assert_eq!(Direction::from_u8(d as u8), Some(d));
+        }
+        assert_eq!(Mode::by_name("enforce"), Some(Mode::Enforce));
+        assert_eq!(Mode::from_u32(7), Mode::Observe);
+    }
+
+    #[test]
+    fn programs_are_named_after_their_hooks() {
+        assert_eq!(Program::SchedProcessFork.name(), "sched_process_fork");
+        assert_eq!(Program::FloorSchedProcessFork.name(), "floor_sched_process_fork");
+        assert_eq!(Program::FloorSchedProcessFork.btf_tracepoint(), Some("sched_process_fork"));
+        assert_eq!(Program::SchedProcessFork.floor(), Program::FloorSchedProcessFork);
+        assert_eq!(Program::EnterPidArg.floor(), Program::FloorEmpty);
+        assert_eq!(Program::LIFECYCLE.len(), 5);
+        let mut names = std::collections::HashSet::new();
+        for p in Program::ALL {
+            assert!(names.insert(p.name()), "{} twice", p.name());
+        }
+        for h in LSM_HOOKS {
+            assert!(names.insert(h.program), "{} twice", h.program);
+        }
+    }
+
+    #[test]
+    fn counter_groups_do_not_overlap() {
+        let mut end = 0;
+        for (_, base, names) in counter::GROUPS {
+            assert!(base >= end, "counter group at {base} overlaps the previous one");
+            end = base + names.len() as u32;
+        }
+        assert!(end <= counter::CROSSING_BASE);
+        assert!(counter::CROSSING_BASE as usize + NSYSCALLS * NVERDICTS <= counter::SLOTS as usize);
+    }
+}
