@@ -120,7 +120,8 @@ pub struct AnomalyEvent {
     /// mismatch: `also.vpid` carries the truth.
     pub also: PartyInfo,
     pub flags: u32,
-    pub _pad: u32,
+    /// Explicit padding (zero).
+    pub pad: u32,
     pub comm: [u8; 16],
 }
 
@@ -146,6 +147,7 @@ impl Default for ContainerCounters {
 }
 
 /// Slot of a crossing counter.
+#[expect(clippy::inline_always, reason = "called by the kernel programs, which inline every helper")]
 #[inline(always)]
 pub const fn crossing_slot(syscall: u16, verdict: Verdict) -> usize {
     syscall as usize * NVERDICTS + verdict as usize
@@ -221,7 +223,7 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_eq!(core::mem::size_of::<AnomalyEvent>(), 8 + 8 + 8 + 3 * 24 + 8 + 16);
+        assert_eq!(size_of::<AnomalyEvent>(), 8 + 8 + 8 + 3 * 24 + 8 + 16);
         assert_eq!(crossing_slot(sys::CAPGET, Verdict::Denied), NSYSCALLS * NVERDICTS - 1);
         assert!(!is_anomaly(Verdict::Ok) && !is_anomaly(Verdict::Group) && !is_anomaly(Verdict::Any));
         assert!(is_anomaly(Verdict::Leak) && is_anomaly(Verdict::Mismatch));

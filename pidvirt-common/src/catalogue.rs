@@ -290,7 +290,7 @@ pub struct LsmHook {
 
 macro_rules! lsm_table {
     ($($hook:ident $args:literal),* $(,)?) => { paste! {
-        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        #[expect(non_camel_case_types, reason = "variants named exactly as the kernel's hooks")]
         #[repr(usize)]
         enum LsmIndex { $($hook,)* }
 
@@ -327,7 +327,7 @@ pub struct SyscallSpec {
 
 macro_rules! syscalls {
     ($( $name:ident: $(enter($enter:ident))? $(exit($exit:ident))? ; )*) => { paste! {
-        #[allow(non_camel_case_types)]
+        #[expect(non_camel_case_types, reason = "variants named exactly as the syscalls")]
         #[repr(u16)]
         enum SyscallIndex { $($name,)* }
 
@@ -432,7 +432,7 @@ macro_rules! counter_groups {
         $(
             $(#[doc = $gdoc])*
             pub mod $group {
-                #[allow(non_camel_case_types)]
+                #[expect(non_camel_case_types, reason = "variants named exactly as the counters")]
                 #[repr(u32)]
                 enum Index { $($name,)* }
                 /// Slot of the first counter of the group in `COUNTERS`.

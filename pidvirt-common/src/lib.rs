@@ -155,7 +155,8 @@ pub struct PidnsInfo {
     pub source: u32,
     /// Counter slot of the namespace's container ([`slots`]).
     pub slot: u32,
-    pub _pad: u32,
+    /// Explicit padding (zero).
+    pub pad: u32,
     /// Inode of the namespace at each level 0..=level (this namespace's ancestors, then itself);
     /// entries above `level` are unspecified and never read. Lets the programs find every
     /// level's namespace with constant indices.
@@ -170,7 +171,7 @@ impl Default for PidnsInfo {
             first_tid: 0,
             source: 0,
             slot: 0,
-            _pad: 0,
+            pad: 0,
             ancestors: [0; ANCESTOR_SLOTS],
         }
     }
@@ -265,7 +266,8 @@ pub struct CallerCache {
     /// The task's `task_struct.start_time` (ns, as the kernel has it, even for seeded entries).
     pub start_time: u64,
     pub tid: u32,
-    pub _pad: u32,
+    /// Explicit padding (zero).
+    pub pad: u32,
     pub entry: TaskEntry,
 }
 
@@ -338,7 +340,8 @@ pub struct PidnsEvent {
     pub level: u32,
     pub parent: u32,
     pub first_tid: u32,
-    pub _pad: u32,
+    /// Explicit padding (zero).
+    pub pad: u32,
     pub ts_ns: u64,
 }
 
@@ -355,6 +358,7 @@ pub struct MigrateEvent {
 
 /// Whether an entry's start time denotes the same task as a task whose
 /// `task_struct.start_time` is `start_ns`. Seeded entries only have clock-tick precision.
+#[expect(clippy::inline_always, reason = "called by the kernel programs, which inline every helper")]
 #[inline(always)]
 pub fn same_start(entry_start: u64, entry_flags: u16, start_ns: u64, tick_ns: u64) -> bool {
     if entry_flags & task_flags::SEEDED != 0 && tick_ns != 0 {
@@ -364,18 +368,20 @@ pub fn same_start(entry_start: u64, entry_flags: u16, start_ns: u64, tick_ns: u6
     }
 }
 
+/// The map keys and values the daemon reads and writes with aya.
 #[cfg(feature = "user")]
 mod pod {
-    use super::*;
-    unsafe impl aya::Pod for KernelOffsets {}
-    unsafe impl aya::Pod for LevelIds {}
-    unsafe impl aya::Pod for TaskEntry {}
-    unsafe impl aya::Pod for DeepLevels {}
-    unsafe impl aya::Pod for VirtKey {}
-    unsafe impl aya::Pod for PidnsInfo {}
-    unsafe impl aya::Pod for VirtValue {}
-    unsafe impl aya::Pod for CgroupContainer {}
-    unsafe impl aya::Pod for audit::ContainerCounters {}
+    use super::{CgroupContainer, DeepLevels, KernelOffsets, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue, audit};
+
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => { $(
+            // SAFETY: a #[repr(C)] struct of integers and integer arrays whose padding is explicit
+            // (`pad` fields; the layout tests check the sizes): every bit pattern is a valid value
+            // and no byte is uninitialized.
+            unsafe impl aya::Pod for $t {}
+        )* };
+    }
+    pod!(KernelOffsets, LevelIds, TaskEntry, DeepLevels, VirtKey, PidnsInfo, VirtValue, CgroupContainer, audit::ContainerCounters);
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ fn describe(task: *const u8, e: &mut TaskEntry) -> Result<(), u32> {
     let level = pids.level;
     e.level = level as u16;
     e.pidns = pidns_inum(Probe, ns_at(Probe, pids.thread_pid, level)?)?;
-    let ns_slot = crate::lifecycle::own_ns_slot(e.level, e.pidns);
+    let ns_slot = crate::maps::own_ns_slot(e.level, e.pidns);
     let c = container_of(task, level, e.pidns, ns_slot);
     e.container = c.container;
     e.slot = c.slot;
@@ -305,7 +305,7 @@ pub fn report(x: Crossing, caller_tid: u32, c: &TaskEntry, target: Found, also: 
         (*ev).ts_ns = bpf_ktime_get_ns();
         (*ev).caller = info(caller_tid, c);
         (*ev).flags = 0;
-        (*ev)._pad = 0;
+        (*ev).pad = 0;
         (*ev).target = PartyInfo::default();
         (*ev).also = PartyInfo::default();
         if target.is_some() {

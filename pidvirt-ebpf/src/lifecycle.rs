@@ -24,7 +24,7 @@ use crate::{
     maps::{
         COUNTS, DEEP, EVENTS, FREE_SLOTS, PIDNS, REAPED, REAPED_SLOTS, Reaped, SCRATCH, SCRATCH_ITERATOR,
         SCRATCH_TRACEPOINT, Scratch, TASKS, VIRT, count_drop, count_lifecycle, count_map_error, mark_tid,
-        take_slot, tasks_changed, tasks_generation, unmark_tid,
+        own_ns_slot, pidns_slot, take_slot, tasks_changed, tasks_generation, unmark_tid,
     },
     task::{container_of, read_task},
 };
@@ -151,7 +151,7 @@ pub fn forget_reaped(slot: u32, tid: u32, entry: *const TaskEntry) {
         }
         forget(tid, &e);
         if let Some(r) = REAPED.get_ptr_mut(tid & (REAPED_SLOTS - 1)) {
-            unsafe { *r = Reaped { start_time: e.start_time, tid, _pad: 0 } };
+            unsafe { *r = Reaped { start_time: e.start_time, tid, pad: 0 } };
         }
     }
 }
@@ -287,7 +287,7 @@ fn register_chain(s: &mut Scratch, level: usize, tid: u32) -> u32 {
                 level: level as u32,
                 parent: s.pidns.parent,
                 first_tid: tid,
-                _pad: 0,
+                pad: 0,
                 ts_ns: unsafe { bpf_ktime_get_ns() },
             });
             ev.submit(0);
@@ -313,7 +313,7 @@ fn insert_pidns(s: &mut Scratch, level: usize, tid: u32) -> Option<u32> {
     info.first_tid = tid;
     info.source = pidns_source::KERNEL;
     info.slot = slot;
-    info._pad = 0;
+    info.pad = 0;
     info.parent = parent;
     // BPF_NOEXIST: two CPUs may race to register the same namespace; one wins, the other gives
     // its slot back.
@@ -324,21 +324,6 @@ fn insert_pidns(s: &mut Scratch, level: usize, tid: u32) -> Option<u32> {
         return None;
     }
     Some(slot)
-}
-
-/// Counter slot of pid namespace `ns` (the overflow slot if it has no record).
-#[inline(always)]
-pub fn pidns_slot(ns: u32) -> u32 {
-    match PIDNS.get_ptr(ns) {
-        Some(info) => unsafe { (*info).slot },
-        None => slots::OVERFLOW,
-    }
-}
-
-/// Counter slot of a task's own pid namespace `pidns` at `level` (the host's at level 0).
-#[inline(always)]
-pub fn own_ns_slot(level: u16, pidns: u32) -> u32 {
-    if level == 0 { slots::HOST } else { pidns_slot(pidns) }
 }
 
 /// Removes the entry of `tid` (whose content is `e`), its deep levels, and the reverse entries

@@ -137,7 +137,7 @@ pub fn may_have_entry(tid: u32) -> bool {
 pub struct Reaped {
     pub start_time: u64,
     pub tid: u32,
-    pub _pad: u32,
+    pub pad: u32,
 }
 
 /// Slots of REAPED (a power of two): the tasks reaped on a CPU whose free has not run yet (an
@@ -211,4 +211,19 @@ pub fn count_lifecycle(which: u32) {
 #[inline(always)]
 pub fn count_drop(reason: u32) {
     count(counter::drop::BASE + reason);
+}
+
+/// Counter slot of pid namespace `ns` (the overflow slot if it has no record).
+#[inline(always)]
+pub fn pidns_slot(ns: u32) -> u32 {
+    match PIDNS.get_ptr(ns) {
+        Some(info) => unsafe { (*info).slot },
+        None => slots::OVERFLOW,
+    }
+}
+
+/// Counter slot of a task's own pid namespace `pidns` at `level` (the host's at level 0).
+#[inline(always)]
+pub fn own_ns_slot(level: u16, pidns: u32) -> u32 {
+    if level == 0 { slots::HOST } else { pidns_slot(pidns) }
 }

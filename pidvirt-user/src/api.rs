@@ -106,6 +106,11 @@ impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self { code, message: message.into() }
     }
+
+    /// An internal error (a poisoned lock, a map the kernel refused to update, ...).
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::Internal, e.to_string())
+    }
 }
 
 impl std::fmt::Display for ApiError {

@@ -15,7 +15,7 @@ use pidvirt_common::audit::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::registry::Registry;
+use crate::containers::Registry;
 
 /// The caller of a crossing.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl Record {
             },
             target: (ev.flags & event_flags::HAS_TARGET != 0).then(|| target(&ev.target, reg)),
             also: (!mismatch && ev.flags & event_flags::HAS_ALSO != 0).then(|| target(&ev.also, reg)),
-            truth: mismatch.then_some(ev.also.vpid as i64),
+            truth: mismatch.then_some(i64::from(ev.also.vpid)),
         })
     }
 }
@@ -280,7 +280,7 @@ mod tests {
                 container: 4026532300,
             },
             flags,
-            _pad: 0,
+            pad: 0,
             comm,
         }
     }

@@ -121,7 +121,7 @@ impl KernelBtf {
             Type::Enum64(e) => e.size(),
             Type::Struct(s) | Type::Union(s) => s.size(),
             Type::Array(a) => {
-                let elem = a.get_type_id().map(|t| self.size_of(t)).unwrap_or(0);
+                let elem = a.get_type_id().map_or(0, |t| self.size_of(t));
                 if a.len() == 0 { elem } else { elem * a.len() }
             }
             Type::Float(f) => f.size(),
@@ -210,8 +210,8 @@ impl KernelBtf {
             .ok_or_else(|| OffsetError::MissingType(ty.into()))?;
         e.members
             .iter()
-            .find(|m| self.btf.resolve_name(*m).map(|n| n == name).unwrap_or(false))
-            .map(|m| m.val())
+            .find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == name))
+            .map(btf_rs::EnumMember::val)
             .ok_or_else(missing)
     }
 }
@@ -281,7 +281,7 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
         pidtype_tgid: btf.enum_value("pid_type", "PIDTYPE_TGID")?,
         pidtype_pgid: btf.enum_value("pid_type", "PIDTYPE_PGID")?,
         pidtype_sid: btf.enum_value("pid_type", "PIDTYPE_SID")?,
-        pid_numbers_flexible: btf.is_flexible_array(numbers.type_id) as u32,
+        pid_numbers_flexible: u32::from(btf.is_flexible_array(numbers.type_id)),
         tick_ns,
         magic: OFFSETS_MAGIC,
     })

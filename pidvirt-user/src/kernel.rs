@@ -8,7 +8,7 @@ use std::{
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, Queue};
 use pidvirt_common::{
     CgroupContainer, DeepLevels, INLINE_LEVELS, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue,
-    audit::{ContainerCounters, LSM_HOOKS, NSYSCALLS, NVERDICTS, SYSCALLS, Verdict},
+    audit::{ContainerCounters, LSM_HOOKS, Mode, NSYSCALLS, NVERDICTS, SYSCALLS, Verdict},
     catalogue::{Program, map},
     counter, slots, tid_filter,
 };
@@ -63,7 +63,7 @@ pub struct KernelMaps {
     pub config: Array<MapData, u32>,
     /// The task map's generations (pidvirt_common::tasks_generation).
     pub tasks_generation: Array<MapData, u64>,
-    /// Per-container policy (pidvirt_common::audit::mode).
+    /// Per-container policy (pidvirt_common::audit::Mode; no entry: observe).
     pub modes: HashMap<MapData, u32, u32>,
     pub meta: Array<MapData, u64>,
     /// The daemon's half of the tid filter (pidvirt_common::tid_filter).
@@ -79,6 +79,20 @@ pub struct SlotCounts {
     pub reaped: u64,
     /// Denials per LSM hook.
     pub denied: Vec<u64>,
+}
+
+impl SlotCounts {
+    /// Adds what `other` counted.
+    pub fn add(&mut self, other: &SlotCounts) {
+        for (t, n) in self.crossings.iter_mut().zip(&other.crossings) {
+            *t += n;
+        }
+        for (t, n) in self.denied.iter_mut().zip(&other.denied) {
+            *t += n;
+        }
+        self.ringbuf_drops += other.ringbuf_drops;
+        self.reaped += other.reaped;
+    }
 }
 
 impl Default for SlotCounts {
@@ -205,15 +219,22 @@ impl KernelMaps {
         c
     }
 
-    /// Crossing counters of every slot, summed.
-    pub fn all_counts(&self) -> Vec<u64> {
-        let mut total = vec![0u64; NSYSCALLS * NVERDICTS];
+    /// What every counter slot counted, summed.
+    pub fn total_counts(&self) -> SlotCounts {
+        let mut total = SlotCounts::default();
         for slot in 0..self.counts.len() {
-            for (t, n) in total.iter_mut().zip(self.slot_counts(slot).crossings) {
-                *t += n;
-            }
+            total.add(&self.slot_counts(slot));
         }
         total
+    }
+
+    /// Sets a container's policy where the enforcer reads it (observe: no entry).
+    pub fn set_mode(&mut self, number: u32, m: Mode) {
+        if m == Mode::Observe {
+            let _ = self.modes.remove(&number);
+        } else if let Err(e) = self.modes.insert(number, m as u32, 0) {
+            tracing::error!("cannot set the policy of container {number}: {e}");
+        }
     }
 
     /// A free counter slot (for a cgroup container), or the overflow slot.
@@ -236,7 +257,7 @@ impl KernelMaps {
 
     /// Per-CPU counters summed.
     pub fn counters(&self) -> Vec<u64> {
-        (0..counter::SLOTS).map(|i| self.counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect()
+        (0..counter::SLOTS).map(|i| self.counters.get(&i, 0).map_or(0, |v| v.iter().sum())).collect()
     }
 
     /// Seeds a task found in /proc, without overwriting anything the kernel programs wrote.
@@ -270,7 +291,7 @@ impl KernelMaps {
         }
         // The counter slot of its namespace (known now: the kernel's or the one just seeded).
         if entry.level > 0 {
-            let slot = self.pidns.get(&entry.pidns, 0).map(|i| i.slot).unwrap_or(slots::OVERFLOW);
+            let slot = self.pidns_slot(entry.pidns);
             self.retag(tid, |e| (e.container, slot));
         }
         Ok(true)
@@ -285,7 +306,7 @@ impl KernelMaps {
                 let _ = self.cgroups.remove(&cgroup_id);
             }
         }
-        let count = self.cgroups.keys().filter(Result::is_ok).count() as u32;
+        let count = self.cgroups.keys().flatten().count() as u32;
         self.config.set(pidvirt_common::config::CGROUP_CONTAINERS, count, 0)
     }
 
@@ -324,7 +345,7 @@ impl KernelMaps {
 
     /// The counter slot of pid namespace `ns`.
     pub fn pidns_slot(&self, ns: u32) -> u32 {
-        self.pidns.get(&ns, 0).map(|i| i.slot).unwrap_or(slots::OVERFLOW)
+        self.pidns.get(&ns, 0).map_or(slots::OVERFLOW, |i| i.slot)
     }
 
     /// Removes a seeded entry that turned out stale (its task died during the walk), with its
@@ -406,8 +427,8 @@ fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &token as *const u64 as u64 },
-            out_batch: &mut next as *mut u64 as u64,
+            in_batch: if first { 0 } else { (&raw const token) as u64 },
+            out_batch: (&raw mut next) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
             count: chunk as u32,
@@ -420,8 +441,8 @@ fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
             libc::syscall(
                 libc::SYS_bpf,
                 BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
+                &raw mut attr,
+                size_of::<BatchAttr>(),
             )
         };
         let err = (r < 0).then(std::io::Error::last_os_error);

@@ -2,13 +2,13 @@
 pub mod api;
 pub mod audit;
 pub mod btf;
+pub mod cli;
 pub mod client;
+pub mod containers;
 pub mod daemon;
 pub mod kernel;
 pub mod loader;
-pub mod orchestrator;
 pub mod procscan;
-pub mod registry;
 pub mod seed;
 pub mod server;
 pub mod tracefs;

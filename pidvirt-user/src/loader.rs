@@ -130,6 +130,7 @@ pub struct Loaded {
 
 /// Loading eBPF programs (and mounting tracefs) needs root: say so first.
 pub fn require_root() -> Result<(), LoadError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
         return Err(LoadError::NotRoot(euid));
@@ -170,7 +171,7 @@ pub fn resolve_offsets(tick_ns: u32) -> Result<KernelOffsets, LoadError> {
 
 /// FNV-1a of the object: tells a build's pinned programs from another's.
 pub fn object_hash() -> u64 {
-    PROGRAM_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+    PROGRAM_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
 }
 
 fn pin_dir() -> PathBuf {
@@ -186,12 +187,15 @@ pub fn pinned() -> bool {
 fn ensure_bpffs() -> Result<(), LoadError> {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     let path = c"/sys/fs/bpf";
+    // SAFETY: statfs is plain data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+    // SAFETY: `path` is NUL-terminated and `st` is a valid, writable statfs for the call.
+    if unsafe { libc::statfs(path.as_ptr(), &raw mut st) } == 0 && st.f_type == BPF_FS_MAGIC {
         return Ok(());
     }
     let _ = std::fs::create_dir_all("/sys/fs/bpf");
     let fstype = c"bpf";
+    // SAFETY: NUL-terminated strings, no mount data.
     if unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
         return Err(LoadError::Pin(format!(
             "mount bpffs at /sys/fs/bpf: {}",
@@ -286,22 +290,23 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     }
     let t_syscalls = t0.elapsed();
     let enforcement = attach_enforcer(&mut ebpf, &btf, &mut links, &mut attached);
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let t_end = t0.elapsed();
+    let ms = |from: Duration, to: Duration| to.saturating_sub(from).as_secs_f64() * 1000.0;
     tracing::info!(
         "loaded in {:.0} ms: object and maps {:.0}, kernel BTF {:.0}, lifecycle programs {:.0}, task iterator \
          {:.0}, syscall programs {:.0}, enforcer {:.0}",
-        ms(t0.elapsed()),
-        ms(t_object),
-        ms(t_btf - t_object),
-        ms(t_lifecycle - t_btf),
-        ms(t_iterator - t_lifecycle),
-        ms(t_syscalls - t_iterator),
-        ms(t0.elapsed() - t_syscalls)
+        ms(Duration::ZERO, t_end),
+        ms(Duration::ZERO, t_object),
+        ms(t_object, t_btf),
+        ms(t_btf, t_lifecycle),
+        ms(t_lifecycle, t_iterator),
+        ms(t_iterator, t_syscalls),
+        ms(t_syscalls, t_end)
     );
     let maps = KernelMaps::open(|name| ebpf.take_map(name).ok_or(LoadError::MissingMap(name)))?;
     let mut maps = maps;
     let _ = maps.meta.set(meta::OBJECT_HASH, object_hash(), 0);
-    let _ = maps.meta.set(meta::ENFORCEMENT, enforcement.available as u64, 0);
+    let _ = maps.meta.set(meta::ENFORCEMENT, u64::from(enforcement.available), 0);
     let events = RingBuf::try_from(ebpf.take_map(map::EVENTS).ok_or(LoadError::MissingMap(map::EVENTS))?)
         .map_err(|source| LoadError::Map { name: map::EVENTS, source })?;
     // The pins hold the links from here on; our link handles can go.
@@ -405,6 +410,7 @@ fn active_lsms() -> Result<String, String> {
     if !path.exists() {
         let target = c"/sys/kernel/security";
         let fstype = c"securityfs";
+        // SAFETY: NUL-terminated strings, no mount data. A failure shows in the read below.
         unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     }
     std::fs::read_to_string(path)

@@ -138,6 +138,7 @@ pub fn scan() -> Vec<ProcTask> {
 
 /// Nanoseconds per clock tick of /proc start times.
 pub fn tick_ns() -> u32 {
+    // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz <= 0 { 10_000_000 } else { (1_000_000_000 / hz) as u32 }
 }
@@ -158,11 +159,13 @@ pub fn pidns_chain(pid: u32) -> Result<Vec<u32>, ProcError> {
     };
     let mut chain = vec![f.metadata()?.ino() as u32];
     for _ in 0..=pidvirt_common::MAX_PID_NS_LEVEL {
+        // SAFETY: NS_GET_PARENT takes no argument; `f` is an open namespace file.
         let fd = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_PARENT) };
         if fd < 0 {
             // EPERM: the parent is outside our namespace, i.e. we reached the initial one.
             break;
         }
+        // SAFETY: the ioctl returned a new file descriptor that nothing else owns.
         f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         chain.push(f.metadata()?.ino() as u32);
     }

@@ -47,7 +47,7 @@ pub fn entry_from_proc(t: &ProcTask, ns: &[u32], tick_ns: u32) -> (TaskEntry, Ve
         t.nspid.iter().zip(&t.nstgid).map(|(&tid, &tgid)| LevelIds { tid, tgid }).collect();
     let level = t.level();
     let mut entry = TaskEntry {
-        start_time: t.start_ticks * tick_ns as u64,
+        start_time: t.start_ticks * u64::from(tick_ns),
         container: if level == 0 { HOST_CONTAINER } else { t.pidns },
         pidns: ns.last().copied().unwrap_or(t.pidns),
         level: level as u16,

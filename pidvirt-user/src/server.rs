@@ -1,4 +1,6 @@
-//! The control socket: root only (mode 0600 and SO_PEERCRED), newline-delimited JSON.
+//! The control socket: root only (mode 0600 and SO_PEERCRED), newline-delimited JSON, one
+//! request a line and one response a line. The server knows the framing, the limits and the
+//! error codes; what a request means is its [`Handler`]'s.
 
 use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
@@ -10,8 +12,27 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Enco
 
 use crate::{
     api::{ApiError, ErrorCode, MAX_REQUEST_BYTES, Request, Response},
-    daemon::{IDLE_TIMEOUT, State},
+    audit::{Filter, Record},
 };
+
+/// How long the server waits for a request line before closing an idle connection.
+pub const IDLE_TIMEOUT: Duration = Duration::from_mins(5);
+
+/// What answers the requests.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request (called on a blocking thread: it may take locks and read /proc).
+    fn handle(&self, req: Request) -> Result<serde_json::Value, ApiError>;
+    /// The live audit stream for `audit --follow`, with its checked filter.
+    fn follow(&self, container: Option<String>, verdict: Option<String>) -> Result<Follow, ApiError>;
+    /// Stops the daemon (called once the answer to `shutdown` is sent).
+    fn shutdown(&self);
+}
+
+/// A live audit stream and which of its records a client wants.
+pub struct Follow {
+    pub filter: Filter,
+    pub records: tokio::sync::broadcast::Receiver<Arc<Record>>,
+}
 
 /// Binds the socket at `path`: creates its directory, replaces a stale socket, refuses to steal
 /// the socket of a running daemon, and restricts it to root.
@@ -33,15 +54,16 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, state: Arc<State>) {
+/// Serves `listener` until the task is dropped.
+pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, state.clone()));
+                tokio::spawn(connection(stream, handler.clone()));
             }
             Err(e) => {
                 tracing::warn!("accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -68,7 +90,7 @@ pub fn parse_request(line: &str) -> Result<Request, ApiError> {
     })
 }
 
-async fn connection(stream: UnixStream, state: Arc<State>) {
+async fn connection<H: Handler>(stream: UnixStream, handler: Arc<H>) {
     let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
     // Lines of bytes: a request that is not UTF-8 gets an error answer like any other.
     let mut framed = Framed::new(stream, RequestCodec::new());
@@ -83,59 +105,45 @@ async fn connection(stream: UnixStream, state: Arc<State>) {
         return;
     }
     loop {
-        let line = match tokio::time::timeout(IDLE_TIMEOUT, framed.next()).await {
-            Err(_) | Ok(None) => return,
-            Ok(Some(Ok(Line::Request(bytes)))) => match String::from_utf8(bytes.to_vec()) {
-                Ok(line) => line,
-                Err(_) => {
-                    let err = ApiError::new(ErrorCode::BadRequest, "request is not UTF-8");
-                    if send(&mut framed, Response::err(err)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
+        let request = match tokio::time::timeout(IDLE_TIMEOUT, framed.next()).await {
+            Ok(Some(Ok(Line::Request(bytes)))) => match std::str::from_utf8(&bytes) {
+                Ok(line) if line.trim().is_empty() => continue,
+                Ok(line) => parse_request(line),
+                Err(_) => Err(ApiError::new(ErrorCode::BadRequest, "request is not UTF-8")),
             },
             Ok(Some(Ok(Line::TooLong))) => {
-                let err = ApiError::new(
-                    ErrorCode::TooLong,
-                    format!("request longer than {MAX_REQUEST_BYTES} bytes"),
-                );
-                if send(&mut framed, Response::err(err)).await.is_err() {
-                    return;
-                }
-                continue;
+                Err(ApiError::new(ErrorCode::TooLong, format!("request longer than {MAX_REQUEST_BYTES} bytes")))
             }
-            Ok(Some(Err(_))) => return,
+            // Idle for too long, closed by the client, or unreadable.
+            Err(_) | Ok(None | Some(Err(_))) => return,
         };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let request = parse_request(&line);
         // The daemon stops only once the client has its answer.
         let shutdown = matches!(request, Ok(Request::Shutdown));
         let response = match request {
             Ok(Request::Audit { container, verdict, follow: true, .. }) => {
-                match state.audit_filter(container, verdict) {
-                    Ok(filter) => {
-                        follow(&mut framed, &state, filter).await;
+                let handler = handler.clone();
+                match tokio::task::spawn_blocking(move || handler.follow(container, verdict)).await {
+                    Ok(Ok(stream)) => {
+                        follow(&mut framed, stream).await;
                         return;
                     }
-                    Err(e) => Response::err(e),
+                    Ok(Err(e)) => Response::err(e),
+                    Err(e) => Response::err(ApiError::internal(e)),
                 }
             }
             Ok(req) => {
-                let state = state.clone();
-                match tokio::task::spawn_blocking(move || state.handle(req)).await {
+                let handler = handler.clone();
+                match tokio::task::spawn_blocking(move || handler.handle(req)).await {
                     Ok(Ok(v)) => Response::ok(v),
                     Ok(Err(e)) => Response::err(e),
-                    Err(e) => Response::err(ApiError::new(ErrorCode::Internal, e.to_string())),
+                    Err(e) => Response::err(ApiError::internal(e)),
                 }
             }
             Err(e) => Response::err(e),
         };
         let sent = send(&mut framed, response).await;
         if shutdown {
-            state.shutdown.notify_one();
+            handler.shutdown();
             return;
         }
         if sent.is_err() {
@@ -144,7 +152,6 @@ async fn connection(stream: UnixStream, state: Arc<State>) {
     }
 }
 
-/// Streams audit records to the client until it goes away.
 /// A request line, or the news that one was too long (as an item, not an error: a framed
 /// stream ends after its decoder's first error, and a too-long request must not end the
 /// connection).
@@ -189,9 +196,10 @@ impl Encoder<String> for RequestCodec {
 
 type Conn = Framed<UnixStream, RequestCodec>;
 
-async fn follow(framed: &mut Conn, state: &State, filter: crate::audit::Filter) {
+/// Streams audit records to the client until it goes away.
+async fn follow(framed: &mut Conn, stream: Follow) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut rx = state.audit.subscribe();
+    let Follow { filter, records: mut rx } = stream;
     loop {
         tokio::select! {
             r = rx.recv() => {
@@ -219,6 +227,13 @@ async fn send(framed: &mut Conn, r: Response) -> Result<(), AnyDelimiterCodecErr
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Mutex, atomic::AtomicBool};
+
+    use tokio::{
+        io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+        sync::broadcast,
+    };
+
     use super::*;
 
     #[test]
@@ -232,5 +247,153 @@ mod tests {
             parse_request(r#"{"op":"ps","container":"x"}"#).unwrap(),
             Request::Ps { container: Some("x".into()) }
         );
+    }
+
+    /// Answers `ps` with the container it was asked for, `containers` with an error, and
+    /// streams what the test sends.
+    struct Fake {
+        live: broadcast::Sender<Arc<Record>>,
+        stopped: AtomicBool,
+        seen: Mutex<Vec<Request>>,
+    }
+
+    impl Handler for Fake {
+        fn handle(&self, req: Request) -> Result<serde_json::Value, ApiError> {
+            self.seen.lock().unwrap().push(req.clone());
+            match req {
+                Request::Ps { container } => Ok(serde_json::json!({ "asked": container })),
+                Request::Shutdown => Ok(serde_json::json!({ "stopping": true })),
+                _ => Err(ApiError::new(ErrorCode::UnknownContainer, "nope")),
+            }
+        }
+        fn follow(&self, container: Option<String>, verdict: Option<String>) -> Result<Follow, ApiError> {
+            if container.as_deref() == Some("ghost") {
+                return Err(ApiError::new(ErrorCode::UnknownContainer, "unknown container `ghost`"));
+            }
+            Ok(Follow { filter: Filter { container, verdict }, records: self.live.subscribe() })
+        }
+        fn shutdown(&self) {
+            self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    struct Served {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        fake: Arc<Fake>,
+    }
+
+    fn serve_fake() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = bind(&path).unwrap();
+        let fake = Arc::new(Fake {
+            live: broadcast::channel(16).0,
+            stopped: AtomicBool::new(false),
+            seen: Mutex::new(Vec::new()),
+        });
+        tokio::spawn(serve(listener, fake.clone()));
+        Served { _dir: dir, path, fake }
+    }
+
+    struct Client {
+        read: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+        write: tokio::net::unix::OwnedWriteHalf,
+    }
+
+    impl Client {
+        async fn connect(path: &Path) -> Self {
+            let (read, write) = UnixStream::connect(path).await.unwrap().into_split();
+            Self { read: BufReader::new(read).lines(), write }
+        }
+        async fn send(&mut self, bytes: &[u8]) {
+            self.write.write_all(bytes).await.unwrap();
+        }
+        async fn answer(&mut self) -> serde_json::Value {
+            let line = tokio::time::timeout(Duration::from_secs(5), self.read.next_line())
+                .await
+                .expect("an answer within 5 s")
+                .unwrap()
+                .expect("the connection is open");
+            serde_json::from_str(&line).unwrap()
+        }
+        async fn call(&mut self, line: &str) -> serde_json::Value {
+            self.send(format!("{line}\n").as_bytes()).await;
+            self.answer().await
+        }
+    }
+
+    fn code(v: &serde_json::Value) -> &str {
+        v["error"]["code"].as_str().unwrap_or("")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_bad_line_gets_its_error_and_the_connection_survives() {
+        let s = serve_fake();
+        let mut c = Client::connect(&s.path).await;
+        assert_eq!(c.call(r#"{"op":"ps","container":"web"}"#).await["result"]["asked"], "web");
+        assert_eq!(code(&c.call("{").await), "bad_request");
+        assert_eq!(code(&c.call(r#"{"op":"fly"}"#).await), "unknown_op");
+        assert_eq!(code(&c.call(r#"{"op":"ps","bogus":1}"#).await), "bad_request");
+        c.send(b"\xff\xfe\n").await;
+        assert_eq!(code(&c.answer().await), "bad_request");
+        let long = format!("{{\"op\":\"ps\",\"container\":\"{}\"}}\n", "x".repeat(MAX_REQUEST_BYTES));
+        c.send(long.as_bytes()).await;
+        assert_eq!(code(&c.answer().await), "too_long");
+        // Blank lines are skipped; the handler's own errors keep their code.
+        c.send(b"\n\n").await;
+        assert_eq!(code(&c.call(r#"{"op":"containers"}"#).await), "unknown_container");
+        assert_eq!(c.call(r#"{"op":"ps"}"#).await["ok"], true);
+        let seen = s.fake.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "only well-formed requests reach the handler: {seen:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_is_answered_before_the_handler_stops() {
+        let s = serve_fake();
+        let mut c = Client::connect(&s.path).await;
+        assert_eq!(c.call(r#"{"op":"shutdown"}"#).await["result"]["stopping"], true);
+        let start = std::time::Instant::now();
+        while !s.fake.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(start.elapsed() < Duration::from_secs(5), "shutdown was not passed on");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follow_streams_filtered_records_until_the_client_goes() {
+        let s = serve_fake();
+        let mut c = Client::connect(&s.path).await;
+        assert_eq!(code(&c.call(r#"{"op":"audit","follow":true,"container":"ghost"}"#).await), "unknown_container");
+        c.send(b"{\"op\":\"audit\",\"follow\":true,\"verdict\":\"leak\"}\n").await;
+        let record = |verdict: &str, value: i64| Record {
+            ts_ns: 1,
+            syscall: "kill".into(),
+            direction: "in".into(),
+            verdict: verdict.into(),
+            value,
+            container: "c".into(),
+            caller: crate::audit::Caller { host_pid: 1, host_tid: 1, vpid: 1, vtid: 1, pidns: 1, comm: "x".into() },
+            target: None,
+            also: None,
+            truth: None,
+        };
+        // The subscription exists once the server has read the request.
+        let start = std::time::Instant::now();
+        while s.fake.live.receiver_count() == 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "no subscriber");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for (verdict, value) in [("unknown", 1), ("leak", 2), ("leak", 3)] {
+            s.fake.live.send(Arc::new(record(verdict, value))).unwrap();
+        }
+        assert_eq!(c.answer().await["result"]["value"], 2);
+        assert_eq!(c.answer().await["result"]["value"], 3);
+        drop(c);
+        let start = std::time::Instant::now();
+        while s.fake.live.receiver_count() > 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "the stream outlived its client");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

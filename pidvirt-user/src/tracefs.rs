@@ -60,6 +60,7 @@ pub fn tracefs_root() -> Result<PathBuf, TracefsError> {
     let path = "/sys/kernel/tracing";
     let target = std::ffi::CString::new(path).expect("no NUL");
     let fstype = c"tracefs";
+    // SAFETY: NUL-terminated strings, no mount data.
     let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(TracefsError::Mount { path: path.into(), source: std::io::Error::last_os_error() });

@@ -1,0 +1,51 @@
+//! `pidvirt detach`: stop the daemon, remove the pins, and check that no pidvirt program is
+//! left in the kernel.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    api::Request,
+    cli::{SocketArg, emit, out},
+    client::{self, ClientError},
+    loader,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    socket: SocketArg,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    loader::require_root()?;
+    let socket = &a.socket.socket;
+    let mut o = String::new();
+    match client::call::<serde_json::Value>(socket, &Request::Shutdown).await {
+        Ok(_) => {
+            out!(o, "asked the daemon at {} to stop", socket.display());
+            let start = Instant::now();
+            while socket.exists() && start.elapsed() < Duration::from_secs(20) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Err(ClientError::Connect { .. }) => out!(o, "no daemon at {}", socket.display()),
+        Err(e) => return Err(anyhow::Error::msg(e.to_string())),
+    }
+    if loader::remove_pins()? {
+        out!(o, "removed the pins in {}", loader::PIN_DIR);
+    }
+    // Links go asynchronously once their last reference is gone.
+    let start = Instant::now();
+    loop {
+        let left = loader::loaded_pidvirt_programs();
+        if left.is_empty() {
+            out!(o, "detached: no pidvirt program is loaded");
+            return emit(&o);
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            emit(&o)?;
+            anyhow::bail!("{} pidvirt programs are still loaded: {}", left.len(), left.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,64 @@
+//! `pidvirt run`: the daemon, in the foreground.
+
+use crate::{
+    cli::SocketArg,
+    daemon::{self, RunOptions},
+    loader::{self, LoadOptions},
+};
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SeedMode {
+    Iterator,
+    Proc,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Write audit events as JSON lines to this file (`-` for standard output).
+    #[arg(long)]
+    audit_log: Option<String>,
+    /// Capacity of the task maps (tasks tracked at once; preallocated). Default: the kernel's
+    /// pid_max (no more tasks can exist at once), within 4096..=262144.
+    #[arg(long)]
+    max_tasks: Option<u32>,
+    /// Size of the events ring buffer in bytes (a power of two, at least one page).
+    #[arg(long, default_value_t = LoadOptions::default().ringbuf_bytes)]
+    ringbuf_bytes: u32,
+    /// Containers whose crossings are counted apart at once (more share one overflow counter).
+    #[arg(long, default_value_t = LoadOptions::default().counter_slots - pidvirt_common::slots::FIRST_FREE)]
+    max_containers: u32,
+    /// Pin programs and maps in bpffs (/sys/fs/bpf/pidvirt): counting and enforcement go on
+    /// while the daemon is down, a restarted daemon adopts them; `pidvirt detach` removes them.
+    #[arg(long)]
+    pin: bool,
+    /// Where registrations are kept across restarts (`none`: not kept).
+    #[arg(long, default_value = "/var/lib/pidvirt/state.json")]
+    state_file: String,
+    /// How to seed tasks that exist at attach: `iterator` (the kernel's task iterator, then
+    /// /proc for anything it missed) or `proc` (/proc only; start times at clock-tick precision).
+    #[arg(long, value_enum, default_value_t = SeedMode::Iterator)]
+    seed: SeedMode,
+    /// Read pids above level 0 with bpf_probe_read_kernel even where direct loads are
+    /// possible (the path of kernels that declare `pid.numbers[1]`; for tests).
+    #[arg(long, hide = true)]
+    probe_reads: bool,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    daemon::run(RunOptions {
+        socket: a.socket.socket,
+        state_file: (a.state_file != "none").then(|| a.state_file.into()),
+        audit_log: a.audit_log,
+        load: LoadOptions {
+            max_tasks: a.max_tasks.unwrap_or_else(loader::max_tasks_for_this_host),
+            ringbuf_bytes: a.ringbuf_bytes,
+            counter_slots: a.max_containers.saturating_add(pidvirt_common::slots::FIRST_FREE),
+            task_iterator: matches!(a.seed, SeedMode::Iterator),
+            pin: a.pin,
+            probe_reads: a.probe_reads,
+        },
+    })
+    .await
+}

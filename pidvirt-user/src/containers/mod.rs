@@ -1,0 +1,449 @@
+//! The container service: every way a container becomes known (registration through the API,
+//! the CLI or the OCI hook; discovery from a runtime's cgroup path; the kernel's first sight of
+//! a pid namespace; the state file read back at start) and every way it ends (unregistration,
+//! the sweep), with the kernel's view (container numbers, counter slots, cgroup membership,
+//! policy) kept in step.
+//!
+//! Lock order: the kernel maps (shared with the seed and the queries), then the registry, then
+//! the retired counters. The registry and the retired counters are private to this service, and
+//! every method here that needs more than one takes them in that order; nothing else takes the
+//! registry.
+
+pub mod cgroup;
+pub mod discover;
+pub mod oci;
+pub mod registry;
+pub mod state_file;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use pidvirt_common::{CgroupContainer, HOST_CONTAINER, PidnsEvent, PidnsInfo, TaskEntry, audit::Mode, pidns_source, slots};
+
+pub use self::registry::{Container, Kind, RegError, Registry};
+use self::state_file::{Saved, Target};
+use crate::{
+    api::{ApiError, ContainerRow, ErrorCode},
+    kernel::{KernelMaps, SlotCounts},
+    loader::Enforcement,
+    procscan,
+};
+
+/// A registration request, as the API, the CLI and the OCI hook make it.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub id: String,
+    pub target: Target,
+    pub labels: BTreeMap<String, String>,
+    /// `api` or `oci`.
+    pub by: String,
+    pub mode: Option<Mode>,
+}
+
+impl From<RegError> for ApiError {
+    fn from(e: RegError) -> Self {
+        let code = match e {
+            RegError::IdInUse(_) | RegError::TargetTaken(..) => ErrorCode::IdInUse,
+            RegError::Unknown(_) => ErrorCode::UnknownContainer,
+            RegError::BadId(_) | RegError::Host | RegError::Full => ErrorCode::BadRequest,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+fn not_found(msg: String) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, msg)
+}
+
+/// The error for a container name nobody knows.
+pub fn unknown_container(name: &str) -> ApiError {
+    ApiError::new(ErrorCode::UnknownContainer, format!("unknown container `{name}`"))
+}
+
+/// A policy mode by name.
+pub fn parse_mode(name: &str) -> Result<Mode, ApiError> {
+    Mode::by_name(name).ok_or_else(|| {
+        ApiError::new(ErrorCode::BadRequest, format!("mode must be one of {}, not `{name}`", Mode::NAMES.join(", ")))
+    })
+}
+
+/// Labels given as `k=v` on the command line.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("label must be KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// The container service (see the module documentation for its lock order).
+pub struct Containers {
+    maps: Arc<Mutex<KernelMaps>>,
+    registry: Mutex<Registry>,
+    /// Crossing counters of containers that ended (their per-container counters are gone).
+    retired: Mutex<SlotCounts>,
+    state_file: Option<PathBuf>,
+    enforcement: Enforcement,
+}
+
+impl Containers {
+    /// The service for a host whose initial pid namespace is `host_pidns`, with the namespaces
+    /// the maps already know.
+    pub fn new(
+        maps: Arc<Mutex<KernelMaps>>,
+        host_pidns: u32,
+        state_file: Option<PathBuf>,
+        enforcement: Enforcement,
+    ) -> Self {
+        let mut registry = Registry::new(host_pidns);
+        if let Ok(maps) = maps.lock() {
+            registry.sync_pidns(&maps.pidns_all(), cgroup::cgroup_path_of);
+        }
+        Self {
+            maps,
+            registry: Mutex::new(registry),
+            retired: Mutex::new(SlotCounts::default()),
+            state_file,
+            enforcement,
+        }
+    }
+
+    /// The maps and the registry, locked in order, the registry synced with the namespaces the
+    /// kernel knows.
+    fn lock(&self) -> Result<(MutexGuard<'_, KernelMaps>, MutexGuard<'_, Registry>), ApiError> {
+        let maps = self.maps.lock().map_err(ApiError::internal)?;
+        let mut reg = self.registry.lock().map_err(ApiError::internal)?;
+        reg.sync_pidns(&maps.pidns_all(), cgroup::cgroup_path_of);
+        Ok((maps, reg))
+    }
+
+    /// Runs `f` on the maps and the registry (locked in order, the registry synced).
+    pub fn view<R>(&self, f: impl FnOnce(&KernelMaps, &Registry) -> R) -> Result<R, ApiError> {
+        let (maps, reg) = self.lock()?;
+        Ok(f(&maps, &reg))
+    }
+
+    /// Runs `f` on the registry alone (naming records: no kernel access).
+    pub fn with_registry<R>(&self, f: impl FnOnce(&Registry) -> R) -> Result<R, ApiError> {
+        let reg = self.registry.lock().map_err(ApiError::internal)?;
+        Ok(f(&reg))
+    }
+
+    /// The container a user names, as it is now.
+    pub fn find(&self, name: &str) -> Result<Container, ApiError> {
+        self.view(|_, reg| reg.find(name).cloned())?.ok_or_else(|| unknown_container(name))
+    }
+
+    /// A pid namespace the kernel programs saw for the first time.
+    pub fn noticed(&self, ev: &PidnsEvent) {
+        let discovered = cgroup::cgroup_path_of(ev.first_tid).and_then(|p| discover::discover(&p));
+        tracing::info!(pidns = ev.pidns, level = ev.level, first_tid = ev.first_tid, ?discovered, "new pid namespace");
+        let info = PidnsInfo {
+            level: ev.level,
+            parent: ev.parent,
+            first_tid: ev.first_tid,
+            source: pidns_source::KERNEL,
+            ..Default::default()
+        };
+        if let Ok(mut reg) = self.registry.lock() {
+            reg.note_pidns(ev.pidns, &info, discovered);
+        }
+    }
+
+    /// Whether enforcement runs, and why not.
+    pub fn enforcement(&self) -> &Enforcement {
+        &self.enforcement
+    }
+
+    /// An error naming why enforcement is unavailable, if it is.
+    fn require_enforcement(&self) -> Result<(), ApiError> {
+        if self.enforcement.available {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("enforcement is unavailable on this kernel: {}", self.enforcement.reason),
+            ))
+        }
+    }
+
+    /// Registers a container; returns it.
+    pub fn register(&self, r: Registration) -> Result<Container, ApiError> {
+        if !matches!(r.by.as_str(), "api" | "oci") {
+            return Err(ApiError::new(ErrorCode::BadRequest, format!("`by` must be api or oci, not `{}`", r.by)));
+        }
+        registry::check_id(&r.id)?;
+        if r.mode == Some(Mode::Enforce) {
+            self.require_enforcement()?;
+        }
+        let (mut maps, mut reg) = self.lock()?;
+        let target = match r.target {
+            Target::Pid(pid) => {
+                let pid = u32::try_from(pid)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| not_found(format!("no process {pid}")))?;
+                let ns = procscan::pidns_of(pid).map_err(|_| not_found(format!("no process {pid}")))?;
+                if ns == reg.host_pidns() {
+                    // A process of the host's namespace: its container is its cgroup.
+                    let path = cgroup::cgroup_path_of(pid)
+                        .ok_or_else(|| not_found(format!("no cgroup v2 path for process {pid}")))?;
+                    Target::Cgroup(path)
+                } else {
+                    Target::Pidns(ns)
+                }
+            }
+            other => other,
+        };
+        let c = match &target {
+            Target::Pidns(ns) => {
+                let info = maps
+                    .pidns
+                    .get(ns, 0)
+                    .map_err(|_| not_found(format!("no live pid namespace with inode {ns}")))?;
+                reg.register_pidns(&r.id, *ns, &info, r.labels, &r.by)?
+            }
+            Target::Cgroup(spec) => {
+                let (path, cgroup_id) = cgroup::resolve_cgroup(spec)?;
+                let reuse = maps.cgroups.get(&cgroup_id, 0).ok().map(|c| (c.container, c.slot));
+                let c = reg.register_cgroup(&r.id, (cgroup_id, path.clone()), r.labels, &r.by, reuse, || {
+                    maps.take_slot()
+                })?;
+                let Kind::Cgroup { slot, .. } = c.kind else { unreachable!("a cgroup container") };
+                let member = CgroupContainer { container: c.number, slot };
+                maps.set_cgroup(cgroup_id, Some(member)).map_err(ApiError::internal)?;
+                for tid in cgroup::threads_below(&path) {
+                    maps.retag(tid, |_| (member.container, member.slot));
+                }
+                c
+            }
+            Target::Pid(_) => unreachable!("resolved above"),
+        };
+        let c = match r.mode {
+            Some(m) => {
+                maps.set_mode(c.number, m);
+                let _ = reg.set_mode(&c.id, m);
+                Container { mode: m, ..c }
+            }
+            None => c,
+        };
+        drop(maps);
+        tracing::info!(id = c.id.as_str(), by = r.by, mode = c.mode.name(), "registered container ({})", c.describe());
+        self.save(&reg);
+        Ok(c)
+    }
+
+    /// Sets container `id`'s policy.
+    pub fn set_policy(&self, id: &str, m: Mode) -> Result<Container, ApiError> {
+        if m == Mode::Enforce {
+            self.require_enforcement()?;
+        }
+        let (mut maps, mut reg) = self.lock()?;
+        let number = reg.set_mode(id, m)?;
+        maps.set_mode(number, m);
+        drop(maps);
+        let c = reg.get(number).cloned().ok_or_else(|| unknown_container(id))?;
+        tracing::info!(id, mode = m.name(), "policy set");
+        self.save(&reg);
+        Ok(c)
+    }
+
+    /// Unregisters `id`.
+    pub fn unregister(&self, id: &str) -> Result<Container, ApiError> {
+        let (mut maps, mut reg) = self.lock()?;
+        let c = reg.unregister(id)?;
+        maps.set_mode(c.number, Mode::Observe);
+        if let Kind::Cgroup { cgroup_id, path, slot } = &c.kind {
+            maps.set_cgroup(*cgroup_id, None).map_err(ApiError::internal)?;
+            let ns_slots: HashMap<u32, u32> = maps.pidns_all().into_iter().map(|(ns, i)| (ns, i.slot)).collect();
+            for tid in cgroup::threads_below(path) {
+                maps.retag(tid, |e| default_container(e, |ns| ns_slots.get(&ns).copied().unwrap_or(slots::OVERFLOW)));
+            }
+            self.retire(&maps.release_slot(*slot));
+        }
+        drop(maps);
+        tracing::info!(id, "unregistered container");
+        self.save(&reg);
+        Ok(c)
+    }
+
+    /// Gives every thread of process `pid` the container (and counter slot) its leader moved to.
+    pub fn migrated(&self, pid: u32, container: u32, slot: u32) {
+        if let Ok(mut maps) = self.maps.lock() {
+            for tid in procscan::thread_ids(pid) {
+                maps.retag(tid, |_| (container, slot));
+            }
+        }
+    }
+
+    /// Adds the counters of an ended container to the retired totals.
+    fn retire(&self, counted: &SlotCounts) {
+        if let Ok(mut retired) = self.retired.lock() {
+            retired.add(counted);
+        }
+    }
+
+    /// What containers that ended counted.
+    pub fn retired(&self) -> SlotCounts {
+        self.retired.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Writes the registrations made by orchestrators to the state file.
+    fn save(&self, reg: &Registry) {
+        let Some(path) = &self.state_file else { return };
+        let registrations = reg
+            .all()
+            .filter(|c| c.is_registered())
+            .map(|c| Saved {
+                id: c.id.clone(),
+                target: match &c.kind {
+                    Kind::Cgroup { path, .. } => Target::Cgroup(path.display().to_string()),
+                    _ => Target::Pidns(c.pidns),
+                },
+                labels: c.labels.clone(),
+                registered_by: c.registered_by.clone(),
+                mode: c.mode.name().into(),
+            })
+            .collect();
+        if let Err(e) = state_file::write(path, registrations) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Registers again what the state file holds; a registration whose namespace or cgroup is
+    /// gone is dropped with a log line.
+    pub fn restore(&self) {
+        let Some(path) = &self.state_file else { return };
+        let saved = match state_file::read(path) {
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::error!("{e}; starting without registrations");
+                return;
+            }
+        };
+        for s in saved {
+            let registration = Registration {
+                id: s.id.clone(),
+                target: s.target.clone(),
+                labels: s.labels,
+                by: s.registered_by,
+                mode: Mode::by_name(&s.mode),
+            };
+            if let Err(e) = self.register(registration) {
+                tracing::warn!(id = s.id.as_str(), "dropped registration {:?}: {}", s.target, e.message);
+            }
+        }
+    }
+
+    /// Retires containers whose pid namespace has had no task for two sweeps, and cgroup
+    /// containers whose cgroup was removed. `suspects` carries the namespaces found empty by
+    /// the previous sweep.
+    pub fn sweep(&self, suspects: &mut HashSet<u32>) {
+        let Ok(mut maps) = self.maps.lock() else { return };
+        let pidns = maps.pidns_all();
+        let ancestors: HashMap<u32, PidnsInfo> = pidns.iter().copied().collect();
+        let mut live = HashSet::new();
+        for (_, e) in maps.task_entries() {
+            match ancestors.get(&e.pidns) {
+                Some(info) => live.extend(info.ancestors.iter().take(e.level as usize + 1).copied()),
+                None => {
+                    live.insert(e.pidns);
+                }
+            }
+        }
+        let Ok(mut reg) = self.registry.lock() else { return };
+        let mut changed = false;
+        for (ns, info) in pidns {
+            if info.level == 0 || live.contains(&ns) {
+                suspects.remove(&ns);
+                continue;
+            }
+            if suspects.insert(ns) {
+                continue; // first sweep without a task: wait for the next
+            }
+            suspects.remove(&ns);
+            if let Some(counters) = maps.forget_pidns(ns) {
+                self.retire(&counters);
+            }
+            maps.set_mode(ns, Mode::Observe);
+            if let Some(c) = reg.remove(ns)
+                && c.is_registered()
+            {
+                changed = true;
+                tracing::info!(id = c.id.as_str(), "container ended: no task left in pid namespace {ns}");
+            }
+        }
+        let gone: Vec<Container> = reg
+            .all()
+            .filter(|c| matches!(&c.kind, Kind::Cgroup { cgroup_id, path, .. } if !cgroup::still_there(path, *cgroup_id)))
+            .cloned()
+            .collect();
+        for c in gone {
+            if let Kind::Cgroup { cgroup_id, path, slot } = &c.kind {
+                tracing::info!(id = c.id.as_str(), "container ended: cgroup {} removed", path.display());
+                let _ = maps.set_cgroup(*cgroup_id, None);
+                maps.set_mode(c.number, Mode::Observe);
+                self.retire(&maps.release_slot(*slot));
+                let _ = reg.unregister(&c.id);
+                changed = true;
+            }
+        }
+        drop(maps);
+        if changed {
+            self.save(&reg);
+        }
+    }
+}
+
+/// A task's container (and counter slot) when it belongs to no cgroup container: its pid
+/// namespace's, or the host's. `ns_slot` gives a namespace's counter slot.
+fn default_container(e: &TaskEntry, ns_slot: impl Fn(u32) -> u32) -> (u32, u32) {
+    if e.level == 0 { (HOST_CONTAINER, slots::HOST) } else { (e.pidns, ns_slot(e.pidns)) }
+}
+
+impl Container {
+    /// One-line description of what the container is, for logs.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Cgroup { path, .. } => format!("cgroup {}", path.display()),
+            _ => format!("pid namespace {} at level {}", self.pidns, self.level),
+        }
+    }
+
+    /// The container as `containers` shows it, with its task count and the ids of containers by
+    /// pid namespace (for its parent).
+    pub fn row(&self, tasks: u64, ids_by_pidns: &HashMap<u32, String>) -> ContainerRow {
+        ContainerRow {
+            id: self.id.clone(),
+            kind: self.kind.name().into(),
+            pidns: self.pidns,
+            level: self.level,
+            parent: (self.level > 0).then(|| ids_by_pidns.get(&self.parent_pidns).cloned()).flatten(),
+            cgroup: match &self.kind {
+                Kind::Cgroup { path, .. } => Some(path.display().to_string()),
+                _ => None,
+            },
+            mode: self.mode.name().into(),
+            tasks,
+            registered_by: self.registered_by.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_modes() {
+        assert_eq!(parse_label("pod=web").unwrap(), ("pod".into(), "web".into()));
+        assert_eq!(parse_label("empty=").unwrap(), ("empty".into(), String::new()));
+        assert!(parse_label("=x").is_err());
+        assert!(parse_label("novalue").is_err());
+        assert_eq!(parse_mode("enforce").unwrap(), Mode::Enforce);
+        assert_eq!(parse_mode("loud").unwrap_err().code, ErrorCode::BadRequest);
+    }
+}

@@ -1,0 +1,266 @@
+//! `pidvirt run`: attach to the running host, seed, and wire the container service, the event
+//! consumer and the control socket together. Nothing else imports this module: it is the top.
+
+mod events;
+mod queries;
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use pidvirt_common::{PidnsInfo, pidns_source};
+use tokio::signal::unix::SignalKind;
+
+use crate::{
+    api::{ApiError, ErrorCode, Request},
+    audit::{Filter, Hub, Sink},
+    containers::{Containers, Registration, parse_mode, state_file::Target},
+    kernel::KernelMaps,
+    loader::{self, LoadOptions},
+    procscan,
+    seed::{self, SeedReport},
+    server::{self, Follow, Handler},
+};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub socket: PathBuf,
+    /// Where registrations are kept across restarts (None: not kept).
+    pub state_file: Option<PathBuf>,
+    /// `-` for standard output.
+    pub audit_log: Option<String>,
+    pub load: LoadOptions,
+}
+
+/// What `status` says about how the daemon attached (fixed once it runs).
+struct Attachment {
+    attached: Vec<(String, String)>,
+    /// How the programs read pids above level 0 (loader::task_reads).
+    task_reads: &'static str,
+    /// The programs are pinned (they outlive the daemon); `adopted`: pinned by a previous one.
+    pinned: bool,
+    adopted: bool,
+    started: Instant,
+    kernel_release: String,
+}
+
+/// The running daemon: what the request handlers and the event consumer share.
+pub struct App {
+    maps: Arc<Mutex<KernelMaps>>,
+    containers: Containers,
+    audit: Hub,
+    attachment: Attachment,
+    /// How the /proc walk went (None while it runs).
+    seed: Mutex<Option<SeedReport>>,
+    /// Notified to stop the daemon (the `shutdown` request).
+    shutdown: tokio::sync::Notify,
+}
+
+/// How often containers whose namespace or cgroup is gone are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(3);
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    loader::require_root()?;
+    let sink = match &opts.audit_log {
+        Some(spec) => Some(Sink::open(spec).with_context(|| format!("open audit log {spec}"))?),
+        None => None,
+    };
+    let host_pidns = procscan::own_pidns_is_init().map_err(anyhow::Error::msg)?;
+    let tick_ns = procscan::tick_ns();
+    let t0 = Instant::now();
+    let mut offsets = loader::resolve_offsets(tick_ns)?;
+    if opts.load.probe_reads {
+        offsets.pid_numbers_flexible = 0;
+    }
+    tracing::info!("offsets from BTF and tracefs in {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0);
+    tracing::debug!(?offsets, "kernel offsets from BTF");
+    // Attach first, then walk /proc: a process born in between is seen by the fork program.
+    let loaded = loader::load_and_attach(offsets, &opts.load)?;
+    let loader::Loaded { ebpf, mut maps, events, attached, iterator, enforcement, adopted } = loaded;
+    for (prog, hook) in &attached {
+        tracing::info!("attached {prog} to {hook}");
+    }
+    maps.seed_pidns(host_pidns, PidnsInfo::from_chain(&[host_pidns], 0, 1, pidns_source::SEED));
+    let maps = Arc::new(Mutex::new(maps));
+    let app = Arc::new(App {
+        containers: Containers::new(maps.clone(), host_pidns, opts.state_file.clone(), enforcement),
+        maps,
+        audit: Hub::new(sink),
+        attachment: Attachment {
+            attached,
+            task_reads: if adopted {
+                "as loaded by the daemon that pinned the programs"
+            } else {
+                loader::task_reads(&offsets)
+            },
+            pinned: opts.load.pin,
+            adopted,
+            started: Instant::now(),
+            kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        },
+        seed: Mutex::new(None),
+        shutdown: tokio::sync::Notify::new(),
+    });
+    // Adopted maps are current (the pinned programs kept them): the walk only checks them.
+    let complete = iterator.is_ok() || adopted;
+    walk_proc(&app, tick_ns, iterator, complete).await?;
+    app.containers.restore();
+    let sweeper = tokio::spawn(sweep(app.clone()));
+
+    let listener = server::bind(&opts.socket)?;
+    tracing::info!("serving {}", opts.socket.display());
+    let server = tokio::spawn(server::serve(listener, app.clone()));
+    let events = tokio::spawn(events::consume(events, app.clone()));
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let pinned = app.attachment.pinned;
+    let stopping = if pinned { "stopping; the pinned programs stay" } else { "detaching" };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r?; tracing::info!("SIGINT: {stopping}"); }
+        _ = term.recv() => tracing::info!("SIGTERM: {stopping}"),
+        () = app.shutdown.notified() => tracing::info!("shutdown requested: {stopping}"),
+        r = events => {
+            r.context("event task")??;
+        }
+    }
+    server.abort();
+    sweeper.abort();
+    let _ = std::fs::remove_file(&opts.socket);
+    drop(ebpf); // closes every link: the programs are detached unless pinned
+    tracing::info!("{}", if pinned { "stopped (programs pinned)" } else { "detached" });
+    Ok(())
+}
+
+/// The /proc walk. When the task iterator already recorded every existing task (`complete`:
+/// exactly, as the fork program would), the walk only checks it and seeds what it missed: it
+/// runs while the daemon serves. Without the iterator, /proc is the seed: it completes first.
+async fn walk_proc(app: &Arc<App>, tick_ns: u32, iterator: Result<(), String>, complete: bool) -> anyhow::Result<()> {
+    let walk = {
+        let app = app.clone();
+        move || {
+            let report = seed::seed(&app.maps, tick_ns, &iterator);
+            tracing::info!(
+                scanned = report.scanned,
+                inserted = report.inserted,
+                already_known = report.already_known,
+                mismatched = report.mismatched,
+                iterator = report.iterator.as_str(),
+                died_during_walk = report.died_during_walk,
+                errors = report.errors,
+                "seeded from /proc in {:.1} ms",
+                report.elapsed.as_secs_f64() * 1000.0
+            );
+            if let Ok(mut seed) = app.seed.lock() {
+                *seed = Some(report);
+            }
+        }
+    };
+    if complete {
+        tokio::task::spawn_blocking(walk);
+    } else {
+        tokio::task::spawn_blocking(walk).await?;
+    }
+    Ok(())
+}
+
+/// Retires ended containers every SWEEP_EVERY, forever.
+async fn sweep(app: Arc<App>) {
+    let mut suspects = HashSet::new();
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let app = app.clone();
+        let mut held = std::mem::take(&mut suspects);
+        suspects = tokio::task::spawn_blocking(move || {
+            app.containers.sweep(&mut held);
+            held
+        })
+        .await
+        .unwrap_or_default();
+    }
+}
+
+fn to_json(v: impl serde::Serialize) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(v).map_err(ApiError::internal)
+}
+
+impl Handler for App {
+    fn handle(&self, req: Request) -> Result<serde_json::Value, ApiError> {
+        match req {
+            Request::Ps { container } => to_json(self.ps(container.as_deref())?),
+            Request::Containers => to_json(self.containers()?),
+            Request::Translate { container, vpid, pid } => to_json(self.translate(&container, vpid, pid)?),
+            Request::Stats { container } => self.stats(container.as_deref()),
+            Request::Register { id, pid, cgroup, pidns, labels, by, mode } => {
+                let target = match (pid, cgroup, pidns) {
+                    (Some(p), None, None) => Target::Pid(p),
+                    (None, Some(c), None) => Target::Cgroup(c),
+                    (None, None, Some(n)) => Target::Pidns(n),
+                    _ => {
+                        return Err(ApiError::new(
+                            ErrorCode::BadRequest,
+                            "register needs exactly one of `pid`, `cgroup`, `pidns`",
+                        ));
+                    }
+                };
+                let mode = mode.as_deref().map(parse_mode).transpose()?;
+                let by = by.unwrap_or_else(|| "api".into());
+                let c = self.containers.register(Registration { id, target, labels, by, mode })?;
+                to_json(c.row(0, &std::collections::HashMap::new()))
+            }
+            Request::Unregister { id } => {
+                let c = self.containers.unregister(&id)?;
+                to_json(serde_json::json!({ "id": c.id }))
+            }
+            Request::Policy { id, mode } => {
+                let c = self.containers.set_policy(&id, parse_mode(&mode)?)?;
+                to_json(c.row(0, &std::collections::HashMap::new()))
+            }
+            // The server calls `shutdown` once this answer is sent.
+            Request::Shutdown => {
+                to_json(serde_json::json!({ "stopping": true, "pinned": self.attachment.pinned }))
+            }
+            Request::Audit { container, verdict, limit, .. } => {
+                let filter = self.audit_filter(container, verdict)?;
+                to_json(self.audit.recent(&filter, limit.unwrap_or(1000)))
+            }
+            Request::Status => Ok(self.status()),
+        }
+    }
+
+    fn follow(&self, container: Option<String>, verdict: Option<String>) -> Result<Follow, ApiError> {
+        let filter = self.audit_filter(container, verdict)?;
+        Ok(Follow { filter, records: self.audit.subscribe() })
+    }
+
+    fn shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+}
+
+impl App {
+    /// The filter of an audit request, checked: a known container, a known verdict.
+    fn audit_filter(&self, container: Option<String>, verdict: Option<String>) -> Result<Filter, ApiError> {
+        use pidvirt_common::audit::Verdict;
+        if let Some(v) = &verdict
+            && Verdict::by_name(v).is_none()
+        {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("unknown verdict `{v}` (one of {})", Verdict::ALL.map(Verdict::name).join(", ")),
+            ));
+        }
+        let container = match container {
+            Some(name) => Some(self.containers.find(&name)?.id),
+            None => None,
+        };
+        Ok(Filter { container, verdict })
+    }
+}

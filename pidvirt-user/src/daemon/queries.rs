@@ -1,0 +1,168 @@
+//! The read-only requests: tasks, containers, translations, counters, status.
+
+use std::{collections::HashMap, sync::atomic::Ordering::Relaxed};
+
+use pidvirt_common::{audit::NSYSCALLS, audit::NVERDICTS, counter, slots, task_flags};
+
+use super::App;
+use crate::{
+    api::{ApiError, ContainerRow, ErrorCode, TaskRow, Translation},
+    containers::{Kind, unknown_container},
+    kernel::{self, FullTask},
+};
+
+/// comm of a task, from /proc (empty if it is gone).
+fn comm_of(host_pid: u32, host_tid: u32) -> String {
+    use std::io::Read as _;
+    // One read into a small buffer (a comm is at most 15 bytes): read_to_string would stat the
+    // file first, a path walk per task of `ps`.
+    let mut buf = [0u8; 64];
+    let n = std::fs::File::open(format!("/proc/{host_pid}/task/{host_tid}/comm"))
+        .and_then(|mut f| f.read(&mut buf))
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).trim_end_matches('\n').to_string()
+}
+
+fn row(container: String, t: &FullTask) -> TaskRow {
+    let e = &t.entry;
+    let own = t.at(u32::from(e.level)).unwrap_or_default();
+    TaskRow {
+        container,
+        pidns: e.pidns,
+        level: u32::from(e.level),
+        host_tid: e.host_tid(),
+        host_pid: e.host_pid(),
+        vtid: own.tid,
+        vpid: own.tgid,
+        nspid: t.ids.iter().map(|i| i.tid).collect(),
+        nstgid: t.ids.iter().map(|i| i.tgid).collect(),
+        comm: comm_of(e.host_pid(), e.host_tid()),
+        start_time_ns: e.start_time,
+        seeded: e.is_seeded(),
+        exited: e.flags & task_flags::EXITED != 0,
+    }
+}
+
+impl App {
+    pub(super) fn ps(&self, container: Option<&str>) -> Result<Vec<TaskRow>, ApiError> {
+        let (tasks, ids) = self.containers.view(|maps, reg| {
+            let want = match container {
+                Some(name) => Some(reg.find(name).ok_or_else(|| unknown_container(name))?.number),
+                None => None,
+            };
+            let tasks: Vec<FullTask> =
+                maps.all_tasks().into_iter().filter(|t| want.is_none_or(|c| t.entry.container == c)).collect();
+            let ids: HashMap<u32, String> = tasks.iter().map(|t| (t.entry.container, reg.id_of(t.entry.container))).collect();
+            Ok::<_, ApiError>((tasks, ids))
+        })??;
+        // The rows (a /proc read each, for the comm) are made without holding the maps.
+        let mut rows: Vec<TaskRow> =
+            tasks.iter().map(|t| row(ids.get(&t.entry.container).cloned().unwrap_or_default(), t)).collect();
+        rows.sort_by_key(|r| (r.host_pid, r.host_tid));
+        Ok(rows)
+    }
+
+    pub(super) fn containers(&self) -> Result<Vec<ContainerRow>, ApiError> {
+        self.containers.view(|maps, reg| {
+            let mut counts = HashMap::<u32, u64>::new();
+            for (_, e) in maps.task_entries() {
+                *counts.entry(e.container).or_default() += 1;
+            }
+            let by_ns = reg.ids_by_pidns();
+            reg.all().map(|c| c.row(counts.get(&c.number).copied().unwrap_or(0), &by_ns)).collect()
+        })
+    }
+
+    pub(super) fn translate(&self, container: &str, vpid: Option<u32>, pid: Option<u32>) -> Result<Translation, ApiError> {
+        self.containers.view(|maps, reg| {
+            let c = reg.find(container).ok_or_else(|| unknown_container(container))?;
+            let (level, pidns, number) = (c.level, c.pidns, c.number);
+            let not_found = || {
+                let what = match (vpid, pid) {
+                    (Some(v), _) => format!("no task with vpid {v} in container {}", c.id),
+                    (_, Some(p)) => format!("no task with host pid {p} in container {}", c.id),
+                    _ => String::new(),
+                };
+                ApiError::new(ErrorCode::NotFound, what)
+            };
+            let task = match (vpid, pid) {
+                (Some(v), None) => maps.resolve(pidns, level, v).filter(|_| level > 0).or_else(|| {
+                    // The host's (and host-namespace containers') numbers are host numbers.
+                    (level == 0).then(|| maps.task(v)).flatten()
+                }),
+                (None, Some(p)) => maps.task(p),
+                _ => return Err(ApiError::new(ErrorCode::BadRequest, "give exactly one of vpid and pid")),
+            };
+            let t = task.ok_or_else(not_found)?;
+            // The task must be in this container or in one nested in it (its ids at this level
+            // exist and its namespace at this level is the container's).
+            let inside = if matches!(c.kind, Kind::Cgroup { .. }) {
+                t.entry.container == number
+            } else {
+                u32::from(t.entry.level) >= level
+                    && (level == 0 || maps.resolve(pidns, level, t.at(level).map_or(0, |i| i.tid)).is_some())
+            };
+            if !inside {
+                return Err(not_found());
+            }
+            let at = t.at(level).unwrap_or_default();
+            let host = t.at(0).unwrap_or_default();
+            Ok(Translation { container: c.id.clone(), vpid: at.tid, host_pid: host.tid, vtgid: at.tgid, host_tgid: host.tgid })
+        })?
+    }
+
+    /// Counters: crossings per syscall per verdict (of one container, or of all), and with no
+    /// container also drops, map errors and lifecycle events.
+    pub(super) fn stats(&self, container: Option<&str>) -> Result<serde_json::Value, ApiError> {
+        if let Some(name) = container {
+            return self.containers.view(|maps, reg| {
+                let c = reg.find(name).ok_or_else(|| unknown_container(name))?;
+                let slot = match &c.kind {
+                    Kind::Host => slots::HOST,
+                    Kind::Pidns => maps.pidns_slot(c.pidns),
+                    Kind::Cgroup { slot, .. } => *slot,
+                };
+                let counted = maps.slot_counts(slot);
+                Ok(serde_json::json!({
+                    "container": c.id,
+                    "crossings": kernel::named_crossings(&counted.crossings),
+                    "ringbuf_drops": counted.ringbuf_drops,
+                    "reaped": counted.reaped,
+                    "denied": kernel::named_denied(&counted.denied),
+                }))
+            })?;
+        }
+        let mut total = self.containers.retired();
+        let values = self.containers.view(|maps, _| {
+            total.add(&maps.total_counts());
+            maps.counters()
+        })?;
+        // Crossings no per-container counter could take.
+        for (t, i) in total.crossings.iter_mut().zip(0..NSYSCALLS * NVERDICTS) {
+            *t += values.get(counter::CROSSING_BASE as usize + i).copied().unwrap_or(0);
+        }
+        let mut out = serde_json::to_value(kernel::named_counters(&values)).map_err(ApiError::internal)?;
+        out["crossings"] = serde_json::to_value(kernel::named_crossings(&total.crossings)).map_err(ApiError::internal)?;
+        out["denied"] = serde_json::to_value(kernel::named_denied(&total.denied)).map_err(ApiError::internal)?;
+        out["audit_log"] = serde_json::json!({
+            "written": self.audit.written.load(Relaxed),
+            "write_errors": self.audit.sink_errors.load(Relaxed),
+        });
+        Ok(out)
+    }
+
+    pub(super) fn status(&self) -> serde_json::Value {
+        let a = &self.attachment;
+        let seed = self.seed.lock().ok().and_then(|s| s.clone());
+        serde_json::json!({
+            "kernel": a.kernel_release,
+            "uptime_s": a.started.elapsed().as_secs_f64(),
+            "programs": a.attached.iter().map(|(p, h)| serde_json::json!({"program": p, "hook": h})).collect::<Vec<_>>(),
+            "enforcement": self.containers.enforcement(),
+            "task_reads": a.task_reads,
+            "pinned": a.pinned,
+            "adopted": a.adopted,
+            "seed": seed.map_or_else(|| serde_json::json!("running"), |s| serde_json::json!(s)),
+        })
+    }
+}
