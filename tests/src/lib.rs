@@ -83,9 +83,7 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
+        assert!(start.elapsed() <= timeout, "timed out after {timeout:?} waiting for: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -226,9 +224,11 @@ impl Daemon {
             }
             // Generous: under software emulation (the VM kernels) verifying the programs alone
             // takes ~10 s.
-            if start.elapsed() > Duration::from_secs(120) {
-                panic!("pidvirt run did not answer within 120 s:\n{}", d.log());
-            }
+            assert!(
+                start.elapsed() <= Duration::from_mins(2),
+                "pidvirt run did not answer within 120 s:\n{}",
+                d.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         d
@@ -240,7 +240,7 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Runs `pidvirt ARGS --socket <ours>`.
@@ -315,6 +315,7 @@ impl Daemon {
 
     fn stop_inner(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
+        // SAFETY: kill takes no pointers; the pid is our unreaped child's, so it names that process.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let start = Instant::now();
         loop {
@@ -479,6 +480,7 @@ impl Drop for TestCgroup {
         for d in &dirs {
             for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
                 if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: kill takes no pointers.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
             }
@@ -506,7 +508,7 @@ pub fn cgroup2_root() -> PathBuf {
 
 /// What the kernel says, read from /proc with this crate's own parser.
 pub mod proc_truth {
-    use super::*;
+    use super::{MetadataExt, Path};
 
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct Task {

@@ -51,7 +51,7 @@ fn a_host_pid_passed_to_kill_inside_a_container_is_a_leak() {
     assert_eq!(f.num(&format!("sys kill {host} 0")), ESRCH);
     let r = wait_records(&d, 1, "leak record", |r| r.container == f.container() && r.verdict == "leak");
     let r = &r[0];
-    assert_eq!((r.syscall.as_str(), r.direction.as_str(), r.value), ("kill", "in", host as i64));
+    assert_eq!((r.syscall.as_str(), r.direction.as_str(), r.value), ("kill", "in", i64::from(host)));
     assert_eq!((r.caller.vpid, r.caller.host_pid, r.caller.pidns), (1, f.outer_init, f.inner()));
     assert_eq!(r.caller.comm, "pidvirt-fixture");
     assert!(r.target.is_none(), "nothing is named in the container");
@@ -69,13 +69,13 @@ fn the_host_pid_of_a_task_seeded_from_proc_is_a_leak_too() {
     let sibling = f.num("spawn 0") as u32;
     let host = f.host_tid(sibling);
     let d = Daemon::start_with(&["--seed", "proc"]);
-    tests::eventually(tests::settle(), "the sibling seeded from /proc", || {
+    eventually(tests::settle(), "the sibling seeded from /proc", || {
         d.ps_by_tid().get(&host).filter(|r| r.seeded).map(|_| ())
     });
     assert_eq!(f.num(&format!("sys kill {host} 0")), ESRCH);
     let r = wait_records(&d, 1, "leak record", |r| r.container == f.container() && r.verdict == "leak");
     let also = r[0].also.as_ref().expect("the task whose host pid leaked");
-    assert_eq!((r[0].value, also.host_pid, also.vpid), (host as i64, host, sibling));
+    assert_eq!((r[0].value, also.host_pid, also.vpid), (i64::from(host), host, sibling));
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn a_vpid_equal_to_a_siblings_host_pid_is_a_collision_naming_both() {
     let sibling = f.num("spawn 0") as u32;
     let sibling_host = f.host_tid(sibling);
     // clone3 set_tid: a task whose vpid is the sibling's host pid.
-    assert_eq!(f.num(&format!("spawn_vpid {sibling_host} 0")), sibling_host as i64);
+    assert_eq!(f.num(&format!("spawn_vpid {sibling_host} 0")), i64::from(sibling_host));
     let twin_host = f.host_tid(sibling_host);
     assert_ne!(twin_host, sibling_host);
     // The kernel: the number names the twin (kill succeeds), while it is the sibling's host pid.
@@ -93,7 +93,7 @@ fn a_vpid_equal_to_a_siblings_host_pid_is_a_collision_naming_both() {
     let r =
         wait_records(&d, 1, "collision record", |r| r.container == f.container() && r.verdict == "collision");
     let r = &r[0];
-    assert_eq!((r.syscall.as_str(), r.value), ("kill", sibling_host as i64));
+    assert_eq!((r.syscall.as_str(), r.value), ("kill", i64::from(sibling_host)));
     let target = r.target.as_ref().expect("the task hit");
     assert_eq!((target.host_pid, target.vpid), (twin_host, sibling_host));
     let also = r.also.as_ref().expect("the task meant");
@@ -113,7 +113,7 @@ fn a_number_naming_nothing_is_unknown() {
         wait_records(&d, 3, "unknown records", |r| r.container == f.container() && r.verdict == "unknown");
     let syscalls: Vec<&str> = rs.iter().map(|r| r.syscall.as_str()).collect();
     assert_eq!(syscalls, ["kill", "tkill", "prlimit64"]);
-    assert!(rs.iter().all(|r| r.value == n as i64 && r.target.is_none() && r.also.is_none()));
+    assert!(rs.iter().all(|r| r.value == i64::from(n) && r.target.is_none() && r.also.is_none()));
 }
 
 #[test]
@@ -148,8 +148,9 @@ fn a_nested_container_targeted_from_its_parent_is_cross_container() {
     });
     let target = r[0].target.as_ref().unwrap();
     assert_eq!((target.host_pid, target.vpid, target.container.as_str()), (host, v2, f.container().as_str()));
-    assert_eq!(r[0].value, in_parent as i64);
+    assert_eq!(r[0].value, i64::from(in_parent));
     // And from the host.
+    // SAFETY: kill takes no pointers; signal 0 only checks.
     assert_eq!(unsafe { libc::kill(host as i32, 0) }, 0);
     let me = std::process::id();
     let r = wait_records(&d, 1, "cross_container from the host", |r| {
@@ -237,6 +238,10 @@ fn a_tiny_ring_buffer_overflows_and_every_drop_is_counted() {
 }
 
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "the suite's names: d the daemon, f the fixture, c its container, n an unused pid, r a record"
+)]
 fn audit_follow_streams_and_filters() {
     let d = Daemon::start();
     let mut f = Fixture::start(FIXTURE, 1);
@@ -269,7 +274,7 @@ fn audit_follow_streams_and_filters() {
         assert!(start.elapsed() < tests::settle(), "no streamed record");
     };
     let r: AuditRecord = serde_json::from_str(&line).unwrap();
-    assert_eq!((r.verdict.as_str(), r.value, r.container.as_str()), ("unknown", n as i64, c.as_str()));
+    assert_eq!((r.verdict.as_str(), r.value, r.container.as_str()), ("unknown", i64::from(n), c.as_str()));
     let _ = follower.kill();
     let _ = follower.wait();
     // Recent records, with filters; bad filters are clear errors.
@@ -277,7 +282,7 @@ fn audit_follow_streams_and_filters() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.lines().count() >= 1);
     let recent: Vec<AuditRecord> = out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(recent.iter().all(|r| r.verdict == "leak" && r.container == c && r.value == host_pid as i64));
+    assert!(recent.iter().all(|r| r.verdict == "leak" && r.container == c && r.value == i64::from(host_pid)));
     let bad = d.cli(&["audit", "--verdict", "nope"]);
     assert_eq!(bad.code, 1);
     assert!(bad.stderr.contains("unknown verdict `nope`"), "{bad:?}");

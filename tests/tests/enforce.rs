@@ -73,23 +73,7 @@ fn enforce_mode_denies_cross_container_actions_observe_mode_audits_them() {
     assert_eq!(d.cli(&["container", "add", "ca", "--cgroup", &a.path.to_string_lossy()]).code, 0);
     assert_eq!(d.cli(&["container", "add", "cb", "--cgroup", &b.path.to_string_lossy()]).code, 0);
     let (available, reason) = enforcement(&d);
-    if !available {
-        // The unavailable path: said by name, asking for enforce is an error, nothing is denied.
-        note_unavailable("enforce_mode_denies_cross_container_actions_observe_mode_audits_them", &reason);
-        assert!(!reason.is_empty());
-        let lsms = kernel_lsms();
-        assert!(
-            !lsms.split(',').any(|l| l == "bpf") || reason.contains("refused"),
-            "BPF-LSM is active (lsm={lsms}) yet enforcement is unavailable for: {reason}"
-        );
-        let out = d.cli(&["policy", "set", "ca", "--mode", "enforce"]);
-        assert_eq!(out.code, 1, "{out:?}");
-        assert!(out.stderr.contains("enforcement is unavailable on this kernel"), "{out:?}");
-        let out = d.cli(&["container", "add", "cc", "--pidns", "1", "--mode", "enforce"]);
-        assert!(out.stderr.contains("enforcement is unavailable"), "{out:?}");
-        // Observe (the only mode here): the kernel allows it, pidvirt audits it.
-        assert_eq!(call_from(&a.path, &format!("kill {b_pid} 0")), 0);
-    } else {
+    if available {
         assert_eq!(d.cli(&["policy", "set", "ca", "--mode", "enforce"]).code, 0);
         let rows: Vec<serde_json::Value> =
             serde_json::from_str(&d.cli(&["containers", "--json"]).stdout).unwrap();
@@ -125,6 +109,22 @@ fn enforce_mode_denies_cross_container_actions_observe_mode_audits_them() {
         for (hook, r) in actions(&b.path, a_pid) {
             assert_eq!(r, 0, "{hook} from an observe container");
         }
+    } else {
+        // The unavailable path: said by name, asking for enforce is an error, nothing is denied.
+        note_unavailable("enforce_mode_denies_cross_container_actions_observe_mode_audits_them", &reason);
+        assert!(!reason.is_empty());
+        let lsms = kernel_lsms();
+        assert!(
+            !lsms.split(',').any(|l| l == "bpf") || reason.contains("refused"),
+            "BPF-LSM is active (lsm={lsms}) yet enforcement is unavailable for: {reason}"
+        );
+        let out = d.cli(&["policy", "set", "ca", "--mode", "enforce"]);
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stderr.contains("enforcement is unavailable on this kernel"), "{out:?}");
+        let out = d.cli(&["container", "add", "cc", "--pidns", "1", "--mode", "enforce"]);
+        assert!(out.stderr.contains("enforcement is unavailable"), "{out:?}");
+        // Observe (the only mode here): the kernel allows it, pidvirt audits it.
+        assert_eq!(call_from(&a.path, &format!("kill {b_pid} 0")), 0);
     }
     let cross = eventually(settle(), "cross_container audit", || {
         d.audit_log()

@@ -115,7 +115,7 @@ fn oci_hook_registers_a_runc_container_with_its_annotations_and_unregisters_it()
         "the host pid names nothing inside: {stderr}"
     );
     let r = wait_record(&d, "leak in the runc container", |r| r.container == id && r.verdict == "leak");
-    assert_eq!((r.syscall.as_str(), r.value, r.caller.comm.as_str()), ("kill", init as i64, "kill"));
+    assert_eq!((r.syscall.as_str(), r.value, r.caller.comm.as_str()), ("kill", i64::from(init), "kill"));
     assert_eq!(r.also.as_ref().unwrap().container, id);
 
     // poststop unregisters it.
@@ -129,6 +129,10 @@ fn oci_hook_registers_a_runc_container_with_its_annotations_and_unregisters_it()
 }
 
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "the suite's names: d the daemon, a and b the cgroups, t the target's pid, r a record"
+)]
 fn cgroup_containers_in_the_host_namespace_cross_container() {
     let d = Daemon::start();
     let a = TestCgroup::new(&format!("pidvirt-test-a-{}", std::process::id()));
@@ -166,7 +170,7 @@ fn cgroup_containers_in_the_host_namespace_cross_container() {
     let r = wait_record(&d, "cross_container between cgroup containers", |r| {
         r.container == "ca" && r.verdict == "cross_container" && r.syscall == "kill"
     });
-    assert_eq!(r.value, t as i64);
+    assert_eq!(r.value, i64::from(t));
     let target_party = r.target.unwrap();
     assert_eq!((target_party.host_pid, target_party.container.as_str()), (t, "cb"));
     assert_eq!(
@@ -364,7 +368,7 @@ fn registrations_come_back_after_a_restart_and_dead_ones_are_dropped() {
     let d = Daemon::start_in(dir, &[]);
     let after: Vec<ContainerRow> = d.containers().into_iter().filter(|c| c.registered_by == "api").collect();
     let mut ids: Vec<&str> = after.iter().map(|c| c.id.as_str()).collect();
-    ids.sort();
+    ids.sort_unstable();
     assert_eq!(ids, ["keep-cg", "keep-ns"]);
     assert!(container(&d, "keep-ns").is_some_and(|c| c.pidns == live.inner() && c.labels["a"] == "1"));
     assert!(container(&d, "keep-cg").is_some_and(|c| c.kind == "cgroup"));
@@ -379,7 +383,7 @@ fn registrations_come_back_after_a_restart_and_dead_ones_are_dropped() {
 #[test]
 fn containers_are_discovered_from_their_runtime_cgroup_path_and_an_orchestrator_id_wins() {
     let d = Daemon::start();
-    let id = format!("{:0>64x}", 0xd0c4e2u64 + std::process::id() as u64);
+    let id = format!("{:0>64x}", 0xd0c4e2u64 + u64::from(std::process::id()));
     let cg = TestCgroup::new(&format!("docker-{id}.scope"));
     let f = Fixture::start_in_cgroup(FIXTURE, 1, &cg.path);
     let c = eventually(tests::settle(), "discovered container", || container(&d, &id));

@@ -162,7 +162,7 @@ fn exits_remove_entries() {
     assert_eq!(f.cmd(&format!("zombie {z}")), "ok");
     assert!(proc_truth::alive(zhost));
     assert!(d.ps_by_tid().contains_key(&zhost), "a zombie keeps its entry");
-    assert_eq!(f.num(&format!("wait {z}")), z as i64);
+    assert_eq!(f.num(&format!("wait {z}")), i64::from(z));
     tests::eventually(tests::settle(), "reaped zombie leaves ps", || {
         (!d.ps_by_tid().contains_key(&zhost)).then_some(())
     });
@@ -181,6 +181,10 @@ fn reaped(d: &Daemon, container: &str) -> u64 {
 /// stopped child) or a process that is not dead as a whole (a zombie leader whose threads run)
 /// keeps them. Every step is checked against /proc.
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "the suite's names: d the daemon, f the fixture, a child's vpid (s) beside its host tid (shost)"
+)]
 fn a_wait_that_reaps_removes_the_entries_one_that_reports_keeps_them() {
     let d = Daemon::start();
     let mut f = Fixture::start(FIXTURE, 1);
@@ -192,7 +196,7 @@ fn a_wait_that_reaps_removes_the_entries_one_that_reports_keeps_them() {
     assert_eq!(f.cmd(&format!("zombie {v}")), "ok");
     assert_eq!(proc_truth::state(host), Some('Z'));
     assert!(d.ps_by_tid().contains_key(&host), "a zombie keeps its entry");
-    assert_eq!(f.num(&format!("wait {v}")), v as i64);
+    assert_eq!(f.num(&format!("wait {v}")), i64::from(v));
     assert!(!proc_truth::alive(host), "the kernel released {host}");
     tests::eventually(tests::settle(), "the reaped process leaves ps", || {
         (!d.ps_by_tid().contains_key(&host)).then_some(())
@@ -202,7 +206,7 @@ fn a_wait_that_reaps_removes_the_entries_one_that_reports_keeps_them() {
     // Stopped and reported by wait4(WUNTRACED): alive, and listed.
     let s = f.num("spawn 0") as u32;
     let shost = f.host_tid(s);
-    assert_eq!(f.num(&format!("stop {s}")), s as i64);
+    assert_eq!(f.num(&format!("stop {s}")), i64::from(s));
     assert_eq!(proc_truth::state(shost), Some('T'));
     let row = d.ps_by_tid().get(&shost).cloned().expect("a stopped child keeps its entry");
     assert_eq!(row.nspid, proc_truth::task(shost, shost).unwrap().nspid);
@@ -219,7 +223,7 @@ fn a_wait_that_reaps_removes_the_entries_one_that_reports_keeps_them() {
     assert_eq!(threads.len(), 2, "the threads outlive their leader");
     assert!(d.ps_by_tid().contains_key(&zhost), "the zombie leader of a live group keeps its entry");
     // Stopped: wait4(WUNTRACED) returns its pid, its leader is a zombie, the group lives on.
-    assert_eq!(f.num(&format!("stop {z}")), z as i64);
+    assert_eq!(f.num(&format!("stop {z}")), i64::from(z));
     assert!(threads.iter().all(|t| proc_truth::state(*t) == Some('T')));
     assert!(d.ps_by_tid().contains_key(&zhost), "a reported group that lives keeps its leader's entry");
     assert_eq!(reaped(&d, &f.container()), before + 1);
@@ -238,10 +242,10 @@ fn a_wait_that_reaps_removes_the_entries_one_that_reports_keeps_them() {
     // A tracer that is not the parent collects the exit: the zombie stays for the parent.
     let t = f.num("spawn 0") as u32;
     let thost = f.host_tid(t);
-    assert_eq!(f.num(&format!("traced_exit {t}")), t as i64);
+    assert_eq!(f.num(&format!("traced_exit {t}")), i64::from(t));
     assert_eq!(proc_truth::state(thost), Some('Z'), "a zombie for its parent still");
     assert!(d.ps_by_tid().contains_key(&thost), "a zombie the tracer reported keeps its entry");
-    assert_eq!(f.num(&format!("wait {t}")), t as i64);
+    assert_eq!(f.num(&format!("wait {t}")), i64::from(t));
     assert!(!proc_truth::alive(thost));
     tests::eventually(tests::settle(), "the traced process leaves ps", || {
         (!d.ps_by_tid().contains_key(&thost)).then_some(())

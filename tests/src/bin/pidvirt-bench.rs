@@ -42,8 +42,8 @@ fn errno() -> i32 {
 
 fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC is always available (vDSO, no syscall).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: `ts` is a writable timespec that outlives the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -68,11 +68,12 @@ fn fork_tied() -> anyhow::Result<libc::pid_t> {
 
 fn pin(cpu: Option<usize>) -> anyhow::Result<()> {
     let Some(cpu) = cpu else { return Ok(()) };
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it for cpu < 1024.
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET bounds-checks `cpu` (a panic past
+    // the set's 1024 cpus); `set` is valid for the size passed.
     let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
     };
     if rc != 0 {
         bail!("sched_setaffinity(cpu {cpu}): {}", std::io::Error::last_os_error());
@@ -82,7 +83,7 @@ fn pin(cpu: Option<usize>) -> anyhow::Result<()> {
 
 fn pipe() -> anyhow::Result<(i32, i32)> {
     let mut fds = [0; 2];
-    // SAFETY: fds has room for two descriptors.
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         bail!("pipe2: {}", std::io::Error::last_os_error());
     }
@@ -91,7 +92,7 @@ fn pipe() -> anyhow::Result<(i32, i32)> {
 
 fn write_all(fd: i32, mut buf: &[u8]) {
     while !buf.is_empty() {
-        // SAFETY: buf is a valid slice.
+        // SAFETY: `buf` is valid for reads of buf.len() bytes.
         let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
         if n <= 0 {
             if n < 0 && errno() == libc::EINTR {
@@ -107,7 +108,7 @@ fn read_to_end(fd: i32) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        // SAFETY: buf is a valid buffer of buf.len() bytes.
+        // SAFETY: `buf` is valid for writes of buf.len() bytes.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 && errno() == libc::EINTR {
             continue;
@@ -122,8 +123,8 @@ fn read_to_end(fd: i32) -> Vec<u8> {
 fn waitpid(pid: i32) -> i32 {
     let mut status = 0;
     loop {
-        // SAFETY: status is a valid int.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        // SAFETY: `status` is a writable int that outlives the call.
+        let r = unsafe { libc::waitpid(pid, &raw mut status, 0) };
         if r >= 0 || errno() != libc::EINTR {
             return status;
         }
@@ -139,7 +140,8 @@ fn in_new_pidns(f: impl FnOnce() -> String) -> anyhow::Result<(String, u64)> {
     // The child only runs `f` and exits.
     let helper = fork_tied()?;
     if helper == 0 {
-        // SAFETY: plain syscalls in a single-threaded child.
+        // SAFETY: close, unshare and _exit take no pointers, and no Rust value owns r, ir, w or iw;
+        // the fork is in a single-threaded process, so its child may run `f`.
         unsafe {
             libc::close(r);
             libc::close(ir);
@@ -158,21 +160,21 @@ fn in_new_pidns(f: impl FnOnce() -> String) -> anyhow::Result<(String, u64)> {
             }
             libc::close(w);
             // The namespace has an init now (before, its ns file cannot be opened).
-            let ino = std::fs::metadata(format!("/proc/{child}/ns/pid")).map(|m| m.ino()).unwrap_or(0);
+            let ino = std::fs::metadata(format!("/proc/{child}/ns/pid")).map_or(0, |m| m.ino());
             write_all(iw, ino.to_string().as_bytes());
             libc::close(iw);
             let status = if child > 0 { waitpid(child) } else { 1 };
-            libc::_exit(if status == 0 { 0 } else { 1 });
+            libc::_exit(i32::from(status != 0));
         }
     }
-    // SAFETY: closing our copies of the write ends.
+    // SAFETY: no Rust value owns w or iw (the helper has its own copies).
     unsafe {
         libc::close(w);
         libc::close(iw);
     }
     let ino = String::from_utf8_lossy(&read_to_end(ir)).trim().parse().unwrap_or(0);
     let out = String::from_utf8_lossy(&read_to_end(r)).into_owned();
-    // SAFETY: closing our read ends.
+    // SAFETY: no Rust value owns r or ir.
     unsafe {
         libc::close(r);
         libc::close(ir);
@@ -190,7 +192,7 @@ fn median(v: &[f64]) -> f64 {
     match s.len() {
         0 => f64::NAN,
         n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+        n => f64::midpoint(s[n / 2 - 1], s[n / 2]),
     }
 }
 
@@ -247,7 +249,8 @@ fn batches_each(n: usize, iters: u64, mut body: impl FnMut() -> i64) -> (Vec<f64
 
 /// fork(2) (as clone(SIGCHLD)) of a child that exit_group(0)s at once, then wait4 for it.
 fn fork_exit_wait() -> i64 {
-    // SAFETY: raw syscalls with valid arguments; the child only exits.
+    // SAFETY: clone with no new stack runs the child on a copy of ours, as fork does, and the
+    // child only exits; wait4 writes to `status`, alive for the call, and gets a null rusage.
     unsafe {
         let pid = libc::syscall(
             libc::SYS_clone,
@@ -261,17 +264,18 @@ fn fork_exit_wait() -> i64 {
             libc::syscall(libc::SYS_exit_group, 0);
         }
         let mut status = 0;
-        libc::syscall(libc::SYS_wait4, pid, &mut status as *mut i32, 0, 0usize)
+        libc::syscall(libc::SYS_wait4, pid, &raw mut status, 0, 0usize)
     }
 }
 
 /// The body of one workload, run as the init of a fresh pid namespace.
 fn workload(name: &str, iters: u64, n: usize) -> Value {
-    // SAFETY: every call below is a raw syscall with valid arguments.
+    // SAFETY: getpid takes no arguments.
     let getpid = || unsafe { libc::syscall(libc::SYS_getpid) };
     let me = getpid();
     let ns = match name {
         "getpid" => batches(n, iters, getpid),
+        // SAFETY: kill takes no pointers; signal 0 only checks.
         "kill" => batches(n, iters, || unsafe { libc::syscall(libc::SYS_kill, me, 0) }),
         "fork" => {
             let (ns, quantiles) = batches_each(n, iters, fork_exit_wait);
@@ -280,13 +284,14 @@ fn workload(name: &str, iters: u64, n: usize) -> Value {
             });
         }
         "read" => {
-            // SAFETY: a constant C string path.
+            // SAFETY: the path is NUL-terminated.
             let fd = unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
             if fd < 0 {
                 return json!({ "error": format!("open /dev/zero: {}", std::io::Error::last_os_error()) });
             }
             let mut byte = 0u8;
-            let ptr = &mut byte as *mut u8;
+            let ptr = &raw mut byte;
+            // SAFETY: `ptr` points at `byte`, which outlives the calls, and each reads one byte.
             batches(n, iters, || unsafe { libc::syscall(libc::SYS_read, fd, ptr, 1usize) })
         }
         other => return json!({ "error": format!("unknown workload {other}") }),
@@ -322,7 +327,7 @@ impl Args {
 fn serve(args: &Args) -> anyhow::Result<()> {
     use std::io::Write as _;
     pin(args.cpu()?)?;
-    // SAFETY: this program is single-threaded.
+    // SAFETY: unshare takes no pointers.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
         bail!("unshare(CLONE_NEWPID): {}", std::io::Error::last_os_error());
     }
@@ -363,7 +368,7 @@ fn serve_line(line: &str) -> Value {
         }
         out.insert(name.to_string(), v);
     }
-    out.insert("pidns".into(), json!(std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).unwrap_or(0)));
+    out.insert("pidns".into(), json!(std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())));
     Value::Object(out)
 }
 
@@ -428,7 +433,9 @@ fn spawn(args: &Args) -> anyhow::Result<()> {
         // The children only fork and sleep.
         let helper = fork_tied()?;
         if helper == 0 {
-            // SAFETY: raw syscalls in single-threaded children.
+            // SAFETY: open gets a NUL-terminated path and wait a null status (allowed); the other
+            // calls take no pointers, and no Rust value owns r or w; every fork is in a
+            // single-threaded process.
             unsafe {
                 libc::close(r);
                 // Keep the pipes to xtask out of thousands of sleepers.
@@ -470,10 +477,10 @@ fn spawn(args: &Args) -> anyhow::Result<()> {
                 write_all(w, format!("p{init}\n").as_bytes());
                 libc::close(w);
                 let status = waitpid(init);
-                libc::_exit(if status == 0 { 0 } else { 1 });
+                libc::_exit(i32::from(status != 0));
             }
         }
-        // SAFETY: our copy of the write end.
+        // SAFETY: no Rust value owns `w` (the helper has its own copy).
         unsafe { libc::close(w) };
         helpers.push((helper, r));
     }
@@ -482,7 +489,7 @@ fn spawn(args: &Args) -> anyhow::Result<()> {
     let mut inits = Vec::new();
     for &(_, r) in &helpers {
         let got = String::from_utf8_lossy(&read_to_end(r)).into_owned();
-        // SAFETY: our read end.
+        // SAFETY: no Rust value owns `r`.
         unsafe { libc::close(r) };
         let pid = got.split(['p', '\n', 'r']).find_map(|w| w.parse::<i32>().ok());
         match pid {
@@ -495,7 +502,7 @@ fn spawn(args: &Args) -> anyhow::Result<()> {
     }
     let mut ns_of_init = Vec::new();
     for &i in &inits {
-        ns_of_init.push(std::fs::metadata(format!("/proc/{i}/ns/pid")).map(|m| m.ino()).unwrap_or(0));
+        ns_of_init.push(std::fs::metadata(format!("/proc/{i}/ns/pid")).map_or(0, |m| m.ino()));
     }
     let mut tasks = Vec::new();
     for entry in std::fs::read_dir("/proc")?.flatten() {
@@ -527,7 +534,7 @@ fn spawn(args: &Args) -> anyhow::Result<()> {
 
 fn kill_all(helpers: &[(i32, i32)], inits: &[i32]) {
     for &i in inits {
-        // SAFETY: signalling processes we made.
+        // SAFETY: kill takes no pointers.
         unsafe { libc::kill(i, libc::SIGKILL) };
     }
     for &(h, _) in helpers {

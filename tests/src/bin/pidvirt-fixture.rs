@@ -47,11 +47,12 @@ fn die(what: &str) -> ! {
 }
 
 fn errno() -> i64 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64
+    std::io::Error::last_os_error().raw_os_error().map_or(0, i64::from)
 }
 
 fn pipe() -> (RawFd, RawFd) {
     let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         die("pipe2");
     }
@@ -59,12 +60,13 @@ fn pipe() -> (RawFd, RawFd) {
 }
 
 fn die_with_parent() {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
 }
 
 fn own_pidns_inode() -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).unwrap_or(0)
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
 }
 
 /// The body of a spawned child: T threads that sleep, and the main thread too. Once every
@@ -77,18 +79,20 @@ fn child_body(threads: usize, ready: RawFd) -> ! {
         std::thread::spawn(move || {
             let _ = tx.send(());
             loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
+                std::thread::sleep(std::time::Duration::from_hours(1));
             }
         });
     }
     for _ in 0..threads {
         let _ = rx.recv();
     }
+    // SAFETY: the buffer is one static byte; `ready` is a raw descriptor that no Rust value owns.
     unsafe {
         libc::write(ready, b"r".as_ptr().cast(), 1);
         libc::close(ready);
     }
     loop {
+        // SAFETY: pause has no preconditions.
         unsafe { libc::pause() };
     }
 }
@@ -113,6 +117,8 @@ struct CloneArgs {
 /// `body`.
 fn spawn_with(set_tid: &[i32], body: impl FnOnce()) -> i64 {
     let pid = if set_tid.is_empty() {
+        // SAFETY: the fixture's processes are single-threaded where they fork (threads are made
+        // only in children), so the child may run any code.
         unsafe { libc::fork() }
     } else {
         let args = CloneArgs {
@@ -121,10 +127,10 @@ fn spawn_with(set_tid: &[i32], body: impl FnOnce()) -> i64 {
             set_tid_size: set_tid.len() as u64,
             ..Default::default()
         };
-        unsafe {
-            libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
-                as i32
-        }
+        // SAFETY: `args` is a clone_args of the size passed and `set_tid` holds set_tid_size pids,
+        // both alive for the call; with no stack given, the child runs on a copy of ours as after
+        // fork, in a single-threaded process (see above).
+        unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) as i32 }
     };
     match pid {
         -1 => -errno(),
@@ -132,18 +138,21 @@ fn spawn_with(set_tid: &[i32], body: impl FnOnce()) -> i64 {
             body();
             std::process::exit(0)
         }
-        pid => pid as i64,
+        pid => i64::from(pid),
     }
 }
 
 /// Closes our write end of `(r, w)`, then, if the spawn worked (`pid` > 0), waits until the
 /// child writes a byte or closes its end; answers `pid`.
 fn answer_when_ready(pid: i64, (r, w): (RawFd, RawFd)) -> i64 {
+    // SAFETY: `w` is a raw descriptor that no Rust value owns.
     unsafe { libc::close(w) };
     if pid > 0 {
         let mut buf = [0u8; 1];
+        // SAFETY: `buf` is writable for the one byte read.
         unsafe { libc::read(r, buf.as_mut_ptr().cast(), 1) };
     }
+    // SAFETY: `r` is a raw descriptor that no Rust value owns.
     unsafe { libc::close(r) };
     pid
 }
@@ -164,20 +173,23 @@ fn spawn_leader_exits(threads: usize) -> i64 {
         let (ready_r, ready_w) = pipe();
         for _ in 0..threads.max(1) {
             std::thread::spawn(move || {
+                // SAFETY: the buffer is one static byte; `ready_w` is never closed.
                 unsafe { libc::write(ready_w, b"t".as_ptr().cast(), 1) };
                 loop {
-                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                    std::thread::sleep(std::time::Duration::from_hours(1));
                 }
             });
         }
         let mut buf = [0u8; 1];
         for _ in 0..threads.max(1) {
+            // SAFETY: `buf` is writable for the one byte read.
             unsafe { libc::read(ready_r, buf.as_mut_ptr().cast(), 1) };
         }
-        unsafe {
-            libc::write(w, b"r".as_ptr().cast(), 1);
-            libc::syscall(libc::SYS_exit, 0);
-        }
+        // SAFETY: the buffer is one static byte; `w` is a raw descriptor that no Rust value owns.
+        unsafe { libc::write(w, b"r".as_ptr().cast(), 1) };
+        // SAFETY: exit(2) ends this thread only, without unwinding; the other threads borrow
+        // nothing from its stack (they own copies of `ready_w`).
+        unsafe { libc::syscall(libc::SYS_exit, 0) };
     });
     answer_when_ready(pid, (r, w))
 }
@@ -185,8 +197,11 @@ fn spawn_leader_exits(threads: usize) -> i64 {
 /// A tracer (another child of ours) seizes child `v`, kills it and collects its exit.
 fn traced_exit(v: i32) -> String {
     let (r, w) = pipe();
+    // SAFETY: the innermost init is single-threaded, so the child may run any code.
     let tracer = unsafe { libc::fork() };
     if tracer == 0 {
+        // SAFETY: ptrace(PTRACE_SEIZE) with no options and kill take no pointers; wait4 accepts
+        // null status and rusage pointers.
         let answer = unsafe {
             if libc::ptrace(libc::PTRACE_SEIZE, v, 0, 0) != 0 {
                 format!("err seize {}", errno())
@@ -196,15 +211,19 @@ fn traced_exit(v: i32) -> String {
                 libc::wait4(v, std::ptr::null_mut(), libc::__WALL, std::ptr::null_mut()).to_string()
             }
         };
+        // SAFETY: `answer` is valid for answer.len() bytes; _exit has no preconditions.
         unsafe {
             libc::write(w, answer.as_ptr().cast(), answer.len());
             libc::_exit(0);
         }
     }
+    // SAFETY: `w` is a raw descriptor that no Rust value owns.
     unsafe { libc::close(w) };
     let mut out = String::new();
+    // SAFETY: `r` is the pipe's read end, open and owned by nothing else: the File takes it over.
     let _ = unsafe { std::fs::File::from_raw_fd(r) }.read_to_string(&mut out);
     if tracer > 0 {
+        // SAFETY: waitpid accepts a null status pointer.
         unsafe { libc::waitpid(tracer, std::ptr::null_mut(), 0) };
     }
     out
@@ -218,7 +237,7 @@ fn spawn_exec(threads: usize) -> i64 {
         for _ in 0..threads {
             std::thread::spawn(|| {
                 loop {
-                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                    std::thread::sleep(std::time::Duration::from_hours(1));
                 }
             });
         }
@@ -226,6 +245,8 @@ fn spawn_exec(threads: usize) -> i64 {
             die_with_parent();
             let prog = c"/bin/sleep";
             let args = [prog.as_ptr(), c"3600".as_ptr(), std::ptr::null()];
+            // SAFETY: `prog` and the arguments are NUL-terminated, the argument array ends with a
+            // null pointer, and all of them outlive the call.
             unsafe { libc::execv(prog.as_ptr(), args.as_ptr()) };
             die("execv");
         });
@@ -261,6 +282,8 @@ fn syscall_by_name(name: &str) -> Option<libc::c_long> {
 
 fn raw_syscall(nr: libc::c_long, args: &[i64]) -> i64 {
     let a = |i: usize| args.get(i).copied().unwrap_or(0);
+    // SAFETY: rests on the caller's arguments: the suite passes integers and null pointers to the
+    // syscalls of syscall_by_name, and prlimit_set the address of a live rlimit64 (only read).
     let r = unsafe { libc::syscall(nr, a(0), a(1), a(2), a(3), a(4), a(5)) };
     if r == -1 { -errno() } else { r }
 }
@@ -286,13 +309,15 @@ fn execute(line: &str) -> String {
             }
         }
         Some("spawn_exec") => spawn_exec(num(1).unwrap_or(0) as usize).to_string(),
-        Some("reap") | Some("zombie") => {
+        Some("reap" | "zombie") => {
             let Some(v) = num(1) else {
                 return "err bad pid".into();
             };
+            // SAFETY: kill takes no pointers.
             if unsafe { libc::kill(v as i32, libc::SIGKILL) } != 0 {
                 return format!("err {}", errno());
             }
+            // SAFETY: waitpid accepts a null status pointer.
             if words[0] == "reap" && unsafe { libc::waitpid(v as i32, std::ptr::null_mut(), 0) } < 0 {
                 return format!("err {}", errno());
             }
@@ -306,15 +331,18 @@ fn execute(line: &str) -> String {
             let Some(v) = num(1) else {
                 return "err bad pid".into();
             };
+            // SAFETY: waitpid accepts a null status pointer.
             unsafe { libc::waitpid(v as i32, std::ptr::null_mut(), 0) }.to_string()
         }
         Some("stop") => {
             let Some(v) = num(1) else {
                 return "err bad pid".into();
             };
+            // SAFETY: kill takes no pointers.
             if unsafe { libc::kill(v as i32, libc::SIGSTOP) } != 0 {
                 return format!("err {}", errno());
             }
+            // SAFETY: wait4 accepts null status and rusage pointers.
             unsafe { libc::wait4(v as i32, std::ptr::null_mut(), libc::WUNTRACED, std::ptr::null_mut()) }
                 .to_string()
         }
@@ -341,16 +369,21 @@ fn execute(line: &str) -> String {
             }
             last.to_string()
         }
+        // SAFETY: getpid has no preconditions.
         Some("pid") => unsafe { libc::getpid() }.to_string(),
         Some("prlimit_set") => {
             // prlimit64(PID, RLIMIT_NOFILE, its current limits): a set, so the kernel asks
             // the LSMs (task_setrlimit), but nothing changes.
             let Some(pid) = num(1) else { return "err bad pid".into() };
+            // SAFETY: rlimit64 is two integers; all zeroes is a valid value.
             let mut lim: libc::rlimit64 = unsafe { std::mem::zeroed() };
-            if unsafe { libc::prlimit64(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim) } != 0 {
+            // SAFETY: no new limit (null); `lim` is a writable rlimit64 that outlives the call.
+            if unsafe { libc::prlimit64(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &raw mut lim) }
+                != 0
+            {
                 return (-errno()).to_string();
             }
-            raw_syscall(libc::SYS_prlimit64, &[pid, libc::RLIMIT_NOFILE as i64, &lim as *const _ as i64, 0])
+            raw_syscall(libc::SYS_prlimit64, &[pid, i64::from(libc::RLIMIT_NOFILE), &raw const lim as i64, 0])
                 .to_string()
         }
         _ => format!("err unknown command {line:?}"),
@@ -359,14 +392,19 @@ fn execute(line: &str) -> String {
 
 /// Polls the siginfo of child `pid` without reaping it until it has exited.
 fn wait_zombie(pid: i32) -> bool {
+    // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::waitid(libc::P_PID, pid as u32, &mut info, libc::WEXITED | libc::WNOWAIT) == 0 }
+    // SAFETY: `info` is a writable siginfo_t that outlives the call.
+    unsafe { libc::waitid(libc::P_PID, pid as u32, &raw mut info, libc::WEXITED | libc::WNOWAIT) == 0 }
 }
 
 /// The innermost init: reports its namespace, then serves commands.
 fn serve(cmd_r: RawFd, resp_w: RawFd) -> ! {
+    // SAFETY: `resp_w` is the response pipe's write end, open and owned by nothing else in this
+    // process (`level` wrapped only a dup of it).
     let mut out = unsafe { std::fs::File::from_raw_fd(resp_w) };
     let _ = writeln!(out, "ready");
+    // SAFETY: `cmd_r` is the command pipe's read end, open and owned by nothing else here.
     let input = BufReader::new(unsafe { std::fs::File::from_raw_fd(cmd_r) });
     for line in input.lines() {
         let Ok(line) = line else { break };
@@ -381,9 +419,12 @@ fn serve(cmd_r: RawFd, resp_w: RawFd) -> ! {
 /// Creates a new pid namespace whose init runs `body` (which never returns); returns the init's
 /// pid (as seen by the caller). The caller itself stays in its namespace.
 fn new_namespace(body: impl FnOnce()) -> i32 {
+    // SAFETY: unshare takes no pointers.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
         die("unshare(CLONE_NEWPID)");
     }
+    // SAFETY: the caller is single-threaded (the fixture and its inits run no threads), so the
+    // child may run any code.
     match unsafe { libc::fork() } {
         -1 => die("fork"),
         0 => {
@@ -397,7 +438,10 @@ fn new_namespace(body: impl FnOnce()) -> i32 {
 
 /// Level `level` of `depth`: report the namespace inode, then nest or serve.
 fn level(depth: usize, level: usize, cmd_r: RawFd, resp_w: RawFd) -> ! {
-    let mut out = unsafe { std::fs::File::from_raw_fd(libc::dup(resp_w)) };
+    // SAFETY: dup takes no pointers.
+    let fd = unsafe { libc::dup(resp_w) };
+    // SAFETY: `fd` is dup's new descriptor, owned by nothing else (std panics on -1, a failed dup).
+    let mut out = unsafe { std::fs::File::from_raw_fd(fd) };
     let _ = writeln!(out, "ns {}", own_pidns_inode());
     drop(out);
     if level == depth {
@@ -406,7 +450,8 @@ fn level(depth: usize, level: usize, cmd_r: RawFd, resp_w: RawFd) -> ! {
     let child = new_namespace(|| level_body(depth, level + 1, cmd_r, resp_w));
     // An intermediate init: reap its child, then end with it.
     let mut status = 0;
-    unsafe { libc::waitpid(child, &mut status, 0) };
+    // SAFETY: `status` is a writable int that outlives the call.
+    unsafe { libc::waitpid(child, &raw mut status, 0) };
     std::process::exit(0)
 }
 
@@ -437,10 +482,12 @@ fn main() {
     let (cmd_r, cmd_w) = pipe();
     let (resp_r, resp_w) = pipe();
     let outer_init = new_namespace(|| level(depth, 1, cmd_r, resp_w));
+    // SAFETY: raw descriptors that no Rust value owns (the init has its own copies).
     unsafe {
         libc::close(cmd_r);
         libc::close(resp_w);
     }
+    // SAFETY: `resp_r` is the response pipe's read end, open and owned by nothing else.
     let mut responses = BufReader::new(unsafe { std::fs::File::from_raw_fd(resp_r) });
     let mut namespaces = Vec::new();
     loop {
@@ -458,6 +505,7 @@ fn main() {
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "{{\"pidns\": [{}], \"outer_init\": {outer_init}}}", namespaces.join(", "));
     let _ = stdout.flush();
+    // SAFETY: `cmd_w` is the command pipe's write end, open and owned by nothing else.
     let mut commands = unsafe { std::fs::File::from_raw_fd(cmd_w) };
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
@@ -473,6 +521,7 @@ fn main() {
         let _ = stdout.flush();
     }
     // Stdin closed: end the namespaces (their inits die with us; make it prompt).
+    // SAFETY: kill takes no pointers; `outer_init` is our unreaped child.
     unsafe { libc::kill(outer_init, libc::SIGKILL) };
     let mut rest = Vec::new();
     let _ = responses.read_to_end(&mut rest);
