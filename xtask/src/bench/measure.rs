@@ -17,7 +17,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use pidvirt_common::{audit::SYSCALLS, catalogue::map};
+use pidvirt_common::{
+    audit::{SYSCALLS, Verdict, sys},
+    catalogue::{Program, SyscallSide, map},
+};
 use serde_json::Value;
 
 use super::{Options, stats};
@@ -537,11 +540,15 @@ fn peer_script() -> (String, usize) {
         .map(Path::new)
         .find(|p| p.join("events/syscalls").is_dir());
     let exists = |tp: &str| tracefs.is_none_or(|t| t.join("events/syscalls").join(tp).is_dir());
+    let kill = &SYSCALLS[sys::KILL as usize];
+    // kill's entry gets a probe of its own, which also records the target.
+    let kill_enter = format!("{}{}", SyscallSide::Enter.prefix(), kill.name);
     let mut counted = Vec::new();
     for s in SYSCALLS.iter() {
-        for (hooked, dir) in [(s.enter.is_some(), "enter"), (s.exit.is_some(), "exit")] {
-            let tp = format!("sys_{dir}_{}", s.name);
-            if hooked && exists(&tp) && tp != "sys_enter_kill" {
+        for (hooked, side) in [(s.enter.is_some(), SyscallSide::Enter), (s.exit.is_some(), SyscallSide::Exit)]
+        {
+            let tp = format!("{}{}", side.prefix(), s.name);
+            if hooked && exists(&tp) && tp != kill_enter {
                 counted.push(format!("tracepoint:syscalls:{tp}"));
             }
         }
@@ -551,13 +558,17 @@ fn peer_script() -> (String, usize) {
          // of the syscalls pidvirt watches (count per syscall and task, kill targets, fork/exit).\n",
     );
     let mut n = counted.len() + 2;
-    if SYSCALLS[pidvirt_common::audit::sys::KILL as usize].enter.is_some() && exists("sys_enter_kill") {
-        script.push_str("tracepoint:syscalls:sys_enter_kill { @kill[args->pid] = count(); @counts[probe, tid] = count(); }\n");
+    if kill.enter.is_some() && exists(&kill_enter) {
+        let _ = writeln!(
+            script,
+            "tracepoint:syscalls:{kill_enter} {{ @kill[args->pid] = count(); @counts[probe, tid] = count(); }}"
+        );
         n += 1;
     }
     let _ = writeln!(script, "{}\n{{ @counts[probe, tid] = count(); }}", counted.join(",\n"));
-    script.push_str("tracepoint:sched:sched_process_fork { @tasks[args->child_pid] = args->parent_pid; }\n");
-    script.push_str("tracepoint:sched:sched_process_exit { delete(@tasks[args->pid]); }\n");
+    let (fork, exit) = (Program::SchedProcessFork.name(), Program::SchedProcessExit.name());
+    let _ = writeln!(script, "tracepoint:sched:{fork} {{ @tasks[args->child_pid] = args->parent_pid; }}");
+    let _ = writeln!(script, "tracepoint:sched:{exit} {{ delete(@tasks[args->pid]); }}");
     script.push_str("END { clear(@counts); clear(@kill); clear(@tasks); }\n");
     (script, n)
 }
@@ -823,6 +834,11 @@ pub fn kernel_times(b: &Bench) -> anyhow::Result<KernelTimes> {
 // ---------------------------------------------------------------------------------------------
 // 2. P4: anomaly throughput
 
+/// The syscall and verdict of P4's crossings: kill(H, 0) of a host pid H that names nothing in
+/// the caller's namespace is a leak.
+pub const LEAK_SYSCALL: &str = SYSCALLS[sys::KILL as usize].name;
+pub const LEAK_VERDICT: &str = Verdict::Leak.name();
+
 /// What P4 measured.
 pub struct LeakRun {
     /// The container of the generating process.
@@ -870,9 +886,9 @@ pub fn leak_throughput(b: &Bench) -> anyhow::Result<LeakRun> {
             "--container",
             &container,
             "--verdict",
-            "leak",
+            LEAK_VERDICT,
             "--syscall",
-            "kill",
+            LEAK_SYSCALL,
         ]))?;
     let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let _ = std::fs::remove_file(&log);
@@ -880,7 +896,7 @@ pub fn leak_throughput(b: &Bench) -> anyhow::Result<LeakRun> {
         generated: leak["generated"].as_u64().unwrap_or(0),
         esrch: leak["esrch"].as_u64().unwrap_or(0),
         generation_s: leak["elapsed_s"].as_f64().unwrap_or(f64::NAN),
-        counted: stats["crossings"]["kill"]["leak"].as_u64(),
+        counted: stats["crossings"][LEAK_SYSCALL][LEAK_VERDICT].as_u64(),
         drops: stats["ringbuf_drops"].as_u64(),
         delivered: audit_count["matched"].as_u64().unwrap_or(0),
         container,

@@ -3,13 +3,14 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
+use pidvirt_common::{INLINE_LEVELS, catalogue::map};
 use serde_json::{Value, json};
 
 use super::{
     Options,
     measure::{
-        AttachRun, Bench, KernelTimes, LeakRun, MAPS, MODES, Machine, Mode, ProgTime, Snapshot, SyscallRuns,
-        WORKLOADS, workload_label,
+        AttachRun, Bench, KernelTimes, LEAK_SYSCALL, LEAK_VERDICT, LeakRun, MAPS, MODES, Machine, Mode,
+        ProgTime, Snapshot, SyscallRuns, WORKLOADS, workload_label,
     },
     stats::{self, MemoryPerTask, SyscallSummary, Throughput, ratio, spread},
 };
@@ -300,12 +301,13 @@ fn workload_json(s: &SyscallSummary, w: &str, label: &str, audited: bool) -> Val
 fn fork_notes(out: &mut Report, o: &Options, s: &SyscallSummary) {
     out.note(&format!(
         "fork+exit+wait: {} batches of {} per round, ~{:.0} ms each: long enough to hold the work the \
-         kernel defers to RCU callbacks (freeing the task, and the programs on sched_process_free), short \
+         kernel defers to RCU callbacks (freeing the task, and the programs on {}), short \
          enough that a burst of host noise spoils few of them; the median of their means is the round's \
          value. The in-kernel time of every program is broken down below (bpf_stats).",
         o.fork_batches,
         o.fork_iters,
         s.rounds.median(Mode::Bare, "fork").map_or(0.0, |ns| ns * o.fork_iters as f64 / 1e6),
+        pidvirt_common::catalogue::Program::SchedProcessFree.name(),
     ));
     out.note(&format!(
         "fork+exit+wait rate with pidvirt: {} of bare (median of the rounds' ratios; {} vs {} per second)",
@@ -491,20 +493,22 @@ pub fn leak_throughput(
     r: &LeakRun,
     t: &Throughput,
 ) -> Value {
+    let (sys, verdict) = (LEAK_SYSCALL, LEAK_VERDICT);
+    let counter = format!("crossings.{sys}.{verdict}");
     let or_na = |v: Option<u64>| v.map_or("n/a".into(), |v| v.to_string());
-    out.heading("P4: anomaly throughput (leak crossings into the JSON sink)");
+    out.heading(&format!("P4: anomaly throughput ({verdict} crossings into the JSON sink)"));
     out.note(&format!(
-        "A process in a fresh pid namespace ({}) calls kill(H, 0) in a tight loop for {:.1} s, H the \
+        "A process in a fresh pid namespace ({}) calls {sys}(H, 0) in a tight loop for {:.1} s, H the \
          host pid of a sibling that is no vpid inside (ESRCH), while `pidvirt run --audit-log FILE` runs. \
-         delivered = audit-log lines of that container with verdict leak; counted = stats crossings.kill.leak; \
+         delivered = audit-log lines of that container with verdict {verdict}; counted = stats {counter}; \
          dropped = stats ringbuf_drops of the container. Sink rate = delivered / time from the start of \
          generation until the sink stopped growing.",
         r.container, o.leak_seconds
     ));
     let rows = vec![
-        vec!["generated (kill calls, all ESRCH)".into(), format!("{} ({} ESRCH)", r.generated, r.esrch)],
+        vec![format!("generated ({sys} calls, all ESRCH)"), format!("{} ({} ESRCH)", r.generated, r.esrch)],
         vec!["generation rate".into(), format!("{:.0} /s", t.generation_rate)],
-        vec!["counted by pidvirt (crossings.kill.leak)".into(), or_na(r.counted)],
+        vec![format!("counted by pidvirt ({counter})"), or_na(r.counted)],
         vec!["delivered to the JSON sink".into(), r.delivered.to_string()],
         vec!["dropped (ringbuf_drops)".into(), or_na(r.drops)],
         vec!["delivered + dropped".into(), or_na(t.accounted)],
@@ -517,7 +521,7 @@ pub fn leak_throughput(
     ];
     out.table(&["P4", "value"], &rows);
     goals.push(Goal::new(
-        "P4: leak events reaching the JSON sink",
+        format!("P4: {verdict} events reaching the JSON sink"),
         format!("{:.0} /s", t.sink_rate),
         ">= 200000 /s",
         Some(t.sink_rate >= 200_000.0),
@@ -537,7 +541,7 @@ pub fn leak_throughput(
     json!({
         "container": r.container, "target_host_pid": r.leak["target_host_pid"], "seconds": r.generation_s,
         "generated": r.generated, "esrch": r.esrch, "generated_per_s": t.generation_rate,
-        "counted_kill_leak": r.counted, "delivered": r.delivered, "ringbuf_drops": r.drops,
+        format!("counted_{sys}_{verdict}"): r.counted, "delivered": r.delivered, "ringbuf_drops": r.drops,
         "delivered_plus_dropped": t.accounted,
         "sink_caught_up_after_s": r.sink_s, "delivered_per_s_until_caught_up": t.sink_rate,
         "delivered_per_generation_s": t.delivered_per_generation_s,
@@ -618,11 +622,12 @@ fn attach_section(
 
 fn memory_section(out: &mut Report, goals: &mut Vec<Goal>, r: &AttachRun, m: &MemoryPerTask) {
     let (before, after, seeded) = (&r.before, &r.after, &r.seeded);
+    let (tasks, virt, deep) = (map::TASKS, map::VIRT, map::DEEP);
     out.heading("P6: kernel memory per tracked task");
     out.note(&format!(
         "Maps of the running daemon (bpftool map show --json), before and after the {} extra processes \
-         (tracked by the fork program; `ps` listed them all: {}). Value bytes per task = TASKS value + a VIRT \
-         value per non-host level (+ DEEP for levels >= 4). memlock = bytes_memlock summed over {}.",
+         (tracked by the fork program; `ps` listed them all: {}). Value bytes per task = {tasks} value + a {virt} \
+         value per non-host level (+ {deep} for levels >= {INLINE_LEVELS}). memlock = bytes_memlock summed over {}.",
         r.total,
         r.live["ok"],
         MAPS.join(", ")
@@ -653,7 +658,7 @@ fn memory_section(out: &mut Report, goals: &mut Vec<Goal>, r: &AttachRun, m: &Me
                 format!("{} ({}) -> {} ({})", before.tasks(), before.nested(), after.tasks(), after.nested()),
             ],
             vec![
-                "map value bytes per level-1 task (TASKS + 1 VIRT)".into(),
+                format!("map value bytes per level-1 task ({tasks} + 1 {virt})"),
                 format!("{} B ({} + {})", m.level1, m.sizes.tasks, m.sizes.virt),
             ],
             vec![

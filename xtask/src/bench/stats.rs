@@ -278,6 +278,7 @@ pub fn memory_per_task(before: &Snapshot, after: &Snapshot) -> MemoryPerTask {
 
 #[cfg(test)]
 mod tests {
+    use pidvirt_common::catalogue::map;
     use serde_json::{Value, json};
 
     use super::*;
@@ -422,11 +423,11 @@ mod tests {
     }
 
     fn snapshot(levels: Value, memlock: u64) -> Snapshot {
-        let map = |value: u64, memlock: u64| json!({ "bytes_value": value, "bytes_memlock": memlock });
+        let value = |bytes: u64, memlock: u64| json!({ "bytes_value": bytes, "bytes_memlock": memlock });
         let maps = BTreeMap::from([
-            ("TASKS".to_string(), map(56, memlock)),
-            ("VIRT".to_string(), map(8, 1000)),
-            ("DEEP".to_string(), map(264, 0)),
+            (map::TASKS.to_string(), value(56, memlock)),
+            (map::VIRT.to_string(), value(8, 1000)),
+            (map::DEEP.to_string(), value(264, 0)),
         ]);
         let tasks: u64 = levels.as_object().into_iter().flatten().filter_map(|(_, n)| n.as_u64()).sum();
         Snapshot { maps, ps: json!({ "tasks": tasks, "levels": levels }) }
