@@ -57,7 +57,7 @@ enum Task {
     Lint,
     /// Benchmark on this machine (root): syscall overhead vs an empty-program floor and a
     /// bpftrace peer, anomaly throughput, attach time, map memory per task. Writes
-    /// target/bench/bench.{json,md}.
+    /// target/bench/bench.{json,md} and docs/benchmarks.md.
     Bench(bench::Options),
 }
 

@@ -19,8 +19,9 @@
 //! tracer: `bare` would pay for them) is discarded and run again while `--time-budget` lasts.
 //!
 //! Each section is measured ([`measure`]), summarised ([`stats`]) and rendered ([`report`]) as
-//! a plain-text report (stdout), markdown (target/bench/bench.md) and
-//! JSON (target/bench/bench.json). The load generator is `tests/src/bin/pidvirt-bench.rs`.
+//! a plain-text report (stdout), markdown (target/bench/bench.md, and docs/benchmarks.md under a
+//! short header) and JSON (target/bench/bench.json). The load generator is
+//! `tests/src/bin/pidvirt-bench.rs`.
 
 mod measure;
 mod report;
@@ -161,14 +162,18 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let doc = report::document(&machine, &b, started.elapsed().as_secs_f64(), sections, &goals);
     std::fs::write(out_dir.join("bench.json"), serde_json::to_string_pretty(&doc)? + "\n")?;
     std::fs::write(out_dir.join("bench.md"), &report.md)?;
+    let docs = root.join("docs/benchmarks.md");
+    std::fs::create_dir_all(root.join("docs"))?;
+    std::fs::write(&docs, report::benchmarks_doc(&report.md))?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", report.text)?;
     writeln!(
         stdout,
-        "[bench] {:.0} s; wrote {} and {}",
+        "[bench] {:.0} s; wrote {}, {} and {}",
         started.elapsed().as_secs_f64(),
         out_dir.join("bench.json").display(),
-        out_dir.join("bench.md").display()
+        out_dir.join("bench.md").display(),
+        docs.display()
     )?;
     check_interrupted()?;
     if !failed.is_empty() {

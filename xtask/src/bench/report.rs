@@ -733,3 +733,29 @@ pub fn document(
         "goals": goals.iter().map(Goal::json).collect::<Vec<_>>(),
     })
 }
+
+/// docs/benchmarks.md: the markdown report under a header that says where it comes from.
+pub fn benchmarks_doc(md: &str) -> String {
+    format!(
+        "# Benchmarks\n\n\
+         The latest run of `cargo xtask bench` (root, nothing else tracing; see [Performance]\
+         (../README.md#performance)). Every run that is not interrupted writes this file again, as well as \
+         `target/bench/bench.md` and `target/bench/bench.json`: edit the benchmark, not this file.\n\n\
+         {md}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_benchmarks_doc_is_the_report_under_a_header() {
+        let doc = benchmarks_doc("Measured by `cargo xtask bench` on kernel X.\n");
+        assert!(doc.starts_with("# Benchmarks\n\nThe latest run of `cargo xtask bench` (root"), "{doc}");
+        assert!(doc.contains("[Performance](../README.md#performance)"), "{doc}");
+        assert!(doc.ends_with(
+            "edit the benchmark, not this file.\n\nMeasured by `cargo xtask bench` on kernel X.\n"
+        ));
+    }
+}
