@@ -37,6 +37,8 @@ pub struct KernelReport {
     pub console_log: Option<PathBuf>,
     /// Why the run itself failed (no test result).
     pub error: Option<String>,
+    /// Boots of the VM: more than one when a guest died before the suite started.
+    pub boot_attempts: u32,
 }
 
 impl KernelReport {
@@ -174,6 +176,14 @@ pub fn run_kernel(
         report.error =
             Some(format!("the suite exited with {:?} without a failed test (crash?)", run.exit_code));
     }
+    // The results are the kernel's only if the guest ran it (the console says which it booted).
+    if report.error.is_none()
+        && let Some(booted) = vm::guest_kernel_release(&run.console)
+        && booted != kernel.name
+    {
+        report.error = Some(format!("the guest booted kernel {booted}, not {}", kernel.name));
+    }
+    report.boot_attempts = run.boot_attempts;
     if !report.ok() {
         let dir = root.join("target/vm-logs");
         let _ = std::fs::create_dir_all(&dir);
@@ -219,6 +229,9 @@ pub fn summary(reports: &[KernelReport]) -> String {
         if let Some(e) = &r.error {
             notes.push(e.clone());
         }
+        if r.boot_attempts > 1 {
+            notes.push(format!("booted {} times (a guest died before the suite started)", r.boot_attempts));
+        }
         if !r.failed.is_empty() {
             notes.push(format!("failed: {}", r.failed.join(", ")));
         }
@@ -262,6 +275,24 @@ mod tests {
         assert_eq!(r.real(), 2);
         let r = KernelReport { passed: vec!["enforce_denies".into()], unavailable: n, ..Default::default() };
         assert_eq!(r.real(), 0);
+    }
+
+    #[test]
+    fn the_summary_notes_a_second_boot() {
+        let r = KernelReport {
+            kernel: "k".into(),
+            passed: vec!["a".into()],
+            boot_attempts: 2,
+            ..Default::default()
+        };
+        assert!(summary(&[r]).contains("booted 2 times (a guest died before the suite started)"));
+        let r = KernelReport {
+            kernel: "k".into(),
+            passed: vec!["a".into()],
+            boot_attempts: 1,
+            ..Default::default()
+        };
+        assert!(!summary(&[r]).contains("booted"));
     }
 
     #[test]

@@ -47,30 +47,6 @@ pub fn exit_status(console: &str, nonce: &str) -> Option<i32> {
     })
 }
 
-/// Lines between the start and exit markers.
-pub fn command_output(console: &str, nonce: &str) -> String {
-    let start = format!("{MARKER_PREFIX}{nonce}:start");
-    let exit = format!("{MARKER_PREFIX}{nonce}:exit=");
-    let mut out = String::new();
-    let mut inside = false;
-    for line in console.lines() {
-        if line.contains(&start) {
-            inside = true;
-        } else if let Some(i) = line.find(&exit) {
-            // Output without a final newline shares the marker's line.
-            if inside && i > 0 {
-                out.push_str(&line[..i]);
-                out.push('\n');
-            }
-            break;
-        } else if inside {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
 /// Why the guest's setup failed, if its init said so.
 pub fn setup_error(console: &str) -> Option<String> {
     console.lines().find_map(|l| l.find(FATAL_PREFIX).map(|i| l[i + FATAL_PREFIX.len()..].to_string()))
@@ -109,12 +85,7 @@ pidvirt-vm:00ff:exit=7
         assert_eq!(exit_status("pidvirt-vm:00ff:exit=", nonce), None);
         assert_eq!(exit_status("", nonce), None);
         assert!(started(console, nonce) && !started(console, "beef"));
-        let out = command_output(console, nonce);
-        assert_eq!(out, "");
-        let console2 = "x\npidvirt-vm:ab:start\nline 1\nline 2\npidvirt-vm:ab:exit=0\n";
-        assert_eq!(command_output(console2, "ab"), "line 1\nline 2\n");
         let no_newline = "x\npidvirt-vm:ab:start\nline 1\nbpf,lsmpidvirt-vm:ab:exit=0\n";
-        assert_eq!(command_output(no_newline, "ab"), "line 1\nbpf,lsm\n");
         assert_eq!(exit_status(no_newline, "ab"), Some(0));
     }
 

@@ -34,9 +34,6 @@
 //! initramfs around the guest's init (`init.sh`), [`qemu`] runs the guest, [`console`] reads what
 //! it printed.
 
-// A caller need not use every field and helper of this API.
-#![allow(dead_code)]
-
 mod console;
 mod debs;
 mod initramfs;
@@ -109,13 +106,8 @@ pub struct VmRun {
     pub console: String,
     /// Host directory mounted writable in the guest at `/vm-results`.
     pub results_dir: PathBuf,
-    /// Wall time from starting QEMU until it exited (or was killed), over all boot attempts.
-    pub elapsed: Duration,
     /// True when QEMU was killed because `timeout` expired.
     pub timed_out: bool,
-    /// Console text between the start and exit markers: the command's output (kernel messages
-    /// printed meanwhile may be interleaved).
-    pub output: String,
     /// Why the guest setup failed, if the init script said so.
     pub setup_error: Option<String>,
     /// How many times the guest was booted: a guest that dies before it starts the command (not
@@ -183,11 +175,9 @@ pub fn run_in_vm_with_console(
     let exit_code = run.finish().or_else(|| console::exit_status(&boots.console, &boots.nonce));
     Ok(VmRun {
         exit_code,
-        output: console::command_output(&boots.console, &boots.nonce),
         setup_error: console::setup_error(&boots.console),
         console: boots.console,
         results_dir: run.results,
-        elapsed: boots.elapsed,
         timed_out: boots.timed_out,
         boot_attempts: boots.attempts,
     })

@@ -123,8 +123,6 @@ pub struct Boots {
     /// Whether QEMU was killed at the deadline.
     pub timed_out: bool,
     pub attempts: u32,
-    /// From the first start of QEMU until the last exited (or was killed).
-    pub elapsed: Duration,
 }
 
 /// Boots with `cmd` until the guest starts the command (or says why its setup failed), at most
@@ -135,8 +133,7 @@ pub fn boot(
     timeout: Duration,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<Boots> {
-    let start = Instant::now();
-    let deadline = start + timeout;
+    let deadline = Instant::now() + timeout;
     let mut console = String::new();
     let mut attempts = 0;
     loop {
@@ -149,7 +146,7 @@ pub fn boot(
             || console::setup_error(&log).is_some()
             || attempts >= BOOT_ATTEMPTS
         {
-            return Ok(Boots { console, nonce, timed_out, attempts, elapsed: start.elapsed() });
+            return Ok(Boots { console, nonce, timed_out, attempts });
         }
         let note = "pidvirt-vm: host: the guest died before starting the command; booting again";
         on_line(note);
