@@ -2,6 +2,7 @@
 //! binaries run inside them, results per kernel.
 
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -109,11 +110,12 @@ fn guest_script(bins: &[TestBinary], filter: Option<&str>) -> String {
     let mut s = String::from("status=0\n");
     for b in bins {
         let filter = filter.map(|f| format!(" '{f}'")).unwrap_or_default();
-        s.push_str(&format!(
-            "echo '== {name}'; '{path}' --test-threads=1 --logfile '/vm-results/{name}.log'{filter} || status=1\n",
+        let _ = writeln!(
+            s,
+            "echo '== {name}'; '{path}' --test-threads=1 --logfile '/vm-results/{name}.log'{filter} || status=1",
             name = b.name,
             path = b.path.display(),
-        ));
+        );
     }
     s.push_str("exit $status\n");
     s
@@ -137,7 +139,7 @@ pub fn run_kernel(
             return report;
         }
     };
-    report.kernel = kernel.name.clone();
+    report.kernel.clone_from(&kernel.name);
     let opts = vm::VmRunOptions {
         cwd: root.join("tests"),
         env: vec![
@@ -146,7 +148,7 @@ pub fn run_kernel(
             ("PIDVIRT_TEST_NOTES".into(), "/vm-results/unavailable.tsv".into()),
             ("RUST_BACKTRACE".into(), "0".into()),
         ],
-        timeout: Duration::from_secs(60 * 60),
+        timeout: Duration::from_hours(1),
         extra_cmdline: String::new(),
         mem_mb: 3072,
         cpus: 2,
@@ -241,8 +243,9 @@ pub fn summary(reports: &[KernelReport]) -> String {
         if let Some(log) = &r.console_log {
             notes.push(format!("console: {}", log.display()));
         }
-        s.push_str(&format!(
-            "{:<28} {:>6} {:>6} {:>11} {:>6} {:>7.0}s  {}\n",
+        let _ = writeln!(
+            s,
+            "{:<28} {:>6} {:>6} {:>11} {:>6} {:>7.0}s  {}",
             r.kernel,
             r.passed.len(),
             r.real(),
@@ -250,7 +253,7 @@ pub fn summary(reports: &[KernelReport]) -> String {
             r.failed.len(),
             r.elapsed.as_secs_f64(),
             notes.join("; ")
-        ));
+        );
     }
     s
 }

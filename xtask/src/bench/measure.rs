@@ -165,13 +165,8 @@ impl Spawned {
         BufReader::new(stdout).read_line(&mut line)?;
         let v: Value =
             serde_json::from_str(&line).context("pidvirt-bench spawn did not report its processes")?;
-        guard.inits = v["inits"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.as_i64())
-            .map(|p| p as i32)
-            .collect();
+        guard.inits =
+            v["inits"].as_array().into_iter().flatten().filter_map(Value::as_i64).map(|p| p as i32).collect();
         guard.count = v["tasks"].as_array().map_or(0, Vec::len);
         std::fs::write(file, &line)?;
         Ok(guard)
@@ -416,7 +411,7 @@ impl Bench {
         cmd.arg("run").arg("--socket").arg(&socket).arg("--audit-log").arg(audit_log);
         let mut d =
             Running::spawn("pidvirt run", &mut cmd, libc::SIGTERM, &self.tmp.0.join(format!("{name}.log")))?;
-        wait_for("pidvirt run to serve its socket", Duration::from_secs(60), || {
+        wait_for("pidvirt run to serve its socket", Duration::from_mins(1), || {
             d.check_alive()?;
             Ok(self.pidvirt_cmd().arg("status").arg("--socket").arg(&socket).output()?.status.success())
         })?;
@@ -435,7 +430,7 @@ impl Bench {
                     libc::SIGTERM,
                     &log,
                 )?;
-                wait_for("pidvirt floor to attach", Duration::from_secs(60), || {
+                wait_for("pidvirt floor to attach", Duration::from_mins(1), || {
                     f.check_alive()?;
                     Ok(std::fs::read_to_string(&log).unwrap_or_default().contains("empty programs attached"))
                 })?;
@@ -452,7 +447,7 @@ impl Bench {
                     &log,
                 )?;
                 let pid = b.pid();
-                wait_for("bpftrace to attach every probe", Duration::from_secs(120), || {
+                wait_for("bpftrace to attach every probe", Duration::from_mins(2), || {
                     b.check_alive()?;
                     Ok(perf_attachments(Some(pid))? >= script.tracepoints)
                 })?;
@@ -481,7 +476,7 @@ fn perf_attachments(pid: Option<u32>) -> anyhow::Result<usize> {
     Ok(v.as_array()
         .into_iter()
         .flatten()
-        .filter(|e| pid.is_none_or(|p| e["pid"].as_u64() == Some(p as u64)))
+        .filter(|e| pid.is_none_or(|p| e["pid"].as_u64() == Some(u64::from(p))))
         .filter(|e| e["fd_type"].as_str() != Some("raw_tracepoint"))
         .count())
 }
@@ -544,7 +539,7 @@ fn peer_script() -> (String, usize) {
     // kill's entry gets a probe of its own, which also records the target.
     let kill_enter = format!("{}{}", SyscallSide::Enter.prefix(), kill.name);
     let mut counted = Vec::new();
-    for s in SYSCALLS.iter() {
+    for s in &SYSCALLS {
         for (hooked, side) in [(s.enter.is_some(), SyscallSide::Enter), (s.exit.is_some(), SyscallSide::Exit)]
         {
             let tp = format!("{}{}", side.prefix(), s.name);
@@ -890,7 +885,7 @@ pub fn leak_throughput(b: &Bench) -> anyhow::Result<LeakRun> {
             "--syscall",
             LEAK_SYSCALL,
         ]))?;
-    let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let log_bytes = std::fs::metadata(&log).map_or(0, |m| m.len());
     let _ = std::fs::remove_file(&log);
     Ok(LeakRun {
         generated: leak["generated"].as_u64().unwrap_or(0),
@@ -915,15 +910,15 @@ fn sink_settled(b: &Bench, socket: &Path, t_gen: Instant) -> anyhow::Result<Dura
         Ok(v["audit_log"]["written"].as_u64().unwrap_or(0))
     };
     let (mut last, mut last_change, mut stable) = (written()?, t_gen.elapsed(), 0);
-    let drain_deadline = Instant::now() + Duration::from_secs(120);
+    let drain_deadline = Instant::now() + Duration::from_mins(2);
     while stable < 15 && Instant::now() < drain_deadline {
         check_interrupted()?;
         std::thread::sleep(Duration::from_millis(20));
         let w = written()?;
-        if w != last {
-            (last, last_change, stable) = (w, t_gen.elapsed(), 0);
-        } else {
+        if w == last {
             stable += 1;
+        } else {
+            (last, last_change, stable) = (w, t_gen.elapsed(), 0);
         }
     }
     Ok(last_change)

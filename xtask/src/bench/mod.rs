@@ -159,7 +159,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     check_interrupted()?;
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
-    let doc = report::document(&machine, &b, started.elapsed().as_secs_f64(), sections, &goals);
+    let doc = report::document(&machine, &b, started.elapsed().as_secs_f64(), &sections, &goals);
     std::fs::write(out_dir.join("bench.json"), serde_json::to_string_pretty(&doc)? + "\n")?;
     std::fs::write(out_dir.join("bench.md"), &report.md)?;
     let docs = root.join("docs/benchmarks.md");

@@ -75,7 +75,7 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join("  ")
         };
-        let _ = writeln!(self.text, "{}", line(header.iter().map(|s| s.to_string()).collect()));
+        let _ = writeln!(self.text, "{}", line(header.iter().map(ToString::to_string).collect()));
         for r in rows {
             let _ = writeln!(self.text, "{}", line(r.clone()));
         }
@@ -145,61 +145,61 @@ pub fn syscalls(
     goals: &mut Vec<Goal>,
     b: &Bench,
     runs: &SyscallRuns,
-    s: &SyscallSummary,
+    summary: &SyscallSummary,
 ) -> Value {
     out.heading("Syscall overhead (ns per call)");
-    out.note(&overhead_note(b, runs, s));
+    out.note(&overhead_note(b, runs, summary));
     let mut rows = Vec::new();
     let mut workloads = serde_json::Map::new();
     for (w, label, audited) in WORKLOADS {
-        let (f, p, q) = (
-            s.added_median(Mode::Floor, w),
-            s.added_median(Mode::Pidvirt, w),
-            if s.peer_ok { s.added_median(Mode::Peer, w) } else { None },
+        let (floor, ours, peer) = (
+            summary.added_median(Mode::Floor, w),
+            summary.added_median(Mode::Pidvirt, w),
+            if summary.peer_ok { summary.added_median(Mode::Peer, w) } else { None },
         );
-        let cell = |m| spread_cell(&s.added(m, w), "");
+        let cell = |m| spread_cell(&summary.added(m, w), "");
         rows.push(vec![
             label.to_string(),
-            fmt_opt(s.rounds.median(Mode::Bare, w), 1, false),
+            fmt_opt(summary.rounds.median(Mode::Bare, w), 1, false),
             cell(Mode::Floor),
             cell(Mode::Pidvirt),
-            if s.peer_ok { cell(Mode::Peer) } else { "unavailable".into() },
-            ratio(p, f).map_or("n/a".into(), |r| format!("{r:.2}x")),
-            ratio(p, q).map_or("n/a".into(), |r| format!("{r:.2}x")),
+            if summary.peer_ok { cell(Mode::Peer) } else { "unavailable".into() },
+            ratio(ours, floor).map_or("n/a".into(), |r| format!("{r:.2}x")),
+            ratio(ours, peer).map_or("n/a".into(), |r| format!("{r:.2}x")),
         ]);
         if audited {
-            goals.extend(overhead_goals(label, f, p, q));
+            goals.extend(overhead_goals(label, floor, ours, peer));
         }
-        workloads.insert(w.to_string(), workload_json(s, w, label, audited));
+        workloads.insert(w.to_string(), workload_json(summary, w, label, audited));
     }
     out.table(
         &["workload", "bare ns", "+floor ns", "+pidvirt ns", "+peer ns", "pidvirt/floor", "pidvirt/peer"],
         &rows,
     );
-    fork_notes(out, &b.opts, s);
-    unaudited(out, goals, s);
+    fork_notes(out, &b.opts, summary);
+    unaudited(out, goals, summary);
     goals.push(Goal::new(
         "fork+exit+wait rate with pidvirt >= 0.9x bare",
-        s.fork_rate.map_or("n/a".into(), |r| format!("{r:.3}x")),
+        summary.fork_rate.map_or("n/a".into(), |r| format!("{r:.3}x")),
         ">= 0.90x",
-        s.fork_rate.map(|r| r >= 0.9),
+        summary.fork_rate.map(|r| r >= 0.9),
     ));
-    if s.perturbed_used() {
+    if summary.perturbed_used() {
         out.note(&format!(
             "WARNING: {} of {} rounds ran while someone else had tracing programs attached: the numbers are \
              perturbed (bare then pays the tracepoint cost too). Rerun on a quiet machine.",
-            s.perturbed.len(),
-            s.run
+            summary.perturbed.len(),
+            summary.run
         ));
     }
     out.note(&format!(
         "Time to attach (median): floor {} ms, pidvirt {} ms (until `status` answers), peer {} ms (until \
          bpftool perf show lists every probe).",
-        fmt_opt(s.attach_ms[&Mode::Floor], 0, false),
-        fmt_opt(s.attach_ms[&Mode::Pidvirt], 0, false),
-        fmt_opt(s.attach_ms[&Mode::Peer], 0, false),
+        fmt_opt(summary.attach_ms[&Mode::Floor], 0, false),
+        fmt_opt(summary.attach_ms[&Mode::Pidvirt], 0, false),
+        fmt_opt(summary.attach_ms[&Mode::Peer], 0, false),
     ));
-    syscalls_json(b, runs, s, workloads)
+    syscalls_json(b, runs, summary, &workloads)
 }
 
 fn overhead_note(b: &Bench, runs: &SyscallRuns, s: &SyscallSummary) -> String {
@@ -229,8 +229,7 @@ fn overhead_note(b: &Bench, runs: &SyscallRuns, s: &SyscallSummary) -> String {
         },
         match (&b.peer, &runs.peer_error) {
             (Ok(script), None) => format!("{} tracepoints", script.tracepoints),
-            (_, Some(e)) => format!("UNAVAILABLE: {e}"),
-            (Err(e), _) => format!("UNAVAILABLE: {e}"),
+            (_, Some(e)) | (Err(e), _) => format!("UNAVAILABLE: {e}"),
         }
     )
 }
@@ -272,23 +271,23 @@ fn overhead_goals(label: &str, f: Option<f64>, p: Option<f64>, q: Option<f64>) -
     ]
 }
 
-fn workload_json(s: &SyscallSummary, w: &str, label: &str, audited: bool) -> Value {
-    let (f, p) = (s.added_median(Mode::Floor, w), s.added_median(Mode::Pidvirt, w));
-    let q = if s.peer_ok { s.added_median(Mode::Peer, w) } else { None };
-    let by_round: serde_json::Map<String, Value> = (s.rounds.modes().into_iter())
+fn workload_json(summary: &SyscallSummary, w: &str, label: &str, audited: bool) -> Value {
+    let (floor, ours) = (summary.added_median(Mode::Floor, w), summary.added_median(Mode::Pidvirt, w));
+    let peer = if summary.peer_ok { summary.added_median(Mode::Peer, w) } else { None };
+    let by_round: serde_json::Map<String, Value> = (summary.rounds.modes().into_iter())
         .map(|m| {
-            let v = s.rounds.values(m, w);
-            (m.name().to_string(), if v.is_empty() { Value::Null } else { json!(v) })
+            let values = summary.rounds.values(m, w);
+            (m.name().to_string(), if values.is_empty() { Value::Null } else { json!(values) })
         })
         .collect();
-    let added = |m: &Mode| s.added(*m, w);
+    let added = |m: &Mode| summary.added(*m, w);
     json!({
         "label": label, "audited": audited,
-        "bare_ns": s.rounds.median(Mode::Bare, w),
-        "floor_ns": s.rounds.median(Mode::Floor, w), "pidvirt_ns": s.rounds.median(Mode::Pidvirt, w),
-        "peer_ns": if s.peer_ok { s.rounds.median(Mode::Peer, w) } else { None },
-        "floor_added_ns": f, "pidvirt_added_ns": p, "peer_added_ns": q,
-        "pidvirt_added_over_floor_added": ratio(p, f), "pidvirt_added_over_peer_added": ratio(p, q),
+        "bare_ns": summary.rounds.median(Mode::Bare, w),
+        "floor_ns": summary.rounds.median(Mode::Floor, w), "pidvirt_ns": summary.rounds.median(Mode::Pidvirt, w),
+        "peer_ns": if summary.peer_ok { summary.rounds.median(Mode::Peer, w) } else { None },
+        "floor_added_ns": floor, "pidvirt_added_ns": ours, "peer_added_ns": peer,
+        "pidvirt_added_over_floor_added": ratio(ours, floor), "pidvirt_added_over_peer_added": ratio(ours, peer),
         "ns_per_call_by_round": by_round,
         "added_ns_by_round": MODES[1..].iter().map(|m| (m.name(), added(m))).collect::<BTreeMap<_, _>>(),
         "added_ns_p25_p75": MODES[1..].iter()
@@ -378,7 +377,7 @@ fn syscalls_json(
     b: &Bench,
     runs: &SyscallRuns,
     s: &SyscallSummary,
-    workloads: serde_json::Map<String, Value>,
+    workloads: &serde_json::Map<String, Value>,
 ) -> Value {
     let by_name = |m: &BTreeMap<Mode, f64>| m.iter().map(|(m, v)| (m.name(), *v)).collect::<BTreeMap<_, _>>();
     json!({
@@ -717,7 +716,7 @@ pub fn document(
     m: &Machine,
     b: &Bench,
     elapsed_s: f64,
-    sections: serde_json::Map<String, Value>,
+    sections: &serde_json::Map<String, Value>,
     goals: &[Goal],
 ) -> Value {
     let o = &b.opts;

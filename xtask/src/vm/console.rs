@@ -42,7 +42,7 @@ pub fn exit_status(console: &str, nonce: &str) -> Option<i32> {
     let marker = format!("{MARKER_PREFIX}{nonce}:exit=");
     console.lines().rev().find_map(|line| {
         let rest = &line[line.find(&marker)? + marker.len()..];
-        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         digits.parse().ok()
     })
 }

@@ -183,7 +183,7 @@ fn policy_has_candidate(policy: &str) -> bool {
 fn newest_cached_kernel(kernels_dir: &Path, series: &str) -> Option<String> {
     fs::read_dir(kernels_dir)
         .ok()?
-        .filter_map(|e| e.ok())
+        .filter_map(Result::ok)
         .filter(|e| e.path().join(".unpacked").exists())
         .filter_map(|e| e.file_name().into_string().ok())
         .filter_map(|name| kernel_release_key(&name, series).map(|k| (k, name)))
@@ -194,33 +194,11 @@ fn newest_cached_kernel(kernels_dir: &Path, series: &str) -> Option<String> {
 fn download_and_unpack(cache_dir: &Path, release: &str, kdir: &Path) -> Result<()> {
     let debs = cache_dir.join("debs");
     fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    let deb = match find_deb(&debs, release)? {
-        Some(deb) => {
-            eprintln!("vm: reusing {}", deb.display());
-            deb
-        }
-        None => {
-            let mut errors = Vec::new();
-            for pkg in [format!("linux-image-{release}"), format!("linux-image-{release}-unsigned")] {
-                eprintln!("vm: apt-get download {pkg} (into {})", debs.display());
-                let what = format!("apt-get download {pkg}");
-                let mut cmd = Command::new("apt-get");
-                cmd.args(["download", "-q", &pkg]).current_dir(&debs);
-                match run_cmd(&mut cmd, &what) {
-                    Ok(_) => {
-                        errors.clear();
-                        break;
-                    }
-                    Err(e) => errors.push(format!("{e:#}")),
-                }
-            }
-            if !errors.is_empty() {
-                bail!("{}", errors.join("; "));
-            }
-            find_deb(&debs, release)?.ok_or_else(|| {
-                anyhow!("apt-get download linux-image-{release} left no .deb in {}", debs.display())
-            })?
-        }
+    let deb = if let Some(deb) = find_deb(&debs, release)? {
+        eprintln!("vm: reusing {}", deb.display());
+        deb
+    } else {
+        download_deb(&debs, release)?
     };
     let parent = kdir.parent().unwrap_or(cache_dir);
     let tmp = parent.join(format!("{release}.tmp-{}", std::process::id()));
@@ -245,6 +223,29 @@ fn download_and_unpack(cache_dir: &Path, release: &str, kdir: &Path) -> Result<(
     Ok(())
 }
 
+/// apt-get download of the kernel package of `release` (signed, else unsigned) into `debs`.
+fn download_deb(debs: &Path, release: &str) -> Result<PathBuf> {
+    let mut errors = Vec::new();
+    for pkg in [format!("linux-image-{release}"), format!("linux-image-{release}-unsigned")] {
+        eprintln!("vm: apt-get download {pkg} (into {})", debs.display());
+        let what = format!("apt-get download {pkg}");
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["download", "-q", &pkg]).current_dir(debs);
+        match run_cmd(&mut cmd, &what) {
+            Ok(_) => {
+                errors.clear();
+                break;
+            }
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
+    }
+    find_deb(debs, release)?
+        .ok_or_else(|| anyhow!("apt-get download linux-image-{release} left no .deb in {}", debs.display()))
+}
+
 /// A downloaded `linux-image-<release>[-unsigned]_<version>_amd64.deb` in `debs`, if any.
 fn find_deb(debs: &Path, release: &str) -> Result<Option<PathBuf>> {
     let signed = format!("linux-image-{release}_");
@@ -254,7 +255,9 @@ fn find_deb(debs: &Path, release: &str) -> Result<Option<PathBuf>> {
         let entry = entry.with_context(|| format!("listing {}", debs.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         // apt-get download escapes ':' in versions as %3a; plain names are enough here.
-        if (name.starts_with(&signed) || name.starts_with(&unsigned)) && name.ends_with(".deb") {
+        if (name.starts_with(&signed) || name.starts_with(&unsigned))
+            && Path::new(&name).extension().is_some_and(|e| e.eq_ignore_ascii_case("deb"))
+        {
             found = Some(entry.path());
         }
     }

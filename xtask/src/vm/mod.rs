@@ -88,7 +88,7 @@ impl Default for VmRunOptions {
         Self {
             cwd: PathBuf::from("/"),
             env: Vec::new(),
-            timeout: Duration::from_secs(300),
+            timeout: Duration::from_mins(5),
             extra_cmdline: String::new(),
             mem_mb: 2048,
             cpus: 2,

@@ -50,7 +50,7 @@ impl RunDir {
         let run = Self { dir, results };
         fs::write(run.script_file(), script).context("writing the command script")?;
         // One directory a line: the init binds each with a `while read` loop.
-        let expose: String = expose.iter().filter_map(|p| p.to_str()).map(|p| format!("{p}\n")).collect();
+        let expose: String = expose.iter().filter_map(|p| p.to_str()).flat_map(|p| [p, "\n"]).collect();
         fs::write(run.dir.join("expose"), expose).context("writing the list of directories to expose")?;
         Ok(run)
     }
