@@ -647,23 +647,25 @@ pub fn syscall_rounds(b: &Bench) -> anyhow::Result<SyscallRuns> {
         if attempt > 0 {
             foreign = wait_quiet(budget.saturating_sub(started.elapsed()).min(Duration::from_secs(20)));
         }
-        let round = Round { ns: BTreeMap::new(), attach_ms: BTreeMap::new(), foreign: foreign.clone() };
-        let round = run_round(b, &mut generator, round, attempt, clean_rounds(&rounds), &mut peer_error)?;
+        let round =
+            run_round(b, &mut generator, attempt, clean_rounds(&rounds), foreign.clone(), &mut peer_error)?;
         rounds.push(round);
     }
     Ok(SyscallRuns { rounds, peer_error, elapsed_s: started.elapsed().as_secs_f64() })
 }
 
 /// One round (number `attempt` from 0): every mode attached in turn, the workloads measured
-/// under it. A peer that fails to start is left out of this round and the following ones.
+/// under it; `foreign` is who else was tracing before it. A peer that fails to start is left out
+/// of this round and the following ones.
 fn run_round(
     b: &Bench,
     generator: &mut Generator,
-    mut round: Round,
     attempt: usize,
     clean_so_far: usize,
+    foreign: String,
     peer_error: &mut Option<String>,
 ) -> anyhow::Result<Round> {
+    let mut round = Round { ns: BTreeMap::new(), attach_ms: BTreeMap::new(), foreign };
     let mut order = MODES.to_vec();
     order.rotate_left(attempt % MODES.len());
     let mut line = format!("[bench] round {} (clean so far {clean_so_far}):", attempt + 1);

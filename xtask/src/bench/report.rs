@@ -234,27 +234,14 @@ fn overhead_note(b: &Bench, runs: &SyscallRuns, s: &SyscallSummary) -> String {
     )
 }
 
-/// The two goals of an audited workload: pidvirt's addition against the floor's (f) and the
-/// peer's (q); `p` is pidvirt's.
-fn overhead_goals(label: &str, f: Option<f64>, p: Option<f64>, q: Option<f64>) -> [Goal; 2] {
-    let pf = ratio(p, f);
+/// The two goals of an audited workload: pidvirt's addition (`ours`) against the floor's and
+/// the peer's.
+fn overhead_goals(label: &str, floor: Option<f64>, ours: Option<f64>, peer: Option<f64>) -> [Goal; 2] {
     [
-        Goal::new(
-            format!("{label}: pidvirt added <= 1.3x floor added"),
-            match pf {
-                Some(r) => format!("{r:.2}x ({} vs {} ns)", fmt_opt(p, 1, true), fmt_opt(f, 1, true)),
-                None => format!(
-                    "no ratio: floor added {} ns (noise), pidvirt {} ns",
-                    fmt_opt(f, 1, true),
-                    fmt_opt(p, 1, true)
-                ),
-            },
-            "<= 1.30x",
-            pf.map(|r| r <= 1.3),
-        ),
+        within_floor(format!("{label}: pidvirt added <= 1.3x floor added"), ours, floor),
         Goal::new(
             format!("{label}: pidvirt added below the peer's"),
-            match (p, q) {
+            match (ours, peer) {
                 (Some(p), Some(q)) if q > 0.0 => format!("{p:+.1} vs {q:+.1} ns"),
                 (Some(p), Some(q)) => {
                     format!("no comparison: peer added {q:+.1} ns (noise), pidvirt {p:+.1}")
@@ -263,12 +250,28 @@ fn overhead_goals(label: &str, f: Option<f64>, p: Option<f64>, q: Option<f64>) -
             },
             "pidvirt < peer",
             // An addition at or below zero is noise (as for the ratios): nothing to compare.
-            match (p, q) {
+            match (ours, peer) {
                 (Some(p), Some(q)) if q > 0.0 => Some(p < q),
                 _ => None,
             },
         ),
     ]
+}
+
+/// The goal that pidvirt adds at most 1.3x what the floor adds (no ratio, and no verdict, when
+/// the floor's addition is noise).
+fn within_floor(name: String, ours: Option<f64>, floor: Option<f64>) -> Goal {
+    let r = ratio(ours, floor);
+    let (ours, floor) = (fmt_opt(ours, 1, true), fmt_opt(floor, 1, true));
+    Goal::new(
+        name,
+        match r {
+            Some(r) => format!("{r:.2}x ({ours} vs {floor} ns)"),
+            None => format!("no ratio: floor added {floor} ns (noise), pidvirt {ours} ns"),
+        },
+        "<= 1.30x",
+        r.map(|r| r <= 1.3),
+    )
 }
 
 fn workload_json(summary: &SyscallSummary, w: &str, label: &str, audited: bool) -> Value {
@@ -349,19 +352,11 @@ fn unaudited(out: &mut Report, goals: &mut Vec<Goal>, s: &SyscallSummary) {
         ],
     );
     let (p_read, f_read) = (s.added_median(Mode::Pidvirt, "read"), s.added_median(Mode::Floor, "read"));
-    let unaudited = ratio(p_read, f_read);
-    goals.push(Goal::new(
-        "read 1 B of /dev/zero (unaudited): pidvirt added <= 1.3x EMPTY programs on per-syscall tracepoints (floor)",
-        match unaudited {
-            Some(r) => format!("{r:.2}x ({} vs {} ns)", fmt_opt(p_read, 1, true), fmt_opt(f_read, 1, true)),
-            None => format!(
-                "no ratio: floor added {} ns (noise), pidvirt {} ns",
-                fmt_opt(f_read, 1, true),
-                fmt_opt(p_read, 1, true)
-            ),
-        },
-        "<= 1.30x",
-        unaudited.map(|r| r <= 1.3),
+    goals.push(within_floor(
+        "read 1 B of /dev/zero (unaudited): pidvirt added <= 1.3x EMPTY programs on per-syscall tracepoints (floor)"
+            .into(),
+        p_read,
+        f_read,
     ));
     out.note(&format!(
         "Neither pidvirt nor its floor attaches anything to read: what both add to it ({} and {} ns here) is \
