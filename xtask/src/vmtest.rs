@@ -107,14 +107,16 @@ pub fn parse_notes(text: &str) -> Vec<(String, String)> {
 
 /// The shell script the guest runs: every binary, serially, each test serially.
 fn guest_script(bins: &[TestBinary], filter: Option<&str>) -> String {
+    // The filter comes from the command line, the paths from cargo: quoted as words.
+    let filter = filter.map(|f| format!(" {}", vm::shell_quote(f))).unwrap_or_default();
     let mut s = String::from("status=0\n");
     for b in bins {
-        let filter = filter.map(|f| format!(" '{f}'")).unwrap_or_default();
+        let (name, path) = (&b.name, vm::shell_quote(&b.path.to_string_lossy()));
+        let log = vm::shell_quote(&format!("/vm-results/{name}.log"));
         let _ = writeln!(
             s,
-            "echo '== {name}'; '{path}' --test-threads=1 --logfile '/vm-results/{name}.log'{filter} || status=1",
-            name = b.name,
-            path = b.path.display(),
+            "echo {}; {path} --test-threads=1 --logfile {log}{filter} || status=1",
+            vm::shell_quote(&format!("== {name}")),
         );
     }
     s.push_str("exit $status\n");
@@ -306,5 +308,7 @@ mod tests {
             "'/w/target/release/deps/spine-1' --test-threads=1 --logfile '/vm-results/spine.log' 'ps_'"
         ));
         assert!(s.ends_with("exit $status\n"));
+        let s = guest_script(&bins, Some("it's"));
+        assert!(s.contains("--logfile '/vm-results/spine.log' 'it'\\''s' || status=1\n"), "{s}");
     }
 }

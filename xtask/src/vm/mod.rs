@@ -46,6 +46,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+pub use qemu::shell_quote;
 
 /// Debian packages the VM runner needs on the host.
 pub const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "xz-utils"];

@@ -351,7 +351,8 @@ pub fn command_script(argv: &[String], opts: &VmRunOptions) -> Result<String> {
     Ok(s)
 }
 
-fn shell_quote(s: &str) -> String {
+/// `s` as one word of a POSIX shell command line.
+pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
