@@ -80,7 +80,7 @@ pub struct Options {
 }
 
 /// A section: measures, adds its tables to the report and its goals, answers its JSON.
-type Section = fn(&mut Bench, &mut Report, &mut Vec<Goal>) -> anyhow::Result<Value>;
+type Section = fn(&Bench, &mut Report, &mut Vec<Goal>) -> anyhow::Result<Value>;
 
 /// The sections in the order they run: JSON key, label, section.
 const SECTIONS: [(&str, &str, Section); 4] = [
@@ -90,25 +90,25 @@ const SECTIONS: [(&str, &str, Section); 4] = [
     ("p5_p6_attach_memory", "P5 attach / P6 memory", attach_memory),
 ];
 
-fn syscalls(b: &mut Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
+fn syscalls(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
     let runs = measure::syscall_rounds(b)?;
     let summary = stats::SyscallSummary::of(&runs, b.opts.rounds);
     Ok(report::syscalls(out, goals, b, &runs, &summary))
 }
 
-fn kernel_time(b: &mut Bench, out: &mut Report, _goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
+fn kernel_time(b: &Bench, out: &mut Report, _goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
     let times = measure::kernel_times(b)?;
     let per_run = stats::stats_cost_per_run(&times);
     Ok(report::kernel_time(out, &times, per_run, b.peer.is_ok()))
 }
 
-fn leak_throughput(b: &mut Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
+fn leak_throughput(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
     let run = measure::leak_throughput(b)?;
     let rates = stats::throughput(&run);
     Ok(report::leak_throughput(out, goals, &b.opts, &run, &rates))
 }
 
-fn attach_memory(b: &mut Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
+fn attach_memory(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
     let run = measure::attach_and_memory(b)?;
     let memory = stats::memory_per_task(&run.before, &run.after);
     Ok(report::attach_memory(out, goals, &run, &memory))
@@ -127,7 +127,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     } else {
         setup::apt_install("bpftrace (bench: the peer)", &["bpftrace"]).map_err(|e| format!("{e:#}"))
     };
-    let mut b = Bench::new(&root, opts, peer)?;
+    let b = Bench::new(&root, opts, peer)?;
     let machine = Machine::now();
     let started = Instant::now();
     let mut report = Report::default();
@@ -145,7 +145,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         }
         println!("[bench] {label}");
         let t = Instant::now();
-        let value = section(&mut b, &mut report, &mut goals).unwrap_or_else(|e| {
+        let value = section(&b, &mut report, &mut goals).unwrap_or_else(|e| {
             println!("[bench] {label} FAILED: {e:#}");
             failed.push(label);
             report::section_failed(&mut report, &mut goals, label, &e)
