@@ -222,71 +222,79 @@ pub fn build(kdir: &Path, release: &str, modules_dir: &Path) -> Result<PathBuf> 
 
     let staging = kdir.join(format!("initramfs.staging-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    let result = (|| -> Result<()> {
-        for d in ["bin", "dev", "proc", "sys", "lib/modules", "host", "share", "newroot"] {
-            fs::create_dir_all(staging.join(d))
-                .with_context(|| format!("creating {}", staging.join(d).display()))?;
-        }
-        fs::copy(&busybox, staging.join("bin/busybox"))
-            .with_context(|| format!("copying {}", busybox.display()))?;
-
-        // Modules: decompress each needed module into the staging tree and read its
-        // dependencies from its own .modinfo (Debian packages ship no modules.dep).
-        let builtin_path = modules_dir.join("modules.builtin");
-        let builtin = parse_modules_builtin(&fs::read_to_string(&builtin_path).unwrap_or_default());
-        let index = index_module_files(modules_dir)?;
-        let mut lookup = |name: &str| -> Result<Option<ModuleInfo>> {
-            let Some(rel) = index.get(name) else {
-                return Ok(None);
-            };
-            let file = format!("{name}.ko");
-            let dst = staging.join("lib/modules").join(&file);
-            decompress_module(&modules_dir.join(rel), &dst)?;
-            let bytes = fs::read(&dst).with_context(|| format!("reading {}", dst.display()))?;
-            let modinfo = elf_section(&bytes, ".modinfo")
-                .ok_or_else(|| anyhow!("{rel} has no .modinfo section (not a kernel module?)"))?;
-            Ok(Some(ModuleInfo { path: file, deps: modinfo_depends(modinfo) }))
-        };
-        let order = module_load_order(INITRAMFS_MODULES, &builtin, &mut lookup)
-            .with_context(|| format!("resolving the 9p/virtio modules of kernel {release}"))?;
-        let files: Vec<String> = order.into_iter().map(|m| m.path).collect();
-        eprintln!("vm: building initramfs for {release} (modules: {})", files.join(" "));
-
-        let init_path = staging.join("init");
-        fs::write(&init_path, init_script(&files))
-            .with_context(|| format!("writing {}", init_path.display()))?;
-        set_mode(&init_path, 0o755)?;
-        let mut list = String::new();
-        for entry in walk(&staging)? {
-            let rel = entry.strip_prefix(&staging).unwrap_or(&entry);
-            let _ = writeln!(list, "{}", rel.display());
-        }
-        let tmp_cpio = kdir.join(format!("initramfs.cpio.tmp-{}", std::process::id()));
-        let out = fs::File::create(&tmp_cpio).with_context(|| format!("creating {}", tmp_cpio.display()))?;
-        let mut child = Command::new("cpio")
-            .args(["--quiet", "-o", "-H", "newc", "-R", "0:0"])
-            .current_dir(&staging)
-            .stdin(Stdio::piped())
-            .stdout(out)
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running cpio to build the initramfs (is cpio installed? see ensure_tools)")?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(list.as_bytes()).context("feeding the file list to cpio")?;
-        }
-        let res = child.wait_with_output().context("waiting for cpio")?;
-        if !res.status.success() {
-            let _ = fs::remove_file(&tmp_cpio);
-            bail!("cpio failed ({}): {}", res.status, String::from_utf8_lossy(&res.stderr).trim());
-        }
-        fs::rename(&tmp_cpio, &cpio)
-            .with_context(|| format!("renaming {} to {}", tmp_cpio.display(), cpio.display()))?;
-        fs::write(&stamp, &stamp_text).with_context(|| format!("writing {}", stamp.display()))?;
-        Ok(())
-    })();
+    let result =
+        stage(&staging, &busybox, release, modules_dir).and_then(|()| pack(&staging, kdir, &cpio)).and_then(
+            |()| fs::write(&stamp, &stamp_text).with_context(|| format!("writing {}", stamp.display())),
+        );
     let _ = fs::remove_dir_all(&staging);
     result.with_context(|| format!("building the initramfs for kernel {release}"))?;
     Ok(cpio)
+}
+
+/// Fills `staging` with the initramfs' tree: busybox, the modules, the init.
+fn stage(staging: &Path, busybox: &Path, release: &str, modules_dir: &Path) -> Result<()> {
+    for d in ["bin", "dev", "proc", "sys", "lib/modules", "host", "share", "newroot"] {
+        fs::create_dir_all(staging.join(d))
+            .with_context(|| format!("creating {}", staging.join(d).display()))?;
+    }
+    fs::copy(busybox, staging.join("bin/busybox"))
+        .with_context(|| format!("copying {}", busybox.display()))?;
+
+    // Modules: decompress each needed module into the staging tree and read its
+    // dependencies from its own .modinfo (Debian packages ship no modules.dep).
+    let builtin_path = modules_dir.join("modules.builtin");
+    let builtin = parse_modules_builtin(&fs::read_to_string(&builtin_path).unwrap_or_default());
+    let index = index_module_files(modules_dir)?;
+    let mut lookup = |name: &str| -> Result<Option<ModuleInfo>> {
+        let Some(rel) = index.get(name) else {
+            return Ok(None);
+        };
+        let file = format!("{name}.ko");
+        let dst = staging.join("lib/modules").join(&file);
+        decompress_module(&modules_dir.join(rel), &dst)?;
+        let bytes = fs::read(&dst).with_context(|| format!("reading {}", dst.display()))?;
+        let modinfo = elf_section(&bytes, ".modinfo")
+            .ok_or_else(|| anyhow!("{rel} has no .modinfo section (not a kernel module?)"))?;
+        Ok(Some(ModuleInfo { path: file, deps: modinfo_depends(modinfo) }))
+    };
+    let order = module_load_order(INITRAMFS_MODULES, &builtin, &mut lookup)
+        .with_context(|| format!("resolving the 9p/virtio modules of kernel {release}"))?;
+    let files: Vec<String> = order.into_iter().map(|m| m.path).collect();
+    eprintln!("vm: building initramfs for {release} (modules: {})", files.join(" "));
+
+    let init_path = staging.join("init");
+    fs::write(&init_path, init_script(&files)).with_context(|| format!("writing {}", init_path.display()))?;
+    set_mode(&init_path, 0o755)
+}
+
+/// Packs `staging` into `cpio` (newc, every file owned by root), through a temporary file in
+/// `kdir` so that an interrupted build leaves no truncated initramfs.
+fn pack(staging: &Path, kdir: &Path, cpio: &Path) -> Result<()> {
+    let mut list = String::new();
+    for entry in walk(staging)? {
+        let rel = entry.strip_prefix(staging).unwrap_or(&entry);
+        let _ = writeln!(list, "{}", rel.display());
+    }
+    let tmp_cpio = kdir.join(format!("initramfs.cpio.tmp-{}", std::process::id()));
+    let out = fs::File::create(&tmp_cpio).with_context(|| format!("creating {}", tmp_cpio.display()))?;
+    let mut child = Command::new("cpio")
+        .args(["--quiet", "-o", "-H", "newc", "-R", "0:0"])
+        .current_dir(staging)
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running cpio to build the initramfs (is cpio installed? see ensure_tools)")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(list.as_bytes()).context("feeding the file list to cpio")?;
+    }
+    let res = child.wait_with_output().context("waiting for cpio")?;
+    if !res.status.success() {
+        let _ = fs::remove_file(&tmp_cpio);
+        bail!("cpio failed ({}): {}", res.status, String::from_utf8_lossy(&res.stderr).trim());
+    }
+    fs::rename(&tmp_cpio, cpio)
+        .with_context(|| format!("renaming {} to {}", tmp_cpio.display(), cpio.display()))
 }
 
 fn decompress_module(src: &Path, dst: &Path) -> Result<()> {
