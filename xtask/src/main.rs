@@ -57,12 +57,12 @@ enum Task {
     Lint,
     /// Benchmark on this machine (root): syscall overhead vs an empty-program floor and a
     /// bpftrace peer, anomaly throughput, attach time, map memory per task. Writes
-    /// target/bench/bench.{json,md}.
+    /// target/bench/bench.{json,md} and docs/benchmarks.md.
     Bench(bench::Options),
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into())
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| ".".into(), Path::to_path_buf)
 }
 
 fn cargo() -> Command {
@@ -86,7 +86,7 @@ fn build() -> anyhow::Result<PathBuf> {
     Ok(workspace_root().join("target/release/pidvirt"))
 }
 
-fn test(filter: Option<String>, host_only: bool) -> anyhow::Result<()> {
+fn test(filter: Option<&str>, host_only: bool) -> anyhow::Result<()> {
     require_root("the test suite")?;
     setup::test_deps()?;
     if !host_only {
@@ -105,11 +105,11 @@ fn test(filter: Option<String>, host_only: bool) -> anyhow::Result<()> {
         "pidvirt-ebpf",
     ]))?;
     let bins = vmtest::build_test_binaries(cargo())?;
-    let mut reports = vec![host_suite(&bins, &bin, filter.as_deref())?];
+    let mut reports = vec![host_suite(&bins, &bin, filter)?];
     if !host_only {
-        let series: Vec<String> = vmtest::DEFAULT_SERIES.iter().map(|s| s.to_string()).collect();
+        let series: Vec<String> = vmtest::DEFAULT_SERIES.iter().map(ToString::to_string).collect();
         println!("[test] the suite on Debian kernels {} under QEMU (in parallel)", series.join(", "));
-        reports.extend(vmtest::run_all(&workspace_root(), &series, &bins, &bin, filter.as_deref())?);
+        reports.extend(vmtest::run_all(&workspace_root(), &series, &bins, &bin, filter)?);
     }
     finish(&reports, started)
 }
@@ -193,7 +193,7 @@ fn main() -> anyhow::Result<()> {
             let err = Command::new(&bin).arg("run").args(&args).exec();
             Err(err).with_context(|| format!("exec {}", bin.display()))
         }
-        Task::Test { filter, host_only } => test(filter, host_only),
+        Task::Test { filter, host_only } => test(filter.as_deref(), host_only),
         Task::VmTest { kernels, filter } => {
             require_root("the test suite")?;
             setup::test_deps()?;
@@ -201,7 +201,7 @@ fn main() -> anyhow::Result<()> {
             let bin = build()?;
             let bins = vmtest::build_test_binaries(cargo())?;
             let series = if kernels.is_empty() {
-                vmtest::DEFAULT_SERIES.iter().map(|s| s.to_string()).collect()
+                vmtest::DEFAULT_SERIES.iter().map(ToString::to_string).collect()
             } else {
                 kernels
             };

@@ -39,7 +39,7 @@ fn missing_packages(packages: &[&str]) -> Vec<String> {
             let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]));
             !status.is_some_and(|s| s.contains("install ok installed"))
         })
-        .map(|p| p.to_string())
+        .map(ToString::to_string)
         .collect()
 }
 

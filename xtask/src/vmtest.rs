@@ -2,6 +2,7 @@
 //! binaries run inside them, results per kernel.
 
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -37,6 +38,8 @@ pub struct KernelReport {
     pub console_log: Option<PathBuf>,
     /// Why the run itself failed (no test result).
     pub error: Option<String>,
+    /// Boots of the VM: more than one when a guest died before the suite started.
+    pub boot_attempts: u32,
 }
 
 impl KernelReport {
@@ -104,14 +107,17 @@ pub fn parse_notes(text: &str) -> Vec<(String, String)> {
 
 /// The shell script the guest runs: every binary, serially, each test serially.
 fn guest_script(bins: &[TestBinary], filter: Option<&str>) -> String {
+    // The filter comes from the command line, the paths from cargo: quoted as words.
+    let filter = filter.map(|f| format!(" {}", vm::shell_quote(f))).unwrap_or_default();
     let mut s = String::from("status=0\n");
     for b in bins {
-        let filter = filter.map(|f| format!(" '{f}'")).unwrap_or_default();
-        s.push_str(&format!(
-            "echo '== {name}'; '{path}' --test-threads=1 --logfile '/vm-results/{name}.log'{filter} || status=1\n",
-            name = b.name,
-            path = b.path.display(),
-        ));
+        let (name, path) = (&b.name, vm::shell_quote(&b.path.to_string_lossy()));
+        let log = vm::shell_quote(&format!("/vm-results/{name}.log"));
+        let _ = writeln!(
+            s,
+            "echo {}; {path} --test-threads=1 --logfile {log}{filter} || status=1",
+            vm::shell_quote(&format!("== {name}")),
+        );
     }
     s.push_str("exit $status\n");
     s
@@ -135,7 +141,7 @@ pub fn run_kernel(
             return report;
         }
     };
-    report.kernel = kernel.name.clone();
+    report.kernel.clone_from(&kernel.name);
     let opts = vm::VmRunOptions {
         cwd: root.join("tests"),
         env: vec![
@@ -144,7 +150,7 @@ pub fn run_kernel(
             ("PIDVIRT_TEST_NOTES".into(), "/vm-results/unavailable.tsv".into()),
             ("RUST_BACKTRACE".into(), "0".into()),
         ],
-        timeout: Duration::from_secs(60 * 60),
+        timeout: Duration::from_hours(1),
         extra_cmdline: String::new(),
         mem_mb: 3072,
         cpus: 2,
@@ -174,6 +180,14 @@ pub fn run_kernel(
         report.error =
             Some(format!("the suite exited with {:?} without a failed test (crash?)", run.exit_code));
     }
+    // The results are the kernel's only if the guest ran it (the console says which it booted).
+    if report.error.is_none()
+        && let Some(booted) = vm::guest_kernel_release(&run.console)
+        && booted != kernel.name
+    {
+        report.error = Some(format!("the guest booted kernel {booted}, not {}", kernel.name));
+    }
+    report.boot_attempts = run.boot_attempts;
     if !report.ok() {
         let dir = root.join("target/vm-logs");
         let _ = std::fs::create_dir_all(&dir);
@@ -219,6 +233,9 @@ pub fn summary(reports: &[KernelReport]) -> String {
         if let Some(e) = &r.error {
             notes.push(e.clone());
         }
+        if r.boot_attempts > 1 {
+            notes.push(format!("booted {} times (a guest died before the suite started)", r.boot_attempts));
+        }
         if !r.failed.is_empty() {
             notes.push(format!("failed: {}", r.failed.join(", ")));
         }
@@ -228,8 +245,9 @@ pub fn summary(reports: &[KernelReport]) -> String {
         if let Some(log) = &r.console_log {
             notes.push(format!("console: {}", log.display()));
         }
-        s.push_str(&format!(
-            "{:<28} {:>6} {:>6} {:>11} {:>6} {:>7.0}s  {}\n",
+        let _ = writeln!(
+            s,
+            "{:<28} {:>6} {:>6} {:>11} {:>6} {:>7.0}s  {}",
             r.kernel,
             r.passed.len(),
             r.real(),
@@ -237,7 +255,7 @@ pub fn summary(reports: &[KernelReport]) -> String {
             r.failed.len(),
             r.elapsed.as_secs_f64(),
             notes.join("; ")
-        ));
+        );
     }
     s
 }
@@ -265,6 +283,24 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_notes_a_second_boot() {
+        let r = KernelReport {
+            kernel: "k".into(),
+            passed: vec!["a".into()],
+            boot_attempts: 2,
+            ..Default::default()
+        };
+        assert!(summary(&[r]).contains("booted 2 times (a guest died before the suite started)"));
+        let r = KernelReport {
+            kernel: "k".into(),
+            passed: vec!["a".into()],
+            boot_attempts: 1,
+            ..Default::default()
+        };
+        assert!(!summary(&[r]).contains("booted"));
+    }
+
+    #[test]
     fn the_guest_script_runs_every_binary_serially() {
         let bins = [TestBinary { name: "spine".into(), path: "/w/target/release/deps/spine-1".into() }];
         let s = guest_script(&bins, Some("ps_"));
@@ -272,5 +308,7 @@ mod tests {
             "'/w/target/release/deps/spine-1' --test-threads=1 --logfile '/vm-results/spine.log' 'ps_'"
         ));
         assert!(s.ends_with("exit $status\n"));
+        let s = guest_script(&bins, Some("it's"));
+        assert!(s.contains("--logfile '/vm-results/spine.log' 'it'\\''s' || status=1\n"), "{s}");
     }
 }

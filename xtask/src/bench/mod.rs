@@ -1,0 +1,183 @@
+//! `cargo xtask bench`: what pidvirt costs, measured on this machine in ONE run, as ratios.
+//!
+//! 1. Syscall overhead. Four workloads (raw getpid, kill(self, 0), fork+exit+wait, a 1-byte read
+//!    of /dev/zero, which pidvirt does not audit), each in a fresh pid namespace, under four
+//!    modes: `bare` (nothing attached), `floor` (`pidvirt floor`: EMPTY programs on exactly
+//!    pidvirt's hooks), `pidvirt` (`pidvirt run`), `peer` (bpftrace auditing the same syscalls
+//!    minimally); and, for the syscalls pidvirt does not audit, two other designs with EMPTY
+//!    programs: `read-hooked` (read's own syscall tracepoints: what hooking a syscall costs it)
+//!    and `raw` (raw sys_enter/sys_exit: a program on every syscall). The modes alternate round
+//!    by round (the order rotates), so drift hits all of them; a mode's cost is the median over
+//!    rounds of its per-round difference to bare.
+//! 2. In-kernel program time (bpf_stats, in a pass of its own: the statistics cost every run two
+//!    clock reads): per workload and mode, and program by program for fork+exit+wait.
+//! 3. P4: anomaly throughput (kill(host pid) `leak` crossings from a container into the JSON sink).
+//! 4. P5: attach time to a host with 10,000 extra processes in 10 pid namespaces.
+//! 5. P6: kernel map memory per tracked task (bpftool map show), before and after those processes.
+//!
+//! A round during which someone else had tracing programs attached (a test daemon, another
+//! tracer: `bare` would pay for them) is discarded and run again while `--time-budget` lasts.
+//!
+//! Each section is measured ([`measure`]), summarised ([`stats`]) and rendered ([`report`]) as
+//! a plain-text report (stdout), markdown (target/bench/bench.md, and docs/benchmarks.md under a
+//! short header) and JSON (target/bench/bench.json). The load generator is
+//! `tests/src/bin/pidvirt-bench.rs`.
+
+mod measure;
+mod report;
+mod stats;
+
+use std::{io::Write as _, time::Instant};
+
+use anyhow::bail;
+use serde_json::Value;
+
+use crate::setup;
+use measure::{Bench, Machine, check_interrupted};
+use report::{Goal, Report};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Options {
+    /// Alternating rounds of the syscall workloads (each runs every mode once).
+    #[arg(long, default_value_t = 15)]
+    rounds: usize,
+    /// Calls per batch (getpid, kill, read).
+    #[arg(long, default_value_t = 200_000)]
+    iters: u64,
+    /// fork+exit+wait per batch (a batch of ~30 ms: long enough to hold the kernel's deferred
+    /// work, RCU callbacks, short enough that a burst of host noise spoils few batches).
+    #[arg(long, default_value_t = 300)]
+    fork_iters: u64,
+    /// Batches of fork+exit+wait per round (the round's value is the median of their means).
+    #[arg(long, default_value_t = 21)]
+    fork_batches: usize,
+    /// Batches per workload per round (the round's value is their median).
+    #[arg(long, default_value_t = 3)]
+    batches: usize,
+    /// CPU the load generator is pinned to (default: the last one).
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Seconds of leak generation (P4).
+    #[arg(long, default_value_t = 2.0)]
+    leak_seconds: f64,
+    /// Pid namespaces of the extra processes (P5, P6).
+    #[arg(long, default_value_t = 10)]
+    namespaces: usize,
+    /// Extra processes in all (P5, P6), spread evenly over the namespaces.
+    #[arg(long, default_value_t = 10_000)]
+    tasks: usize,
+    /// Seconds to wait, before the first round, for other tracing programs (a daemon of a test
+    /// run, another tracer) to go: they perturb `bare`. Later rounds wait up to 20 s (within --time-budget).
+    #[arg(long, default_value_t = 30)]
+    quiet_wait: u64,
+    /// Seconds the syscall rounds may take in all: a perturbed round (someone else tracing) is
+    /// run again while this lasts.
+    #[arg(long, default_value_t = 300)]
+    time_budget: u64,
+    /// Skip the bpftrace peer.
+    #[arg(long)]
+    no_peer: bool,
+}
+
+/// A section: measures, adds its tables to the report and its goals, answers its JSON.
+type Section = fn(&Bench, &mut Report, &mut Vec<Goal>) -> anyhow::Result<Value>;
+
+/// The sections in the order they run: JSON key, label, section.
+const SECTIONS: [(&str, &str, Section); 4] = [
+    ("syscalls", "syscall overhead", syscalls),
+    ("kernel_time", "in-kernel program time", kernel_time),
+    ("p4_leak_throughput", "P4 anomaly throughput", leak_throughput),
+    ("p5_p6_attach_memory", "P5 attach / P6 memory", attach_memory),
+];
+
+fn syscalls(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
+    let runs = measure::syscall_rounds(b)?;
+    let summary = stats::SyscallSummary::of(&runs, b.opts.rounds);
+    Ok(report::syscalls(out, goals, b, &runs, &summary))
+}
+
+fn kernel_time(b: &Bench, out: &mut Report, _goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
+    let times = measure::kernel_times(b)?;
+    let per_run = stats::stats_cost_per_run(&times);
+    Ok(report::kernel_time(out, &times, per_run, b.peer.is_ok()))
+}
+
+fn leak_throughput(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
+    let run = measure::leak_throughput(b)?;
+    let rates = stats::throughput(&run);
+    Ok(report::leak_throughput(out, goals, &b.opts, &run, &rates))
+}
+
+fn attach_memory(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
+    let run = measure::attach_and_memory(b)?;
+    let memory = stats::memory_per_task(&run.before, &run.after);
+    Ok(report::attach_memory(out, goals, &run, &memory))
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    crate::require_root("the benchmark")?;
+    measure::catch_signals();
+    setup::build_deps()?;
+    setup::apt_install("bpftool (bench: map sizes, attachments)", &["bpftool"])?;
+    println!("[bench] cargo build --release -p pidvirt-user -p tests");
+    setup::run(crate::cargo().args(["build", "--release", "-p", "pidvirt-user", "-p", "tests"]))?;
+    let root = crate::workspace_root();
+    let peer = if opts.no_peer {
+        Err("skipped (--no-peer)".to_string())
+    } else {
+        setup::apt_install("bpftrace (bench: the peer)", &["bpftrace"]).map_err(|e| format!("{e:#}"))
+    };
+    let b = Bench::new(&root, opts, peer)?;
+    let machine = Machine::now();
+    let started = Instant::now();
+    let mut report = Report::default();
+    let mut goals = Vec::new();
+    report.header(&machine, b.cpus, b.cpu);
+    if !machine.foreign.is_empty() {
+        println!("[bench] WARNING: other tracing programs are attached: {}", machine.foreign);
+    }
+
+    let mut sections = serde_json::Map::new();
+    let mut failed = Vec::new();
+    for (key, label, section) in SECTIONS {
+        if check_interrupted().is_err() {
+            break;
+        }
+        println!("[bench] {label}");
+        let t = Instant::now();
+        let value = section(&b, &mut report, &mut goals).unwrap_or_else(|e| {
+            println!("[bench] {label} FAILED: {e:#}");
+            failed.push(label);
+            report::section_failed(&mut report, &mut goals, label, &e)
+        });
+        sections.insert(key.into(), value);
+        println!("[bench] {label}: {:.1} s", t.elapsed().as_secs_f64());
+    }
+    report::goals(&mut report, &goals);
+
+    // An interrupted run leaves the previous results alone.
+    check_interrupted()?;
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let doc = report::document(&machine, &b, started.elapsed().as_secs_f64(), &sections, &goals);
+    std::fs::write(out_dir.join("bench.json"), serde_json::to_string_pretty(&doc)? + "\n")?;
+    std::fs::write(out_dir.join("bench.md"), &report.md)?;
+    let docs = root.join("docs/benchmarks.md");
+    std::fs::create_dir_all(root.join("docs"))?;
+    std::fs::write(&docs, report::benchmarks_doc(&report.md))?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", report.text)?;
+    writeln!(
+        stdout,
+        "[bench] {:.0} s; wrote {}, {} and {}",
+        started.elapsed().as_secs_f64(),
+        out_dir.join("bench.json").display(),
+        out_dir.join("bench.md").display(),
+        docs.display()
+    )?;
+    check_interrupted()?;
+    if !failed.is_empty() {
+        bail!("bench sections failed: {}", failed.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,755 @@
+//! Rendering: each section's tables and notes (plain text for the terminal, markdown for the
+//! files), its goals, and its part of the JSON document.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use pidvirt_common::{INLINE_LEVELS, catalogue::map};
+use serde_json::{Value, json};
+
+use super::{
+    Options,
+    measure::{
+        AttachRun, Bench, KernelTimes, LEAK_SYSCALL, LEAK_VERDICT, LeakRun, MAPS, MODES, Machine, Mode,
+        ProgTime, Snapshot, SyscallRuns, WORKLOADS, workload_label,
+    },
+    stats::{self, MemoryPerTask, SyscallSummary, Throughput, ratio, spread},
+};
+
+/// Output: a plain-text report (stdout) and the same as markdown.
+#[derive(Default)]
+pub struct Report {
+    pub text: String,
+    pub md: String,
+}
+
+impl Report {
+    /// The first line: where it was measured.
+    pub fn header(&mut self, m: &Machine, cpus: usize, cpu: usize) {
+        let _ = writeln!(
+            self.text,
+            "pidvirt bench: kernel {}, {cpus} CPUs ({}), load generator pinned to CPU {cpu}",
+            m.kernel, m.cpu_model
+        );
+        let _ = writeln!(
+            self.md,
+            "Measured by `cargo xtask bench` on kernel {}, {cpus} CPUs ({}); load generator pinned to CPU {cpu}.",
+            m.kernel, m.cpu_model
+        );
+    }
+    fn heading(&mut self, s: &str) {
+        let _ = writeln!(self.text, "\n== {s}");
+        let _ = writeln!(self.md, "\n#### {s}\n");
+    }
+    fn note(&mut self, s: &str) {
+        let _ = writeln!(self.text, "{s}");
+        let _ = writeln!(self.md, "{s}\n");
+    }
+    fn table(&mut self, header: &[&str], rows: &[Vec<String>]) {
+        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+        for r in rows {
+            for (i, c) in r.iter().enumerate() {
+                widths[i] = widths[i].max(c.len());
+            }
+        }
+        // Numeric columns right-aligned, text left-aligned.
+        let numeric: Vec<bool> = (0..header.len())
+            .map(|i| {
+                i > 0
+                    && rows.iter().all(|r| {
+                        r[i] == "n/a"
+                            || r[i].starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-')
+                    })
+            })
+            .collect();
+        let line = |cells: Vec<String>| -> String {
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if numeric[i] {
+                        format!("{c:>w$}", w = widths[i])
+                    } else {
+                        format!("{c:<w$}", w = widths[i])
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        let _ = writeln!(self.text, "{}", line(header.iter().map(ToString::to_string).collect()));
+        for r in rows {
+            let _ = writeln!(self.text, "{}", line(r.clone()));
+        }
+        let _ = writeln!(self.md, "| {} |", header.join(" | "));
+        let _ = writeln!(
+            self.md,
+            "|{}",
+            numeric.iter().map(|n| if *n { " ---: |" } else { " --- |" }).collect::<String>()
+        );
+        for r in rows {
+            let _ = writeln!(self.md, "| {} |", r.join(" | "));
+        }
+        self.md.push('\n');
+    }
+}
+
+/// A goal of the benchmark, met or not (`None`: not applicable).
+pub struct Goal {
+    name: String,
+    measured: String,
+    target: String,
+    pass: Option<bool>,
+}
+
+impl Goal {
+    fn new(
+        name: impl Into<String>,
+        measured: impl Into<String>,
+        target: impl Into<String>,
+        pass: Option<bool>,
+    ) -> Self {
+        Self { name: name.into(), measured: measured.into(), target: target.into(), pass }
+    }
+    fn verdict(&self) -> &'static str {
+        match self.pass {
+            Some(true) => "PASS",
+            Some(false) => "FAIL",
+            None => "N/A",
+        }
+    }
+    fn json(&self) -> Value {
+        json!({ "goal": self.name, "measured": self.measured, "target": self.target, "verdict": self.verdict() })
+    }
+}
+
+fn fmt_opt(v: Option<f64>, prec: usize, prefix_plus: bool) -> String {
+    match v {
+        Some(x) if prefix_plus => format!("{x:+.prec$}"),
+        Some(x) => format!("{x:.prec$}"),
+        None => "n/a".into(),
+    }
+}
+
+/// "+median [p25..p75]" of per-round differences, `unit` after the median.
+fn spread_cell(v: &[f64], unit: &str) -> String {
+    match spread(v) {
+        Some(s) => format!("{:+.1}{unit} [{:+.0}..{:+.0}]", s.median, s.p25, s.p75),
+        None => "n/a".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Syscall overhead
+
+pub fn syscalls(
+    out: &mut Report,
+    goals: &mut Vec<Goal>,
+    b: &Bench,
+    runs: &SyscallRuns,
+    summary: &SyscallSummary,
+) -> Value {
+    out.heading("Syscall overhead (ns per call)");
+    out.note(&overhead_note(b, runs, summary));
+    let mut rows = Vec::new();
+    let mut workloads = serde_json::Map::new();
+    for (w, label, audited) in WORKLOADS {
+        let (floor, ours, peer) = (
+            summary.added_median(Mode::Floor, w),
+            summary.added_median(Mode::Pidvirt, w),
+            if summary.peer_ok { summary.added_median(Mode::Peer, w) } else { None },
+        );
+        let cell = |m| spread_cell(&summary.added(m, w), "");
+        rows.push(vec![
+            label.to_string(),
+            fmt_opt(summary.rounds.median(Mode::Bare, w), 1, false),
+            cell(Mode::Floor),
+            cell(Mode::Pidvirt),
+            if summary.peer_ok { cell(Mode::Peer) } else { "unavailable".into() },
+            ratio(ours, floor).map_or("n/a".into(), |r| format!("{r:.2}x")),
+            ratio(ours, peer).map_or("n/a".into(), |r| format!("{r:.2}x")),
+        ]);
+        if audited {
+            goals.extend(overhead_goals(label, floor, ours, peer));
+        }
+        workloads.insert(w.to_string(), workload_json(summary, w, label, audited));
+    }
+    out.table(
+        &["workload", "bare ns", "+floor ns", "+pidvirt ns", "+peer ns", "pidvirt/floor", "pidvirt/peer"],
+        &rows,
+    );
+    fork_notes(out, &b.opts, summary);
+    unaudited(out, goals, summary);
+    goals.push(Goal::new(
+        "fork+exit+wait rate with pidvirt >= 0.9x bare",
+        summary.fork_rate.map_or("n/a".into(), |r| format!("{r:.3}x")),
+        ">= 0.90x",
+        summary.fork_rate.map(|r| r >= 0.9),
+    ));
+    if summary.perturbed_used() {
+        out.note(&format!(
+            "WARNING: {} of {} rounds ran while someone else had tracing programs attached: the numbers are \
+             perturbed (bare then pays the tracepoint cost too). Rerun on a quiet machine.",
+            summary.perturbed.len(),
+            summary.run
+        ));
+    }
+    out.note(&format!(
+        "Time to attach (median): floor {} ms, pidvirt {} ms (until `status` answers), peer {} ms (until \
+         bpftool perf show lists every probe).",
+        fmt_opt(summary.attach_ms[&Mode::Floor], 0, false),
+        fmt_opt(summary.attach_ms[&Mode::Pidvirt], 0, false),
+        fmt_opt(summary.attach_ms[&Mode::Peer], 0, false),
+    ));
+    syscalls_json(b, runs, summary, &workloads)
+}
+
+fn overhead_note(b: &Bench, runs: &SyscallRuns, s: &SyscallSummary) -> String {
+    format!(
+        "Every workload of every mode and round runs in ONE process pinned to CPU {}, the init of one pid \
+         namespace (pidvirt-bench serve: a process's own layout, which fork copies, then weighs the same \
+         on every mode); a round's value is the median of {} \
+         batches' means of {} calls ({} batches of {} for fork+exit+wait), timed with CLOCK_MONOTONIC. {} \
+         rounds ({}); the \
+         modes alternate round by round (rotating order). bare: median ns per call with nothing attached; \
+         +floor / +pidvirt / +peer: ns ADDED over bare (median of the per-round differences, \
+         [25th..75th percentile] of them). floor = \
+         EMPTY programs on exactly pidvirt's hooks; peer = bpftrace counting the same syscalls per \
+         syscall and task, kill targets, fork/exit ({}).",
+        b.cpu,
+        b.opts.batches,
+        b.opts.iters,
+        b.opts.fork_batches,
+        b.opts.fork_iters,
+        s.rounds.len(),
+        if s.perturbed_used() {
+            format!("PERTURBED: only {} of {} ran with no one else tracing", s.clean, s.run)
+        } else if s.perturbed.is_empty() {
+            "no one else was tracing".to_string()
+        } else {
+            format!("{} perturbed round(s), when someone else was tracing, discarded", s.perturbed.len())
+        },
+        match (&b.peer, &runs.peer_error) {
+            (Ok(script), None) => format!("{} tracepoints", script.tracepoints),
+            (_, Some(e)) | (Err(e), _) => format!("UNAVAILABLE: {e}"),
+        }
+    )
+}
+
+/// The two goals of an audited workload: pidvirt's addition (`ours`) against the floor's and
+/// the peer's.
+fn overhead_goals(label: &str, floor: Option<f64>, ours: Option<f64>, peer: Option<f64>) -> [Goal; 2] {
+    [
+        within_floor(format!("{label}: pidvirt added <= 1.3x floor added"), ours, floor),
+        Goal::new(
+            format!("{label}: pidvirt added below the peer's"),
+            match (ours, peer) {
+                (Some(p), Some(q)) if q > 0.0 => format!("{p:+.1} vs {q:+.1} ns"),
+                (Some(p), Some(q)) => {
+                    format!("no comparison: peer added {q:+.1} ns (noise), pidvirt {p:+.1}")
+                }
+                _ => "peer unavailable".into(),
+            },
+            "pidvirt < peer",
+            // An addition at or below zero is noise (as for the ratios): nothing to compare.
+            match (ours, peer) {
+                (Some(p), Some(q)) if q > 0.0 => Some(p < q),
+                _ => None,
+            },
+        ),
+    ]
+}
+
+/// The goal that pidvirt adds at most 1.3x what the floor adds (no ratio, and no verdict, when
+/// the floor's addition is noise).
+fn within_floor(name: String, ours: Option<f64>, floor: Option<f64>) -> Goal {
+    let r = ratio(ours, floor);
+    let (ours, floor) = (fmt_opt(ours, 1, true), fmt_opt(floor, 1, true));
+    Goal::new(
+        name,
+        match r {
+            Some(r) => format!("{r:.2}x ({ours} vs {floor} ns)"),
+            None => format!("no ratio: floor added {floor} ns (noise), pidvirt {ours} ns"),
+        },
+        "<= 1.30x",
+        r.map(|r| r <= 1.3),
+    )
+}
+
+fn workload_json(summary: &SyscallSummary, w: &str, label: &str, audited: bool) -> Value {
+    let (floor, ours) = (summary.added_median(Mode::Floor, w), summary.added_median(Mode::Pidvirt, w));
+    let peer = if summary.peer_ok { summary.added_median(Mode::Peer, w) } else { None };
+    let by_round: serde_json::Map<String, Value> = (summary.rounds.modes().into_iter())
+        .map(|m| {
+            let values = summary.rounds.values(m, w);
+            (m.name().to_string(), if values.is_empty() { Value::Null } else { json!(values) })
+        })
+        .collect();
+    let added = |m: &Mode| summary.added(*m, w);
+    json!({
+        "label": label, "audited": audited,
+        "bare_ns": summary.rounds.median(Mode::Bare, w),
+        "floor_ns": summary.rounds.median(Mode::Floor, w), "pidvirt_ns": summary.rounds.median(Mode::Pidvirt, w),
+        "peer_ns": if summary.peer_ok { summary.rounds.median(Mode::Peer, w) } else { None },
+        "floor_added_ns": floor, "pidvirt_added_ns": ours, "peer_added_ns": peer,
+        "pidvirt_added_over_floor_added": ratio(ours, floor), "pidvirt_added_over_peer_added": ratio(ours, peer),
+        "ns_per_call_by_round": by_round,
+        "added_ns_by_round": MODES[1..].iter().map(|m| (m.name(), added(m))).collect::<BTreeMap<_, _>>(),
+        "added_ns_p25_p75": MODES[1..].iter()
+            .map(|m| (m.name(), [stats::quantile(&added(m), 0.25), stats::quantile(&added(m), 0.75)]))
+            .collect::<BTreeMap<_, _>>(),
+    })
+}
+
+/// How fork+exit+wait is measured, and its rate with pidvirt.
+fn fork_notes(out: &mut Report, o: &Options, s: &SyscallSummary) {
+    out.note(&format!(
+        "fork+exit+wait: {} batches of {} per round, ~{:.0} ms each: long enough to hold the work the \
+         kernel defers to RCU callbacks (freeing the task, and the programs on {}), short \
+         enough that a burst of host noise spoils few of them; the median of their means is the round's \
+         value. The in-kernel time of every program is broken down below (bpf_stats).",
+        o.fork_batches,
+        o.fork_iters,
+        s.rounds.median(Mode::Bare, "fork").map_or(0.0, |ns| ns * o.fork_iters as f64 / 1e6),
+        pidvirt_common::catalogue::Program::SchedProcessFree.name(),
+    ));
+    out.note(&format!(
+        "fork+exit+wait rate with pidvirt: {} of bare (median of the rounds' ratios; {} vs {} per second)",
+        s.fork_rate.map_or("n/a".into(), |r| format!("{r:.3}x")),
+        fmt_opt(s.rounds.median(Mode::Pidvirt, "fork").map(|ns| 1e9 / ns), 0, false),
+        fmt_opt(s.rounds.median(Mode::Bare, "fork").map(|ns| 1e9 / ns), 0, false),
+    ));
+}
+
+/// Syscalls pidvirt does not audit: what the design taxes them with, against hooking them.
+fn unaudited(out: &mut Report, goals: &mut Vec<Goal>, s: &SyscallSummary) {
+    out.heading("Syscalls pidvirt does not audit: what each design adds (ns per call)");
+    out.note(
+        "Per-syscall tracepoints (pidvirt's design) put a program on the audited syscalls only; every \
+         other syscall pays just the kernel's slow path for traced syscalls. A design on the raw \
+         sys_enter/sys_exit tracepoints runs a program on every syscall. Yardstick: EMPTY programs on \
+         read's own sys_enter_read/sys_exit_read tracepoints, i.e. what hooking read would cost it. Same \
+         rounds, same statistics as above.",
+    );
+    let cell = |m, w| spread_cell(&s.added(m, w), "");
+    out.table(
+        &["design (EMPTY programs unless pidvirt)", "+ns read (unaudited)", "+ns getpid (audited)"],
+        &[
+            vec![
+                "per-syscall tracepoints: pidvirt's hooks (floor)".into(),
+                cell(Mode::Floor, "read"),
+                cell(Mode::Floor, "getpid"),
+            ],
+            vec!["pidvirt".into(), cell(Mode::Pidvirt, "read"), cell(Mode::Pidvirt, "getpid")],
+            vec![
+                "per-syscall tracepoints: read's own (read hooked)".into(),
+                cell(Mode::ReadHooked, "read"),
+                "-".into(),
+            ],
+            vec![
+                "raw sys_enter/sys_exit (every syscall)".into(),
+                cell(Mode::Raw, "read"),
+                cell(Mode::Raw, "getpid"),
+            ],
+        ],
+    );
+    let (p_read, f_read) = (s.added_median(Mode::Pidvirt, "read"), s.added_median(Mode::Floor, "read"));
+    goals.push(within_floor(
+        "read 1 B of /dev/zero (unaudited): pidvirt added <= 1.3x EMPTY programs on per-syscall tracepoints (floor)"
+            .into(),
+        p_read,
+        f_read,
+    ));
+    out.note(&format!(
+        "Neither pidvirt nor its floor attaches anything to read: what both add to it ({} and {} ns here) is \
+         the kernel's slow path for syscalls while any syscall tracepoint is enabled, the same for both; their \
+         difference per round is {}.",
+        fmt_opt(p_read, 1, true),
+        fmt_opt(f_read, 1, true),
+        spread_cell(&s.rounds.differences(Mode::Pidvirt, Mode::Floor, "read"), " ns"),
+    ));
+}
+
+fn syscalls_json(
+    b: &Bench,
+    runs: &SyscallRuns,
+    s: &SyscallSummary,
+    workloads: &serde_json::Map<String, Value>,
+) -> Value {
+    let by_name = |m: &BTreeMap<Mode, f64>| m.iter().map(|(m, v)| (m.name(), *v)).collect::<BTreeMap<_, _>>();
+    json!({
+        "rounds_wanted": b.opts.rounds, "rounds_run": s.run, "rounds_used": s.rounds.len(),
+        "clean_rounds": s.clean, "perturbed_rounds_used": s.perturbed_used(),
+        "attach_ms_median": s.attach_ms.iter().map(|(m, v)| (m.name(), *v)).collect::<BTreeMap<_, _>>(),
+        "all_rounds": runs.rounds.iter().enumerate().map(|(i, r)| json!({
+            "round": i + 1, "foreign": r.foreign,
+            "ns_per_call": r.ns.iter().map(|(m, v)| (m.name(), v)).collect::<BTreeMap<_, _>>(),
+            "attach_ms": by_name(&r.attach_ms),
+        })).collect::<Vec<_>>(),
+        "batches": b.opts.batches, "iters": b.opts.iters, "fork_iters": b.opts.fork_iters,
+        "fork_batches": b.opts.fork_batches,
+        "cpu": b.cpu, "elapsed_s": runs.elapsed_s,
+        "peer": { "available": s.peer_ok, "reason": runs.peer_error,
+                  "tracepoints": b.peer.as_ref().ok().map(|p| p.tracepoints),
+                  "script": b.peer.as_ref().ok().and_then(|p| std::fs::read_to_string(&p.path).ok()) },
+        "workloads": workloads,
+        "fork_rate_pidvirt_over_bare": s.fork_rate,
+        "perturbed_rounds": s.perturbed.iter().map(|(round, foreign)| json!({ "round": round, "foreign": foreign }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. In-kernel program time (bpf_stats)
+
+pub fn kernel_time(out: &mut Report, k: &KernelTimes, per_run: f64, peer_ok: bool) -> Value {
+    out.heading("In-kernel program time per call (bpf_stats)");
+    out.note(&format!(
+        "The same workloads once more under each mode with the kernel's BPF run-time statistics on \
+         (kernel.bpf_stats_enabled): the time spent INSIDE the programs, summed over every program run \
+         during the workload, per call. It leaves out the tracepoints' own dispatch (which the floor's \
+         added ns above is made of) and each run includes the statistics' own two clock reads: {per_run:.1} \
+         ns per run, what the floor's EMPTY programs measure. pidvirt minus floor is what pidvirt's \
+         program bodies cost: the part of its added ns above the floor's."
+    ));
+    let per_call = |m: Mode, w| k.pass(m, w).map(stats::per_call);
+    let mut rows = Vec::new();
+    for (w, _) in k.workloads {
+        let cell = |m: Mode| match per_call(m, w) {
+            Some((ns, runs)) => format!("{ns:.1} ({runs:.2} runs)"),
+            None => "n/a".into(),
+        };
+        let bodies = match (per_call(Mode::Pidvirt, w), per_call(Mode::Floor, w)) {
+            (Some((p, _)), Some((f, _))) => format!("{:+.1}", p - f),
+            _ => "n/a".into(),
+        };
+        rows.push(vec![
+            workload_label(w).to_string(),
+            cell(Mode::Floor),
+            cell(Mode::Pidvirt),
+            if peer_ok { cell(Mode::Peer) } else { "unavailable".into() },
+            bodies,
+        ]);
+    }
+    out.table(&["workload", "floor ns", "pidvirt ns", "peer ns", "pidvirt - floor"], &rows);
+    out.note("fork+exit+wait, program by program (runs per call, and ns per run with and without the statistics' own cost):");
+    out.table(
+        &["mode", "program", "runs/call", "ns/run", "ns/run - stats", "ns/call"],
+        &fork_program_rows(k, per_run),
+    );
+
+    let json_of = |pass: &super::measure::Pass| {
+        json!({
+            "calls": pass.calls,
+            "programs": pass.progs.iter().map(|p| json!({ "name": p.name, "runs": p.runs, "run_time_ns": p.ns })).collect::<Vec<_>>(),
+        })
+    };
+    json!({
+        "stats_ns_per_run": per_run,
+        "by_mode": k.modes.iter().map(|m| (m.name(), k.workloads.iter()
+            .filter_map(|(w, _)| Some((w.to_string(), json_of(k.pass(*m, w)?))))
+            .collect::<serde_json::Map<_, _>>())).collect::<BTreeMap<_, _>>(),
+    })
+}
+
+/// Where fork+exit+wait goes, program by program, for every mode but the floor.
+fn fork_program_rows(k: &KernelTimes, per_run: f64) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for &mode in &k.modes[1..] {
+        let Some(pass) = k.pass(mode, "fork") else { continue };
+        let mut progs: Vec<&ProgTime> = pass.progs.iter().collect();
+        progs.sort_by_key(|p| std::cmp::Reverse(p.ns));
+        let calls = pass.calls as f64;
+        for p in progs {
+            let runs = p.runs as f64 / calls;
+            if runs < 0.01 {
+                continue;
+            }
+            let ns_run = p.ns as f64 / p.runs as f64;
+            rows.push(vec![
+                mode.name().to_string(),
+                p.name.clone(),
+                format!("{runs:.2}"),
+                format!("{ns_run:.1}"),
+                format!("{:.1}", ns_run - per_run),
+                format!("{:.1}", p.ns as f64 / calls),
+            ]);
+        }
+    }
+    rows
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. P4: anomaly throughput
+
+pub fn leak_throughput(
+    out: &mut Report,
+    goals: &mut Vec<Goal>,
+    o: &Options,
+    r: &LeakRun,
+    t: &Throughput,
+) -> Value {
+    let (sys, verdict) = (LEAK_SYSCALL, LEAK_VERDICT);
+    let counter = format!("crossings.{sys}.{verdict}");
+    let or_na = |v: Option<u64>| v.map_or("n/a".into(), |v| v.to_string());
+    out.heading(&format!("P4: anomaly throughput ({verdict} crossings into the JSON sink)"));
+    out.note(&format!(
+        "A process in a fresh pid namespace ({}) calls {sys}(H, 0) in a tight loop for {:.1} s, H the \
+         host pid of a sibling that is no vpid inside (ESRCH), while `pidvirt run --audit-log FILE` runs. \
+         delivered = audit-log lines of that container with verdict {verdict}; counted = stats {counter}; \
+         dropped = stats ringbuf_drops of the container. Sink rate = delivered / time from the start of \
+         generation until the sink stopped growing.",
+        r.container, o.leak_seconds
+    ));
+    let rows = vec![
+        vec![format!("generated ({sys} calls, all ESRCH)"), format!("{} ({} ESRCH)", r.generated, r.esrch)],
+        vec!["generation rate".into(), format!("{:.0} /s", t.generation_rate)],
+        vec![format!("counted by pidvirt ({counter})"), or_na(r.counted)],
+        vec!["delivered to the JSON sink".into(), r.delivered.to_string()],
+        vec!["dropped (ringbuf_drops)".into(), or_na(r.drops)],
+        vec!["delivered + dropped".into(), or_na(t.accounted)],
+        vec![
+            "sink rate (until the sink caught up)".into(),
+            format!("{:.0} events/s over {:.2} s", t.sink_rate, r.sink_s),
+        ],
+        vec!["delivered / generation time".into(), format!("{:.0} events/s", t.delivered_per_generation_s)],
+        vec!["audit log written".into(), format!("{:.1} MiB", r.log_bytes as f64 / 1048576.0)],
+    ];
+    out.table(&["P4", "value"], &rows);
+    goals.push(Goal::new(
+        format!("P4: {verdict} events reaching the JSON sink"),
+        format!("{:.0} /s", t.sink_rate),
+        ">= 200000 /s",
+        Some(t.sink_rate >= 200_000.0),
+    ));
+    goals.push(Goal::new(
+        "P4: every drop counted (generated == delivered + dropped)",
+        format!("{} == {}", r.generated, or_na(t.accounted)),
+        "equal",
+        Some(t.accounted == Some(r.generated)),
+    ));
+    goals.push(Goal::new(
+        "P4: every crossing counted (counted == generated)",
+        format!("{} vs {}", or_na(r.counted), r.generated),
+        "equal",
+        Some(r.counted == Some(r.generated)),
+    ));
+    json!({
+        "container": r.container, "target_host_pid": r.leak["target_host_pid"], "seconds": r.generation_s,
+        "generated": r.generated, "esrch": r.esrch, "generated_per_s": t.generation_rate,
+        format!("counted_{sys}_{verdict}"): r.counted, "delivered": r.delivered, "ringbuf_drops": r.drops,
+        "delivered_plus_dropped": t.accounted,
+        "sink_caught_up_after_s": r.sink_s, "delivered_per_s_until_caught_up": t.sink_rate,
+        "delivered_per_generation_s": t.delivered_per_generation_s,
+        "audit_log_lines": r.audit_count["lines"], "audit_log_bytes": r.log_bytes,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3 and 4. P5 attach time, P6 memory per task
+
+pub fn attach_memory(out: &mut Report, goals: &mut Vec<Goal>, r: &AttachRun, m: &MemoryPerTask) -> Value {
+    let attach_ok = r.attach["ok"].as_bool() == Some(true);
+    let seed_ms = r.status["seed"]["elapsed"].as_f64();
+    attach_section(out, goals, r, attach_ok, seed_ms);
+    memory_section(out, goals, r, m);
+    json!({
+        "namespaces": r.namespaces, "extra_processes": r.total, "spawn_s": r.spawn_s,
+        "p5": { "attach_ms": r.attach_s * 1e3, "listed_all": attach_ok, "ps_check": r.attach,
+                "seed_elapsed_ms": seed_ms, "seed": r.status["seed"] },
+        "p6": { "before": snapshot_json(&r.before), "after": snapshot_json(&r.after),
+                "after_seeded_daemon": snapshot_json(&r.seeded),
+                "tracked_by_fork_program": r.live,
+                "value_bytes_level1_task": m.level1, "value_bytes_avg_nested": m.avg_nested,
+                "value_bytes_avg_all": m.avg_all, "memlock_delta_per_task": m.memlock_per_task,
+                "task_delta": m.task_delta },
+    })
+}
+
+fn attach_section(
+    out: &mut Report,
+    goals: &mut Vec<Goal>,
+    r: &AttachRun,
+    attach_ok: bool,
+    seed_ms: Option<f64>,
+) {
+    let (total, attach_ms) = (r.total, r.attach_s * 1e3);
+    out.heading("P5: attach to a running host");
+    out.note(&format!(
+        "{total} extra sleeping processes in {} pid namespaces (spawned in {:.2} s). Time from \
+         spawning `pidvirt run` until `pidvirt ps --json` lists every one of them with nspid equal to \
+         /proc/PID/status NSpid ({} polls of ps).",
+        r.namespaces, r.spawn_s, r.attach["polls"]
+    ));
+    out.table(
+        &["P5", "value"],
+        &[
+            vec![
+                "attach: spawn of pidvirt run -> ps lists all".into(),
+                if attach_ok {
+                    format!("{attach_ms:.0} ms")
+                } else {
+                    format!("FAILED after {attach_ms:.0} ms: {}", r.attach)
+                },
+            ],
+            vec![
+                "  of which: until the socket existed / the last ps --json call".into(),
+                format!(
+                    "{} ms / {} ms",
+                    fmt_opt(r.attach["socket_seen_ms"].as_f64(), 0, false),
+                    fmt_opt(r.attach["last_ps_call_ms"].as_f64(), 0, false)
+                ),
+            ],
+            vec![
+                "the daemon's /proc walk after the iterator (status seed.elapsed; may end after ps lists all)"
+                    .into(),
+                fmt_opt(seed_ms, 1, false) + " ms",
+            ],
+            vec!["tasks tracked after the seed".into(), r.seeded.tasks().to_string()],
+        ],
+    );
+    goals.push(Goal::new(
+        format!("P5: attach with {total} extra processes"),
+        format!("{attach_ms:.0} ms"),
+        "< 1000 ms",
+        Some(attach_ok && r.attach_s < 1.0),
+    ));
+}
+
+fn memory_section(out: &mut Report, goals: &mut Vec<Goal>, r: &AttachRun, m: &MemoryPerTask) {
+    let (before, after, seeded) = (&r.before, &r.after, &r.seeded);
+    let (tasks, virt, deep) = (map::TASKS, map::VIRT, map::DEEP);
+    out.heading("P6: kernel memory per tracked task");
+    out.note(&format!(
+        "Maps of the running daemon (bpftool map show --json), before and after the {} extra processes \
+         (tracked by the fork program; `ps` listed them all: {}). Value bytes per task = {tasks} value + a {virt} \
+         value per non-host level (+ {deep} for levels >= {INLINE_LEVELS}). memlock = bytes_memlock summed over {}.",
+        r.total,
+        r.live["ok"],
+        MAPS.join(", ")
+    ));
+    let rows: Vec<Vec<String>> = MAPS
+        .iter()
+        .map(|&name| {
+            vec![
+                name.to_string(),
+                after.field(name, "bytes_key").to_string(),
+                after.field(name, "bytes_value").to_string(),
+                after.field(name, "max_entries").to_string(),
+                before.field(name, "bytes_memlock").to_string(),
+                after.field(name, "bytes_memlock").to_string(),
+                seeded.field(name, "bytes_memlock").to_string(),
+            ]
+        })
+        .collect();
+    out.table(
+        &["map", "key B", "value B", "max_entries", "memlock before", "memlock after", "after (seeded)"],
+        &rows,
+    );
+    out.table(
+        &["P6", "value"],
+        &[
+            vec![
+                "tracked tasks before -> after (level >= 1)".into(),
+                format!("{} ({}) -> {} ({})", before.tasks(), before.nested(), after.tasks(), after.nested()),
+            ],
+            vec![
+                format!("map value bytes per level-1 task ({tasks} + 1 {virt})"),
+                format!("{} B ({} + {})", m.level1, m.sizes.tasks, m.sizes.virt),
+            ],
+            vec![
+                "map value bytes per task, average over nested tasks".into(),
+                format!("{:.1} B", m.avg_nested),
+            ],
+            vec!["map value bytes per task, average over all tasks".into(), format!("{:.1} B", m.avg_all)],
+            vec![
+                "memlock delta / task delta".into(),
+                format!("{:.0} B ({} B / {})", m.memlock_per_task, m.memlock_delta, m.task_delta),
+            ],
+        ],
+    );
+    goals.push(Goal::new(
+        "P6: map value bytes per (level-1) task",
+        format!(
+            "{} B (nested average {:.1} B; memlock {:.0} B/task)",
+            m.level1, m.avg_nested, m.memlock_per_task
+        ),
+        "<= 64 B",
+        Some(m.level1 <= 64 && m.avg_nested <= 64.0),
+    ));
+}
+
+fn snapshot_json(s: &Snapshot) -> Value {
+    json!({ "tasks": s.tasks(), "tasks_by_level": s.ps["levels"], "tasks_level_ge_1": s.nested(),
+            "maps": s.maps, "memlock_bytes": s.memlock(), "map_value_bytes": s.value_bytes() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The whole run
+
+/// A section that failed: its error in the report, and a failed goal.
+pub fn section_failed(out: &mut Report, goals: &mut Vec<Goal>, label: &str, e: &anyhow::Error) -> Value {
+    out.heading(&format!("{label}: FAILED"));
+    out.note(&format!("{e:#}"));
+    goals.push(Goal::new(format!("{label} ran"), format!("error: {e:#}"), "no error", Some(false)));
+    json!({ "error": format!("{e:#}") })
+}
+
+/// The goals table, and how many passed.
+pub fn goals(out: &mut Report, goals: &[Goal]) {
+    out.heading("Goals");
+    let rows: Vec<Vec<String>> = goals
+        .iter()
+        .map(|g| vec![g.verdict().to_string(), g.name.clone(), g.measured.clone(), g.target.clone()])
+        .collect();
+    out.table(&["result", "goal", "measured", "target"], &rows);
+    let passed = goals.iter().filter(|g| g.pass == Some(true)).count();
+    let failed = goals.iter().filter(|g| g.pass == Some(false)).count();
+    out.note(&format!("{passed} passed, {failed} failed, {} not applicable", goals.len() - passed - failed));
+}
+
+/// The JSON document of the run (target/bench/bench.json).
+pub fn document(
+    m: &Machine,
+    b: &Bench,
+    elapsed_s: f64,
+    sections: &serde_json::Map<String, Value>,
+    goals: &[Goal],
+) -> Value {
+    let o = &b.opts;
+    json!({
+        "machine": { "kernel": m.kernel, "cpus": b.cpus, "cpu_model": m.cpu_model,
+                     "loadavg_start": m.loadavg, "loadavg_end": super::measure::loadavg(),
+                     "foreign_tracing_at_start": m.foreign },
+        "options": { "rounds": o.rounds, "iters": o.iters, "fork_iters": o.fork_iters, "fork_batches": o.fork_batches,
+                     "batches": o.batches, "cpu": b.cpu, "leak_seconds": o.leak_seconds,
+                     "namespaces": o.namespaces, "tasks": o.tasks },
+        "elapsed_s": elapsed_s,
+        "results": sections,
+        "goals": goals.iter().map(Goal::json).collect::<Vec<_>>(),
+    })
+}
+
+/// docs/benchmarks.md: the markdown report under a header that says where it comes from.
+pub fn benchmarks_doc(md: &str) -> String {
+    format!(
+        "# Benchmarks\n\n\
+         The latest run of `cargo xtask bench` (root, nothing else tracing; see [Performance]\
+         (../README.md#performance)). Every run that is not interrupted writes this file again, as well as \
+         `target/bench/bench.md` and `target/bench/bench.json`: edit the benchmark, not this file.\n\n\
+         {md}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_benchmarks_doc_is_the_report_under_a_header() {
+        let doc = benchmarks_doc("Measured by `cargo xtask bench` on kernel X.\n");
+        assert!(doc.starts_with("# Benchmarks\n\nThe latest run of `cargo xtask bench` (root"), "{doc}");
+        assert!(doc.contains("[Performance](../README.md#performance)"), "{doc}");
+        assert!(doc.ends_with(
+            "edit the benchmark, not this file.\n\nMeasured by `cargo xtask bench` on kernel X.\n"
+        ));
+    }
+}
