@@ -6,12 +6,6 @@ pub use crate::catalogue::{
     Direction, LSM_HOOKS, LsmHook, Mode, NLSM, NSYSCALLS, NVERDICTS, SYSCALLS, SyscallSpec, Verdict, lsm, sys,
 };
 
-/// Whether a crossing with verdict `v` is reported to user space (every verdict but ok,
-/// group, any).
-pub const fn is_anomaly(v: Verdict) -> bool {
-    v.reported_by_default()
-}
-
 /// A task as the classification sees it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Party {
@@ -20,7 +14,7 @@ pub struct Party {
     pub host_tid: u32,
     pub container: u32,
     /// Whether the caller can see this task: it is in the caller's container or in a
-    /// namespace nested below the caller's (only meaningful for the `host` party).
+    /// namespace nested below the caller's.
     pub visible: bool,
 }
 
@@ -31,18 +25,33 @@ impl Party {
     }
 }
 
-/// What the maps say about a crossing value N from a caller. Plain fields (no `Option`): the
-/// kernel programs build it, and the verifier refuses registers LLVM leaves undefined.
+/// Ancestor levels a number is judged against besides the host's: the nearest ones above the
+/// caller's (a caller at level L checks levels L-1 .. L-ANCESTOR_CHECKS, then 0). Bounded, so
+/// that a crossing costs at most that many more lookups; deeper callers are rare.
+pub const ANCESTOR_CHECKS: usize = 4;
+
+/// What the maps say about a crossing value N from a caller at level L. Plain fields (no
+/// `Option`): the kernel programs build it, and the verifier refuses registers LLVM leaves
+/// undefined.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Resolution {
-    /// The task N names in the caller's namespace (the one the kernel acts on).
+    /// X: the task N names in the caller's namespace (the one the kernel acts on).
     pub named: Party,
+    /// X is in a container nested in the caller's (a namespace below the caller's; for the
+    /// host proper, any container).
+    pub named_nested: bool,
     /// N is in the caller's namespace's reverse map, but the entry it points at is gone or
     /// belongs to a recycled pid.
     pub named_stale: bool,
-    /// The task whose HOST pid is N (looked up for callers in a nested namespace; for a caller
-    /// in the initial namespace it is `named`).
-    pub host: Party,
+    /// Y: N read as a number of an ancestor namespace (levels L-1 down to 0, nearest first):
+    /// when X exists, the first task other than X that the caller can see; otherwise the first
+    /// task at all. Not looked for from the host (its numbers are host numbers).
+    pub ancestor: Party,
+    /// The level Y was found at.
+    pub ancestor_level: u32,
+    /// N names nothing now but named a task of the caller's namespace released a moment ago
+    /// (then the ancestor levels are not read).
+    pub released: bool,
 }
 
 /// The one place a crossing value naming a task is judged.
@@ -50,20 +59,36 @@ pub fn classify(caller_container: u32, r: &Resolution) -> Verdict {
     if r.named_stale {
         return Verdict::Stale;
     }
-    let (x, y) = (&r.named, &r.host);
+    let (x, y) = (&r.named, &r.ancestor);
     if x.found {
         if y.found && y.host_tid != x.host_tid && y.visible {
             Verdict::Collision
-        } else if x.container != caller_container {
-            Verdict::CrossContainer
-        } else {
+        } else if x.container == caller_container {
             Verdict::Ok
+        } else if r.named_nested {
+            Verdict::Nested
+        } else {
+            Verdict::CrossContainer
         }
+    } else if r.released {
+        // The caller's own namespace had this number a moment ago: a race with the release
+        // (small numbers name host kernel threads too; that is no leak).
+        Verdict::Released
     } else if y.found {
         Verdict::Leak
     } else {
         Verdict::Unknown
     }
+}
+
+/// Container numbers: 0 is the host, a pid namespace container is numbered by its namespace
+/// inode (proc's dynamic inodes start at 0xF0000000), a cgroup container by a small number
+/// below this bound.
+pub const CGROUP_NUMBERS_END: u32 = 0x1000_0000;
+
+/// Whether container number `c` is a cgroup container (tasks sharing the host's namespace).
+pub const fn is_cgroup_container(c: u32) -> bool {
+    c != crate::HOST_CONTAINER && c < CGROUP_NUMBERS_END
 }
 
 /// kill(2)/wait4(2) special values: 0 and < -1 name a process group, -1 everything. `None` for
@@ -120,6 +145,10 @@ pub struct AnomalyEvent {
     /// mismatch: `also.vpid` carries the truth.
     pub also: PartyInfo,
     pub flags: u32,
+    /// For `also` of a leak or collision: the level whose number N is, and that level's pid
+    /// namespace (0 for the host).
+    pub also_level: u32,
+    pub also_pidns: u32,
     /// Explicit padding (zero).
     pub pad: u32,
     pub comm: [u8; 16],
@@ -164,50 +193,71 @@ mod tests {
         Party::new(host_tid, container, visible)
     }
 
+    /// X named in the caller's namespace, Y found at ancestor `level`.
+    fn res(named: Party, ancestor: Party, level: u32) -> Resolution {
+        Resolution { named, ancestor, ancestor_level: level, ..Resolution::default() }
+    }
+
     #[test]
     fn a_number_naming_a_task_of_the_callers_container_is_ok() {
-        let r = Resolution { named: party(500, C, true), host: Party::NONE, named_stale: false };
-        assert_eq!(classify(C, &r), Verdict::Ok);
-        // The host pid N belongs to an unrelated task the caller cannot see: a coincidence.
-        let r = Resolution { named: party(500, C, true), host: party(7, D, false), named_stale: false };
-        assert_eq!(classify(C, &r), Verdict::Ok);
-        // The host pid N is the very task named.
-        let r = Resolution { named: party(500, C, true), host: party(500, C, true), named_stale: false };
-        assert_eq!(classify(C, &r), Verdict::Ok);
+        assert_eq!(classify(C, &res(party(500, C, true), Party::NONE, 0)), Verdict::Ok);
+        // At an ancestor level N names an unrelated task the caller cannot see: a coincidence.
+        assert_eq!(classify(C, &res(party(500, C, true), party(7, D, false), 0)), Verdict::Ok);
+        assert_eq!(classify(C, &res(party(500, C, true), party(7, D, false), 1)), Verdict::Ok);
+        // At an ancestor level N names the very task named.
+        assert_eq!(classify(C, &res(party(500, C, true), party(500, C, true), 0)), Verdict::Ok);
     }
 
     #[test]
-    fn a_host_pid_that_does_not_resolve_is_a_leak() {
-        let r = Resolution { named: Party::NONE, host: party(26922, C, true), named_stale: false };
-        assert_eq!(classify(C, &r), Verdict::Leak);
-        let r = Resolution { named: Party::NONE, host: party(26922, D, false), named_stale: false };
-        assert_eq!(classify(C, &r), Verdict::Leak);
+    fn a_number_that_names_nothing_here_but_a_task_at_an_ancestor_level_is_a_leak() {
+        // The host pid of a task (level 0), seen or not.
+        assert_eq!(classify(C, &res(Party::NONE, party(26922, C, true), 0)), Verdict::Leak);
+        assert_eq!(classify(C, &res(Party::NONE, party(26922, D, false), 0)), Verdict::Leak);
+        // A sibling's number one level up (a caller at level 2 given its level-1 pid).
+        assert_eq!(classify(C, &res(Party::NONE, party(801, C, true), 1)), Verdict::Leak);
     }
 
     #[test]
-    fn a_number_naming_one_task_while_it_is_the_host_pid_of_a_visible_other_is_a_collision() {
-        let r = Resolution { named: party(500, C, true), host: party(700, C, true), named_stale: false };
-        assert_eq!(classify(C, &r), Verdict::Collision);
+    fn a_number_naming_one_task_here_and_a_visible_other_at_an_ancestor_level_is_a_collision() {
+        assert_eq!(classify(C, &res(party(500, C, true), party(700, C, true), 0)), Verdict::Collision);
+        assert_eq!(classify(C, &res(party(500, C, true), party(700, C, true), 1)), Verdict::Collision);
         // Even when the named task is in a nested container: collision wins.
-        let r = Resolution { named: party(500, D, true), host: party(700, C, true), named_stale: false };
+        let r = Resolution { named_nested: true, ..res(party(500, D, true), party(700, C, true), 0) };
         assert_eq!(classify(C, &r), Verdict::Collision);
     }
 
     #[test]
-    fn a_target_outside_the_callers_container_is_cross_container() {
-        // From the host (container 0) into a nested namespace.
-        let r = Resolution { named: party(500, D, true), host: party(500, D, true), named_stale: false };
-        assert_eq!(classify(0, &r), Verdict::CrossContainer);
-        // From a container into another sharing its namespace.
-        let r = Resolution { named: party(500, D, true), host: Party::NONE, named_stale: false };
-        assert_eq!(classify(C, &r), Verdict::CrossContainer);
+    fn a_target_nested_in_the_callers_container_is_nested_any_other_is_cross_container() {
+        // From the host proper, or a parent namespace, into a nested one: the kernel's model.
+        let nested = Resolution { named_nested: true, ..res(party(500, D, true), Party::NONE, 0) };
+        assert_eq!(classify(crate::HOST_CONTAINER, &nested), Verdict::Nested);
+        assert_eq!(classify(C, &nested), Verdict::Nested);
+        // From a container into a sibling sharing its namespace, or into its parent's tasks.
+        assert_eq!(classify(C, &res(party(500, D, true), Party::NONE, 0)), Verdict::CrossContainer);
+        assert_eq!(
+            classify(3, &res(party(500, crate::HOST_CONTAINER, true), Party::NONE, 0)),
+            Verdict::CrossContainer
+        );
     }
 
     #[test]
-    fn nothing_is_unknown_and_a_recycled_entry_is_stale() {
+    fn nothing_is_unknown_unless_released_a_moment_ago_and_a_recycled_entry_is_stale() {
         assert_eq!(classify(C, &Resolution::default()), Verdict::Unknown);
-        let r = Resolution { named: Party::NONE, host: party(9, C, true), named_stale: true };
+        let released = Resolution { released: true, ..Resolution::default() };
+        assert_eq!(classify(C, &released), Verdict::Released);
+        // A release in the caller's own namespace outranks the ancestor levels: vpid 2 of a
+        // container just reaped is host pid 2 too (kthreadd), and that is no leak.
+        let r = Resolution { released: true, ..res(Party::NONE, party(2, D, false), 0) };
+        assert_eq!(classify(C, &r), Verdict::Released);
+        let r = Resolution { named_stale: true, ..res(Party::NONE, party(9, C, true), 0) };
         assert_eq!(classify(C, &r), Verdict::Stale);
+    }
+
+    #[test]
+    fn cgroup_container_numbers() {
+        assert!(!is_cgroup_container(crate::HOST_CONTAINER));
+        assert!(is_cgroup_container(1) && is_cgroup_container(CGROUP_NUMBERS_END - 1));
+        assert!(!is_cgroup_container(0xF000_0100));
     }
 
     #[test]
@@ -222,10 +272,15 @@ mod tests {
     }
 
     #[test]
-    fn layouts() {
-        assert_eq!(size_of::<AnomalyEvent>(), 8 + 8 + 8 + 3 * 24 + 8 + 16);
+    fn layouts_and_report_masks() {
+        assert_eq!(size_of::<AnomalyEvent>(), 8 + 8 + 8 + 3 * 24 + 16 + 16);
         assert_eq!(crossing_slot(sys::CAPGET, Verdict::Denied), NSYSCALLS * NVERDICTS - 1);
-        assert!(!is_anomaly(Verdict::Ok) && !is_anomaly(Verdict::Group) && !is_anomaly(Verdict::Any));
-        assert!(is_anomaly(Verdict::Leak) && is_anomaly(Verdict::Mismatch));
+        let reported = |v: Verdict| Verdict::DEFAULT_REPORTED & v.bit() != 0;
+        assert!(!reported(Verdict::Ok) && !reported(Verdict::Group) && !reported(Verdict::Any));
+        assert!(!reported(Verdict::Nested) && !reported(Verdict::Released));
+        assert!(reported(Verdict::Leak) && reported(Verdict::Mismatch) && reported(Verdict::CrossContainer));
+        assert!(
+            !Verdict::REPORTABLE.contains(&Verdict::Ok) && Verdict::REPORTABLE.contains(&Verdict::Nested)
+        );
     }
 }

@@ -63,10 +63,19 @@ verdicts! {
     /// The number names task X in the caller's namespace and is also the host pid of another
     /// task Y the caller can see: a missed translation meant Y, the call hits X.
     collision reported: true,
-    /// The target is outside the caller's container.
+    /// The target is outside the caller's container and not nested in it: a sibling, a parent,
+    /// or (for containers sharing a pid namespace) another container.
     cross_container reported: true,
+    /// The target is in a container nested in the caller's (a namespace below the caller's, or,
+    /// for the host proper, any container): the kernel's own model of a parent acting on its
+    /// children (a runtime stopping its container, a parent waiting for its nested init).
+    nested reported: false,
     /// The number names nothing (the kernel answers ESRCH).
     unknown reported: true,
+    /// The number names nothing now but named a task of the caller's namespace that was
+    /// released a moment ago (a wait on a child another thread reaped, a kill(pid, 0) loop
+    /// waiting for a process to end).
+    released reported: false,
     /// The number names a task whose entry is gone or was recycled (pid reuse during the call).
     stale reported: true,
     /// A returned number differs from the truth read from the task structures (self-check).
@@ -76,6 +85,36 @@ verdicts! {
 }
 
 impl Verdict {
+    /// The verdicts `pidvirt run --report` may choose from: every one but the values that name
+    /// no single task (ok, group, any), which are only counted.
+    pub const REPORTABLE: [Verdict; NVERDICTS - 3] = {
+        let mut out = [Verdict::Leak; NVERDICTS - 3];
+        let mut i = 3;
+        while i < NVERDICTS {
+            out[i - 3] = Verdict::ALL[i];
+            i += 1;
+        }
+        out
+    };
+
+    /// The bit of this verdict in a report mask (CONFIG `REPORTED`).
+    pub const fn bit(self) -> u32 {
+        1 << self as u32
+    }
+
+    /// The report mask of the verdicts reported by default.
+    pub const DEFAULT_REPORTED: u32 = {
+        let mut mask = 0;
+        let mut i = 0;
+        while i < NVERDICTS {
+            if Verdict::ALL[i].reported_by_default() {
+                mask |= Verdict::ALL[i].bit();
+            }
+            i += 1;
+        }
+        mask
+    };
+
     /// The verdict with id `v`.
     pub fn from_u8(v: u8) -> Option<Self> {
         Self::ALL.get(v as usize).copied()
@@ -491,6 +530,9 @@ pub mod counter {
             /// A wait4 returned the pid of a process it released (task_flags::reaped_by_wait): its
             /// entries were removed there, while their lines were hot, not at its free.
             reaped,
+            /// A fork found the record of its pid namespace stale: the namespace that had that
+            /// inode ended and the kernel gave the inode to a new one.
+            pidns_reuse,
         }
     }
 
@@ -527,7 +569,7 @@ macro_rules! maps {
 
 maps! {
     TASKS, DEEP, VIRT, PIDNS, COUNTS, FREE_SLOTS, SYSNR, PENDING, CGROUPS, MODES, META, CONFIG,
-    CALLER, TASKS_GENERATION, LIVE_TIDS, SEEDED_TIDS, REAPED, COUNTERS, EVENTS, SCRATCH,
+    CALLER, TASKS_GENERATION, LIVE_TIDS, SEEDED_TIDS, REAPED, RELEASED, COUNTERS, EVENTS, SCRATCH,
 }
 
 #[cfg(test)]
@@ -544,7 +586,10 @@ mod tests {
         assert_eq!(SYSCALLS[sys::WAIT4 as usize].hooks().count(), 2);
         assert_eq!(LSM_HOOKS[lsm::FILE_SEND_SIGIOTASK].name, "file_send_sigiotask");
         assert_eq!(LSM_HOOKS[lsm::TASK_KILL].program, "lsm_task_kill");
-        assert_eq!(counter::map_error::NAMES[counter::map_error::NO_COUNTER_SLOT as usize], "no_counter_slot");
+        assert_eq!(
+            counter::map_error::NAMES[counter::map_error::NO_COUNTER_SLOT as usize],
+            "no_counter_slot"
+        );
         assert_eq!(counter::lifecycle::NAMES[counter::lifecycle::REAPED as usize], "reaped");
     }
 

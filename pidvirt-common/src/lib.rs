@@ -143,9 +143,17 @@ impl VirtValue {
 pub const ANCESTOR_SLOTS: usize = 64;
 
 /// Value of the pid-namespace map, keyed by namespace inode.
+///
+/// The kernel reuses a namespace's inode number soon after the namespace ends: a record is only
+/// the record of the namespace whose init started at `reaper_start` (ns; clock ticks for seeded
+/// records). A fork into a namespace whose init is another task finds its record stale and
+/// replaces it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PidnsInfo {
+    /// `task_struct.start_time` of the namespace's init (its child_reaper), as [`TaskEntry`]
+    /// start times are.
+    pub reaper_start: u64,
     pub level: u32,
     /// Inode of the parent namespace (0 for the init namespace).
     pub parent: u32,
@@ -166,6 +174,7 @@ pub struct PidnsInfo {
 impl Default for PidnsInfo {
     fn default() -> Self {
         Self {
+            reaper_start: 0,
             level: 0,
             parent: 0,
             first_tid: 0,
@@ -178,9 +187,11 @@ impl Default for PidnsInfo {
 }
 
 impl PidnsInfo {
-    /// Info for the namespace at `level` of a chain of inodes (outermost first).
-    pub fn from_chain(chain: &[u32], level: usize, first_tid: u32, source: u32) -> Self {
+    /// Info for the namespace at `level` of a chain of inodes (outermost first), whose init
+    /// started at `reaper_start`.
+    pub fn from_chain(chain: &[u32], level: usize, first_tid: u32, source: u32, reaper_start: u64) -> Self {
         let mut info = Self {
+            reaper_start,
             level: level as u32,
             parent: if level == 0 { 0 } else { chain.get(level - 1).copied().unwrap_or(0) },
             first_tid,
@@ -229,7 +240,43 @@ pub struct CgroupContainer {
 pub mod config {
     /// Number of registered cgroup containers (the programs skip the cgroup walk when 0).
     pub const CGROUP_CONTAINERS: u32 = 0;
+    /// The verdicts reported on the ring buffer (a mask of `Verdict::bit`s; `pidvirt run
+    /// --report`); every verdict is counted either way.
+    pub const REPORTED: u32 = 1;
+    /// Inode of the host's (initial) pid namespace.
+    pub const HOST_PIDNS: u32 = 2;
     pub const SLOTS: u32 = 4;
+}
+
+/// The record of pids released a moment ago (map RELEASED): a direct-mapped table keyed by
+/// (pid namespace, number), written when a task's entries are removed (it was reaped or freed),
+/// read when a number names nothing, so that a wait or kill racing a process's end is judged
+/// `released`, not `unknown`. Bounded: a burst of releases can evict older records (which then
+/// count as `unknown`).
+pub mod released {
+    /// Slots of the table (a power of two).
+    pub const SLOTS: u32 = 8192;
+    /// How long after its release a number still counts as released.
+    pub const WINDOW_NS: u64 = 2_000_000_000;
+
+    /// The key of number `nr` of pid namespace `pidns`.
+    pub const fn key(pidns: u32, nr: u32) -> u64 {
+        ((pidns as u64) << 32) | nr as u64
+    }
+
+    /// The slot of `key` (Fibonacci hashing).
+    pub const fn slot(key: u64) -> u32 {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOTS.trailing_zeros())) as u32
+    }
+}
+
+/// A pid released recently (value of the RELEASED map; see [`released`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    pub key: u64,
+    /// bpf_ktime_get_ns() when the task's entries were removed.
+    pub at_ns: u64,
 }
 
 /// Slots of the TASKS_GENERATION array (u64 each; see [`CallerCache`]).
@@ -331,7 +378,8 @@ pub mod event_kind {
     pub const MIGRATE: u32 = 3;
 }
 
-/// A new pid namespace, reported once by the kernel programs.
+/// A new pid namespace, reported once by the kernel programs (also a new namespace that took a
+/// gone one's inode: `replaced`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PidnsEvent {
@@ -340,9 +388,11 @@ pub struct PidnsEvent {
     pub level: u32,
     pub parent: u32,
     pub first_tid: u32,
-    /// Explicit padding (zero).
-    pub pad: u32,
+    /// 1 when the namespace took the inode of one that ended (its record was replaced).
+    pub replaced: u32,
     pub ts_ns: u64,
+    /// Start time of the namespace's init.
+    pub reaper_start: u64,
 }
 
 /// A process (its leader) moved to another cgroup and now belongs to `container`.
@@ -371,7 +421,9 @@ pub fn same_start(entry_start: u64, entry_flags: u16, start_ns: u64, tick_ns: u6
 /// The map keys and values the daemon reads and writes with aya.
 #[cfg(feature = "user")]
 mod pod {
-    use super::{CgroupContainer, DeepLevels, KernelOffsets, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue, audit};
+    use super::{
+        CgroupContainer, DeepLevels, KernelOffsets, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue, audit,
+    };
 
     macro_rules! pod {
         ($($t:ty),* $(,)?) => { $(
@@ -381,7 +433,17 @@ mod pod {
             unsafe impl aya::Pod for $t {}
         )* };
     }
-    pod!(KernelOffsets, LevelIds, TaskEntry, DeepLevels, VirtKey, PidnsInfo, VirtValue, CgroupContainer, audit::ContainerCounters);
+    pod!(
+        KernelOffsets,
+        LevelIds,
+        TaskEntry,
+        DeepLevels,
+        VirtKey,
+        PidnsInfo,
+        VirtValue,
+        CgroupContainer,
+        audit::ContainerCounters
+    );
 }
 
 #[cfg(test)]
@@ -397,10 +459,27 @@ mod tests {
         assert_eq!(size_of::<DeepLevels>(), 8 + 8 * DEEP_SLOTS);
         assert!(DEEP_SLOTS >= DEEP_LEVELS && DEEP_SLOTS.is_power_of_two());
         assert!(INLINE_LEVELS.is_power_of_two());
-        assert_eq!(size_of::<PidnsEvent>(), 32);
-        assert_eq!(size_of::<PidnsInfo>(), 24 + 4 * ANCESTOR_SLOTS);
+        assert_eq!(size_of::<PidnsEvent>(), 40);
+        assert_eq!(size_of::<PidnsInfo>(), 8 + 24 + 4 * ANCESTOR_SLOTS);
         assert!(ANCESTOR_SLOTS >= MAX_LEVELS && ANCESTOR_SLOTS.is_power_of_two());
         assert_eq!(size_of::<VirtValue>(), 8);
+        assert_eq!(size_of::<Released>(), 16);
+        assert!(released::SLOTS.is_power_of_two());
+    }
+
+    #[test]
+    fn released_slots_are_in_range_and_spread() {
+        let mut seen = std::collections::HashSet::new();
+        for nr in 1..1000 {
+            let slot = released::slot(released::key(0xF000_0100, nr));
+            assert!(slot < released::SLOTS);
+            seen.insert(slot);
+        }
+        assert!(
+            seen.len() > 900,
+            "consecutive pids should rarely share a slot ({} slots for 999)",
+            seen.len()
+        );
     }
 
     #[test]
@@ -417,10 +496,10 @@ mod tests {
     #[test]
     fn pidns_info_from_chain() {
         let chain = [10, 20, 30];
-        let info = PidnsInfo::from_chain(&chain, 1, 7, pidns_source::SEED);
-        assert_eq!((info.level, info.parent, info.first_tid), (1, 10, 7));
+        let info = PidnsInfo::from_chain(&chain, 1, 7, pidns_source::SEED, 99);
+        assert_eq!((info.level, info.parent, info.first_tid, info.reaper_start), (1, 10, 7, 99));
         assert_eq!(&info.ancestors[..3], &[10, 20, 0]);
-        let root = PidnsInfo::from_chain(&chain, 0, 1, pidns_source::SEED);
+        let root = PidnsInfo::from_chain(&chain, 0, 1, pidns_source::SEED, 0);
         assert_eq!((root.level, root.parent, root.ancestors[0]), (0, 0, 10));
     }
 }

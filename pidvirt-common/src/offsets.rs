@@ -63,6 +63,8 @@ pub struct KernelOffsets {
     pub pidns_parent: u32,
     /// pid_namespace.ns.inum (unsigned int): offset of `ns` plus offset of `inum` in ns_common
     pub pidns_inum: u32,
+    /// pid_namespace.child_reaper (struct task_struct *): the namespace's init
+    pub pidns_child_reaper: u32,
     /// css_set.dfl_cgrp (struct cgroup *)
     pub css_set_dfl_cgrp: u32,
     /// cgroup.kn (struct kernfs_node *)
@@ -112,6 +114,7 @@ impl KernelOffsets {
             pidns_level: 0,
             pidns_parent: 0,
             pidns_inum: 0,
+            pidns_child_reaper: 0,
             css_set_dfl_cgrp: 0,
             cgroup_kn: 0,
             cgroup_level: 0,

@@ -1,15 +1,16 @@
 //! Auditing one crossing: find the caller, resolve the number in the caller's namespace and as a
-//! host pid, classify it (pidvirt_common::audit::classify, the one place), count it per container
-//! per CPU, and report anomalies on the ring buffer.
+//! number of its ancestor namespaces (the nearest levels, then the host's), classify it
+//! (pidvirt_common::audit::classify, the one place), count it per container per CPU, and report
+//! the verdicts the operator asked for on the ring buffer.
 
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
 };
 use pidvirt_common::{
-    ANCESTOR_SLOTS, CallerCache, INLINE_LEVELS, LevelIds, TaskEntry, VirtKey,
+    ANCESTOR_SLOTS, CallerCache, HOST_CONTAINER, INLINE_LEVELS, LevelIds, TaskEntry, VirtKey,
     audit::{
-        AnomalyEvent, Direction, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution, Verdict, classify,
-        crossing_slot, event_flags, is_anomaly, sys,
+        ANCESTOR_CHECKS, AnomalyEvent, Direction, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution,
+        Verdict, classify, crossing_slot, event_flags, is_cgroup_container, sys,
     },
     caller_slot, counter, event_kind,
 };
@@ -18,7 +19,7 @@ use crate::{
     kernel::{Direct, Kmem, Probe, off},
     maps::{
         CALLER, COUNTS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, VIRT, count, count_drop,
-        count_map_error, may_have_entry, tasks_generation,
+        count_map_error, host_pidns, may_have_entry, released_lately, reported, tasks_generation,
     },
     task::{container_of, nr_at, ns_at, pidns_inum, task_pids},
 };
@@ -42,25 +43,25 @@ pub fn caller() -> Option<(u32, *const TaskEntry)> {
     if let Some(c) = cache
         && valid(unsafe { &*c })
     {
-        return Some(unsafe { ((*c).tid, &(*c).entry) });
+        return Some(unsafe { ((*c).tid, &raw const (*c).entry) });
     }
     if let Some(c) = CALLER.get_ptr(caller_slot::NEWBORN)
         && valid(unsafe { &*c })
     {
-        return Some(unsafe { ((*c).tid, &(*c).entry) });
+        return Some(unsafe { ((*c).tid, &raw const (*c).entry) });
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     if let Some(e) = TASKS.get_ptr(tid) {
         let Some(c) = cache else { return Some((tid, e)) };
         let c = unsafe { &mut *c };
         fill(c, task, start, tid, unsafe { &*e }, generations);
-        return Some((tid, &c.entry));
+        return Some((tid, &raw const c.entry));
     }
     count_map_error(counter::map_error::TASK_MISSING);
     let s = SCRATCH.get_ptr_mut(SCRATCH_TRACEPOINT)?;
     let e = unsafe { &mut (*s).entry };
     match describe(task, e) {
-        Ok(()) => Some((tid, e as *const TaskEntry)),
+        Ok(()) => Some((tid, core::ptr::from_ref(e))),
         Err(reason) => {
             count_map_error(reason);
             None
@@ -145,10 +146,23 @@ impl Found {
     }
 }
 
+/// Where a number was read: a level and that level's pid namespace.
+#[derive(Clone, Copy)]
+pub struct Level {
+    pub level: u32,
+    pub pidns: u32,
+}
+
+impl Level {
+    pub const NONE: Level = Level { level: 0, pidns: 0 };
+}
+
 pub struct Resolved {
     pub res: Resolution,
     pub named: Found,
-    pub host: Found,
+    /// The task the number names at an ancestor level (see Resolution::ancestor), and where.
+    pub ancestor: Found,
+    pub ancestor_at: Level,
 }
 
 /// Whether the caller (entry `c`) can see task `y`: same container, or a namespace nested
@@ -167,22 +181,97 @@ pub fn visible(c: &TaskEntry, y: &TaskEntry) -> bool {
     }
 }
 
+/// Whether task `x` of another container is in a container nested in the caller's: everything
+/// is, for the host proper; nothing is, for a cgroup container (containers sharing a namespace
+/// are siblings); for a namespace container, what lives in a namespace below its own.
+#[inline(always)]
+fn nested(c: &TaskEntry, x: &TaskEntry) -> bool {
+    if c.container == HOST_CONTAINER {
+        true
+    } else if is_cgroup_container(c.container) {
+        false
+    } else {
+        visible(c, x)
+    }
+}
+
 /// Resolves `n` for the caller `tid` (entry `c`): as a number of the caller's namespace, and as
-/// a host pid. A number that is the caller's own tid in its namespace names the caller itself
-/// (no lookup: kill(getpid()), raise(), sched_*(own tid) are the common case); as a host pid
-/// it is still looked up, for collisions.
+/// a number of its ancestor namespaces. A number that is the caller's own tid in its namespace
+/// names the caller itself (no lookup: kill(getpid()), raise(), sched_*(own tid) are the common
+/// case); at the ancestor levels it is still looked up, for collisions.
 #[inline(always)]
 pub fn resolve(tid: u32, c: &TaskEntry, n: u32) -> Resolved {
     let (named, stale) = resolve_named(tid, c, n);
-    if c.level == 0 {
-        // The initial namespace: numbers are host numbers.
-        let p = named.party(true);
-        return Resolved { res: Resolution { named: p, host: p, named_stale: false }, named, host: named };
+    let named_nested = named.is_some() && {
+        let x = unsafe { &*named.entry };
+        x.container != c.container && nested(c, x)
+    };
+    let mut r = Resolved {
+        res: Resolution {
+            named: named.party(true),
+            named_nested,
+            named_stale: stale,
+            ..Resolution::default()
+        },
+        named,
+        ancestor: Found::NONE,
+        ancestor_at: Level::NONE,
+    };
+    // A number of the caller's namespace released a moment ago: a race with the release, which
+    // outranks what the number may name elsewhere.
+    if !named.is_some() && !stale {
+        r.res.released = released_lately(c.pidns, n);
     }
-    let host = host_pid(tid, c, n);
-    let host_visible = host.is_some() && visible(c, unsafe { &*host.entry });
-    let res = Resolution { named: named.party(true), host: host.party(host_visible), named_stale: stale };
-    Resolved { res, named, host }
+    // The initial namespace has no ancestor: its numbers are host numbers.
+    if c.level > 0 && !r.res.released {
+        let (y, at) = resolve_ancestors(tid, c, n, named);
+        if y.is_some() {
+            let visible = visible(c, unsafe { &*y.entry });
+            r.res.ancestor = y.party(visible);
+            r.res.ancestor_level = at.level;
+            r.ancestor = y;
+            r.ancestor_at = at;
+        }
+    }
+    r
+}
+
+/// `n` read as a number of the caller's ancestor namespaces, nearest first (at most
+/// ANCESTOR_CHECKS levels between the caller's and the host's, then the host's): the first task
+/// found, or, when `named` exists, the first task other than it that the caller can see.
+#[inline(always)]
+fn resolve_ancestors(tid: u32, c: &TaskEntry, n: u32, named: Found) -> (Found, Level) {
+    let accept = |y: &Found| !named.is_some() || (y.tid != named.tid && visible(c, unsafe { &*y.entry }));
+    if c.level >= 2
+        && let Some(info) = PIDNS.get_ptr(c.pidns)
+    {
+        for i in 1..=ANCESTOR_CHECKS {
+            let Some(level) = (c.level as usize).checked_sub(i) else { break };
+            if level == 0 {
+                break;
+            }
+            let pidns = unsafe { (*info).ancestors[level & (ANCESTOR_SLOTS - 1)] };
+            let y = at_level(pidns, n);
+            if y.is_some() && accept(&y) {
+                return (y, Level { level: level as u32, pidns });
+            }
+        }
+    }
+    let y = host_pid(tid, c, n);
+    if y.is_some() && accept(&y) {
+        (y, Level { level: 0, pidns: host_pidns() })
+    } else {
+        (Found::NONE, Level::NONE)
+    }
+}
+
+/// The live task numbered `n` in pid namespace `pidns` (not the host's).
+#[inline(always)]
+fn at_level(pidns: u32, n: u32) -> Found {
+    let Some(v) = VIRT.get_ptr(VirtKey { pidns, nr: n }) else { return Found::NONE };
+    let v = unsafe { *v };
+    let found = Found::lookup(v.host_tid);
+    if found.is_some() && v.points_at(unsafe { &*found.entry }) { found } else { Found::NONE }
 }
 
 /// The task `n` names in the caller's namespace, and whether the number's reverse entry is
@@ -237,12 +326,11 @@ fn own_inline(e: &TaskEntry) -> Option<LevelIds> {
 #[inline(always)]
 pub fn count_crossing(slot: u32, syscall: u16, verdict: Verdict) {
     let i = crossing_slot(syscall, verdict);
-    match (COUNTS.get_ptr_mut(slot), crate::kernel::below(i, NSYSCALLS * NVERDICTS)) {
-        (Some(p), Some(i)) => unsafe { (*p).crossings[i] += 1 },
-        _ => {
-            count_map_error(counter::map_error::CONTAINER_COUNTERS);
-            count(counter::CROSSING_BASE + i as u32);
-        }
+    if let (Some(p), Some(i)) = (COUNTS.get_ptr_mut(slot), crate::kernel::below(i, NSYSCALLS * NVERDICTS)) {
+        unsafe { (*p).crossings[i] += 1 };
+    } else {
+        count_map_error(counter::map_error::CONTAINER_COUNTERS);
+        count(counter::CROSSING_BASE + i as u32);
     }
 }
 
@@ -286,8 +374,8 @@ pub struct Crossing {
 /// Reports an anomaly on the ring buffer; a full ring buffer is counted, globally and for the
 /// caller's container.
 #[inline(always)]
-pub fn report(x: Crossing, caller_tid: u32, c: &TaskEntry, target: Found, also: Found) {
-    let Crossing { syscall, direction, verdict, value } = x;
+pub fn report(x: &Crossing, caller_tid: u32, c: &TaskEntry, target: Found, also: Found, also_at: Level) {
+    let &Crossing { syscall, direction, verdict, value } = x;
     let Some(mut slot) = EVENTS.reserve::<AnomalyEvent>(0) else {
         count_drop(counter::drop::RINGBUF_FULL_ANOMALY);
         if let Some(p) = COUNTS.get_ptr_mut(c.slot) {
@@ -305,6 +393,8 @@ pub fn report(x: Crossing, caller_tid: u32, c: &TaskEntry, target: Found, also: 
         (*ev).ts_ns = bpf_ktime_get_ns();
         (*ev).caller = info(caller_tid, c);
         (*ev).flags = 0;
+        (*ev).also_level = also_at.level;
+        (*ev).also_pidns = also_at.pidns;
         (*ev).pad = 0;
         (*ev).target = PartyInfo::default();
         (*ev).also = PartyInfo::default();
@@ -327,19 +417,21 @@ pub fn audit_task_number(syscall: u16, direction: Direction, n: i32, tid: u32, c
     if n <= 0 {
         // Not a task number (negative) or nothing (0 where 0 is not "self").
         count_crossing(c.slot, syscall, Verdict::Unknown);
-        let x = Crossing { syscall, direction, verdict: Verdict::Unknown, value: n as i64 };
-        report(x, tid, c, Found::NONE, Found::NONE);
+        if reported(Verdict::Unknown) {
+            let x = Crossing { syscall, direction, verdict: Verdict::Unknown, value: i64::from(n) };
+            report(&x, tid, c, Found::NONE, Found::NONE, Level::NONE);
+        }
         return Verdict::Unknown;
     }
     let r = resolve(tid, c, n as u32);
     let verdict = classify(c.container, &r.res);
     count_crossing(c.slot, syscall, verdict);
-    if is_anomaly(verdict) {
-        let also = match verdict {
-            Verdict::Leak | Verdict::Collision => r.host,
-            _ => Found::NONE,
+    if verdict != Verdict::Ok && reported(verdict) {
+        let (also, at) = match verdict {
+            Verdict::Leak | Verdict::Collision => (r.ancestor, r.ancestor_at),
+            _ => (Found::NONE, Level::NONE),
         };
-        report(Crossing { syscall, direction, verdict, value: n as i64 }, tid, c, r.named, also);
+        report(&Crossing { syscall, direction, verdict, value: i64::from(n) }, tid, c, r.named, also, at);
     }
     verdict
 }
@@ -386,7 +478,7 @@ pub fn returned(syscall: u16, value: i64, truth: Result<i64, u32>) {
     };
     let verdict = pidvirt_common::audit::check_return(value, truth);
     count_crossing(c.slot, syscall, verdict);
-    if is_anomaly(verdict) {
+    if verdict != Verdict::Ok && reported(verdict) {
         report_mismatch(syscall, value, truth, tid, c);
     }
 }
@@ -398,10 +490,10 @@ pub fn returned_own(syscall: u16, value: i64, tgid: bool) {
     let Some((tid, c)) = caller() else { return };
     let c = unsafe { &*c };
     let (vpid, vtid) = own_ids(tid, c);
-    let truth = if tgid { vpid } else { vtid } as i64;
+    let truth = i64::from(if tgid { vpid } else { vtid });
     let verdict = pidvirt_common::audit::check_return(value, truth);
     count_crossing(c.slot, syscall, verdict);
-    if is_anomaly(verdict) {
+    if verdict != Verdict::Ok && reported(verdict) {
         report_mismatch(syscall, value, truth, tid, c);
     }
 }
@@ -448,9 +540,10 @@ pub fn returned_task(syscall: u16, value: i64) -> (u32, Found) {
     };
     let verdict = if named.is_some() { Verdict::Ok } else { Verdict::Stale };
     count_crossing(c.slot, syscall, verdict);
-    if is_anomaly(verdict) {
+    if verdict != Verdict::Ok && reported(verdict) {
         let x = Crossing { syscall, direction: Direction::Out, verdict, value };
-        report(x, tid, c, Found::NONE, host_pid(tid, c, value as u32));
+        let host = Level { level: 0, pidns: host_pidns() };
+        report(&x, tid, c, Found::NONE, host_pid(tid, c, value as u32), host);
     }
     (c.slot, named)
 }
@@ -468,8 +561,8 @@ fn newborn_named(c: &TaskEntry, value: i64, syscall: u16) -> Option<Found> {
     let valid = (n.kernel_generation, n.daemon_generation) == tasks_generation()
         && n.entry.level == c.level
         && n.entry.pidns == c.pidns
-        && own_inline(&n.entry).is_some_and(|ids| ids.tid as i64 == value);
-    valid.then_some(Found { tid: n.tid, entry: &n.entry })
+        && own_inline(&n.entry).is_some_and(|ids| i64::from(ids.tid) == value);
+    valid.then_some(Found { tid: n.tid, entry: &raw const n.entry })
 }
 
 // Keeps the global fallback region in range.

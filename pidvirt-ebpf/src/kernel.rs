@@ -51,7 +51,7 @@ impl Kmem for Probe {
         if base.is_null() {
             return Err(-14);
         }
-        unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }
+        unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
     }
 }
 
@@ -72,7 +72,7 @@ impl Kmem for Direct {
         if base.is_null() {
             return Err(-14);
         }
-        Ok(unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize) as *const T) })
+        Ok(unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) })
     }
 }
 

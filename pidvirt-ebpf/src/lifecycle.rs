@@ -23,15 +23,16 @@ use crate::{
     kernel::{Direct, Kmem, below, off, offsets_ready},
     maps::{
         COUNTS, DEEP, EVENTS, FREE_SLOTS, PIDNS, REAPED, REAPED_SLOTS, Reaped, SCRATCH, SCRATCH_ITERATOR,
-        SCRATCH_TRACEPOINT, Scratch, TASKS, VIRT, count_drop, count_lifecycle, count_map_error, mark_tid,
-        own_ns_slot, pidns_slot, take_slot, tasks_changed, tasks_generation, unmark_tid,
+        SCRATCH_TRACEPOINT, Scratch, TASKS, VIRT, count_drop, count_lifecycle, count_map_error, host_pidns,
+        mark_tid, note_released, own_ns_slot, pidns_slot, take_slot, tasks_changed, tasks_generation,
+        unmark_tid,
     },
     task::{container_of, read_task},
 };
 
 #[inline(always)]
 fn tick_ns() -> u64 {
-    off!(tick_ns) as u64
+    u64::from(off!(tick_ns))
 }
 
 #[btf_tracepoint]
@@ -59,19 +60,17 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     count_lifecycle(counter::lifecycle::EXEC);
     let task: *const u8 = ctx.arg(0);
     let old_tid: i32 = ctx.arg(1);
-    let tid: u32 = match Direct.read(task, off!(task_pid)) {
-        Ok(t) => t,
-        Err(_) => {
-            count_map_error(counter::map_error::KERNEL_READ);
-            return 0;
-        }
+    let Ok(tid) = Direct.read::<u32>(task, off!(task_pid)) else {
+        count_map_error(counter::map_error::KERNEL_READ);
+        return 0;
     };
     if old_tid as u32 != tid {
         // A non-leader thread exec'd: it now carries its leader's pid, ids and start time (the
         // leader's entry, which describes it exactly), and its own old entry goes.
         if let Some(old) = TASKS.get_ptr(old_tid as u32) {
             let old = unsafe { *old };
-            forget(old_tid as u32, &old);
+            // Its old tid names nothing from now on.
+            forget(old_tid as u32, &old, unsafe { bpf_ktime_get_ns() });
             // The task lives on under another tid: copies of its old entry must go.
             tasks_changed();
         }
@@ -149,7 +148,7 @@ pub fn forget_reaped(slot: u32, tid: u32, entry: *const TaskEntry) {
         if let Some(c) = COUNTS.get_ptr_mut(slot) {
             unsafe { (*c).reaped += 1 };
         }
-        forget(tid, &e);
+        forget(tid, &e, unsafe { bpf_ktime_get_ns() });
         if let Some(r) = REAPED.get_ptr_mut(tid & (REAPED_SLOTS - 1)) {
             unsafe { *r = Reaped { start_time: e.start_time, tid, pad: 0 } };
         }
@@ -178,7 +177,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     if let Some(e) = TASKS.get_ptr(tid) {
         let e = unsafe { *e };
         if same_start(e.start_time, e.flags, start, tick_ns()) {
-            forget(tid, &e);
+            forget(tid, &e, unsafe { bpf_ktime_get_ns() });
         }
     }
     0
@@ -199,18 +198,34 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*cons
     // Loaded again from the map value (volatile): the verifier then knows nothing of the level
     // here, so the paths out of read_task's loops (one per level) become one state, and what
     // follows is verified once, not once per level.
-    let level = unsafe { core::ptr::read_volatile(&s.entry.level) } as u32;
+    let level = u32::from(unsafe { core::ptr::read_volatile(&raw const s.entry.level) });
     let tid = s.entry.nr[0].tid;
 
     // The container, by the counter slot of the task's own namespace. A namespace seen for the
     // first time is registered, with those of its ancestors that are not (a namespace is only
-    // ever registered after its ancestors, so a known one needs nothing more).
+    // ever registered after its ancestors, so a known one needs nothing more). A record whose
+    // init is another task is the record of a namespace that ended and left its inode to this
+    // one: replaced.
     let ns_slot = if level == 0 {
         slots::HOST
     } else {
-        match PIDNS.get_ptr(s.entry.pidns) {
-            Some(info) => unsafe { (*info).slot },
-            None => register_chain(s, level as usize, tid),
+        let reaper = unsafe { core::ptr::read_volatile(&raw const s.reaper_start) };
+        match PIDNS.get_ptr_mut(s.entry.pidns) {
+            Some(info) => {
+                let info = unsafe { &mut *info };
+                let seeded = if info.source == pidns_source::SEED { task_flags::SEEDED } else { 0 };
+                if reaper == 0 || same_start(info.reaper_start, seeded, reaper, tick_ns()) {
+                    info.slot
+                } else if info.reaper_start == 0 {
+                    // Registered as an ancestor of a task seen first: its init unknown until now.
+                    info.reaper_start = reaper;
+                    info.slot
+                } else {
+                    count_lifecycle(counter::lifecycle::PIDNS_REUSE);
+                    replace_own(s, level as usize, tid, reaper)
+                }
+            }
+            None => register_chain(s, level as usize, tid, reaper),
         }
     };
     let c = container_of(task, level, s.entry.pidns, ns_slot);
@@ -219,7 +234,7 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*cons
 
     // The common case: the tid has no entry. BPF_NOEXIST spares a lookup, and nobody can hold a
     // copy of an entry that did not exist: no generation bump.
-    if TASKS.insert(tid, &s.entry, BPF_NOEXIST as u64).is_err() {
+    if TASKS.insert(tid, &s.entry, u64::from(BPF_NOEXIST)).is_err() {
         // An entry is there: the same task (seeded from /proc, or recorded by the iterator
         // while the fork program ran), or a stale one (its task's free not seen yet, or lost),
         // which is dropped with its reverse entries so that the new task inherits none of it.
@@ -228,7 +243,8 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*cons
             let old = unsafe { *old };
             if !same_start(old.start_time, old.flags, s.entry.start_time, tick_ns()) {
                 count_lifecycle(counter::lifecycle::PID_REUSE);
-                forget(tid, &old);
+                // A task gone long ago (its free was missed): not a release of a moment ago.
+                forget(tid, &old, 0);
             }
         }
         TASKS.insert(tid, &s.entry, 0).map_err(|_| counter::map_error::TASK_INSERT)?;
@@ -256,7 +272,7 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*cons
 /// Registers the namespaces of the task in `s`, from level 1 to its own `level`, that have no
 /// record yet; answers the slot of the task's own namespace.
 #[inline(always)]
-fn register_chain(s: &mut Scratch, level: usize, tid: u32) -> u32 {
+fn register_chain(s: &mut Scratch, level: usize, tid: u32, reaper: u64) -> u32 {
     // A namespace's ancestors are this task's namespaces up to its level (the entries above a
     // namespace's own level are not read). One straight copy, not a loop: the verifier then has
     // nothing to walk through 33 times.
@@ -271,14 +287,35 @@ fn register_chain(s: &mut Scratch, level: usize, tid: u32) -> u32 {
         }
         let Some(&ns) = s.ns.get(i) else { break };
         if PIDNS.get_ptr(ns).is_none() {
-            let _ = insert_pidns(s, i, tid);
+            let _ = insert_pidns(s, i, tid, 0, false);
         }
     }
     // The task's own namespace, announced on the ring buffer.
-    let Some(slot) = insert_pidns(s, level, tid) else {
+    let Some(slot) = insert_pidns(s, level, tid, reaper, false) else {
         // Another CPU registered it first.
         return pidns_slot(s.entry.pidns);
     };
+    announce(s, level, tid, reaper, false);
+    slot
+}
+
+/// Replaces the stale record of the task's own namespace (a namespace that ended left it its
+/// inode) with a new one and a new counter slot, and announces it; the daemon retires the old
+/// namespace's container and counters. Its ancestors' records stay (they live: they hold it).
+#[inline(always)]
+fn replace_own(s: &mut Scratch, level: usize, tid: u32, reaper: u64) -> u32 {
+    let (ancestors, ns) = (&mut s.pidns.ancestors, &s.ns);
+    ancestors[..MAX_LEVELS].copy_from_slice(ns);
+    let Some(slot) = insert_pidns(s, level, tid, reaper, true) else {
+        return pidns_slot(s.entry.pidns);
+    };
+    announce(s, level, tid, reaper, true);
+    slot
+}
+
+/// Tells the daemon about the task's own namespace, just registered.
+#[inline(always)]
+fn announce(s: &Scratch, level: usize, tid: u32, reaper: u64, replaced: bool) {
     match EVENTS.reserve::<PidnsEvent>(0) {
         Some(mut ev) => {
             ev.write(PidnsEvent {
@@ -287,21 +324,22 @@ fn register_chain(s: &mut Scratch, level: usize, tid: u32) -> u32 {
                 level: level as u32,
                 parent: s.pidns.parent,
                 first_tid: tid,
-                pad: 0,
+                replaced: u32::from(replaced),
                 ts_ns: unsafe { bpf_ktime_get_ns() },
+                reaper_start: reaper,
             });
             ev.submit(0);
         }
         None => count_drop(counter::drop::RINGBUF_FULL_LIFECYCLE),
     }
-    slot
 }
 
 /// Writes the record of the namespace at `level` of the task in `s` (its ancestors are
-/// `s.ns[..level]`, already in `s.pidns.ancestors`) with a new counter slot; answers the slot,
-/// or None where a record was there already.
+/// `s.ns[..level]`, already in `s.pidns.ancestors`; its init started at `reaper`, 0 if unknown)
+/// with a new counter slot; answers the slot, or None where a record was there already (unless
+/// `replace`).
 #[inline(always)]
-fn insert_pidns(s: &mut Scratch, level: usize, tid: u32) -> Option<u32> {
+fn insert_pidns(s: &mut Scratch, level: usize, tid: u32, reaper: u64, replace: bool) -> Option<u32> {
     // Checked on the very registers that index (6.1's verifier loses a spilled index's bounds).
     let (Some(own), Some(up)) = (below(level, MAX_LEVELS), below(level.wrapping_sub(1), MAX_LEVELS)) else {
         return None;
@@ -315,9 +353,15 @@ fn insert_pidns(s: &mut Scratch, level: usize, tid: u32) -> Option<u32> {
     info.slot = slot;
     info.pad = 0;
     info.parent = parent;
+    info.reaper_start = reaper;
     // BPF_NOEXIST: two CPUs may race to register the same namespace; one wins, the other gives
-    // its slot back.
-    if PIDNS.insert(ns, &s.pidns, BPF_NOEXIST as u64).is_err() {
+    // its slot back. A stale record goes first (the first task of the new namespace, its init,
+    // replaces it; a task the iterator records meanwhile finds the new record or loses the race
+    // the same way).
+    if replace {
+        let _ = PIDNS.remove(ns);
+    }
+    if PIDNS.insert(ns, &s.pidns, u64::from(BPF_NOEXIST)).is_err() {
         if slot >= slots::FIRST_FREE {
             let _ = FREE_SLOTS.push(slot, 0);
         }
@@ -331,12 +375,19 @@ fn insert_pidns(s: &mut Scratch, level: usize, tid: u32) -> Option<u32> {
 /// levels between come from its namespace's record (the task's `struct pid` is already detached
 /// at free time). All indices are constants per loop iteration, which the verifier can check.
 ///
+/// `released_ns`, when not 0, is when the task's numbers stopped naming it (reaped, freed, or a
+/// thread's old tid after its exec): each is noted in the record of released pids, so that a
+/// wait or kill racing the release is judged `released`.
+///
 /// No generation bump: a copy of the entry (pidvirt_common::CallerCache) is only used by the
 /// task it describes, matched by address AND start time, and this task is gone (free) or was
 /// replaced (a stale entry). A caller that removes the entry of a task that lives on bumps.
 #[inline(always)]
-fn forget(tid: u32, e: &TaskEntry) {
+fn forget(tid: u32, e: &TaskEntry, released_ns: u64) {
     let level = e.level as usize;
+    if released_ns != 0 {
+        note_released(host_pidns(), e.nr[0].tid, released_ns);
+    }
     let deep = if level >= INLINE_LEVELS { DEEP.get_ptr(tid) } else { None };
     // The task's own level: its namespace is in the entry (the common case, a task one level
     // down, needs nothing else).
@@ -352,6 +403,9 @@ fn forget(tid: u32, e: &TaskEntry) {
     };
     if let Some(nr) = own {
         forget_virt(VirtKey { pidns: e.pidns, nr }, tid);
+        if released_ns != 0 {
+            note_released(e.pidns, nr, released_ns);
+        }
     }
     // The levels between: their namespaces come from the namespace's record.
     if level > 1 {
@@ -371,6 +425,9 @@ fn forget(tid: u32, e: &TaskEntry) {
                         }
                     };
                     forget_virt(VirtKey { pidns: ns, nr }, tid);
+                    if released_ns != 0 {
+                        note_released(ns, nr, released_ns);
+                    }
                 }
             }
             // Only the host namespace has no record before a task is seen in it; these reverse
@@ -414,7 +471,7 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
     let Some(e) = TASKS.get_ptr_mut(tid) else { return 0 };
     let e = unsafe { &mut *e };
     let ns_slot = own_ns_slot(e.level, e.pidns);
-    let c = container_of(task, e.level as u32, e.pidns, ns_slot);
+    let c = container_of(task, u32::from(e.level), e.pidns, ns_slot);
     if c.container == e.container {
         return 0;
     }
@@ -428,7 +485,7 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
                 host_pid: tid,
                 container: c.container,
                 slot: c.slot,
-                threadgroup: threadgroup as u32,
+                threadgroup: u32::from(threadgroup),
             });
             ev.submit(0);
         }
@@ -439,6 +496,10 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
 
 /// Task iterator (bpf_iter__task { meta, task }): records every existing task exactly as the
 /// fork program would. Driven by the daemon at attach time, by reading the iterator's file.
+#[expect(
+    clippy::no_mangle_with_rust_abi,
+    reason = "the BPF target has one calling convention; aya's program macros declare their entry points alike"
+)]
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
 pub fn seed_tasks(ctx: *mut core::ffi::c_void) -> i32 {

@@ -13,9 +13,9 @@ use pidvirt_common::{
 };
 
 use crate::{
-    audit::{Crossing, Found, report, visible},
+    audit::{Crossing, Found, Level, report, visible},
     kernel::{Direct, Kmem, off, offsets_ready},
-    maps::{COUNTS, MODES, TASKS, count_map_error},
+    maps::{COUNTS, MODES, TASKS, count_map_error, reported},
 };
 
 /// EPERM
@@ -63,9 +63,11 @@ fn deny(hook: usize, tid: u32, c: &TaskEntry, target_tid: u32, t: &TaskEntry) {
         syscall: hook as u16,
         direction: Direction::Lsm,
         verdict: Verdict::Denied,
-        value: target_tid as i64,
+        value: i64::from(target_tid),
     };
-    report(x, tid, c, Found { tid: target_tid, entry: t }, Found::NONE);
+    if reported(Verdict::Denied) {
+        report(&x, tid, c, Found { tid: target_tid, entry: t }, Found::NONE, Level::NONE);
+    }
 }
 
 /// One program per hook of the catalogue (`lsm_<hook>`; the daemon attaches it to `<hook>`).

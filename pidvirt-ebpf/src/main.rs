@@ -11,7 +11,24 @@
 #![feature(asm_experimental_arch)]
 // Map values are passed by reference on purpose: by value they would be copied onto the
 // 512-byte BPF stack.
-#![allow(clippy::needless_borrows_for_generic_args)]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "values by reference stay off the 512-byte stack"
+)]
+#![expect(
+    clippy::inline_always,
+    reason = "every helper is inlined into its program: the verifier then sees offsets and bounds as constants at \
+              the call site, and verifies one flat program"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "program entry points take their context by value: aya's program macros call them so"
+)]
+#![expect(
+    clippy::undocumented_unsafe_blocks,
+    reason = "map values and kernel memory are reached through raw pointers on nearly every line; the verifier \
+              checks each access when the program loads (the user-space crates document theirs)"
+)]
 
 mod audit;
 mod kernel;

@@ -1,13 +1,16 @@
 //! Maps shared by the programs. Sizes are defaults; the daemon may resize them at load.
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
 };
 use pidvirt_common::{
-    CALLER_SLOTS, CallerCache, CgroupContainer, DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, TaskEntry,
-    VirtKey, VirtValue, audit::ContainerCounters, counter, slots, tasks_generation, tid_filter,
+    CALLER_SLOTS, CallerCache, CgroupContainer, DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, Released,
+    TaskEntry, VirtKey, VirtValue,
+    audit::{ContainerCounters, Verdict},
+    config, counter, released, slots, tasks_generation, tid_filter,
 };
 
 /// host tid -> ids at every level (inline up to INLINE_LEVELS). TASKS and VIRT are written on
@@ -60,7 +63,7 @@ pub static META: Array<u64> = Array::with_max_entries(pidvirt_common::meta::SLOT
 
 /// Daemon settings the programs read (pidvirt_common::config).
 #[map]
-pub static CONFIG: Array<u32> = Array::with_max_entries(pidvirt_common::config::SLOTS, 0);
+pub static CONFIG: Array<u32> = Array::with_max_entries(config::SLOTS, 0);
 
 /// Copies of callers' entries, per CPU (pidvirt_common::CallerCache, ::caller_slot; used by
 /// audit::caller).
@@ -137,6 +140,8 @@ pub fn may_have_entry(tid: u32) -> bool {
 pub struct Reaped {
     pub start_time: u64,
     pub tid: u32,
+    /// Explicit padding (zero).
+    #[expect(dead_code, reason = "written so that the value has no uninitialized bytes")]
     pub pad: u32,
 }
 
@@ -148,6 +153,49 @@ pub const REAPED_SLOTS: u32 = 256;
 /// on the reaper's CPU, then knows there is nothing left to remove, without a lookup.
 #[map]
 pub static REAPED: PerCpuArray<Reaped> = PerCpuArray::with_max_entries(REAPED_SLOTS, 0);
+
+/// Pids released a moment ago (pidvirt_common::released).
+#[map]
+pub static RELEASED: Array<Released> = Array::with_max_entries(released::SLOTS, 0);
+
+/// Records that number `nr` of pid namespace `pidns` was released now.
+#[inline(always)]
+pub fn note_released(pidns: u32, nr: u32, now: u64) {
+    let key = released::key(pidns, nr);
+    if let Some(p) = RELEASED.get_ptr_mut(released::slot(key)) {
+        unsafe { *p = Released { key, at_ns: now } };
+    }
+}
+
+/// Whether number `nr` of pid namespace `pidns` was released within the window.
+#[inline(always)]
+pub fn released_lately(pidns: u32, nr: u32) -> bool {
+    let key = released::key(pidns, nr);
+    match RELEASED.get(released::slot(key)) {
+        Some(r) if r.key == key => {
+            unsafe { bpf_ktime_get_ns() }.saturating_sub(r.at_ns) < released::WINDOW_NS
+        }
+        _ => false,
+    }
+}
+
+/// A CONFIG value.
+#[inline(always)]
+fn config(slot: u32) -> u32 {
+    CONFIG.get(slot).copied().unwrap_or(0)
+}
+
+/// Whether crossings judged `v` are reported on the ring buffer (`pidvirt run --report`).
+#[inline(always)]
+pub fn reported(v: Verdict) -> bool {
+    config(config::REPORTED) & v.bit() != 0
+}
+
+/// Inode of the host's pid namespace (0 until the daemon wrote it).
+#[inline(always)]
+pub fn host_pidns() -> u32 {
+    config(config::HOST_PIDNS)
+}
 
 /// Per-CPU counters (pidvirt_common::counter).
 #[map]
@@ -167,6 +215,8 @@ pub struct Scratch {
     pub ids: [LevelIds; MAX_LEVELS],
     /// A namespace being registered.
     pub pidns: PidnsInfo,
+    /// Start time of the init of the task's own namespace (0: the host's, or unread).
+    pub reaper_start: u64,
 }
 
 /// Slots of SCRATCH. Tracepoint programs run with preemption disabled and share slot 0; the
@@ -181,12 +231,11 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 0);
 /// A counter slot for a new container (the overflow slot, counted, when none is free).
 #[inline(always)]
 pub fn take_slot() -> u32 {
-    match FREE_SLOTS.pop() {
-        Ok(Some(slot)) => slot,
-        _ => {
-            count_map_error(counter::map_error::NO_COUNTER_SLOT);
-            slots::OVERFLOW
-        }
+    if let Ok(Some(slot)) = FREE_SLOTS.pop() {
+        slot
+    } else {
+        count_map_error(counter::map_error::NO_COUNTER_SLOT);
+        slots::OVERFLOW
     }
 }
 

@@ -30,8 +30,9 @@ use crate::{
 /// An 8-byte field of the tracepoint record at `AT`, read straight from the context (the
 /// verifier wants a compile-time offset; the daemon checked the layout against tracefs).
 #[inline(always)]
+#[expect(clippy::cast_ptr_alignment, reason = "the record is 8-aligned and every AT a multiple of 8")]
 fn field<const AT: usize>(ctx: &TracePointContext) -> u64 {
-    unsafe { *((ctx.as_ptr() as *const u8).add(AT) as *const u64) }
+    unsafe { *ctx.as_ptr().cast::<u8>().add(AT).cast::<u64>() }
 }
 
 const ARGS: usize = syscall_record::ARGS as usize;
@@ -110,13 +111,13 @@ shared_hook!(exit_own_tid, |ctx, s| {
 hook!(exit_getppid, |ctx| {
     let r = ret(&ctx);
     if r >= 0 {
-        returned(sys::GETPPID, r, own_id(current(), Own::Ppid).map(|v| v as i64));
+        returned(sys::GETPPID, r, own_id(current(), Own::Ppid).map(i64::from));
     }
 });
 hook!(exit_setsid, |ctx| {
     let r = ret(&ctx);
     if r >= 0 {
-        returned(sys::SETSID, r, own_id(current(), Own::Sid).map(|v| v as i64));
+        returned(sys::SETSID, r, own_id(current(), Own::Sid).map(i64::from));
     }
 });
 // fork, vfork, clone, clone3: the parent gets the child's number in the parent's namespace,
@@ -200,7 +201,7 @@ hook!(exit_waitid, |ctx| {
             let si_pid: i32 =
                 unsafe { bpf_probe_read_user((infop as usize + SIGINFO_SI_PID) as *const i32) }.unwrap_or(0);
             if si_pid > 0 {
-                returned_task(sys::WAITID, si_pid as i64);
+                returned_task(sys::WAITID, i64::from(si_pid));
             }
         }
     }
@@ -223,7 +224,7 @@ shared_hook!(enter_self_query, |ctx, s| {
     task_arg(s, n, true);
     if n == 0 {
         let tid = bpf_get_current_pid_tgid() as u32;
-        if PENDING.insert(tid, s as u64 | SELF_QUERY, 0).is_err() {
+        if PENDING.insert(tid, u64::from(s) | SELF_QUERY, 0).is_err() {
             count_map_error(counter::map_error::PENDING_INSERT);
         }
     }
@@ -234,9 +235,9 @@ shared_hook!(exit_self_query, |ctx, s| {
         let mark = unsafe { *p };
         let _ = PENDING.remove(tid);
         let r = ret(&ctx);
-        if mark == (s as u64 | SELF_QUERY) && r >= 0 {
+        if mark == (u64::from(s) | SELF_QUERY) && r >= 0 {
             let which = if s == sys::GETSID { Own::Sid } else { Own::Pgid };
-            returned(s, r, own_id(current(), which).map(|v| v as i64));
+            returned(s, r, own_id(current(), which).map(i64::from));
         }
     }
 });

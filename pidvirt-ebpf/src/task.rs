@@ -93,6 +93,9 @@ fn read_level<K: Kmem>(k: K, pids: &TaskPids, lvl: u32, s: &mut Scratch) -> Resu
     let (tid, ns) = upid(k, pids.thread_pid, lvl)?;
     // A thread-group leader's two pids are one (the common case: one read less per level).
     let tgid = if pids.tgid_pid == pids.thread_pid { tid } else { nr_at(k, pids.tgid_pid, lvl)? };
+    if lvl == pids.level && lvl > 0 {
+        s.reaper_start = reaper_start(k, ns);
+    }
     let ns = pidns_inum(k, ns)?;
     if let Some(slot) = s.ids.get_mut(i) {
         *slot = LevelIds { tid, tgid };
@@ -107,6 +110,15 @@ fn read_level<K: Kmem>(k: K, pids: &TaskPids, lvl: u32, s: &mut Scratch) -> Resu
         *slot = LevelIds { tid, tgid };
     }
     Ok(())
+}
+
+/// Start time of the init (child_reaper) of pid namespace `ns` (0 if it cannot be read): what
+/// tells a namespace from a later one that got the same inode.
+#[inline(always)]
+fn reaper_start<K: Kmem>(k: K, ns: *const u8) -> u64 {
+    k.read_ptr(ns, off!(pidns_child_reaper))
+        .and_then(|init| k.read::<u64>(init, off!(task_start_time)))
+        .unwrap_or(0)
 }
 
 /// An inline level (a constant `lvl` > 0): directly where the kernel declares `pid.numbers` a
@@ -131,6 +143,7 @@ pub fn read_task<K: Kmem>(k: K, task: *const u8, s: &mut Scratch) -> Result<(), 
     let pids = task_pids(k, task)?;
     let start: u64 = k.read(task, off!(task_start_time)).map_err(kerr)?;
     let level = pids.level;
+    reaper_outside_inline_levels(&pids, level, s)?;
     read_level(k, &pids, 0, s)?;
     if level >= 1 {
         read_inline_level(k, &pids, 1, s)?;
@@ -148,6 +161,18 @@ pub fn read_task<K: Kmem>(k: K, task: *const u8, s: &mut Scratch) -> Result<(), 
     s.entry.level = level as u16;
     s.entry.flags = 0;
     s.deep.start_time = start;
+    Ok(())
+}
+
+/// Fills `s.reaper_start` for a task whose own level is 0 (the host's: not needed) or above
+/// the inline levels (read here, once, rather than in read_deep_levels' loop).
+#[inline(always)]
+fn reaper_outside_inline_levels(pids: &TaskPids, level: u32, s: &mut Scratch) -> Result<(), u32> {
+    s.reaper_start = if level as usize >= INLINE_LEVELS {
+        reaper_start(Probe, ns_at(Probe, pids.thread_pid, level)?)
+    } else {
+        0
+    };
     Ok(())
 }
 
@@ -226,10 +251,12 @@ pub fn own_id(task: *const u8, which: Own) -> Result<u32, u32> {
         Own::Pgid | Own::Sid => {
             let signal = read_ptr(task, off!(task_signal)).map_err(|_| counter::map_error::KERNEL_READ)?;
             let index = if matches!(which, Own::Pgid) { off!(pidtype_pgid) } else { off!(pidtype_sid) };
-            read::<*const u8>(signal, off!(signal_pids) + 8 * index).map_err(|_| counter::map_error::KERNEL_READ)?
+            read::<*const u8>(signal, off!(signal_pids) + 8 * index)
+                .map_err(|_| counter::map_error::KERNEL_READ)?
         }
         Own::Ppid => {
-            let parent = read_ptr(task, off!(task_real_parent)).map_err(|_| counter::map_error::KERNEL_READ)?;
+            let parent =
+                read_ptr(task, off!(task_real_parent)).map_err(|_| counter::map_error::KERNEL_READ)?;
             task_pids(Probe, parent)?.tgid_pid
         }
     };

@@ -90,6 +90,8 @@ pub enum ErrorCode {
     UnknownContainer,
     NotFound,
     IdInUse,
+    /// A name or id prefix that matches more than one container.
+    Ambiguous,
     PermissionDenied,
     /// The kernel lacks what the request needs (e.g. BPF-LSM for enforce mode).
     Unavailable,
@@ -169,6 +171,36 @@ pub struct TaskRow {
     pub seeded: bool,
     /// Exited, not yet reaped.
     pub exited: bool,
+    /// What the container's runtime says about it (engine, name, image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeInfo>,
+    /// The container's Kubernetes identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<K8sInfo>,
+}
+
+/// What a container's runtime says about it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    /// `docker`, `containerd`, `podman`, `cri-o`, `kubernetes`.
+    pub engine: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image: String,
+}
+
+/// The Kubernetes identity of a container (from its runtime's CRI labels).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct K8sInfo {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_uid: String,
 }
 
 /// A container as `containers` shows it.
@@ -192,6 +224,12 @@ pub struct ContainerRow {
     /// cgroup path of its first task), `api` or `oci` (registered by an orchestrator).
     pub registered_by: String,
     pub labels: BTreeMap<String, String>,
+    /// What its runtime says (engine, name, image), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeInfo>,
+    /// Its Kubernetes identity, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<K8sInfo>,
 }
 
 /// Result of `translate`.

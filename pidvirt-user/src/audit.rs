@@ -9,13 +9,14 @@ use std::{
 };
 
 use bytes::{BufMut, BytesMut};
-use pidvirt_common::audit::{
-    AnomalyEvent, Direction, LSM_HOOKS, PartyInfo, SYSCALLS, Verdict, event_flags,
-};
+use pidvirt_common::audit::{AnomalyEvent, Direction, LSM_HOOKS, PartyInfo, SYSCALLS, Verdict, event_flags};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::containers::Registry;
+use crate::{
+    api::{K8sInfo, RuntimeInfo},
+    containers::Registry,
+};
 
 /// The caller of a crossing.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -39,6 +40,18 @@ pub struct Target {
     pub vtid: u32,
     pub pidns: u32,
     pub container: String,
+    /// What the target's container's runtime says about it (engine, name, image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeInfo>,
+}
+
+/// Where the number was read when it named `also`: a level above the caller's (0: the host),
+/// that level's pid namespace, and the container of that namespace.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadAt {
+    pub level: u32,
+    pub pidns: u32,
+    pub container: String,
 }
 
 /// One audit record (one line of `--audit-log`).
@@ -54,13 +67,23 @@ pub struct Record {
     pub value: i64,
     /// The caller's container.
     pub container: String,
+    /// What the caller's container's runtime says about it (engine, name, image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeInfo>,
+    /// The caller's container's Kubernetes identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<K8sInfo>,
     pub caller: Caller,
     /// The task `value` names in the caller's namespace (what the kernel acts on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
-    /// For `collision` and `leak`: the task whose HOST pid `value` is.
+    /// For `collision` and `leak`: the task `value` names at an ancestor level of the caller's
+    /// (the nearest level where it names one; its host pid when that level is the host's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub also: Option<Target>,
+    /// With `also`: the level and namespace `value` was read in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<ReadAt>,
     /// For `mismatch`: the value read from the task structures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truth: Option<i64>,
@@ -79,6 +102,7 @@ fn target(p: &PartyInfo, reg: &Registry) -> Target {
         vtid: p.vtid,
         pidns: p.pidns,
         container: reg.id_of(p.container),
+        runtime: reg.meta_of(p.container).0.cloned(),
     }
 }
 
@@ -93,6 +117,8 @@ impl Record {
             Direction::Lsm => LSM_HOOKS.get(ev.syscall as usize)?.name,
         };
         let mismatch = verdict == Verdict::Mismatch;
+        let also = !mismatch && ev.flags & event_flags::HAS_ALSO != 0;
+        let (runtime, k8s) = reg.meta_of(ev.caller.container);
         Some(Self {
             ts_ns: ev.ts_ns,
             syscall: syscall.into(),
@@ -100,6 +126,8 @@ impl Record {
             verdict: verdict.name().into(),
             value: ev.value,
             container: reg.id_of(ev.caller.container),
+            runtime: runtime.cloned(),
+            k8s: k8s.cloned(),
             caller: Caller {
                 host_pid: ev.caller.host_pid,
                 host_tid: ev.caller.host_tid,
@@ -109,7 +137,12 @@ impl Record {
                 comm: comm(&ev.comm),
             },
             target: (ev.flags & event_flags::HAS_TARGET != 0).then(|| target(&ev.target, reg)),
-            also: (!mismatch && ev.flags & event_flags::HAS_ALSO != 0).then(|| target(&ev.also, reg)),
+            also: also.then(|| target(&ev.also, reg)),
+            read_at: also.then(|| ReadAt {
+                level: ev.also_level,
+                pidns: ev.also_pidns,
+                container: reg.id_of_pidns(ev.also_pidns),
+            }),
             truth: mismatch.then_some(i64::from(ev.also.vpid)),
         })
     }
@@ -239,7 +272,7 @@ mod tests {
         let mut r = Registry::new(4026531836);
         r.note_pidns(
             4026532300,
-            &PidnsInfo::from_chain(&[4026531836, 4026532300], 1, 7, pidns_source::KERNEL),
+            &PidnsInfo::from_chain(&[4026531836, 4026532300], 1, 7, pidns_source::KERNEL, 1000),
             None,
         );
         r
@@ -280,6 +313,8 @@ mod tests {
                 container: 4026532300,
             },
             flags,
+            also_level: 0,
+            also_pidns: 4026531836,
             pad: 0,
             comm,
         }
@@ -300,6 +335,7 @@ mod tests {
         assert_eq!(r.caller.comm, "kill");
         assert_eq!(r.target.as_ref().unwrap().host_pid, 500);
         assert_eq!(r.also.as_ref().unwrap().host_pid, 26922);
+        assert_eq!(r.read_at, Some(ReadAt { level: 0, pidns: 4026531836, container: "host".into() }));
         assert_eq!(r.truth, None);
         let json = serde_json::to_value(&r).unwrap();
         for key in

@@ -273,6 +273,7 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
         pidns_level: btf.offset("pid_namespace", "level", 4)?,
         pidns_parent: btf.offset("pid_namespace", "parent", PTR)?,
         pidns_inum: ns.offset + inum,
+        pidns_child_reaper: btf.offset("pid_namespace", "child_reaper", PTR)?,
         css_set_dfl_cgrp: btf.offset("css_set", "dfl_cgrp", PTR)?,
         cgroup_kn: btf.offset("cgroup", "kn", PTR)?,
         cgroup_level: btf.offset("cgroup", "level", 4)?,
@@ -470,6 +471,7 @@ mod tests {
         // signal_struct begins { refcount_t sigcnt; atomic_t live; ... } on every 6.x kernel.
         assert_eq!(o.signal_live, 4);
         assert!(o.task_ptrace > 0);
+        assert!(o.pidns_child_reaper > 0);
         // Cross-check with the offsets read independently (pahole/bpftool) on this very build,
         // recorded in ../shared/reference/pid-crossings.md; other kernels only get the invariants.
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

@@ -16,12 +16,19 @@ use pidvirt_common::{
 /// The kernel programs, compiled for the BPF target by build.rs (aya-build).
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pidvirt"));
 
+/// The kernel programs, or the error of a build that skipped them.
+pub fn program_object() -> Result<&'static [u8], LoadError> {
+    if PROGRAM_OBJECT.is_empty() { Err(LoadError::NoPrograms) } else { Ok(PROGRAM_OBJECT) }
+}
+
 /// The syscall tracepoint programs: (program, tracepoint) for every hooked side of every
 /// watched syscall (the hook list: the catalogue's SYSCALLS).
 pub fn syscall_hooks() -> Vec<(Program, String)> {
     SYSCALLS
         .iter()
-        .flat_map(|spec| spec.hooks().map(move |(program, side)| (program, format!("{}{}", side.prefix(), spec.name))))
+        .flat_map(|spec| {
+            spec.hooks().map(move |(program, side)| (program, format!("{}{}", side.prefix(), spec.name)))
+        })
         .collect()
 }
 
@@ -33,6 +40,10 @@ pub enum LoadError {
     Offsets(#[from] crate::btf::OffsetError),
     #[error(transparent)]
     Tracefs(#[from] crate::tracefs::TracefsError),
+    #[error(
+        "this pidvirt was built without its kernel programs (AYA_BUILD_SKIP): rebuild it with bpf-linker"
+    )]
+    NoPrograms,
     #[error("loading the eBPF object failed: {0}")]
     Object(#[source] aya::EbpfError),
     #[error("the kernel refused program `{program}`: {message}")]
@@ -151,7 +162,8 @@ impl KernelMaps {
             free_slots: Queue::try_from(get(map::FREE_SLOTS)?).map_err(err(map::FREE_SLOTS))?,
             cgroups: HashMap::try_from(get(map::CGROUPS)?).map_err(err(map::CGROUPS))?,
             config: Array::try_from(get(map::CONFIG)?).map_err(err(map::CONFIG))?,
-            tasks_generation: Array::try_from(get(map::TASKS_GENERATION)?).map_err(err(map::TASKS_GENERATION))?,
+            tasks_generation: Array::try_from(get(map::TASKS_GENERATION)?)
+                .map_err(err(map::TASKS_GENERATION))?,
             modes: HashMap::try_from(get(map::MODES)?).map_err(err(map::MODES))?,
             meta: Array::try_from(get(map::META)?).map_err(err(map::META))?,
             seeded_tids: Array::try_from(get(map::SEEDED_TIDS)?).map_err(err(map::SEEDED_TIDS))?,
@@ -261,8 +273,16 @@ impl KernelMaps {
     }
 
     /// Seeds a task found in /proc, without overwriting anything the kernel programs wrote.
-    /// `ns` holds the namespace inode at each level. Returns whether the task entry was inserted.
-    pub fn seed(&mut self, entry: &TaskEntry, ids: &[LevelIds], ns: &[u32]) -> Result<bool, MapError> {
+    /// `ns` holds the namespace inode at each level; `reaper_start` gives the start time of a
+    /// namespace's init (0 where /proc did not show it). Returns whether the task entry was
+    /// inserted.
+    pub fn seed(
+        &mut self,
+        entry: &TaskEntry,
+        ids: &[LevelIds],
+        ns: &[u32],
+        reaper_start: impl Fn(u32) -> u64,
+    ) -> Result<bool, MapError> {
         let tid = entry.host_tid();
         match self.tasks.insert(tid, *entry, NOEXIST) {
             Ok(()) => {}
@@ -284,10 +304,14 @@ impl KernelMaps {
         for (level, (id, pidns)) in ids.iter().zip(ns).enumerate().skip(1) {
             let key = VirtKey { pidns: *pidns, nr: id.tid };
             let _ = self.virt.insert(key, VirtValue::of(entry), NOEXIST);
-            self.seed_pidns(
-                *pidns,
-                PidnsInfo::from_chain(ns, level, tid, pidvirt_common::pidns_source::SEED),
+            let info = PidnsInfo::from_chain(
+                ns,
+                level,
+                tid,
+                pidvirt_common::pidns_source::SEED,
+                reaper_start(*pidns),
             );
+            self.seed_pidns(*pidns, info);
         }
         // The counter slot of its namespace (known now: the kernel's or the one just seeded).
         if entry.level > 0 {
@@ -438,12 +462,7 @@ fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
         // SAFETY: attr points at buffers of `count` keys and values of the map's own key and
         // value types (K, V are the map's), and at two u64 tokens; all outlive the call.
         let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>(),
-            )
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>())
         };
         let err = (r < 0).then(std::io::Error::last_os_error);
         match err.as_ref().and_then(std::io::Error::raw_os_error) {
@@ -508,7 +527,8 @@ mod tests {
     use super::PROGRAM_OBJECT;
 
     fn object() -> Object {
-        Object::parse(PROGRAM_OBJECT).expect("the built eBPF object parses (was it built with AYA_BUILD_SKIP?)")
+        Object::parse(PROGRAM_OBJECT)
+            .expect("the built eBPF object parses (was it built with AYA_BUILD_SKIP?)")
     }
 
     fn kind(section: &ProgramSection) -> Option<ProgramKind> {
@@ -525,10 +545,12 @@ mod tests {
     #[test]
     fn every_catalogued_program_is_in_the_object_and_nothing_else() {
         let obj = object();
-        let mut expected: Vec<(&str, ProgramKind)> = Program::ALL.iter().map(|p| (p.name(), p.kind())).collect();
+        let mut expected: Vec<(&str, ProgramKind)> =
+            Program::ALL.iter().map(|p| (p.name(), p.kind())).collect();
         expected.extend(LSM_HOOKS.iter().map(|h| (h.program, ProgramKind::Lsm)));
         for (name, want) in &expected {
-            let prog = obj.programs.get(*name).unwrap_or_else(|| panic!("program {name} is not in the object"));
+            let prog =
+                obj.programs.get(*name).unwrap_or_else(|| panic!("program {name} is not in the object"));
             assert_eq!(kind(&prog.section), Some(*want), "program {name} has section {:?}", prog.section);
         }
         let mut unknown: Vec<&String> =

@@ -24,7 +24,7 @@ use pidvirt_common::{
     slots, tid_filter,
 };
 
-use crate::kernel::{KernelMaps, LoadError, PROGRAM_OBJECT, syscall_hooks};
+use crate::kernel::{KernelMaps, LoadError, PROGRAM_OBJECT, program_object, syscall_hooks};
 
 /// Where `--pin` keeps maps (`maps/NAME`) and links (`links/PROGRAM@HOOK`).
 pub const PIN_DIR: &str = "/sys/fs/bpf/pidvirt";
@@ -44,6 +44,10 @@ pub struct LoadOptions {
     /// Read a task's pids above level 0 with bpf_probe_read_kernel even where direct loads are
     /// possible: the path of kernels that declare `pid.numbers[1]` (tests use it).
     pub probe_reads: bool,
+    /// The verdicts reported on the ring buffer (a mask of `Verdict::bit`s).
+    pub report: u32,
+    /// Inode of the host's pid namespace.
+    pub host_pidns: u32,
 }
 
 /// Default capacity of the task maps: the kernel's pid_max (host tids are below it, so no more
@@ -69,6 +73,8 @@ impl Default for LoadOptions {
             task_iterator: true,
             pin: false,
             probe_reads: false,
+            report: pidvirt_common::audit::Verdict::DEFAULT_REPORTED,
+            host_pidns: 0,
         }
     }
 }
@@ -171,7 +177,9 @@ pub fn resolve_offsets(tick_ns: u32) -> Result<KernelOffsets, LoadError> {
 
 /// FNV-1a of the object: tells a build's pinned programs from another's.
 pub fn object_hash() -> u64 {
-    PROGRAM_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    PROGRAM_OBJECT
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
 }
 
 fn pin_dir() -> PathBuf {
@@ -239,7 +247,7 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     if opts.pin {
         ensure_bpffs()?;
         if pinned() {
-            return adopt();
+            return adopt(opts);
         }
     }
     let t0 = Instant::now();
@@ -253,9 +261,9 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         .map_max_entries(map::FREE_SLOTS, opts.counter_slots)
         .map_max_entries(map::LIVE_TIDS, tid_words)
         .map_max_entries(map::SEEDED_TIDS, tid_words)
-        .load(PROGRAM_OBJECT)
+        .load(program_object()?)
         .map_err(LoadError::Object)?;
-    prepare_maps(&mut ebpf, opts.counter_slots)?;
+    prepare_maps(&mut ebpf, opts)?;
     let mut links = Links { pin: opts.pin, pinned: Vec::new() };
     if opts.pin {
         let _ = std::fs::remove_dir_all(pin_dir());
@@ -315,7 +323,7 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
 }
 
 /// Opens the maps and lists the links a previous daemon pinned (same build only).
-fn adopt() -> Result<Loaded, LoadError> {
+fn adopt(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let open = |name: &'static str| -> Result<Map, LoadError> {
         let data = MapData::from_pin(pin_dir().join("maps").join(name))
             .map_err(|source| LoadError::Map { name, source })?;
@@ -330,9 +338,11 @@ fn adopt() -> Result<Loaded, LoadError> {
         )));
     }
     let available = meta_map.get(&meta::ENFORCEMENT, 0).unwrap_or(0) == 1;
-    let maps = KernelMaps::open(open)?;
-    let events =
-        RingBuf::try_from(open(map::EVENTS)?).map_err(|source| LoadError::Map { name: map::EVENTS, source })?;
+    let mut maps = KernelMaps::open(open)?;
+    // This daemon's settings (what to report) replace the previous one's.
+    configure(&mut maps.config, opts)?;
+    let events = RingBuf::try_from(open(map::EVENTS)?)
+        .map_err(|source| LoadError::Map { name: map::EVENTS, source })?;
     let mut attached: Vec<(String, String)> = std::fs::read_dir(pin_dir().join("links"))
         .map(|rd| {
             rd.flatten()
@@ -387,10 +397,11 @@ pub fn loaded_pidvirt_programs() -> Vec<String> {
         .collect()
 }
 
-/// Fills what the programs need before any is attached: the free counter slots, and the
-/// syscall-number table of the shared syscall programs.
-fn prepare_maps(ebpf: &mut Ebpf, counter_slots: u32) -> Result<(), LoadError> {
+/// Fills what the programs need before any is attached: the free counter slots, the
+/// syscall-number table of the shared syscall programs, and the settings.
+fn prepare_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<(), LoadError> {
     let err = |name| move |source| LoadError::Map { name, source };
+    let counter_slots = opts.counter_slots;
     let map = ebpf.map_mut(map::FREE_SLOTS).ok_or(LoadError::MissingMap(map::FREE_SLOTS))?;
     let mut free: Queue<&mut MapData, u32> = Queue::try_from(map).map_err(err(map::FREE_SLOTS))?;
     for slot in slots::FIRST_FREE..counter_slots {
@@ -401,7 +412,18 @@ fn prepare_maps(ebpf: &mut Ebpf, counter_slots: u32) -> Result<(), LoadError> {
     for (id, spec) in SYSCALLS.iter().enumerate() {
         sysnr.set(spec.nr as u32, id as u32 + 1, 0).map_err(err(map::SYSNR))?;
     }
-    Ok(())
+    let map = ebpf.map_mut(map::CONFIG).ok_or(LoadError::MissingMap(map::CONFIG))?;
+    configure(&mut Array::try_from(map).map_err(err(map::CONFIG))?, opts)
+}
+
+/// Writes the settings the programs read (CONFIG): what to report, the host's namespace.
+fn configure<T: std::borrow::BorrowMut<MapData>>(
+    config: &mut Array<T, u32>,
+    opts: &LoadOptions,
+) -> Result<(), LoadError> {
+    let err = |source| LoadError::Map { name: map::CONFIG, source };
+    config.set(pidvirt_common::config::REPORTED, opts.report, 0).map_err(err)?;
+    config.set(pidvirt_common::config::HOST_PIDNS, opts.host_pidns, 0).map_err(err)
 }
 
 /// The LSMs the kernel runs (securityfs, mounted if needed).
@@ -499,7 +521,7 @@ pub enum FloorHooks {
 /// them.
 pub fn attach_floor(hooks: FloorHooks) -> Result<(Ebpf, Vec<(String, String)>), LoadError> {
     require_root()?;
-    let mut ebpf = EbpfLoader::new().load(PROGRAM_OBJECT).map_err(LoadError::Object)?;
+    let mut ebpf = EbpfLoader::new().load(program_object()?).map_err(LoadError::Object)?;
     let mut attached = Vec::new();
     let mut links = Links { pin: false, pinned: Vec::new() };
     match hooks {
@@ -550,10 +572,9 @@ fn attach_btf_tracepoint(
     links: &mut Links,
 ) -> Result<String, LoadError> {
     let name = program.name();
-    let tp = program.btf_tracepoint().ok_or_else(|| LoadError::Refused {
-        program: name.into(),
-        message: "not a tp_btf program".into(),
-    })?;
+    let tp = program
+        .btf_tracepoint()
+        .ok_or_else(|| LoadError::Refused { program: name.into(), message: "not a tp_btf program".into() })?;
     let refused = |message: String| LoadError::Refused { program: name.into(), message };
     let prog: &mut BtfTracePoint = typed_program(ebpf, name, name)?;
     prog.load(tp, btf).map_err(|e| refused(program_error(&e)))?;

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use pidvirt::cli;
 
 #[derive(Parser)]
-#[command(name = "pidvirt", version, about = "Run-time check of process ids crossing pid-namespace boundaries")]
+#[command(
+    name = "pidvirt",
+    version,
+    about = "Run-time check of process ids crossing pid-namespace boundaries"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,6 +32,9 @@ enum Command {
     /// createRuntime/createContainer/poststart (annotations become labels), unregisters it at
     /// poststop.
     OciHook(cli::oci_hook::Args),
+    /// Write the hooks.d entry through which Podman and CRI-O run `pidvirt oci-hook` for every
+    /// container.
+    InstallHook(cli::install_hook::Args),
     /// Set a container's policy.
     Policy {
         #[command(subcommand)]
@@ -70,6 +77,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Ps(a) => cli::ps::run(a).await,
         Command::Container { action } => cli::container::run(action).await,
         Command::OciHook(a) => cli::oci_hook::run(a).await,
+        Command::InstallHook(a) => cli::install_hook::run(&a),
         Command::Policy { action } => cli::policy::run(action).await,
         Command::Detach(a) => cli::detach::run(a).await,
         Command::Containers(a) => cli::containers::run(a).await,

@@ -2,7 +2,10 @@
 //! that already exist, then reconcile the ones that died during the walk. Tasks born during the
 //! walk are recorded by the fork program (which always wins: seeding never overwrites).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use pidvirt_common::{HOST_CONTAINER, INLINE_LEVELS, LevelIds, TaskEntry, task_flags};
 use serde::Serialize;
@@ -73,7 +76,15 @@ pub fn seed(maps: &std::sync::Mutex<KernelMaps>, tick_ns: u32, iterator: &Result
     };
     let mut chains = ChainCache::default();
     let mut inserted: Vec<(ProcTask, Vec<u32>, u64)> = Vec::new();
-    for t in procscan::scan() {
+    let tasks = procscan::scan();
+    // Each namespace's init (its vpid 1): the identity of its record.
+    let inits: HashMap<u32, u64> = tasks
+        .iter()
+        .filter(|t| t.level() > 0 && t.nspid.last() == Some(&1))
+        .map(|t| (t.pidns, t.start_ticks * u64::from(tick_ns)))
+        .collect();
+    let reaper_start = |ns: u32| inits.get(&ns).copied().unwrap_or(0);
+    for t in tasks {
         report.scanned += 1;
         let Some(ns) = chains.levels(&t) else {
             report.vanished += 1;
@@ -82,7 +93,7 @@ pub fn seed(maps: &std::sync::Mutex<KernelMaps>, tick_ns: u32, iterator: &Result
         let (entry, ids) = entry_from_proc(&t, &ns, tick_ns);
         // The lock is taken per task: the daemon answers meanwhile.
         let Ok(mut maps) = maps.lock() else { break };
-        match maps.seed(&entry, &ids, &ns) {
+        match maps.seed(&entry, &ids, &ns, reaper_start) {
             Ok(true) => inserted.push((t, ns, entry.start_time)),
             Ok(false) => {
                 report.already_known += 1;

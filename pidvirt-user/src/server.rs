@@ -111,9 +111,10 @@ async fn connection<H: Handler>(stream: UnixStream, handler: Arc<H>) {
                 Ok(line) => parse_request(line),
                 Err(_) => Err(ApiError::new(ErrorCode::BadRequest, "request is not UTF-8")),
             },
-            Ok(Some(Ok(Line::TooLong))) => {
-                Err(ApiError::new(ErrorCode::TooLong, format!("request longer than {MAX_REQUEST_BYTES} bytes")))
-            }
+            Ok(Some(Ok(Line::TooLong))) => Err(ApiError::new(
+                ErrorCode::TooLong,
+                format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+            )),
             // Idle for too long, closed by the client, or unreadable.
             Err(_) | Ok(None | Some(Err(_))) => return,
         };
@@ -364,7 +365,10 @@ mod tests {
     async fn follow_streams_filtered_records_until_the_client_goes() {
         let s = serve_fake();
         let mut c = Client::connect(&s.path).await;
-        assert_eq!(code(&c.call(r#"{"op":"audit","follow":true,"container":"ghost"}"#).await), "unknown_container");
+        assert_eq!(
+            code(&c.call(r#"{"op":"audit","follow":true,"container":"ghost"}"#).await),
+            "unknown_container"
+        );
         c.send(b"{\"op\":\"audit\",\"follow\":true,\"verdict\":\"leak\"}\n").await;
         let record = |verdict: &str, value: i64| Record {
             ts_ns: 1,
@@ -373,9 +377,19 @@ mod tests {
             verdict: verdict.into(),
             value,
             container: "c".into(),
-            caller: crate::audit::Caller { host_pid: 1, host_tid: 1, vpid: 1, vtid: 1, pidns: 1, comm: "x".into() },
+            runtime: None,
+            k8s: None,
+            caller: crate::audit::Caller {
+                host_pid: 1,
+                host_tid: 1,
+                vpid: 1,
+                vtid: 1,
+                pidns: 1,
+                comm: "x".into(),
+            },
             target: None,
             also: None,
+            read_at: None,
             truth: None,
         };
         // The subscription exists once the server has read the request.

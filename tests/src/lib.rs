@@ -15,6 +15,8 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod engines;
+
 /// The pidvirt binary under test: $PIDVIRT_BIN, or target/release/pidvirt of this workspace.
 pub fn pidvirt_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("PIDVIRT_BIN") {
@@ -139,6 +141,44 @@ pub struct AuditRecord {
     pub caller: AuditCaller,
     pub target: Option<AuditTask>,
     pub also: Option<AuditTask>,
+    #[serde(default)]
+    pub read_at: Option<ReadAt>,
+    /// The caller's container, as its runtime knows it.
+    #[serde(default)]
+    pub runtime: Option<RuntimeRow>,
+    #[serde(default)]
+    pub k8s: Option<K8sRow>,
+}
+
+/// Where a record's number was read (the level and namespace of `also`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ReadAt {
+    pub level: u32,
+    pub pidns: u64,
+    pub container: String,
+}
+
+/// What a runtime says about a container.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct RuntimeRow {
+    pub engine: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub image: String,
+}
+
+/// A container's Kubernetes identity.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct K8sRow {
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub pod: String,
+    #[serde(default)]
+    pub container: String,
+    #[serde(default)]
+    pub pod_uid: String,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -155,6 +195,8 @@ pub struct AuditTask {
     pub host_pid: u32,
     pub vpid: u32,
     pub container: String,
+    #[serde(default)]
+    pub runtime: Option<RuntimeRow>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -168,6 +210,10 @@ pub struct ContainerRow {
     pub tasks: u64,
     pub registered_by: String,
     pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub runtime: Option<RuntimeRow>,
+    #[serde(default)]
+    pub k8s: Option<K8sRow>,
 }
 
 /// A running `pidvirt run`, with its own socket and audit log; stopped (SIGTERM) on drop.
@@ -359,6 +405,11 @@ impl Fixture {
     /// Starts `bin` (pass `env!("CARGO_BIN_EXE_pidvirt-fixture")`) with `depth` nested namespaces.
     pub fn start(bin: &str, depth: usize) -> Self {
         Self::spawn(Command::new(bin).args(["--depth", &depth.to_string()]))
+    }
+
+    /// The fixture started by `cmd` (e.g. `docker exec -i` of it inside a container).
+    pub fn start_with(cmd: &mut Command) -> Self {
+        Self::spawn(cmd)
     }
 
     /// The same, from inside cgroup v2 directory `cgroup` (the fixture moves there first).

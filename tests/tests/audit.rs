@@ -116,8 +116,18 @@ fn a_number_naming_nothing_is_unknown() {
     assert!(rs.iter().all(|r| r.value == i64::from(n) && r.target.is_none() && r.also.is_none()));
 }
 
+/// `kill(n, 0)` from a new process of the level-1 namespace of `f` (nsenter forks it there);
+/// answers the kernel's return value.
+fn kill_from_level_1(f: &Fixture, n: u32) -> String {
+    let out = Command::new("nsenter")
+        .args(["-t", &f.outer_init.to_string(), "-p", "--", FIXTURE, "call", "kill", &n.to_string(), "0"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
-fn a_nested_container_targeted_from_its_parent_is_cross_container() {
+fn a_nested_container_targeted_from_its_parent_or_the_host_is_counted_nested_and_not_reported() {
     let d = Daemon::start();
     let mut f = Fixture::start(FIXTURE, 2);
     let v2 = f.num("spawn 0") as u32;
@@ -125,41 +135,61 @@ fn a_nested_container_targeted_from_its_parent_is_cross_container() {
     let t = proc_truth::task(host, host).unwrap();
     let in_parent = t.nspid[1]; // the number the level-1 namespace knows it by
     let outer = format!("pidns-{}", f.pidns[0]);
-    // From a process of the level-1 namespace (nsenter forks it there).
-    let out = Command::new("nsenter")
-        .args([
-            "-t",
-            &f.outer_init.to_string(),
-            "-p",
-            "--",
-            FIXTURE,
-            "call",
-            "kill",
-            &in_parent.to_string(),
-            "0",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "the kernel lets the parent reach it");
-    // (The level-1 init waiting for its child, the level-2 init, is a cross_container crossing
-    // too: wait4 of a task in a nested container.)
-    let r = wait_records(&d, 1, "cross_container from the parent namespace", |r| {
-        r.container == outer && r.verdict == "cross_container" && r.syscall == "kill"
+    let before = count(&d.container_crossings(&outer).0, "kill", "nested");
+    assert_eq!(kill_from_level_1(&f, in_parent), "0", "the kernel lets the parent reach it");
+    eventually(tests::settle(), "the parent's kill counted nested", || {
+        (count(&d.container_crossings(&outer).0, "kill", "nested") == before + 1).then_some(())
+    });
+    // And from the host (other host processes count there too: at least ours).
+    let host_before = count(&d.container_crossings("host").0, "kill", "nested");
+    // SAFETY: kill takes no pointers; signal 0 only checks.
+    assert_eq!(unsafe { libc::kill(host as i32, 0) }, 0);
+    eventually(tests::settle(), "the host's kill counted nested", || {
+        (count(&d.container_crossings("host").0, "kill", "nested") > host_before).then_some(())
+    });
+    // Neither is reported (the kernel's own model), nor the level-1 init's wait for its child.
+    std::thread::sleep(Duration::from_millis(500));
+    let me = std::process::id();
+    let reported: Vec<AuditRecord> = d
+        .audit_log()
+        .into_iter()
+        .filter(|r| {
+            r.container == outer
+                || r.caller.host_pid == me
+                || r.target.as_ref().is_some_and(|t| t.host_pid == host)
+        })
+        .collect();
+    assert!(reported.is_empty(), "routine parent-to-child crossings were reported: {reported:#?}");
+}
+
+#[test]
+fn report_chooses_the_reported_verdicts_and_a_nested_record_names_its_target() {
+    let d = Daemon::start_with(&["--report", "nested"]);
+    let mut f = Fixture::start(FIXTURE, 2);
+    let v2 = f.num("spawn 0") as u32;
+    let host = f.host_tid(v2);
+    let in_parent = proc_truth::task(host, host).unwrap().nspid[1];
+    let outer = format!("pidns-{}", f.pidns[0]);
+    assert_eq!(kill_from_level_1(&f, in_parent), "0");
+    let r = wait_records(&d, 1, "nested from the parent namespace", |r| {
+        r.container == outer && r.verdict == "nested" && r.syscall == "kill"
     });
     let target = r[0].target.as_ref().unwrap();
     assert_eq!((target.host_pid, target.vpid, target.container.as_str()), (host, v2, f.container().as_str()));
     assert_eq!(r[0].value, i64::from(in_parent));
-    // And from the host.
-    // SAFETY: kill takes no pointers; signal 0 only checks.
-    assert_eq!(unsafe { libc::kill(host as i32, 0) }, 0);
-    let me = std::process::id();
-    let r = wait_records(&d, 1, "cross_container from the host", |r| {
-        r.container == "host"
-            && r.caller.host_pid == me
-            && r.verdict == "cross_container"
-            && r.syscall == "kill"
+    // `leak` is not in the set any more: counted, not reported.
+    let sibling = f.num("spawn 0") as u32;
+    let sibling_host = f.host_tid(sibling);
+    assert_eq!(f.num(&format!("sys kill {sibling_host} 0")), ESRCH);
+    eventually(tests::settle(), "the leak counted", || {
+        (count(&d.container_crossings(&f.container()).0, "kill", "leak") == 1).then_some(())
     });
-    assert_eq!(r[0].target.as_ref().unwrap().host_pid, host);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.audit_log().iter().all(|r| r.verdict == "nested"), "only nested records: {:#?}", d.audit_log());
+    // A verdict `--report` cannot choose is refused with the list it can.
+    let out = tests::pidvirt(&["run", "--report", "ok", "--socket", "/nonexistent/x.sock"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("leak") && out.stderr.contains("released"), "{}", out.stderr);
 }
 
 #[test]

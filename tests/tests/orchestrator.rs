@@ -6,10 +6,13 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
     path::Path,
-    process::{Command, Stdio},
 };
 
-use tests::{AuditRecord, ContainerRow, Daemon, Fixture, TestCgroup, eventually, pidvirt_bin, proc_truth};
+use tests::{
+    AuditRecord, ContainerRow, Daemon, Fixture, TestCgroup,
+    engines::runc::{RuncContainer, bundle, runc, runc_state},
+    eventually, proc_truth,
+};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_pidvirt-fixture");
 
@@ -21,52 +24,6 @@ fn wait_record(d: &Daemon, what: &str, pred: impl Fn(&AuditRecord) -> bool) -> A
     eventually(tests::settle(), what, || d.audit_log().into_iter().find(|r| pred(r)))
 }
 
-/// An OCI bundle: busybox (static) as the rootfs, `sleep` as the process, pidvirt's hook at
-/// createRuntime and poststop.
-fn bundle(dir: &Path, socket: &Path) {
-    let rootfs = dir.join("rootfs");
-    for d in ["bin", "proc", "dev", "sys", "tmp"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed");
-    for applet in ["sh", "sleep", "kill"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    let spec = Command::new("runc").args(["spec", "--bundle"]).arg(dir).status().expect("runc is installed");
-    assert!(spec.success());
-    let path = dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    config["process"]["terminal"] = false.into();
-    config["process"]["args"] = serde_json::json!(["/bin/sh", "-c", "sleep 1000"]);
-    config["annotations"] =
-        serde_json::json!({"io.kubernetes.pod.name": "web", "pidvirt.test/run": "orchestrator"});
-    let hook = serde_json::json!({
-        "path": pidvirt_bin(),
-        "args": ["pidvirt", "oci-hook", "--socket", socket],
-    });
-    config["hooks"] = serde_json::json!({"createRuntime": [hook.clone()], "poststop": [hook]});
-    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-}
-
-/// Runs runc; returns its exit status and stderr. Its output goes to a file, not a pipe: a
-/// detached container inherits runc's stdio and would hold a pipe open.
-fn runc(args: &[&str]) -> (std::process::ExitStatus, String) {
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let status = Command::new("runc")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .status()
-        .expect("runc");
-    (status, std::fs::read_to_string(log.path()).unwrap_or_default())
-}
-
-fn runc_state(id: &str) -> Option<serde_json::Value> {
-    let out = Command::new("runc").args(["state", id]).stdin(Stdio::null()).output().ok()?;
-    serde_json::from_slice(&out.stdout).ok()
-}
-
 fn wait_in_cgroup(dir: &Path, pid: u32) {
     eventually(tests::settle(), "process moved into its cgroup", || {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
@@ -74,19 +31,13 @@ fn wait_in_cgroup(dir: &Path, pid: u32) {
     });
 }
 
-/// Deletes the container even when a test fails.
-struct RuncContainer(String);
-impl Drop for RuncContainer {
-    fn drop(&mut self) {
-        let _ = runc(&["delete", "--force", &self.0]);
-    }
-}
-
 #[test]
 fn oci_hook_registers_a_runc_container_with_its_annotations_and_unregisters_it() {
     let d = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
-    bundle(dir.path(), &d.socket);
+    let annotations =
+        serde_json::json!({"io.kubernetes.pod.name": "web", "pidvirt.test/run": "orchestrator"});
+    bundle(dir.path(), Some(&d.socket), &annotations);
     let id = format!("pidvirt-test-{}", std::process::id());
     let _guard = RuncContainer(id.clone());
     let (status, stderr) = runc(&["run", "-d", "--bundle", &dir.path().to_string_lossy(), &id]);
@@ -387,12 +338,51 @@ fn containers_are_discovered_from_their_runtime_cgroup_path_and_an_orchestrator_
     let cg = TestCgroup::new(&format!("docker-{id}.scope"));
     let f = Fixture::start_in_cgroup(FIXTURE, 1, &cg.path);
     let c = eventually(tests::settle(), "discovered container", || container(&d, &id));
-    assert_eq!(
-        (c.registered_by.as_str(), c.labels["runtime"].as_str(), c.pidns),
-        ("discovered", "docker", f.inner())
-    );
+    let engine = c.runtime.as_ref().map(|r| r.engine.as_str());
+    assert_eq!((c.registered_by.as_str(), engine, c.pidns), ("discovered", Some("docker"), f.inner()));
     // An id given by the orchestrator wins.
     assert_eq!(d.cli(&["container", "add", "from-orchestrator", "--pidns", &f.inner().to_string()]).code, 0);
     assert!(container(&d, &id).is_none());
     assert_eq!(container(&d, "from-orchestrator").unwrap().pidns, f.inner());
+}
+
+#[test]
+fn a_namespace_that_reuses_a_gone_ones_inode_is_not_taken_for_it() {
+    let d = Daemon::start();
+    let first = Fixture::start(FIXTURE, 1);
+    let ns = first.inner();
+    assert_eq!(d.cli(&["container", "add", "first", "--pidns", &ns.to_string()]).code, 0);
+    assert!(container(&d, "first").is_some());
+    drop(first);
+    // The kernel gives a new namespace the lowest free inode: the gone one's, once it is freed.
+    let mut again = None;
+    for _ in 0..50 {
+        let f = Fixture::start(FIXTURE, 1);
+        if f.inner() == ns {
+            again = Some(f);
+            break;
+        }
+        drop(f);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let Some(mut f) = again else {
+        tests::note_unavailable(
+            "a_namespace_that_reuses_a_gone_ones_inode_is_not_taken_for_it",
+            &format!("the kernel did not reuse pid namespace inode {ns} within 50 namespaces"),
+        );
+        return;
+    };
+    // Its first crossing: a leak, under the new namespace's own id.
+    let v = f.num("spawn 0") as u32;
+    let host = f.host_tid(v);
+    assert_eq!(f.num(&format!("sys kill {host} 0")), -3);
+    let r = wait_record(&d, "the leak in the new namespace", |r| {
+        r.verdict == "leak" && r.value == i64::from(host)
+    });
+    assert_eq!(r.container, format!("pidns-{ns}"), "not the gone namespace's registration");
+    let c = eventually(tests::settle(), "the new namespace listed", || {
+        d.containers().into_iter().find(|c| c.pidns == ns)
+    });
+    assert_eq!((c.id.clone(), c.registered_by.as_str()), (format!("pidns-{ns}"), "kernel"));
+    assert!(container(&d, "first").is_none(), "the registration ended with its namespace");
 }

@@ -5,10 +5,12 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages the eBPF build needs (bpf-linker links against LLVM 22).
-pub const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
-/// Debian packages the integration tests use (unshare/nsenter, runc and a busybox rootfs, bpftool).
-pub const TEST_PACKAGES: &[&str] = &["util-linux", "runc", "busybox-static", "bpftool"];
+/// Debian packages the build needs: LLVM 22 for bpf-linker, protoc for the container runtimes'
+/// gRPC APIs (containerd, CRI).
+pub const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "protobuf-compiler"];
+/// Debian packages the integration tests use (unshare/nsenter, runc and a busybox rootfs, bpftool,
+/// the container engines the suite starts: Docker with its containerd, Podman).
+pub const TEST_PACKAGES: &[&str] = &["util-linux", "runc", "busybox-static", "bpftool", "docker.io", "podman"];
 /// The bpf-linker series known to work with aya 0.14 and LLVM 22.
 pub const BPF_LINKER_VERSION: &str = "0.13";
 

@@ -3,7 +3,7 @@
 use crate::{
     api::Request,
     audit::{Record, Target},
-    cli::{SocketArg, emit, out},
+    cli::{SocketArg, emit, out, short_id},
     client,
 };
 
@@ -28,8 +28,10 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let req = Request::Audit { container: a.container, verdict: a.verdict, limit: Some(a.limit), follow: a.follow };
-    let line = |r: &Record| if a.json { serde_json::to_string(r).unwrap_or_default() } else { record_line(r) };
+    let req =
+        Request::Audit { container: a.container, verdict: a.verdict, limit: Some(a.limit), follow: a.follow };
+    let line =
+        |r: &Record| if a.json { serde_json::to_string(r).unwrap_or_default() } else { record_line(r) };
     if !a.follow {
         let records: Vec<Record> = a.socket.call(req).await?;
         let mut o = String::new();
@@ -73,7 +75,10 @@ fn record_header() -> String {
 fn record_line(r: &Record) -> String {
     use std::fmt::Write as _;
     let caller = format!("{}/{} {}", r.caller.host_pid, r.caller.vpid, r.caller.comm);
-    let task = |t: &Target| format!("{}/{}@{}", t.host_pid, t.vpid, t.container);
+    let task = |t: &Target| {
+        let name = t.runtime.as_ref().map(|r| r.name.as_str()).filter(|n| !n.is_empty());
+        format!("{}/{}@{}", t.host_pid, t.vpid, name.map_or_else(|| short_id(&t.container), String::from))
+    };
     let mut target = r.target.as_ref().map_or_else(|| "-".into(), task);
     if let Some(a) = &r.also {
         let _ = write!(target, " (host pid of {})", task(a));
@@ -83,6 +88,17 @@ fn record_line(r: &Record) -> String {
     }
     format!(
         "{:>16} {:<18} {:<4} {:<16} {:>8}  {:<24} {:<28} {}",
-        r.ts_ns, r.syscall, r.direction, r.verdict, r.value, r.container, caller, target
+        r.ts_ns,
+        r.syscall,
+        r.direction,
+        r.verdict,
+        r.value,
+        r.runtime
+            .as_ref()
+            .map(|rt| rt.name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| short_id(&r.container)),
+        caller,
+        target
     )
 }

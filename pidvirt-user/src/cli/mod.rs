@@ -7,6 +7,7 @@ pub mod container;
 pub mod containers;
 pub mod detach;
 pub mod floor;
+pub mod install_hook;
 pub mod oci_hook;
 pub mod policy;
 pub mod ps;
@@ -58,7 +59,41 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// A container id as tables show it: a 64-hex runtime id cut to 12 digits, like docker's short
+/// ids (also as the prefix of a nested namespace's id); other ids as they are.
+pub fn short_id(id: &str) -> String {
+    let (head, tail) = id.split_at(id.find('/').unwrap_or(id.len()));
+    if head.len() == 64 && head.bytes().all(|b| b.is_ascii_hexdigit()) {
+        format!("{}{tail}", &head[..12])
+    } else {
+        id.to_string()
+    }
+}
+
+/// A container's name for tables: its runtime's name, its pod/container for Kubernetes, or `-`.
+pub fn display_name(runtime: Option<&api::RuntimeInfo>, k8s: Option<&api::K8sInfo>) -> String {
+    match (k8s, runtime) {
+        (Some(k), _) if !k.pod.is_empty() => format!("{}/{}", k.pod, k.container),
+        (_, Some(r)) if !r.name.is_empty() => r.name.clone(),
+        _ => "-".into(),
+    }
+}
+
 /// Prints `value` as pretty JSON.
 pub fn emit_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     emit(&format!("{}\n", serde_json::to_string_pretty(value)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_ids_are_shortened_like_dockers() {
+        let id = "4f5a1e2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
+        assert_eq!(short_id(id), "4f5a1e2b3c4d");
+        assert_eq!(short_id(&format!("{id}/pidns-4026532400")), "4f5a1e2b3c4d/pidns-4026532400");
+        assert_eq!(short_id("web-1"), "web-1");
+        assert_eq!(short_id("pidns-4026532400"), "pidns-4026532400");
+    }
 }

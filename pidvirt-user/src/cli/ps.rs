@@ -2,7 +2,7 @@
 
 use crate::{
     api::{Request, TaskRow},
-    cli::{SocketArg, emit, emit_json, out},
+    cli::{SocketArg, display_name, emit, emit_json, out, short_id},
 };
 
 #[derive(clap::Args, Debug)]
@@ -23,13 +23,24 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         return emit_json(&rows);
     }
     let mut o = String::new();
-    out!(o, "{:<22} {:>8} {:>8} {:>7} {:>7}  {:<20} COMM", "CONTAINER", "HOST_PID", "HOST_TID", "VPID", "VTID", "NSPID");
+    out!(
+        o,
+        "{:<28} {:<20} {:>8} {:>8} {:>7} {:>7}  {:<20} COMM",
+        "CONTAINER",
+        "NAME",
+        "HOST_PID",
+        "HOST_TID",
+        "VPID",
+        "VTID",
+        "NSPID"
+    );
     for r in rows {
         let nspid = r.nspid.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
         out!(
             o,
-            "{:<22} {:>8} {:>8} {:>7} {:>7}  {:<20} {}",
-            r.container,
+            "{:<28} {:<20} {:>8} {:>8} {:>7} {:>7}  {:<20} {}",
+            short_id(&r.container),
+            display_name(r.runtime.as_ref(), r.k8s.as_ref()),
             r.host_pid,
             r.host_tid,
             r.vpid,

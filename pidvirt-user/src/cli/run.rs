@@ -1,9 +1,12 @@
 //! `pidvirt run`: the daemon, in the foreground.
 
+use pidvirt_common::audit::Verdict;
+
 use crate::{
     cli::SocketArg,
     daemon::{self, RunOptions},
     loader::{self, LoadOptions},
+    runtimes::{Api, Endpoint},
 };
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -44,10 +47,50 @@ pub struct Args {
     /// possible (the path of kernels that declare `pid.numbers[1]`; for tests).
     #[arg(long, hide = true)]
     probe_reads: bool,
+    /// The verdicts reported (audit records), comma-separated; every crossing is counted either
+    /// way. Default: leak, collision, cross_container, unknown, stale, mismatch, denied (not
+    /// nested, released).
+    #[arg(long, value_delimiter = ',', value_parser = verdict)]
+    report: Vec<Verdict>,
+    /// Docker's Engine API socket, asked for container names, images and labels (`none`: not
+    /// asked). Absent or silent sockets are retried; `status` says which runtimes answer.
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    docker_socket: String,
+    /// Podman's Docker-compatible API socket (`podman system service`).
+    #[arg(long, default_value = "/run/podman/podman.sock")]
+    podman_socket: String,
+    /// containerd's API socket (every namespace but Docker's `moby`; `k8s.io` gives the
+    /// Kubernetes identity). A containerd started by dockerd listens under its exec-root.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: String,
+    /// A CRI runtime's socket (CRI-O's by default; containerd's CRI service listens on its own).
+    #[arg(long, default_value = "/run/crio/crio.sock")]
+    cri_socket: String,
+}
+
+/// A verdict `--report` may name.
+fn verdict(name: &str) -> Result<Verdict, String> {
+    Verdict::REPORTABLE.iter().copied().find(|v| v.name() == name).ok_or_else(|| {
+        let names: Vec<&str> = Verdict::REPORTABLE.iter().map(|v| v.name()).collect();
+        format!("one of {}", names.join(", "))
+    })
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
+    let endpoint = |engine: &str, api: Api, socket: &str| {
+        (socket != "none").then(|| Endpoint { engine: engine.into(), api, socket: socket.into() })
+    };
+    let runtimes = [
+        endpoint("docker", Api::Docker, &a.docker_socket),
+        endpoint("podman", Api::Docker, &a.podman_socket),
+        endpoint("containerd", Api::Containerd, &a.containerd_socket),
+        endpoint("cri", Api::Cri, &a.cri_socket),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     daemon::run(RunOptions {
+        runtimes,
         socket: a.socket.socket,
         state_file: (a.state_file != "none").then(|| a.state_file.into()),
         audit_log: a.audit_log,
@@ -58,6 +101,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             task_iterator: matches!(a.seed, SeedMode::Iterator),
             pin: a.pin,
             probe_reads: a.probe_reads,
+            report: if a.report.is_empty() {
+                Verdict::DEFAULT_REPORTED
+            } else {
+                a.report.iter().fold(0, |mask, v| mask | v.bit())
+            },
+            host_pidns: 0,
         },
     })
     .await

@@ -22,7 +22,8 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let t: Translation = a.socket.call(Request::Translate { container: a.container, vpid: a.vpid, pid: a.pid }).await?;
+    let t: Translation =
+        a.socket.call(Request::Translate { container: a.container, vpid: a.vpid, pid: a.pid }).await?;
     let line = if a.json {
         serde_json::to_string(&t)?
     } else if a.vpid.is_some() {

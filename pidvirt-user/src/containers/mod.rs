@@ -21,10 +21,11 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use pidvirt_common::{CgroupContainer, HOST_CONTAINER, PidnsEvent, PidnsInfo, TaskEntry, audit::Mode, pidns_source, slots};
+use pidvirt_common::{CgroupContainer, HOST_CONTAINER, PidnsEvent, PidnsInfo, TaskEntry, audit::Mode, slots};
 
-pub use self::registry::{Container, Kind, RegError, Registry};
+pub use self::registry::{Container, K8sInfo, Kind, RegError, Registry, RuntimeInfo, Source};
 use self::state_file::{Saved, Target};
+use crate::runtimes::{Facts, Update};
 use crate::{
     api::{ApiError, ContainerRow, ErrorCode},
     kernel::{KernelMaps, SlotCounts},
@@ -38,8 +39,8 @@ pub struct Registration {
     pub id: String,
     pub target: Target,
     pub labels: BTreeMap<String, String>,
-    /// `api` or `oci`.
-    pub by: String,
+    /// Source::Api or Source::Oci.
+    pub by: Source,
     pub mode: Option<Mode>,
 }
 
@@ -48,6 +49,7 @@ impl From<RegError> for ApiError {
         let code = match e {
             RegError::IdInUse(_) | RegError::TargetTaken(..) => ErrorCode::IdInUse,
             RegError::Unknown(_) => ErrorCode::UnknownContainer,
+            RegError::Ambiguous(..) => ErrorCode::Ambiguous,
             RegError::BadId(_) | RegError::Host | RegError::Full => ErrorCode::BadRequest,
         };
         ApiError::new(code, e.to_string())
@@ -66,7 +68,10 @@ pub fn unknown_container(name: &str) -> ApiError {
 /// A policy mode by name.
 pub fn parse_mode(name: &str) -> Result<Mode, ApiError> {
     Mode::by_name(name).ok_or_else(|| {
-        ApiError::new(ErrorCode::BadRequest, format!("mode must be one of {}, not `{name}`", Mode::NAMES.join(", ")))
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("mode must be one of {}, not `{name}`", Mode::NAMES.join(", ")),
+        )
     })
 }
 
@@ -99,7 +104,7 @@ impl Containers {
     ) -> Self {
         let mut registry = Registry::new(host_pidns);
         if let Ok(maps) = maps.lock() {
-            registry.sync_pidns(&maps.pidns_all(), cgroup::cgroup_path_of);
+            let _ = registry.sync_pidns(&maps.pidns_all(), cgroup::cgroup_path_of);
         }
         Self {
             maps,
@@ -113,9 +118,23 @@ impl Containers {
     /// The maps and the registry, locked in order, the registry synced with the namespaces the
     /// kernel knows.
     fn lock(&self) -> Result<(MutexGuard<'_, KernelMaps>, MutexGuard<'_, Registry>), ApiError> {
-        let maps = self.maps.lock().map_err(ApiError::internal)?;
+        let mut maps = self.maps.lock().map_err(ApiError::internal)?;
         let mut reg = self.registry.lock().map_err(ApiError::internal)?;
-        reg.sync_pidns(&maps.pidns_all(), cgroup::cgroup_path_of);
+        let pidns = maps.pidns_all();
+        for ended in reg.sync_pidns(&pidns, cgroup::cgroup_path_of) {
+            // Its inode went to a new namespace, whose record has a counter slot of its own.
+            if let Kind::Pidns { slot, .. } = ended.kind
+                && pidns.iter().all(|(_, info)| info.slot != slot)
+            {
+                self.retire(&maps.release_slot(slot));
+            }
+            maps.set_mode(ended.number, Mode::Observe);
+            tracing::info!(
+                id = ended.id,
+                pidns = ended.pidns,
+                "container ended: its namespace's inode went to a new one"
+            );
+        }
         Ok((maps, reg))
     }
 
@@ -133,22 +152,23 @@ impl Containers {
 
     /// The container a user names, as it is now.
     pub fn find(&self, name: &str) -> Result<Container, ApiError> {
-        self.view(|_, reg| reg.find(name).cloned())?.ok_or_else(|| unknown_container(name))
+        Ok(self.view(|_, reg| reg.lookup(name).cloned())??)
     }
 
-    /// A pid namespace the kernel programs saw for the first time.
+    /// A pid namespace the kernel programs saw for the first time. It is noted with every
+    /// namespace the kernel knows and the registry does not, outermost first (the kernel
+    /// registers a new namespace's unknown ancestors silently), so that which of them a runtime's
+    /// id goes to does not depend on the order of events.
     pub fn noticed(&self, ev: &PidnsEvent) {
-        let discovered = cgroup::cgroup_path_of(ev.first_tid).and_then(|p| discover::discover(&p));
-        tracing::info!(pidns = ev.pidns, level = ev.level, first_tid = ev.first_tid, ?discovered, "new pid namespace");
-        let info = PidnsInfo {
-            level: ev.level,
-            parent: ev.parent,
-            first_tid: ev.first_tid,
-            source: pidns_source::KERNEL,
-            ..Default::default()
-        };
-        if let Ok(mut reg) = self.registry.lock() {
-            reg.note_pidns(ev.pidns, &info, discovered);
+        match self.lock() {
+            Ok((_, reg)) => tracing::info!(
+                pidns = ev.pidns,
+                level = ev.level,
+                first_tid = ev.first_tid,
+                id = reg.id_of(ev.pidns),
+                "new pid namespace"
+            ),
+            Err(e) => tracing::warn!(pidns = ev.pidns, "new pid namespace not noted: {e}"),
         }
     }
 
@@ -171,9 +191,6 @@ impl Containers {
 
     /// Registers a container; returns it.
     pub fn register(&self, r: Registration) -> Result<Container, ApiError> {
-        if !matches!(r.by.as_str(), "api" | "oci") {
-            return Err(ApiError::new(ErrorCode::BadRequest, format!("`by` must be api or oci, not `{}`", r.by)));
-        }
         registry::check_id(&r.id)?;
         if r.mode == Some(Mode::Enforce) {
             self.require_enforcement()?;
@@ -203,14 +220,15 @@ impl Containers {
                     .pidns
                     .get(ns, 0)
                     .map_err(|_| not_found(format!("no live pid namespace with inode {ns}")))?;
-                reg.register_pidns(&r.id, *ns, &info, r.labels, &r.by)?
+                reg.register_pidns(&r.id, *ns, &info, r.labels, r.by)?
             }
             Target::Cgroup(spec) => {
                 let (path, cgroup_id) = cgroup::resolve_cgroup(spec)?;
                 let reuse = maps.cgroups.get(&cgroup_id, 0).ok().map(|c| (c.container, c.slot));
-                let c = reg.register_cgroup(&r.id, (cgroup_id, path.clone()), r.labels, &r.by, reuse, || {
-                    maps.take_slot()
-                })?;
+                let c =
+                    reg.register_cgroup(&r.id, (cgroup_id, path.clone()), r.labels, r.by, reuse, || {
+                        maps.take_slot()
+                    })?;
                 let Kind::Cgroup { slot, .. } = c.kind else { unreachable!("a cgroup container") };
                 let member = CgroupContainer { container: c.number, slot };
                 maps.set_cgroup(cgroup_id, Some(member)).map_err(ApiError::internal)?;
@@ -221,6 +239,13 @@ impl Containers {
             }
             Target::Pid(_) => unreachable!("resolved above"),
         };
+        // What the runtime's annotations say (the engine, Kubernetes identity), until its API
+        // says more.
+        let (runtime, k8s) = oci::runtime_from_annotations(&c.labels);
+        if c.runtime.is_none() && (runtime.is_some() || k8s.is_some()) {
+            reg.describe(c.number, runtime, k8s);
+        }
+        let c = reg.get(c.number).cloned().unwrap_or(c);
         let c = match r.mode {
             Some(m) => {
                 maps.set_mode(c.number, m);
@@ -230,7 +255,13 @@ impl Containers {
             None => c,
         };
         drop(maps);
-        tracing::info!(id = c.id.as_str(), by = r.by, mode = c.mode.name(), "registered container ({})", c.describe());
+        tracing::info!(
+            id = c.id.as_str(),
+            by = r.by.name(),
+            mode = c.mode.name(),
+            "registered container ({})",
+            c.describe()
+        );
         self.save(&reg);
         Ok(c)
     }
@@ -257,9 +288,12 @@ impl Containers {
         maps.set_mode(c.number, Mode::Observe);
         if let Kind::Cgroup { cgroup_id, path, slot } = &c.kind {
             maps.set_cgroup(*cgroup_id, None).map_err(ApiError::internal)?;
-            let ns_slots: HashMap<u32, u32> = maps.pidns_all().into_iter().map(|(ns, i)| (ns, i.slot)).collect();
+            let ns_slots: HashMap<u32, u32> =
+                maps.pidns_all().into_iter().map(|(ns, i)| (ns, i.slot)).collect();
             for tid in cgroup::threads_below(path) {
-                maps.retag(tid, |e| default_container(e, |ns| ns_slots.get(&ns).copied().unwrap_or(slots::OVERFLOW)));
+                maps.retag(tid, |e| {
+                    default_container(e, |ns| ns_slots.get(&ns).copied().unwrap_or(slots::OVERFLOW))
+                });
             }
             self.retire(&maps.release_slot(*slot));
         }
@@ -267,6 +301,100 @@ impl Containers {
         tracing::info!(id, "unregistered container");
         self.save(&reg);
         Ok(c)
+    }
+
+    /// What a runtime says: a container runs with init `pid`, or was removed. A claim is checked
+    /// against the kernel first: the pid must be a live process whose cgroup path names the
+    /// container (a runtime can lie, or a pid be reused); one that fails is logged and ignored.
+    /// A container in its own pid namespace gives that namespace its name; one that shares the
+    /// host's (`--pid=host`, a hostPID pod) becomes a cgroup container, so that what it does to
+    /// other containers is judged as a sibling's action.
+    pub fn runtime_update(&self, update: Update) {
+        match update {
+            Update::Running(f) => {
+                if let Err(why) = self.runtime_running(&f) {
+                    tracing::warn!(
+                        engine = f.runtime.engine,
+                        id = f.id,
+                        pid = f.pid,
+                        "runtime's container not named: {why}"
+                    );
+                }
+            }
+            Update::Removed { engine, id } => self.runtime_removed(&engine, &id),
+        }
+    }
+
+    fn runtime_running(&self, f: &Facts) -> Result<(), String> {
+        let path = cgroup::cgroup_path_of(f.pid).ok_or("no such process")?;
+        if !path.contains(f.id.as_str()) {
+            return Err(format!("that process's cgroup is {path}, which does not name the container"));
+        }
+        let ns = procscan::pidns_of(f.pid).map_err(|e| e.to_string())?;
+        let (mut maps, mut reg) = self.lock().map_err(|e| e.message)?;
+        if ns == reg.host_pidns() {
+            if reg.lookup(&f.id).is_ok_and(Container::is_registered) {
+                return Ok(());
+            }
+            let (path, cgroup_id) = cgroup::resolve_cgroup(&path).map_err(|e| e.message)?;
+            let reuse = maps.cgroups.get(&cgroup_id, 0).ok().map(|c| (c.container, c.slot));
+            let c = reg
+                .register_cgroup(
+                    &f.id,
+                    (cgroup_id, path.clone()),
+                    f.labels.clone(),
+                    Source::Runtime,
+                    reuse,
+                    || maps.take_slot(),
+                )
+                .map_err(|e| e.to_string())?;
+            reg.describe(c.number, Some(f.runtime.clone()), f.k8s.clone());
+            let Kind::Cgroup { slot, .. } = c.kind else { return Err("not a cgroup container".into()) };
+            let member = CgroupContainer { container: c.number, slot };
+            maps.set_cgroup(cgroup_id, Some(member)).map_err(|e| e.to_string())?;
+            for tid in cgroup::threads_below(&path) {
+                maps.retag(tid, |_| (member.container, member.slot));
+            }
+            tracing::info!(
+                engine = f.runtime.engine,
+                id = f.id,
+                name = f.runtime.name,
+                "runtime container in the host's pid namespace: tracked by its cgroup {}",
+                path.display()
+            );
+            return Ok(());
+        }
+        let info = maps.pidns.get(&ns, 0).map_err(|_| format!("pid namespace {ns} is not tracked yet"))?;
+        reg.name_by_runtime(ns, &info, &f.id, f.runtime.clone(), f.k8s.clone());
+        // The runtime's labels, unless an orchestrator's registration gave its own.
+        if let Some(c) = reg.get_mut(ns)
+            && !c.is_registered()
+        {
+            c.labels.clone_from(&f.labels);
+        }
+        tracing::info!(
+            engine = f.runtime.engine,
+            id = f.id,
+            name = f.runtime.name,
+            image = f.runtime.image,
+            pidns = ns,
+            "runtime named container"
+        );
+        Ok(())
+    }
+
+    /// A runtime removed a container: a cgroup container it made goes (a namespace container
+    /// goes with its last task, in the sweep).
+    fn runtime_removed(&self, engine: &str, id: &str) {
+        let Ok((mut maps, mut reg)) = self.lock() else { return };
+        let Some(c) = reg.lookup(id).ok().filter(|c| c.source == Source::Runtime).cloned() else { return };
+        if let Kind::Cgroup { cgroup_id, slot, .. } = &c.kind {
+            let _ = maps.set_cgroup(*cgroup_id, None);
+            maps.set_mode(c.number, Mode::Observe);
+            self.retire(&maps.release_slot(*slot));
+            let _ = reg.unregister(&c.id);
+            tracing::info!(engine, id, "runtime removed container");
+        }
     }
 
     /// Gives every thread of process `pid` the container (and counter slot) its leader moved to.
@@ -303,7 +431,7 @@ impl Containers {
                     _ => Target::Pidns(c.pidns),
                 },
                 labels: c.labels.clone(),
-                registered_by: c.registered_by.clone(),
+                registered_by: c.source.name().into(),
                 mode: c.mode.name().into(),
             })
             .collect();
@@ -324,11 +452,19 @@ impl Containers {
             }
         };
         for s in saved {
+            let Some(by) = Source::registration(&s.registered_by) else {
+                tracing::warn!(
+                    id = s.id.as_str(),
+                    "dropped registration by `{}`: not api or oci",
+                    s.registered_by
+                );
+                continue;
+            };
             let registration = Registration {
                 id: s.id.clone(),
                 target: s.target.clone(),
                 labels: s.labels,
-                by: s.registered_by,
+                by,
                 mode: Mode::by_name(&s.mode),
             };
             if let Err(e) = self.register(registration) {
@@ -427,8 +563,10 @@ impl Container {
             },
             mode: self.mode.name().into(),
             tasks,
-            registered_by: self.registered_by.clone(),
+            registered_by: self.source.name().into(),
             labels: self.labels.clone(),
+            runtime: self.runtime.clone(),
+            k8s: self.k8s.clone(),
         }
     }
 }

@@ -18,10 +18,10 @@ use tokio::signal::unix::SignalKind;
 use crate::{
     api::{ApiError, ErrorCode, Request},
     audit::{Filter, Hub, Sink},
-    containers::{Containers, Registration, parse_mode, state_file::Target},
+    containers::{Containers, Registration, Source, parse_mode, state_file::Target},
     kernel::KernelMaps,
     loader::{self, LoadOptions},
-    procscan,
+    procscan, runtimes,
     seed::{self, SeedReport},
     server::{self, Follow, Handler},
 };
@@ -34,6 +34,8 @@ pub struct RunOptions {
     /// `-` for standard output.
     pub audit_log: Option<String>,
     pub load: LoadOptions,
+    /// The container runtimes to ask for names.
+    pub runtimes: Vec<runtimes::Endpoint>,
 }
 
 /// What `status` says about how the daemon attached (fixed once it runs).
@@ -56,6 +58,8 @@ pub struct App {
     attachment: Attachment,
     /// How the /proc walk went (None while it runs).
     seed: Mutex<Option<SeedReport>>,
+    /// Which container runtimes answer.
+    runtimes: runtimes::HealthBook,
     /// Notified to stop the daemon (the `shutdown` request).
     shutdown: tokio::sync::Notify,
 }
@@ -63,13 +67,15 @@ pub struct App {
 /// How often containers whose namespace or cgroup is gone are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(3);
 
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     loader::require_root()?;
+    crate::kernel::program_object()?;
     let sink = match &opts.audit_log {
         Some(spec) => Some(Sink::open(spec).with_context(|| format!("open audit log {spec}"))?),
         None => None,
     };
     let host_pidns = procscan::own_pidns_is_init().map_err(anyhow::Error::msg)?;
+    opts.load.host_pidns = host_pidns;
     let tick_ns = procscan::tick_ns();
     let t0 = Instant::now();
     let mut offsets = loader::resolve_offsets(tick_ns)?;
@@ -84,7 +90,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     for (prog, hook) in &attached {
         tracing::info!("attached {prog} to {hook}");
     }
-    maps.seed_pidns(host_pidns, PidnsInfo::from_chain(&[host_pidns], 0, 1, pidns_source::SEED));
+    maps.seed_pidns(host_pidns, PidnsInfo::from_chain(&[host_pidns], 0, 1, pidns_source::SEED, 0));
     let maps = Arc::new(Mutex::new(maps));
     let app = Arc::new(App {
         containers: Containers::new(maps.clone(), host_pidns, opts.state_file.clone(), enforcement),
@@ -106,6 +112,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 .to_string(),
         },
         seed: Mutex::new(None),
+        runtimes: runtimes::HealthBook::default(),
         shutdown: tokio::sync::Notify::new(),
     });
     // Adopted maps are current (the pinned programs kept them): the walk only checks them.
@@ -113,6 +120,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     walk_proc(&app, tick_ns, iterator, complete).await?;
     app.containers.restore();
     let sweeper = tokio::spawn(sweep(app.clone()));
+    // The runtimes are asked once the namespaces that exist are known (attach, then scan, then
+    // reconcile): their sync names the containers already running.
+    let namer = tokio::spawn(name_from_runtimes(app.clone(), opts.runtimes.clone()));
 
     let listener = server::bind(&opts.socket)?;
     tracing::info!("serving {}", opts.socket.display());
@@ -132,6 +142,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     server.abort();
     sweeper.abort();
+    namer.abort();
     let _ = std::fs::remove_file(&opts.socket);
     drop(ebpf); // closes every link: the programs are detached unless pinned
     tracing::info!("{}", if pinned { "stopped (programs pinned)" } else { "detached" });
@@ -141,7 +152,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// The /proc walk. When the task iterator already recorded every existing task (`complete`:
 /// exactly, as the fork program would), the walk only checks it and seeds what it missed: it
 /// runs while the daemon serves. Without the iterator, /proc is the seed: it completes first.
-async fn walk_proc(app: &Arc<App>, tick_ns: u32, iterator: Result<(), String>, complete: bool) -> anyhow::Result<()> {
+async fn walk_proc(
+    app: &Arc<App>,
+    tick_ns: u32,
+    iterator: Result<(), String>,
+    complete: bool,
+) -> anyhow::Result<()> {
     let walk = {
         let app = app.clone();
         move || {
@@ -168,6 +184,15 @@ async fn walk_proc(app: &Arc<App>, tick_ns: u32, iterator: Result<(), String>, c
         tokio::task::spawn_blocking(walk).await?;
     }
     Ok(())
+}
+
+/// Follows the runtimes' news and hands it to the container service, forever.
+async fn name_from_runtimes(app: Arc<App>, endpoints: Vec<runtimes::Endpoint>) {
+    let mut updates = runtimes::watch(endpoints, &app.runtimes);
+    while let Some(update) = updates.recv().await {
+        let app = app.clone();
+        let _ = tokio::task::spawn_blocking(move || app.containers.runtime_update(update)).await;
+    }
 }
 
 /// Retires ended containers every SWEEP_EVERY, forever.
@@ -211,7 +236,12 @@ impl Handler for App {
                     }
                 };
                 let mode = mode.as_deref().map(parse_mode).transpose()?;
-                let by = by.unwrap_or_else(|| "api".into());
+                let by = match by.as_deref() {
+                    None => Source::Api,
+                    Some(by) => Source::registration(by).ok_or_else(|| {
+                        ApiError::new(ErrorCode::BadRequest, format!("`by` must be api or oci, not `{by}`"))
+                    })?,
+                };
                 let c = self.containers.register(Registration { id, target, labels, by, mode })?;
                 to_json(c.row(0, &std::collections::HashMap::new()))
             }

@@ -6,8 +6,8 @@ use pidvirt_common::{audit::NSYSCALLS, audit::NVERDICTS, counter, slots, task_fl
 
 use super::App;
 use crate::{
-    api::{ApiError, ContainerRow, ErrorCode, TaskRow, Translation},
-    containers::{Kind, unknown_container},
+    api::{ApiError, ContainerRow, ErrorCode, K8sInfo, RuntimeInfo, TaskRow, Translation},
+    containers::Kind,
     kernel::{self, FullTask},
 };
 
@@ -23,7 +23,7 @@ fn comm_of(host_pid: u32, host_tid: u32) -> String {
     String::from_utf8_lossy(&buf[..n]).trim_end_matches('\n').to_string()
 }
 
-fn row(container: String, t: &FullTask) -> TaskRow {
+fn row((container, runtime, k8s): (String, Option<RuntimeInfo>, Option<K8sInfo>), t: &FullTask) -> TaskRow {
     let e = &t.entry;
     let own = t.at(u32::from(e.level)).unwrap_or_default();
     TaskRow {
@@ -40,24 +40,37 @@ fn row(container: String, t: &FullTask) -> TaskRow {
         start_time_ns: e.start_time,
         seeded: e.is_seeded(),
         exited: e.flags & task_flags::EXITED != 0,
+        runtime,
+        k8s,
     }
 }
 
 impl App {
     pub(super) fn ps(&self, container: Option<&str>) -> Result<Vec<TaskRow>, ApiError> {
-        let (tasks, ids) = self.containers.view(|maps, reg| {
+        let (tasks, names) = self.containers.view(|maps, reg| {
             let want = match container {
-                Some(name) => Some(reg.find(name).ok_or_else(|| unknown_container(name))?.number),
+                Some(name) => Some(reg.lookup(name)?.number),
                 None => None,
             };
-            let tasks: Vec<FullTask> =
-                maps.all_tasks().into_iter().filter(|t| want.is_none_or(|c| t.entry.container == c)).collect();
-            let ids: HashMap<u32, String> = tasks.iter().map(|t| (t.entry.container, reg.id_of(t.entry.container))).collect();
-            Ok::<_, ApiError>((tasks, ids))
+            let tasks: Vec<FullTask> = maps
+                .all_tasks()
+                .into_iter()
+                .filter(|t| want.is_none_or(|c| t.entry.container == c))
+                .collect();
+            let names: HashMap<u32, (String, Option<RuntimeInfo>, Option<K8sInfo>)> = tasks
+                .iter()
+                .map(|t| {
+                    let (runtime, k8s) = reg.meta_of(t.entry.container);
+                    (t.entry.container, (reg.id_of(t.entry.container), runtime.cloned(), k8s.cloned()))
+                })
+                .collect();
+            Ok::<_, ApiError>((tasks, names))
         })??;
         // The rows (a /proc read each, for the comm) are made without holding the maps.
-        let mut rows: Vec<TaskRow> =
-            tasks.iter().map(|t| row(ids.get(&t.entry.container).cloned().unwrap_or_default(), t)).collect();
+        let mut rows: Vec<TaskRow> = tasks
+            .iter()
+            .map(|t| row(names.get(&t.entry.container).cloned().unwrap_or_default(), t))
+            .collect();
         rows.sort_by_key(|r| (r.host_pid, r.host_tid));
         Ok(rows)
     }
@@ -73,9 +86,14 @@ impl App {
         })
     }
 
-    pub(super) fn translate(&self, container: &str, vpid: Option<u32>, pid: Option<u32>) -> Result<Translation, ApiError> {
+    pub(super) fn translate(
+        &self,
+        container: &str,
+        vpid: Option<u32>,
+        pid: Option<u32>,
+    ) -> Result<Translation, ApiError> {
         self.containers.view(|maps, reg| {
-            let c = reg.find(container).ok_or_else(|| unknown_container(container))?;
+            let c = reg.lookup(container)?;
             let (level, pidns, number) = (c.level, c.pidns, c.number);
             let not_found = || {
                 let what = match (vpid, pid) {
@@ -107,7 +125,13 @@ impl App {
             }
             let at = t.at(level).unwrap_or_default();
             let host = t.at(0).unwrap_or_default();
-            Ok(Translation { container: c.id.clone(), vpid: at.tid, host_pid: host.tid, vtgid: at.tgid, host_tgid: host.tgid })
+            Ok(Translation {
+                container: c.id.clone(),
+                vpid: at.tid,
+                host_pid: host.tid,
+                vtgid: at.tgid,
+                host_tgid: host.tgid,
+            })
         })?
     }
 
@@ -116,10 +140,10 @@ impl App {
     pub(super) fn stats(&self, container: Option<&str>) -> Result<serde_json::Value, ApiError> {
         if let Some(name) = container {
             return self.containers.view(|maps, reg| {
-                let c = reg.find(name).ok_or_else(|| unknown_container(name))?;
+                let c = reg.lookup(name)?;
                 let slot = match &c.kind {
                     Kind::Host => slots::HOST,
-                    Kind::Pidns => maps.pidns_slot(c.pidns),
+                    Kind::Pidns { .. } => maps.pidns_slot(c.pidns),
                     Kind::Cgroup { slot, .. } => *slot,
                 };
                 let counted = maps.slot_counts(slot);
@@ -142,8 +166,10 @@ impl App {
             *t += values.get(counter::CROSSING_BASE as usize + i).copied().unwrap_or(0);
         }
         let mut out = serde_json::to_value(kernel::named_counters(&values)).map_err(ApiError::internal)?;
-        out["crossings"] = serde_json::to_value(kernel::named_crossings(&total.crossings)).map_err(ApiError::internal)?;
-        out["denied"] = serde_json::to_value(kernel::named_denied(&total.denied)).map_err(ApiError::internal)?;
+        out["crossings"] =
+            serde_json::to_value(kernel::named_crossings(&total.crossings)).map_err(ApiError::internal)?;
+        out["denied"] =
+            serde_json::to_value(kernel::named_denied(&total.denied)).map_err(ApiError::internal)?;
         out["audit_log"] = serde_json::json!({
             "written": self.audit.written.load(Relaxed),
             "write_errors": self.audit.sink_errors.load(Relaxed),
@@ -163,6 +189,7 @@ impl App {
             "pinned": a.pinned,
             "adopted": a.adopted,
             "seed": seed.map_or_else(|| serde_json::json!("running"), |s| serde_json::json!(s)),
+            "runtimes": self.runtimes.lock().map(|r| r.clone()).unwrap_or_default(),
         })
     }
 }

@@ -276,6 +276,7 @@ fn syscall_by_name(name: &str) -> Option<libc::c_long> {
         "kcmp" => libc::SYS_kcmp,
         "ioprio_get" => libc::SYS_ioprio_get,
         "ptrace" => libc::SYS_ptrace,
+        "wait4" => libc::SYS_wait4,
         _ => return None,
     })
 }

@@ -1,0 +1,490 @@
+//! Real container engines, started by each test: containers are named as their engine names
+//! them (Docker, Podman, containerd), routine orchestration reports nothing, and what a missed
+//! translation looks like between containers is still reported with both containers named.
+//!
+//! Where an engine cannot run (it is not installed, or does not start on this kernel's machine),
+//! the test says so by name and checks what pidvirt does without it: nothing named, nothing
+//! reported, `status` saying the runtime is absent.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use tests::{
+    AuditRecord, ContainerRow, Daemon, Fixture,
+    engines::{
+        Dockerd, IMAGE, Podman,
+        runc::{RuncContainer, bundle, runc},
+    },
+    eventually, note_unavailable, proc_truth,
+};
+
+const FIXTURE: &str = env!("CARGO_BIN_EXE_pidvirt-fixture");
+const ESRCH: i64 = -3;
+
+/// A dockerd for `test`, or None after noting why there is none and checking that a daemon
+/// pointed at a socket nobody serves says so.
+fn dockerd(test: &str) -> Option<Dockerd> {
+    match Dockerd::start() {
+        Ok(d) => Some(d),
+        Err(why) => {
+            note_unavailable(
+                test,
+                &format!("Docker does not run here: {}", why.lines().next().unwrap_or("")),
+            );
+            let d = Daemon::start_with(&["--docker-socket", "/nonexistent/docker.sock"]);
+            let docker = runtime_state(&d, "docker");
+            assert_eq!(docker.0, "absent", "{docker:?}");
+            None
+        }
+    }
+}
+
+/// A podman for `test`, or None after noting why there is none.
+fn podman(test: &str) -> Option<Podman> {
+    match Podman::new() {
+        Ok(p) => Some(p),
+        Err(why) => {
+            note_unavailable(
+                test,
+                &format!("Podman does not run here: {}", why.lines().next().unwrap_or("")),
+            );
+            None
+        }
+    }
+}
+
+/// The daemon asking only Docker's socket (and, if given, its containerd's).
+fn daemon_for(docker: &Dockerd, containerd: bool) -> Daemon {
+    let socket = docker.socket.to_string_lossy().into_owned();
+    let containerd =
+        if containerd { docker.containerd_socket.to_string_lossy().into_owned() } else { "none".into() };
+    Daemon::start_with(&[
+        "--docker-socket",
+        &socket,
+        "--containerd-socket",
+        &containerd,
+        "--podman-socket",
+        "none",
+        "--cri-socket",
+        "none",
+    ])
+}
+
+/// The (state, error) `status` gives runtime endpoint `engine`.
+fn runtime_state(d: &Daemon, engine: &str) -> (String, String) {
+    let out = d.cli(&["status"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let r =
+        v["runtimes"].as_array().unwrap().iter().find(|r| r["engine"] == engine).cloned().unwrap_or_default();
+    (r["state"].as_str().unwrap_or("").into(), r["error"].as_str().unwrap_or("").into())
+}
+
+/// The container listed with id `id`, once its runtime named it `name`.
+fn named(d: &Daemon, id: &str, name: &str) -> ContainerRow {
+    eventually(tests::settle(), &format!("container {id} named {name}"), || {
+        d.containers().into_iter().find(|c| c.id == id && c.runtime.as_ref().is_some_and(|r| r.name == name))
+    })
+}
+
+fn pidns_of(pid: u32) -> u64 {
+    std::fs::metadata(format!("/proc/{pid}/ns/pid")).unwrap().ino()
+}
+
+fn wait_record(d: &Daemon, what: &str, pred: impl Fn(&AuditRecord) -> bool) -> AuditRecord {
+    eventually(tests::settle(), what, || d.audit_log().into_iter().find(|r| pred(r)))
+}
+
+#[test]
+fn docker_containers_are_listed_by_their_docker_names_before_and_after_attach() {
+    let test = "docker_containers_are_listed_by_their_docker_names_before_and_after_attach";
+    let Some(docker) = dockerd(test) else { return };
+    docker.ok(&["run", "-d", "--name", "before", "--label", "team=a", IMAGE, "sleep", "600"]);
+    let d = daemon_for(&docker, false);
+    docker.ok(&["run", "-d", "--name", "after", "--label", "team=b", IMAGE, "sleep", "600"]);
+    for (name, team) in [("before", "a"), ("after", "b")] {
+        let id = docker.id(name);
+        let c = named(&d, &id, name);
+        let runtime = c.runtime.unwrap();
+        assert_eq!((runtime.engine.as_str(), runtime.image.as_str()), ("docker", IMAGE));
+        assert_eq!(c.labels.get("team").map(String::as_str), Some(team));
+        assert_eq!((c.kind.as_str(), c.registered_by.as_str()), ("pidns", "runtime"));
+        assert_eq!(c.pidns, pidns_of(docker.pid(name)), "the namespace of the init docker names");
+    }
+    // `--container NAME`, and a unique prefix of the id (12 hex, as docker shows it).
+    let ns = pidns_of(docker.pid("after"));
+    let short = &docker.id("after")[..12];
+    for name in ["after", short] {
+        let out = d.cli(&["ps", "--json", "--container", name]);
+        assert_eq!(out.code, 0, "ps --container {name}: {}", out.stderr);
+        let rows: Vec<tests::PsRow> = serde_json::from_str(&out.stdout).unwrap();
+        let truth: Vec<u32> = proc_truth::tasks_in(ns).iter().map(|t| t.tid).collect();
+        let mut listed: Vec<u32> = rows.iter().map(|r| r.host_tid).collect();
+        listed.sort_unstable();
+        let mut truth = truth.clone();
+        truth.sort_unstable();
+        assert_eq!(listed, truth, "ps --container {name} lists the container's tasks");
+    }
+    // A `docker exec`'d process is tracked with the ids /proc gives it.
+    docker.ok(&["exec", "-d", "after", "sleep", "577"]);
+    let exec = eventually(tests::settle(), "the exec'd sleep in /proc", || {
+        proc_truth::tasks_in(ns).into_iter().find(|t| {
+            std::fs::read_to_string(format!("/proc/{}/cmdline", t.pid)).is_ok_and(|c| c.contains("577"))
+        })
+    });
+    let row = eventually(tests::settle(), "the exec'd sleep in ps", || d.ps_by_tid().remove(&exec.tid));
+    assert_eq!((row.nspid, row.nstgid), (exec.nspid, exec.nstgid));
+    assert_eq!(row.container, docker.id("after"));
+}
+
+#[test]
+fn a_leak_from_one_docker_container_into_anothers_init_names_both() {
+    let test = "a_leak_from_one_docker_container_into_anothers_init_names_both";
+    let Some(docker) = dockerd(test) else { return };
+    let d = daemon_for(&docker, false);
+    docker.ok(&["run", "-d", "--name", "web-a", IMAGE, "sleep", "600"]);
+    docker.ok(&["run", "-d", "--name", "web-b", IMAGE, "sleep", "600"]);
+    let (a, b) = (docker.id("web-a"), docker.id("web-b"));
+    named(&d, &a, "web-a");
+    named(&d, &b, "web-b");
+    let b_init = docker.pid("web-b");
+    // The kernel: b's host pid names nothing inside a.
+    let out = docker.docker(&["exec", "web-a", "kill", "-0", &b_init.to_string()]);
+    assert_ne!(out.code, 0, "b's host pid named something in a");
+    let r = wait_record(&d, "the leak from a", |r| r.verdict == "leak" && r.value == i64::from(b_init));
+    assert_eq!(r.container, a);
+    assert_eq!(r.runtime.as_ref().map(|rt| rt.name.as_str()), Some("web-a"));
+    let also = r.also.as_ref().expect("the task whose host pid leaked");
+    assert_eq!((also.host_pid, also.container.as_str()), (b_init, b.as_str()));
+    assert_eq!(also.runtime.as_ref().map(|rt| rt.name.as_str()), Some("web-b"));
+}
+
+/// Lifecycle operations on Docker, Podman (if it runs) and runc; answers how many were made.
+fn churn(docker: &Dockerd, podman: Option<&Podman>) -> usize {
+    let mut ops = 0;
+    for i in 0..3 {
+        let out = docker.docker(&["run", "--rm", IMAGE, "true"]);
+        ops += done("docker run --rm", out.code, &out.stderr);
+        let name = format!("churn{i}");
+        let out = docker.docker(&["run", "-d", "--name", &name, IMAGE, "sleep", "600"]);
+        ops += done("docker run -d", out.code, &out.stderr);
+        let out = docker.docker(&["exec", &name, "ps"]);
+        ops += done("docker exec ps", out.code, &out.stderr);
+        let out = docker.docker(&["exec", &name, "sh", "-c", "sleep 0.2 & wait"]);
+        ops += done("docker exec sh", out.code, &out.stderr);
+        let out = docker.docker(&["restart", "-t", "1", &name]);
+        ops += done("docker restart", out.code, &out.stderr);
+        let out = docker.docker(&["stop", "-t", "1", &name]);
+        ops += done("docker stop", out.code, &out.stderr);
+        let out = docker.docker(&["rm", &name]);
+        ops += done("docker rm", out.code, &out.stderr);
+    }
+    if let Some(p) = podman {
+        for i in 0..2 {
+            let name = format!("pchurn{i}");
+            let out = p.run(&["--name", &name], &["sleep", "600"]);
+            ops += done("podman run -d", out.code, &out.stderr);
+            let out = p.podman(&["exec", &name, "ps"]);
+            ops += done("podman exec", out.code, &out.stderr);
+            let out = p.podman(&["stop", "-t", "1", &name]);
+            ops += done("podman stop", out.code, &out.stderr);
+            let out = p.podman(&["rm", "-f", &name]);
+            ops += done("podman rm -f", out.code, &out.stderr);
+        }
+        let out = p.run(&["--name", "pchurn-live"], &["sleep", "600"]);
+        ops += done("podman run -d", out.code, &out.stderr);
+        let out = p.podman(&["rm", "-f", "-t", "0", "pchurn-live"]);
+        ops += done("podman rm -f (running)", out.code, &out.stderr);
+    }
+    for i in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        bundle(dir.path(), None, &serde_json::json!({}));
+        let id = format!("pidvirt-churn-{}-{i}", std::process::id());
+        let _guard = RuncContainer(id.clone());
+        let (status, stderr) = runc(&["run", "-d", "--bundle", &dir.path().to_string_lossy(), &id]);
+        ops += done("runc run -d", status.code().unwrap_or(-1), &stderr);
+        let (status, stderr) = runc(&["exec", &id, "/bin/sh", "-c", "true"]);
+        ops += done("runc exec", status.code().unwrap_or(-1), &stderr);
+        let (status, stderr) = runc(&["kill", &id, "KILL"]);
+        ops += done("runc kill", status.code().unwrap_or(-1), &stderr);
+        eventually(tests::settle(), "runc container stopped", || {
+            (tests::engines::runc::runc_state(&id)?["status"] == "stopped").then_some(())
+        });
+        let (status, stderr) = runc(&["delete", &id]);
+        ops += done("runc delete", status.code().unwrap_or(-1), &stderr);
+    }
+    ops
+}
+
+/// One lifecycle operation that must have succeeded.
+fn done(what: &str, code: i32, stderr: &str) -> usize {
+    assert_eq!(code, 0, "{what}: {stderr}");
+    1
+}
+
+#[test]
+fn routine_orchestration_reports_nothing_while_leaks_collisions_and_siblings_still_are() {
+    let test = "routine_orchestration_reports_nothing_while_leaks_collisions_and_siblings_still_are";
+    let Some(docker) = dockerd(test) else { return };
+    let podman = podman(test);
+    let d = daemon_for(&docker, true);
+    let ops = churn(&docker, podman.as_ref());
+    assert!(ops >= 30, "only {ops} lifecycle operations");
+    std::thread::sleep(Duration::from_secs(1));
+    let records = d.audit_log();
+    assert!(records.is_empty(), "{ops} routine operations were reported: {records:#?}");
+
+    // What is still reported: a host pid used inside a container (leak), a container acting on
+    // a sibling (a --pid=host container signalling another container), and a collision.
+    docker.ok(&["run", "-d", "--name", "web-a", IMAGE, "sleep", "600"]);
+    docker.ok(&["run", "-d", "--name", "web-b", IMAGE, "sleep", "600"]);
+    docker.ok(&["run", "-d", "--pid=host", "--name", "hostpid", IMAGE, "sleep", "600"]);
+    let (a, b, h) = (docker.id("web-a"), docker.id("web-b"), docker.id("hostpid"));
+    let hc = named(&d, &h, "hostpid");
+    assert_eq!(hc.kind, "cgroup", "a --pid=host container is tracked by its cgroup");
+    named(&d, &b, "web-b");
+    named(&d, &a, "web-a");
+    let b_init = docker.pid("web-b");
+    assert_ne!(docker.docker(&["exec", "web-a", "kill", "-0", &b_init.to_string()]).code, 0);
+    // The kernel lets the --pid=host container reach b (one pid namespace), a sibling action.
+    assert_eq!(docker.docker(&["exec", "hostpid", "kill", "-0", &b_init.to_string()]).code, 0);
+    let mut f = Fixture::start(FIXTURE, 1);
+    let y = f.num("spawn 0");
+    let y_host = f.host_tid(y as u32);
+    let x = f.num(&format!("spawn_vpid {y_host} 0"));
+    assert_eq!(x, i64::from(y_host), "set_tid of the sibling's host pid");
+    assert_eq!(f.num(&format!("sys kill {y_host} 0")), 0);
+    let leak = wait_record(&d, "the leak", |r| r.verdict == "leak");
+    assert_eq!((leak.container.as_str(), leak.value), (a.as_str(), i64::from(b_init)));
+    let sibling = wait_record(&d, "the sibling action", |r| r.verdict == "cross_container");
+    assert_eq!(sibling.container, h);
+    assert_eq!(
+        sibling.target.as_ref().map(|t| (t.host_pid, t.container.as_str())),
+        Some((b_init, b.as_str()))
+    );
+    let collision = wait_record(&d, "the collision", |r| r.verdict == "collision");
+    assert_eq!(collision.container, f.container());
+    std::thread::sleep(Duration::from_millis(500));
+    let records = d.audit_log();
+    assert_eq!(records.len(), 3, "exactly the leak, the sibling action and the collision: {records:#?}");
+}
+
+#[test]
+fn podman_containers_come_in_through_the_hooks_d_entry_and_its_api() {
+    let test = "podman_containers_come_in_through_the_hooks_d_entry_and_its_api";
+    let Some(mut podman) = podman(test) else { return };
+    podman.serve().expect("podman system service");
+    let socket = podman.socket.to_string_lossy().into_owned();
+    let d = Daemon::start_with(&[
+        "--podman-socket",
+        &socket,
+        "--docker-socket",
+        "none",
+        "--containerd-socket",
+        "none",
+        "--cri-socket",
+        "none",
+    ]);
+    let hooks = podman.hooks_dir.to_string_lossy().into_owned();
+    let out = d.cli(&["install-hook", "--dir", &hooks]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = podman.run(&["--name", "p1", "--annotation", "team=x"], &["sleep", "600"]);
+    assert_eq!(out.code, 0, "podman run: {}", out.stderr);
+    let id = out.stdout.trim().to_string();
+    let c = named(&d, &id, "p1");
+    assert_eq!(c.registered_by, "oci", "the hook registered it");
+    assert_eq!(c.labels.get("team").map(String::as_str), Some("x"), "annotations are labels");
+    let runtime = c.runtime.unwrap();
+    assert_eq!((runtime.engine.as_str(), runtime.image.as_str()), ("podman", IMAGE));
+    let pid: u32 = podman.podman(&["inspect", "-f", "{{.State.Pid}}", "p1"]).stdout.trim().parse().unwrap();
+    assert_eq!(c.pidns, pidns_of(pid));
+    // poststop unregisters it; the runtime then names it no more once it is gone.
+    assert_eq!(podman.podman(&["rm", "-f", "-t", "0", "p1"]).code, 0);
+    eventually(tests::settle(), "p1 unregistered", || {
+        d.containers().iter().all(|c| c.id != id).then_some(())
+    });
+}
+
+#[test]
+fn the_hook_fails_open_unless_a_container_asks_to_fail_closed() {
+    // No daemon serves this socket.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock");
+    let run = |annotations: serde_json::Value| {
+        let bundle_dir = tempfile::tempdir().unwrap();
+        bundle(bundle_dir.path(), Some(&socket), &annotations);
+        let id =
+            format!("pidvirt-failopen-{}-{}", std::process::id(), annotations.as_object().unwrap().len());
+        let _guard = RuncContainer(id.clone());
+        let (status, stderr) = runc(&["run", "-d", "--bundle", &bundle_dir.path().to_string_lossy(), &id]);
+        (status.success(), stderr)
+    };
+    let (started, stderr) = run(serde_json::json!({}));
+    assert!(started, "the container starts while the daemon is down: {stderr}");
+    let (started, stderr) = run(serde_json::json!({"pidvirt.io/fail": "closed"}));
+    assert!(!started, "a container that asks to fail closed does not start");
+    assert!(stderr.contains("nobody.sock"), "runc says why: {stderr}");
+}
+
+#[test]
+fn containerd_containers_carry_their_kubernetes_identity() {
+    let test = "containerd_containers_carry_their_kubernetes_identity";
+    let Some(docker) = dockerd(test) else { return };
+    let d = daemon_for(&docker, true);
+    let cs = docker.containerd_socket.to_string_lossy().into_owned();
+    let tar = tempfile::NamedTempFile::new().unwrap();
+    docker.ok(&["save", IMAGE, "-o", &tar.path().to_string_lossy()]);
+    let ctr = |args: &[&str]| {
+        let out = Command::new("ctr")
+            .args(["-a", &cs, "-n", "k8s.io"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ctr(&["images", "import", &tar.path().to_string_lossy()]);
+    let id = format!("pv-k8s-{}", std::process::id());
+    ctr(&[
+        "run",
+        "-d",
+        "--label",
+        "io.kubernetes.pod.name=web-0",
+        "--label",
+        "io.kubernetes.pod.namespace=shop",
+        "--label",
+        "io.kubernetes.container.name=app",
+        IMAGE,
+        &id,
+        "/bin/sleep",
+        "600",
+    ]);
+    let c = named(&d, &id, "app");
+    let k8s = c.k8s.expect("the Kubernetes identity");
+    assert_eq!((k8s.namespace.as_str(), k8s.pod.as_str(), k8s.container.as_str()), ("shop", "web-0", "app"));
+    assert_eq!(c.runtime.unwrap().engine, "containerd");
+    // `--container POD` finds it too.
+    assert_eq!(d.cli(&["ps", "--container", "web-0"]).code, 0);
+    let _ = Command::new("ctr").args(["-a", &cs, "-n", "k8s.io", "task", "kill", "-s", "KILL", &id]).output();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("ctr").args(["-a", &cs, "-n", "k8s.io", "task", "delete", &id]).output();
+    let _ = Command::new("ctr").args(["-a", &cs, "-n", "k8s.io", "container", "delete", &id]).output();
+}
+
+#[test]
+fn with_dockerd_stopped_the_audit_goes_on_and_new_containers_are_named_when_it_is_back() {
+    let test = "with_dockerd_stopped_the_audit_goes_on_and_new_containers_are_named_when_it_is_back";
+    let Some(mut docker) = dockerd(test) else { return };
+    let d = daemon_for(&docker, false);
+    docker.ok(&["run", "-d", "--name", "first", IMAGE, "sleep", "600"]);
+    let first = docker.id("first");
+    named(&d, &first, "first");
+    docker.stop_engine();
+    eventually(tests::settle(), "status says Docker is down", || {
+        matches!(runtime_state(&d, "docker").0.as_str(), "absent" | "unreachable").then_some(())
+    });
+    // Auditing goes on, under the ids of the kernel's view.
+    let mut f = Fixture::start(FIXTURE, 1);
+    let v = f.num("spawn 0") as u32;
+    let host = f.host_tid(v);
+    assert_eq!(f.num(&format!("sys kill {host} 0")), ESRCH);
+    let r = wait_record(&d, "a leak with Docker down", |r| r.verdict == "leak" && r.value == i64::from(host));
+    assert_eq!(r.container, f.container(), "nothing renamed");
+    docker.spawn().expect("dockerd again");
+    eventually(tests::settle(), "status says Docker is back", || {
+        (runtime_state(&d, "docker").0 == "connected").then_some(())
+    });
+    docker.ok(&["run", "-d", "--name", "second", IMAGE, "sleep", "600"]);
+    named(&d, &docker.id("second"), "second");
+    assert!(d.containers().iter().all(|c| c.id != first), "the stopped container is gone");
+}
+
+/// The dynamic loader and library path of the host, as seen under `/host` in a container.
+fn host_loader() -> (String, String) {
+    let ld = std::fs::canonicalize("/lib64/ld-linux-x86-64.so.2").expect("the dynamic loader");
+    (format!("/host{}", ld.display()), "/host/lib/x86_64-linux-gnu:/host/usr/lib/x86_64-linux-gnu".into())
+}
+
+#[test]
+fn a_namespace_nested_in_a_docker_container_is_listed_under_it_and_judged_at_every_level() {
+    let test = "a_namespace_nested_in_a_docker_container_is_listed_under_it_and_judged_at_every_level";
+    let Some(docker) = dockerd(test) else { return };
+    let d = daemon_for(&docker, false);
+    let (ld, libs) = host_loader();
+    let fixture = format!("/host{}", Path::new(FIXTURE).display());
+    for run in 0..5 {
+        let name = format!("nest{run}");
+        docker.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--cap-add",
+            "SYS_ADMIN",
+            "--security-opt",
+            "seccomp=unconfined",
+            "-v",
+            "/:/host:ro",
+            IMAGE,
+            "sleep",
+            "600",
+        ]);
+        let id = docker.id(&name);
+        named(&d, &id, &name);
+        let mut f = Fixture::start_with(
+            Command::new("docker").arg("-H").arg(format!("unix://{}", docker.socket.display())).args([
+                "exec",
+                "-i",
+                &name,
+                &ld,
+                "--library-path",
+                &libs,
+                &fixture,
+                "--depth",
+                "1",
+            ]),
+        );
+        let inner = f.inner();
+        let nested = format!("{id}/pidns-{inner}");
+        let c = eventually(tests::settle(), "the nested namespace listed", || {
+            d.containers().into_iter().find(|c| c.pidns == inner)
+        });
+        assert_eq!(
+            (c.id.as_str(), c.parent.as_deref(), c.level),
+            (nested.as_str(), Some(id.as_str()), 2),
+            "run {run}"
+        );
+        // From the nested namespace, the docker namespace's number of a sibling: a leak read at
+        // level 1, the Docker container's namespace.
+        for _ in 0..3 {
+            f.num("spawn 0");
+        }
+        let y = f.num("spawn 0") as u32;
+        let y_host = f.host_tid(y);
+        let t = proc_truth::task(y_host, y_host).unwrap();
+        let in_docker = t.nspid[1];
+        assert_eq!(f.num(&format!("sys kill {in_docker} 0")), ESRCH);
+        let r = wait_record(&d, "the leak read at level 1", |r| r.verdict == "leak" && r.container == nested);
+        assert_eq!(r.also.as_ref().map(|a| a.host_pid), Some(y_host));
+        let at = r.read_at.as_ref().unwrap();
+        assert_eq!((at.level, at.container.as_str()), (1, id.as_str()));
+        assert_eq!(
+            r.runtime.as_ref().map(|rt| rt.name.as_str()),
+            Some(name.as_str()),
+            "named after its holder"
+        );
+        // A task given that number by set_tid: a collision naming both.
+        assert_eq!(f.num(&format!("spawn_vpid {in_docker} 0")), i64::from(in_docker));
+        assert_eq!(f.num(&format!("sys kill {in_docker} 0")), 0);
+        let r = wait_record(&d, "the collision", |r| r.verdict == "collision" && r.container == nested);
+        assert_eq!(r.also.as_ref().map(|a| a.host_pid), Some(y_host));
+        drop(f);
+        docker.ok(&["rm", "-f", &name]);
+        // The next run starts from an empty audit log view.
+        let _ = std::fs::write(&d.audit_log, b"");
+    }
+}
