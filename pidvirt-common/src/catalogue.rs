@@ -11,6 +11,13 @@
 
 use pastey::paste;
 
+/// The second expression, once per occurrence of the first (a column present where another is).
+macro_rules! side {
+    ($present:ident, $value:expr) => {
+        $value
+    };
+}
+
 /// `Some(x)` for one token tree, `None` for none (optional catalogue columns).
 macro_rules! opt {
     () => {
@@ -204,6 +211,10 @@ pub enum ProgramKind {
     Iter,
     /// A BPF-LSM program (`lsm_X` on hook X).
     Lsm,
+    /// An fentry program on a syscall's kernel function (`fentry_X`), where the kernel takes it.
+    FEntry,
+    /// An fexit program on a syscall's kernel function (`fexit_X`).
+    FExit,
 }
 
 /// Lists the tp_btf hooks that follow the task lifecycle (each has a program of the same name,
@@ -351,7 +362,61 @@ for_each_lsm_hook!(lsm_table);
 
 // ---- syscalls ------------------------------------------------------------------------------
 
-/// A watched syscall: which of its tracepoints pidvirt hooks, with which program.
+/// Lists the watched syscalls, each with the handler of its entry (an argument is a pid) and of
+/// its exit (the return value is a pid), handing them to `$cb!`. A handler is the tracepoint
+/// program of that side (shared by the syscalls judged alike) and, where the kernel takes fentry,
+/// the body of the syscall's own `fentry_<name>` / `fexit_<name>` program.
+#[macro_export]
+macro_rules! for_each_syscall {
+    ($cb:ident) => {
+        $cb! {
+        getpid: exit(exit_getpid);
+        getppid: exit(exit_getppid);
+        gettid: exit(exit_own_tid);
+        set_tid_address: exit(exit_own_tid);
+        fork: exit(exit_fork);
+        vfork: exit(exit_fork);
+        clone: exit(exit_fork);
+        clone3: exit(exit_fork);
+        kill: enter(enter_pid_arg);
+        tkill: enter(enter_task_arg);
+        tgkill: enter(enter_two_tasks);
+        rt_sigqueueinfo: enter(enter_task_arg);
+        rt_tgsigqueueinfo: enter(enter_two_tasks);
+        pidfd_open: enter(enter_task_arg);
+        wait4: enter(enter_pid_arg) exit(exit_wait4);
+        waitid: enter(enter_waitid) exit(exit_waitid);
+        setpgid: enter(enter_setpgid);
+        getpgid: enter(enter_self_query) exit(exit_self_query);
+        getsid: enter(enter_self_query) exit(exit_self_query);
+        setsid: exit(exit_setsid);
+        sched_setaffinity: enter(enter_task_or_self);
+        sched_getaffinity: enter(enter_task_or_self);
+        sched_setscheduler: enter(enter_task_or_self);
+        sched_getscheduler: enter(enter_task_or_self);
+        sched_setparam: enter(enter_task_or_self);
+        sched_getparam: enter(enter_task_or_self);
+        sched_setattr: enter(enter_task_or_self);
+        sched_getattr: enter(enter_task_or_self);
+        sched_rr_get_interval: enter(enter_task_or_self);
+        setpriority: enter(enter_which_who);
+        getpriority: enter(enter_which_who);
+        ioprio_set: enter(enter_which_who);
+        ioprio_get: enter(enter_which_who);
+        prlimit64: enter(enter_task_or_self);
+        ptrace: enter(enter_ptrace);
+        process_vm_readv: enter(enter_task_arg);
+        process_vm_writev: enter(enter_task_arg);
+        kcmp: enter(enter_two_tasks);
+        get_robust_list: enter(enter_task_or_self);
+        migrate_pages: enter(enter_task_or_self);
+        move_pages: enter(enter_task_or_self);
+        capget: enter(enter_capget);
+        }
+    };
+}
+
+/// A watched syscall: which of its sides pidvirt hooks, with which programs.
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallSpec {
     pub name: &'static str,
@@ -359,6 +424,12 @@ pub struct SyscallSpec {
     pub enter: Option<Program>,
     /// Program attached to `syscalls:sys_exit_<name>` (the return value is a pid).
     pub exit: Option<Program>,
+    /// The fentry program of the syscall's function (`fentry_<name>`), where it has an entry side,
+    /// and the floor's empty twin.
+    pub fentry: Option<(&'static str, &'static str)>,
+    /// The fexit program of the syscall's function (`fexit_<name>`), where it has an exit side,
+    /// and the floor's empty twin.
+    pub fexit: Option<(&'static str, &'static str)>,
     /// This architecture's syscall number (the records' `__syscall_nr`).
     #[cfg(feature = "user")]
     pub nr: i64,
@@ -386,6 +457,8 @@ macro_rules! syscalls {
                 name: stringify!($name),
                 enter: opt!($(Program::[<$enter:camel>])?),
                 exit: opt!($(Program::[<$exit:camel>])?),
+                fentry: opt!($(side!($enter, (concat!("fentry_", stringify!($name)), concat!("floor_fentry_", stringify!($name)))))?),
+                fexit: opt!($(side!($exit, (concat!("fexit_", stringify!($name)), concat!("floor_fexit_", stringify!($name)))))?),
                 #[cfg(feature = "user")]
                 nr: libc::[<SYS_ $name>],
             }, )*
@@ -393,56 +466,21 @@ macro_rules! syscalls {
     }};
 }
 
-syscalls! {
-    getpid: exit(exit_getpid);
-    getppid: exit(exit_getppid);
-    gettid: exit(exit_own_tid);
-    set_tid_address: exit(exit_own_tid);
-    fork: exit(exit_fork);
-    vfork: exit(exit_fork);
-    clone: exit(exit_fork);
-    clone3: exit(exit_fork);
-    kill: enter(enter_pid_arg);
-    tkill: enter(enter_task_arg);
-    tgkill: enter(enter_two_tasks);
-    rt_sigqueueinfo: enter(enter_task_arg);
-    rt_tgsigqueueinfo: enter(enter_two_tasks);
-    pidfd_open: enter(enter_task_arg);
-    wait4: enter(enter_pid_arg) exit(exit_wait4);
-    waitid: enter(enter_waitid) exit(exit_waitid);
-    setpgid: enter(enter_setpgid);
-    getpgid: enter(enter_self_query) exit(exit_self_query);
-    getsid: enter(enter_self_query) exit(exit_self_query);
-    setsid: exit(exit_setsid);
-    sched_setaffinity: enter(enter_task_or_self);
-    sched_getaffinity: enter(enter_task_or_self);
-    sched_setscheduler: enter(enter_task_or_self);
-    sched_getscheduler: enter(enter_task_or_self);
-    sched_setparam: enter(enter_task_or_self);
-    sched_getparam: enter(enter_task_or_self);
-    sched_setattr: enter(enter_task_or_self);
-    sched_getattr: enter(enter_task_or_self);
-    sched_rr_get_interval: enter(enter_task_or_self);
-    setpriority: enter(enter_which_who);
-    getpriority: enter(enter_which_who);
-    ioprio_set: enter(enter_which_who);
-    ioprio_get: enter(enter_which_who);
-    prlimit64: enter(enter_task_or_self);
-    ptrace: enter(enter_ptrace);
-    process_vm_readv: enter(enter_task_arg);
-    process_vm_writev: enter(enter_task_arg);
-    kcmp: enter(enter_two_tasks);
-    get_robust_list: enter(enter_task_or_self);
-    migrate_pages: enter(enter_task_or_self);
-    move_pages: enter(enter_task_or_self);
-    capget: enter(enter_capget);
-}
+for_each_syscall!(syscalls);
 
 impl SyscallSpec {
     /// The syscall tracepoints of this syscall that pidvirt hooks, with their programs.
     pub fn hooks(&self) -> impl Iterator<Item = (Program, SyscallSide)> {
         let enter = self.enter.map(|p| (p, SyscallSide::Enter));
         let exit = self.exit.map(|p| (p, SyscallSide::Exit));
+        enter.into_iter().chain(exit)
+    }
+
+    /// The fentry/fexit programs of this syscall's function, with their floor twins:
+    /// `(program, floor program, kind)`.
+    pub fn function_programs(&self) -> impl Iterator<Item = (&'static str, &'static str, ProgramKind)> {
+        let enter = self.fentry.map(|(p, f)| (p, f, ProgramKind::FEntry));
+        let exit = self.fexit.map(|(p, f)| (p, f, ProgramKind::FExit));
         enter.into_iter().chain(exit)
     }
 }

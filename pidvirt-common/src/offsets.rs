@@ -65,6 +65,12 @@ pub struct KernelOffsets {
     pub pidns_inum: u32,
     /// pid_namespace.child_reaper (struct task_struct *): the namespace's init
     pub pidns_child_reaper: u32,
+    /// pt_regs.{di,si,dx,r10}: a syscall's arguments 0..=3 (x86-64 syscall ABI), for the fentry
+    /// and fexit programs on `__x64_sys_*`
+    pub pt_regs_di: u32,
+    pub pt_regs_si: u32,
+    pub pt_regs_dx: u32,
+    pub pt_regs_r10: u32,
     /// css_set.dfl_cgrp (struct cgroup *)
     pub css_set_dfl_cgrp: u32,
     /// cgroup.kn (struct kernfs_node *)
@@ -115,6 +121,10 @@ impl KernelOffsets {
             pidns_parent: 0,
             pidns_inum: 0,
             pidns_child_reaper: 0,
+            pt_regs_di: 0,
+            pt_regs_si: 0,
+            pt_regs_dx: 0,
+            pt_regs_r10: 0,
             css_set_dfl_cgrp: 0,
             cgroup_kn: 0,
             cgroup_level: 0,

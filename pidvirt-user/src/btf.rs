@@ -274,6 +274,10 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
         pidns_parent: btf.offset("pid_namespace", "parent", PTR)?,
         pidns_inum: ns.offset + inum,
         pidns_child_reaper: btf.offset("pid_namespace", "child_reaper", PTR)?,
+        pt_regs_di: btf.offset("pt_regs", "di", 8)?,
+        pt_regs_si: btf.offset("pt_regs", "si", 8)?,
+        pt_regs_dx: btf.offset("pt_regs", "dx", 8)?,
+        pt_regs_r10: btf.offset("pt_regs", "r10", 8)?,
         css_set_dfl_cgrp: btf.offset("css_set", "dfl_cgrp", PTR)?,
         cgroup_kn: btf.offset("cgroup", "kn", PTR)?,
         cgroup_level: btf.offset("cgroup", "level", 4)?,
@@ -472,6 +476,8 @@ mod tests {
         assert_eq!(o.signal_live, 4);
         assert!(o.task_ptrace > 0);
         assert!(o.pidns_child_reaper > 0);
+        // struct pt_regs of x86-64: r15 first, then ... r10 at 56, dx 96, si 104, di 112.
+        assert_eq!((o.pt_regs_r10, o.pt_regs_dx, o.pt_regs_si, o.pt_regs_di), (56, 96, 104, 112));
         // Cross-check with the offsets read independently (pahole/bpftool) on this very build,
         // recorded in ../shared/reference/pid-crossings.md; other kernels only get the invariants.
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

@@ -44,6 +44,8 @@ pub enum LoadError {
         "this pidvirt was built without its kernel programs (AYA_BUILD_SKIP): rebuild it with bpf-linker"
     )]
     NoPrograms,
+    #[error("fentry/fexit on the syscall functions is unavailable: {0}")]
+    NoFentry(String),
     #[error("loading the eBPF object failed: {0}")]
     Object(#[source] aya::EbpfError),
     #[error("the kernel refused program `{program}`: {message}")]
@@ -522,7 +524,7 @@ pub fn named_counters(values: &[u64]) -> StdHashMap<&'static str, StdHashMap<&'s
 #[cfg(test)]
 mod tests {
     use aya_obj::{Object, ProgramSection};
-    use pidvirt_common::catalogue::{LSM_HOOKS, Program, ProgramKind, map};
+    use pidvirt_common::catalogue::{LSM_HOOKS, Program, ProgramKind, SYSCALLS, SyscallSpec, map};
 
     use super::PROGRAM_OBJECT;
 
@@ -538,6 +540,8 @@ mod tests {
             ProgramSection::RawTracePoint => ProgramKind::RawTracepoint,
             ProgramSection::Iter { .. } => ProgramKind::Iter,
             ProgramSection::Lsm { .. } => ProgramKind::Lsm,
+            ProgramSection::FEntry { .. } => ProgramKind::FEntry,
+            ProgramSection::FExit { .. } => ProgramKind::FExit,
             _ => return None,
         })
     }
@@ -548,6 +552,9 @@ mod tests {
         let mut expected: Vec<(&str, ProgramKind)> =
             Program::ALL.iter().map(|p| (p.name(), p.kind())).collect();
         expected.extend(LSM_HOOKS.iter().map(|h| (h.program, ProgramKind::Lsm)));
+        for (prog, floor, kind) in SYSCALLS.iter().flat_map(SyscallSpec::function_programs) {
+            expected.extend([(prog, kind), (floor, kind)]);
+        }
         for (name, want) in &expected {
             let prog =
                 obj.programs.get(*name).unwrap_or_else(|| panic!("program {name} is not in the object"));

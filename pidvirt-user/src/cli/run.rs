@@ -5,7 +5,7 @@ use pidvirt_common::audit::Verdict;
 use crate::{
     cli::SocketArg,
     daemon::{self, RunOptions},
-    loader::{self, LoadOptions},
+    loader::{self, AttachMode, LoadOptions},
     runtimes::{Api, Endpoint},
 };
 
@@ -66,6 +66,11 @@ pub struct Args {
     /// A CRI runtime's socket (CRI-O's by default; containerd's CRI service listens on its own).
     #[arg(long, default_value = "/run/crio/crio.sock")]
     cri_socket: String,
+    /// How the syscall programs are attached: fentry/fexit on the syscall functions where the
+    /// kernel takes them (no tax on the syscalls pidvirt does not watch), else the syscall
+    /// tracepoints (`auto`); or only one of them. `status` says which runs, and why.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto, env = "PIDVIRT_ATTACH")]
+    attach: AttachMode,
 }
 
 /// A verdict `--report` may name.
@@ -107,6 +112,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 a.report.iter().fold(0, |mask, v| mask | v.bit())
             },
             host_pidns: 0,
+            attach: a.attach,
         },
     })
     .await

@@ -41,6 +41,8 @@ pub struct RunOptions {
 /// What `status` says about how the daemon attached (fixed once it runs).
 struct Attachment {
     attached: Vec<(String, String)>,
+    /// How the syscall programs are attached (fentry or tracepoints), and why.
+    syscalls: loader::Attached,
     /// How the programs read pids above level 0 (loader::task_reads).
     task_reads: &'static str,
     /// The programs are pinned (they outlive the daemon); `adopted`: pinned by a previous one.
@@ -86,7 +88,9 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     tracing::debug!(?offsets, "kernel offsets from BTF");
     // Attach first, then walk /proc: a process born in between is seen by the fork program.
     let loaded = loader::load_and_attach(offsets, &opts.load)?;
-    let loader::Loaded { ebpf, mut maps, events, attached, iterator, enforcement, adopted } = loaded;
+    let loader::Loaded { ebpf, mut maps, events, attached, iterator, syscalls, enforcement, adopted } =
+        loaded;
+    tracing::info!(mode = syscalls.mode, "syscall programs attached: {}", syscalls.reason);
     for (prog, hook) in &attached {
         tracing::info!("attached {prog} to {hook}");
     }
@@ -98,6 +102,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         audit: Hub::new(sink),
         attachment: Attachment {
             attached,
+            syscalls,
             task_reads: if adopted {
                 "as loaded by the daemon that pinned the programs"
             } else {

@@ -184,6 +184,7 @@ impl App {
             "kernel": a.kernel_release,
             "uptime_s": a.started.elapsed().as_secs_f64(),
             "programs": a.attached.iter().map(|(p, h)| serde_json::json!({"program": p, "hook": h})).collect::<Vec<_>>(),
+            "syscalls": a.syscalls,
             "enforcement": self.containers.enforcement(),
             "task_reads": a.task_reads,
             "pinned": a.pinned,
