@@ -349,18 +349,28 @@ fn per_container(e: &mut DescriptorEncoder, rows: &[(String, SlotCounts)]) -> fm
     )
 }
 
-/// A counter family, one series per label set.
+/// A family of one type, one series per label set.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    e: &mut DescriptorEncoder,
+    (name, unit, help): (&str, Option<&Unit>, &str),
+    metric_type: MetricType,
+    series: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result {
+    let mut m = e.encode_descriptor(name, help, unit, metric_type)?;
+    for (labels, metric) in series {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 fn counters<L: EncodeLabelSet>(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     series: impl IntoIterator<Item = (L, u64)>,
 ) -> fmt::Result {
-    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, n) in series {
-        ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
-    }
-    Ok(())
+    let series = series.into_iter().map(|(l, n)| (l, ConstCounter::new(n)));
+    family(e, (name, None, help), MetricType::Counter, series)
 }
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, n: u64) -> fmt::Result {
@@ -374,11 +384,8 @@ fn gauges<L: EncodeLabelSet>(
     help: &str,
     series: impl IntoIterator<Item = (L, f64)>,
 ) -> fmt::Result {
-    let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    for (labels, v) in series {
-        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
-    }
-    Ok(())
+    let series = series.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+    family(e, (name, unit, help), MetricType::Gauge, series)
 }
 
 fn gauge(e: &mut DescriptorEncoder, name: &str, unit: Option<&Unit>, help: &str, v: f64) -> fmt::Result {
