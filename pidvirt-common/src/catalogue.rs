@@ -505,7 +505,7 @@ impl SyscallSide {
 // ---- counters ------------------------------------------------------------------------------
 
 macro_rules! counter_groups {
-    ($( $(#[doc = $gdoc:literal])* $group:ident @ $base:literal { $( $(#[doc = $doc:literal])* $name:ident, )* } )*) => { paste! {
+    ($( $(#[doc = $gdoc:literal])* $group:ident @ $base:literal { $( $(#[doc = $doc:literal])* $name:ident $(in $map:ident)?, )* } )*) => { paste! {
         $(
             $(#[doc = $gdoc])*
             pub mod $group {
@@ -517,6 +517,8 @@ macro_rules! counter_groups {
                 $( $(#[doc = $doc])* pub const [<$name:upper>]: u32 = Index::$name as u32; )*
                 /// Names of the group's counters, by index.
                 pub const NAMES: [&str; [$(stringify!($name)),*].len()] = [$(stringify!($name)),*];
+                /// The map each counter is about, if any (`pidvirt_map_errors_total{map}`).
+                pub const MAPS: [Option<&str>; NAMES.len()] = [$(opt!($($crate::catalogue::map::$map)?)),*];
             }
         )*
     }};
@@ -530,26 +532,26 @@ pub mod counter {
     counter_groups! {
         /// Map insert/update failures and failed reads, per reason (`stats`: `map_errors`).
         map_error @ 0 {
-            task_insert,
-            virt_insert,
-            deep_insert,
-            pidns_insert,
+            task_insert in TASKS,
+            virt_insert in VIRT,
+            deep_insert in DEEP,
+            pidns_insert in PIDNS,
             /// bpf_probe_read_kernel failed on a task structure.
             kernel_read,
             /// A task with a level above MAX_PID_NS_LEVEL (should be impossible).
             level_overflow,
             /// Per-CPU scratch space could not be had.
-            scratch,
+            scratch in SCRATCH,
             /// A caller had no task entry when one was needed (not yet seeded, or lost).
-            task_missing,
+            task_missing in TASKS,
             /// A task of a nested namespace was forgotten but its namespace had no record.
-            pidns_missing,
+            pidns_missing in PIDNS,
             /// Per-container counters could not be had: counted in the global crossing region.
-            container_counters,
+            container_counters in COUNTS,
             /// A syscall's state between enter and exit could not be kept (waitid's infop).
-            pending_insert,
+            pending_insert in PENDING,
             /// No free counter slot for a new container: its crossings count in the overflow slot.
-            no_counter_slot,
+            no_counter_slot in FREE_SLOTS,
         }
         /// Events that could not be handed to user space, per reason (`stats`: `drops`).
         drop @ 16 {
@@ -629,6 +631,9 @@ mod tests {
             "no_counter_slot"
         );
         assert_eq!(counter::lifecycle::NAMES[counter::lifecycle::REAPED as usize], "reaped");
+        assert_eq!(counter::map_error::MAPS[counter::map_error::VIRT_INSERT as usize], Some(map::VIRT));
+        assert_eq!(counter::map_error::MAPS[counter::map_error::KERNEL_READ as usize], None);
+        assert!(counter::drop::MAPS.iter().all(Option::is_none));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, Queue};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, Queue};
 use pidvirt_common::{
     CgroupContainer, DeepLevels, INLINE_LEVELS, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue,
     audit::{ContainerCounters, LSM_HOOKS, Mode, NSYSCALLS, NVERDICTS, SYSCALLS, Verdict},
@@ -124,6 +124,29 @@ pub fn named_denied(values: &[u64]) -> std::collections::BTreeMap<&'static str, 
     LSM_HOOKS.iter().zip(values).map(|(h, n)| (h.name, *n)).collect()
 }
 
+/// How full a map is (`pidvirt_map_entries`, `pidvirt_map_capacity`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Occupancy {
+    pub map: &'static str,
+    pub entries: u64,
+    /// Its `max_entries` (0 if the kernel would not say).
+    pub capacity: u64,
+}
+
+/// How full hash map `m` is: its entries read in batches where the kernel can.
+fn occupancy<K: aya::Pod + Default, V: aya::Pod + Default>(
+    name: &'static str,
+    m: &HashMap<MapData, K, V>,
+) -> Occupancy {
+    let data = m.map();
+    let entries = match lookup_batch::<K, V>(data.fd().as_fd()) {
+        Ok(entries) => entries.len(),
+        Err(_) => m.keys().flatten().count(),
+    };
+    let capacity = data.info().map_or(0, |i| i.max_entries());
+    Occupancy { map: name, entries: entries as u64, capacity: u64::from(capacity) }
+}
+
 /// A task entry with all its levels.
 #[derive(Clone, Debug)]
 pub struct FullTask {
@@ -233,13 +256,20 @@ impl KernelMaps {
         c
     }
 
-    /// What every counter slot counted, summed.
-    pub fn total_counts(&self) -> SlotCounts {
-        let mut total = SlotCounts::default();
-        for slot in 0..self.counts.len() {
-            total.add(&self.slot_counts(slot));
-        }
-        total
+    /// What each counter slot counted, by slot (each read once).
+    pub fn all_slot_counts(&self) -> Vec<SlotCounts> {
+        (0..self.counts.len()).map(|slot| self.slot_counts(slot)).collect()
+    }
+
+    /// How full the maps are that hold an entry per task, per namespace or per cgroup container.
+    pub fn occupancy(&self) -> [Occupancy; 5] {
+        [
+            occupancy(map::TASKS, &self.tasks),
+            occupancy(map::DEEP, &self.deep),
+            occupancy(map::VIRT, &self.virt),
+            occupancy(map::PIDNS, &self.pidns),
+            occupancy(map::CGROUPS, &self.cgroups),
+        ]
     }
 
     /// Sets a container's policy where the enforcer reads it (observe: no entry).
