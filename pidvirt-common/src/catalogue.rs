@@ -89,6 +89,10 @@ verdicts! {
     mismatch reported: true,
     /// The enforcer denied the action.
     denied reported: true,
+    /// The number was read through the procfs of ANOTHER pid namespace than the caller's (the
+    /// procfs mounted at the caller's /proc, or a directory fd of one): the numbers there are
+    /// that namespace's, which the caller does not live in.
+    foreign_procfs reported: true,
 }
 
 impl Verdict {
@@ -318,7 +322,7 @@ macro_rules! lifecycle_programs {
                 exit_getpid, exit_getppid, exit_own_tid, exit_setsid, exit_fork, enter_pid_arg,
                 enter_task_arg, enter_task_or_self, enter_two_tasks, enter_which_who, exit_wait4,
                 enter_waitid, exit_waitid, enter_setpgid, enter_self_query, exit_self_query,
-                enter_ptrace, enter_capget, floor_empty;
+                enter_ptrace, enter_capget, enter_path, enter_at_path, floor_empty;
             RawTracepoint: floor_raw_empty;
             Iter: seed_tasks;
         }
@@ -412,6 +416,21 @@ macro_rules! for_each_syscall {
         migrate_pages: enter(enter_task_or_self);
         move_pages: enter(enter_task_or_self);
         capget: enter(enter_capget);
+        open: enter(enter_path);
+        openat: enter(enter_at_path);
+        openat2: enter(enter_at_path);
+        newstat: enter(enter_path);
+        newlstat: enter(enter_path);
+        newfstatat: enter(enter_at_path);
+        statx: enter(enter_at_path);
+        readlink: enter(enter_path);
+        readlinkat: enter(enter_at_path);
+        access: enter(enter_path);
+        faccessat: enter(enter_at_path);
+        faccessat2: enter(enter_at_path);
+        chdir: enter(enter_path);
+        execve: enter(enter_path);
+        execveat: enter(enter_at_path);
         }
     };
 }
@@ -433,6 +452,21 @@ pub struct SyscallSpec {
     /// This architecture's syscall number (the records' `__syscall_nr`).
     #[cfg(feature = "user")]
     pub nr: i64,
+}
+
+/// The libc syscall number of a syscall the kernel names otherwise (its tracepoints and
+/// functions carry the kernel's name: `newstat` is stat(2)).
+#[cfg(feature = "user")]
+macro_rules! sysnr {
+    (newstat) => {
+        libc::SYS_stat
+    };
+    (newlstat) => {
+        libc::SYS_lstat
+    };
+    ($name:ident) => {
+        paste! { libc::[<SYS_ $name>] }
+    };
 }
 
 macro_rules! syscalls {
@@ -460,7 +494,7 @@ macro_rules! syscalls {
                 fentry: opt!($(side!($enter, (concat!("fentry_", stringify!($name)), concat!("floor_fentry_", stringify!($name)))))?),
                 fexit: opt!($(side!($exit, (concat!("fexit_", stringify!($name)), concat!("floor_fexit_", stringify!($name)))))?),
                 #[cfg(feature = "user")]
-                nr: libc::[<SYS_ $name>],
+                nr: sysnr!($name),
             }, )*
         ];
     }};
@@ -610,6 +644,7 @@ macro_rules! maps {
 maps! {
     TASKS, DEEP, VIRT, PIDNS, COUNTS, FREE_SLOTS, SYSNR, PENDING, CGROUPS, MODES, META, CONFIG,
     CALLER, TASKS_GENERATION, LIVE_TIDS, SEEDED_TIDS, REAPED, RELEASED, COUNTERS, EVENTS, SCRATCH,
+    PROCFS,
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ pub struct Record {
     /// (the nearest level where it names one; its host pid when that level is the host's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub also: Option<Target>,
-    /// With `also`: the level and namespace `value` was read in.
+    /// With `also`, and for `foreign_procfs`: the level and namespace `value` was read in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_at: Option<ReadAt>,
     /// For `mismatch`: the value read from the task structures.
@@ -173,7 +173,7 @@ impl Record {
             },
             target: (ev.flags & event_flags::HAS_TARGET != 0).then(|| target(&ev.target, reg)),
             also: also.then(|| target(&ev.also, reg)),
-            read_at: also.then(|| ReadAt {
+            read_at: (also || ev.flags & event_flags::HAS_READ_AT != 0).then(|| ReadAt {
                 level: ev.also_level,
                 pidns: ev.also_pidns,
                 container: reg.id_of_pidns(ev.also_pidns),

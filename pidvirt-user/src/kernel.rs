@@ -81,6 +81,8 @@ pub struct KernelMaps {
     pub meta: Array<MapData, u64>,
     /// The daemon's half of the tid filter (pidvirt_common::tid_filter).
     pub seeded_tids: Array<MapData, u64>,
+    /// Mount namespace -> pid namespace of the procfs at its /proc.
+    pub procfs: HashMap<MapData, u32, u32>,
 }
 
 /// What one counter slot counted (summed over CPUs).
@@ -186,6 +188,7 @@ impl KernelMaps {
             counts: PerCpuArray::try_from(get(map::COUNTS)?).map_err(err(map::COUNTS))?,
             free_slots: Queue::try_from(get(map::FREE_SLOTS)?).map_err(err(map::FREE_SLOTS))?,
             cgroups: HashMap::try_from(get(map::CGROUPS)?).map_err(err(map::CGROUPS))?,
+            procfs: HashMap::try_from(get(map::PROCFS)?).map_err(err(map::PROCFS))?,
             config: Array::try_from(get(map::CONFIG)?).map_err(err(map::CONFIG))?,
             tasks_generation: Array::try_from(get(map::TASKS_GENERATION)?)
                 .map_err(err(map::TASKS_GENERATION))?,
@@ -381,6 +384,26 @@ impl KernelMaps {
     }
 
     /// Forgets pid namespace `ns` (its record and its counter slot); returns what it counted.
+    /// Makes the PROCFS map say exactly `known` (mount namespace -> pid namespace of its /proc).
+    pub fn set_procfs(&mut self, known: &std::collections::HashMap<u32, u32>) -> Result<(), MapError> {
+        let stale: Vec<u32> = self
+            .procfs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(mnt, pid)| known.get(mnt) != Some(pid))
+            .map(|(mnt, _)| mnt)
+            .collect();
+        for mnt in stale {
+            let _ = self.procfs.remove(&mnt);
+        }
+        for (&mnt, &pid) in known {
+            if self.procfs.get(&mnt, 0).ok() != Some(pid) {
+                self.procfs.insert(mnt, pid, 0)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn forget_pidns(&mut self, ns: u32) -> Option<SlotCounts> {
         let info = self.pidns.get(&ns, 0).ok()?;
         let _ = self.pidns.remove(&ns);

@@ -78,16 +78,15 @@ pub struct App {
 /// How often containers whose namespace or cgroup is gone are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(3);
 
-pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
-    loader::require_root()?;
-    crate::kernel::program_object()?;
+/// The audit log and the metrics listener, opened before anything is attached: a file that
+/// cannot be written or a port in use is an error at once.
+async fn open_outputs(opts: &RunOptions) -> anyhow::Result<(Option<Sink>, Option<tokio::net::TcpListener>)> {
     let sink = match &opts.audit_log {
         Some(spec) => {
             Some(Sink::open(spec, opts.audit_rotation).with_context(|| format!("open audit log {spec}"))?)
         }
         None => None,
     };
-    // Bound before anything is attached: a port in use is an error at once.
     let metrics_listener = match &opts.metrics {
         Some(m) => Some(
             tokio::net::TcpListener::bind(m.addr)
@@ -96,6 +95,13 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    Ok((sink, metrics_listener))
+}
+
+pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
+    loader::require_root()?;
+    crate::kernel::program_object()?;
+    let (sink, metrics_listener) = open_outputs(&opts).await?;
     let host_pidns = procscan::own_pidns_is_init().map_err(anyhow::Error::msg)?;
     opts.load.host_pidns = host_pidns;
     let tick_ns = procscan::tick_ns();
@@ -115,6 +121,10 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!("attached {prog} to {hook}");
     }
     maps.seed_pidns(host_pidns, PidnsInfo::from_chain(&[host_pidns], 0, 1, pidns_source::SEED, 0));
+    // The host's procfs before anyone is judged; the sweep adds every namespace's init's.
+    if let Err(e) = maps.set_procfs(&crate::containers::procfs::procfs_map([])) {
+        tracing::warn!("PROCFS map not set: {e}");
+    }
     let maps = Arc::new(Mutex::new(maps));
     let app = Arc::new(App {
         containers: Containers::new(maps.clone(), host_pidns, opts.state_file.clone(), enforcement),
