@@ -161,6 +161,28 @@ impl Dockerd {
         out.stdout.trim().to_string()
     }
 
+    /// Imports the busybox rootfs again as `image`, with Dockerfile-style `changes` (a `CMD` for
+    /// an image that runs without a command, like a pod's sandbox).
+    pub fn import(&self, image: &str, changes: &[&str]) -> Result<(), String> {
+        let dir = tempfile::Builder::new().prefix("pvi-").tempdir().map_err(|e| e.to_string())?;
+        let tar = busybox_tar(dir.path())?;
+        let mut cmd = Command::new("docker");
+        cmd.arg("-H").arg(self.host()).arg("import");
+        for c in changes {
+            cmd.args(["--change", c]);
+        }
+        let out = cmd
+            .args(["-", image])
+            .stdin(std::fs::File::open(&tar).map_err(|e| e.to_string())?)
+            .output()
+            .map_err(|e| format!("docker: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("docker import: {}", String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
     /// The host pid of container `name`'s init, as the engine says.
     pub fn pid(&self, name: &str) -> u32 {
         self.ok(&["inspect", "-f", "{{.State.Pid}}", name]).parse().expect("a pid")
@@ -183,6 +205,119 @@ impl Drop for Dockerd {
         self.stop_engine();
         // Overlay mounts the engine left behind would keep the directory busy.
         let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("data")).output();
+    }
+}
+
+/// The image of a pod's sandbox for [`Containerd`]'s CRI plugin (a "pause" that sleeps).
+pub const PAUSE_IMAGE: &str = "localhost/pause:1";
+
+/// A standalone containerd with its CRI plugin (the Kubernetes CRI API, on `socket`), root, state
+/// and socket in a temporary directory; pods' sandboxes run [`PAUSE_IMAGE`]. On drop every task
+/// it runs is killed and deleted before it stops (a containerd's tasks outlive it).
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub socket: PathBuf,
+}
+
+impl Containerd {
+    /// Starts containerd with Debian's default configuration moved into a directory of its own;
+    /// Err says why it could not, or why its CRI plugin is not serving.
+    pub fn start() -> Result<Self, String> {
+        let dir = tempfile::Builder::new().prefix("pvc-").tempdir().map_err(|e| e.to_string())?;
+        let socket = dir.path().join("containerd.sock");
+        let out = Command::new("containerd")
+            .args(["config", "default"])
+            .output()
+            .map_err(|e| format!("containerd (docker.io's containerd): {e}"))?;
+        let default = String::from_utf8_lossy(&out.stdout);
+        let config: String = default
+            .lines()
+            .map(|line| match line.trim_start() {
+                l if l.starts_with("root = ") => format!("root = \"{}\"", dir.path().join("root").display()),
+                l if l.starts_with("state = ") => {
+                    format!("state = \"{}\"", dir.path().join("state").display())
+                }
+                l if l.starts_with("address = \"/run/containerd/containerd.sock\"") => {
+                    format!("  address = \"{}\"", socket.display())
+                }
+                l if l.starts_with("sandbox_image = ") => format!("    sandbox_image = {PAUSE_IMAGE:?}"),
+                // A sandbox asks for oom_score_adj -998, which needs CAP_SYS_RESOURCE (root lacks
+                // it on some hosts): no lower than containerd's own.
+                l if l.starts_with("restrict_oom_score_adj = ") => "    restrict_oom_score_adj = true".into(),
+                _ => line.to_string(),
+            })
+            .map(|l| l + "\n")
+            .collect();
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.path().join("containerd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("containerd: {e}"))?;
+        let c = Self { dir, child: Some(child), socket };
+        let serving = wait_until(Duration::from_secs(30), || {
+            c.ctr(&["plugins", "ls"])
+                .stdout
+                .lines()
+                .any(|l| l.contains(" cri ") && l.trim_end().ends_with("ok"))
+        });
+        if serving {
+            Ok(c)
+        } else {
+            Err(format!("containerd's CRI plugin did not serve within 30 s:\n{}", c.log()))
+        }
+    }
+
+    /// containerd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr ARGS` against this containerd, in the CRI plugin's namespace (`k8s.io`).
+    pub fn ctr(&self, args: &[&str]) -> Cli {
+        let out: Output = Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("ctr {args:?}: {e}"));
+        out.into()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let tasks = self.ctr(&["tasks", "ls", "-q"]).stdout;
+        for id in tasks.split_whitespace() {
+            let _ = self.ctr(&["tasks", "kill", "-s", "KILL", id]);
+        }
+        for id in tasks.split_whitespace() {
+            wait_until(Duration::from_secs(10), || self.ctr(&["tasks", "delete", id]).code == 0);
+        }
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, Duration::from_secs(10));
+        }
+        // Snapshots and sandbox mounts left behind would keep the directory busy.
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Detaches every mount below `dir`, deepest first (from this mount namespace's mountinfo).
+fn unmount_under(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> =
+        info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| Path::new(p).starts_with(dir)).collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(p).output();
     }
 }
 

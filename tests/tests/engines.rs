@@ -16,7 +16,7 @@ use std::{
 use tests::{
     AuditRecord, ContainerRow, Daemon, Fixture,
     engines::{
-        Dockerd, IMAGE, Podman,
+        Containerd, Dockerd, IMAGE, PAUSE_IMAGE, Podman,
         runc::{RuncContainer, bundle, runc},
     },
     eventually, note_unavailable, proc_truth,
@@ -495,4 +495,193 @@ fn a_namespace_nested_in_a_docker_container_is_listed_under_it_and_judged_at_eve
         // The next run starts from an empty audit log view.
         let _ = std::fs::write(&d.audit_log, b"");
     }
+}
+
+/// A kubelet's calls to a CRI runtime, over its socket.
+struct Kubelet {
+    rt: tokio::runtime::Runtime,
+    client: k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+}
+
+impl Kubelet {
+    fn connect(socket: &Path) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let channel = rt.block_on(containerd_client::connect(socket)).expect("the CRI socket");
+        Self { rt, client: k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(channel) }
+    }
+}
+
+/// `kubelet.method(request)` against the runtime, its answer; panics with the runtime's error.
+macro_rules! cri {
+    ($kubelet:expr, $method:ident($request:expr)) => {
+        $kubelet
+            .rt
+            .block_on($kubelet.client.$method($request))
+            .unwrap_or_else(|e| panic!("CRI {}: {e}", stringify!($method)))
+            .into_inner()
+    };
+}
+
+/// The host pids of processes whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+#[test]
+fn a_cri_pods_container_is_named_as_the_kubelet_named_it_and_routine_pod_life_reports_nothing() {
+    use k8s_cri::v1::{
+        ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
+        LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+        LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+        RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+        StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    };
+    let test = "a_cri_pods_container_is_named_as_the_kubelet_named_it_and_routine_pod_life_reports_nothing";
+    let Some(docker) = dockerd(test) else { return };
+    let containerd = match Containerd::start() {
+        Ok(c) => c,
+        Err(why) => {
+            note_unavailable(
+                test,
+                &format!("containerd's CRI plugin does not run here: {}", why.lines().next().unwrap_or("")),
+            );
+            let d = Daemon::start_with(&["--cri-socket", "/nonexistent/cri.sock"]);
+            assert_eq!(runtime_state(&d, "cri").0, "absent");
+            return;
+        }
+    };
+    // The images, side-loaded as one does without a registry: the app's and the sandbox's.
+    docker.import(PAUSE_IMAGE, &[r#"CMD ["/bin/sleep", "100000"]"#]).unwrap();
+    let tar = tempfile::NamedTempFile::new().unwrap();
+    docker.ok(&["save", IMAGE, PAUSE_IMAGE, "-o", &tar.path().to_string_lossy()]);
+    let import = containerd.ctr(&["images", "import", &tar.path().to_string_lossy()]);
+    assert_eq!(import.code, 0, "ctr images import: {}", import.stderr);
+    drop(docker);
+
+    let socket = containerd.socket.to_string_lossy().into_owned();
+    let d = Daemon::start_with(&[
+        "--cri-socket",
+        &socket,
+        "--docker-socket",
+        "none",
+        "--containerd-socket",
+        "none",
+        "--podman-socket",
+        "none",
+    ]);
+    let mut kubelet = Kubelet::connect(&containerd.socket);
+    let version = cri!(kubelet, version(VersionRequest { version: "v1".into() }));
+    // What Kubernetes does by default: each container in a pid namespace of its own.
+    let namespaces = NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    };
+    let uid = format!("uid-{}", std::process::id());
+    let logs = tempfile::tempdir().unwrap();
+    let pod = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "web-0".into(),
+            uid: uid.clone(),
+            namespace: "shop".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.path().to_string_lossy().into_owned(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(namespaces.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod_id = cri!(
+        kubelet,
+        run_pod_sandbox(RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: String::new() })
+    )
+    .pod_sandbox_id;
+    // The labels a kubelet puts on every container it creates.
+    let labels = [
+        ("io.kubernetes.pod.name", "web-0"),
+        ("io.kubernetes.pod.namespace", "shop"),
+        ("io.kubernetes.pod.uid", uid.as_str()),
+        ("io.kubernetes.container.name", "app"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let argv = ["/bin/sleep", "6007"];
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: "app".into(), attempt: 0 }),
+        image: Some(ImageSpec { image: IMAGE.into(), ..Default::default() }),
+        command: argv.iter().map(ToString::to_string).collect(),
+        labels,
+        log_path: "app.log".into(),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(namespaces),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = cri!(
+        kubelet,
+        create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+    )
+    .container_id;
+    cri!(kubelet, start_container(StartContainerRequest { container_id: id.clone() }));
+
+    // The kernel's truth: one such process, init of a pid namespace of its own.
+    let pid = eventually(tests::settle(), "the container's sleep", || match pids_running(&argv)[..] {
+        [pid] => Some(pid),
+        _ => None,
+    });
+    let nspid = proc_truth::task(pid, pid).expect("the container's init").nspid;
+    assert_eq!((nspid.len(), nspid.last()), (2, Some(&1)), "NSpid of the container's init: {nspid:?}");
+    // The runtime agrees with the kernel about its init.
+    let status =
+        cri!(kubelet, container_status(ContainerStatusRequest { container_id: id.clone(), verbose: true }));
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    assert_eq!(info["pid"].as_u64(), Some(u64::from(pid)), "the runtime's pid for {id}");
+
+    let c = named(&d, &id, "app");
+    assert_eq!(c.pidns, pidns_of(pid), "the container named is the namespace of its init");
+    let runtime = c.runtime.expect("runtime");
+    assert_eq!((runtime.engine.as_str(), runtime.image.as_str()), (version.runtime_name.as_str(), IMAGE));
+    let k8s = c.k8s.expect("the Kubernetes identity");
+    assert_eq!(
+        (k8s.namespace.as_str(), k8s.pod.as_str(), k8s.container.as_str(), k8s.pod_uid.as_str()),
+        ("shop", "web-0", "app", uid.as_str())
+    );
+    let ps = d.cli(&["ps", "--json", "--container", "web-0"]);
+    assert_eq!(ps.code, 0, "ps --container web-0: {}", ps.stderr);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&ps.stdout).unwrap();
+    assert!(rows.iter().any(|r| r["host_tid"] == pid), "ps --container web-0 lists {pid}: {rows:?}");
+    assert!(runtime_state(&d, "cri").0 == "connected", "status: {:?}", runtime_state(&d, "cri"));
+
+    // Stop and remove as a kubelet does: the process goes (kernel), then the container.
+    cri!(kubelet, stop_container(StopContainerRequest { container_id: id.clone(), timeout: 0 }));
+    eventually(tests::settle(), "the container's init gone", || (!proc_truth::alive(pid)).then_some(()));
+    cri!(kubelet, remove_container(RemoveContainerRequest { container_id: id.clone() }));
+    cri!(kubelet, stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() }));
+    cri!(kubelet, remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod_id.clone() }));
+    eventually(tests::settle() * 2, "the container retired", || {
+        (!d.containers().iter().any(|c| c.id == id)).then_some(())
+    });
+    // A pod's whole life is routine orchestration.
+    let records = d.audit_log();
+    assert!(records.is_empty(), "records for a pod's routine life: {records:#?}");
 }
