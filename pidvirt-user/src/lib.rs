@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod kernel;
 pub mod loader;
 pub mod procscan;
+pub mod restore;
 pub mod runtimes;
 pub mod seed;
 pub mod server;
