@@ -73,7 +73,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     match follow(&a, &snap, threads, &mut d).await {
         Ok(r) => {
             let _ = d.wait().await;
-            if a.json { emit(&format!("{}\n", serde_json::to_string(&r)?)) } else { emit(&format!("{}\n", r.id)) }
+            if a.json {
+                emit(&format!("{}\n", serde_json::to_string(&r)?))
+            } else {
+                emit(&format!("{}\n", r.id))
+            }
         }
         Err(e) => {
             d.abort().await;
@@ -90,7 +94,8 @@ async fn follow(a: &Args, snap: &Snapshot, threads: Threads, d: &mut Driver) -> 
     };
     // The tree as the kernel made it, read back like any container's, must be the snapshot's.
     let made = snapshot::take(&a.socket, &pidns.to_string()).await?;
-    let compared = if threads == Threads::Make { compare::Threads::Compare } else { compare::Threads::Ignore };
+    let compared =
+        if threads == Threads::Make { compare::Threads::Compare } else { compare::Threads::Ignore };
     let diffs = differences(snap, &made, compared);
     if !diffs.is_empty() {
         bail!("the restored tree differs from the snapshot:\n{}", diffs.join("\n"));

@@ -31,7 +31,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Some(path) => {
             let text = serde_json::to_string_pretty(&s)? + "\n";
             std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
-            emit(&format!("{}: {} processes of container {}\n", path.display(), s.processes.len(), s.container))
+            emit(&format!(
+                "{}: {} processes of container {}\n",
+                path.display(),
+                s.processes.len(),
+                s.container
+            ))
         }
         None => emit_json(&s),
     }

@@ -71,7 +71,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             c.id
         ),
     };
-    let plan = SpawnPlan { init, enter: a.enter, set_tid: set_tid.clone(), argv: a.cmd.clone(), detach: a.detach };
+    let plan =
+        SpawnPlan { init, enter: a.enter, set_tid: set_tid.clone(), argv: a.cmd.clone(), detach: a.detach };
     let mut d = Driver::start(&Plan::Spawn(plan)).await?;
     match follow(&a, &c, init, &mut d).await {
         Ok(code) => {
@@ -101,7 +102,12 @@ async fn init_of(socket: &SocketArg, c: &ContainerRow) -> anyhow::Result<Init> {
 
 /// Follows the helper: checks that the daemon knows the new task, prints it, lets it run;
 /// answers the exit code.
-async fn follow(args: &Args, c: &ContainerRow, init: Option<Init>, driver: &mut Driver) -> anyhow::Result<u8> {
+async fn follow(
+    args: &Args,
+    c: &ContainerRow,
+    init: Option<Init>,
+    driver: &mut Driver,
+) -> anyhow::Result<u8> {
     let (host_pid, nspid) = match driver.next().await? {
         Report::Spawned { host_pid, nspid } => (host_pid, nspid),
         Report::Failed(failure) => bail!("{}", explain(&failure, c, init)),
@@ -114,14 +120,19 @@ async fn follow(args: &Args, c: &ContainerRow, init: Option<Init>, driver: &mut 
     if known.host_pid != host_pid {
         bail!("the daemon says vpid {vpid} is host pid {}, the kernel says {host_pid}", known.host_pid);
     }
-    let line = serde_json::to_string(&Spawned { container: &c.id, level: c.level, host_pid, vpid, nspid: &nspid })?;
+    let line =
+        serde_json::to_string(&Spawned { container: &c.id, level: c.level, host_pid, vpid, nspid: &nspid })?;
     emit(&format!("{line}\n"))?;
     driver.order(Order::Go).await?;
     match driver.next().await? {
         Report::Exited { code } => Ok(code.clamp(0, 255) as u8),
         Report::Running => Ok(0),
         Report::ExecFailed { errno, .. } => {
-            eprintln!("pidvirt: cannot execute `{}`: {}", args.cmd[0], std::io::Error::from_raw_os_error(errno));
+            eprintln!(
+                "pidvirt: cannot execute `{}`: {}",
+                args.cmd[0],
+                std::io::Error::from_raw_os_error(errno)
+            );
             Ok(127)
         }
         Report::Failed(failure) => bail!("{}", explain(&failure, c, init)),
@@ -135,7 +146,9 @@ fn explain(f: &Failure, c: &ContainerRow, init: Option<Init>) -> String {
     if let Some(set_tid) = f.set_tid.as_ref().filter(|s| !s.is_empty()) {
         let holders = if f.errno == libc::EEXIST {
             let chain = match init {
-                Some(i) => procscan::pidns_chain(i.host_pid).map(|c| c.into_iter().rev().collect()).unwrap_or_default(),
+                Some(i) => procscan::pidns_chain(i.host_pid)
+                    .map(|c| c.into_iter().rev().collect())
+                    .unwrap_or_default(),
                 None => vec![c.pidns],
             };
             spawn::holders(set_tid, c.level, &chain)

@@ -68,8 +68,7 @@ pub fn namespaces_of(target: &ContainerRow, all: &[ContainerRow]) -> Vec<u32> {
         }
         false
     };
-    let mut ns: Vec<u32> =
-        all.iter().filter(|c| c.kind == "pidns" && inside(c)).map(|c| c.pidns).collect();
+    let mut ns: Vec<u32> = all.iter().filter(|c| c.kind == "pidns" && inside(c)).map(|c| c.pidns).collect();
     if !ns.contains(&target.pidns) {
         ns.push(target.pidns);
     }
@@ -226,14 +225,19 @@ mod tests {
         let got: Vec<Seen> = s
             .processes
             .iter()
-            .map(|p| (p.vpid, p.nspid.clone(), p.ppid, p.pgid, p.sid, p.threads.iter().map(|t| t.vtid).collect()))
+            .map(|p| {
+                (p.vpid, p.nspid.clone(), p.ppid, p.pgid, p.sid, p.threads.iter().map(|t| t.vtid).collect())
+            })
             .collect();
-        assert_eq!(got, vec![
-            (1, vec![1], 0, 1, 1, vec![]),
-            (2, vec![2], 1, 2, 1, vec![5]),
-            (3, vec![3, 1], 2, 2, 1, vec![]),
-            (4, vec![4, 2], 3, 4, 1, vec![]),
-        ]);
+        assert_eq!(
+            got,
+            vec![
+                (1, vec![1], 0, 1, 1, vec![]),
+                (2, vec![2], 1, 2, 1, vec![5]),
+                (3, vec![3, 1], 2, 2, 1, vec![]),
+                (4, vec![4, 2], 3, 4, 1, vec![]),
+            ]
+        );
         assert_eq!(s.processes[1].threads[0].nspid, vec![5]);
         assert_eq!(s.processes[0].host_pid, Some(100));
         assert!(s.validate(32768).is_ok());

@@ -96,15 +96,18 @@ mod tests {
         let mut q5 = proc(5, 1, 5, 2);
         q5.nspid = vec![5, 1];
         let b = snap(vec![proc(1, 0, 0, 0), q2, q5, proc(8, 1, 0, 0)]);
-        assert_eq!(differences(&a, &b, Threads::Compare), vec![
-            "process 2: thread 4 missing",
-            "process 2: thread 7 not in the snapshot",
-            "process 5: nspid [5, 1], expected [5]",
-            "process 5: parent 1, expected 2",
-            "process 5: process group 5, expected 2",
-            "process 6 (p6): missing",
-            "process 8 (p8): not in the snapshot",
-        ]);
+        assert_eq!(
+            differences(&a, &b, Threads::Compare),
+            vec![
+                "process 2: thread 4 missing",
+                "process 2: thread 7 not in the snapshot",
+                "process 5: nspid [5, 1], expected [5]",
+                "process 5: parent 1, expected 2",
+                "process 5: process group 5, expected 2",
+                "process 6 (p6): missing",
+                "process 8 (p8): not in the snapshot",
+            ]
+        );
         let no_threads = differences(&a, &b, Threads::Ignore);
         assert_eq!(no_threads.len(), 5);
         assert!(no_threads.iter().all(|l| !l.contains("thread")));

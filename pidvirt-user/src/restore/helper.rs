@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use procfs::{FromRead as _, process::Stat};
+
 use super::{
     protocol::{Channel, Enter, Failure, Init, Order, Plan, Report, RestorePlan, SpawnPlan},
     schedule::{Actor, Step},
@@ -120,6 +122,13 @@ fn enter(init: Init, how: Enter) -> Result<(), Failure> {
             _ => failure(format!("open {path}"), &e),
         })
     };
+    // An init that exited is a zombie until its parent reaps it: its pid namespace takes no
+    // new task.
+    let stat = std::fs::File::open(format!("/proc/{pid}/stat")).map_err(|e| gone(e.to_string()))?;
+    let stat = Stat::from_read(stat).map_err(|e| gone(e.to_string()))?;
+    if matches!(stat.state, 'Z' | 'X') {
+        return Err(gone("it has exited and is a zombie".into()));
+    }
     // Everything is opened first: once in the container's mount namespace, /proc is its own.
     let mut joins = Vec::new();
     for &(name, nstype) in namespaces(how) {
@@ -141,7 +150,8 @@ fn enter(init: Init, how: Enter) -> Result<(), Failure> {
         Enter::Pid => None,
     };
     for (name, nstype, fd) in &joins {
-        sys::setns(fd, *nstype).map_err(|e| failure(format!("setns into the {name} namespace of process {pid}"), &e))?;
+        sys::setns(fd, *nstype)
+            .map_err(|e| failure(format!("setns into the {name} namespace of process {pid}"), &e))?;
     }
     if let Some(root) = root {
         sys::chroot_to(&root).map_err(|e| failure(format!("chroot to the root of process {pid}"), &e))?;
@@ -152,15 +162,19 @@ fn enter(init: Init, how: Enter) -> Result<(), Failure> {
 /// NSpid of host pid `pid`, read through the host's /proc (`proc_dir`, opened before entering).
 fn nspid_of(proc_dir: &OwnedFd, pid: u32) -> Result<Vec<u32>, Failure> {
     let path = CString::new(format!("{pid}/status")).unwrap_or_default();
-    let fd = sys::open_at(proc_dir, &path, libc::O_RDONLY).map_err(|e| failure(format!("open /proc/{pid}/status"), &e))?;
+    let fd = sys::open_at(proc_dir, &path, libc::O_RDONLY)
+        .map_err(|e| failure(format!("open /proc/{pid}/status"), &e))?;
     let mut text = String::new();
-    std::fs::File::from(fd).read_to_string(&mut text).map_err(|e| failure(format!("read /proc/{pid}/status"), &e))?;
+    std::fs::File::from(fd)
+        .read_to_string(&mut text)
+        .map_err(|e| failure(format!("read /proc/{pid}/status"), &e))?;
     let line = text.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap_or_default();
     Ok(line.split_whitespace().filter_map(|n| n.parse().ok()).collect())
 }
 
 fn spawn_steps(p: &SpawnPlan, ch: &mut Channel) -> Result<i32, Failure> {
-    let proc_dir = sys::open(c"/proc", libc::O_PATH | libc::O_DIRECTORY).map_err(|e| failure("open /proc", &e))?;
+    let proc_dir =
+        sys::open(c"/proc", libc::O_PATH | libc::O_DIRECTORY).map_err(|e| failure("open /proc", &e))?;
     let devnull = sys::open(c"/dev/null", libc::O_RDWR).map_err(|e| failure("open /dev/null", &e))?;
     let argv = cstrings(&p.argv)?;
     if let Some(init) = p.init {
@@ -341,22 +355,30 @@ fn restore_steps(p: &RestorePlan, ch: &mut Channel, made: &mut Made) -> Result<i
         // or sleeps.
         match unsafe { sys::clone_process(set_tid, *new_pidns) } {
             Err(e) => {
-                return Err(Report::Failed(Failure { set_tid: Some(set_tid.clone()), ..failure(step.describe(), &e) }));
+                return Err(Report::Failed(Failure {
+                    set_tid: Some(set_tid.clone()),
+                    ..failure(step.describe(), &e)
+                }));
             }
             Ok(Forked::Child) => restored(&ctx, k, *vpid),
             Ok(Forked::Parent(pid)) if made.init.is_none() => {
                 made.init = Some(pid);
                 // Later processes whose parent is outside are forked into the new namespace.
-                let ns = sys::open(&CString::new(format!("/proc/{pid}/ns/pid")).unwrap_or_default(), libc::O_RDONLY)
-                    .map_err(|e| fail("open the new pid namespace", e))?;
-                sys::setns(&ns, libc::CLONE_NEWPID).map_err(|e| fail("setns into the new pid namespace", e))?;
+                let ns = sys::open(
+                    &CString::new(format!("/proc/{pid}/ns/pid")).unwrap_or_default(),
+                    libc::O_RDONLY,
+                )
+                .map_err(|e| fail("open the new pid namespace", e))?;
+                sys::setns(&ns, libc::CLONE_NEWPID)
+                    .map_err(|e| fail("setns into the new pid namespace", e))?;
             }
             Ok(Forked::Parent(_)) => {}
         }
     }
     wait_for(p.steps.len() as u32, &ctx, made)?;
     let init = made.init.unwrap_or(0);
-    let pidns = std::fs::metadata(format!("/proc/{init}/ns/pid")).map_err(|e| fail("stat the new pid namespace", e))?;
+    let pidns = std::fs::metadata(format!("/proc/{init}/ns/pid"))
+        .map_err(|e| fail("stat the new pid namespace", e))?;
     ch.send(&Report::Made { pidns: pidns.ino() as u32, init_host_pid: init });
     if ch.order() != Order::Go {
         return Ok(1);
@@ -392,16 +414,20 @@ fn restored(ctx: &Ctx<'_>, made_by: usize, vpid: u32) -> ! {
             exit_now(1);
         }
         let done = match step {
-            // SAFETY: the process is single-threaded here (threads come last in the schedule).
-            Step::Fork { vpid: child, set_tid, new_pidns, .. } => match unsafe { sys::clone_process(set_tid, *new_pidns) } {
-                Ok(Forked::Child) => restored(ctx, k, *child),
-                Ok(Forked::Parent(_)) => Ok(false), // the child moves the board on
-                Err(e) => Err(e),
-            },
-            // SAFETY: setsid and setpgid take numbers.
+            Step::Fork { vpid: child, set_tid, new_pidns, .. } => {
+                // SAFETY: the process is single-threaded here (threads come last in the schedule).
+                match unsafe { sys::clone_process(set_tid, *new_pidns) } {
+                    Ok(Forked::Child) => restored(ctx, k, *child),
+                    Ok(Forked::Parent(_)) => Ok(false), // the child moves the board on
+                    Err(e) => Err(e),
+                }
+            }
+            // SAFETY: setsid takes nothing.
             Step::Setsid { .. } => check(unsafe { libc::setsid() }).map(|()| true),
-            // SAFETY: as above.
-            Step::Setpgid { pgid, .. } => check(unsafe { libc::setpgid(0, *pgid as libc::pid_t) }).map(|()| true),
+            Step::Setpgid { pgid, .. } => {
+                // SAFETY: setpgid takes numbers.
+                check(unsafe { libc::setpgid(0, *pgid as libc::pid_t) }).map(|()| true)
+            }
             Step::Thread { set_tid, comm, .. } => sys::clone_thread(set_tid, comm, ctx.board).map(|_| false),
         };
         match done {

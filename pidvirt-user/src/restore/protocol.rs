@@ -90,15 +90,26 @@ pub enum Order {
 #[serde(tag = "report", rename_all = "snake_case")]
 pub enum Report {
     /// The command's process exists (waiting for `go`): its host pid and NSpid (every level).
-    Spawned { host_pid: u32, nspid: Vec<u32> },
+    Spawned {
+        host_pid: u32,
+        nspid: Vec<u32>,
+    },
     /// The restored tree stands (waiting for `go`): its new pid namespace and init.
-    Made { pidns: u32, init_host_pid: u32 },
+    Made {
+        pidns: u32,
+        init_host_pid: u32,
+    },
     /// Every process runs (its command, or the placeholder); a detached command runs.
     Running,
     /// The spawned command exited with `code` (128 + N: killed by signal N).
-    Exited { code: i32 },
+    Exited {
+        code: i32,
+    },
     /// A command could not be executed (in restored process `vpid`).
-    ExecFailed { errno: i32, vpid: Option<u32> },
+    ExecFailed {
+        errno: i32,
+        vpid: Option<u32>,
+    },
     Failed(Failure),
 }
 
@@ -208,7 +219,8 @@ impl Channel {
         // SAFETY: stat is plain data; all zeroes is a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: `st` is a writable stat that outlives the call.
-        let ok = unsafe { libc::fstat(CHANNEL_FD, &raw mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+        let ok = unsafe { libc::fstat(CHANNEL_FD, &raw mut st) } == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
         if !ok {
             return Err(anyhow!("clone-helper is started by `pidvirt spawn` and `pidvirt restore` only"));
         }

@@ -149,7 +149,10 @@ pub fn build(snapshot: &Snapshot, tree: &Tree<'_>, threads: Threads) -> Result<V
     }
     if let Some(&v) = waiting.first() {
         let g = tree.by_vpid[&v].pgid;
-        return Err(not(v, format!("its process group {g} never forms: its leader {g} is not in the snapshot")));
+        return Err(not(
+            v,
+            format!("its process group {g} never forms: its leader {g} is not in the snapshot"),
+        ));
     }
     if threads == Threads::Make {
         for p in tree.by_vpid.values() {
@@ -175,7 +178,10 @@ fn check_joinable(snapshot: &Snapshot, tree: &Tree<'_>, v: u32) -> Result<(), Sn
         return Err(not(format!("its process group {g} has no leader in the snapshot (the leader exited)")));
     };
     if leader.pgid != g {
-        return Err(not(format!("its process group {g} is led by process {g}, which is in group {}", leader.pgid)));
+        return Err(not(format!(
+            "its process group {g} is led by process {g}, which is in group {}",
+            leader.pgid
+        )));
     }
     if leader.sid != p.sid {
         return Err(not(format!(
@@ -193,7 +199,12 @@ fn check_joinable(snapshot: &Snapshot, tree: &Tree<'_>, v: u32) -> Result<(), Sn
 }
 
 /// Emits the joins whose group now exists (its leader made and standing in it).
-fn join_ready_groups(tree: &Tree<'_>, waiting: &mut Vec<u32>, stand: &mut HashMap<u32, Stand>, steps: &mut Vec<Step>) {
+fn join_ready_groups(
+    tree: &Tree<'_>,
+    waiting: &mut Vec<u32>,
+    stand: &mut HashMap<u32, Stand>,
+    steps: &mut Vec<Step>,
+) {
     loop {
         let formed = |g: u32| stand.get(&g).is_some_and(|s| s.pgid == g);
         let Some(i) = waiting.iter().position(|&v| formed(tree.by_vpid[&v].pgid)) else { return };
@@ -288,10 +299,7 @@ mod tests {
             assert_eq!(at[&p.vpid], (p.ppid, p.sid, p.pgid), "process {}", p.vpid);
         }
         // Threads come last.
-        assert_eq!(
-            steps.last(),
-            Some(&Step::Thread { vpid: 2, set_tid: vec![9], comm: "w".into() })
-        );
+        assert_eq!(steps.last(), Some(&Step::Thread { vpid: 2, set_tid: vec![9], comm: "w".into() }));
         let skip = build(&s, &s.validate(32768).unwrap(), Threads::Skip).unwrap();
         assert!(skip.iter().all(|s| !matches!(s, Step::Thread { .. })));
     }
@@ -318,11 +326,14 @@ mod tests {
         // docker exec: 9 has its parent outside the namespace.
         let s = snap(vec![proc(1, 0, 1, 1), proc(9, 0, 0, 0)]);
         let steps = schedule(&s).unwrap();
-        assert_eq!(steps, vec![
-            fork(Actor::Outside, 1, &[1], true),
-            Step::Setsid { vpid: 1 },
-            fork(Actor::Outside, 9, &[9], false),
-        ]);
+        assert_eq!(
+            steps,
+            vec![
+                fork(Actor::Outside, 1, &[1], true),
+                Step::Setsid { vpid: 1 },
+                fork(Actor::Outside, 9, &[9], false),
+            ]
+        );
     }
 
     #[test]
@@ -362,8 +373,7 @@ mod tests {
         assert_eq!(v, 3);
         assert!(w.contains("would start in session 2"), "{w}");
         // A group across sessions.
-        let (v, w) =
-            why(vec![proc(1, 0, 0, 0), proc(2, 1, 2, 2), proc(3, 1, 3, 3), proc(4, 3, 2, 3)]);
+        let (v, w) = why(vec![proc(1, 0, 0, 0), proc(2, 1, 2, 2), proc(3, 1, 3, 3), proc(4, 3, 2, 3)]);
         assert_eq!(v, 4);
         assert!(w.contains("a group lies in one session"), "{w}");
     }

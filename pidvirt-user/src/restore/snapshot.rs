@@ -361,11 +361,13 @@ pub(crate) mod tests {
                 second: "process 5".into()
             }
         );
-        assert_eq!(e(vec![proc(1, 0, 0, 0), proc(40000, 1, 0, 0)]), SnapshotError::OutOfRange {
-            number: 40000,
-            pid_max: 32768
-        });
-        assert!(e(vec![proc(1, 0, 0, 0), proc(32768, 1, 0, 0)]).to_string().contains("1 to pid_max - 1 (32767)"));
+        assert_eq!(
+            e(vec![proc(1, 0, 0, 0), proc(40000, 1, 0, 0)]),
+            SnapshotError::OutOfRange { number: 40000, pid_max: 32768 }
+        );
+        assert!(
+            e(vec![proc(1, 0, 0, 0), proc(32768, 1, 0, 0)]).to_string().contains("1 to pid_max - 1 (32767)")
+        );
         let mut odd = proc(2, 1, 0, 0);
         odd.nspid = vec![3];
         assert!(matches!(e(vec![proc(1, 0, 0, 0), odd]), SnapshotError::Bad { vpid: 2, .. }));

@@ -39,7 +39,12 @@ pub fn parse_pid_at(s: &str) -> Result<(u32, u32), String> {
 
 /// The `set_tid` array (innermost level first) for a container at `level`: `vpid` there, and
 /// each `(level, pid)` of `pid_at` at an outer level; empty when nothing is chosen.
-pub fn set_tid(level: u32, vpid: Option<u32>, pid_at: &[(u32, u32)], pid_max: u32) -> Result<Vec<u32>, PidsError> {
+pub fn set_tid(
+    level: u32,
+    vpid: Option<u32>,
+    pid_at: &[(u32, u32)],
+    pid_max: u32,
+) -> Result<Vec<u32>, PidsError> {
     let mut at = BTreeMap::new();
     for &(l, n) in pid_at {
         if l > level {
@@ -100,7 +105,9 @@ pub fn holders(set_tid: &[u32], level: u32, chain: &[u32]) -> Vec<String> {
 pub fn explain(errno: i32, set_tid: &[u32], holders: &[String]) -> String {
     let asked = format!("clone3 with set_tid {set_tid:?}");
     match errno {
-        libc::ENOSYS => format!("{asked}: this kernel has no clone3 (ENOSYS; clone3 is Linux 5.3, set_tid 5.5)"),
+        libc::ENOSYS => {
+            format!("{asked}: this kernel has no clone3 (ENOSYS; clone3 is Linux 5.3, set_tid 5.5)")
+        }
         libc::E2BIG => format!("{asked}: this kernel's clone3 has no set_tid (E2BIG; set_tid is Linux 5.5)"),
         libc::EEXIST if !holders.is_empty() => format!("a chosen pid is in use: {}", holders.join("; ")),
         libc::EEXIST => format!(
@@ -120,7 +127,9 @@ pub fn explain(errno: i32, set_tid: &[u32], holders: &[String]) -> String {
             "{asked}: the pid namespace takes no new task (ENOMEM): its init has exited and the namespace is \
              ending"
         ),
-        libc::EAGAIN => format!("{asked}: a limit on tasks was reached (EAGAIN: pids.max, RLIMIT_NPROC, threads-max)"),
+        libc::EAGAIN => {
+            format!("{asked}: a limit on tasks was reached (EAGAIN: pids.max, RLIMIT_NPROC, threads-max)")
+        }
         e => format!("{asked}: {}", std::io::Error::from_raw_os_error(e)),
     }
 }

@@ -155,7 +155,12 @@ impl Board {
     fn wake(&self) {
         // SAFETY: FUTEX_WAKE on a word of a mapping every waiter shares (not a private futex:
         // the waiters are other processes).
-        unsafe { raw::syscall(libc::SYS_futex, [self.0.word.as_ptr() as usize, libc::FUTEX_WAKE as usize, i32::MAX as usize, 0]) };
+        unsafe {
+            raw::syscall(
+                libc::SYS_futex,
+                [self.0.word.as_ptr() as usize, libc::FUTEX_WAKE as usize, i32::MAX as usize, 0],
+            )
+        };
     }
 
     /// The current step is done.
@@ -191,12 +196,10 @@ impl Board {
         let tsp = ts.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
         // SAFETY: FUTEX_WAIT reads the shared word and the timespec (or none), both alive.
         unsafe {
-            raw::syscall(libc::SYS_futex, [
-                self.0.word.as_ptr() as usize,
-                libc::FUTEX_WAIT as usize,
-                seen as usize,
-                tsp as usize,
-            ])
+            raw::syscall(
+                libc::SYS_futex,
+                [self.0.word.as_ptr() as usize, libc::FUTEX_WAIT as usize, seen as usize, tsp as usize],
+            )
         };
     }
 
@@ -226,7 +229,9 @@ extern "C" fn thread_main(start: *const ThreadStart) -> ! {
     // SAFETY: `clone_thread` leaked the ThreadStart for this thread.
     let start = unsafe { &*start };
     // SAFETY: PR_SET_NAME reads 16 bytes, NUL-terminated (comm_bytes).
-    unsafe { raw::syscall(libc::SYS_prctl, [libc::PR_SET_NAME as usize, start.comm.as_ptr() as usize, 0, 0]) };
+    unsafe {
+        raw::syscall(libc::SYS_prctl, [libc::PR_SET_NAME as usize, start.comm.as_ptr() as usize, 0, 0])
+    };
     start.board.advance();
     loop {
         // SAFETY: pause takes nothing.
@@ -454,7 +459,10 @@ pub fn has_cap_sys_admin() -> bool {
 
 /// The kernel's pid_max (pids run from 1 to pid_max - 1).
 pub fn pid_max() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(32768)
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768)
 }
 
 #[cfg(test)]
