@@ -10,7 +10,8 @@ use anyhow::{Context as _, bail};
 pub const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "protobuf-compiler"];
 /// Debian packages the integration tests use (unshare/nsenter, runc and a busybox rootfs, bpftool,
 /// the container engines the suite starts: Docker with its containerd, Podman).
-pub const TEST_PACKAGES: &[&str] = &["util-linux", "runc", "busybox-static", "bpftool", "docker.io", "podman"];
+pub const TEST_PACKAGES: &[&str] =
+    &["util-linux", "runc", "busybox-static", "bpftool", "docker.io", "podman", "criu"];
 /// The bpf-linker series known to work with aya 0.14 and LLVM 22.
 pub const BPF_LINKER_VERSION: &str = "0.13";
 
