@@ -374,6 +374,29 @@ fn snapshot_restore_compare_a_tree_with_sessions_groups_and_threads() {
 }
 
 #[test]
+fn restore_remakes_namespaces_nested_in_the_container() {
+    let d = Daemon::start();
+    // The outer container holds the inner namespace (its init: 2 outside, 1 inside) and the
+    // tree made in it.
+    let mut f = Fixture::start(FIXTURE, 2);
+    f.tree();
+    let outer = format!("pidns-{}", f.pidns[0]);
+    let original = tree_truth(f.pidns[0], 1);
+    assert_eq!(original.len(), 10, "2 inits and the tree");
+    assert!(original.values().filter(|(_, _, _, nspid, _)| nspid.len() == 2).count() == 9);
+    let path = d.dir.path().join("nested.json").to_string_lossy().into_owned();
+    assert_eq!(d.cli(&["snapshot", "--container", &outer, "-o", &path]).code, 0);
+    let out = json(&d.cli(&["restore", &path, "--json"]));
+    let _cleanup = KillOnDrop(out["init_host_pid"].as_u64().unwrap() as u32);
+    let level = out["level"].as_u64().unwrap() as usize;
+    // Both namespaces made again: every number at both levels, parents, groups, sessions,
+    // threads, from /proc.
+    assert_eq!(tree_truth(out["pidns"].as_u64().unwrap(), level), original);
+    let same = d.cli(&["compare", &path, "--container", out["id"].as_str().unwrap()]);
+    assert_eq!(same.code, 0, "{same:?}");
+}
+
+#[test]
 fn restore_runs_a_command_in_every_process() {
     let d = Daemon::start();
     let mut f = Fixture::start(FIXTURE, 1);
