@@ -473,9 +473,11 @@ fn restore_refuses_what_it_cannot_make() {
 // A real checkpoint/restore
 
 /// Loads kernel module `name` and those it depends on from the kernel package the VM booted
-/// (its modules directory in PIDVIRT_VM_MODULES; the guest's /lib/modules is the host's).
+/// (its modules directory in PIDVIRT_VM_MODULES; the guest's /lib/modules is the host's, and
+/// without modprobe the kernel cannot load what it asks for itself).
 fn load_module(dir: &Path, name: &str) -> Result<(), String> {
-    if Path::new("/sys/module").join(name.replace('-', "_")).exists() {
+    let loaded = |n: &str| Path::new("/sys/module").join(n.replace('-', "_")).exists();
+    if loaded(name) {
         return Ok(());
     }
     let file = find_module(&dir.join("kernel"), name)
@@ -486,20 +488,32 @@ fn load_module(dir: &Path, name: &str) -> Result<(), String> {
     } else {
         std::fs::read(&file).map_err(|e| e.to_string())?
     };
-    // .modinfo holds NUL-separated key=value strings; `depends=` names the modules it needs.
-    let depends = bytes
-        .split(|&b| b == 0)
-        .find_map(|s| s.strip_prefix(b"depends="))
-        .map(|d| String::from_utf8_lossy(d).into_owned())
-        .unwrap_or_default();
-    for dep in depends.split(',').filter(|d| !d.is_empty()) {
-        load_module(dir, dep)?;
+    // .modinfo holds NUL-separated key=value strings: `depends=` names the modules it needs,
+    // `softdep=pre:` those it wants first (libcrc32c: crc32c, whose module is crc32c_generic).
+    let info = |key: &[u8]| -> Vec<String> {
+        bytes
+            .split(|&b| b == 0)
+            .filter_map(|s| s.strip_prefix(key))
+            .flat_map(|v| {
+                String::from_utf8_lossy(v)
+                    .replace(',', " ")
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    for soft in info(b"softdep=pre:") {
+        let _ = load_module(dir, &soft).or_else(|_| load_module(dir, &format!("{soft}_generic")));
+    }
+    for dep in info(b"depends=") {
+        load_module(dir, &dep)?;
     }
     let tmp = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
     std::fs::write(tmp.path(), &bytes).map_err(|e| e.to_string())?;
     let out =
         Command::new("busybox").arg("insmod").arg(tmp.path()).output().map_err(|e| format!("insmod: {e}"))?;
-    if out.status.success() || Path::new("/sys/module").join(name.replace('-', "_")).exists() {
+    if out.status.success() || loaded(name) {
         Ok(())
     } else {
         Err(format!("insmod {name}: {}", String::from_utf8_lossy(&out.stderr).trim()))
@@ -523,6 +537,10 @@ fn find_module(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+/// Modules CRIU uses that Debian builds as modules.
+const CRIU_MODULES: &[&str] =
+    &["nf_tables", "unix_diag", "inet_diag", "tcp_diag", "udp_diag", "netlink_diag", "af_packet_diag", "tun"];
 
 /// Whether CRIU can checkpoint on this kernel: `criu check`, after what it asks for where the
 /// kernel package has it (the loopback up; nf_tables loaded, in a VM). Err names what it lacks.
@@ -550,12 +568,24 @@ fn criu_ready() -> Result<(), String> {
         ));
     }
     let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+    // nf_tables (what criu check asks for in the 6.1 guest), and the socket diag modules and tun
+    // a dump of a container's network namespace uses.
+    let mut missing = Vec::new();
     if let Some(dir) = std::env::var_os("PIDVIRT_VM_MODULES") {
-        load_module(Path::new(&dir), "nf_tables")?;
+        for m in CRIU_MODULES {
+            if let Err(e) = load_module(Path::new(&dir), m) {
+                missing.push(e);
+            }
+        }
     }
     match check() {
         (true, _) => Ok(()),
-        (false, text) => Err(format!("criu {}: criu check: {}", criu_version(), first_error(&text))),
+        (false, text) => Err(format!(
+            "criu {}: criu check: {}{}",
+            criu_version(),
+            first_error(&text),
+            if missing.is_empty() { String::new() } else { format!(" ({})", missing.join("; ")) }
+        )),
     }
 }
 
@@ -565,6 +595,13 @@ fn criu_version() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     out.unwrap_or_default().lines().find_map(|l| l.strip_prefix("Version: ")).unwrap_or("?").to_string()
+}
+
+/// The last lines of CRIU's log `name` in directory `dir`, for a failure's message.
+fn log_tail(dir: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(Path::new(dir).join(name)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!("{name}:\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
 }
 
 #[test]
@@ -593,7 +630,8 @@ fn runc_checkpoint_and_restore_keep_the_tree() {
     assert_eq!(d.cli(&["snapshot", "--container", &id, "-o", &snap]).code, 0);
 
     let images = dir.path().join("images").to_string_lossy().into_owned();
-    let (dumped, dump_err) = runc(&["checkpoint", "--image-path", &images, &id]);
+    // CRIU's logs go with the images (dump.log, restore.log).
+    let (dumped, dump_err) = runc(&["checkpoint", "--image-path", &images, "--work-path", &images, &id]);
     if let Err(reason) = ready {
         note_unavailable(TEST, &reason);
         // Where CRIU cannot run, the checkpoint fails and the container runs on untouched.
@@ -602,11 +640,11 @@ fn runc_checkpoint_and_restore_keep_the_tree() {
         assert_eq!(same.code, 0, "a failed checkpoint leaves the tree as it was: {same:?}");
         return;
     }
-    assert!(dumped.success(), "runc checkpoint: {dump_err}");
+    assert!(dumped.success(), "runc checkpoint: {dump_err}\n{}", log_tail(&images, "dump.log"));
     let bundle_s = bundle_dir.to_string_lossy().into_owned();
     let (restored, restore_err) =
-        runc(&["restore", "-d", "--image-path", &images, "--bundle", &bundle_s, &id]);
-    assert!(restored.success(), "runc restore: {restore_err}");
+        runc(&["restore", "-d", "--image-path", &images, "--work-path", &images, "--bundle", &bundle_s, &id]);
+    assert!(restored.success(), "runc restore: {restore_err}\n{}", log_tail(&images, "restore.log"));
     // Named again under the same OCI id (runc runs createRuntime at restore), in a new namespace.
     let now = eventually(tests::settle(), "the restored container under its OCI id", || {
         container_row(&d, &id).filter(|n| n.pidns != c.pidns)
