@@ -11,6 +11,13 @@
 
 use pastey::paste;
 
+/// The second expression, once per occurrence of the first (a column present where another is).
+macro_rules! side {
+    ($present:ident, $value:expr) => {
+        $value
+    };
+}
+
 /// `Some(x)` for one token tree, `None` for none (optional catalogue columns).
 macro_rules! opt {
     () => {
@@ -82,6 +89,10 @@ verdicts! {
     mismatch reported: true,
     /// The enforcer denied the action.
     denied reported: true,
+    /// The number was read through the procfs of ANOTHER pid namespace than the caller's (the
+    /// procfs mounted at the caller's /proc, or a directory fd of one): the numbers there are
+    /// that namespace's, which the caller does not live in.
+    foreign_procfs reported: true,
 }
 
 impl Verdict {
@@ -204,6 +215,10 @@ pub enum ProgramKind {
     Iter,
     /// A BPF-LSM program (`lsm_X` on hook X).
     Lsm,
+    /// An fentry program on a syscall's kernel function (`fentry_X`), where the kernel takes it.
+    FEntry,
+    /// An fexit program on a syscall's kernel function (`fexit_X`).
+    FExit,
 }
 
 /// Lists the tp_btf hooks that follow the task lifecycle (each has a program of the same name,
@@ -307,7 +322,7 @@ macro_rules! lifecycle_programs {
                 exit_getpid, exit_getppid, exit_own_tid, exit_setsid, exit_fork, enter_pid_arg,
                 enter_task_arg, enter_task_or_self, enter_two_tasks, enter_which_who, exit_wait4,
                 enter_waitid, exit_waitid, enter_setpgid, enter_self_query, exit_self_query,
-                enter_ptrace, enter_capget, floor_empty;
+                enter_ptrace, enter_capget, enter_path, enter_at_path, floor_empty;
             RawTracepoint: floor_raw_empty;
             Iter: seed_tasks;
         }
@@ -351,7 +366,76 @@ for_each_lsm_hook!(lsm_table);
 
 // ---- syscalls ------------------------------------------------------------------------------
 
-/// A watched syscall: which of its tracepoints pidvirt hooks, with which program.
+/// Lists the watched syscalls, each with the handler of its entry (an argument is a pid) and of
+/// its exit (the return value is a pid), handing them to `$cb!`. A handler is the tracepoint
+/// program of that side (shared by the syscalls judged alike) and, where the kernel takes fentry,
+/// the body of the syscall's own `fentry_<name>` / `fexit_<name>` program.
+#[macro_export]
+macro_rules! for_each_syscall {
+    ($cb:ident) => {
+        $cb! {
+        getpid: exit(exit_getpid);
+        getppid: exit(exit_getppid);
+        gettid: exit(exit_own_tid);
+        set_tid_address: exit(exit_own_tid);
+        fork: exit(exit_fork);
+        vfork: exit(exit_fork);
+        clone: exit(exit_fork);
+        clone3: exit(exit_fork);
+        kill: enter(enter_pid_arg);
+        tkill: enter(enter_task_arg);
+        tgkill: enter(enter_two_tasks);
+        rt_sigqueueinfo: enter(enter_task_arg);
+        rt_tgsigqueueinfo: enter(enter_two_tasks);
+        pidfd_open: enter(enter_task_arg);
+        wait4: enter(enter_pid_arg) exit(exit_wait4);
+        waitid: enter(enter_waitid) exit(exit_waitid);
+        setpgid: enter(enter_setpgid);
+        getpgid: enter(enter_self_query) exit(exit_self_query);
+        getsid: enter(enter_self_query) exit(exit_self_query);
+        setsid: exit(exit_setsid);
+        sched_setaffinity: enter(enter_task_or_self);
+        sched_getaffinity: enter(enter_task_or_self);
+        sched_setscheduler: enter(enter_task_or_self);
+        sched_getscheduler: enter(enter_task_or_self);
+        sched_setparam: enter(enter_task_or_self);
+        sched_getparam: enter(enter_task_or_self);
+        sched_setattr: enter(enter_task_or_self);
+        sched_getattr: enter(enter_task_or_self);
+        sched_rr_get_interval: enter(enter_task_or_self);
+        setpriority: enter(enter_which_who);
+        getpriority: enter(enter_which_who);
+        ioprio_set: enter(enter_which_who);
+        ioprio_get: enter(enter_which_who);
+        prlimit64: enter(enter_task_or_self);
+        ptrace: enter(enter_ptrace);
+        process_vm_readv: enter(enter_task_arg);
+        process_vm_writev: enter(enter_task_arg);
+        kcmp: enter(enter_two_tasks);
+        get_robust_list: enter(enter_task_or_self);
+        migrate_pages: enter(enter_task_or_self);
+        move_pages: enter(enter_task_or_self);
+        capget: enter(enter_capget);
+        open: enter(enter_path);
+        openat: enter(enter_at_path);
+        openat2: enter(enter_at_path);
+        newstat: enter(enter_path);
+        newlstat: enter(enter_path);
+        newfstatat: enter(enter_at_path);
+        statx: enter(enter_at_path);
+        readlink: enter(enter_path);
+        readlinkat: enter(enter_at_path);
+        access: enter(enter_path);
+        faccessat: enter(enter_at_path);
+        faccessat2: enter(enter_at_path);
+        chdir: enter(enter_path);
+        execve: enter(enter_path);
+        execveat: enter(enter_at_path);
+        }
+    };
+}
+
+/// A watched syscall: which of its sides pidvirt hooks, with which programs.
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallSpec {
     pub name: &'static str,
@@ -359,9 +443,30 @@ pub struct SyscallSpec {
     pub enter: Option<Program>,
     /// Program attached to `syscalls:sys_exit_<name>` (the return value is a pid).
     pub exit: Option<Program>,
+    /// The fentry program of the syscall's function (`fentry_<name>`), where it has an entry side,
+    /// and the floor's empty twin.
+    pub fentry: Option<(&'static str, &'static str)>,
+    /// The fexit program of the syscall's function (`fexit_<name>`), where it has an exit side,
+    /// and the floor's empty twin.
+    pub fexit: Option<(&'static str, &'static str)>,
     /// This architecture's syscall number (the records' `__syscall_nr`).
     #[cfg(feature = "user")]
     pub nr: i64,
+}
+
+/// The libc syscall number of a syscall the kernel names otherwise (its tracepoints and
+/// functions carry the kernel's name: `newstat` is stat(2)).
+#[cfg(feature = "user")]
+macro_rules! sysnr {
+    (newstat) => {
+        libc::SYS_stat
+    };
+    (newlstat) => {
+        libc::SYS_lstat
+    };
+    ($name:ident) => {
+        paste! { libc::[<SYS_ $name>] }
+    };
 }
 
 macro_rules! syscalls {
@@ -386,63 +491,30 @@ macro_rules! syscalls {
                 name: stringify!($name),
                 enter: opt!($(Program::[<$enter:camel>])?),
                 exit: opt!($(Program::[<$exit:camel>])?),
+                fentry: opt!($(side!($enter, (concat!("fentry_", stringify!($name)), concat!("floor_fentry_", stringify!($name)))))?),
+                fexit: opt!($(side!($exit, (concat!("fexit_", stringify!($name)), concat!("floor_fexit_", stringify!($name)))))?),
                 #[cfg(feature = "user")]
-                nr: libc::[<SYS_ $name>],
+                nr: sysnr!($name),
             }, )*
         ];
     }};
 }
 
-syscalls! {
-    getpid: exit(exit_getpid);
-    getppid: exit(exit_getppid);
-    gettid: exit(exit_own_tid);
-    set_tid_address: exit(exit_own_tid);
-    fork: exit(exit_fork);
-    vfork: exit(exit_fork);
-    clone: exit(exit_fork);
-    clone3: exit(exit_fork);
-    kill: enter(enter_pid_arg);
-    tkill: enter(enter_task_arg);
-    tgkill: enter(enter_two_tasks);
-    rt_sigqueueinfo: enter(enter_task_arg);
-    rt_tgsigqueueinfo: enter(enter_two_tasks);
-    pidfd_open: enter(enter_task_arg);
-    wait4: enter(enter_pid_arg) exit(exit_wait4);
-    waitid: enter(enter_waitid) exit(exit_waitid);
-    setpgid: enter(enter_setpgid);
-    getpgid: enter(enter_self_query) exit(exit_self_query);
-    getsid: enter(enter_self_query) exit(exit_self_query);
-    setsid: exit(exit_setsid);
-    sched_setaffinity: enter(enter_task_or_self);
-    sched_getaffinity: enter(enter_task_or_self);
-    sched_setscheduler: enter(enter_task_or_self);
-    sched_getscheduler: enter(enter_task_or_self);
-    sched_setparam: enter(enter_task_or_self);
-    sched_getparam: enter(enter_task_or_self);
-    sched_setattr: enter(enter_task_or_self);
-    sched_getattr: enter(enter_task_or_self);
-    sched_rr_get_interval: enter(enter_task_or_self);
-    setpriority: enter(enter_which_who);
-    getpriority: enter(enter_which_who);
-    ioprio_set: enter(enter_which_who);
-    ioprio_get: enter(enter_which_who);
-    prlimit64: enter(enter_task_or_self);
-    ptrace: enter(enter_ptrace);
-    process_vm_readv: enter(enter_task_arg);
-    process_vm_writev: enter(enter_task_arg);
-    kcmp: enter(enter_two_tasks);
-    get_robust_list: enter(enter_task_or_self);
-    migrate_pages: enter(enter_task_or_self);
-    move_pages: enter(enter_task_or_self);
-    capget: enter(enter_capget);
-}
+for_each_syscall!(syscalls);
 
 impl SyscallSpec {
     /// The syscall tracepoints of this syscall that pidvirt hooks, with their programs.
     pub fn hooks(&self) -> impl Iterator<Item = (Program, SyscallSide)> {
         let enter = self.enter.map(|p| (p, SyscallSide::Enter));
         let exit = self.exit.map(|p| (p, SyscallSide::Exit));
+        enter.into_iter().chain(exit)
+    }
+
+    /// The fentry/fexit programs of this syscall's function, with their floor twins:
+    /// `(program, floor program, kind)`.
+    pub fn function_programs(&self) -> impl Iterator<Item = (&'static str, &'static str, ProgramKind)> {
+        let enter = self.fentry.map(|(p, f)| (p, f, ProgramKind::FEntry));
+        let exit = self.fexit.map(|(p, f)| (p, f, ProgramKind::FExit));
         enter.into_iter().chain(exit)
     }
 }
@@ -467,7 +539,7 @@ impl SyscallSide {
 // ---- counters ------------------------------------------------------------------------------
 
 macro_rules! counter_groups {
-    ($( $(#[doc = $gdoc:literal])* $group:ident @ $base:literal { $( $(#[doc = $doc:literal])* $name:ident, )* } )*) => { paste! {
+    ($( $(#[doc = $gdoc:literal])* $group:ident @ $base:literal { $( $(#[doc = $doc:literal])* $name:ident $(in $map:ident)?, )* } )*) => { paste! {
         $(
             $(#[doc = $gdoc])*
             pub mod $group {
@@ -479,6 +551,8 @@ macro_rules! counter_groups {
                 $( $(#[doc = $doc])* pub const [<$name:upper>]: u32 = Index::$name as u32; )*
                 /// Names of the group's counters, by index.
                 pub const NAMES: [&str; [$(stringify!($name)),*].len()] = [$(stringify!($name)),*];
+                /// The map each counter is about, if any (`pidvirt_map_errors_total{map}`).
+                pub const MAPS: [Option<&str>; NAMES.len()] = [$(opt!($($crate::catalogue::map::$map)?)),*];
             }
         )*
     }};
@@ -492,26 +566,26 @@ pub mod counter {
     counter_groups! {
         /// Map insert/update failures and failed reads, per reason (`stats`: `map_errors`).
         map_error @ 0 {
-            task_insert,
-            virt_insert,
-            deep_insert,
-            pidns_insert,
+            task_insert in TASKS,
+            virt_insert in VIRT,
+            deep_insert in DEEP,
+            pidns_insert in PIDNS,
             /// bpf_probe_read_kernel failed on a task structure.
             kernel_read,
             /// A task with a level above MAX_PID_NS_LEVEL (should be impossible).
             level_overflow,
             /// Per-CPU scratch space could not be had.
-            scratch,
+            scratch in SCRATCH,
             /// A caller had no task entry when one was needed (not yet seeded, or lost).
-            task_missing,
+            task_missing in TASKS,
             /// A task of a nested namespace was forgotten but its namespace had no record.
-            pidns_missing,
+            pidns_missing in PIDNS,
             /// Per-container counters could not be had: counted in the global crossing region.
-            container_counters,
+            container_counters in COUNTS,
             /// A syscall's state between enter and exit could not be kept (waitid's infop).
-            pending_insert,
+            pending_insert in PENDING,
             /// No free counter slot for a new container: its crossings count in the overflow slot.
-            no_counter_slot,
+            no_counter_slot in FREE_SLOTS,
         }
         /// Events that could not be handed to user space, per reason (`stats`: `drops`).
         drop @ 16 {
@@ -570,6 +644,7 @@ macro_rules! maps {
 maps! {
     TASKS, DEEP, VIRT, PIDNS, COUNTS, FREE_SLOTS, SYSNR, PENDING, CGROUPS, MODES, META, CONFIG,
     CALLER, TASKS_GENERATION, LIVE_TIDS, SEEDED_TIDS, REAPED, RELEASED, COUNTERS, EVENTS, SCRATCH,
+    PROCFS,
 }
 
 #[cfg(test)]
@@ -591,6 +666,9 @@ mod tests {
             "no_counter_slot"
         );
         assert_eq!(counter::lifecycle::NAMES[counter::lifecycle::REAPED as usize], "reaped");
+        assert_eq!(counter::map_error::MAPS[counter::map_error::VIRT_INSERT as usize], Some(map::VIRT));
+        assert_eq!(counter::map_error::MAPS[counter::map_error::KERNEL_READ as usize], None);
+        assert!(counter::drop::MAPS.iter().all(Option::is_none));
     }
 
     #[test]

@@ -1,17 +1,23 @@
-//! The syscall tracepoint programs (pidvirt_common::audit::SYSCALLS is the hook list, and names
-//! the program of each hook). Arguments are read at sys_enter (raw numbers of the CALLER's
-//! namespace), returned values at sys_exit. What a value means follows the kernel (see
+//! The syscall programs (pidvirt_common::catalogue::for_each_syscall is the hook list, and names
+//! the handler of each side of each syscall). Arguments are judged at entry (raw numbers of the
+//! CALLER's namespace), returned values at exit. What a value means follows the kernel (see
 //! ../shared/reference/pid-crossings.md): 0 is often "self", kill/wait have group values, etc.
 //!
-//! Syscalls that are judged alike share one program, which finds which syscall it runs for from
-//! the record's `__syscall_nr` (SYSNR map): fewer programs to verify at start-up. The hottest
-//! (getpid) has its own.
+//! Each handler is written once, over a [`Call`] (how a program reads the syscall's arguments
+//! and return value), and reached two ways:
+//! - syscall tracepoints (`syscalls:sys_enter_*` / `sys_exit_*`): syscalls judged alike share one
+//!   program, which finds which syscall it runs for from the record's `__syscall_nr` (SYSNR map):
+//!   fewer programs to verify at start-up; the hottest (getpid) has its own;
+//! - fentry/fexit on each syscall's kernel function (`__x64_sys_*`), where the kernel takes
+//!   them: one program per syscall side, arguments from the `pt_regs` the function receives. No
+//!   syscall tracepoint is then enabled, so the syscalls pidvirt does not watch keep the kernel's
+//!   fast path.
 
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{fentry, fexit, raw_tracepoint, tracepoint},
+    programs::{FEntryContext, FExitContext, RawTracePointContext, TracePointContext},
 };
 use pidvirt_common::{
     audit::{Verdict, sys},
@@ -21,51 +27,94 @@ use pidvirt_common::{
 
 use crate::{
     audit::{group, pid_arg, returned, returned_own, returned_task, task_arg},
-    kernel::offsets_ready,
+    kernel::{Direct, Kmem, off, offsets_ready},
     lifecycle::forget_reaped,
     maps::{PENDING, SYSNR, count_map_error},
+    procfs::{AT_FDCWD, path_crossing},
     task::{Own, own_id},
 };
 
-/// An 8-byte field of the tracepoint record at `AT`, read straight from the context (the
-/// verifier wants a compile-time offset; the daemon checked the layout against tracefs).
-#[inline(always)]
-#[expect(clippy::cast_ptr_alignment, reason = "the record is 8-aligned and every AT a multiple of 8")]
-fn field<const AT: usize>(ctx: &TracePointContext) -> u64 {
-    unsafe { *ctx.as_ptr().cast::<u8>().add(AT).cast::<u64>() }
+/// How a program reads the syscall it runs for.
+pub trait Call {
+    /// Argument `I` (0..=3) as the caller passed it.
+    fn arg<const I: usize>(&self) -> u64;
+    /// The value returned to the caller (exit side).
+    fn ret(&self) -> i64;
+
+    /// An `int`/`pid_t` argument (the low 32 bits, as the kernel's SYSCALL_DEFINE truncates).
+    #[inline(always)]
+    fn int_arg<const I: usize>(&self) -> i32 {
+        self.arg::<I>() as u32 as i32
+    }
+}
+
+/// A syscall tracepoint's record.
+struct Record<'a>(&'a TracePointContext);
+
+impl Record<'_> {
+    /// An 8-byte field of the record at `AT`, read straight from the context (the verifier wants
+    /// a compile-time offset; the daemon checked the layout against tracefs).
+    #[inline(always)]
+    #[expect(clippy::cast_ptr_alignment, reason = "the record is 8-aligned and every AT a multiple of 8")]
+    fn field<const AT: usize>(&self) -> u64 {
+        unsafe { *self.0.as_ptr().cast::<u8>().add(AT).cast::<u64>() }
+    }
+
+    /// Which watched syscall a shared program runs for (`None`: not one of its syscalls).
+    #[inline(always)]
+    fn syscall_id(&self) -> Option<u16> {
+        let nr = self.field::<{ syscall_record::NR as usize }>() as u32;
+        match SYSNR.get(nr) {
+            Some(&id) if id != 0 => Some((id - 1) as u16),
+            _ => None,
+        }
+    }
 }
 
 const ARGS: usize = syscall_record::ARGS as usize;
 
-/// Argument `I` of a sys_enter record (every syscall argument is stored as 8 bytes).
-#[inline(always)]
-fn arg<const I: usize>(ctx: &TracePointContext) -> u64 {
-    match I {
-        0 => field::<ARGS>(ctx),
-        1 => field::<{ ARGS + 8 }>(ctx),
-        _ => field::<{ ARGS + 16 }>(ctx),
+impl Call for Record<'_> {
+    /// Every syscall argument is stored as 8 bytes after `__syscall_nr`.
+    #[inline(always)]
+    fn arg<const I: usize>(&self) -> u64 {
+        match I {
+            0 => self.field::<ARGS>(),
+            1 => self.field::<{ ARGS + 8 }>(),
+            2 => self.field::<{ ARGS + 16 }>(),
+            _ => self.field::<{ ARGS + 24 }>(),
+        }
+    }
+
+    #[inline(always)]
+    fn ret(&self) -> i64 {
+        self.field::<{ syscall_record::RET as usize }>() as i64
     }
 }
 
-/// An `int`/`pid_t` argument (the low 32 bits, as the kernel's SYSCALL_DEFINE truncates).
-#[inline(always)]
-fn int_arg<const I: usize>(ctx: &TracePointContext) -> i32 {
-    arg::<I>(ctx) as u32 as i32
+/// A syscall function's `struct pt_regs *` (fentry and fexit on `__x64_sys_*` receive it,
+/// BTF-typed: its fields are direct loads at the offsets the daemon resolved), and for fexit the
+/// value returned.
+struct Regs {
+    regs: *const u8,
+    ret: i64,
 }
 
-/// The return value of a sys_exit record.
-#[inline(always)]
-fn ret(ctx: &TracePointContext) -> i64 {
-    field::<{ syscall_record::RET as usize }>(ctx) as i64
-}
+impl Call for Regs {
+    /// The x86-64 syscall ABI: di, si, dx, r10.
+    #[inline(always)]
+    fn arg<const I: usize>(&self) -> u64 {
+        let at = match I {
+            0 => off!(pt_regs_di),
+            1 => off!(pt_regs_si),
+            2 => off!(pt_regs_dx),
+            _ => off!(pt_regs_r10),
+        };
+        Direct.read(self.regs, at).unwrap_or(0)
+    }
 
-/// Which watched syscall a shared program runs for (`None`: not one of its syscalls).
-#[inline(always)]
-fn syscall_id(ctx: &TracePointContext) -> Option<u16> {
-    let nr = field::<{ syscall_record::NR as usize }>(ctx) as u32;
-    match SYSNR.get(nr) {
-        Some(&id) if id != 0 => Some((id - 1) as u16),
-        _ => None,
+    #[inline(always)]
+    fn ret(&self) -> i64 {
+        self.ret
     }
 }
 
@@ -73,195 +122,336 @@ fn current() -> *const u8 {
     unsafe { bpf_get_current_task() as *const u8 }
 }
 
-macro_rules! hook {
-    ($name:ident, |$ctx:ident| $body:block) => {
-        #[tracepoint]
-        pub fn $name($ctx: TracePointContext) -> u32 {
-            if offsets_ready() $body
-            0
-        }
-    };
-}
+/// The handler of each side of each syscall, as the catalogue names them.
+pub mod handlers {
+    #[expect(
+        clippy::wildcard_imports,
+        reason = "the handlers are the body of this module's parent, split out to be named by the catalogue"
+    )]
+    use super::*;
 
-/// A program shared by several syscalls: `$sys` is the syscall's id in the body.
-macro_rules! shared_hook {
-    ($name:ident, |$ctx:ident, $sys:ident| $body:block) => {
-        hook!($name, |$ctx| {
-            if let Some($sys) = syscall_id(&$ctx) $body
-        });
-    };
-}
+    // ---- returned ids -----------------------------------------------------------------------
 
-// ---- returned ids ---------------------------------------------------------------------------
-
-// getpid, gettid, set_tid_address: against the caller's recorded ids.
-hook!(exit_getpid, |ctx| {
-    let r = ret(&ctx);
-    if r >= 0 {
-        returned_own(sys::GETPID, r, true);
-    }
-});
-shared_hook!(exit_own_tid, |ctx, s| {
-    let r = ret(&ctx);
-    if r >= 0 {
-        returned_own(s, r, false);
-    }
-});
-// getppid (the parent changes on reparenting) and setsid: against the task structures.
-hook!(exit_getppid, |ctx| {
-    let r = ret(&ctx);
-    if r >= 0 {
-        returned(sys::GETPPID, r, own_id(current(), Own::Ppid).map(i64::from));
-    }
-});
-hook!(exit_setsid, |ctx| {
-    let r = ret(&ctx);
-    if r >= 0 {
-        returned(sys::SETSID, r, own_id(current(), Own::Sid).map(i64::from));
-    }
-});
-// fork, vfork, clone, clone3: the parent gets the child's number in the parent's namespace,
-// the child 0.
-shared_hook!(exit_fork, |ctx, s| {
-    let r = ret(&ctx);
-    if r >= 0 {
-        returned_task(s, r);
-    }
-});
-
-// ---- arguments ------------------------------------------------------------------------------
-
-// kill, wait4: > 0 a task, 0 and < -1 a process group, -1 any.
-shared_hook!(enter_pid_arg, |ctx, s| { pid_arg(s, int_arg::<0>(&ctx)) });
-// tkill, rt_sigqueueinfo, pidfd_open, process_vm_readv/writev: the first argument is a task.
-shared_hook!(enter_task_arg, |ctx, s| { task_arg(s, int_arg::<0>(&ctx), false) });
-// sched_*, prlimit64, get_robust_list, migrate_pages, move_pages: a task, 0 = the caller.
-shared_hook!(enter_task_or_self, |ctx, s| { task_arg(s, int_arg::<0>(&ctx), true) });
-// tgkill, rt_tgsigqueueinfo, kcmp: two tasks.
-shared_hook!(enter_two_tasks, |ctx, s| {
-    task_arg(s, int_arg::<0>(&ctx), false);
-    task_arg(s, int_arg::<1>(&ctx), false);
-});
-
-/// setpriority/getpriority `which` (include/uapi/linux/resource.h) and ioprio_set/get `which`
-/// (include/uapi/linux/ioprio.h); the USER forms name a uid, not a pid.
-const PRIO_PROCESS: u64 = 0;
-const PRIO_PGRP: u64 = 1;
-const IOPRIO_WHO_PROCESS: u64 = 1;
-const IOPRIO_WHO_PGRP: u64 = 2;
-
-shared_hook!(enter_which_who, |ctx, s| {
-    let ioprio = s == sys::IOPRIO_SET || s == sys::IOPRIO_GET;
-    let (process, pgrp) =
-        if ioprio { (IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP) } else { (PRIO_PROCESS, PRIO_PGRP) };
-    let which = arg::<0>(&ctx);
-    if which == process {
-        task_arg(s, int_arg::<1>(&ctx), true);
-    } else if which == pgrp {
-        group(s, Verdict::Group);
-    }
-});
-
-hook!(exit_wait4, |ctx| {
-    let r = ret(&ctx);
-    if r > 0 {
-        let (slot, reaped) = returned_task(sys::WAIT4, r);
-        forget_reaped(slot, reaped.tid, reaped.entry);
-    }
-});
-
-/// waitid idtype values (include/uapi/linux/wait.h).
-const P_ALL: u64 = 0;
-const P_PID: u64 = 1;
-const P_PGID: u64 = 2;
-/// Offset of si_pid in the user's siginfo_t (uapi layout: three ints, padding, then the union).
-const SIGINFO_SI_PID: usize = 16;
-
-hook!(enter_waitid, |ctx| {
-    match arg::<0>(&ctx) {
-        P_ALL => group(sys::WAITID, Verdict::Any),
-        P_PID => task_arg(sys::WAITID, int_arg::<1>(&ctx), false),
-        P_PGID => group(sys::WAITID, Verdict::Group),
-        _ => {} // P_PIDFD: a file descriptor, not a pid
-    }
-    let infop = arg::<2>(&ctx);
-    if infop != 0 {
-        let tid = bpf_get_current_pid_tgid() as u32;
-        if PENDING.insert(tid, infop, 0).is_err() {
-            count_map_error(counter::map_error::PENDING_INSERT);
+    /// getpid: against the caller's recorded ids.
+    #[inline(always)]
+    pub fn exit_getpid(c: &impl Call, s: u16) {
+        let r = c.ret();
+        if r >= 0 {
+            returned_own(s, r, true);
         }
     }
-});
-hook!(exit_waitid, |ctx| {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(infop) = PENDING.get_ptr(tid) {
-        let infop = unsafe { *infop };
-        let _ = PENDING.remove(tid);
-        if ret(&ctx) == 0 {
-            let si_pid: i32 =
-                unsafe { bpf_probe_read_user((infop as usize + SIGINFO_SI_PID) as *const i32) }.unwrap_or(0);
-            if si_pid > 0 {
-                returned_task(sys::WAITID, i64::from(si_pid));
+
+    /// gettid, set_tid_address: against the caller's recorded ids.
+    #[inline(always)]
+    pub fn exit_own_tid(c: &impl Call, s: u16) {
+        let r = c.ret();
+        if r >= 0 {
+            returned_own(s, r, false);
+        }
+    }
+
+    /// getppid (the parent changes on reparenting): against the task structures.
+    #[inline(always)]
+    pub fn exit_getppid(c: &impl Call, s: u16) {
+        let r = c.ret();
+        if r >= 0 {
+            returned(s, r, own_id(current(), Own::Ppid).map(i64::from));
+        }
+    }
+
+    /// setsid: against the task structures.
+    #[inline(always)]
+    pub fn exit_setsid(c: &impl Call, s: u16) {
+        let r = c.ret();
+        if r >= 0 {
+            returned(s, r, own_id(current(), Own::Sid).map(i64::from));
+        }
+    }
+
+    /// fork, vfork, clone, clone3: the parent gets the child's number in the parent's
+    /// namespace, the child 0.
+    #[inline(always)]
+    pub fn exit_fork(c: &impl Call, s: u16) {
+        let r = c.ret();
+        if r >= 0 {
+            returned_task(s, r);
+        }
+    }
+
+    // ---- arguments --------------------------------------------------------------------------
+
+    /// kill, wait4: > 0 a task, 0 and < -1 a process group, -1 any.
+    #[inline(always)]
+    pub fn enter_pid_arg(c: &impl Call, s: u16) {
+        pid_arg(s, c.int_arg::<0>());
+    }
+
+    /// tkill, rt_sigqueueinfo, pidfd_open, process_vm_readv/writev: the first argument is a task.
+    #[inline(always)]
+    pub fn enter_task_arg(c: &impl Call, s: u16) {
+        task_arg(s, c.int_arg::<0>(), false);
+    }
+
+    /// sched_*, prlimit64, get_robust_list, migrate_pages, move_pages: a task, 0 = the caller.
+    #[inline(always)]
+    pub fn enter_task_or_self(c: &impl Call, s: u16) {
+        task_arg(s, c.int_arg::<0>(), true);
+    }
+
+    /// tgkill, rt_tgsigqueueinfo, kcmp: two tasks.
+    #[inline(always)]
+    pub fn enter_two_tasks(c: &impl Call, s: u16) {
+        task_arg(s, c.int_arg::<0>(), false);
+        task_arg(s, c.int_arg::<1>(), false);
+    }
+
+    /// setpriority/getpriority `which` (include/uapi/linux/resource.h) and ioprio_set/get
+    /// `which` (include/uapi/linux/ioprio.h); the USER forms name a uid, not a pid.
+    const PRIO_PROCESS: u64 = 0;
+    const PRIO_PGRP: u64 = 1;
+    const IOPRIO_WHO_PROCESS: u64 = 1;
+    const IOPRIO_WHO_PGRP: u64 = 2;
+
+    #[inline(always)]
+    pub fn enter_which_who(c: &impl Call, s: u16) {
+        let ioprio = s == sys::IOPRIO_SET || s == sys::IOPRIO_GET;
+        let (process, pgrp) =
+            if ioprio { (IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP) } else { (PRIO_PROCESS, PRIO_PGRP) };
+        let which = c.arg::<0>();
+        if which == process {
+            task_arg(s, c.int_arg::<1>(), true);
+        } else if which == pgrp {
+            group(s, Verdict::Group);
+        }
+    }
+
+    /// wait4's return: the child it reported; if that released it, its entries go now.
+    #[inline(always)]
+    pub fn exit_wait4(c: &impl Call, s: u16) {
+        let r = c.ret();
+        if r > 0 {
+            let (slot, reaped) = returned_task(s, r);
+            forget_reaped(slot, reaped.tid, reaped.entry);
+        }
+    }
+
+    /// waitid idtype values (include/uapi/linux/wait.h).
+    const P_ALL: u64 = 0;
+    const P_PID: u64 = 1;
+    const P_PGID: u64 = 2;
+    /// Offset of si_pid in the user's siginfo_t (uapi layout: three ints, padding, then the
+    /// union).
+    const SIGINFO_SI_PID: usize = 16;
+
+    #[inline(always)]
+    pub fn enter_waitid(c: &impl Call, s: u16) {
+        match c.arg::<0>() {
+            P_ALL => group(s, Verdict::Any),
+            P_PID => task_arg(s, c.int_arg::<1>(), false),
+            P_PGID => group(s, Verdict::Group),
+            _ => {} // P_PIDFD: a file descriptor, not a pid
+        }
+        let infop = c.arg::<2>();
+        if infop != 0 {
+            let tid = bpf_get_current_pid_tgid() as u32;
+            if PENDING.insert(tid, infop, 0).is_err() {
+                count_map_error(counter::map_error::PENDING_INSERT);
             }
         }
     }
-});
 
-hook!(enter_setpgid, |ctx| {
-    task_arg(sys::SETPGID, int_arg::<0>(&ctx), true);
-    let pgid = int_arg::<1>(&ctx);
-    if pgid != 0 {
-        task_arg(sys::SETPGID, pgid, false);
-    }
-});
-
-// getpgid/getsid: the argument (0 = self) at enter; at exit, for the caller's own group or
-// session (argument 0), the returned id against the task structures.
-const SELF_QUERY: u64 = 1 << 32;
-
-shared_hook!(enter_self_query, |ctx, s| {
-    let n = int_arg::<0>(&ctx);
-    task_arg(s, n, true);
-    if n == 0 {
+    /// waitid's return: `si_pid` in the user's siginfo (kept from the entry).
+    #[inline(always)]
+    pub fn exit_waitid(c: &impl Call, s: u16) {
         let tid = bpf_get_current_pid_tgid() as u32;
-        if PENDING.insert(tid, u64::from(s) | SELF_QUERY, 0).is_err() {
-            count_map_error(counter::map_error::PENDING_INSERT);
+        if let Some(infop) = PENDING.get_ptr(tid) {
+            let infop = unsafe { *infop };
+            let _ = PENDING.remove(tid);
+            if c.ret() == 0 {
+                let si_pid: i32 =
+                    unsafe { bpf_probe_read_user((infop as usize + SIGINFO_SI_PID) as *const i32) }
+                        .unwrap_or(0);
+                if si_pid > 0 {
+                    returned_task(s, i64::from(si_pid));
+                }
+            }
         }
     }
-});
-shared_hook!(exit_self_query, |ctx, s| {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(p) = PENDING.get_ptr(tid) {
-        let mark = unsafe { *p };
-        let _ = PENDING.remove(tid);
-        let r = ret(&ctx);
-        if mark == (u64::from(s) | SELF_QUERY) && r >= 0 {
-            let which = if s == sys::GETSID { Own::Sid } else { Own::Pgid };
-            returned(s, r, own_id(current(), which).map(i64::from));
+
+    #[inline(always)]
+    pub fn enter_setpgid(c: &impl Call, s: u16) {
+        task_arg(s, c.int_arg::<0>(), true);
+        let pgid = c.int_arg::<1>();
+        if pgid != 0 {
+            task_arg(s, pgid, false);
         }
     }
-});
 
-/// PTRACE_TRACEME ignores its pid argument.
-const PTRACE_TRACEME: u64 = 0;
+    // getpgid/getsid: the argument (0 = self) at entry; at exit, for the caller's own group or
+    // session (argument 0), the returned id against the task structures.
+    const SELF_QUERY: u64 = 1 << 32;
 
-hook!(enter_ptrace, |ctx| {
-    if arg::<0>(&ctx) != PTRACE_TRACEME {
-        task_arg(sys::PTRACE, int_arg::<1>(&ctx), false);
+    #[inline(always)]
+    pub fn enter_self_query(c: &impl Call, s: u16) {
+        let n = c.int_arg::<0>();
+        task_arg(s, n, true);
+        if n == 0 {
+            let tid = bpf_get_current_pid_tgid() as u32;
+            if PENDING.insert(tid, u64::from(s) | SELF_QUERY, 0).is_err() {
+                count_map_error(counter::map_error::PENDING_INSERT);
+            }
+        }
     }
-});
 
-/// Offset of `pid` in the user's `struct __user_cap_header_struct { __u32 version; int pid; }`.
-const CAP_HEADER_PID: usize = 4;
-
-hook!(enter_capget, |ctx| {
-    let header = arg::<0>(&ctx);
-    if header != 0
-        && let Ok(pid) = unsafe { bpf_probe_read_user((header as usize + CAP_HEADER_PID) as *const i32) }
-    {
-        task_arg(sys::CAPGET, pid, true);
+    #[inline(always)]
+    pub fn exit_self_query(c: &impl Call, s: u16) {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        if let Some(p) = PENDING.get_ptr(tid) {
+            let mark = unsafe { *p };
+            let _ = PENDING.remove(tid);
+            let r = c.ret();
+            if mark == (u64::from(s) | SELF_QUERY) && r >= 0 {
+                let which = if s == sys::GETSID { Own::Sid } else { Own::Pgid };
+                returned(s, r, own_id(current(), which).map(i64::from));
+            }
+        }
     }
-});
+
+    /// PTRACE_TRACEME ignores its pid argument.
+    const PTRACE_TRACEME: u64 = 0;
+
+    #[inline(always)]
+    pub fn enter_ptrace(c: &impl Call, s: u16) {
+        if c.arg::<0>() != PTRACE_TRACEME {
+            task_arg(s, c.int_arg::<1>(), false);
+        }
+    }
+
+    /// Offset of `pid` in the user's `struct __user_cap_header_struct { __u32 version; int pid; }`.
+    const CAP_HEADER_PID: usize = 4;
+
+    // ---- numbers in paths ---------------------------------------------------------------------
+
+    /// open, stat, lstat, readlink, access, chdir, execve: a path relative to the working
+    /// directory or absolute.
+    #[inline(always)]
+    pub fn enter_path(c: &impl Call, s: u16) {
+        path_crossing(s, AT_FDCWD, c.arg::<0>());
+    }
+
+    /// openat, openat2, newfstatat, statx, readlinkat, faccessat(2), execveat: a path relative to
+    /// directory fd `dirfd`.
+    #[inline(always)]
+    pub fn enter_at_path(c: &impl Call, s: u16) {
+        path_crossing(s, c.int_arg::<0>(), c.arg::<1>());
+    }
+
+    #[inline(always)]
+    pub fn enter_capget(c: &impl Call, s: u16) {
+        let header = c.arg::<0>();
+        if header != 0
+            && let Ok(pid) = unsafe { bpf_probe_read_user((header as usize + CAP_HEADER_PID) as *const i32) }
+        {
+            task_arg(s, pid, true);
+        }
+    }
+}
+
+// ---- syscall tracepoints ----------------------------------------------------------------------
+
+/// A tracepoint program running handler `$name` for one syscall (`=> SYS`) or for the several
+/// that share it (`=> shared`: the syscall from the record).
+macro_rules! tracepoints {
+    ($($name:ident => $which:tt;)*) => { $(
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            if offsets_ready() {
+                let record = Record(&ctx);
+                tracepoints!(@id record, $which, |s| handlers::$name(&record, s));
+            }
+            0
+        }
+    )* };
+    (@id $record:ident, shared, |$s:ident| $body:expr) => {
+        if let Some($s) = $record.syscall_id() {
+            $body;
+        }
+    };
+    (@id $record:ident, $id:ident, |$s:ident| $body:expr) => {{
+        let $s = sys::$id;
+        $body;
+    }};
+}
+
+tracepoints! {
+    exit_getpid => GETPID;
+    exit_own_tid => shared;
+    exit_getppid => GETPPID;
+    exit_setsid => SETSID;
+    exit_fork => shared;
+    enter_pid_arg => shared;
+    enter_task_arg => shared;
+    enter_task_or_self => shared;
+    enter_two_tasks => shared;
+    enter_which_who => shared;
+    exit_wait4 => WAIT4;
+    enter_waitid => WAITID;
+    exit_waitid => WAITID;
+    enter_setpgid => SETPGID;
+    enter_self_query => shared;
+    exit_self_query => shared;
+    enter_ptrace => PTRACE;
+    enter_capget => CAPGET;
+    enter_path => shared;
+    enter_at_path => shared;
+}
+
+// ---- fentry / fexit on the syscall functions --------------------------------------------------
+
+/// `fentry_<syscall>` and `fexit_<syscall>` for every side of every watched syscall (the daemon
+/// attaches them to `__x64_sys_<syscall>` where the kernel takes fentry; an fentry program is
+/// loaded for one function), and the floor's empty twins `floor_fentry_<syscall>`,
+/// `floor_fexit_<syscall>`.
+macro_rules! function_programs {
+    ($( $name:ident: $(enter($enter:ident))? $(exit($exit:ident))? ; )*) => { pastey::paste! { $(
+        $(
+            #[fentry]
+            pub fn [<fentry_ $name>](ctx: FEntryContext) -> i32 {
+                if offsets_ready() {
+                    let call = Regs { regs: ctx.arg(0), ret: 0 };
+                    handlers::$enter(&call, sys::[<$name:upper>]);
+                }
+                0
+            }
+
+            #[fentry]
+            pub fn [<floor_fentry_ $name>](ctx: FEntryContext) -> i32 {
+                let _ = (ctx.as_ptr(), stringify!($enter));
+                0
+            }
+        )?
+        $(
+            #[fexit]
+            pub fn [<fexit_ $name>](ctx: FExitContext) -> i32 {
+                if offsets_ready() {
+                    let call = Regs { regs: ctx.arg(0), ret: ctx.arg(1) };
+                    handlers::$exit(&call, sys::[<$name:upper>]);
+                }
+                0
+            }
+
+            #[fexit]
+            pub fn [<floor_fexit_ $name>](ctx: FExitContext) -> i32 {
+                let _ = (ctx.as_ptr(), stringify!($exit));
+                0
+            }
+        )?
+    )* } };
+}
+
+pidvirt_common::for_each_syscall!(function_programs);
+
+// ---- the benchmark's floor --------------------------------------------------------------------
 
 /// An empty program, attached to every hook above by the benchmark's floor measurement.
 #[tracepoint]

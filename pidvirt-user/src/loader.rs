@@ -11,13 +11,13 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, Queue, RingBuf},
     programs::{
-        BtfTracePoint, Iter, Lsm, ProgramError, RawTracePoint, TracePoint,
+        BtfTracePoint, FEntry, FExit, Iter, Lsm, ProgramError, RawTracePoint, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
 use pidvirt_common::{
     KernelOffsets,
-    audit::{LSM_HOOKS, SYSCALLS},
+    audit::{LSM_HOOKS, SYSCALLS, SyscallSpec},
     catalogue::{OFFSETS_GLOBAL, Program, map},
     meta,
     offsets::syscall_record,
@@ -48,6 +48,34 @@ pub struct LoadOptions {
     pub report: u32,
     /// Inode of the host's pid namespace.
     pub host_pidns: u32,
+    /// How the syscall programs are attached.
+    pub attach: AttachMode,
+}
+
+/// How the syscall programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// fentry/fexit on the syscall functions where the kernel takes them, else tracepoints.
+    Auto,
+    /// The syscall tracepoints (every syscall of the host then takes the kernel's slow path).
+    Tracepoint,
+    /// fentry/fexit on the syscall functions (`__x64_sys_*`), or an error.
+    Fentry,
+}
+
+/// The mode the syscall programs run in, and why: for `status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Attached {
+    /// `fentry` or `tracepoint`.
+    pub mode: &'static str,
+    pub reason: String,
+}
+
+/// The kernel functions that implement syscall `name` on x86-64, as BTF may name them: the
+/// `__x64_sys_` stub, or the `__do_sys_` body the stub of an argument-less syscall is an alias of
+/// (SYSCALL_DEFINE0: same address, same `(const struct pt_regs *)` prototype).
+fn syscall_functions(name: &str) -> [String; 2] {
+    [format!("__x64_sys_{name}"), format!("__do_sys_{name}")]
 }
 
 /// Default capacity of the task maps: the kernel's pid_max (host tids are below it, so no more
@@ -75,6 +103,7 @@ impl Default for LoadOptions {
             probe_reads: false,
             report: pidvirt_common::audit::Verdict::DEFAULT_REPORTED,
             host_pidns: 0,
+            attach: AttachMode::Auto,
         }
     }
 }
@@ -129,6 +158,8 @@ pub struct Loaded {
     pub attached: Vec<(String, String)>,
     /// Whether the task iterator seeded the existing tasks (or why not).
     pub iterator: Result<(), String>,
+    /// How the syscall programs are attached.
+    pub syscalls: Attached,
     pub enforcement: Enforcement,
     /// Pinned programs of a previous daemon were adopted (nothing was loaded).
     pub adopted: bool,
@@ -292,10 +323,7 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         Err("disabled (--seed proc)".to_string())
     };
     let t_iterator = t0.elapsed();
-    for (program, tp) in syscall_hooks() {
-        attach_tracepoint(&mut ebpf, program.name(), program.name(), &tp, &mut links)?;
-        attached.push((program.name().to_string(), format!("syscalls:{tp}")));
-    }
+    let syscalls = attach_syscalls(&mut ebpf, &btf, opts.attach, false, &mut links, &mut attached)?;
     let t_syscalls = t0.elapsed();
     let enforcement = attach_enforcer(&mut ebpf, &btf, &mut links, &mut attached);
     let t_end = t0.elapsed();
@@ -319,7 +347,7 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         .map_err(|source| LoadError::Map { name: map::EVENTS, source })?;
     // The pins hold the links from here on; our link handles can go.
     drop(links);
-    Ok(Loaded { ebpf: Some(ebpf), maps, events, attached, iterator, enforcement, adopted: false })
+    Ok(Loaded { ebpf: Some(ebpf), maps, events, attached, iterator, syscalls, enforcement, adopted: false })
 }
 
 /// Opens the maps and lists the links a previous daemon pinned (same build only).
@@ -355,12 +383,18 @@ fn adopt(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .unwrap_or_default();
     attached.sort();
     tracing::info!("adopted {} pinned programs from {PIN_DIR}", attached.len());
+    let fentry = attached.iter().any(|(_, hook)| hook.starts_with("fentry/") || hook.starts_with("fexit/"));
+    let syscalls = Attached {
+        mode: if fentry { "fentry" } else { "tracepoint" },
+        reason: "as the daemon that pinned the programs attached them".into(),
+    };
     Ok(Loaded {
         ebpf: None,
         maps,
         events,
         attached,
         iterator: Err("pinned programs adopted: their maps are current".into()),
+        syscalls,
         enforcement: Enforcement {
             available,
             reason: if available {
@@ -388,6 +422,7 @@ pub fn loaded_pidvirt_programs() -> Vec<String> {
         .iter()
         .map(|p| p.name())
         .chain(LSM_HOOKS.iter().map(|h| h.program))
+        .chain(SYSCALLS.iter().flat_map(SyscallSpec::function_programs).map(|(p, _, _)| p))
         .map(|n| n.chars().take(15).collect())
         .collect();
     aya::programs::loaded_programs()
@@ -416,14 +451,16 @@ fn prepare_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<(), LoadError> {
     configure(&mut Array::try_from(map).map_err(err(map::CONFIG))?, opts)
 }
 
-/// Writes the settings the programs read (CONFIG): what to report, the host's namespace.
+/// Writes the settings the programs read (CONFIG): what to report, the host's namespace, the
+/// daemon's pid.
 fn configure<T: std::borrow::BorrowMut<MapData>>(
     config: &mut Array<T, u32>,
     opts: &LoadOptions,
 ) -> Result<(), LoadError> {
     let err = |source| LoadError::Map { name: map::CONFIG, source };
     config.set(pidvirt_common::config::REPORTED, opts.report, 0).map_err(err)?;
-    config.set(pidvirt_common::config::HOST_PIDNS, opts.host_pidns, 0).map_err(err)
+    config.set(pidvirt_common::config::HOST_PIDNS, opts.host_pidns, 0).map_err(err)?;
+    config.set(pidvirt_common::config::DAEMON_TGID, std::process::id(), 0).map_err(err)
 }
 
 /// The LSMs the kernel runs (securityfs, mounted if needed).
@@ -519,7 +556,7 @@ pub enum FloorHooks {
 
 /// The benchmark's floor: EMPTY programs attached to `hooks`. Dropping the result detaches
 /// them.
-pub fn attach_floor(hooks: FloorHooks) -> Result<(Ebpf, Vec<(String, String)>), LoadError> {
+pub fn attach_floor(hooks: FloorHooks, mode: AttachMode) -> Result<(Ebpf, Vec<(String, String)>), LoadError> {
     require_root()?;
     let mut ebpf = EbpfLoader::new().load(program_object()?).map_err(LoadError::Object)?;
     let mut attached = Vec::new();
@@ -531,12 +568,8 @@ pub fn attach_floor(hooks: FloorHooks) -> Result<(Ebpf, Vec<(String, String)>), 
                 let hook = attach_btf_tracepoint(&mut ebpf, program.floor(), &btf, &mut links)?;
                 attached.push((program.floor().name().to_string(), hook));
             }
-            crate::tracefs::tracefs_root()?;
-            for (program, tp) in syscall_hooks() {
-                let floor = program.floor().name();
-                attach_tracepoint(&mut ebpf, floor, program.name(), &tp, &mut links)?;
-                attached.push((floor.into(), format!("syscalls:{tp}")));
-            }
+            let how = attach_syscalls(&mut ebpf, &btf, mode, true, &mut links, &mut attached)?;
+            tracing::info!("floor on the syscalls: {} ({})", how.mode, how.reason);
         }
         FloorHooks::Read => {
             crate::tracefs::tracefs_root()?;
@@ -587,6 +620,126 @@ fn attach_btf_tracepoint(
     if links.pin {
         links.keep(name, &hook, prog.take_link(id).map_err(|e| refused(program_error(&e)))?)?;
     }
+    Ok(hook)
+}
+
+/// Attaches the syscall programs (or, for the benchmark's `floor`, their empty twins) as `mode`
+/// says: fentry/fexit on every watched syscall's function where the kernel takes them (the
+/// first program loaded is the probe: a kernel that refuses fentry refuses it, and nothing is
+/// attached yet), tracepoints otherwise. Answers the mode used and why.
+fn attach_syscalls(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    mode: AttachMode,
+    floor: bool,
+    links: &mut Links,
+    attached: &mut Vec<(String, String)>,
+) -> Result<Attached, LoadError> {
+    let fentry = match mode {
+        AttachMode::Tracepoint => Err("asked for tracepoints (--attach tracepoint)".to_string()),
+        AttachMode::Auto | AttachMode::Fentry => attach_functions(ebpf, btf, floor, links, attached),
+    };
+    match (fentry, mode) {
+        (Ok(()), _) => Ok(Attached {
+            mode: "fentry",
+            reason: "the kernel takes fentry/fexit on the syscall functions: syscalls pidvirt does not watch keep \
+                     the kernel's fast path"
+                .into(),
+        }),
+        (Err(why), AttachMode::Fentry) => Err(LoadError::NoFentry(why)),
+        (Err(why), _) => {
+            crate::tracefs::tracefs_root()?;
+            for (program, tp) in syscall_hooks() {
+                let name = if floor { program.floor().name() } else { program.name() };
+                attach_tracepoint(ebpf, name, program.name(), &tp, links)?;
+                attached.push((name.to_string(), format!("syscalls:{tp}")));
+            }
+            Ok(Attached { mode: "tracepoint", reason: why })
+        }
+    }
+}
+
+/// fentry/fexit programs on every watched syscall's function; Err(why) if the kernel refuses
+/// the first one (then nothing is attached). A refusal after the first is an error of its own.
+fn attach_functions(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    floor: bool,
+    links: &mut Links,
+    attached: &mut Vec<(String, String)>,
+) -> Result<(), String> {
+    let mut first = true;
+    for spec in SYSCALLS {
+        let [stub, body] = syscall_functions(spec.name);
+        for (programs, exit) in [(spec.fentry, false), (spec.fexit, true)] {
+            let Some((program, floor_program)) = programs else { continue };
+            let name = if floor { floor_program } else { program };
+            let result = match attach_function(ebpf, name, &stub, exit, btf, links) {
+                Err(FunctionError::NotInBtf(_)) => attach_function(ebpf, name, &body, exit, btf, links),
+                other => other,
+            };
+            match result {
+                Ok(hook) => attached.push((name.to_string(), hook)),
+                Err(e) if first => {
+                    return Err(format!("the kernel refused {name}: {}", first_line(&e.to_string())));
+                }
+                Err(e) => return Err(format!("{name}, after others were taken: {e}")),
+            }
+            first = false;
+        }
+    }
+    Ok(())
+}
+
+/// Why an fentry/fexit program could not be attached.
+#[derive(Debug, thiserror::Error)]
+enum FunctionError {
+    #[error("the kernel's BTF has no function {0}")]
+    NotInBtf(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Loads fentry (or fexit) program `name` for kernel function `function` and attaches it;
+/// answers the hook.
+fn attach_function(
+    ebpf: &mut Ebpf,
+    name: &str,
+    function: &str,
+    exit: bool,
+    btf: &Btf,
+    links: &mut Links,
+) -> Result<String, FunctionError> {
+    if btf.id_by_type_name_kind(function, aya_obj::btf::BtfKind::Func).is_err() {
+        return Err(FunctionError::NotInBtf(function.into()));
+    }
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| FunctionError::Refused(format!("{name} is not in the object")))?;
+    let e = |e: ProgramError| FunctionError::Refused(program_error(&e));
+    let hook = if exit {
+        let prog: &mut FExit = program.try_into().map_err(e)?;
+        prog.load(function, btf).map_err(e)?;
+        let id = prog.attach().map_err(e)?;
+        let hook = format!("fexit/{function}");
+        if links.pin {
+            links
+                .keep(name, &hook, prog.take_link(id).map_err(e)?)
+                .map_err(|e| FunctionError::Refused(e.to_string()))?;
+        }
+        hook
+    } else {
+        let prog: &mut FEntry = program.try_into().map_err(e)?;
+        prog.load(function, btf).map_err(e)?;
+        let id = prog.attach().map_err(e)?;
+        let hook = format!("fentry/{function}");
+        if links.pin {
+            links
+                .keep(name, &hook, prog.take_link(id).map_err(e)?)
+                .map_err(|e| FunctionError::Refused(e.to_string()))?;
+        }
+        hook
+    };
     Ok(hook)
 }
 

@@ -382,6 +382,7 @@ fn with_dockerd_stopped_the_audit_goes_on_and_new_containers_are_named_when_it_i
     let d = daemon_for(&docker, false);
     docker.ok(&["run", "-d", "--name", "first", IMAGE, "sleep", "600"]);
     let first = docker.id("first");
+    let first_init = docker.pid("first");
     named(&d, &first, "first");
     docker.stop_engine();
     eventually(tests::settle(), "status says Docker is down", || {
@@ -400,7 +401,12 @@ fn with_dockerd_stopped_the_audit_goes_on_and_new_containers_are_named_when_it_i
     });
     docker.ok(&["run", "-d", "--name", "second", IMAGE, "sleep", "600"]);
     named(&d, &docker.id("second"), "second");
-    // Retired by the sweep: two sweeps 3 s apart after its namespace emptied.
+    // Docker stops its containers when it stops (or, killed first, when it is back): once the
+    // kernel says the first one's init is gone, the sweep retires the container (two sweeps 3 s
+    // apart after its namespace empties).
+    eventually(tests::settle(), "the first container's init exits", || {
+        (!proc_truth::alive(first_init)).then_some(())
+    });
     eventually(tests::settle() * 2, "the stopped container is gone", || {
         d.containers().iter().all(|c| c.id != first).then_some(())
     });

@@ -127,6 +127,7 @@ fn guest_script(bins: &[TestBinary], filter: Option<&str>) -> String {
 pub fn run_kernel(
     root: &Path,
     series: &str,
+    attach: Attach,
     bins: &[TestBinary],
     pidvirt: &Path,
     filter: Option<&str>,
@@ -141,18 +142,24 @@ pub fn run_kernel(
             return report;
         }
     };
-    report.kernel.clone_from(&kernel.name);
+    report.kernel = attach.label(&kernel.name);
+    let bins: Vec<TestBinary> = bins.iter().filter(|b| attach.runs(&b.name)).cloned().collect();
+    let bins = bins.as_slice();
+    let mut env = vec![
+        ("PIDVIRT_BIN".into(), pidvirt.display().to_string()),
+        ("PIDVIRT_TIME_SCALE".into(), TIME_SCALE.to_string()),
+        ("PIDVIRT_TEST_NOTES".into(), "/vm-results/unavailable.tsv".into()),
+        // The booted kernel's own modules (the guest's /lib/modules is the host's): tests load
+        // what a tool needs from there (criu: nf_tables).
+        ("PIDVIRT_VM_MODULES".into(), kernel.modules_dir.display().to_string()),
+        ("RUST_BACKTRACE".into(), "0".into()),
+    ];
+    if let Attach::Tracepoint = attach {
+        env.push(("PIDVIRT_ATTACH".into(), "tracepoint".into()));
+    }
     let opts = vm::VmRunOptions {
         cwd: root.join("tests"),
-        env: vec![
-            ("PIDVIRT_BIN".into(), pidvirt.display().to_string()),
-            ("PIDVIRT_TIME_SCALE".into(), TIME_SCALE.to_string()),
-            ("PIDVIRT_TEST_NOTES".into(), "/vm-results/unavailable.tsv".into()),
-            // The booted kernel's own modules (the guest's /lib/modules is the host's): tests load
-            // what a tool needs from there (criu: nf_tables).
-            ("PIDVIRT_VM_MODULES".into(), kernel.modules_dir.display().to_string()),
-            ("RUST_BACKTRACE".into(), "0".into()),
-        ],
+        env,
         timeout: Duration::from_hours(1),
         extra_cmdline: String::new(),
         mem_mb: 3072,
@@ -194,7 +201,7 @@ pub fn run_kernel(
     if !report.ok() {
         let dir = root.join("target/vm-logs");
         let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join(format!("{}.console.log", report.kernel));
+        let path = dir.join(format!("{}.console.log", report.kernel.replace(' ', "-")));
         if std::fs::write(&path, &run.console).is_ok() {
             report.console_log = Some(path);
         }
@@ -204,7 +211,43 @@ pub fn run_kernel(
     report
 }
 
-/// Runs the suite on each series, in parallel (one emulated VM per core).
+/// How the daemons of a run attach to the syscalls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// `pidvirt run`'s default: fentry/fexit where the kernel takes them (Debian's kernels do).
+    Auto,
+    /// Forced tracepoints (`PIDVIRT_ATTACH=tracepoint`): the fallback's path on a kernel that
+    /// has fentry, so that both are tested everywhere.
+    Tracepoint,
+}
+
+impl Attach {
+    /// Both, in the order a kernel's runs go.
+    pub const BOTH: [Attach; 2] = [Attach::Auto, Attach::Tracepoint];
+
+    /// The test binaries whose subject is the syscall programs: the forced-tracepoint run takes
+    /// only these (the rest do not depend on how the syscalls are hooked, and an emulated VM
+    /// runs the whole suite in about half an hour).
+    const SYSCALL_SUITES: &[&str] = &["attach", "audit", "levels", "precision"];
+
+    /// Whether a run in this mode takes test binary `name`.
+    fn runs(self, name: &str) -> bool {
+        match self {
+            Attach::Auto => true,
+            Attach::Tracepoint => Self::SYSCALL_SUITES.contains(&name),
+        }
+    }
+
+    fn label(self, kernel: &str) -> String {
+        match self {
+            Attach::Auto => kernel.to_string(),
+            Attach::Tracepoint => format!("{kernel} tracepoint"),
+        }
+    }
+}
+
+/// Runs the suite on each series, in parallel (one emulated VM per core), in both attach modes
+/// (one after the other on a series).
 pub fn run_all(
     root: &Path,
     series: &[String],
@@ -218,9 +261,18 @@ pub fn run_all(
         vm::prepare_kernel(&root.join("target/vm-cache"), s).with_context(|| format!("kernel {s}"))?;
     }
     let reports = std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            series.iter().map(|s| scope.spawn(move || run_kernel(root, s, bins, pidvirt, filter))).collect();
-        handles.into_iter().map(|h| h.join().expect("vm thread")).collect()
+        let handles: Vec<_> = series
+            .iter()
+            .map(|s| {
+                scope.spawn(move || {
+                    Attach::BOTH
+                        .iter()
+                        .map(|&a| run_kernel(root, s, a, bins, pidvirt, filter))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("vm thread")).collect()
     });
     Ok(reports)
 }
@@ -228,7 +280,7 @@ pub fn run_all(
 /// One table line per kernel.
 pub fn summary(reports: &[KernelReport]) -> String {
     let mut s = format!(
-        "{:<28} {:>6} {:>6} {:>11} {:>6} {:>8}  {}\n",
+        "{:<34} {:>6} {:>6} {:>11} {:>6} {:>8}  {}\n",
         "KERNEL", "PASSED", "REAL", "UNAVAILABLE", "FAILED", "TIME", "NOTES"
     );
     for r in reports {
@@ -250,7 +302,7 @@ pub fn summary(reports: &[KernelReport]) -> String {
         }
         let _ = writeln!(
             s,
-            "{:<28} {:>6} {:>6} {:>11} {:>6} {:>7.0}s  {}",
+            "{:<34} {:>6} {:>6} {:>11} {:>6} {:>7.0}s  {}",
             r.kernel,
             r.passed.len(),
             r.real(),

@@ -16,10 +16,11 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use super::{GUEST_HOSTNAME, fnv1a};
 
-/// Modules the initramfs needs. Their dependencies are added from each module's `.modinfo`
-/// (`depends=`; Debian's packages ship no `modules.dep`, depmod makes it at install time), and
-/// modules built into the kernel (`modules.builtin`) are skipped.
-const INITRAMFS_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
+/// Modules the initramfs loads: the host's root and the run directory over 9p, and overlayfs,
+/// which the container engines' image stores mount. Their dependencies are added from each
+/// module's `.modinfo` (`depends=`; Debian's packages ship no `modules.dep`, depmod makes it at
+/// install time), and modules built into the kernel (`modules.builtin`) are skipped.
+const INITRAMFS_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 
 /// The guest's /init. `@HOSTNAME@` is replaced by the guest's host name, `@MODULES@` by the
 /// module file names in load order.
@@ -403,11 +404,12 @@ virtio_ring: virtio
 virtio_pci: virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio_ring,virtio
 virtio_pci_modern_dev:
 virtio_pci_legacy_dev:
+overlay:
 unrelated: 9p
 ";
         let names = order_of(spec, "").unwrap();
         let pos = |n: &str| names.iter().position(|x| x == n).unwrap();
-        assert_eq!(names.len(), 10, "{names:?}");
+        assert_eq!(names.len(), 11, "{names:?}");
         for (before, after) in [
             ("virtio", "virtio_ring"),
             ("virtio_ring", "virtio_pci"),
@@ -425,9 +427,9 @@ unrelated: 9p
 
     #[test]
     fn module_order_6_12_style_skips_builtin() {
-        let spec = "9p: netfs,9pnet\n9pnet:\n9pnet_virtio: 9pnet\nnetfs:\n";
+        let spec = "9p: netfs,9pnet\n9pnet:\n9pnet_virtio: 9pnet\nnetfs:\noverlay:\n";
         let builtin = "kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_pci.ko\n";
-        assert_eq!(order_of(spec, builtin).unwrap(), ["9pnet", "9pnet_virtio", "netfs", "9p"]);
+        assert_eq!(order_of(spec, builtin).unwrap(), ["9pnet", "9pnet_virtio", "netfs", "9p", "overlay"]);
         let err = order_of(spec, "").unwrap_err();
         assert!(err.to_string().contains("virtio_pci"), "{err}");
     }
