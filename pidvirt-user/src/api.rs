@@ -24,6 +24,9 @@ pub enum Request {
     },
     /// Every known container.
     Containers,
+    /// One container, named as users name it (id, runtime name, pod, pid namespace inode,
+    /// unique id prefix).
+    Container { container: String },
     /// Registers a container under `id`, by exactly one of: `pid` (a task in it: its pid
     /// namespace, or its cgroup if it runs in the host's), `cgroup` (a cgroup v2 directory,
     /// absolute or relative to the cgroup2 mount) or `pidns` (a namespace inode).
@@ -266,6 +269,8 @@ mod tests {
     fn requests_round_trip() {
         let r: Request = serde_json::from_str(r#"{"op":"translate","container":"c1","vpid":3}"#).unwrap();
         assert_eq!(r, Request::Translate { container: "c1".into(), vpid: Some(3), pid: None });
+        let r: Request = serde_json::from_str(r#"{"op":"container","container":"web"}"#).unwrap();
+        assert_eq!(r, Request::Container { container: "web".into() });
         let r: Request = serde_json::from_str(r#"{"op":"ps"}"#).unwrap();
         assert_eq!(r, Request::Ps { container: None });
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());

@@ -10,6 +10,7 @@ pub mod files;
 pub mod kernel;
 pub mod loader;
 pub mod procscan;
+pub mod restore;
 pub mod runtimes;
 pub mod seed;
 pub mod server;

@@ -58,6 +58,17 @@ enum Command {
     Floor(cli::floor::Args),
     /// Daemon status: kernel, attached programs, seed report.
     Status(cli::status::Args),
+    /// Start a command inside a container with chosen pids (clone3 set_tid), like docker exec.
+    Spawn(cli::spawn::Args),
+    /// A container's process tree as JSON: every task's pids, parent, group, session, threads.
+    Snapshot(cli::snapshot::Args),
+    /// Remake a snapshot's tree in a new pid namespace, every pid as it was; register it.
+    Restore(cli::restore::Args),
+    /// Compare a container's tree with a snapshot: each difference on a line, exit code 1.
+    Compare(cli::compare::Args),
+    /// The single-threaded process spawn and restore fork from (started by them only).
+    #[command(hide = true)]
+    CloneHelper(cli::clone_helper::Args),
 }
 
 fn init_logging() {
@@ -86,11 +97,21 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Audit(a) => cli::audit::run(a).await,
         Command::Floor(a) => cli::floor::run(a).await,
         Command::Status(a) => cli::status::run(a).await,
+        Command::Spawn(a) => cli::spawn::run(a).await,
+        Command::Snapshot(a) => cli::snapshot::run(a).await,
+        Command::Restore(a) => cli::restore::run(a).await,
+        Command::Compare(a) => cli::compare::run(a).await,
+        // Run before the runtime exists (main).
+        Command::CloneHelper(_) => Ok(()),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The clone helper must stay single-threaded: no runtime, no logging.
+    if let Command::CloneHelper(a) = &cli.command {
+        return cli::clone_helper::run(a);
+    }
     init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -102,6 +123,9 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(cli::Exit(code)) = e.downcast_ref::<cli::Exit>() {
+                return ExitCode::from(*code);
+            }
             eprintln!("pidvirt: {e:#}");
             ExitCode::FAILURE
         }

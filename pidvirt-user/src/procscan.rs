@@ -237,11 +237,11 @@ pub fn process_exists(pid: u32) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A real /proc/PID/task/TID/status (6.18) of a thread in a level-1 namespace.
-    const STATUS: &str = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t26919\nNgid:\t0\n\
+    pub(crate) const STATUS: &str = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t26919\nNgid:\t0\n\
 Pid:\t26921\nPPid:\t26918\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nFDSize:\t64\n\
 Groups:\t \nNStgid:\t26919\t1\nNSpid:\t26921\t3\nNSpgid:\t26919\t1\nNSsid:\t26900\t0\n\
 Kthread:\t0\nThreads:\t2\nSigQ:\t0/96364\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\n\

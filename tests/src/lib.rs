@@ -310,6 +310,18 @@ impl Daemon {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Runs `pidvirt ARGS` with our socket in PIDVIRT_SOCKET: for commands whose last arguments
+    /// are a command of their own (`spawn ... -- CMD`), after which `--socket` would be CMD's.
+    pub fn cli_env(&self, args: &[&str]) -> Cli {
+        Command::new(pidvirt_bin())
+            .args(args)
+            .env("PIDVIRT_SOCKET", &self.socket)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pidvirt")
+            .into()
+    }
+
     /// Runs `pidvirt ARGS --socket <ours>`.
     pub fn cli(&self, args: &[&str]) -> Cli {
         let sock = self.socket.to_string_lossy().into_owned();
@@ -470,6 +482,20 @@ impl Fixture {
     pub fn num(&mut self, line: &str) -> i64 {
         let a = self.cmd(line);
         a.parse().unwrap_or_else(|_| panic!("fixture {line:?} answered {a:?}"))
+    }
+
+    /// `spawn_tree`: the vpid of each role (A..H).
+    pub fn tree(&mut self) -> BTreeMap<String, u32> {
+        let answer = self.cmd("spawn_tree");
+        let roles: BTreeMap<String, u32> = answer
+            .split_whitespace()
+            .filter_map(|w| {
+                let (role, vpid) = w.split_once('=')?;
+                Some((role.to_string(), vpid.parse().ok()?))
+            })
+            .collect();
+        assert_eq!(roles.len(), 8, "spawn_tree answered {answer:?}");
+        roles
     }
 
     /// A fixture with `depth` namespaces whose innermost init has a sibling, and that sibling's
@@ -658,6 +684,54 @@ pub mod proc_truth {
     /// Tasks whose own pid namespace is `ns`.
     pub fn tasks_in(ns: u64) -> Vec<Task> {
         tasks().into_iter().filter(|t| t.pidns == ns).collect()
+    }
+
+    /// What /proc/PID/status says of a process's relations: its parent (host pid), and its
+    /// process group and session at every level (0 where not visible).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Relations {
+        pub name: String,
+        pub ppid: u32,
+        pub nspgid: Vec<u32>,
+        pub nssid: Vec<u32>,
+    }
+
+    /// The relations of host pid `pid`, if it exists.
+    pub fn relations(pid: u32) -> Option<Relations> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        Some(Relations {
+            name: status.lines().find_map(|l| l.strip_prefix("Name:"))?.trim().to_string(),
+            ppid: numbers(&status, "PPid:")?.first().copied()?,
+            nspgid: numbers(&status, "NSpgid:")?,
+            nssid: numbers(&status, "NSsid:")?,
+        })
+    }
+
+    /// Host tids of the threads of host pid `pid` (the leader included).
+    pub fn thread_ids(pid: u32) -> Vec<u32> {
+        let mut tids = dir_numbers(&format!("/proc/{pid}/task"));
+        tids.sort_unstable();
+        tids
+    }
+
+    /// The comm of host tid `tid` of process `pid`.
+    pub fn comm(pid: u32, tid: u32) -> Option<String> {
+        Some(std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?.trim().to_string())
+    }
+
+    /// Pid namespace inodes that hold a task now.
+    pub fn namespaces() -> std::collections::BTreeSet<u64> {
+        tasks().into_iter().map(|t| t.pidns).collect()
+    }
+
+    /// A host pid no task has now, from the top of the range (pids are handed out from the
+    /// bottom, so it stays free for the moment a test needs it).
+    pub fn free_pid() -> u32 {
+        let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(32768);
+        (max / 2..max - 1).rev().find(|p| !alive(*p)).expect("a free pid")
     }
 
     /// Whether host tid `tid` exists.

@@ -402,11 +402,12 @@ fn with_dockerd_stopped_the_audit_goes_on_and_new_containers_are_named_when_it_i
     docker.ok(&["run", "-d", "--name", "second", IMAGE, "sleep", "600"]);
     named(&d, &docker.id("second"), "second");
     // Docker stops its containers when it stops (or, killed first, when it is back): once the
-    // kernel says the first one's init is gone, so is the container.
+    // kernel says the first one's init is gone, the sweep retires the container (two sweeps 3 s
+    // apart after its namespace empties).
     eventually(tests::settle(), "the first container's init exits", || {
         (!proc_truth::alive(first_init)).then_some(())
     });
-    eventually(tests::settle(), "the stopped container is gone", || {
+    eventually(tests::settle() * 2, "the stopped container is gone", || {
         d.containers().iter().all(|c| c.id != first).then_some(())
     });
 }

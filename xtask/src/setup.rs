@@ -12,7 +12,7 @@ pub const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd
 /// bpftool, the container engines the suite starts: Docker with its containerd, Podman; the
 /// Prometheus server and promtool that scrape and lint the metrics; systemd-analyze, which checks
 /// the service unit; apparmor_parser, which Docker needs wherever the kernel runs AppArmor, as
-/// Debian's kernels in the VMs do).
+/// Debian's kernels in the VMs do; criu, with which runc checkpoints and restores).
 pub const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "runc",
@@ -23,6 +23,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "systemd",
     "apparmor",
+    "criu",
 ];
 /// The bpf-linker series known to work with aya 0.14 and LLVM 22.
 pub const BPF_LINKER_VERSION: &str = "0.13";

@@ -149,6 +149,9 @@ pub fn run_kernel(
         ("PIDVIRT_BIN".into(), pidvirt.display().to_string()),
         ("PIDVIRT_TIME_SCALE".into(), TIME_SCALE.to_string()),
         ("PIDVIRT_TEST_NOTES".into(), "/vm-results/unavailable.tsv".into()),
+        // The booted kernel's own modules (the guest's /lib/modules is the host's): tests load
+        // what a tool needs from there (criu: nf_tables).
+        ("PIDVIRT_VM_MODULES".into(), kernel.modules_dir.display().to_string()),
         ("RUST_BACKTRACE".into(), "0".into()),
     ];
     if let Attach::Tracepoint = attach {

@@ -3,6 +3,8 @@
 //! for programs).
 
 pub mod audit;
+pub mod clone_helper;
+pub mod compare;
 pub mod container;
 pub mod containers;
 pub mod detach;
@@ -11,7 +13,10 @@ pub mod install_hook;
 pub mod oci_hook;
 pub mod policy;
 pub mod ps;
+pub mod restore;
 pub mod run;
+pub mod snapshot;
+pub mod spawn;
 pub mod stats;
 pub mod status;
 pub mod translate;
@@ -39,6 +44,12 @@ impl SocketArg {
         })
     }
 }
+
+/// A command's exit code, with nothing more to say (a spawned command's status, compare's
+/// differences, already printed).
+#[derive(Debug, thiserror::Error)]
+#[error("exit code {0}")]
+pub struct Exit(pub u8);
 
 /// Appends a formatted line to a `String` (writing to a String cannot fail).
 macro_rules! out {

@@ -295,6 +295,7 @@ impl Handler for App {
         match req {
             Request::Ps { container } => to_json(self.ps(container.as_deref())?),
             Request::Containers => to_json(self.containers()?),
+            Request::Container { container } => to_json(self.container(&container)?),
             Request::Translate { container, vpid, pid } => to_json(self.translate(&container, vpid, pid)?),
             Request::Stats { container } => self.stats(container.as_deref()),
             Request::Register { id, pid, cgroup, pidns, labels, by, mode } => {

@@ -126,6 +126,14 @@ impl App {
         })
     }
 
+    pub(super) fn container(&self, name: &str) -> Result<ContainerRow, ApiError> {
+        self.containers.view(|maps, reg| {
+            let c = reg.lookup(name)?;
+            let tasks = maps.task_entries().iter().filter(|(_, e)| e.container == c.number).count();
+            Ok(c.row(tasks as u64, &reg.ids_by_pidns()))
+        })?
+    }
+
     pub(super) fn translate(
         &self,
         container: &str,

@@ -29,6 +29,8 @@
 //! - `pid` — answers getpid() (the init's vpid, 1).
 //! - `prlimit_set P` — prlimit64(P, RLIMIT_NOFILE) setting P's current limits again (the
 //!   kernel asks the LSMs); answers 0 or `-errno`.
+//! - `spawn_tree` — a tree of 8 processes with two sessions and three process groups under the
+//!   init (see `spawn_tree`); answers `ROLE=VPID` for each, space-separated.
 //! - `mount_proc`, `path SYS PATH`, `path_at DIR SYS REL`, `path_cwd DIR SYS REL`: numbers in
 //!   /proc paths (tests/src/fixture/paths.rs).
 //!
@@ -199,6 +201,75 @@ fn spawn_leader_exits(threads: usize) -> i64 {
     answer_when_ready(pid, (r, w))
 }
 
+/// A process of `spawn_tree`: runs `setup` (its session, group and children), reports
+/// `ROLE VPID` on `report`, makes `threads` sleeping threads and says it is ready; answers its
+/// vpid once it is.
+fn tree_node(role: &str, threads: usize, report: RawFd, setup: impl FnOnce()) -> i64 {
+    let (r, w) = pipe();
+    let pid = spawn_with(&[], || {
+        die_with_parent();
+        setup();
+        // SAFETY: getpid has no preconditions.
+        let line = format!("{role}={}\n", unsafe { libc::getpid() });
+        // SAFETY: `line` is readable for its length; `report` is a raw descriptor no Rust value owns.
+        unsafe { libc::write(report, line.as_ptr().cast(), line.len()) };
+        child_body(threads, w)
+    });
+    answer_when_ready(pid, (r, w))
+}
+
+/// Under the init (outside session and group, shown as 0):
+/// A founds session A (group A) and has 2 threads; B, its child, stays in group A; C, its
+/// child, founds group C; D, C's child, stays in C; E, A's child, joins group C. F founds
+/// session F; G, its child, stays in it. H stays in the init's session and group.
+fn spawn_tree() -> String {
+    let (r, w) = pipe();
+    let setsid = || {
+        // SAFETY: setsid takes nothing (a new child leads no group, so it succeeds).
+        unsafe { libc::setsid() };
+    };
+    tree_node("A", 2, w, || {
+        setsid();
+        tree_node("B", 0, w, || {});
+        let c = tree_node("C", 0, w, || {
+            // SAFETY: setpgid takes numbers.
+            unsafe { libc::setpgid(0, 0) };
+            tree_node("D", 0, w, || {});
+        });
+        tree_node("E", 0, w, || {
+            // SAFETY: as above; group C exists (C is ready) in this session.
+            unsafe { libc::setpgid(0, c as i32) };
+        });
+    });
+    tree_node("F", 0, w, || {
+        setsid();
+        tree_node("G", 0, w, || {});
+    });
+    tree_node("H", 0, w, || {});
+    // Every node reported before it was ready: the 8 lines are in the pipe.
+    let mut lines = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut line = String::new();
+    while lines.len() < 8 {
+        // SAFETY: `byte` is writable for one byte; `r` is a raw descriptor no Rust value owns.
+        if unsafe { libc::read(r, byte.as_mut_ptr().cast(), 1) } != 1 {
+            break;
+        }
+        if byte[0] == b'\n' {
+            lines.push(std::mem::take(&mut line));
+        } else {
+            line.push(char::from(byte[0]));
+        }
+    }
+    // SAFETY: raw descriptors no Rust value owns (the tree keeps its own copies of `w`).
+    unsafe {
+        libc::close(r);
+        libc::close(w);
+    }
+    lines.sort();
+    lines.join(" ")
+}
+
 /// A tracer (another child of ours) seizes child `v`, kills it and collects its exit.
 fn traced_exit(v: i32) -> String {
     let (r, w) = pipe();
@@ -315,6 +386,7 @@ fn execute(line: &str) -> String {
             }
         }
         Some("spawn_exec") => spawn_exec(num(1).unwrap_or(0) as usize).to_string(),
+        Some("spawn_tree") => spawn_tree(),
         Some("reap" | "zombie") => {
             let Some(v) = num(1) else {
                 return "err bad pid".into();
