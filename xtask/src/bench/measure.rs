@@ -292,10 +292,41 @@ fn wait_for(
 // ---------------------------------------------------------------------------------------------
 // The modes
 
+/// How the syscall programs are attached (`pidvirt run --attach`, `pidvirt floor --attach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Attach {
+    /// The syscall tracepoints (while any is enabled, every syscall of the host takes the kernel's
+    /// slow path).
+    Tracepoint,
+    /// fentry/fexit on the syscall functions, where the kernel takes them.
+    Fentry,
+}
+
+impl Attach {
+    pub const ALL: [Attach; 2] = [Attach::Tracepoint, Attach::Fentry];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Attach::Tracepoint => "tracepoint",
+            Attach::Fentry => "fentry",
+        }
+    }
+
+    /// The floor and pidvirt modes attached this way.
+    pub fn modes(self) -> (Mode, Mode) {
+        match self {
+            Attach::Tracepoint => (Mode::Floor, Mode::Pidvirt),
+            Attach::Fentry => (Mode::FloorFentry, Mode::PidvirtFentry),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
     Bare,
+    /// EMPTY programs on pidvirt's hooks, the syscalls' by their tracepoints.
     Floor,
+    /// pidvirt, its syscall programs on the syscall tracepoints.
     Pidvirt,
     Peer,
     /// EMPTY programs on read's own syscall tracepoints: what hooking a syscall through its
@@ -303,10 +334,22 @@ pub enum Mode {
     ReadHooked,
     /// EMPTY programs on the raw sys_enter/sys_exit tracepoints: a design hooking every syscall.
     Raw,
+    /// The floor with its syscall programs on fentry/fexit.
+    FloorFentry,
+    /// pidvirt with its syscall programs on fentry/fexit.
+    PidvirtFentry,
 }
 
-pub const MODES: [Mode; 6] =
-    [Mode::Bare, Mode::Floor, Mode::Pidvirt, Mode::Peer, Mode::ReadHooked, Mode::Raw];
+pub const MODES: [Mode; 8] = [
+    Mode::Bare,
+    Mode::Floor,
+    Mode::Pidvirt,
+    Mode::Peer,
+    Mode::ReadHooked,
+    Mode::Raw,
+    Mode::FloorFentry,
+    Mode::PidvirtFentry,
+];
 
 impl Mode {
     pub fn name(self) -> &'static str {
@@ -317,6 +360,17 @@ impl Mode {
             Mode::Peer => "peer",
             Mode::ReadHooked => "read-hooked",
             Mode::Raw => "raw",
+            Mode::FloorFentry => "floor-fentry",
+            Mode::PidvirtFentry => "pidvirt-fentry",
+        }
+    }
+
+    /// How the mode attaches to the syscalls, for the floors and pidvirt.
+    pub fn attach(self) -> Option<Attach> {
+        match self {
+            Mode::Floor | Mode::Pidvirt => Some(Attach::Tracepoint),
+            Mode::FloorFentry | Mode::PidvirtFentry => Some(Attach::Fentry),
+            _ => None,
         }
     }
 
@@ -332,7 +386,7 @@ impl Mode {
     /// `pidvirt floor --hooks H` for the floor-like modes.
     fn floor_hooks(self) -> Option<&'static str> {
         match self {
-            Mode::Floor => Some("pidvirt"),
+            Mode::Floor | Mode::FloorFentry => Some("pidvirt"),
             Mode::ReadHooked => Some("read"),
             Mode::Raw => Some("raw"),
             _ => None,
@@ -365,6 +419,9 @@ pub struct Bench {
     pub cpu: usize,
     /// The bpftrace script, or why the peer is unavailable.
     pub peer: Result<PeerScript, String>,
+    /// Whether the syscall programs can be attached with fentry/fexit here (Err: why not, as
+    /// `pidvirt status` says it), once [`Bench::probe_fentry`] asked.
+    pub fentry: Result<(), String>,
 }
 
 pub struct PeerScript {
@@ -393,7 +450,51 @@ impl Bench {
             cpus,
             cpu,
             peer,
+            fentry: Err("not probed".into()),
         })
+    }
+
+    /// Asks the kernel whether it takes fentry/fexit on the syscall functions: a daemon started
+    /// with `--attach auto` says in `status` (syscalls.mode, syscalls.reason) what it got and why.
+    pub fn probe_fentry(&mut self) -> anyhow::Result<()> {
+        if !self.opts.attach.contains(&Attach::Fentry) {
+            self.fentry = Err("not measured (--attach without fentry)".into());
+            return Ok(());
+        }
+        let socket = self.socket("probe");
+        let d = self.start_daemon_with("probe", Path::new("/dev/null"), "auto")?;
+        let status = capture_json(self.pidvirt_cmd().arg("status").arg("--socket").arg(&socket))?;
+        drop(d);
+        let (mode, reason) = (status["syscalls"]["mode"].as_str(), status["syscalls"]["reason"].as_str());
+        self.fentry = match mode {
+            Some("fentry") => Ok(()),
+            _ => Err(format!(
+                "unavailable on this kernel: {}",
+                reason.unwrap_or("pidvirt status gave no reason")
+            )),
+        };
+        Ok(())
+    }
+
+    /// The modes this run measures: every mode, but the fentry ones only where the kernel takes
+    /// fentry (and the peer only while it is available).
+    pub fn modes(&self) -> Vec<Mode> {
+        MODES
+            .into_iter()
+            .filter(|m| m.attach().is_none_or(|a| self.opts.attach.contains(&a)))
+            .filter(|m| m.attach() != Some(Attach::Fentry) || self.fentry.is_ok())
+            .collect()
+    }
+
+    /// Whether attach mode `a` is measured in this run, or why not.
+    pub fn attach_measured(&self, a: Attach) -> Result<(), String> {
+        match a {
+            _ if !self.opts.attach.contains(&a) => {
+                Err(format!("not measured (--attach without {})", a.name()))
+            }
+            Attach::Tracepoint => Ok(()),
+            Attach::Fentry => self.fentry.clone(),
+        }
     }
 
     fn pidvirt_cmd(&self) -> Command {
@@ -406,9 +507,19 @@ impl Bench {
 
     /// `pidvirt run --socket <tmp>/NAME.sock --audit-log LOG`, ready once `status` answers.
     fn start_daemon(&self, name: &str, audit_log: &Path) -> anyhow::Result<Running> {
+        self.start_daemon_with(name, audit_log, "auto")
+    }
+
+    /// [`Self::start_daemon`] with `--attach ATTACH`.
+    fn start_daemon_with(&self, name: &str, audit_log: &Path, attach: &str) -> anyhow::Result<Running> {
         let socket = self.socket(name);
         let mut cmd = self.pidvirt_cmd();
-        cmd.arg("run").arg("--socket").arg(&socket).arg("--audit-log").arg(audit_log);
+        cmd.arg("run")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--audit-log")
+            .arg(audit_log)
+            .args(["--attach", attach]);
         let mut d =
             Running::spawn("pidvirt run", &mut cmd, libc::SIGTERM, &self.tmp.0.join(format!("{name}.log")))?;
         wait_for("pidvirt run to serve its socket", Duration::from_mins(1), || {
@@ -421,12 +532,13 @@ impl Bench {
     fn start_mode(&self, mode: Mode) -> anyhow::Result<Option<Running>> {
         match mode {
             Mode::Bare => Ok(None),
-            Mode::Floor | Mode::ReadHooked | Mode::Raw => {
+            Mode::Floor | Mode::FloorFentry | Mode::ReadHooked | Mode::Raw => {
                 let hooks = mode.floor_hooks().unwrap_or("pidvirt");
+                let attach = mode.attach().unwrap_or(Attach::Tracepoint).name();
                 let log = self.tmp.0.join(format!("{}.log", mode.name()));
                 let mut f = Running::spawn(
                     "pidvirt floor",
-                    self.pidvirt_cmd().args(["floor", "--hooks", hooks]),
+                    self.pidvirt_cmd().args(["floor", "--hooks", hooks, "--attach", attach]),
                     libc::SIGTERM,
                     &log,
                 )?;
@@ -436,7 +548,10 @@ impl Bench {
                 })?;
                 Ok(Some(f))
             }
-            Mode::Pidvirt => self.start_daemon("syscalls", Path::new("/dev/null")).map(Some),
+            Mode::Pidvirt | Mode::PidvirtFentry => {
+                let attach = mode.attach().unwrap_or(Attach::Tracepoint).name();
+                self.start_daemon_with(mode.name(), Path::new("/dev/null"), attach).map(Some)
+            }
             Mode::Peer => {
                 let script = self.peer.as_ref().map_err(|e| anyhow::anyhow!("peer unavailable: {e}"))?;
                 let log = self.tmp.0.join("bpftrace.log");
@@ -666,8 +781,9 @@ fn run_round(
     peer_error: &mut Option<String>,
 ) -> anyhow::Result<Round> {
     let mut round = Round { ns: BTreeMap::new(), attach_ms: BTreeMap::new(), foreign };
-    let mut order = MODES.to_vec();
-    order.rotate_left(attempt % MODES.len());
+    let mut order = b.modes();
+    let n = order.len();
+    order.rotate_left(attempt % n);
     let mut line = format!("[bench] round {} (clean so far {clean_so_far}):", attempt + 1);
     for mode in order {
         if mode == Mode::Peer && peer_error.is_some() {
@@ -793,10 +909,12 @@ impl KernelTimes {
 pub fn kernel_times(b: &Bench) -> anyhow::Result<KernelTimes> {
     let forks = b.opts.fork_iters * b.opts.fork_batches as u64;
     let workloads = [("getpid", b.opts.iters), ("kill", b.opts.iters), ("fork", forks)];
-    let mut modes = vec![Mode::Floor, Mode::Pidvirt];
-    if b.peer.is_ok() {
-        modes.push(Mode::Peer);
-    }
+    let modes: Vec<Mode> = b
+        .modes()
+        .into_iter()
+        .filter(|m| matches!(m, Mode::Floor | Mode::Pidvirt | Mode::FloorFentry | Mode::PidvirtFentry))
+        .chain(b.peer.is_ok().then_some(Mode::Peer))
+        .collect();
     let mut generator = Generator::start(&b.generator, b.cpu)?;
     let stats = BpfStats::enable()?;
     let mut passes = BTreeMap::new();

@@ -158,6 +158,11 @@ impl<'a> SyscallSummary<'a> {
         }
     }
 
+    /// fork+exit+wait rate with mode `m` over bare's, round by round.
+    pub fn fork_rates(&self, m: Mode) -> Vec<f64> {
+        self.rounds.ratios(Mode::Bare, m, "fork")
+    }
+
     /// What mode `m` added to workload `w` over bare, round by round.
     pub fn added(&self, m: Mode, w: &str) -> Vec<f64> {
         self.rounds.differences(m, Mode::Bare, w)
