@@ -29,11 +29,16 @@
 //! - `pid` — answers getpid() (the init's vpid, 1).
 //! - `prlimit_set P` — prlimit64(P, RLIMIT_NOFILE) setting P's current limits again (the
 //!   kernel asks the LSMs); answers 0 or `-errno`.
+//! - `mount_proc`, `path SYS PATH`, `path_at DIR SYS REL`, `path_cwd DIR SYS REL`: numbers in
+//!   /proc paths (tests/src/fixture/paths.rs).
 //!
 //! Every process of the fixture dies with the fixture (PR_SET_PDEATHSIG) and when stdin closes.
 //!
 //! `pidvirt-fixture call NAME ARGS...` makes one syscall from the calling process and prints
 //! its raw return value (run it under `nsenter -t PID -p` to call from another namespace).
+
+#[path = "../fixture/paths.rs"]
+mod paths;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -387,7 +392,7 @@ fn execute(line: &str) -> String {
             raw_syscall(libc::SYS_prlimit64, &[pid, i64::from(libc::RLIMIT_NOFILE), &raw const lim as i64, 0])
                 .to_string()
         }
-        _ => format!("err unknown command {line:?}"),
+        _ => paths::execute(&words).unwrap_or_else(|| format!("err unknown command {line:?}")),
     }
 }
 
