@@ -48,6 +48,9 @@ pub struct Options {
     /// work, RCU callbacks, short enough that a burst of host noise spoils few batches).
     #[arg(long, default_value_t = 300)]
     fork_iters: u64,
+    /// Calls per batch of the open workloads (openat+close of a regular file, of /proc/self/stat).
+    #[arg(long, default_value_t = 20_000)]
+    open_iters: u64,
     /// Batches of fork+exit+wait per round (the round's value is the median of their means).
     #[arg(long, default_value_t = 21)]
     fork_batches: usize,

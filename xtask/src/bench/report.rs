@@ -415,8 +415,8 @@ fn overhead_note(b: &Bench, runs: &SyscallRuns, s: &SyscallSummary) -> String {
         "Every workload of every mode and round runs in ONE process pinned to CPU {}, the init of one pid \
          namespace (pidvirt-bench serve: a process's own layout, which fork copies, then weighs the same \
          on every mode); a round's value is the median of {} \
-         batches' means of {} calls ({} batches of {} for fork+exit+wait), timed with CLOCK_MONOTONIC. {} \
-         rounds ({}); the \
+         batches' means of {} calls ({} batches of {} for fork+exit+wait, {} calls for the openat+close \
+         workloads), timed with CLOCK_MONOTONIC. {} rounds ({}); the \
          modes alternate round by round (rotating order). bare: median ns per call with nothing attached; \
          +floor / +pidvirt / +peer: ns ADDED over bare (median of the per-round differences, \
          [25th..75th percentile] of them). floor = \
@@ -427,6 +427,7 @@ fn overhead_note(b: &Bench, runs: &SyscallRuns, s: &SyscallSummary) -> String {
         b.opts.iters,
         b.opts.fork_batches,
         b.opts.fork_iters,
+        b.opts.open_iters,
         s.rounds.len(),
         if s.perturbed_used() {
             format!("PERTURBED: only {} of {} ran with no one else tracing", s.clean, s.run)
@@ -629,7 +630,7 @@ fn syscalls_json(
             "attach_ms": by_name(&r.attach_ms),
         })).collect::<Vec<_>>(),
         "batches": b.opts.batches, "iters": b.opts.iters, "fork_iters": b.opts.fork_iters,
-        "fork_batches": b.opts.fork_batches,
+        "fork_batches": b.opts.fork_batches, "open_iters": b.opts.open_iters,
         "cpu": b.cpu, "elapsed_s": runs.elapsed_s,
         "peer": { "available": s.peer_ok, "reason": runs.peer_error,
                   "tracepoints": b.peer.as_ref().ok().map(|p| p.tracepoints),
@@ -667,7 +668,7 @@ pub fn kernel_time(
         header.extend(["floor ns (fentry)", "pidvirt ns (fentry)", "pidvirt - floor (fentry)"]);
     }
     let mut rows = Vec::new();
-    for (w, _) in k.workloads {
+    for &(w, _) in &k.workloads {
         let cell = |m: Mode| match per_call(m, w) {
             Some((ns, runs)) => format!("{ns:.1} ({runs:.2} runs)"),
             None => "n/a".into(),

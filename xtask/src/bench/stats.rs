@@ -399,7 +399,7 @@ mod tests {
         assert_eq!((ns, runs), (80.0, 3.0));
         let mut k = KernelTimes {
             modes: vec![Mode::Floor, Mode::Pidvirt],
-            workloads: [("getpid", 10), ("kill", 10), ("fork", 10)],
+            workloads: vec![("getpid", 10), ("kill", 10), ("fork", 10)],
             passes: BTreeMap::new(),
         };
         assert!(stats_cost_per_run(&k).is_nan());
