@@ -241,7 +241,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let full = b.opts.only.is_empty();
     if full {
         std::fs::create_dir_all(root.join("docs"))?;
-        std::fs::write(&docs_path, report::benchmarks_doc(&md))?;
+        let previous = std::fs::read_to_string(&docs_path).ok();
+        std::fs::write(&docs_path, report::benchmarks_doc(&md, previous.as_deref()))?;
     }
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{text}")?;

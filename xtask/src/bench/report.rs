@@ -1313,13 +1313,23 @@ pub fn document(
 }
 
 /// docs/benchmarks.md: the markdown report under a header that says where it comes from.
-pub fn benchmarks_doc(md: &str) -> String {
+/// The heading of the part of docs/benchmarks.md kept by hand: measurements of designs tried
+/// (what paid, what did not, with its number), which every run carries over.
+pub const EXPERIMENTS: &str = "## Experiments";
+
+/// docs/benchmarks.md: the report under a header, then the experiments section of `previous`
+/// (the file as it was), if it had one.
+pub fn benchmarks_doc(md: &str, previous: Option<&str>) -> String {
+    let kept = previous
+        .and_then(|p| p.find(&format!("\n{EXPERIMENTS}\n")).map(|at| &p[at + 1..]))
+        .map_or(String::new(), |e| format!("\n{e}"));
     format!(
         "# Benchmarks\n\n\
          The latest run of `cargo xtask bench` (root, nothing else tracing; see [Performance]\
          (../README.md#performance)). Every run that is not interrupted writes this file again, as well as \
-         `target/bench/bench.md` and `target/bench/bench.json`: edit the benchmark, not this file.\n\n\
-         {md}"
+         `target/bench/bench.md` and `target/bench/bench.json`: edit the benchmark, not this file (but for \
+         its last section, {EXPERIMENTS}, which is kept by hand and carried over by every run).\n\n\
+         {md}{kept}"
     )
 }
 
@@ -1329,11 +1339,14 @@ mod tests {
 
     #[test]
     fn the_benchmarks_doc_is_the_report_under_a_header() {
-        let doc = benchmarks_doc("Measured by `cargo xtask bench` on kernel X.\n");
+        let doc = benchmarks_doc("Measured by `cargo xtask bench` on kernel X.\n", None);
         assert!(doc.starts_with("# Benchmarks\n\nThe latest run of `cargo xtask bench` (root"), "{doc}");
         assert!(doc.contains("[Performance](../README.md#performance)"), "{doc}");
-        assert!(doc.ends_with(
-            "edit the benchmark, not this file.\n\nMeasured by `cargo xtask bench` on kernel X.\n"
-        ));
+        assert!(doc.ends_with("by every run).\n\nMeasured by `cargo xtask bench` on kernel X.\n"), "{doc}");
+        let again = benchmarks_doc("New run.\n", Some(&format!("{doc}\n{EXPERIMENTS}\n\nEXITS: +3 ns.\n")));
+        assert!(
+            again.ends_with("by every run).\n\nNew run.\n\n## Experiments\n\nEXITS: +3 ns.\n"),
+            "{again}"
+        );
     }
 }
