@@ -2,13 +2,15 @@
 //!
 //! - `pidvirt-bench serve [--cpu C]` — one pid namespace (unshare(CLONE_NEWPID) + fork) whose
 //!   init (vpid 1) runs workloads on command for as long as stdin lasts, in that one process:
-//!   each line `WORKLOADS ITERS BATCHES FORK_ITERS FORK_BATCHES` (WORKLOADS comma-separated, of
-//!   `getpid`, `kill`, `fork`, `read`) is answered with one JSON line holding, per workload, the
+//!   each line `WORKLOADS ITERS BATCHES FORK_ITERS FORK_BATCHES [OPEN_ITERS]` (WORKLOADS
+//!   comma-separated, of `getpid`, `kill`, `fork`, `read`, `openat`, `openat-proc`) is answered with one JSON line holding, per workload, the
 //!   ns per call of each batch (timed with CLOCK_MONOTONIC) and their median. `getpid`:
 //!   syscall(SYS_getpid); `kill`: kill(self, 0); `fork`: clone(SIGCHLD) of a child that
 //!   exit_group(0)s at once, then wait4 (FORK_BATCHES batches of FORK_ITERS; every call is also
 //!   timed on its own: `per_call_ns` has the quantiles of those times); `read`: a 1-byte read of
-//!   /dev/zero. Each workload first warms up with a tenth of its calls.
+//!   /dev/zero; `openat`: openat(AT_FDCWD, "/etc/passwd") then close, `openat-proc` the same of
+//!   "/proc/self/stat" (OPEN_ITERS calls per batch, default a tenth of ITERS). Each workload
+//!   first warms up with a tenth of its calls.
 //! - `pidvirt-bench leak [--seconds S] [--cpu C]` — forks a sibling on the host (host pid H),
 //!   then in a fresh pid namespace calls kill(H, 0) in a tight loop for S seconds (H names
 //!   nothing inside: the kernel answers ESRCH; pidvirt's verdict is `leak`). Answers the calls
@@ -268,6 +270,20 @@ fn fork_exit_wait() -> i64 {
     }
 }
 
+/// openat(AT_FDCWD, `path`, O_RDONLY) then close: the open family's path audit (a regular file's
+/// path is no /proc path; /proc/self/stat is a /proc path without a number).
+fn open_close(path: &std::ffi::CStr) -> i64 {
+    // SAFETY: the path is NUL-terminated and outlives the call; the fd is ours to close.
+    unsafe {
+        let fd =
+            libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            libc::syscall(libc::SYS_close, fd);
+        }
+        fd
+    }
+}
+
 /// The body of one workload, run as the init of a fresh pid namespace.
 fn workload(name: &str, iters: u64, n: usize) -> Value {
     // SAFETY: getpid takes no arguments.
@@ -294,6 +310,8 @@ fn workload(name: &str, iters: u64, n: usize) -> Value {
             // SAFETY: `ptr` points at `byte`, which outlives the calls, and each reads one byte.
             batches(n, iters, || unsafe { libc::syscall(libc::SYS_read, fd, ptr, 1usize) })
         }
+        "openat" => batches(n, iters, || open_close(c"/etc/passwd")),
+        "openat-proc" => batches(n, iters, || open_close(c"/proc/self/stat")),
         other => return json!({ "error": format!("unknown workload {other}") }),
     };
     json!({ "ns_per_call": median(&ns), "batches": ns, "iters": iters, "vpid": me })
@@ -320,7 +338,7 @@ impl Args {
 }
 
 /// `serve`: one pid namespace whose init runs workloads on command for as long as stdin lasts.
-/// Each line `WORKLOADS ITERS BATCHES FORK_ITERS FORK_BATCHES` (WORKLOADS comma-separated) is
+/// Each line `WORKLOADS ITERS BATCHES FORK_ITERS FORK_BATCHES [OPEN_ITERS]` (WORKLOADS comma-separated) is
 /// answered with one JSON line (see the module doc). One process for every measurement of a
 /// run: what a process brings along (its memory layout, which fork copies) is then the same under
 /// every mode compared (separate processes differ by a few µs per fork here).
@@ -357,11 +375,19 @@ fn serve_line(line: &str) -> Value {
     let (Some(list), Some(iters), Some(n), Some(fork_iters), Some(fork_n)) =
         (w.first(), num(1), num(2), num(3), num(4))
     else {
-        return json!({ "error": format!("bad request {line:?}: WORKLOADS ITERS BATCHES FORK_ITERS FORK_BATCHES") });
+        return json!({
+            "error": format!("bad request {line:?}: WORKLOADS ITERS BATCHES FORK_ITERS FORK_BATCHES [OPEN_ITERS]")
+        });
     };
+    // The open workloads take ~10x a getpid's time: a tenth of the calls unless told.
+    let open_iters = num(5).unwrap_or((iters / 10).max(1));
     let mut out = serde_json::Map::new();
     for name in list.split(',') {
-        let (it, n) = if name == "fork" { (fork_iters, fork_n) } else { (iters, n) };
+        let (it, n) = match name {
+            "fork" => (fork_iters, fork_n),
+            "openat" | "openat-proc" => (open_iters, n),
+            _ => (iters, n),
+        };
         let v = workload(name, it, n as usize);
         if v.get("error").is_some() {
             return v;

@@ -207,14 +207,17 @@ impl Generator {
 
     /// Runs `workloads` (comma-separated) with the run's counts; answers the generator's JSON.
     fn run(&mut self, workloads: &str, o: &Options) -> anyhow::Result<Value> {
-        self.request(workloads, [o.iters, o.batches as u64, o.fork_iters, o.fork_batches as u64])
+        self.request(
+            workloads,
+            [o.iters, o.batches as u64, o.fork_iters, o.fork_batches as u64, o.open_iters],
+        )
     }
 
-    /// Runs `workloads` with `[iters, batches, fork_iters, fork_batches]`.
-    fn request(&mut self, workloads: &str, counts: [u64; 4]) -> anyhow::Result<Value> {
+    /// Runs `workloads` with `[iters, batches, fork_iters, fork_batches, open_iters]`.
+    fn request(&mut self, workloads: &str, counts: [u64; 5]) -> anyhow::Result<Value> {
         let stdin = self.stdin.as_mut().context("generator closed")?;
-        let [iters, batches, fork_iters, fork_batches] = counts;
-        writeln!(stdin, "{workloads} {iters} {batches} {fork_iters} {fork_batches}")?;
+        let [iters, batches, fork_iters, fork_batches, open_iters] = counts;
+        writeln!(stdin, "{workloads} {iters} {batches} {fork_iters} {fork_batches} {open_iters}")?;
         stdin.flush()?;
         let mut line = String::new();
         if self.stdout.read_line(&mut line)? == 0 {
@@ -292,10 +295,41 @@ fn wait_for(
 // ---------------------------------------------------------------------------------------------
 // The modes
 
+/// How the syscall programs are attached (`pidvirt run --attach`, `pidvirt floor --attach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Attach {
+    /// The syscall tracepoints (while any is enabled, every syscall of the host takes the kernel's
+    /// slow path).
+    Tracepoint,
+    /// fentry/fexit on the syscall functions, where the kernel takes them.
+    Fentry,
+}
+
+impl Attach {
+    pub const ALL: [Attach; 2] = [Attach::Tracepoint, Attach::Fentry];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Attach::Tracepoint => "tracepoint",
+            Attach::Fentry => "fentry",
+        }
+    }
+
+    /// The floor and pidvirt modes attached this way.
+    pub fn modes(self) -> (Mode, Mode) {
+        match self {
+            Attach::Tracepoint => (Mode::Floor, Mode::Pidvirt),
+            Attach::Fentry => (Mode::FloorFentry, Mode::PidvirtFentry),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
     Bare,
+    /// EMPTY programs on pidvirt's hooks, the syscalls' by their tracepoints.
     Floor,
+    /// pidvirt, its syscall programs on the syscall tracepoints.
     Pidvirt,
     Peer,
     /// EMPTY programs on read's own syscall tracepoints: what hooking a syscall through its
@@ -303,10 +337,22 @@ pub enum Mode {
     ReadHooked,
     /// EMPTY programs on the raw sys_enter/sys_exit tracepoints: a design hooking every syscall.
     Raw,
+    /// The floor with its syscall programs on fentry/fexit.
+    FloorFentry,
+    /// pidvirt with its syscall programs on fentry/fexit.
+    PidvirtFentry,
 }
 
-pub const MODES: [Mode; 6] =
-    [Mode::Bare, Mode::Floor, Mode::Pidvirt, Mode::Peer, Mode::ReadHooked, Mode::Raw];
+pub const MODES: [Mode; 8] = [
+    Mode::Bare,
+    Mode::Floor,
+    Mode::Pidvirt,
+    Mode::Peer,
+    Mode::ReadHooked,
+    Mode::Raw,
+    Mode::FloorFentry,
+    Mode::PidvirtFentry,
+];
 
 impl Mode {
     pub fn name(self) -> &'static str {
@@ -317,6 +363,17 @@ impl Mode {
             Mode::Peer => "peer",
             Mode::ReadHooked => "read-hooked",
             Mode::Raw => "raw",
+            Mode::FloorFentry => "floor-fentry",
+            Mode::PidvirtFentry => "pidvirt-fentry",
+        }
+    }
+
+    /// How the mode attaches to the syscalls, for the floors and pidvirt.
+    pub fn attach(self) -> Option<Attach> {
+        match self {
+            Mode::Floor | Mode::Pidvirt => Some(Attach::Tracepoint),
+            Mode::FloorFentry | Mode::PidvirtFentry => Some(Attach::Fentry),
+            _ => None,
         }
     }
 
@@ -325,14 +382,14 @@ impl Mode {
         match self {
             Mode::ReadHooked => "read",
             Mode::Raw => "getpid,read",
-            _ => "getpid,kill,fork,read",
+            _ => "getpid,kill,fork,read,openat,openat-proc",
         }
     }
 
     /// `pidvirt floor --hooks H` for the floor-like modes.
     fn floor_hooks(self) -> Option<&'static str> {
         match self {
-            Mode::Floor => Some("pidvirt"),
+            Mode::Floor | Mode::FloorFentry => Some("pidvirt"),
             Mode::ReadHooked => Some("read"),
             Mode::Raw => Some("raw"),
             _ => None,
@@ -341,11 +398,13 @@ impl Mode {
 }
 
 /// The load generator's workloads: name, label in the report, whether pidvirt audits it.
-pub const WORKLOADS: [(&str, &str, bool); 4] = [
+pub const WORKLOADS: [(&str, &str, bool); 6] = [
     ("getpid", "getpid (raw syscall)", true),
     ("kill", "kill(self, 0)", true),
     ("fork", "fork+exit+wait", true),
     ("read", "read 1 B of /dev/zero (unaudited)", false),
+    ("openat", "openat+close of /etc/passwd", true),
+    ("openat-proc", "openat+close of /proc/self/stat", true),
 ];
 
 /// The report's label of workload `w`.
@@ -365,6 +424,9 @@ pub struct Bench {
     pub cpu: usize,
     /// The bpftrace script, or why the peer is unavailable.
     pub peer: Result<PeerScript, String>,
+    /// Whether the syscall programs can be attached with fentry/fexit here (Err: why not, as
+    /// `pidvirt status` says it), once [`Bench::probe_fentry`] asked.
+    pub fentry: Result<(), String>,
 }
 
 pub struct PeerScript {
@@ -393,7 +455,51 @@ impl Bench {
             cpus,
             cpu,
             peer,
+            fentry: Err("not probed".into()),
         })
+    }
+
+    /// Asks the kernel whether it takes fentry/fexit on the syscall functions: a daemon started
+    /// with `--attach auto` says in `status` (syscalls.mode, syscalls.reason) what it got and why.
+    pub fn probe_fentry(&mut self) -> anyhow::Result<()> {
+        if !self.opts.attach.contains(&Attach::Fentry) {
+            self.fentry = Err("not measured (--attach without fentry)".into());
+            return Ok(());
+        }
+        let socket = self.socket("probe");
+        let d = self.start_daemon_with("probe", Path::new("/dev/null"), "auto")?;
+        let status = capture_json(self.pidvirt_cmd().arg("status").arg("--socket").arg(&socket))?;
+        drop(d);
+        let (mode, reason) = (status["syscalls"]["mode"].as_str(), status["syscalls"]["reason"].as_str());
+        self.fentry = match mode {
+            Some("fentry") => Ok(()),
+            _ => Err(format!(
+                "unavailable on this kernel: {}",
+                reason.unwrap_or("pidvirt status gave no reason")
+            )),
+        };
+        Ok(())
+    }
+
+    /// The modes this run measures: every mode, but the fentry ones only where the kernel takes
+    /// fentry (and the peer only while it is available).
+    pub fn modes(&self) -> Vec<Mode> {
+        MODES
+            .into_iter()
+            .filter(|m| m.attach().is_none_or(|a| self.opts.attach.contains(&a)))
+            .filter(|m| m.attach() != Some(Attach::Fentry) || self.fentry.is_ok())
+            .collect()
+    }
+
+    /// Whether attach mode `a` is measured in this run, or why not.
+    pub fn attach_measured(&self, a: Attach) -> Result<(), String> {
+        match a {
+            _ if !self.opts.attach.contains(&a) => {
+                Err(format!("not measured (--attach without {})", a.name()))
+            }
+            Attach::Tracepoint => Ok(()),
+            Attach::Fentry => self.fentry.clone(),
+        }
     }
 
     fn pidvirt_cmd(&self) -> Command {
@@ -406,9 +512,19 @@ impl Bench {
 
     /// `pidvirt run --socket <tmp>/NAME.sock --audit-log LOG`, ready once `status` answers.
     fn start_daemon(&self, name: &str, audit_log: &Path) -> anyhow::Result<Running> {
+        self.start_daemon_with(name, audit_log, "auto")
+    }
+
+    /// [`Self::start_daemon`] with `--attach ATTACH`.
+    fn start_daemon_with(&self, name: &str, audit_log: &Path, attach: &str) -> anyhow::Result<Running> {
         let socket = self.socket(name);
         let mut cmd = self.pidvirt_cmd();
-        cmd.arg("run").arg("--socket").arg(&socket).arg("--audit-log").arg(audit_log);
+        cmd.arg("run")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--audit-log")
+            .arg(audit_log)
+            .args(["--attach", attach]);
         let mut d =
             Running::spawn("pidvirt run", &mut cmd, libc::SIGTERM, &self.tmp.0.join(format!("{name}.log")))?;
         wait_for("pidvirt run to serve its socket", Duration::from_mins(1), || {
@@ -421,12 +537,13 @@ impl Bench {
     fn start_mode(&self, mode: Mode) -> anyhow::Result<Option<Running>> {
         match mode {
             Mode::Bare => Ok(None),
-            Mode::Floor | Mode::ReadHooked | Mode::Raw => {
+            Mode::Floor | Mode::FloorFentry | Mode::ReadHooked | Mode::Raw => {
                 let hooks = mode.floor_hooks().unwrap_or("pidvirt");
+                let attach = mode.attach().unwrap_or(Attach::Tracepoint).name();
                 let log = self.tmp.0.join(format!("{}.log", mode.name()));
                 let mut f = Running::spawn(
                     "pidvirt floor",
-                    self.pidvirt_cmd().args(["floor", "--hooks", hooks]),
+                    self.pidvirt_cmd().args(["floor", "--hooks", hooks, "--attach", attach]),
                     libc::SIGTERM,
                     &log,
                 )?;
@@ -436,7 +553,10 @@ impl Bench {
                 })?;
                 Ok(Some(f))
             }
-            Mode::Pidvirt => self.start_daemon("syscalls", Path::new("/dev/null")).map(Some),
+            Mode::Pidvirt | Mode::PidvirtFentry => {
+                let attach = mode.attach().unwrap_or(Attach::Tracepoint).name();
+                self.start_daemon_with(mode.name(), Path::new("/dev/null"), attach).map(Some)
+            }
             Mode::Peer => {
                 let script = self.peer.as_ref().map_err(|e| anyhow::anyhow!("peer unavailable: {e}"))?;
                 let log = self.tmp.0.join("bpftrace.log");
@@ -539,11 +659,20 @@ fn peer_script() -> (String, usize) {
     // kill's entry gets a probe of its own, which also records the target.
     let kill_enter = format!("{}{}", SyscallSide::Enter.prefix(), kill.name);
     let mut counted = Vec::new();
+    // The path syscalls: (tracepoint, the path argument's field).
+    let mut paths = Vec::new();
     for s in &SYSCALLS {
         for (hooked, side) in [(s.enter.is_some(), SyscallSide::Enter), (s.exit.is_some(), SyscallSide::Exit)]
         {
             let tp = format!("{}{}", side.prefix(), s.name);
-            if hooked && exists(&tp) && tp != kill_enter {
+            if !hooked || !exists(&tp) || tp == kill_enter {
+                continue;
+            }
+            let path = side == SyscallSide::Enter
+                && s.enter.is_some_and(|p| matches!(p.name(), "enter_path" | "enter_at_path"));
+            if path {
+                paths.push((format!("tracepoint:syscalls:{tp}"), path_field(tracefs, &tp)));
+            } else {
                 counted.push(format!("tracepoint:syscalls:{tp}"));
             }
         }
@@ -552,7 +681,14 @@ fn peer_script() -> (String, usize) {
         "// Generated by `cargo xtask bench` from pidvirt_common::audit::SYSCALLS: a minimal audit\n\
          // of the syscalls pidvirt watches (count per syscall and task, kill targets, fork/exit).\n",
     );
-    let mut n = counted.len() + 2;
+    let mut n = counted.len() + paths.len() + 2;
+    // The same /proc-prefix check as pidvirt's: a path under /proc/ counted per syscall and task.
+    for (tp, field) in &paths {
+        let _ = writeln!(
+            script,
+            "{tp} {{ if (strncmp(str(args->{field}, 16), \"/proc/\", 6) == 0) {{ @counts[probe, tid] = count(); }} }}"
+        );
+    }
     if kill.enter.is_some() && exists(&kill_enter) {
         let _ = writeln!(
             script,
@@ -566,6 +702,21 @@ fn peer_script() -> (String, usize) {
     let _ = writeln!(script, "tracepoint:sched:{exit} {{ delete(@tasks[args->pid]); }}");
     script.push_str("END { clear(@counts); clear(@kill); clear(@tasks); }\n");
     (script, n)
+}
+
+/// The path argument of syscall tracepoint `tp` as its tracefs format names it (the first
+/// `const char *` field: `filename`, `pathname` or `path`), `filename` where tracefs does not say.
+fn path_field(tracefs: Option<&Path>, tp: &str) -> String {
+    let format =
+        tracefs.and_then(|t| std::fs::read_to_string(t.join("events/syscalls").join(tp).join("format")).ok());
+    format
+        .as_deref()
+        .unwrap_or("")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("field:const char * ")?.split(';').next())
+        .map(str::to_string)
+        .next()
+        .unwrap_or_else(|| "filename".into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -666,8 +817,9 @@ fn run_round(
     peer_error: &mut Option<String>,
 ) -> anyhow::Result<Round> {
     let mut round = Round { ns: BTreeMap::new(), attach_ms: BTreeMap::new(), foreign };
-    let mut order = MODES.to_vec();
-    order.rotate_left(attempt % MODES.len());
+    let mut order = b.modes();
+    let n = order.len();
+    order.rotate_left(attempt % n);
     let mut line = format!("[bench] round {} (clean so far {clean_so_far}):", attempt + 1);
     for mode in order {
         if mode == Mode::Peer && peer_error.is_some() {
@@ -780,7 +932,7 @@ pub struct Pass {
 pub struct KernelTimes {
     pub modes: Vec<Mode>,
     /// Workloads and the calls each makes.
-    pub workloads: [(&'static str, u64); 3],
+    pub workloads: Vec<(&'static str, u64)>,
     pub passes: BTreeMap<(Mode, &'static str), Pass>,
 }
 
@@ -792,11 +944,19 @@ impl KernelTimes {
 
 pub fn kernel_times(b: &Bench) -> anyhow::Result<KernelTimes> {
     let forks = b.opts.fork_iters * b.opts.fork_batches as u64;
-    let workloads = [("getpid", b.opts.iters), ("kill", b.opts.iters), ("fork", forks)];
-    let mut modes = vec![Mode::Floor, Mode::Pidvirt];
-    if b.peer.is_ok() {
-        modes.push(Mode::Peer);
-    }
+    let workloads = vec![
+        ("getpid", b.opts.iters),
+        ("kill", b.opts.iters),
+        ("fork", forks),
+        ("openat", b.opts.open_iters),
+        ("openat-proc", b.opts.open_iters),
+    ];
+    let modes: Vec<Mode> = b
+        .modes()
+        .into_iter()
+        .filter(|m| matches!(m, Mode::Floor | Mode::Pidvirt | Mode::FloorFentry | Mode::PidvirtFentry))
+        .chain(b.peer.is_ok().then_some(Mode::Peer))
+        .collect();
     let mut generator = Generator::start(&b.generator, b.cpu)?;
     let stats = BpfStats::enable()?;
     let mut passes = BTreeMap::new();
@@ -804,10 +964,10 @@ pub fn kernel_times(b: &Bench) -> anyhow::Result<KernelTimes> {
         check_interrupted()?;
         let others = prog_stats()?;
         let guard = b.start_mode(mode).with_context(|| format!("starting mode {}", mode.name()))?;
-        for (w, iters) in workloads {
+        for &(w, iters) in &workloads {
             let before = prog_stats()?;
             generator
-                .request(w, [iters, 1, iters, 1])
+                .request(w, [iters, 1, iters, 1, iters])
                 .with_context(|| format!("load generator ({w}) under mode {}", mode.name()))?;
             let after = prog_stats()?;
             // The generator warms up with a tenth of the calls first (pidvirt-bench batches).

@@ -48,6 +48,9 @@ pub struct Options {
     /// work, RCU callbacks, short enough that a burst of host noise spoils few batches).
     #[arg(long, default_value_t = 300)]
     fork_iters: u64,
+    /// Calls per batch of the open workloads (openat+close of a regular file, of /proc/self/stat).
+    #[arg(long, default_value_t = 20_000)]
+    open_iters: u64,
     /// Batches of fork+exit+wait per round (the round's value is the median of their means).
     #[arg(long, default_value_t = 21)]
     fork_batches: usize,
@@ -77,17 +80,31 @@ pub struct Options {
     /// Skip the bpftrace peer.
     #[arg(long)]
     no_peer: bool,
+    /// How to attach the syscall programs of the floor and of pidvirt (comma-separated); each
+    /// mode is measured where the kernel takes it, and reported as unavailable (with the
+    /// kernel's reason) where it does not.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = measure::Attach::ALL)]
+    attach: Vec<measure::Attach>,
+    /// Run the sections this many times: the report judges every goal on the median of the runs
+    /// and gives their spread (the in-kernel times move by up to 2x between runs on a shared
+    /// machine).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Only these sections (comma-separated: syscalls, kernel-time, p4, p5-p6). A partial run
+    /// writes target/bench only, not docs/benchmarks.md.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// A section: measures, adds its tables to the report and its goals, answers its JSON.
 type Section = fn(&Bench, &mut Report, &mut Vec<Goal>) -> anyhow::Result<Value>;
 
-/// The sections in the order they run: JSON key, label, section.
-const SECTIONS: [(&str, &str, Section); 4] = [
-    ("syscalls", "syscall overhead", syscalls),
-    ("kernel_time", "in-kernel program time", kernel_time),
-    ("p4_leak_throughput", "P4 anomaly throughput", leak_throughput),
-    ("p5_p6_attach_memory", "P5 attach / P6 memory", attach_memory),
+/// The sections in the order they run: name (`--only`), JSON key, label, section.
+const SECTIONS: [(&str, &str, &str, Section); 4] = [
+    ("syscalls", "syscalls", "syscall overhead", syscalls),
+    ("kernel-time", "kernel_time", "in-kernel program time", kernel_time),
+    ("p4", "p4_leak_throughput", "P4 anomaly throughput", leak_throughput),
+    ("p5-p6", "p5_p6_attach_memory", "P5 attach / P6 memory", attach_memory),
 ];
 
 fn syscalls(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
@@ -96,10 +113,10 @@ fn syscalls(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Resul
     Ok(report::syscalls(out, goals, b, &runs, &summary))
 }
 
-fn kernel_time(b: &Bench, out: &mut Report, _goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
+fn kernel_time(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
     let times = measure::kernel_times(b)?;
     let per_run = stats::stats_cost_per_run(&times);
-    Ok(report::kernel_time(out, &times, per_run, b.peer.is_ok()))
+    Ok(report::kernel_time(out, goals, b, &times, per_run))
 }
 
 fn leak_throughput(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
@@ -114,8 +131,52 @@ fn attach_memory(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::
     Ok(report::attach_memory(out, goals, &run, &memory))
 }
 
+/// One run of the sections: its report, goals and JSON.
+struct Run {
+    report: Report,
+    goals: Vec<Goal>,
+    sections: serde_json::Map<String, Value>,
+    elapsed_s: f64,
+}
+
+/// Runs the sections chosen, once; answers the run and the labels of the sections that failed.
+fn run_sections(b: &Bench, machine: &Machine, number: usize) -> (Run, Vec<&'static str>) {
+    let started = Instant::now();
+    let mut report = Report::default();
+    let mut goals = Vec::new();
+    report.header(machine, b.cpus, b.cpu);
+    let mut sections = serde_json::Map::new();
+    let mut failed = Vec::new();
+    for (name, key, label, section) in SECTIONS {
+        if !b.opts.only.is_empty() && !b.opts.only.iter().any(|o| o == name) {
+            continue;
+        }
+        if check_interrupted().is_err() {
+            break;
+        }
+        println!("[bench] run {number} of {}: {label}", b.opts.repeat);
+        let t = Instant::now();
+        let value = section(b, &mut report, &mut goals).unwrap_or_else(|e| {
+            println!("[bench] {label} FAILED: {e:#}");
+            failed.push(label);
+            report::section_failed(&mut report, &mut goals, label, &e)
+        });
+        sections.insert(key.into(), value);
+        println!("[bench] {label}: {:.1} s", t.elapsed().as_secs_f64());
+    }
+    report::goals(&mut report, &mut goals);
+    (Run { report, goals, sections, elapsed_s: started.elapsed().as_secs_f64() }, failed)
+}
+
 pub fn run(opts: Options) -> anyhow::Result<()> {
     crate::require_root("the benchmark")?;
+    if let Some(bad) = opts.only.iter().find(|o| !SECTIONS.iter().any(|(name, ..)| name == o)) {
+        let names: Vec<&str> = SECTIONS.iter().map(|(name, ..)| *name).collect();
+        bail!("--only {bad}: no such section (sections: {})", names.join(", "));
+    }
+    if opts.repeat == 0 {
+        bail!("--repeat 0: nothing to measure");
+    }
     measure::catch_signals();
     setup::build_deps()?;
     setup::apt_install("bpftool (bench: map sizes, attachments)", &["bpftool"])?;
@@ -127,57 +188,86 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     } else {
         setup::apt_install("bpftrace (bench: the peer)", &["bpftrace"]).map_err(|e| format!("{e:#}"))
     };
-    let b = Bench::new(&root, opts, peer)?;
+    let mut b = Bench::new(&root, opts, peer)?;
     let machine = Machine::now();
     let started = Instant::now();
-    let mut report = Report::default();
-    let mut goals = Vec::new();
-    report.header(&machine, b.cpus, b.cpu);
     if !machine.foreign.is_empty() {
         println!("[bench] WARNING: other tracing programs are attached: {}", machine.foreign);
     }
+    b.probe_fentry()?;
+    if let Err(why) = &b.fentry {
+        println!("[bench] fentry/fexit: {why}");
+    }
 
-    let mut sections = serde_json::Map::new();
+    let mut runs = Vec::new();
     let mut failed = Vec::new();
-    for (key, label, section) in SECTIONS {
+    for number in 1..=b.opts.repeat {
         if check_interrupted().is_err() {
             break;
         }
-        println!("[bench] {label}");
-        let t = Instant::now();
-        let value = section(&b, &mut report, &mut goals).unwrap_or_else(|e| {
-            println!("[bench] {label} FAILED: {e:#}");
-            failed.push(label);
-            report::section_failed(&mut report, &mut goals, label, &e)
-        });
-        sections.insert(key.into(), value);
-        println!("[bench] {label}: {:.1} s", t.elapsed().as_secs_f64());
+        let (run, f) = run_sections(&b, &machine, number);
+        failed.extend(f);
+        runs.push(run);
     }
-    report::goals(&mut report, &goals);
-
     // An interrupted run leaves the previous results alone.
     check_interrupted()?;
+    let machine_end = Machine::now();
+    let summary = report::across_runs(&machine, &machine_end, &b, &runs_view(&runs));
+    let md = match &summary {
+        Some(s) => format!("{}\n{}", s.md, runs.last().map_or("", |r| r.report.md.as_str())),
+        None => runs.last().map(|r| r.report.md.clone()).unwrap_or_default(),
+    };
+    let text = match &summary {
+        Some(s) => format!("{}\n{}", runs.last().map_or("", |r| r.report.text.as_str()), s.text),
+        None => runs.last().map(|r| r.report.text.clone()).unwrap_or_default(),
+    };
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
-    let doc = report::document(&machine, &b, started.elapsed().as_secs_f64(), &sections, &goals);
+    let docs: Vec<Value> =
+        runs.iter().map(|r| report::document(&machine, &b, r.elapsed_s, &r.sections, &r.goals)).collect();
+    let doc = if docs.len() == 1 {
+        docs.into_iter().next().unwrap_or_default()
+    } else {
+        serde_json::json!({
+            "repeat": b.opts.repeat,
+            "summary": summary.as_ref().map(|s| s.json.clone()),
+            "elapsed_s": started.elapsed().as_secs_f64(),
+            "runs": docs,
+        })
+    };
     std::fs::write(out_dir.join("bench.json"), serde_json::to_string_pretty(&doc)? + "\n")?;
-    std::fs::write(out_dir.join("bench.md"), &report.md)?;
-    let docs = root.join("docs/benchmarks.md");
-    std::fs::create_dir_all(root.join("docs"))?;
-    std::fs::write(&docs, report::benchmarks_doc(&report.md))?;
+    std::fs::write(out_dir.join("bench.md"), &md)?;
+    let docs_path = root.join("docs/benchmarks.md");
+    let full = b.opts.only.is_empty();
+    if full {
+        std::fs::create_dir_all(root.join("docs"))?;
+        let previous = std::fs::read_to_string(&docs_path).ok();
+        std::fs::write(&docs_path, report::benchmarks_doc(&md, previous.as_deref()))?;
+    }
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", report.text)?;
+    writeln!(stdout, "{text}")?;
     writeln!(
         stdout,
-        "[bench] {:.0} s; wrote {}, {} and {}",
+        "[bench] {:.0} s; wrote {}, {}{}",
         started.elapsed().as_secs_f64(),
         out_dir.join("bench.json").display(),
         out_dir.join("bench.md").display(),
-        docs.display()
+        if full {
+            format!(" and {}", docs_path.display())
+        } else {
+            " (a partial run: --only; docs/benchmarks.md left alone)".into()
+        }
     )?;
     check_interrupted()?;
     if !failed.is_empty() {
+        failed.sort_unstable();
+        failed.dedup();
         bail!("bench sections failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The runs as the report's summary reads them: each run's goals and JSON sections.
+fn runs_view(runs: &[Run]) -> Vec<(&[Goal], &serde_json::Map<String, Value>)> {
+    runs.iter().map(|r| (r.goals.as_slice(), &r.sections)).collect()
 }

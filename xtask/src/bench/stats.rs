@@ -158,6 +158,11 @@ impl<'a> SyscallSummary<'a> {
         }
     }
 
+    /// fork+exit+wait rate with mode `m` over bare's, round by round.
+    pub fn fork_rates(&self, m: Mode) -> Vec<f64> {
+        self.rounds.ratios(Mode::Bare, m, "fork")
+    }
+
     /// What mode `m` added to workload `w` over bare, round by round.
     pub fn added(&self, m: Mode, w: &str) -> Vec<f64> {
         self.rounds.differences(m, Mode::Bare, w)
@@ -394,7 +399,7 @@ mod tests {
         assert_eq!((ns, runs), (80.0, 3.0));
         let mut k = KernelTimes {
             modes: vec![Mode::Floor, Mode::Pidvirt],
-            workloads: [("getpid", 10), ("kill", 10), ("fork", 10)],
+            workloads: vec![("getpid", 10), ("kill", 10), ("fork", 10)],
             passes: BTreeMap::new(),
         };
         assert!(stats_cost_per_run(&k).is_nan());
