@@ -56,14 +56,12 @@ fn chunk(at: u64) -> Option<[u8; CHUNK]> {
 #[inline(always)]
 pub fn path_crossing(s: u16, dirfd: i32, path: u64) {
     let Some(buf) = chunk(path) else { return };
-    if !(buf[0] == b'/' || buf[0].is_ascii_digit()) || daemon() {
+    // The prefix before anything else: most paths are no crossing.
+    if !(buf[..6] == *b"/proc/" || buf[0].is_ascii_digit()) || daemon() {
         return;
     }
     // One call of the classifier per number (each is verified once per call site).
     let (number, rest, ns) = if buf[0] == b'/' {
-        if buf[..6] != *b"/proc/" {
-            return;
-        }
         let Some((n, len, next)) = number::<6>(&buf) else { return };
         ((n, next), path + 6 + len as u64, procfs_at_root())
     } else {
