@@ -274,11 +274,12 @@ mod tests {
     #[test]
     fn layouts_and_report_masks() {
         assert_eq!(size_of::<AnomalyEvent>(), 8 + 8 + 8 + 3 * 24 + 16 + 16);
-        assert_eq!(crossing_slot(sys::CAPGET, Verdict::Denied), NSYSCALLS * NVERDICTS - 1);
+        assert_eq!(crossing_slot(sys::WRITE, Verdict::Invisible), NSYSCALLS * NVERDICTS - 1);
         let reported = |v: Verdict| Verdict::DEFAULT_REPORTED & v.bit() != 0;
         assert!(!reported(Verdict::Ok) && !reported(Verdict::Group) && !reported(Verdict::Any));
         assert!(!reported(Verdict::Nested) && !reported(Verdict::Released));
         assert!(reported(Verdict::Leak) && reported(Verdict::Mismatch) && reported(Verdict::CrossContainer));
+        assert!(reported(Verdict::Invisible) && Verdict::REPORTABLE.contains(&Verdict::Invisible));
         assert!(
             !Verdict::REPORTABLE.contains(&Verdict::Ok) && Verdict::REPORTABLE.contains(&Verdict::Nested)
         );
