@@ -30,6 +30,9 @@
 //! - `prlimit_set P` — prlimit64(P, RLIMIT_NOFILE) setting P's current limits again (the
 //!   kernel asks the LSMs); answers 0 or `-errno`.
 //!
+//! - the commands of tests/src/fixture/structures.rs (pids inside structures), and
+//!   `--host-fds` (descriptors the host process owns, inherited by the inits).
+//!
 //! Every process of the fixture dies with the fixture (PR_SET_PDEATHSIG) and when stdin closes.
 //!
 //! `pidvirt-fixture call NAME ARGS...` makes one syscall from the calling process and prints
@@ -39,6 +42,9 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     os::fd::{FromRawFd, RawFd},
 };
+
+#[path = "../fixture/structures.rs"]
+mod structures;
 
 fn die(what: &str) -> ! {
     let e = std::io::Error::last_os_error();
@@ -387,7 +393,8 @@ fn execute(line: &str) -> String {
             raw_syscall(libc::SYS_prlimit64, &[pid, i64::from(libc::RLIMIT_NOFILE), &raw const lim as i64, 0])
                 .to_string()
         }
-        _ => format!("err unknown command {line:?}"),
+        // Issue 15: the crossings inside structures (tests/src/fixture/structures.rs).
+        _ => structures::execute(&words).unwrap_or_else(|| format!("err unknown command {line:?}")),
     }
 }
 
@@ -479,6 +486,9 @@ fn main() {
     if !(1..=32).contains(&depth) {
         eprintln!("pidvirt-fixture: --depth must be 1..=32");
         std::process::exit(2);
+    }
+    if args.iter().any(|a| a == "--host-fds") {
+        structures::host_fds();
     }
     let (cmd_r, cmd_w) = pipe();
     let (resp_r, resp_w) = pipe();
