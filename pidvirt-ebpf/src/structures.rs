@@ -23,7 +23,7 @@ use pidvirt_common::{
 
 use crate::{
     audit::{audit_task_number, caller, child_named, count_crossing, handed_out, invisible, returned},
-    kernel::{Direct, Kmem, Probe, below, off},
+    kernel::{Direct, Kmem, Probe, off},
     maps::{DEEP, PENDING_CALLS, count_map_error},
     syscalls::{Arg4, Call},
     task::{nr_at, pidns_inum, upid},
@@ -190,10 +190,15 @@ fn set_tids(syscall: u16, child_nr: i64, set_tid: u64, count: u32) {
         }
         let Some(chosen) = user::<i32>(set_tid + 4 * u64::from(i)) else { break };
         let at = (level - i) as usize;
-        let truth = match below(at, INLINE_LEVELS) {
-            Some(at) => entry.nr[at].tid,
-            None => match deep {
-                Some(d) => unsafe { (*d).nr[(at - INLINE_LEVELS) & 31].tid },
+        // Constant indices: 6.1's verifier follows a bounds check on this index into branches it
+        // cannot take (a level known >= 4 checked < 4) and refuses the pointer arithmetic there.
+        let truth = match at {
+            0 => entry.nr[0].tid,
+            1 => entry.nr[1].tid,
+            2 => entry.nr[2].tid,
+            3 => entry.nr[3].tid,
+            _ => match deep {
+                Some(d) => unsafe { (*d).nr[at.wrapping_sub(INLINE_LEVELS) & 31].tid },
                 None => 0,
             },
         };
