@@ -34,6 +34,10 @@ pub const ANCESTOR_CHECKS: usize = 4;
 /// `Option`): the kernel programs build it, and the verifier refuses registers LLVM leaves
 /// undefined.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about the number, each read by classify"
+)]
 pub struct Resolution {
     /// X: the task N names in the caller's namespace (the one the kernel acts on).
     pub named: Party,
@@ -52,10 +56,18 @@ pub struct Resolution {
     /// N names nothing now but named a task of the caller's namespace released a moment ago
     /// (then the ancestor levels are not read).
     pub released: bool,
+    /// N was read through a procfs of another pid namespace than the caller's (`named` is then
+    /// what N names in THAT namespace).
+    pub foreign_procfs: bool,
 }
 
 /// The one place a crossing value naming a task is judged.
 pub fn classify(caller_container: u32, r: &Resolution) -> Verdict {
+    // The number is not the caller's namespace's at all: what it names there says nothing of
+    // the caller's view.
+    if r.foreign_procfs {
+        return Verdict::ForeignProcfs;
+    }
     if r.named_stale {
         return Verdict::Stale;
     }
@@ -124,6 +136,9 @@ pub struct PartyInfo {
 pub mod event_flags {
     pub const HAS_TARGET: u32 = 1;
     pub const HAS_ALSO: u32 = 2;
+    /// `also_level`/`also_pidns` name the namespace the value was read in, without an `also`
+    /// task (a foreign procfs).
+    pub const HAS_READ_AT: u32 = 4;
 }
 
 /// An anomaly, as the kernel programs report it (ring buffer record, kind ANOMALY).
@@ -254,6 +269,16 @@ mod tests {
     }
 
     #[test]
+    fn a_number_read_through_another_namespaces_procfs_is_foreign_whatever_it_names_there() {
+        for r in [res(party(500, C, true), Party::NONE, 0), res(Party::NONE, party(7, D, false), 0)] {
+            let r = Resolution { foreign_procfs: true, ..r };
+            assert_eq!(classify(C, &r), Verdict::ForeignProcfs);
+        }
+        let r = Resolution { foreign_procfs: true, ..Resolution::default() };
+        assert_eq!(classify(crate::HOST_CONTAINER, &r), Verdict::ForeignProcfs);
+    }
+
+    #[test]
     fn cgroup_container_numbers() {
         assert!(!is_cgroup_container(crate::HOST_CONTAINER));
         assert!(is_cgroup_container(1) && is_cgroup_container(CGROUP_NUMBERS_END - 1));
@@ -274,7 +299,8 @@ mod tests {
     #[test]
     fn layouts_and_report_masks() {
         assert_eq!(size_of::<AnomalyEvent>(), 8 + 8 + 8 + 3 * 24 + 16 + 16);
-        assert_eq!(crossing_slot(sys::WRITE, Verdict::Invisible), NSYSCALLS * NVERDICTS - 1);
+        let last = Verdict::ALL[NVERDICTS - 1];
+        assert_eq!(crossing_slot((NSYSCALLS - 1) as u16, last), NSYSCALLS * NVERDICTS - 1);
         let reported = |v: Verdict| Verdict::DEFAULT_REPORTED & v.bit() != 0;
         assert!(!reported(Verdict::Ok) && !reported(Verdict::Group) && !reported(Verdict::Any));
         assert!(!reported(Verdict::Nested) && !reported(Verdict::Released));

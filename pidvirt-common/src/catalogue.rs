@@ -93,6 +93,10 @@ verdicts! {
     /// number in the caller's namespace (SO_PEERCRED, SCM_CREDENTIALS, siginfo, F_GETOWN,
     /// TIOCGPGRP, F_GETLK, ...): the kernel's own silent translation failure.
     invisible reported: true,
+    /// The number was read through the procfs of ANOTHER pid namespace than the caller's (the
+    /// procfs mounted at the caller's /proc, or a directory fd of one): the numbers there are
+    /// that namespace's, which the caller does not live in.
+    foreign_procfs reported: true,
 }
 
 impl Verdict {
@@ -322,7 +326,7 @@ macro_rules! lifecycle_programs {
                 exit_getpid, exit_getppid, exit_own_tid, exit_setsid, exit_fork, enter_pid_arg,
                 enter_task_arg, enter_task_or_self, enter_two_tasks, enter_which_who, exit_wait4,
                 enter_waitid, exit_waitid, enter_setpgid, enter_self_query, exit_self_query,
-                enter_ptrace, enter_capget, floor_empty,
+                enter_ptrace, enter_capget, enter_path, enter_at_path, floor_empty,
                 // issue 15: pids inside structures
                 enter_clone, enter_clone3, exit_clone, exit_ptrace, enter_fcntl, exit_fcntl, enter_ioctl,
                 exit_ioctl, enter_getsockopt, exit_getsockopt, enter_sendmsg, enter_recvmsg,
@@ -435,6 +439,22 @@ macro_rules! for_each_syscall {
         // pids written to cgroup.procs, cgroup.threads, tasks: no syscall program (judged at
         // the cgroup_attach_task hook), counted under the syscall that wrote them
         write: ;
+        // ---- numbers in /proc paths (issue 15, pidvirt-ebpf/src/procfs.rs) ----
+        open: enter(enter_path);
+        openat: enter(enter_at_path);
+        openat2: enter(enter_at_path);
+        newstat: enter(enter_path);
+        newlstat: enter(enter_path);
+        newfstatat: enter(enter_at_path);
+        statx: enter(enter_at_path);
+        readlink: enter(enter_path);
+        readlinkat: enter(enter_at_path);
+        access: enter(enter_path);
+        faccessat: enter(enter_at_path);
+        faccessat2: enter(enter_at_path);
+        chdir: enter(enter_path);
+        execve: enter(enter_path);
+        execveat: enter(enter_at_path);
         }
     };
 }
@@ -456,6 +476,21 @@ pub struct SyscallSpec {
     /// This architecture's syscall number (the records' `__syscall_nr`).
     #[cfg(feature = "user")]
     pub nr: i64,
+}
+
+/// The libc syscall number of a syscall the kernel names otherwise (its tracepoints and
+/// functions carry the kernel's name: `newstat` is stat(2)).
+#[cfg(feature = "user")]
+macro_rules! sysnr {
+    (newstat) => {
+        libc::SYS_stat
+    };
+    (newlstat) => {
+        libc::SYS_lstat
+    };
+    ($name:ident) => {
+        paste! { libc::[<SYS_ $name>] }
+    };
 }
 
 macro_rules! syscalls {
@@ -483,7 +518,7 @@ macro_rules! syscalls {
                 fentry: opt!($(side!($enter, (concat!("fentry_", stringify!($name)), concat!("floor_fentry_", stringify!($name)))))?),
                 fexit: opt!($(side!($exit, (concat!("fexit_", stringify!($name)), concat!("floor_fexit_", stringify!($name)))))?),
                 #[cfg(feature = "user")]
-                nr: libc::[<SYS_ $name>],
+                nr: sysnr!($name),
             }, )*
         ];
     }};
@@ -528,7 +563,7 @@ impl SyscallSide {
 // ---- counters ------------------------------------------------------------------------------
 
 macro_rules! counter_groups {
-    ($( $(#[doc = $gdoc:literal])* $group:ident @ $base:literal { $( $(#[doc = $doc:literal])* $name:ident, )* } )*) => { paste! {
+    ($( $(#[doc = $gdoc:literal])* $group:ident @ $base:literal { $( $(#[doc = $doc:literal])* $name:ident $(in $map:ident)?, )* } )*) => { paste! {
         $(
             $(#[doc = $gdoc])*
             pub mod $group {
@@ -540,6 +575,8 @@ macro_rules! counter_groups {
                 $( $(#[doc = $doc])* pub const [<$name:upper>]: u32 = Index::$name as u32; )*
                 /// Names of the group's counters, by index.
                 pub const NAMES: [&str; [$(stringify!($name)),*].len()] = [$(stringify!($name)),*];
+                /// The map each counter is about, if any (`pidvirt_map_errors_total{map}`).
+                pub const MAPS: [Option<&str>; NAMES.len()] = [$(opt!($($crate::catalogue::map::$map)?)),*];
             }
         )*
     }};
@@ -553,26 +590,26 @@ pub mod counter {
     counter_groups! {
         /// Map insert/update failures and failed reads, per reason (`stats`: `map_errors`).
         map_error @ 0 {
-            task_insert,
-            virt_insert,
-            deep_insert,
-            pidns_insert,
+            task_insert in TASKS,
+            virt_insert in VIRT,
+            deep_insert in DEEP,
+            pidns_insert in PIDNS,
             /// bpf_probe_read_kernel failed on a task structure.
             kernel_read,
             /// A task with a level above MAX_PID_NS_LEVEL (should be impossible).
             level_overflow,
             /// Per-CPU scratch space could not be had.
-            scratch,
+            scratch in SCRATCH,
             /// A caller had no task entry when one was needed (not yet seeded, or lost).
-            task_missing,
+            task_missing in TASKS,
             /// A task of a nested namespace was forgotten but its namespace had no record.
-            pidns_missing,
+            pidns_missing in PIDNS,
             /// Per-container counters could not be had: counted in the global crossing region.
-            container_counters,
+            container_counters in COUNTS,
             /// A syscall's state between enter and exit could not be kept (waitid's infop).
-            pending_insert,
+            pending_insert in PENDING,
             /// No free counter slot for a new container: its crossings count in the overflow slot.
-            no_counter_slot,
+            no_counter_slot in FREE_SLOTS,
         }
         /// Events that could not be handed to user space, per reason (`stats`: `drops`).
         drop @ 16 {
@@ -631,8 +668,7 @@ macro_rules! maps {
 maps! {
     TASKS, DEEP, VIRT, PIDNS, COUNTS, FREE_SLOTS, SYSNR, PENDING, CGROUPS, MODES, META, CONFIG,
     CALLER, TASKS_GENERATION, LIVE_TIDS, SEEDED_TIDS, REAPED, RELEASED, COUNTERS, EVENTS, SCRATCH,
-    // issue 15
-    PENDING_CALLS,
+    PENDING_CALLS, PROCFS,
 }
 
 #[cfg(test)]
@@ -661,6 +697,9 @@ mod tests {
             "no_counter_slot"
         );
         assert_eq!(counter::lifecycle::NAMES[counter::lifecycle::REAPED as usize], "reaped");
+        assert_eq!(counter::map_error::MAPS[counter::map_error::VIRT_INSERT as usize], Some(map::VIRT));
+        assert_eq!(counter::map_error::MAPS[counter::map_error::KERNEL_READ as usize], None);
+        assert!(counter::drop::MAPS.iter().all(Option::is_none));
     }
 
     #[test]

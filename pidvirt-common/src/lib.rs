@@ -245,6 +245,9 @@ pub mod config {
     pub const REPORTED: u32 = 1;
     /// Inode of the host's (initial) pid namespace.
     pub const HOST_PIDNS: u32 = 2;
+    /// The daemon's host pid: its own /proc walk (which reads every process, racing their ends
+    /// and its own seeding) is not audited as numbers in paths.
+    pub const DAEMON_TGID: u32 = 3;
     pub const SLOTS: u32 = 4;
 }
 

@@ -71,6 +71,34 @@ pub struct KernelOffsets {
     pub pt_regs_si: u32,
     pub pt_regs_dx: u32,
     pub pt_regs_r10: u32,
+    /// task_struct.fs (struct fs_struct *)
+    pub task_fs: u32,
+    /// task_struct.files (struct files_struct *)
+    pub task_files: u32,
+    /// fs_struct.pwd.dentry (struct dentry *): the working directory
+    pub fs_pwd_dentry: u32,
+    /// files_struct.fdt (struct fdtable *)
+    pub files_fdt: u32,
+    /// fdtable.max_fds (unsigned int)
+    pub fdtable_max_fds: u32,
+    /// fdtable.fd (struct file **)
+    pub fdtable_fd: u32,
+    /// file.f_path.dentry (struct dentry *)
+    pub file_dentry: u32,
+    /// dentry.d_sb (struct super_block *)
+    pub dentry_sb: u32,
+    /// super_block.s_magic (unsigned long)
+    pub sb_magic: u32,
+    /// super_block.s_root (struct dentry *)
+    pub sb_root: u32,
+    /// super_block.s_fs_info (void *: a procfs's struct proc_fs_info)
+    pub sb_fs_info: u32,
+    /// proc_fs_info.pid_ns (struct pid_namespace *): whose numbers a procfs shows
+    pub proc_fs_info_pid_ns: u32,
+    /// nsproxy.mnt_ns (struct mnt_namespace *)
+    pub nsproxy_mnt_ns: u32,
+    /// mnt_namespace.ns.inum (unsigned int)
+    pub mnt_ns_inum: u32,
     /// css_set.dfl_cgrp (struct cgroup *)
     pub css_set_dfl_cgrp: u32,
     /// cgroup.kn (struct kernfs_node *)
@@ -98,14 +126,6 @@ pub struct KernelOffsets {
     // ---- pids inside structures (issue 15) ----
     /// pt_regs.r8: a syscall's argument 4 (perf_event_open's flags)
     pub pt_regs_r8: u32,
-    /// task_struct.files (struct files_struct *)
-    pub task_files: u32,
-    /// files_struct.fdt (struct fdtable *)
-    pub files_fdt: u32,
-    /// fdtable.max_fds (unsigned int)
-    pub fdtable_max_fds: u32,
-    /// fdtable.fd (struct file **)
-    pub fdtable_fd: u32,
     /// file.private_data (void *): a socket's `struct socket`, a tty's `struct tty_file_private`
     pub file_private_data: u32,
     /// file.f_owner: a `struct fown_struct *` (6.12 and later) or the struct itself (before)
@@ -170,6 +190,20 @@ impl KernelOffsets {
             pt_regs_si: 0,
             pt_regs_dx: 0,
             pt_regs_r10: 0,
+            task_fs: 0,
+            task_files: 0,
+            fs_pwd_dentry: 0,
+            files_fdt: 0,
+            fdtable_max_fds: 0,
+            fdtable_fd: 0,
+            file_dentry: 0,
+            dentry_sb: 0,
+            sb_magic: 0,
+            sb_root: 0,
+            sb_fs_info: 0,
+            proc_fs_info_pid_ns: 0,
+            nsproxy_mnt_ns: 0,
+            mnt_ns_inum: 0,
             css_set_dfl_cgrp: 0,
             cgroup_kn: 0,
             cgroup_level: 0,
@@ -182,10 +216,6 @@ impl KernelOffsets {
             tick_ns: 0,
             magic: 0,
             pt_regs_r8: 0,
-            task_files: 0,
-            files_fdt: 0,
-            fdtable_max_fds: 0,
-            fdtable_fd: 0,
             file_private_data: 0,
             file_f_owner: 0,
             file_f_owner_is_ptr: 0,

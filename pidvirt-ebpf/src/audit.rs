@@ -405,6 +405,8 @@ pub fn report(x: &Crossing, caller_tid: u32, c: &TaskEntry, target: Found, also:
         if also.is_some() {
             (*ev).also = info(also.tid, &*also.entry);
             (*ev).flags |= event_flags::HAS_ALSO;
+        } else if also_at.pidns != 0 {
+            (*ev).flags |= event_flags::HAS_READ_AT;
         }
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
@@ -434,6 +436,34 @@ pub fn audit_task_number(syscall: u16, direction: Direction, n: i32, tid: u32, c
         report(&Crossing { syscall, direction, verdict, value: i64::from(n) }, tid, c, r.named, also, at);
     }
     verdict
+}
+
+/// The number `n` of a /proc path (`/proc/N/...`), read in the procfs of pid namespace
+/// `procfs_pidns` (0: the caller's own, as far as anyone knows). In the caller's own namespace it
+/// is judged like any argument; in another namespace's procfs it names what it names THERE, and
+/// that the caller reads another namespace's numbers is the finding.
+#[inline(always)]
+pub fn procfs_number(syscall: u16, n: u32, procfs_pidns: u32) {
+    let Some((tid, c)) = caller() else { return };
+    let c = unsafe { &*c };
+    if procfs_pidns == 0 || procfs_pidns == c.pidns {
+        audit_task_number(syscall, Direction::In, n as i32, tid, c);
+        return;
+    }
+    let (named, level) = if procfs_pidns == host_pidns() {
+        (host_pid(tid, c, n), 0)
+    } else {
+        let level = PIDNS.get_ptr(procfs_pidns).map_or(0, |i| unsafe { (*i).level });
+        (at_level(procfs_pidns, n), level)
+    };
+    let visible = named.is_some() && visible(c, unsafe { &*named.entry });
+    let res = Resolution { named: named.party(visible), foreign_procfs: true, ..Resolution::default() };
+    let verdict = classify(c.container, &res);
+    count_crossing(c.slot, syscall, verdict);
+    if reported(verdict) {
+        let x = Crossing { syscall, direction: Direction::In, verdict, value: i64::from(n) };
+        report(&x, tid, c, named, Found::NONE, Level { level, pidns: procfs_pidns });
+    }
 }
 
 /// An argument naming a task, where 0 means the caller itself.
@@ -590,7 +620,9 @@ pub fn invisible(syscall: u16, direction: Direction, host: u32) {
     count_crossing(c.slot, syscall, Verdict::Invisible);
     if reported(Verdict::Invisible) {
         let also = if host != 0 && may_have_entry(host) { Found::lookup(host) } else { Found::NONE };
-        let at = Level { level: 0, pidns: host_pidns() };
+        // The level `also` was read at; none without it (no `read_at` in the record: the 0 was
+        // read in the caller's own namespace).
+        let at = Level { level: 0, pidns: if also.is_some() { host_pidns() } else { 0 } };
         let x = Crossing { syscall, direction, verdict: Verdict::Invisible, value: 0 };
         report(&x, tid, c, Found::NONE, also, at);
     }

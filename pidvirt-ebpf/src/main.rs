@@ -35,6 +35,7 @@ mod kernel;
 mod lifecycle;
 mod lsm;
 mod maps;
+mod procfs;
 mod structures;
 mod syscalls;
 mod task;

@@ -197,6 +197,18 @@ pub fn host_pidns() -> u32 {
     config(config::HOST_PIDNS)
 }
 
+/// The daemon's host pid (0 until the daemon wrote it).
+#[inline(always)]
+pub fn daemon_tgid() -> u32 {
+    config(config::DAEMON_TGID)
+}
+
+/// Mount namespace inode -> inode of the pid namespace whose procfs is mounted at /proc there
+/// (set by the daemon, which reads it from the mount namespace's tasks; a mount namespace it has
+/// not seen is taken to show its callers' own namespace).
+#[map]
+pub static PROCFS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
 /// Per-CPU counters (pidvirt_common::counter).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);

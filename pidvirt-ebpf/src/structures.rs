@@ -26,7 +26,7 @@ use crate::{
     kernel::{Direct, Kmem, Probe, off},
     maps::{DEEP, PENDING_CALLS, count_map_error},
     syscalls::{Arg4, Call},
-    task::{nr_at, pidns_inum, upid},
+    task::{fd_file, nr_at, pidns_inum, upid},
 };
 
 /// A `T` at user address `addr`.
@@ -71,19 +71,6 @@ fn low32(v: u64) -> u64 {
 
 fn current_task() -> *const u8 {
     unsafe { bpf_get_current_task() as *const u8 }
-}
-
-/// The caller's open file `fd` (`struct file *`).
-#[inline(always)]
-fn fd_file(fd: u32) -> Option<*const u8> {
-    let files = Probe.read_ptr(current_task(), off!(task_files)).ok()?;
-    let fdt = Probe.read_ptr(files, off!(files_fdt)).ok()?;
-    let max: u32 = Probe.read(fdt, off!(fdtable_max_fds)).ok()?;
-    if fd >= max {
-        return None;
-    }
-    let fds = Probe.read_ptr(fdt, off!(fdtable_fd)).ok()?;
-    Probe.read_ptr(fds.wrapping_add(fd as usize * 8), 0).ok()
 }
 
 /// The `struct sock *` of the caller's socket `fd`.

@@ -30,6 +30,7 @@ use crate::{
     kernel::{Direct, Kmem, off, offsets_ready},
     lifecycle::forget_reaped,
     maps::{PENDING, SYSNR, count_map_error},
+    procfs::{AT_FDCWD, path_crossing},
     task::{Own, own_id},
 };
 
@@ -351,6 +352,22 @@ pub mod handlers {
     /// Offset of `pid` in the user's `struct __user_cap_header_struct { __u32 version; int pid; }`.
     const CAP_HEADER_PID: usize = 4;
 
+    // ---- numbers in paths ---------------------------------------------------------------------
+
+    /// open, stat, lstat, readlink, access, chdir, execve: a path relative to the working
+    /// directory or absolute.
+    #[inline(always)]
+    pub fn enter_path(c: &impl Call, s: u16) {
+        path_crossing(s, AT_FDCWD, c.arg::<0>());
+    }
+
+    /// openat, openat2, newfstatat, statx, readlinkat, faccessat(2), execveat: a path relative to
+    /// directory fd `dirfd`.
+    #[inline(always)]
+    pub fn enter_at_path(c: &impl Call, s: u16) {
+        path_crossing(s, c.int_arg::<0>(), c.arg::<1>());
+    }
+
     #[inline(always)]
     pub fn enter_capget(c: &impl Call, s: u16) {
         let header = c.arg::<0>();
@@ -414,6 +431,8 @@ tracepoints! {
     exit_self_query => shared;
     enter_ptrace => PTRACE;
     enter_capget => CAPGET;
+    enter_path => shared;
+    enter_at_path => shared;
     // issue 15: pids inside structures
     enter_clone => CLONE;
     enter_clone3 => CLONE3;

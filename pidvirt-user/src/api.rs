@@ -71,6 +71,12 @@ pub enum Request {
         container: Option<String>,
         #[serde(default)]
         verdict: Option<String>,
+        /// A watched syscall, or an LSM hook (denials).
+        #[serde(default)]
+        syscall: Option<String>,
+        /// RFC 3339: records at or after this time.
+        #[serde(default)]
+        since: Option<String>,
         #[serde(default)]
         limit: Option<usize>,
         #[serde(default)]
@@ -78,6 +84,15 @@ pub enum Request {
     },
     /// Daemon and kernel status (attached programs, features).
     Status,
+}
+
+/// The filters of an `audit` request, as the client gave them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub container: Option<String>,
+    pub verdict: Option<String>,
+    pub syscall: Option<String>,
+    pub since: Option<String>,
 }
 
 /// Error codes of failed requests.

@@ -253,16 +253,12 @@ impl KernelBtf {
     }
 }
 
-/// The offsets of the crossings inside structures (file tables, file owners, sockets, ttys,
-/// tracees), filled into `o`.
+/// The offsets of the crossings inside structures (file owners, sockets, ttys, tracees; the file
+/// table itself is resolved with the /proc paths' offsets), filled into `o`.
 fn resolve_structures(btf: &KernelBtf, o: &mut KernelOffsets) -> Result<(), OffsetError> {
     let f_owner_is_ptr = btf.is_pointer("file", "f_owner")?;
     let fown_size = btf.struct_size("fown_struct")?;
     o.pt_regs_r8 = btf.offset("pt_regs", "r8", 8)?;
-    o.task_files = btf.offset("task_struct", "files", PTR)?;
-    o.files_fdt = btf.offset("files_struct", "fdt", PTR)?;
-    o.fdtable_max_fds = btf.offset("fdtable", "max_fds", 4)?;
-    o.fdtable_fd = btf.offset("fdtable", "fd", PTR)?;
     o.file_private_data = btf.offset("file", "private_data", PTR)?;
     o.file_f_owner = btf.offset("file", "f_owner", if f_owner_is_ptr { PTR } else { fown_size })?;
     o.file_f_owner_is_ptr = u32::from(f_owner_is_ptr);
@@ -299,6 +295,7 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
     }
     let ns = btf.field("pid_namespace", "ns")?;
     let inum = btf.offset("ns_common", "inum", 4)?;
+    let path_dentry = btf.offset("path", "dentry", PTR)?;
     let upid_size = btf.struct_size("upid")?;
     // The programs read a whole `struct upid { int nr; struct pid_namespace *ns; }` at once.
     if upid_size != 16 {
@@ -345,6 +342,20 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
         pt_regs_si: btf.offset("pt_regs", "si", 8)?,
         pt_regs_dx: btf.offset("pt_regs", "dx", 8)?,
         pt_regs_r10: btf.offset("pt_regs", "r10", 8)?,
+        task_fs: btf.offset("task_struct", "fs", PTR)?,
+        task_files: btf.offset("task_struct", "files", PTR)?,
+        fs_pwd_dentry: btf.field("fs_struct", "pwd")?.offset + path_dentry,
+        files_fdt: btf.offset("files_struct", "fdt", PTR)?,
+        fdtable_max_fds: btf.offset("fdtable", "max_fds", 4)?,
+        fdtable_fd: btf.offset("fdtable", "fd", PTR)?,
+        file_dentry: btf.field("file", "f_path")?.offset + path_dentry,
+        dentry_sb: btf.offset("dentry", "d_sb", PTR)?,
+        sb_magic: btf.offset("super_block", "s_magic", 8)?,
+        sb_root: btf.offset("super_block", "s_root", PTR)?,
+        sb_fs_info: btf.offset("super_block", "s_fs_info", PTR)?,
+        proc_fs_info_pid_ns: btf.offset("proc_fs_info", "pid_ns", PTR)?,
+        nsproxy_mnt_ns: btf.offset("nsproxy", "mnt_ns", PTR)?,
+        mnt_ns_inum: btf.field("mnt_namespace", "ns")?.offset + inum,
         css_set_dfl_cgrp: btf.offset("css_set", "dfl_cgrp", PTR)?,
         cgroup_kn: btf.offset("cgroup", "kn", PTR)?,
         cgroup_level: btf.offset("cgroup", "level", 4)?,
@@ -554,6 +565,12 @@ mod tests {
         assert_eq!(o.siginfo_code, 8);
         // struct pt_regs of x86-64: r15 first, then ... r10 at 56, dx 96, si 104, di 112.
         assert_eq!((o.pt_regs_r10, o.pt_regs_dx, o.pt_regs_si, o.pt_regs_di), (56, 96, 104, 112));
+        // struct path is { struct vfsmount *mnt; struct dentry *dentry; }; fdtable begins with
+        // max_fds; proc_fs_info with pid_ns; mnt_namespace with its ns_common.
+        assert!(o.fs_pwd_dentry > 0 && o.file_dentry > 0 && o.task_fs > 0 && o.task_files > 0);
+        assert_eq!((o.fdtable_max_fds, o.fdtable_fd, o.proc_fs_info_pid_ns), (0, 8, 0));
+        assert!(o.sb_magic > 0 && o.sb_root > 0 && o.sb_fs_info > 0 && o.dentry_sb > 0);
+        assert!(o.nsproxy_mnt_ns > 0);
         // Cross-check with the offsets read independently (pahole/bpftool) on this very build,
         // recorded in ../shared/reference/pid-crossings.md; other kernels only get the invariants.
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

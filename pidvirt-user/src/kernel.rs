@@ -5,7 +5,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, Queue};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, Queue};
 use pidvirt_common::{
     CgroupContainer, DeepLevels, INLINE_LEVELS, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue,
     audit::{ContainerCounters, LSM_HOOKS, Mode, NSYSCALLS, NVERDICTS, SYSCALLS, Verdict},
@@ -81,6 +81,8 @@ pub struct KernelMaps {
     pub meta: Array<MapData, u64>,
     /// The daemon's half of the tid filter (pidvirt_common::tid_filter).
     pub seeded_tids: Array<MapData, u64>,
+    /// Mount namespace -> pid namespace of the procfs at its /proc.
+    pub procfs: HashMap<MapData, u32, u32>,
 }
 
 /// What one counter slot counted (summed over CPUs).
@@ -124,6 +126,29 @@ pub fn named_denied(values: &[u64]) -> std::collections::BTreeMap<&'static str, 
     LSM_HOOKS.iter().zip(values).map(|(h, n)| (h.name, *n)).collect()
 }
 
+/// How full a map is (`pidvirt_map_entries`, `pidvirt_map_capacity`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Occupancy {
+    pub map: &'static str,
+    pub entries: u64,
+    /// Its `max_entries` (0 if the kernel would not say).
+    pub capacity: u64,
+}
+
+/// How full hash map `m` is: its entries read in batches where the kernel can.
+fn occupancy<K: aya::Pod + Default, V: aya::Pod + Default>(
+    name: &'static str,
+    m: &HashMap<MapData, K, V>,
+) -> Occupancy {
+    let data = m.map();
+    let entries = match lookup_batch::<K, V>(data.fd().as_fd()) {
+        Ok(entries) => entries.len(),
+        Err(_) => m.keys().flatten().count(),
+    };
+    let capacity = data.info().map_or(0, |i| i.max_entries());
+    Occupancy { map: name, entries: entries as u64, capacity: u64::from(capacity) }
+}
+
 /// A task entry with all its levels.
 #[derive(Clone, Debug)]
 pub struct FullTask {
@@ -163,6 +188,7 @@ impl KernelMaps {
             counts: PerCpuArray::try_from(get(map::COUNTS)?).map_err(err(map::COUNTS))?,
             free_slots: Queue::try_from(get(map::FREE_SLOTS)?).map_err(err(map::FREE_SLOTS))?,
             cgroups: HashMap::try_from(get(map::CGROUPS)?).map_err(err(map::CGROUPS))?,
+            procfs: HashMap::try_from(get(map::PROCFS)?).map_err(err(map::PROCFS))?,
             config: Array::try_from(get(map::CONFIG)?).map_err(err(map::CONFIG))?,
             tasks_generation: Array::try_from(get(map::TASKS_GENERATION)?)
                 .map_err(err(map::TASKS_GENERATION))?,
@@ -233,13 +259,20 @@ impl KernelMaps {
         c
     }
 
-    /// What every counter slot counted, summed.
-    pub fn total_counts(&self) -> SlotCounts {
-        let mut total = SlotCounts::default();
-        for slot in 0..self.counts.len() {
-            total.add(&self.slot_counts(slot));
-        }
-        total
+    /// What each counter slot counted, by slot (each read once).
+    pub fn all_slot_counts(&self) -> Vec<SlotCounts> {
+        (0..self.counts.len()).map(|slot| self.slot_counts(slot)).collect()
+    }
+
+    /// How full the maps are that hold an entry per task, per namespace or per cgroup container.
+    pub fn occupancy(&self) -> [Occupancy; 5] {
+        [
+            occupancy(map::TASKS, &self.tasks),
+            occupancy(map::DEEP, &self.deep),
+            occupancy(map::VIRT, &self.virt),
+            occupancy(map::PIDNS, &self.pidns),
+            occupancy(map::CGROUPS, &self.cgroups),
+        ]
     }
 
     /// Sets a container's policy where the enforcer reads it (observe: no entry).
@@ -351,6 +384,26 @@ impl KernelMaps {
     }
 
     /// Forgets pid namespace `ns` (its record and its counter slot); returns what it counted.
+    /// Makes the PROCFS map say exactly `known` (mount namespace -> pid namespace of its /proc).
+    pub fn set_procfs(&mut self, known: &std::collections::HashMap<u32, u32>) -> Result<(), MapError> {
+        let stale: Vec<u32> = self
+            .procfs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(mnt, pid)| known.get(mnt) != Some(pid))
+            .map(|(mnt, _)| mnt)
+            .collect();
+        for mnt in stale {
+            let _ = self.procfs.remove(&mnt);
+        }
+        for (&mnt, &pid) in known {
+            if self.procfs.get(&mnt, 0).ok() != Some(pid) {
+                self.procfs.insert(mnt, pid, 0)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn forget_pidns(&mut self, ns: u32) -> Option<SlotCounts> {
         let info = self.pidns.get(&ns, 0).ok()?;
         let _ = self.pidns.remove(&ns);

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod containers;
 pub mod daemon;
+pub mod files;
 pub mod kernel;
 pub mod loader;
 pub mod procscan;

@@ -451,14 +451,16 @@ fn prepare_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<(), LoadError> {
     configure(&mut Array::try_from(map).map_err(err(map::CONFIG))?, opts)
 }
 
-/// Writes the settings the programs read (CONFIG): what to report, the host's namespace.
+/// Writes the settings the programs read (CONFIG): what to report, the host's namespace, the
+/// daemon's pid.
 fn configure<T: std::borrow::BorrowMut<MapData>>(
     config: &mut Array<T, u32>,
     opts: &LoadOptions,
 ) -> Result<(), LoadError> {
     let err = |source| LoadError::Map { name: map::CONFIG, source };
     config.set(pidvirt_common::config::REPORTED, opts.report, 0).map_err(err)?;
-    config.set(pidvirt_common::config::HOST_PIDNS, opts.host_pidns, 0).map_err(err)
+    config.set(pidvirt_common::config::HOST_PIDNS, opts.host_pidns, 0).map_err(err)?;
+    config.set(pidvirt_common::config::DAEMON_TGID, std::process::id(), 0).map_err(err)
 }
 
 /// The LSMs the kernel runs (securityfs, mounted if needed).

@@ -124,7 +124,19 @@ pub fn numeric_entries(dir: &str) -> Vec<u32> {
 pub fn scan() -> Vec<ProcTask> {
     let mut out = Vec::with_capacity(1024);
     for pid in numeric_entries("/proc") {
-        let Ok(ns) = pidns_of(pid) else { continue };
+        let ns = match pidns_of(pid) {
+            Ok(ns) => ns,
+            // A process whose namespace links we may not read (this machine's pid 1, its own
+            // supervisor): one level in NSpid is the initial namespace, ours.
+            Err(ProcError::Io(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let Some(ns) = initial_ns_of(pid) else {
+                    tracing::warn!(pid, "skipping process: its pid namespace is unreadable ({e})");
+                    continue;
+                };
+                ns
+            }
+            Err(_) => continue,
+        };
         for tid in thread_ids(pid) {
             match read_task(pid, tid, Some(ns)) {
                 Ok(t) => out.push(t),
@@ -134,6 +146,13 @@ pub fn scan() -> Vec<ProcTask> {
         }
     }
     out
+}
+
+/// Our own (initial) pid namespace, if process `pid` has a single level in NSpid: it lives in it.
+fn initial_ns_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    (nspid.split_whitespace().count() == 1).then(|| pidns_of(std::process::id()).ok())?
 }
 
 /// Nanoseconds per clock tick of /proc start times.
@@ -181,6 +200,11 @@ pub struct ChainCache {
 impl ChainCache {
     /// Namespace inodes of `task` at levels 0..=level (outermost first).
     pub fn levels(&mut self, task: &ProcTask) -> Option<Vec<u32>> {
+        // The initial namespace has no parent to ask for (and some of its processes' links
+        // cannot be read).
+        if task.nspid.len() == 1 {
+            return Some(vec![task.pidns]);
+        }
         let chain = match self.chains.entry(task.pidns) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {

@@ -11,7 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder, Framed};
 
 use crate::{
-    api::{ApiError, ErrorCode, MAX_REQUEST_BYTES, Request, Response},
+    api::{ApiError, AuditQuery, ErrorCode, MAX_REQUEST_BYTES, Request, Response},
     audit::{Filter, Record},
 };
 
@@ -23,7 +23,7 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers one request (called on a blocking thread: it may take locks and read /proc).
     fn handle(&self, req: Request) -> Result<serde_json::Value, ApiError>;
     /// The live audit stream for `audit --follow`, with its checked filter.
-    fn follow(&self, container: Option<String>, verdict: Option<String>) -> Result<Follow, ApiError>;
+    fn follow(&self, query: AuditQuery) -> Result<Follow, ApiError>;
     /// Stops the daemon (called once the answer to `shutdown` is sent).
     fn shutdown(&self);
 }
@@ -121,9 +121,10 @@ async fn connection<H: Handler>(stream: UnixStream, handler: Arc<H>) {
         // The daemon stops only once the client has its answer.
         let shutdown = matches!(request, Ok(Request::Shutdown));
         let response = match request {
-            Ok(Request::Audit { container, verdict, follow: true, .. }) => {
+            Ok(Request::Audit { container, verdict, syscall, since, follow: true, .. }) => {
                 let handler = handler.clone();
-                match tokio::task::spawn_blocking(move || handler.follow(container, verdict)).await {
+                let query = AuditQuery { container, verdict, syscall, since };
+                match tokio::task::spawn_blocking(move || handler.follow(query)).await {
                     Ok(Ok(stream)) => {
                         follow(&mut framed, stream).await;
                         return;
@@ -236,6 +237,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::audit::ContainerMatch;
 
     #[test]
     fn bad_requests_are_classified() {
@@ -267,11 +269,16 @@ mod tests {
                 _ => Err(ApiError::new(ErrorCode::UnknownContainer, "nope")),
             }
         }
-        fn follow(&self, container: Option<String>, verdict: Option<String>) -> Result<Follow, ApiError> {
-            if container.as_deref() == Some("ghost") {
+        fn follow(&self, q: AuditQuery) -> Result<Follow, ApiError> {
+            if q.container.as_deref() == Some("ghost") {
                 return Err(ApiError::new(ErrorCode::UnknownContainer, "unknown container `ghost`"));
             }
-            Ok(Follow { filter: Filter { container, verdict }, records: self.live.subscribe() })
+            let filter = Filter {
+                container: q.container.map(ContainerMatch::Id),
+                verdict: q.verdict,
+                ..Default::default()
+            };
+            Ok(Follow { filter, records: self.live.subscribe() })
         }
         fn shutdown(&self) {
             self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -372,6 +379,7 @@ mod tests {
         c.send(b"{\"op\":\"audit\",\"follow\":true,\"verdict\":\"leak\"}\n").await;
         let record = |verdict: &str, value: i64| Record {
             ts_ns: 1,
+            time: None,
             syscall: "kill".into(),
             direction: "in".into(),
             verdict: verdict.into(),

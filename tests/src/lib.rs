@@ -16,6 +16,7 @@ use std::{
 use serde::Deserialize;
 
 pub mod engines;
+pub mod prometheus;
 
 /// The pidvirt binary under test: $PIDVIRT_BIN, or target/release/pidvirt of this workspace.
 pub fn pidvirt_bin() -> PathBuf {
@@ -239,11 +240,31 @@ impl Daemon {
     /// Starts the daemon in `dir` (its socket, logs and state file live there); a daemon
     /// started again in the same directory finds the previous one's state file.
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_wrapped(dir, &[], &[], extra)
+    }
+
+    /// Starts the daemon in `dir` as `WRAPPER... pidvirt run ...` (e.g. `setpriv` with a
+    /// capability set), with `env` added to its environment.
+    pub fn start_wrapped(
+        dir: tempfile::TempDir,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Self {
         let state_file = dir.path().join("state.json");
         let socket = dir.path().join("pidvirt.sock");
         let audit_log = dir.path().join("audit.jsonl");
         let stderr_log = dir.path().join("daemon.log");
-        let child = Command::new(pidvirt_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(pidvirt_bin());
+                c
+            }
+            None => Command::new(pidvirt_bin()),
+        };
+        let child = cmd
+            .envs(env.iter().copied())
             .arg("run")
             .arg("--socket")
             .arg(&socket)
@@ -314,6 +335,11 @@ impl Daemon {
 
     pub fn containers(&self) -> Vec<ContainerRow> {
         self.json(&["containers", "--json"])
+    }
+
+    /// `status` as a JSON value.
+    pub fn status(&self) -> serde_json::Value {
+        self.json(&["status"])
     }
 
     /// `stats --json` as a JSON value.
@@ -444,6 +470,30 @@ impl Fixture {
     pub fn num(&mut self, line: &str) -> i64 {
         let a = self.cmd(line);
         a.parse().unwrap_or_else(|_| panic!("fixture {line:?} answered {a:?}"))
+    }
+
+    /// A fixture with `depth` namespaces whose innermost init has a sibling, and that sibling's
+    /// host pid: a number that names nothing in the namespace (checked in /proc), so that
+    /// `kill(it, 0)` from there is a leak the kernel answers with ESRCH.
+    pub fn leaky(bin: &str, depth: usize) -> (Self, u32) {
+        let mut f = Self::start(bin, depth);
+        let sibling = f.num("spawn 0") as u32;
+        let host = f.host_tid(sibling);
+        assert!(
+            proc_truth::tasks_in(f.inner()).iter().all(|t| t.nspid.last() != Some(&host)),
+            "the host pid {host} is also a number of the namespace"
+        );
+        (f, host)
+    }
+
+    /// `kill(n, 0)` from a new process of the level-1 namespace (nsenter forks it there, running
+    /// the fixture `bin`); answers the kernel's return value.
+    pub fn kill_from_level_1(&self, bin: &str, n: u32) -> String {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.outer_init.to_string(), "-p", "--", bin, "call", "kill", &n.to_string(), "0"])
+            .output()
+            .expect("nsenter (util-linux)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// The innermost namespace's container id.

@@ -116,16 +116,6 @@ fn a_number_naming_nothing_is_unknown() {
     assert!(rs.iter().all(|r| r.value == i64::from(n) && r.target.is_none() && r.also.is_none()));
 }
 
-/// `kill(n, 0)` from a new process of the level-1 namespace of `f` (nsenter forks it there);
-/// answers the kernel's return value.
-fn kill_from_level_1(f: &Fixture, n: u32) -> String {
-    let out = Command::new("nsenter")
-        .args(["-t", &f.outer_init.to_string(), "-p", "--", FIXTURE, "call", "kill", &n.to_string(), "0"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn a_nested_container_targeted_from_its_parent_or_the_host_is_counted_nested_and_not_reported() {
     let d = Daemon::start();
@@ -136,7 +126,7 @@ fn a_nested_container_targeted_from_its_parent_or_the_host_is_counted_nested_and
     let in_parent = t.nspid[1]; // the number the level-1 namespace knows it by
     let outer = format!("pidns-{}", f.pidns[0]);
     let before = count(&d.container_crossings(&outer).0, "kill", "nested");
-    assert_eq!(kill_from_level_1(&f, in_parent), "0", "the kernel lets the parent reach it");
+    assert_eq!(f.kill_from_level_1(FIXTURE, in_parent), "0", "the kernel lets the parent reach it");
     eventually(tests::settle(), "the parent's kill counted nested", || {
         (count(&d.container_crossings(&outer).0, "kill", "nested") == before + 1).then_some(())
     });
@@ -170,7 +160,7 @@ fn report_chooses_the_reported_verdicts_and_a_nested_record_names_its_target() {
     let host = f.host_tid(v2);
     let in_parent = proc_truth::task(host, host).unwrap().nspid[1];
     let outer = format!("pidns-{}", f.pidns[0]);
-    assert_eq!(kill_from_level_1(&f, in_parent), "0");
+    assert_eq!(f.kill_from_level_1(FIXTURE, in_parent), "0");
     let r = wait_records(&d, 1, "nested from the parent namespace", |r| {
         r.container == outer && r.verdict == "nested" && r.syscall == "kill"
     });

@@ -8,11 +8,22 @@ use anyhow::{Context as _, bail};
 /// Debian packages the build needs: LLVM 22 for bpf-linker, protoc for the container runtimes'
 /// gRPC APIs (containerd, CRI).
 pub const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "protobuf-compiler"];
-/// Debian packages the integration tests use (unshare/nsenter, runc and a busybox rootfs, bpftool,
-/// the container engines the suite starts: Docker with its containerd, Podman; apparmor_parser,
-/// which Docker needs wherever the kernel runs AppArmor, as Debian's kernels in the VMs do).
-pub const TEST_PACKAGES: &[&str] =
-    &["util-linux", "runc", "busybox-static", "bpftool", "docker.io", "podman", "apparmor"];
+/// Debian packages the integration tests use (unshare/nsenter/setpriv, runc and a busybox rootfs,
+/// bpftool, the container engines the suite starts: Docker with its containerd, Podman; the
+/// Prometheus server and promtool that scrape and lint the metrics; systemd-analyze, which checks
+/// the service unit; apparmor_parser, which Docker needs wherever the kernel runs AppArmor, as
+/// Debian's kernels in the VMs do).
+pub const TEST_PACKAGES: &[&str] = &[
+    "util-linux",
+    "runc",
+    "busybox-static",
+    "bpftool",
+    "docker.io",
+    "podman",
+    "prometheus",
+    "systemd",
+    "apparmor",
+];
 /// The bpf-linker series known to work with aya 0.14 and LLVM 22.
 pub const BPF_LINKER_VERSION: &str = "0.13";
 

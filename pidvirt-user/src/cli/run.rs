@@ -1,10 +1,13 @@
 //! `pidvirt run`: the daemon, in the foreground.
 
+use std::net::{Ipv4Addr, SocketAddr};
+
 use pidvirt_common::audit::Verdict;
 
 use crate::{
+    audit::Rotation,
     cli::SocketArg,
-    daemon::{self, RunOptions},
+    daemon::{self, MetricsOptions, RunOptions},
     loader::{self, AttachMode, LoadOptions},
     runtimes::{Api, Endpoint},
 };
@@ -19,9 +22,25 @@ pub enum SeedMode {
 pub struct Args {
     #[command(flatten)]
     socket: SocketArg,
-    /// Write audit events as JSON lines to this file (`-` for standard output).
+    /// Write audit events as JSON lines to this file (`-` for standard output). Created mode
+    /// 0600 (its directory 0700); rotated by size.
     #[arg(long)]
     audit_log: Option<String>,
+    /// Rotate the audit log file before it grows beyond this many bytes (0: never): it becomes
+    /// PATH.1, PATH.1 becomes PATH.2, and so on. Records are never split between files.
+    #[arg(long, default_value_t = 100 << 20, value_name = "BYTES")]
+    audit_log_max_bytes: u64,
+    /// Rotated copies of the audit log kept (the oldest beyond them is removed).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    audit_log_keep: u32,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics. A bare PORT binds the loopback
+    /// address (127.0.0.1); give 0.0.0.0:PORT to be scraped from elsewhere. Suggested: 9479.
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = metrics_addr)]
+    metrics: Option<SocketAddr>,
+    /// Also per-container series, for the host and at most MAX other containers (default 100;
+    /// the rest add up under container="other").
+    #[arg(long, value_name = "MAX", num_args = 0..=1, default_missing_value = "100", requires = "metrics")]
+    metrics_per_container: Option<usize>,
     /// Capacity of the task maps (tasks tracked at once; preallocated). Default: the kernel's
     /// pid_max (no more tasks can exist at once), within 4096..=262144.
     #[arg(long)]
@@ -73,6 +92,15 @@ pub struct Args {
     attach: AttachMode,
 }
 
+/// `PORT` (on the loopback address) or `ADDR:PORT`.
+fn metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    s.parse()
+        .map_err(|_| format!("`{s}` is neither PORT nor ADDR:PORT (e.g. 9479, 127.0.0.1:9479, [::1]:9479)"))
+}
+
 /// A verdict `--report` may name.
 fn verdict(name: &str) -> Result<Verdict, String> {
     Verdict::REPORTABLE.iter().copied().find(|v| v.name() == name).ok_or_else(|| {
@@ -99,6 +127,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         socket: a.socket.socket,
         state_file: (a.state_file != "none").then(|| a.state_file.into()),
         audit_log: a.audit_log,
+        audit_rotation: Rotation { max_bytes: a.audit_log_max_bytes, keep: a.audit_log_keep },
+        metrics: a.metrics.map(|addr| MetricsOptions { addr, per_container: a.metrics_per_container }),
         load: LoadOptions {
             max_tasks: a.max_tasks.unwrap_or_else(loader::max_tasks_for_this_host),
             ringbuf_bytes: a.ringbuf_bytes,
@@ -116,4 +146,18 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         },
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_metrics_port_binds_loopback() {
+        assert_eq!(metrics_addr("9479").unwrap(), "127.0.0.1:9479".parse().unwrap());
+        assert_eq!(metrics_addr("0.0.0.0:9479").unwrap(), "0.0.0.0:9479".parse().unwrap());
+        assert_eq!(metrics_addr("[::1]:9479").unwrap(), "[::1]:9479".parse().unwrap());
+        assert!(metrics_addr(":9479").is_err(), "all interfaces must be said explicitly");
+        assert!(metrics_addr("localhost:9479").is_err());
+    }
 }

@@ -12,6 +12,7 @@
 pub mod cgroup;
 pub mod discover;
 pub mod oci;
+pub mod procfs;
 pub mod registry;
 pub mod state_file;
 
@@ -21,7 +22,9 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use pidvirt_common::{CgroupContainer, HOST_CONTAINER, PidnsEvent, PidnsInfo, TaskEntry, audit::Mode, slots};
+use pidvirt_common::{
+    CgroupContainer, HOST_CONTAINER, INLINE_LEVELS, PidnsEvent, PidnsInfo, TaskEntry, audit::Mode, slots,
+};
 
 pub use self::registry::{Container, K8sInfo, Kind, RegError, Registry, RuntimeInfo, Source};
 use self::state_file::{Saved, Target};
@@ -481,7 +484,11 @@ impl Containers {
         let pidns = maps.pidns_all();
         let ancestors: HashMap<u32, PidnsInfo> = pidns.iter().copied().collect();
         let mut live = HashSet::new();
+        let mut inits = Vec::new();
         for (_, e) in maps.task_entries() {
+            if (1..INLINE_LEVELS as u16).contains(&e.level) && e.nr[e.level as usize].tid == 1 {
+                inits.push(e.host_tid());
+            }
             match ancestors.get(&e.pidns) {
                 Some(info) => live.extend(info.ancestors.iter().take(e.level as usize + 1).copied()),
                 None => {
@@ -527,7 +534,16 @@ impl Containers {
             }
         }
         drop(maps);
-        if changed {
+        drop(reg);
+        // Which procfs each namespace's init sees at /proc (read outside the locks: it walks
+        // /proc).
+        let known = procfs::procfs_map(inits);
+        if let Ok(mut maps) = self.maps.lock()
+            && let Err(e) = maps.set_procfs(&known)
+        {
+            tracing::warn!("PROCFS map not updated: {e}");
+        }
+        if changed && let Ok(reg) = self.registry.lock() {
             self.save(&reg);
         }
     }

@@ -50,13 +50,16 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind's name.
+    pub const NAMES: [&'static str; 3] = ["host", "pidns", "cgroup"];
+
     /// The kind's name in `containers`.
     pub fn name(&self) -> &'static str {
-        match self {
-            Kind::Host => "host",
-            Kind::Pidns { .. } => "pidns",
-            Kind::Cgroup { .. } => "cgroup",
-        }
+        Self::NAMES[match self {
+            Kind::Host => 0,
+            Kind::Pidns { .. } => 1,
+            Kind::Cgroup { .. } => 2,
+        }]
     }
 }
 

@@ -67,13 +67,10 @@ pub fn write(path: &Path, registrations: Vec<Saved>) -> Result<(), StateFileErro
 
 fn write_atomically(path: &Path, state: &StateFile) -> std::io::Result<()> {
     use std::io::Write;
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)?;
-    }
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    // A left-over temporary file would keep its own mode.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = crate::files::create_private(&tmp, false)?;
     f.write_all(&serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
@@ -98,6 +95,10 @@ mod tests {
         write(&path, saved.clone()).unwrap();
         assert_eq!(read(&path).unwrap(), saved);
         assert!(!path.with_extension("tmp").exists());
+        let mode =
+            |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
+        assert_eq!(mode(&path) & 0o777, 0o600, "registrations describe the host's containers");
+        assert_eq!(mode(path.parent().unwrap()) & 0o777, 0o700);
         std::fs::write(&path, b"{").unwrap();
         assert!(matches!(read(&path), Err(StateFileError::Invalid { .. })));
     }

@@ -8,7 +8,7 @@ use pidvirt_common::{MigrateEvent, PidnsEvent, audit::AnomalyEvent, event_kind};
 use tokio::io::unix::AsyncFd;
 
 use super::App;
-use crate::audit::Record;
+use crate::audit::{Record, WallClock};
 
 /// Most records handled per batch (one sink write each).
 const BATCH: usize = 4096;
@@ -44,9 +44,10 @@ fn publish(app: &App, anomalies: &mut Vec<AnomalyEvent>) {
     if anomalies.is_empty() {
         return;
     }
+    let clock = WallClock::now();
     let records: Vec<Record> = app
         .containers
-        .with_registry(|reg| anomalies.iter().filter_map(|ev| Record::from_event(ev, reg)).collect())
+        .with_registry(|reg| anomalies.iter().filter_map(|ev| Record::from_event(ev, reg, clock)).collect())
         .unwrap_or_default();
     anomalies.clear();
     app.audit.publish(records);

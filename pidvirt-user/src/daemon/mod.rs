@@ -2,10 +2,12 @@
 //! consumer and the control socket together. Nothing else imports this module: it is the top.
 
 mod events;
+mod metrics;
 mod queries;
 
 use std::{
     collections::HashSet,
+    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -15,9 +17,10 @@ use anyhow::Context as _;
 use pidvirt_common::{PidnsInfo, pidns_source};
 use tokio::signal::unix::SignalKind;
 
+pub use self::metrics::MetricsOptions;
 use crate::{
-    api::{ApiError, ErrorCode, Request},
-    audit::{Filter, Hub, Sink},
+    api::{ApiError, AuditQuery, ErrorCode, Request},
+    audit::{ContainerMatch, Filter, Hub, Rotation, Sink},
     containers::{Containers, Registration, Source, parse_mode, state_file::Target},
     kernel::KernelMaps,
     loader::{self, LoadOptions},
@@ -33,6 +36,10 @@ pub struct RunOptions {
     pub state_file: Option<PathBuf>,
     /// `-` for standard output.
     pub audit_log: Option<String>,
+    /// When the audit log file is rotated.
+    pub audit_rotation: Rotation,
+    /// Where `/metrics` is served (None: it is not).
+    pub metrics: Option<MetricsOptions>,
     pub load: LoadOptions,
     /// The container runtimes to ask for names.
     pub runtimes: Vec<runtimes::Endpoint>,
@@ -50,6 +57,8 @@ struct Attachment {
     adopted: bool,
     started: Instant,
     kernel_release: String,
+    /// Where `/metrics` is served.
+    metrics: Option<SocketAddr>,
 }
 
 /// The running daemon: what the request handlers and the event consumer share.
@@ -69,13 +78,30 @@ pub struct App {
 /// How often containers whose namespace or cgroup is gone are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(3);
 
+/// The audit log and the metrics listener, opened before anything is attached: a file that
+/// cannot be written or a port in use is an error at once.
+async fn open_outputs(opts: &RunOptions) -> anyhow::Result<(Option<Sink>, Option<tokio::net::TcpListener>)> {
+    let sink = match &opts.audit_log {
+        Some(spec) => {
+            Some(Sink::open(spec, opts.audit_rotation).with_context(|| format!("open audit log {spec}"))?)
+        }
+        None => None,
+    };
+    let metrics_listener = match &opts.metrics {
+        Some(m) => Some(
+            tokio::net::TcpListener::bind(m.addr)
+                .await
+                .with_context(|| format!("metrics listener on {}", m.addr))?,
+        ),
+        None => None,
+    };
+    Ok((sink, metrics_listener))
+}
+
 pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     loader::require_root()?;
     crate::kernel::program_object()?;
-    let sink = match &opts.audit_log {
-        Some(spec) => Some(Sink::open(spec).with_context(|| format!("open audit log {spec}"))?),
-        None => None,
-    };
+    let (sink, metrics_listener) = open_outputs(&opts).await?;
     let host_pidns = procscan::own_pidns_is_init().map_err(anyhow::Error::msg)?;
     opts.load.host_pidns = host_pidns;
     let tick_ns = procscan::tick_ns();
@@ -95,6 +121,10 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!("attached {prog} to {hook}");
     }
     maps.seed_pidns(host_pidns, PidnsInfo::from_chain(&[host_pidns], 0, 1, pidns_source::SEED, 0));
+    // The host's procfs before anyone is judged; the sweep adds every namespace's init's.
+    if let Err(e) = maps.set_procfs(&crate::containers::procfs::procfs_map([])) {
+        tracing::warn!("PROCFS map not set: {e}");
+    }
     let maps = Arc::new(Mutex::new(maps));
     let app = Arc::new(App {
         containers: Containers::new(maps.clone(), host_pidns, opts.state_file.clone(), enforcement),
@@ -115,6 +145,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                 .unwrap_or_default()
                 .trim()
                 .to_string(),
+            metrics: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
         },
         seed: Mutex::new(None),
         runtimes: runtimes::HealthBook::default(),
@@ -122,7 +153,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     });
     // Adopted maps are current (the pinned programs kept them): the walk only checks them.
     let complete = iterator.is_ok() || adopted;
-    walk_proc(&app, tick_ns, iterator, complete).await?;
+    let seeding = walk_proc(&app, tick_ns, iterator, complete).await?;
     app.containers.restore();
     let sweeper = tokio::spawn(sweep(app.clone()));
     // The runtimes are asked once the namespaces that exist are known (attach, then scan, then
@@ -133,6 +164,14 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     tracing::info!("serving {}", opts.socket.display());
     let server = tokio::spawn(server::serve(listener, app.clone()));
     let events = tokio::spawn(events::consume(events, app.clone()));
+    let metrics = match (metrics_listener, opts.metrics) {
+        (Some(listener), Some(m)) => {
+            tracing::info!("serving metrics on http://{}/metrics", app.attachment.metrics.unwrap_or(m.addr));
+            Some(tokio::spawn(metrics::serve(listener, app.clone(), m)))
+        }
+        _ => None,
+    };
+    let ready = tokio::spawn(notify_ready(app.clone(), seeding, opts.socket.clone()));
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let pinned = app.attachment.pinned;
@@ -145,24 +184,54 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             r.context("event task")??;
         }
     }
+    notify(&[sd_notify::NotifyState::Stopping]);
     server.abort();
     sweeper.abort();
     namer.abort();
+    ready.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&opts.socket);
     drop(ebpf); // closes every link: the programs are detached unless pinned
     tracing::info!("{}", if pinned { "stopped (programs pinned)" } else { "detached" });
     Ok(())
 }
 
+/// Tells the service manager (systemd's `Type=notify`, where NOTIFY_SOCKET is set) that the
+/// daemon is ready once the socket is served and the seed is done: from then on every task of
+/// the host is known, so what a unit ordered after this one starts is judged from its first call.
+async fn notify_ready(app: Arc<App>, seeding: Option<tokio::task::JoinHandle<()>>, socket: PathBuf) {
+    if let Some(seeding) = seeding {
+        let _ = seeding.await;
+    }
+    let seed = app.seed.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
+    let status = format!(
+        "attached; {} tasks seeded from /proc ({} already known); serving {}",
+        seed.inserted,
+        seed.already_known,
+        socket.display()
+    );
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
+}
+
+/// One message to the service manager (nothing without NOTIFY_SOCKET).
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("could not notify the service manager: {e}");
+    }
+}
+
 /// The /proc walk. When the task iterator already recorded every existing task (`complete`:
 /// exactly, as the fork program would), the walk only checks it and seeds what it missed: it
-/// runs while the daemon serves. Without the iterator, /proc is the seed: it completes first.
+/// runs while the daemon serves (its handle is returned). Without the iterator, /proc is the
+/// seed: it completes first.
 async fn walk_proc(
     app: &Arc<App>,
     tick_ns: u32,
     iterator: Result<(), String>,
     complete: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let walk = {
         let app = app.clone();
         move || {
@@ -184,11 +253,11 @@ async fn walk_proc(
         }
     };
     if complete {
-        tokio::task::spawn_blocking(walk);
+        Ok(Some(tokio::task::spawn_blocking(walk)))
     } else {
         tokio::task::spawn_blocking(walk).await?;
+        Ok(None)
     }
-    Ok(())
 }
 
 /// Follows the runtimes' news and hands it to the container service, forever.
@@ -262,16 +331,16 @@ impl Handler for App {
             Request::Shutdown => {
                 to_json(serde_json::json!({ "stopping": true, "pinned": self.attachment.pinned }))
             }
-            Request::Audit { container, verdict, limit, .. } => {
-                let filter = self.audit_filter(container, verdict)?;
+            Request::Audit { container, verdict, syscall, since, limit, .. } => {
+                let filter = self.audit_filter(AuditQuery { container, verdict, syscall, since })?;
                 to_json(self.audit.recent(&filter, limit.unwrap_or(1000)))
             }
             Request::Status => Ok(self.status()),
         }
     }
 
-    fn follow(&self, container: Option<String>, verdict: Option<String>) -> Result<Follow, ApiError> {
-        let filter = self.audit_filter(container, verdict)?;
+    fn follow(&self, query: AuditQuery) -> Result<Follow, ApiError> {
+        let filter = self.audit_filter(query)?;
         Ok(Follow { filter, records: self.audit.subscribe() })
     }
 
@@ -281,21 +350,19 @@ impl Handler for App {
 }
 
 impl App {
-    /// The filter of an audit request, checked: a known container, a known verdict.
-    fn audit_filter(&self, container: Option<String>, verdict: Option<String>) -> Result<Filter, ApiError> {
-        use pidvirt_common::audit::Verdict;
-        if let Some(v) = &verdict
-            && Verdict::by_name(v).is_none()
-        {
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                format!("unknown verdict `{v}` (one of {})", Verdict::ALL.map(Verdict::name).join(", ")),
-            ));
-        }
-        let container = match container {
-            Some(name) => Some(self.containers.find(&name)?.id),
+    /// The filter of an audit request, checked: a known container, verdict and syscall, a time.
+    fn audit_filter(&self, q: AuditQuery) -> Result<Filter, ApiError> {
+        let bad = |msg: String| ApiError::new(ErrorCode::BadRequest, msg);
+        let since = q
+            .since
+            .map(|t| t.parse().map_err(|e| bad(format!("`since` must be an RFC 3339 time, not `{t}`: {e}"))))
+            .transpose()?;
+        let container = match q.container {
+            Some(name) => Some(ContainerMatch::Id(self.containers.find(&name)?.id)),
             None => None,
         };
-        Ok(Filter { container, verdict })
+        let filter = Filter { container, verdict: q.verdict, syscall: q.syscall, since };
+        filter.check().map_err(|e| bad(e.to_string()))?;
+        Ok(filter)
     }
 }

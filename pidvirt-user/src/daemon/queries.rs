@@ -7,8 +7,8 @@ use pidvirt_common::{audit::NSYSCALLS, audit::NVERDICTS, counter, slots, task_fl
 use super::App;
 use crate::{
     api::{ApiError, ContainerRow, ErrorCode, K8sInfo, RuntimeInfo, TaskRow, Translation},
-    containers::Kind,
-    kernel::{self, FullTask},
+    containers::{Container, Kind},
+    kernel::{self, FullTask, KernelMaps, SlotCounts},
 };
 
 /// comm of a task, from /proc (empty if it is gone).
@@ -42,6 +42,46 @@ fn row((container, runtime, k8s): (String, Option<RuntimeInfo>, Option<K8sInfo>)
         exited: e.flags & task_flags::EXITED != 0,
         runtime,
         k8s,
+    }
+}
+
+/// The counter slot where the kernel counts container `c`'s crossings.
+pub(super) fn slot_of(maps: &KernelMaps, c: &Container) -> u32 {
+    match &c.kind {
+        Kind::Host => slots::HOST,
+        Kind::Pidns { .. } => maps.pidns_slot(c.pidns),
+        Kind::Cgroup { slot, .. } => *slot,
+    }
+}
+
+/// What the kernel counted, host-wide, read at one time under the maps lock: `stats` and the
+/// metrics both take it from here, so they never disagree.
+pub(super) struct Counted {
+    /// Each counter slot's counts, by slot.
+    pub slots: Vec<SlotCounts>,
+    /// What the containers that ended counted, with the crossings no per-container counter
+    /// could take (the global counters' crossing region).
+    pub retired: SlotCounts,
+    /// Every crossing: `retired` and every slot.
+    pub total: SlotCounts,
+    /// The global counters (`counter::GROUPS`), summed over CPUs.
+    pub counters: Vec<u64>,
+}
+
+impl Counted {
+    /// Reads the counters; `retired` must be read under the same maps lock, so that a container
+    /// retired meanwhile is counted exactly once.
+    pub(super) fn read(maps: &KernelMaps, mut retired: SlotCounts) -> Self {
+        let counters = maps.counters();
+        for (t, i) in retired.crossings.iter_mut().zip(0..NSYSCALLS * NVERDICTS) {
+            *t += counters.get(counter::CROSSING_BASE as usize + i).copied().unwrap_or(0);
+        }
+        let slots = maps.all_slot_counts();
+        let mut total = retired.clone();
+        for s in &slots {
+            total.add(s);
+        }
+        Self { slots, retired, total, counters }
     }
 }
 
@@ -141,12 +181,7 @@ impl App {
         if let Some(name) = container {
             return self.containers.view(|maps, reg| {
                 let c = reg.lookup(name)?;
-                let slot = match &c.kind {
-                    Kind::Host => slots::HOST,
-                    Kind::Pidns { .. } => maps.pidns_slot(c.pidns),
-                    Kind::Cgroup { slot, .. } => *slot,
-                };
-                let counted = maps.slot_counts(slot);
+                let counted = maps.slot_counts(slot_of(maps, c));
                 Ok(serde_json::json!({
                     "container": c.id,
                     "crossings": kernel::named_crossings(&counted.crossings),
@@ -156,23 +191,17 @@ impl App {
                 }))
             })?;
         }
-        let mut total = self.containers.retired();
-        let values = self.containers.view(|maps, _| {
-            total.add(&maps.total_counts());
-            maps.counters()
-        })?;
-        // Crossings no per-container counter could take.
-        for (t, i) in total.crossings.iter_mut().zip(0..NSYSCALLS * NVERDICTS) {
-            *t += values.get(counter::CROSSING_BASE as usize + i).copied().unwrap_or(0);
-        }
-        let mut out = serde_json::to_value(kernel::named_counters(&values)).map_err(ApiError::internal)?;
-        out["crossings"] =
-            serde_json::to_value(kernel::named_crossings(&total.crossings)).map_err(ApiError::internal)?;
+        let counted = self.containers.view(|maps, _| Counted::read(maps, self.containers.retired()))?;
+        let mut out =
+            serde_json::to_value(kernel::named_counters(&counted.counters)).map_err(ApiError::internal)?;
+        out["crossings"] = serde_json::to_value(kernel::named_crossings(&counted.total.crossings))
+            .map_err(ApiError::internal)?;
         out["denied"] =
-            serde_json::to_value(kernel::named_denied(&total.denied)).map_err(ApiError::internal)?;
+            serde_json::to_value(kernel::named_denied(&counted.total.denied)).map_err(ApiError::internal)?;
         out["audit_log"] = serde_json::json!({
             "written": self.audit.written.load(Relaxed),
             "write_errors": self.audit.sink_errors.load(Relaxed),
+            "rotations": self.audit.rotations.load(Relaxed),
         });
         Ok(out)
     }
@@ -191,6 +220,7 @@ impl App {
             "adopted": a.adopted,
             "seed": seed.map_or_else(|| serde_json::json!("running"), |s| serde_json::json!(s)),
             "runtimes": self.runtimes.lock().map(|r| r.clone()).unwrap_or_default(),
+            "metrics": a.metrics.map(|addr| format!("http://{addr}/metrics")),
         })
     }
 }

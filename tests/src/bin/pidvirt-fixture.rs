@@ -29,7 +29,8 @@
 //! - `pid` — answers getpid() (the init's vpid, 1).
 //! - `prlimit_set P` — prlimit64(P, RLIMIT_NOFILE) setting P's current limits again (the
 //!   kernel asks the LSMs); answers 0 or `-errno`.
-//!
+//! - `mount_proc`, `path SYS PATH`, `path_at DIR SYS REL`, `path_cwd DIR SYS REL`: numbers in
+//!   /proc paths (tests/src/fixture/paths.rs).
 //! - the commands of tests/src/fixture/structures.rs (pids inside structures), and
 //!   `--host-fds` (descriptors the host process owns, inherited by the inits).
 //!
@@ -38,13 +39,15 @@
 //! `pidvirt-fixture call NAME ARGS...` makes one syscall from the calling process and prints
 //! its raw return value (run it under `nsenter -t PID -p` to call from another namespace).
 
+#[path = "../fixture/paths.rs"]
+mod paths;
+#[path = "../fixture/structures.rs"]
+mod structures;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     os::fd::{FromRawFd, RawFd},
 };
-
-#[path = "../fixture/structures.rs"]
-mod structures;
 
 fn die(what: &str) -> ! {
     let e = std::io::Error::last_os_error();
@@ -393,8 +396,11 @@ fn execute(line: &str) -> String {
             raw_syscall(libc::SYS_prlimit64, &[pid, i64::from(libc::RLIMIT_NOFILE), &raw const lim as i64, 0])
                 .to_string()
         }
-        // Issue 15: the crossings inside structures (tests/src/fixture/structures.rs).
-        _ => structures::execute(&words).unwrap_or_else(|| format!("err unknown command {line:?}")),
+        // Issue 15: numbers in /proc paths (tests/src/fixture/paths.rs), the crossings inside
+        // structures (tests/src/fixture/structures.rs).
+        _ => paths::execute(&words)
+            .or_else(|| structures::execute(&words))
+            .unwrap_or_else(|| format!("err unknown command {line:?}")),
     }
 }
 
