@@ -305,6 +305,7 @@ mod tests {
         assert!(!reported(Verdict::Ok) && !reported(Verdict::Group) && !reported(Verdict::Any));
         assert!(!reported(Verdict::Nested) && !reported(Verdict::Released));
         assert!(reported(Verdict::Leak) && reported(Verdict::Mismatch) && reported(Verdict::CrossContainer));
+        assert!(reported(Verdict::Invisible) && Verdict::REPORTABLE.contains(&Verdict::Invisible));
         assert!(
             !Verdict::REPORTABLE.contains(&Verdict::Ok) && Verdict::REPORTABLE.contains(&Verdict::Nested)
         );

@@ -421,6 +421,19 @@ pub fn same_start(entry_start: u64, entry_flags: u16, start_ns: u64, tick_ns: u6
     }
 }
 
+/// Value of the PENDING_CALLS map (host tid -> what a syscall's exit needs from its entry), for
+/// the crossings inside structures (issue 15): which syscall stashed it (an exit only takes a
+/// value its own syscall stashed), the command, the descriptor and up to two user addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingCall {
+    pub syscall: u16,
+    pub cmd: u16,
+    pub fd: u32,
+    pub a: u64,
+    pub b: u64,
+}
+
 /// The map keys and values the daemon reads and writes with aya.
 #[cfg(feature = "user")]
 mod pod {

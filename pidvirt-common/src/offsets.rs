@@ -122,6 +122,43 @@ pub struct KernelOffsets {
     pub tick_ns: u32,
     /// [`OFFSETS_MAGIC`] once filled.
     pub magic: u32,
+
+    // ---- pids inside structures (issue 15) ----
+    /// pt_regs.r8: a syscall's argument 4 (perf_event_open's flags)
+    pub pt_regs_r8: u32,
+    /// file.private_data (void *): a socket's `struct socket`, a tty's `struct tty_file_private`
+    pub file_private_data: u32,
+    /// file.f_owner: a `struct fown_struct *` (6.12 and later) or the struct itself (before)
+    pub file_f_owner: u32,
+    /// 1 when file.f_owner is a pointer
+    pub file_f_owner_is_ptr: u32,
+    /// fown_struct.pid (struct pid *)
+    pub fown_pid: u32,
+    /// fown_struct.pid_type (enum pid_type)
+    pub fown_pid_type: u32,
+    /// pid.tasks (struct hlist_head[PIDTYPE_MAX]): whether a task still uses the pid
+    pub pid_tasks: u32,
+    /// socket.sk (struct sock *)
+    pub socket_sk: u32,
+    /// sock.sk_peer_pid (struct pid *)
+    pub sock_peer_pid: u32,
+    /// sock.__sk_common.skc_family (unsigned short)
+    pub sock_family: u32,
+    /// tty_file_private.tty (struct tty_struct *)
+    pub tty_file_tty: u32,
+    /// tty_struct.ctrl.pgrp and tty_struct.ctrl.session (struct pid *)
+    pub tty_pgrp: u32,
+    pub tty_session: u32,
+    /// tty_struct.link (struct tty_struct *): the other side of a pty
+    pub tty_link: u32,
+    /// task_struct.ptraced (struct list_head): the tracer's tracees
+    pub task_ptraced: u32,
+    /// task_struct.ptrace_entry (struct list_head): a tracee's node in its tracer's list
+    pub task_ptrace_entry: u32,
+    /// task_struct.last_siginfo (kernel_siginfo_t *): a stopped tracee's stop
+    pub task_last_siginfo: u32,
+    /// kernel_siginfo.si_code (int)
+    pub siginfo_code: u32,
 }
 
 impl KernelOffsets {
@@ -178,6 +215,24 @@ impl KernelOffsets {
             pid_numbers_flexible: 0,
             tick_ns: 0,
             magic: 0,
+            pt_regs_r8: 0,
+            file_private_data: 0,
+            file_f_owner: 0,
+            file_f_owner_is_ptr: 0,
+            fown_pid: 0,
+            fown_pid_type: 0,
+            pid_tasks: 0,
+            socket_sk: 0,
+            sock_peer_pid: 0,
+            sock_family: 0,
+            tty_file_tty: 0,
+            tty_pgrp: 0,
+            tty_session: 0,
+            tty_link: 0,
+            task_ptraced: 0,
+            task_ptrace_entry: 0,
+            task_last_siginfo: 0,
+            siginfo_code: 0,
         }
     }
 }

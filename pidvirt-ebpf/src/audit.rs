@@ -597,3 +597,40 @@ fn newborn_named(c: &TaskEntry, value: i64, syscall: u16) -> Option<Found> {
 
 // Keeps the global fallback region in range.
 const _: () = assert!(counter::CROSSING_BASE as usize + NSYSCALLS * NVERDICTS <= counter::SLOTS as usize);
+
+// ---- pids inside structures (issue 15) ----
+
+/// A number the kernel handed the caller inside a structure (a socket's peer, a lock's holder,
+/// a signal's sender, a tty's group, ...): judged like an argument, in the caller's namespace
+/// and at its ancestor levels (the kernel translates most of these, so `ok` is the rule; a
+/// number it did not translate, or a task gone since, is not).
+#[inline(always)]
+pub fn handed_out(syscall: u16, n: i32) {
+    let Some((tid, c)) = caller() else { return };
+    audit_task_number(syscall, Direction::Out, n, tid, unsafe { &*c });
+}
+
+/// The kernel handed the caller 0 for a task that has no number in the caller's namespace (its
+/// own silent translation failure): `invisible`. `host`: that task's host tid where the
+/// programs know it (the record's `also`, read at level 0), else 0.
+#[inline(always)]
+pub fn invisible(syscall: u16, direction: Direction, host: u32) {
+    let Some((tid, c)) = caller() else { return };
+    let c = unsafe { &*c };
+    count_crossing(c.slot, syscall, Verdict::Invisible);
+    if reported(Verdict::Invisible) {
+        let also = if host != 0 && may_have_entry(host) { Found::lookup(host) } else { Found::NONE };
+        // The level `also` was read at; none without it (no `read_at` in the record: the 0 was
+        // read in the caller's own namespace).
+        let at = Level { level: 0, pidns: if also.is_some() { host_pidns() } else { 0 } };
+        let x = Crossing { syscall, direction, verdict: Verdict::Invisible, value: 0 };
+        report(&x, tid, c, Found::NONE, also, at);
+    }
+}
+
+/// The child a fork-family call of caller `c` (tid `tid`) returned as `value`: its host tid and
+/// entry (none if its entry is gone).
+#[inline(always)]
+pub fn child_named(tid: u32, c: &TaskEntry, value: i64) -> Found {
+    resolve_named(tid, c, value as u32).0
+}

@@ -36,6 +36,7 @@ mod lifecycle;
 mod lsm;
 mod maps;
 mod procfs;
+mod structures;
 mod syscalls;
 mod task;
 

@@ -288,3 +288,11 @@ pub fn pidns_slot(ns: u32) -> u32 {
 pub fn own_ns_slot(level: u16, pidns: u32) -> u32 {
     if level == 0 { slots::HOST } else { pidns_slot(pidns) }
 }
+
+// ---- pids inside structures (issue 15) ----
+
+/// What a syscall's exit needs from its entry (host tid -> pidvirt_common::PendingCall): the
+/// user addresses the kernel writes pids to, the descriptor behind them.
+#[map]
+pub static PENDING_CALLS: HashMap<u32, pidvirt_common::PendingCall> =
+    HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);

@@ -12,6 +12,7 @@ use crate::{
     audit::procfs_number,
     kernel::{off, read, read_ptr},
     maps::{PROCFS, daemon_tgid},
+    task::fd_file,
 };
 
 /// PROC_SUPER_MAGIC (include/uapi/linux/magic.h).
@@ -112,13 +113,7 @@ fn procfs_dir(dirfd: i32) -> Option<u32> {
     let dentry = if dirfd == AT_FDCWD {
         read_ptr(read_ptr(task, off!(task_fs)).ok()?, off!(fs_pwd_dentry)).ok()?
     } else {
-        let fd = u32::try_from(dirfd).ok()?;
-        let fdt = read_ptr(read_ptr(task, off!(task_files)).ok()?, off!(files_fdt)).ok()?;
-        if fd >= read::<u32>(fdt, off!(fdtable_max_fds)).ok()? {
-            return None;
-        }
-        let file = read_ptr(read_ptr(fdt, off!(fdtable_fd)).ok()?, fd * 8).ok()?;
-        read_ptr(file, off!(file_dentry)).ok()?
+        read_ptr(fd_file(u32::try_from(dirfd).ok()?)?, off!(file_dentry)).ok()?
     };
     let sb = read_ptr(dentry, off!(dentry_sb)).ok()?;
     if read::<u64>(sb, off!(sb_magic)).ok()? != PROC_SUPER_MAGIC

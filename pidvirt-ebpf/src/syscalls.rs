@@ -118,6 +118,26 @@ impl Call for Regs {
     }
 }
 
+/// Argument 4 of a syscall (issue 15: perf_event_open's flags).
+pub trait Arg4 {
+    fn arg4(&self) -> u64;
+}
+
+impl Arg4 for Record<'_> {
+    #[inline(always)]
+    fn arg4(&self) -> u64 {
+        self.field::<{ ARGS + 32 }>()
+    }
+}
+
+impl Arg4 for Regs {
+    /// The x86-64 syscall ABI's fifth register.
+    #[inline(always)]
+    fn arg4(&self) -> u64 {
+        Direct.read(self.regs, off!(pt_regs_r8)).unwrap_or(0)
+    }
+}
+
 fn current() -> *const u8 {
     unsafe { bpf_get_current_task() as *const u8 }
 }
@@ -325,6 +345,8 @@ pub mod handlers {
         if c.arg::<0>() != PTRACE_TRACEME {
             task_arg(s, c.int_arg::<1>(), false);
         }
+        // Issue 15: where a PTRACE_GETEVENTMSG's pid goes.
+        crate::structures::ptrace_enter(c, s);
     }
 
     /// Offset of `pid` in the user's `struct __user_cap_header_struct { __u32 version; int pid; }`.
@@ -355,6 +377,13 @@ pub mod handlers {
             task_arg(s, pid, true);
         }
     }
+
+    // Issue 15: pids inside structures (fcntl, ioctl, sockets, siginfo, IPC, clone, ptrace).
+    pub use crate::structures::handlers::{
+        enter_clone, enter_clone3, enter_fcntl, enter_getsockopt, enter_ioctl, enter_ipc_ctl,
+        enter_perf_event_open, enter_recvmsg, enter_sendmsg, enter_sigtimedwait, exit_clone, exit_fcntl,
+        exit_getsockopt, exit_ioctl, exit_ipc_ctl, exit_ptrace, exit_recvmsg, exit_sigtimedwait,
+    };
 }
 
 // ---- syscall tracepoints ----------------------------------------------------------------------
@@ -404,6 +433,25 @@ tracepoints! {
     enter_capget => CAPGET;
     enter_path => shared;
     enter_at_path => shared;
+    // issue 15: pids inside structures
+    enter_clone => CLONE;
+    enter_clone3 => CLONE3;
+    exit_clone => shared;
+    exit_ptrace => PTRACE;
+    enter_fcntl => FCNTL;
+    exit_fcntl => FCNTL;
+    enter_ioctl => IOCTL;
+    exit_ioctl => IOCTL;
+    enter_getsockopt => GETSOCKOPT;
+    exit_getsockopt => GETSOCKOPT;
+    enter_sendmsg => SENDMSG;
+    enter_recvmsg => RECVMSG;
+    exit_recvmsg => RECVMSG;
+    enter_sigtimedwait => RT_SIGTIMEDWAIT;
+    exit_sigtimedwait => RT_SIGTIMEDWAIT;
+    enter_ipc_ctl => shared;
+    exit_ipc_ctl => shared;
+    enter_perf_event_open => PERF_EVENT_OPEN;
 }
 
 // ---- fentry / fexit on the syscall functions --------------------------------------------------

@@ -310,3 +310,16 @@ pub fn container_of(task: *const u8, level: u32, pidns: u32, ns_slot: u32) -> Cg
         CgroupContainer { container: pidns, slot: ns_slot }
     }
 }
+
+/// Open file `fd` of the current task (`struct file *`): its file table, read with
+/// bpf_probe_read_kernel (the index is the caller's). None past the table's end or for a free slot.
+#[inline(always)]
+pub fn fd_file(fd: u32) -> Option<*const u8> {
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    let fdt = read_ptr(read_ptr(task, off!(task_files)).ok()?, off!(files_fdt)).ok()?;
+    if fd >= read::<u32>(fdt, off!(fdtable_max_fds)).ok()? {
+        return None;
+    }
+    let fds = read_ptr(fdt, off!(fdtable_fd)).ok()?;
+    read_ptr(fds.wrapping_add(fd as usize * 8), 0).ok()
+}

@@ -216,6 +216,69 @@ impl KernelBtf {
     }
 }
 
+// ---- pids inside structures (issue 15) ----
+
+impl KernelBtf {
+    /// Offset of a member reached through named members: `path[0]` in struct `ty`, then each
+    /// next name in the (possibly anonymous) struct type of the previous member
+    /// (`tty_struct.ctrl.pgrp`, `sock.__sk_common.skc_family`), checking the last one's size.
+    pub fn path_offset(&self, ty: &str, path: &[&str], size: usize) -> Result<u32, OffsetError> {
+        let missing = |i: usize| OffsetError::MissingField { ty: ty.into(), field: path[..=i].join(".") };
+        let mut f = self.field(ty, path[0])?;
+        let mut offset = f.offset;
+        for (i, name) in path.iter().enumerate().skip(1) {
+            let Ok(Type::Struct(inner) | Type::Union(inner)) =
+                self.btf.resolve_type_by_id(f.type_id).map(|t| self.strip(t))
+            else {
+                return Err(missing(i));
+            };
+            f = self.find_in(&inner, name, 0, 0)?.ok_or_else(|| missing(i))?;
+            offset += f.offset;
+        }
+        if f.size != size {
+            return Err(OffsetError::UnexpectedSize {
+                ty: ty.into(),
+                field: path.join("."),
+                expected: size,
+                found: f.size,
+            });
+        }
+        Ok(offset)
+    }
+
+    /// Whether member `ty.field` is a pointer.
+    pub fn is_pointer(&self, ty: &str, field: &str) -> Result<bool, OffsetError> {
+        let f = self.field(ty, field)?;
+        Ok(matches!(self.btf.resolve_type_by_id(f.type_id).map(|t| self.strip(t)), Ok(Type::Ptr(_))))
+    }
+}
+
+/// The offsets of the crossings inside structures (file owners, sockets, ttys, tracees; the file
+/// table itself is resolved with the /proc paths' offsets), filled into `o`.
+fn resolve_structures(btf: &KernelBtf, o: &mut KernelOffsets) -> Result<(), OffsetError> {
+    let f_owner_is_ptr = btf.is_pointer("file", "f_owner")?;
+    let fown_size = btf.struct_size("fown_struct")?;
+    o.pt_regs_r8 = btf.offset("pt_regs", "r8", 8)?;
+    o.file_private_data = btf.offset("file", "private_data", PTR)?;
+    o.file_f_owner = btf.offset("file", "f_owner", if f_owner_is_ptr { PTR } else { fown_size })?;
+    o.file_f_owner_is_ptr = u32::from(f_owner_is_ptr);
+    o.fown_pid = btf.offset("fown_struct", "pid", PTR)?;
+    o.fown_pid_type = btf.offset("fown_struct", "pid_type", 4)?;
+    o.pid_tasks = btf.field("pid", "tasks")?.offset;
+    o.socket_sk = btf.offset("socket", "sk", PTR)?;
+    o.sock_peer_pid = btf.offset("sock", "sk_peer_pid", PTR)?;
+    o.sock_family = btf.path_offset("sock", &["__sk_common", "skc_family"], 2)?;
+    o.tty_file_tty = btf.offset("tty_file_private", "tty", PTR)?;
+    o.tty_pgrp = btf.path_offset("tty_struct", &["ctrl", "pgrp"], PTR)?;
+    o.tty_session = btf.path_offset("tty_struct", &["ctrl", "session"], PTR)?;
+    o.tty_link = btf.offset("tty_struct", "link", PTR)?;
+    o.task_ptraced = btf.offset("task_struct", "ptraced", 2 * PTR)?;
+    o.task_ptrace_entry = btf.offset("task_struct", "ptrace_entry", 2 * PTR)?;
+    o.task_last_siginfo = btf.offset("task_struct", "last_siginfo", PTR)?;
+    o.siginfo_code = btf.offset("kernel_siginfo", "si_code", 4)?;
+    Ok(())
+}
+
 const PTR: usize = 8;
 
 /// Computes every offset the kernel programs need. `tick_ns` is the length of a /proc clock tick.
@@ -252,7 +315,7 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
             found: numbers.size,
         });
     }
-    Ok(KernelOffsets {
+    let mut o = KernelOffsets {
         task_pid: btf.offset("task_struct", "pid", 4)?,
         task_tgid: btf.offset("task_struct", "tgid", 4)?,
         task_real_parent: btf.offset("task_struct", "real_parent", PTR)?,
@@ -304,7 +367,10 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
         pid_numbers_flexible: u32::from(btf.is_flexible_array(numbers.type_id)),
         tick_ns,
         magic: OFFSETS_MAGIC,
-    })
+        ..KernelOffsets::zeroed()
+    };
+    resolve_structures(btf, &mut o)?;
+    Ok(o)
 }
 
 /// Reads the running kernel's BTF and resolves the offsets.
@@ -491,6 +557,12 @@ mod tests {
         assert_eq!(o.signal_live, 4);
         assert!(o.task_ptrace > 0);
         assert!(o.pidns_child_reaper > 0);
+        // Issue 15: the structures behind pids handed out.
+        assert_eq!(o.pt_regs_r8, 72);
+        assert!(o.task_files > 0 && o.fdtable_fd > 0 && o.file_private_data > 0 && o.sock_peer_pid > 0);
+        assert!(o.tty_pgrp > 0 && o.tty_session == o.tty_pgrp + 8 && o.tty_link > o.tty_session);
+        // kernel_siginfo begins { int si_signo; int si_errno; int si_code; ... }.
+        assert_eq!(o.siginfo_code, 8);
         // struct pt_regs of x86-64: r15 first, then ... r10 at 56, dx 96, si 104, di 112.
         assert_eq!((o.pt_regs_r10, o.pt_regs_dx, o.pt_regs_si, o.pt_regs_di), (56, 96, 104, 112));
         // struct path is { struct vfsmount *mnt; struct dentry *dentry; }; fdtable begins with

@@ -190,8 +190,7 @@ fn a_scrape_never_disagrees_with_stats() {
         assert!(a <= v && v <= b, "{name}{l:?}: scrape {a}, stats {v}, scrape {b}");
     };
     let crossings = stats["crossings"].as_object().unwrap();
-    // 42 syscalls taking or returning pids, and the 15 path syscalls of /proc/N (issue 15).
-    assert_eq!(crossings.len(), 57, "every watched syscall");
+    assert_eq!(crossings.len(), 68, "every watched syscall");
     for (syscall, verdicts) in crossings {
         for (verdict, n) in verdicts.as_object().unwrap() {
             between(

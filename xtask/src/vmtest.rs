@@ -228,7 +228,7 @@ impl Attach {
     /// The test binaries whose subject is the syscall programs: the forced-tracepoint run takes
     /// only these (the rest do not depend on how the syscalls are hooked, and an emulated VM
     /// runs the whole suite in about half an hour).
-    const SYSCALL_SUITES: &[&str] = &["attach", "audit", "levels", "precision"];
+    const SYSCALL_SUITES: &[&str] = &["attach", "audit", "levels", "precision", "structures"];
 
     /// Whether a run in this mode takes test binary `name`.
     fn runs(self, name: &str) -> bool {

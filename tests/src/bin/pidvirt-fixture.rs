@@ -33,6 +33,8 @@
 //!   init (see `spawn_tree`); answers `ROLE=VPID` for each, space-separated.
 //! - `mount_proc`, `path SYS PATH`, `path_at DIR SYS REL`, `path_cwd DIR SYS REL`: numbers in
 //!   /proc paths (tests/src/fixture/paths.rs).
+//! - the commands of tests/src/fixture/structures.rs (pids inside structures), and
+//!   `--host-fds` (descriptors the host process owns, inherited by the inits).
 //!
 //! Every process of the fixture dies with the fixture (PR_SET_PDEATHSIG) and when stdin closes.
 //!
@@ -41,6 +43,8 @@
 
 #[path = "../fixture/paths.rs"]
 mod paths;
+#[path = "../fixture/structures.rs"]
+mod structures;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -464,7 +468,11 @@ fn execute(line: &str) -> String {
             raw_syscall(libc::SYS_prlimit64, &[pid, i64::from(libc::RLIMIT_NOFILE), &raw const lim as i64, 0])
                 .to_string()
         }
-        _ => paths::execute(&words).unwrap_or_else(|| format!("err unknown command {line:?}")),
+        // Issue 15: numbers in /proc paths (tests/src/fixture/paths.rs), the crossings inside
+        // structures (tests/src/fixture/structures.rs).
+        _ => paths::execute(&words)
+            .or_else(|| structures::execute(&words))
+            .unwrap_or_else(|| format!("err unknown command {line:?}")),
     }
 }
 
@@ -556,6 +564,9 @@ fn main() {
     if !(1..=32).contains(&depth) {
         eprintln!("pidvirt-fixture: --depth must be 1..=32");
         std::process::exit(2);
+    }
+    if args.iter().any(|a| a == "--host-fds") {
+        structures::host_fds();
     }
     let (cmd_r, cmd_w) = pipe();
     let (resp_r, resp_w) = pipe();
