@@ -246,6 +246,10 @@ impl TempDir {
         std::fs::create_dir_all(&p)?;
         Ok(Self(p))
     }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
 }
 
 impl Drop for TempDir {
@@ -274,7 +278,7 @@ fn capture_json(cmd: &mut Command) -> anyhow::Result<Value> {
     serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))
 }
 
-fn wait_for(
+pub fn wait_for(
     what: &str,
     timeout: Duration,
     mut ready: impl FnMut() -> anyhow::Result<bool>,
@@ -511,7 +515,7 @@ impl Bench {
     }
 
     /// `pidvirt run --socket <tmp>/NAME.sock --audit-log LOG`, ready once `status` answers.
-    fn start_daemon(&self, name: &str, audit_log: &Path) -> anyhow::Result<Running> {
+    pub fn start_daemon(&self, name: &str, audit_log: &Path) -> anyhow::Result<Running> {
         self.start_daemon_with(name, audit_log, "auto")
     }
 

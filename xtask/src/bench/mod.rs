@@ -23,6 +23,7 @@
 //! short header) and JSON (target/bench/bench.json). The load generator is
 //! `tests/src/bin/pidvirt-bench.rs`.
 
+mod engine;
 mod measure;
 mod report;
 mod stats;
@@ -94,17 +95,24 @@ pub struct Options {
     /// writes target/bench only, not docs/benchmarks.md.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Rounds of the Docker section (each: both modes, the order alternating).
+    #[arg(long, default_value_t = 6)]
+    engine_rounds: usize,
+    /// `docker run --rm` and `docker exec` per mode per round.
+    #[arg(long, default_value_t = 5)]
+    engine_ops: usize,
 }
 
 /// A section: measures, adds its tables to the report and its goals, answers its JSON.
 type Section = fn(&Bench, &mut Report, &mut Vec<Goal>) -> anyhow::Result<Value>;
 
 /// The sections in the order they run: name (`--only`), JSON key, label, section.
-const SECTIONS: [(&str, &str, &str, Section); 4] = [
+const SECTIONS: [(&str, &str, &str, Section); 5] = [
     ("syscalls", "syscalls", "syscall overhead", syscalls),
     ("kernel-time", "kernel_time", "in-kernel program time", kernel_time),
     ("p4", "p4_leak_throughput", "P4 anomaly throughput", leak_throughput),
     ("p5-p6", "p5_p6_attach_memory", "P5 attach / P6 memory", attach_memory),
+    ("engine", "engine_latency", "Docker run/exec latency", engine_latency),
 ];
 
 fn syscalls(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
@@ -129,6 +137,14 @@ fn attach_memory(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::
     let run = measure::attach_and_memory(b)?;
     let memory = stats::memory_per_task(&run.before, &run.after);
     Ok(report::attach_memory(out, goals, &run, &memory))
+}
+
+fn engine_latency(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
+    if std::process::Command::new("dockerd").arg("--version").output().is_err() {
+        return Ok(report::engine_unavailable(out, goals, "dockerd is not installed (docker.io)"));
+    }
+    let run = engine::docker_latency(b)?;
+    Ok(report::engine_latency(out, goals, &run))
 }
 
 /// One run of the sections: its report, goals and JSON.
@@ -180,6 +196,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     measure::catch_signals();
     setup::build_deps()?;
     setup::apt_install("bpftool (bench: map sizes, attachments)", &["bpftool"])?;
+    if opts.only.is_empty() || opts.only.iter().any(|o| o == "engine") {
+        // Without it the Docker section says it is unavailable.
+        let _ = setup::apt_install("Docker (bench: run/exec latency)", &["docker.io", "busybox-static"]);
+    }
     println!("[bench] cargo build --release -p pidvirt-user -p tests");
     setup::run(crate::cargo().args(["build", "--release", "-p", "pidvirt-user", "-p", "tests"]))?;
     let root = crate::workspace_root();

@@ -1333,6 +1333,76 @@ pub fn benchmarks_doc(md: &str, previous: Option<&str>) -> String {
     )
 }
 
+/// The Docker section where it cannot run.
+pub fn engine_unavailable(out: &mut Report, goals: &mut Vec<Goal>, why: &str) -> Value {
+    out.heading("Docker run/exec latency: unavailable");
+    out.note(why);
+    goals.push(Goal::new(
+        "Docker run/exec latency with pidvirt",
+        format!("unavailable: {why}"),
+        "<= 1.02x",
+        None,
+    ));
+    json!({ "unavailable": why })
+}
+
+/// `docker run --rm` and `docker exec` with pidvirt attached and without (issue 13: under 2%).
+pub fn engine_latency(out: &mut Report, goals: &mut Vec<Goal>, r: &super::engine::EngineRun) -> Value {
+    out.heading(&format!("Docker run/exec latency (Docker {})", r.docker_version));
+    out.note(&format!(
+        "`docker run --rm IMAGE true` and `docker exec C true` (C a running container), timed by the \
+         client, on a dockerd of the bench's own; {} rounds, each running {} of both with pidvirt \
+         attached (started afresh) and without, the order alternating. Figures: median [p25..p75] ms \
+         over every sample of a mode; ratio = median attached / median bare.",
+        r.rounds, r.per_round
+    ));
+    let quartiles = |v: &[f64]| {
+        let q = |x| stats::quantile(v, x).unwrap_or(f64::NAN);
+        format!("{:.1} [{:.1}..{:.1}]", q(0.5), q(0.25), q(0.75))
+    };
+    let over = |a: &[f64], b: &[f64]| match (stats::median(a), stats::median(b)) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let mut rows = Vec::new();
+    let mut figures = serde_json::Map::new();
+    for (op, bare, attached) in
+        [("docker run --rm", &r.bare.run, &r.pidvirt.run), ("docker exec", &r.bare.exec, &r.pidvirt.exec)]
+    {
+        let x = over(attached, bare);
+        rows.push(vec![
+            op.to_string(),
+            quartiles(bare),
+            quartiles(attached),
+            x.map_or("n/a".into(), |x| format!("{x:.3}x")),
+        ]);
+        figures.insert(op.into(), json!({ "bare_ms": bare, "pidvirt_ms": attached, "ratio": x }));
+        goals.push(Goal::judged(
+            format!("{op} latency with pidvirt attached"),
+            x.map_or("n/a".into(), |x| format!("{x:.3}x of bare")),
+            "<= 1.02x",
+            x,
+            "x",
+            Limit::AtMost(1.02),
+        ));
+    }
+    out.table(&["operation", "bare ms", "pidvirt ms", "ratio"], &rows);
+    out.note(&format!(
+        "Audit records written while pidvirt was attached (routine operations): {}.",
+        r.records
+    ));
+    goals.push(Goal::judged(
+        "Docker run/exec with pidvirt: audit records",
+        r.records.to_string(),
+        "0",
+        Some(r.records as f64),
+        "",
+        Limit::AtMost(0.0),
+    ));
+    figures.insert("records".into(), json!(r.records));
+    Value::Object(figures)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
