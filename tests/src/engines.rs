@@ -123,7 +123,7 @@ impl Dockerd {
             .spawn()
             .map_err(|e| format!("dockerd (docker.io): {e}"))?;
         self.child = Some(child);
-        if wait_until(Duration::from_secs(60), || self.docker(&["info"]).code == 0) {
+        if wait_until(Duration::from_mins(1), || self.docker(&["info"]).code == 0) {
             Ok(())
         } else {
             Err(format!("dockerd did not answer within 60 s:\n{}", self.log()))

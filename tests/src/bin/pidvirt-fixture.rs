@@ -108,21 +108,7 @@ fn child_body(threads: usize, ready: RawFd) -> ! {
     }
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
+use structures::CloneArgs;
 
 /// Forks (clone3 with `set_tid` when pids are given, innermost level first); the child runs
 /// `body`.
