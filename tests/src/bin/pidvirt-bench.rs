@@ -3,7 +3,8 @@
 //! - `pidvirt-bench serve [--cpu C]` — one pid namespace (unshare(CLONE_NEWPID) + fork) whose
 //!   init (vpid 1) runs workloads on command for as long as stdin lasts, in that one process:
 //!   each line `WORKLOADS ITERS BATCHES FORK_ITERS FORK_BATCHES [OPEN_ITERS]` (WORKLOADS
-//!   comma-separated, of `getpid`, `kill`, `fork`, `read`, `openat`, `openat-proc`) is answered with one JSON line holding, per workload, the
+//!   comma-separated, of `getpid`, `kill`, `kill-level3` (kill(self, 0) two namespaces further
+//!   down: level 3), `fork`, `read`, `openat`, `openat-proc`) is answered with one JSON line holding, per workload, the
 //!   ns per call of each batch (timed with CLOCK_MONOTONIC) and their median. `getpid`:
 //!   syscall(SYS_getpid); `kill`: kill(self, 0); `fork`: clone(SIGCHLD) of a child that
 //!   exit_group(0)s at once, then wait4 (FORK_BATCHES batches of FORK_ITERS; every call is also
@@ -310,11 +311,34 @@ fn workload(name: &str, iters: u64, n: usize) -> Value {
             // SAFETY: `ptr` points at `byte`, which outlives the calls, and each reads one byte.
             batches(n, iters, || unsafe { libc::syscall(libc::SYS_read, fd, ptr, 1usize) })
         }
+        // kill(self, 0) from level 3: two namespaces more below this init (level 1).
+        "kill-level3" => {
+            let nested = in_new_pidns(|| match in_new_pidns(|| nested_kill(iters, n)) {
+                Ok((out, _)) => out,
+                Err(e) => json!({ "error": format!("{e:#}") }).to_string(),
+            });
+            return match nested {
+                Ok((out, _)) => {
+                    serde_json::from_str(&out).unwrap_or_else(|e| json!({ "error": e.to_string() }))
+                }
+                Err(e) => json!({ "error": format!("{e:#}") }),
+            };
+        }
         "openat" => batches(n, iters, || open_close(c"/etc/passwd")),
         "openat-proc" => batches(n, iters, || open_close(c"/proc/self/stat")),
         other => return json!({ "error": format!("unknown workload {other}") }),
     };
     json!({ "ns_per_call": median(&ns), "batches": ns, "iters": iters, "vpid": me })
+}
+
+/// The kill workload where it runs, with its level (the number of namespaces above it, from
+/// /proc: NSpid has one number per level).
+fn nested_kill(iters: u64, n: usize) -> String {
+    let mut v = workload("kill", iters, n);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let levels = status.lines().find_map(|l| l.strip_prefix("NSpid:")).map(|l| l.split_whitespace().count());
+    v["level"] = json!(levels.map(|l| l - 1));
+    v.to_string()
 }
 
 struct Args(Vec<String>);
