@@ -527,6 +527,12 @@ macro_rules! syscalls {
 for_each_syscall!(syscalls);
 
 impl SyscallSpec {
+    /// Whether this syscall is watched for the numbers in its path (`/proc/N`), which only
+    /// `pidvirt run --proc-paths` watches.
+    pub fn is_path(&self) -> bool {
+        matches!(self.enter, Some(Program::EnterPath | Program::EnterAtPath))
+    }
+
     /// The syscall tracepoints of this syscall that pidvirt hooks, with their programs.
     pub fn hooks(&self) -> impl Iterator<Item = (Program, SyscallSide)> {
         let enter = self.enter.map(|p| (p, SyscallSide::Enter));

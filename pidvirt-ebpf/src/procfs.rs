@@ -64,7 +64,10 @@ pub fn path_crossing(s: u16, dirfd: i32, path: u64) {
     // One call of the classifier per number (each is verified once per call site).
     let (number, rest, ns) = if buf[0] == b'/' {
         let Some((n, len, next)) = number::<6>(&buf) else { return };
-        ((n, next), path + 6 + len as u64, procfs_at_root())
+        // A mount namespace the daemon has not seen yet (a container started less than a sweep
+        // ago): whose procfs is at its /proc is unknown, and a guess would be noise.
+        let Some(ns) = procfs_at_root() else { return };
+        ((n, next), path + 6 + len as u64, ns)
     } else {
         let Some((n, len, next)) = number::<0>(&buf) else { return };
         // A procfs root, or no crossing at all (a file named 42 in some directory).
@@ -95,14 +98,14 @@ fn task_number(s: u16, at: u64, ns: u32) {
 }
 
 /// The pid namespace of the procfs at /proc in the caller's mount namespace, if the daemon
-/// knows it (0: take the caller's own).
+/// knows it.
 #[inline(always)]
-fn procfs_at_root() -> u32 {
+fn procfs_at_root() -> Option<u32> {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let mnt_ns =
         read_ptr(task, off!(task_nsproxy)).and_then(|nsproxy| read_ptr(nsproxy, off!(nsproxy_mnt_ns)));
-    let Ok(inum) = mnt_ns.and_then(|ns| read::<u32>(ns, off!(mnt_ns_inum))) else { return 0 };
-    PROCFS.get_ptr(inum).map_or(0, |p| unsafe { *p })
+    let inum = mnt_ns.and_then(|ns| read::<u32>(ns, off!(mnt_ns_inum))).ok()?;
+    PROCFS.get_ptr(inum).map(|p| unsafe { *p })
 }
 
 /// The pid namespace of the procfs whose root is directory `dirfd` of the caller (AT_FDCWD: its

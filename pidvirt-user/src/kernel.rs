@@ -9,7 +9,7 @@ use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpu
 use pidvirt_common::{
     CgroupContainer, DeepLevels, INLINE_LEVELS, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue,
     audit::{ContainerCounters, LSM_HOOKS, Mode, NSYSCALLS, NVERDICTS, SYSCALLS, Verdict},
-    catalogue::{Program, map},
+    catalogue::{Program, SyscallSpec, map},
     counter, slots, tid_filter,
 };
 
@@ -23,9 +23,10 @@ pub fn program_object() -> Result<&'static [u8], LoadError> {
 
 /// The syscall tracepoint programs: (program, tracepoint) for every hooked side of every
 /// watched syscall (the hook list: the catalogue's SYSCALLS).
-pub fn syscall_hooks() -> Vec<(Program, String)> {
+pub fn syscall_hooks(watched: &dyn Fn(&SyscallSpec) -> bool) -> Vec<(Program, String)> {
     SYSCALLS
         .iter()
+        .filter(|spec| watched(spec))
         .flat_map(|spec| {
             spec.hooks().map(move |(program, side)| (program, format!("{}{}", side.prefix(), spec.name)))
         })

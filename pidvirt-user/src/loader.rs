@@ -31,6 +31,7 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/pidvirt";
 
 /// Sizes and choices made at load time.
 #[derive(Clone, Debug)]
+#[expect(clippy::struct_excessive_bools, reason = "independent switches of `pidvirt run`")]
 pub struct LoadOptions {
     pub max_tasks: u32,
     pub ringbuf_bytes: u32,
@@ -50,6 +51,8 @@ pub struct LoadOptions {
     pub host_pidns: u32,
     /// How the syscall programs are attached.
     pub attach: AttachMode,
+    /// Watch the path syscalls for numbers in /proc paths.
+    pub proc_paths: bool,
 }
 
 /// How the syscall programs are attached.
@@ -69,6 +72,8 @@ pub struct Attached {
     /// `fentry` or `tracepoint`.
     pub mode: &'static str,
     pub reason: String,
+    /// Whether the path syscalls are watched for /proc/N (`--no-proc-paths`: not).
+    pub proc_paths: bool,
 }
 
 /// The kernel functions that implement syscall `name` on x86-64, as BTF may name them: the
@@ -104,6 +109,7 @@ impl Default for LoadOptions {
             report: pidvirt_common::audit::Verdict::DEFAULT_REPORTED,
             host_pidns: 0,
             attach: AttachMode::Auto,
+            proc_paths: false,
         }
     }
 }
@@ -323,7 +329,8 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         Err("disabled (--seed proc)".to_string())
     };
     let t_iterator = t0.elapsed();
-    let syscalls = attach_syscalls(&mut ebpf, &btf, opts.attach, false, &mut links, &mut attached)?;
+    let watched = |spec: &SyscallSpec| opts.proc_paths || !spec.is_path();
+    let syscalls = attach_syscalls(&mut ebpf, &btf, opts.attach, false, &watched, &mut links, &mut attached)?;
     let t_syscalls = t0.elapsed();
     let enforcement = attach_enforcer(&mut ebpf, &btf, &mut links, &mut attached);
     let t_end = t0.elapsed();
@@ -384,9 +391,17 @@ fn adopt(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     attached.sort();
     tracing::info!("adopted {} pinned programs from {PIN_DIR}", attached.len());
     let fentry = attached.iter().any(|(_, hook)| hook.starts_with("fentry/") || hook.starts_with("fexit/"));
+    // The path syscalls are watched if the pinning daemon attached their programs.
+    let path_programs: Vec<&str> = SYSCALLS
+        .iter()
+        .filter(|s| s.is_path())
+        .flat_map(|s| s.enter.map(Program::name).into_iter().chain(s.fentry.map(|(p, _)| p)))
+        .collect();
+    let proc_paths = attached.iter().any(|(p, _)| path_programs.contains(&p.as_str()));
     let syscalls = Attached {
         mode: if fentry { "fentry" } else { "tracepoint" },
         reason: "as the daemon that pinned the programs attached them".into(),
+        proc_paths,
     };
     Ok(Loaded {
         ebpf: None,
@@ -568,7 +583,7 @@ pub fn attach_floor(hooks: FloorHooks, mode: AttachMode) -> Result<(Ebpf, Vec<(S
                 let hook = attach_btf_tracepoint(&mut ebpf, program.floor(), &btf, &mut links)?;
                 attached.push((program.floor().name().to_string(), hook));
             }
-            let how = attach_syscalls(&mut ebpf, &btf, mode, true, &mut links, &mut attached)?;
+            let how = attach_syscalls(&mut ebpf, &btf, mode, true, &|_| true, &mut links, &mut attached)?;
             tracing::info!("floor on the syscalls: {} ({})", how.mode, how.reason);
         }
         FloorHooks::Read => {
@@ -632,29 +647,32 @@ fn attach_syscalls(
     btf: &Btf,
     mode: AttachMode,
     floor: bool,
+    watched: &dyn Fn(&SyscallSpec) -> bool,
     links: &mut Links,
     attached: &mut Vec<(String, String)>,
 ) -> Result<Attached, LoadError> {
     let fentry = match mode {
         AttachMode::Tracepoint => Err("asked for tracepoints (--attach tracepoint)".to_string()),
-        AttachMode::Auto | AttachMode::Fentry => attach_functions(ebpf, btf, floor, links, attached),
+        AttachMode::Auto | AttachMode::Fentry => attach_functions(ebpf, btf, floor, watched, links, attached),
     };
+    let proc_paths = SYSCALLS.iter().filter(|s| s.is_path()).all(watched);
     match (fentry, mode) {
         (Ok(()), _) => Ok(Attached {
             mode: "fentry",
             reason: "the kernel takes fentry/fexit on the syscall functions: syscalls pidvirt does not watch keep \
                      the kernel's fast path"
                 .into(),
+            proc_paths,
         }),
         (Err(why), AttachMode::Fentry) => Err(LoadError::NoFentry(why)),
         (Err(why), _) => {
             crate::tracefs::tracefs_root()?;
-            for (program, tp) in syscall_hooks() {
+            for (program, tp) in syscall_hooks(watched) {
                 let name = if floor { program.floor().name() } else { program.name() };
                 attach_tracepoint(ebpf, name, program.name(), &tp, links)?;
                 attached.push((name.to_string(), format!("syscalls:{tp}")));
             }
-            Ok(Attached { mode: "tracepoint", reason: why })
+            Ok(Attached { mode: "tracepoint", reason: why, proc_paths })
         }
     }
 }
@@ -665,11 +683,12 @@ fn attach_functions(
     ebpf: &mut Ebpf,
     btf: &Btf,
     floor: bool,
+    watched: &dyn Fn(&SyscallSpec) -> bool,
     links: &mut Links,
     attached: &mut Vec<(String, String)>,
 ) -> Result<(), String> {
     let mut first = true;
-    for spec in SYSCALLS {
+    for spec in SYSCALLS.iter().filter(|s| watched(s)) {
         let [stub, body] = syscall_functions(spec.name);
         for (programs, exit) in [(spec.fentry, false), (spec.fexit, true)] {
             let Some((program, floor_program)) = programs else { continue };

@@ -282,6 +282,10 @@ impl Daemon {
         let mut d = Self { child: Some(child), dir, socket, audit_log, stderr_log };
         let sock = d.socket.to_string_lossy().into_owned();
         let start = Instant::now();
+        // Generous: under software emulation (the VM kernels) verifying the programs alone
+        // takes ~10 s; the /proc path programs, the largest, take minutes on Debian's 6.1.
+        let limit =
+            if extra.contains(&"--proc-paths") { Duration::from_mins(10) } else { Duration::from_mins(2) };
         loop {
             if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("pidvirt run exited early ({status}):\n{}", d.log());
@@ -289,11 +293,10 @@ impl Daemon {
             if pidvirt(&["status", "--socket", &sock]).code == 0 {
                 break;
             }
-            // Generous: under software emulation (the VM kernels) verifying the programs alone
-            // takes ~10 s.
             assert!(
-                start.elapsed() <= Duration::from_mins(2),
-                "pidvirt run did not answer within 120 s:\n{}",
+                start.elapsed() <= limit,
+                "pidvirt run did not answer within {} s:\n{}",
+                limit.as_secs(),
                 d.log()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -744,4 +747,38 @@ pub mod proc_truth {
         let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
         status.lines().find_map(|l| l.strip_prefix("State:"))?.trim().chars().next()
     }
+}
+
+/// `bpftool ARGS -j`, parsed (an empty array where it printed nothing).
+pub fn bpftool(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("bpftool").args(args).arg("-j").output().expect("bpftool is installed");
+    assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]))
+}
+
+/// Ids of the BPF programs process `pid` holds (its program and link fds name them in fdinfo).
+fn prog_ids_of(pid: u32) -> std::collections::HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("the daemon's fdinfo is readable")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse().ok()))
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
+/// The programs named `name` that process `pid` holds (the kernel's list, by the ids in its
+/// fdinfo), with how many times the kernel ran each.
+pub fn daemon_programs(pid: u32, name: &str) -> Vec<u64> {
+    let ids = prog_ids_of(pid);
+    bpftool(&["prog", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == name && p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .map(|p| p["run_cnt"].as_u64().unwrap_or(0))
+        .collect()
 }

@@ -6,15 +6,9 @@
 
 use std::process::Command;
 
-use tests::{Daemon, Fixture, eventually, note_unavailable};
+use tests::{Daemon, Fixture, daemon_programs as programs, eventually, note_unavailable};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_pidvirt-fixture");
-
-fn bpftool(args: &[&str]) -> serde_json::Value {
-    let out = Command::new("bpftool").args(args).arg("-j").output().expect("bpftool is installed");
-    assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]))
-}
 
 /// Turns the kernel's BPF run statistics on while it lives (`kernel.bpf_stats_enabled`).
 struct BpfStats(String);
@@ -32,32 +26,6 @@ impl Drop for BpfStats {
     fn drop(&mut self) {
         let _ = std::fs::write(Self::PATH, &self.0);
     }
-}
-
-/// Ids of the BPF programs process `pid` holds (its program and link fds name them in fdinfo).
-fn prog_ids_of(pid: u32) -> std::collections::HashSet<u64> {
-    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .expect("the daemon's fdinfo is readable")
-        .filter_map(Result::ok)
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .flat_map(|info| {
-            info.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse().ok()))
-                .collect::<Vec<u64>>()
-        })
-        .collect()
-}
-
-/// The daemon's programs named `name`, with how many times the kernel ran each.
-fn programs(pid: u32, name: &str) -> Vec<u64> {
-    let ids = prog_ids_of(pid);
-    bpftool(&["prog", "show"])
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"] == name && p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
-        .map(|p| p["run_cnt"].as_u64().unwrap_or(0))
-        .collect()
 }
 
 fn runs(pid: u32, name: &str) -> u64 {
@@ -136,7 +104,8 @@ fn asking_for_fentry_gets_it_or_a_clear_error_naming_why() {
         .spawn()
         .expect("pidvirt run");
     let sock = socket.to_string_lossy().into_owned();
-    let outcome = eventually(std::time::Duration::from_secs(120), "the daemon answers or exits", || {
+    // Long: Debian's 6.1 under emulation verifies the fentry programs for minutes.
+    let outcome = eventually(std::time::Duration::from_mins(10), "the daemon answers or exits", || {
         if let Ok(Some(status)) = child.try_wait() {
             return Some(Err(status));
         }

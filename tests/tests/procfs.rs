@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use tests::{AuditRecord, Daemon, Fixture, eventually};
+use tests::{AuditRecord, Daemon, Fixture, daemon_programs, eventually};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_pidvirt-fixture");
 const ENOENT: i64 = -2;
@@ -44,8 +44,13 @@ fn crossing(d: &Daemon, f: &mut Fixture, cmd: &str, want: &[(&str, &str, u64)]) 
     r
 }
 
+/// A daemon watching /proc paths (`--proc-paths`).
+fn daemon() -> Daemon {
+    Daemon::start_with(&["--proc-paths"])
+}
+
 fn own_procfs() -> (Daemon, Fixture, u32, u32) {
-    let d = Daemon::start();
+    let d = daemon();
     let mut f = Fixture::start(FIXTURE, 1);
     assert_eq!(f.cmd("mount_proc"), "ok");
     let child = f.num("spawn 0") as u32;
@@ -57,6 +62,7 @@ fn own_procfs() -> (Daemon, Fixture, u32, u32) {
 #[test]
 fn a_host_pid_in_a_proc_path_of_the_containers_own_procfs_is_a_leak_and_its_vpid_ok() {
     let (d, mut f, child, host) = own_procfs();
+    assert_eq!(d.status()["syscalls"]["proc_paths"], true, "watched when asked");
     // The kernel: the host pid names nothing in the namespace's procfs; the vpid does.
     let r = crossing(&d, &mut f, &format!("path openat /proc/{host}/status"), &[("openat", "leak", 1)]);
     assert_eq!(r, ENOENT);
@@ -147,7 +153,7 @@ fn a_number_relative_to_a_procfs_root_is_judged_and_one_in_any_other_directory_i
 /// procfs is the finding, named with the procfs's namespace.
 #[test]
 fn a_namespace_reading_the_hosts_procfs_is_recorded_with_that_procfs_namespace() {
-    let d = Daemon::start();
+    let d = daemon();
     let mut f = Fixture::start(FIXTURE, 1);
     let child = f.num("spawn 0") as u32;
     let host = f.host_tid(child);
@@ -180,4 +186,30 @@ fn a_namespace_reading_the_hosts_procfs_is_recorded_with_that_procfs_namespace()
         let target = r.target.as_ref().expect("the task the number names in that procfs");
         assert_eq!((target.host_pid, target.vpid), (host, child));
     }
+}
+
+#[test]
+fn without_proc_paths_the_path_syscalls_are_left_alone_and_the_rest_still_judged() {
+    let d = Daemon::start();
+    let status = d.status();
+    assert_eq!(status["syscalls"]["proc_paths"], false, "{status}");
+    // The kernel's truth: the daemon holds no program of a path syscall, however it attached
+    // (shared tracepoint programs, or one fentry program per syscall function), and still kill's.
+    let tracepoints = status["syscalls"]["mode"] == "tracepoint";
+    for name in
+        ["enter_path", "enter_at_path", "fentry_open", "fentry_openat", "fentry_newfstatat", "fentry_execve"]
+    {
+        assert!(daemon_programs(d.pid(), name).is_empty(), "{name} is loaded");
+    }
+    let kill = if tracepoints { "enter_pid_arg" } else { "fentry_kill" };
+    assert!(!daemon_programs(d.pid(), kill).is_empty(), "{kill} is not loaded");
+    let mut f = Fixture::start(FIXTURE, 1);
+    assert_eq!(f.cmd("mount_proc"), "ok");
+    let child = f.num("spawn 0") as u32;
+    let host = f.host_tid(child);
+    let r = crossing(&d, &mut f, &format!("path openat /proc/{host}/status"), &[]);
+    assert_eq!(r, ENOENT, "the host pid names nothing in the namespace's procfs");
+    // kill(host pid, 0) is still a leak.
+    let r = crossing(&d, &mut f, &format!("sys kill {host} 0"), &[("kill", "leak", 1)]);
+    assert_eq!(r, -3, "ESRCH");
 }

@@ -90,6 +90,11 @@ pub struct Args {
     /// tracepoints (`auto`); or only one of them. `status` says which runs, and why.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto, env = "PIDVIRT_ATTACH")]
     attach: AttachMode,
+    /// Watch the path syscalls (open, stat, readlink, access, chdir, execve families) for
+    /// numbers in /proc paths. Off by default: every open and stat of the host would pay for it
+    /// (README: what it costs). `status` says which (`syscalls.proc_paths`).
+    #[arg(long)]
+    proc_paths: bool,
 }
 
 /// `PORT` (on the loopback address) or `ADDR:PORT`.
@@ -143,6 +148,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             },
             host_pidns: 0,
             attach: a.attach,
+            proc_paths: a.proc_paths,
         },
     })
     .await

@@ -52,25 +52,29 @@ impl Own {
 }
 
 /// The mount namespace of task `pid` and the pid namespace of the procfs at its /proc, if it
-/// has one there. A task of another mount namespace whose root is still the host's is being set
-/// up (a runtime mounts the container's procfs inside the new root, then pivots): not judged
-/// until it is done.
+/// has one there. A task of another mount namespace whose root is still the host's is either
+/// being set up by a runtime (which mounts the container's procfs inside the new root, then
+/// pivots: its /proc is still the host's, and will not be) or made its own procfs in place
+/// (`unshare --mount-proc`): only the latter, a procfs of the task's own namespace, is certain.
+/// A mount namespace left out is not judged by the kernel programs.
 fn procfs_of(own: &Own, pid: u32) -> Option<(u32, u32)> {
     let mnt = ns_inode(&pid.to_string(), "mnt")?;
     let root = PathBuf::from(format!("/proc/{pid}/root"));
-    if mnt != own.mnt && dev_ino(&root)? == own.root {
-        return None;
-    }
+    let setting_up = mnt != own.mnt && dev_ino(&root)? == own.root;
     let proc = root.join("proc");
     if !is_procfs(&proc) {
         return None;
     }
     // `self` in a procfs is the reader's number in that procfs's namespace: ours if it is ours,
     // nothing if we are not in it (then its pid 1, the namespace's init, says which it is).
-    match std::fs::read_link(proc.join("self")) {
-        Ok(me) => (me.to_str()? == own.pid.to_string()).then_some((mnt, own.pidns)),
-        Err(_) => Some((mnt, u32::try_from(std::fs::metadata(proc.join("1/ns/pid")).ok()?.ino()).ok()?)),
+    let shown = match std::fs::read_link(proc.join("self")) {
+        Ok(me) => (me.to_str()? == own.pid.to_string()).then_some(own.pidns)?,
+        Err(_) => u32::try_from(std::fs::metadata(proc.join("1/ns/pid")).ok()?.ino()).ok()?,
+    };
+    if setting_up && Some(shown) != ns_inode(&pid.to_string(), "pid") {
+        return None;
     }
+    Some((mnt, shown))
 }
 
 /// Mount namespace -> pid namespace of its /proc, for this process's mount namespace and those

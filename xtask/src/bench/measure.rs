@@ -531,12 +531,11 @@ impl Bench {
     fn start_daemon_with(&self, name: &str, audit_log: &Path, attach: &str) -> anyhow::Result<Running> {
         let socket = self.socket(name);
         let mut cmd = self.pidvirt_cmd();
-        cmd.arg("run")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--audit-log")
-            .arg(audit_log)
-            .args(["--attach", attach]);
+        cmd.arg("run").arg("--socket").arg(&socket).arg("--audit-log").arg(audit_log).args([
+            "--attach",
+            attach,
+            "--proc-paths",
+        ]);
         let mut d =
             Running::spawn("pidvirt run", &mut cmd, libc::SIGTERM, &self.tmp.0.join(format!("{name}.log")))?;
         wait_for("pidvirt run to serve its socket", Duration::from_mins(1), || {
