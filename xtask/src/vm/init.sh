@@ -13,6 +13,9 @@ fatal() {
     sleep 1000
 }
 hostname @HOSTNAME@
+# The loopback interface: the metrics tests scrape the daemon on 127.0.0.1 (-net none gives no
+# other interface, and none is up by itself).
+ifconfig lo 127.0.0.1 up || fatal "bringing up lo failed"
 echo "pidvirt-vm: kernel release $(uname -r)"
 for m in @MODULES@; do
     insmod "/lib/modules/$m" || fatal "insmod $m failed"
