@@ -401,11 +401,28 @@ impl Podman {
             .spawn()
             .map_err(|e| format!("podman system service: {e}"))?;
         self.service = Some(child);
-        if wait_until(Duration::from_secs(30), || self.socket.exists()) {
+        if !wait_until(Duration::from_secs(30), || self.socket.exists()) {
+            return Err("podman system service did not listen within 30 s".into());
+        }
+        // Its first answer sets up the engine (storage, runtime): seconds here, far more under
+        // emulation. Asked once now, so that the daemon's calls (5 s each) find it warm.
+        if wait_until(Duration::from_mins(1), || self.api_answers()) {
             Ok(())
         } else {
-            Err("podman system service did not listen within 30 s".into())
+            Err("podman system service did not answer GET /version within a minute".into())
         }
+    }
+
+    /// Whether the API service answers `GET /version` with 200.
+    fn api_answers(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        if s.write_all(b"GET /version HTTP/1.0\r\nHost: podman\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
     }
 }
 
