@@ -568,7 +568,15 @@ pub fn returned_task(syscall: u16, value: i64) -> (u32, Found) {
         Some(found) => found,
         None => resolve_named(tid, c, value as u32).0,
     };
-    let verdict = if named.is_some() { Verdict::Ok } else { Verdict::Stale };
+    // A child that already ended and was released (a short-lived thread, on a busy host) was
+    // named rightly when it was made: a race with its release, not a missed translation.
+    let verdict = if named.is_some() {
+        Verdict::Ok
+    } else if released_lately(c.pidns, value as u32) {
+        Verdict::Released
+    } else {
+        Verdict::Stale
+    };
     count_crossing(c.slot, syscall, verdict);
     if verdict != Verdict::Ok && reported(verdict) {
         let x = Crossing { syscall, direction: Direction::Out, verdict, value };
