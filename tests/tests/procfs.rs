@@ -56,6 +56,14 @@ fn own_procfs() -> (Daemon, Fixture, u32, u32) {
     let child = f.num("spawn 0") as u32;
     let host = f.host_tid(child);
     assert_ne!(host, child);
+    // Which procfs a mount namespace shows at /proc is learnt at the daemon's sweep (every 3 s):
+    // until then its absolute /proc paths are not judged. The init's own /proc/1 says when.
+    eventually(tests::settle(), "the fixture's /proc learnt by the daemon", || {
+        let before = counts(&d, &f);
+        f.num("path openat /proc/1/status");
+        let added = delta(&before, &counts(&d, &f));
+        (added.get(&("openat".to_string(), "ok".to_string())) == Some(&1)).then_some(())
+    });
     (d, f, child, host)
 }
 
