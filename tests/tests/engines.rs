@@ -295,7 +295,11 @@ fn podman_containers_come_in_through_the_hooks_d_entry_and_its_api() {
     let out = podman.run(&["--name", "p1", "--annotation", "team=x"], &["sleep", "600"]);
     assert_eq!(out.code, 0, "podman run: {}", out.stderr);
     let id = out.stdout.trim().to_string();
-    let c = named(&d, &id, "p1");
+    // Podman's API answers slowly under emulation (each call of the daemon's may time out and be
+    // retried with a backoff): a longer wait than Docker's.
+    let c = eventually(tests::settle() * 3, "container named p1 by Podman's API", || {
+        d.containers().into_iter().find(|c| c.id == id && c.runtime.as_ref().is_some_and(|r| r.name == "p1"))
+    });
     assert_eq!(c.registered_by, "oci", "the hook registered it");
     assert_eq!(c.labels.get("team").map(String::as_str), Some("x"), "annotations are labels");
     let runtime = c.runtime.unwrap();
