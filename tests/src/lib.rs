@@ -251,6 +251,22 @@ impl Daemon {
         env: &[(&str, &str)],
         extra: &[&str],
     ) -> Self {
+        Self::try_start_wrapped(dir, wrapper, env, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the daemon with extra `run` arguments; `Err` with its exit status and log when it
+    /// exits before it answers (a kernel that refuses a program).
+    pub fn try_start_with(extra: &[&str]) -> Result<Self, String> {
+        let dir = tempfile::Builder::new().prefix("pidvirt-test-").tempdir().expect("tempdir");
+        Self::try_start_wrapped(dir, &[], &[], extra)
+    }
+
+    fn try_start_wrapped(
+        dir: tempfile::TempDir,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let state_file = dir.path().join("state.json");
         let socket = dir.path().join("pidvirt.sock");
         let audit_log = dir.path().join("audit.jsonl");
@@ -283,12 +299,12 @@ impl Daemon {
         let sock = d.socket.to_string_lossy().into_owned();
         let start = Instant::now();
         // Generous: under software emulation (the VM kernels) verifying the programs alone
-        // takes ~10 s; the /proc path programs, the largest, take minutes on Debian's 6.1.
+        // takes ~10 s, the /proc path programs (the largest) longer.
         let limit =
             if extra.contains(&"--proc-paths") { Duration::from_mins(10) } else { Duration::from_mins(2) };
         loop {
             if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("pidvirt run exited early ({status}):\n{}", d.log());
+                return Err(format!("pidvirt run exited early ({status}):\n{}", d.log()));
             }
             if pidvirt(&["status", "--socket", &sock]).code == 0 {
                 break;
@@ -301,7 +317,7 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        d
+        Ok(d)
     }
 
     /// The daemon's stderr so far.

@@ -36,22 +36,29 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Unit tests, then the suite on this kernel (serially, as root) and on Debian's kernels
-    /// booted under QEMU (6.12 and 6.1; the VMs run in parallel).
+    /// Unit tests, then the suite on this kernel (serially, as root) and its kernel tests on
+    /// Debian's kernels booted under QEMU (6.12 and 6.1; the VMs run in parallel).
     Test {
-        /// Only run tests whose name contains this.
+        /// Only run tests whose name contains this (in the VMs too).
         #[arg(long)]
         filter: Option<String>,
         /// Only this kernel: the host's.
         #[arg(long)]
         host_only: bool,
+        /// The whole suite in the VMs, not only the tests whose subject is the kernel.
+        #[arg(long, conflicts_with = "filter")]
+        whole: bool,
     },
-    /// The suite in VMs only: `--kernel 6.12 --kernel 6.1` (default: both).
+    /// The suite's kernel tests in VMs only: `--kernel 6.12 --kernel 6.1` (default: both).
     VmTest {
         #[arg(long = "kernel")]
         kernels: Vec<String>,
+        /// Every test whose name contains this, of every binary.
         #[arg(long)]
         filter: Option<String>,
+        /// The whole suite, not only the tests whose subject is the kernel (over an hour).
+        #[arg(long, conflicts_with = "filter")]
+        whole: bool,
     },
     /// clippy on every target, warnings denied.
     Lint,
@@ -86,7 +93,16 @@ fn build() -> anyhow::Result<PathBuf> {
     Ok(workspace_root().join("target/release/pidvirt"))
 }
 
-fn test(filter: Option<&str>, host_only: bool) -> anyhow::Result<()> {
+/// What the VMs run: a filter from the command line, the whole suite, or its kernel tests.
+fn selection(filter: Option<&str>, whole: bool) -> vmtest::Selection<'_> {
+    match (filter, whole) {
+        (Some(f), _) => vmtest::Selection::Filter(f),
+        (None, true) => vmtest::Selection::Whole,
+        (None, false) => vmtest::Selection::Kernel,
+    }
+}
+
+fn test(filter: Option<&str>, host_only: bool, whole: bool) -> anyhow::Result<()> {
     require_root("the test suite")?;
     setup::test_deps()?;
     if !host_only {
@@ -108,8 +124,11 @@ fn test(filter: Option<&str>, host_only: bool) -> anyhow::Result<()> {
     let mut reports = vec![host_suite(&bins, &bin, filter)?];
     if !host_only {
         let series: Vec<String> = vmtest::DEFAULT_SERIES.iter().map(ToString::to_string).collect();
-        println!("[test] the suite on Debian kernels {} under QEMU (in parallel)", series.join(", "));
-        reports.extend(vmtest::run_all(&workspace_root(), &series, &bins, &bin, filter)?);
+        println!(
+            "[test] the suite's kernel tests on Debian kernels {} under QEMU (in parallel)",
+            series.join(", ")
+        );
+        reports.extend(vmtest::run_all(&workspace_root(), &series, &bins, &bin, selection(filter, whole))?);
     }
     finish(&reports, started)
 }
@@ -193,8 +212,8 @@ fn main() -> anyhow::Result<()> {
             let err = Command::new(&bin).arg("run").args(&args).exec();
             Err(err).with_context(|| format!("exec {}", bin.display()))
         }
-        Task::Test { filter, host_only } => test(filter.as_deref(), host_only),
-        Task::VmTest { kernels, filter } => {
+        Task::Test { filter, host_only, whole } => test(filter.as_deref(), host_only, whole),
+        Task::VmTest { kernels, filter, whole } => {
             require_root("the test suite")?;
             setup::test_deps()?;
             let started = std::time::Instant::now();
@@ -205,7 +224,8 @@ fn main() -> anyhow::Result<()> {
             } else {
                 kernels
             };
-            let reports = vmtest::run_all(&workspace_root(), &series, &bins, &bin, filter.as_deref())?;
+            let sel = selection(filter.as_deref(), whole);
+            let reports = vmtest::run_all(&workspace_root(), &series, &bins, &bin, sel)?;
             finish(&reports, started)
         }
         Task::Bench(opts) => bench::run(opts),

@@ -68,7 +68,10 @@ mkdir -p $R/run/pidvirt-vm
 cp /bin/busybox /share/cmd.sh $R/run/pidvirt-vm/ || fatal "copying the command script failed"
 mount -o remount,ro $R || fatal "remounting the root read-only failed"
 echo "pidvirt-vm:$NONCE:start"
-chroot $R /run/pidvirt-vm/busybox env -i /run/pidvirt-vm/busybox sh /run/pidvirt-vm/cmd.sh </dev/null
+# The command's root is the new tree moved over / (as switch_root does), in a mount namespace of
+# its own so this script keeps the initramfs: a plain chroot leaves the root of the namespace
+# elsewhere, which CRIU refuses ("The root task has another root than mntns").
+unshare -m sh -c "cd $R && mount --move . / && exec chroot . /run/pidvirt-vm/busybox env -i /run/pidvirt-vm/busybox sh /run/pidvirt-vm/cmd.sh" </dev/null
 RC=$?
 # The status file is what the host reads; the marker is for humans (and a fallback: kernel
 # messages may be interleaved with it on the serial console).
