@@ -444,7 +444,8 @@ pub mod runc {
     };
 
     /// An OCI bundle in `dir`: busybox (static) as the rootfs, `sleep 1000` as the process,
-    /// `annotations`, and pidvirt's hook at createRuntime and poststop when `hook_socket` is given
+    /// `annotations`, and pidvirt's hook at createRuntime, prestart (runc's only hook at a restore)
+    /// and poststop when `hook_socket` is given
     /// (failing open unless the annotations say otherwise).
     pub fn bundle(dir: &Path, hook_socket: Option<&Path>, annotations: &serde_json::Value) {
         let rootfs = dir.join("rootfs");
@@ -468,7 +469,7 @@ pub mod runc {
                 "path": crate::pidvirt_bin(),
                 "args": ["pidvirt", "oci-hook", "--socket", socket],
             });
-            config["hooks"] = serde_json::json!({"createRuntime": [hook.clone()], "poststop": [hook]});
+            config["hooks"] = serde_json::json!({"createRuntime": [hook.clone()], "prestart": [hook.clone()], "poststop": [hook]});
         }
         std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     }

@@ -662,8 +662,8 @@ fn runc_checkpoint_and_restore_keep_the_tree() {
     let (restored, restore_err) =
         runc(&["restore", "-d", "--image-path", &images, "--work-path", &images, "--bundle", &bundle_s, &id]);
     assert!(restored.success(), "runc restore: {restore_err}\n{}", log_tail(&images, "restore.log"));
-    // Named again under the same OCI id, in a new namespace. Not so with Debian's runc 1.1.5:
-    // at restore it runs only prestart hooks, with the state `stopped` (seen in the VMs).
+    // Named again under the same OCI id, in a new namespace: Debian's runc 1.1.5 runs only the
+    // prestart hooks at a restore, with the state `stopped` and the restored init's pid.
     let what = format!(
         "the restored container under its OCI id (runc state: {:?}; daemon log: {})",
         runc_state(&id),

@@ -1,6 +1,8 @@
 //! The OCI runtime hook (`pidvirt oci-hook`): the container state a runtime passes to its hooks
 //! on stdin becomes a registration (states creating, created, running) or an unregistration
-//! (stopped). Annotations become labels; `pidvirt.io/mode` sets the policy.
+//! (stopped). Annotations become labels; `pidvirt.io/mode` sets the policy. A `stopped` state
+//! whose pid is a live process of another pid namespace is a restore: runc before 1.2 runs the
+//! prestart hooks of `runc restore` (CRIU) that way, with the restored init's pid.
 //!
 //! The hook fails open: if the daemon cannot be reached, the container starts anyway (the
 //! daemon names it from its runtime or its cgroup when it is back), because a hook that fails
@@ -38,7 +40,9 @@ struct OciState {
 }
 
 /// The hooks.d entry (the OCI hooks configuration schema 1.0.0 that Podman and CRI-O read)
-/// that runs `exe oci-hook` at createRuntime and poststop for every container.
+/// that runs `exe oci-hook` at createRuntime, prestart (the only stage runc before 1.2 runs at a
+/// restore; at a create it registers the same container again, which changes nothing) and
+/// poststop for every container.
 pub fn hooks_d_entry(exe: &std::path::Path, socket: &std::path::Path, fail: Fail) -> serde_json::Value {
     let fail = match fail {
         Fail::Open => "open",
@@ -51,7 +55,7 @@ pub fn hooks_d_entry(exe: &std::path::Path, socket: &std::path::Path, fail: Fail
             "args": ["pidvirt", "oci-hook", "--socket", socket, "--fail", fail],
         },
         "when": { "always": true },
-        "stages": ["createRuntime", "poststop"],
+        "stages": ["createRuntime", "prestart", "poststop"],
     })
 }
 
@@ -106,25 +110,41 @@ pub fn hook(state: &str, fail: Fail) -> Result<Hook, OciError> {
     let closed = parsed.annotations.get(FAIL_ANNOTATION).is_some_and(|f| f == "closed")
         || parsed.annotations.get(MODE_ANNOTATION).is_some_and(|m| m == "enforce");
     let id = parsed.id.clone();
-    Ok(Hook { id, action: action(parsed)?, fail: if closed { Fail::Closed } else { fail } })
+    Ok(Hook { id, action: action(parsed, restored_init)?, fail: if closed { Fail::Closed } else { fail } })
 }
 
-fn action(state: OciState) -> Result<HookAction, OciError> {
+/// Whether `pid` is a live process in a pid namespace other than this one's (the hook runs in
+/// the runtime's): a container's init.
+fn restored_init(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let pidns = |p: &str| std::fs::metadata(format!("/proc/{p}/ns/pid")).ok().map(|m| m.ino());
+    matches!((pidns(&pid.to_string()), pidns("self")), (Some(theirs), Some(ours)) if theirs != ours)
+}
+
+/// The action for `state`; `restored(pid)` says whether a `stopped` state's pid is a restored
+/// container's init.
+fn action(state: OciState, restored: impl Fn(i32) -> bool) -> Result<HookAction, OciError> {
+    let register = |state: OciState, pid: i32| {
+        let mode = state.annotations.get(MODE_ANNOTATION).cloned();
+        HookAction::Register(Request::Register {
+            id: state.id,
+            pid: Some(pid),
+            cgroup: None,
+            pidns: None,
+            labels: state.annotations,
+            by: Some("oci".into()),
+            mode,
+        })
+    };
     match state.status.as_str() {
         "creating" | "created" | "running" => {
             let pid = state.pid.filter(|p| *p > 0).ok_or_else(|| OciError::NoPid(state.id.clone()))?;
-            let mode = state.annotations.get(MODE_ANNOTATION).cloned();
-            Ok(HookAction::Register(Request::Register {
-                id: state.id,
-                pid: Some(pid),
-                cgroup: None,
-                pidns: None,
-                labels: state.annotations,
-                by: Some("oci".into()),
-                mode,
-            }))
+            Ok(register(state, pid))
         }
-        "stopped" => Ok(HookAction::Unregister(state.id)),
+        "stopped" => match state.pid.filter(|p| *p > 0 && restored(*p)) {
+            Some(pid) => Ok(register(state, pid)),
+            None => Ok(HookAction::Unregister(state.id)),
+        },
         other => Err(OciError::Status(other.into())),
     }
 }
@@ -170,5 +190,25 @@ mod tests {
         assert_eq!(action(r#"{"id":"x","status":"running"}"#), Err(OciError::NoPid("x".into())));
         assert_eq!(action(r#"{"id":"x","status":"paused","pid":3}"#), Err(OciError::Status("paused".into())));
         assert!(matches!(action("not json"), Err(OciError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_stopped_state_naming_a_live_init_elsewhere_is_a_restore() {
+        let parse = |s: &str| serde_json::from_str::<OciState>(s).unwrap();
+        let restore = r#"{"id":"web-1","status":"stopped","pid":4242}"#;
+        let HookAction::Register(Request::Register { id, pid, .. }) =
+            super::action(parse(restore), |p| p == 4242).unwrap()
+        else {
+            panic!("not a registration")
+        };
+        assert_eq!((id.as_str(), pid), ("web-1", Some(4242)));
+        // A pid that is gone, or of this namespace: the container stopped.
+        assert_eq!(super::action(parse(restore), |_| false).unwrap(), HookAction::Unregister("web-1".into()));
+        let stopped = r#"{"id":"web-1","status":"stopped","pid":0}"#;
+        assert_eq!(super::action(parse(stopped), |_| true).unwrap(), HookAction::Unregister("web-1".into()));
+        // The real check: this process is alive but in its own namespace; pid 0 and beyond
+        // pid_max name nothing.
+        assert!(!restored_init(std::process::id() as i32));
+        assert!(!restored_init(i32::MAX));
     }
 }
