@@ -638,14 +638,14 @@ fn runc_checkpoint_and_restore_keep_the_tree() {
     let _guard = RuncContainer(id.clone());
     let (status, stderr) = runc(&["run", "-d", "--bundle", &bundle_dir.to_string_lossy(), &id]);
     assert!(status.success(), "runc run: {stderr}");
-    let (c, original) = eventually(tests::settle(), "the container's 3 processes", || {
-        let c = container_row(&d, &id)?;
-        let truth = tree_truth(c.pidns, 1);
-        (truth.len() == 3).then_some((c, truth))
+    let original = eventually(tests::settle(), "the container's 3 processes", || {
+        let truth = tree_truth(container_row(&d, &id)?.pidns, 1);
+        (truth.len() == 3).then_some(truth)
     });
     let snap = dir.path().join("snap.json").to_string_lossy().into_owned();
     assert_eq!(d.cli(&["snapshot", "--container", &id, "-o", &snap]).code, 0);
 
+    let first_init = runc_state(&id).expect("runc state")["pid"].as_u64().unwrap() as u32;
     let images = dir.path().join("images").to_string_lossy().into_owned();
     // CRIU's logs go with the images (dump.log, restore.log).
     let (dumped, dump_err) = runc(&["checkpoint", "--image-path", &images, "--work-path", &images, &id]);
@@ -664,17 +664,20 @@ fn runc_checkpoint_and_restore_keep_the_tree() {
     assert!(restored.success(), "runc restore: {restore_err}\n{}", log_tail(&images, "restore.log"));
     // Named again under the same OCI id, in a new namespace: Debian's runc 1.1.5 runs only the
     // prestart hooks at a restore, with the state `stopped` and the restored init's pid.
-    let what = format!(
-        "the restored container under its OCI id (runc state: {:?}; daemon log: {})",
-        runc_state(&id),
-        d.log()
-    );
-    let now = eventually(tests::settle(), &what, || container_row(&d, &id).filter(|n| n.pidns != c.pidns));
+    // The kernel's truth: the namespace the restored init lives in (its inode may be the old
+    // one's: the kernel reuses them).
+    let init = runc_state(&id).expect("runc state")["pid"].as_u64().unwrap() as u32;
+    assert_ne!(init, first_init, "the restored init is a new process");
+    let ns = pidns_at(init, 1).expect("the restored init's pid namespace");
+    let what =
+        format!("the restored container (pid namespace {ns}) under its OCI id (daemon log: {})", d.log());
+    let now = eventually(tests::settle(), &what, || {
+        container_row(&d, &id).filter(|n| u64::from(n.pidns) == ns && n.registered_by == "oci")
+    });
     assert_eq!(tree_truth(now.pidns, 1), original, "restored tree vs the original, both from /proc");
     let same = d.cli(&["compare", &snap, "--container", &id]);
     assert_eq!(same.code, 0, "CRIU kept every pid, parent, group and session: {same:?}");
     // And it is audited under that id: a host pid leaked into it.
-    let init = runc_state(&id).expect("runc state")["pid"].as_u64().unwrap() as u32;
     let (status, _) = runc(&["exec", &id, "/bin/kill", "-0", &init.to_string()]);
     assert!(!status.success(), "the host pid names nothing inside");
     let r = eventually(tests::settle(), "a leak record under the OCI id", || {

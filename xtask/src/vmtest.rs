@@ -286,6 +286,7 @@ pub const KERNEL_TESTS: &[(&str, Option<&[&str]>)] = &[
     (
         "restore",
         Some(&[
+            "runc_checkpoint_and_restore_keep_the_tree",
             "snapshot_restore_compare_a_tree_with_sessions_groups_and_threads",
             "spawn_into_a_nested_namespace_with_a_pid_at_every_level",
         ]),
