@@ -233,8 +233,7 @@ impl Daemon {
 
     /// Starts the daemon with extra `run` arguments and waits until it answers.
     pub fn start_with(extra: &[&str]) -> Self {
-        let dir = tempfile::Builder::new().prefix("pidvirt-test-").tempdir().expect("tempdir");
-        Self::start_in(dir, extra)
+        Self::try_start_with(extra).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts the daemon in `dir` (its socket, logs and state file live there); a daemon

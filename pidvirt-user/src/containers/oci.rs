@@ -116,9 +116,9 @@ pub fn hook(state: &str, fail: Fail) -> Result<Hook, OciError> {
 /// Whether `pid` is a live process in a pid namespace other than this one's (the hook runs in
 /// the runtime's): a container's init.
 fn restored_init(pid: i32) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    let pidns = |p: &str| std::fs::metadata(format!("/proc/{p}/ns/pid")).ok().map(|m| m.ino());
-    matches!((pidns(&pid.to_string()), pidns("self")), (Some(theirs), Some(ours)) if theirs != ours)
+    let pidns = |p: u32| crate::procscan::pidns_of(p).ok();
+    let theirs = u32::try_from(pid).ok().and_then(pidns);
+    matches!((theirs, pidns(std::process::id())), (Some(theirs), Some(ours)) if theirs != ours)
 }
 
 /// The action for `state`; `restored(pid)` says whether a `stopped` state's pid is a restored
