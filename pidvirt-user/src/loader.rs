@@ -422,6 +422,33 @@ fn adopt(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     })
 }
 
+/// Detaches and unloads every program, the lifecycle programs last: while a syscall program
+/// still runs, the maps must still follow forks and releases (a child forked during the teardown
+/// would have no entry, and its parent's clone and wait4 returns would be judged stale). Dropping
+/// the object would go in no set order. Pinned links stay attached.
+pub fn detach(mut ebpf: Ebpf) {
+    let lifecycle: Vec<&str> = Program::LIFECYCLE.iter().map(|p| p.name()).collect();
+    for (name, program) in ebpf.programs_mut() {
+        if lifecycle.contains(&name) {
+            continue;
+        }
+        let unloaded = match program {
+            aya::programs::Program::TracePoint(p) => p.unload(),
+            aya::programs::Program::FEntry(p) => p.unload(),
+            aya::programs::Program::FExit(p) => p.unload(),
+            aya::programs::Program::Lsm(p) => p.unload(),
+            aya::programs::Program::RawTracePoint(p) => p.unload(),
+            _ => Ok(()),
+        };
+        if let Err(e) = unloaded
+            && !matches!(e, ProgramError::NotLoaded)
+        {
+            tracing::warn!(program = name, "unloading: {e}");
+        }
+    }
+    drop(ebpf);
+}
+
 /// Removes every pin; the programs go once no daemon holds them.
 pub fn remove_pins() -> std::io::Result<bool> {
     match std::fs::remove_dir_all(pin_dir()) {

@@ -69,3 +69,25 @@ fn unshare_fork_pid_waiting_for_its_nested_init_reports_nothing() {
         "each unshare's wait for its nested init counted nested"
     );
 }
+
+#[test]
+fn forks_while_the_daemon_detaches_are_not_reported() {
+    let d = Daemon::start();
+    // A host shell forking and reaping without pause: every clone and wait4 return names one of
+    // its own children, at whatever moment the daemon detaches.
+    let mut busy = Command::new("sh").args(["-c", "while :; do /bin/true; done"]).spawn().expect("run sh");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = d.audit_log.clone();
+    let (status, _dir) = d.stop_keep_dir();
+    let shell = busy.id();
+    let _ = busy.kill();
+    let _ = busy.wait();
+    assert!(status.is_some_and(|s| s.success()), "the daemon stopped cleanly: {status:?}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let ours: Vec<AuditRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str::<AuditRecord>(l).expect("an audit record"))
+        .filter(|r| r.caller.host_pid == shell)
+        .collect();
+    assert!(ours.is_empty(), "the shell's own children were reported while the daemon detached: {ours:#?}");
+}

@@ -193,7 +193,10 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         m.abort();
     }
     let _ = std::fs::remove_file(&opts.socket);
-    drop(ebpf); // closes every link: the programs are detached unless pinned
+    // Closes every link, the lifecycle programs' last: the programs are detached unless pinned.
+    if let Some(ebpf) = ebpf {
+        loader::detach(ebpf);
+    }
     tracing::info!("{}", if pinned { "stopped (programs pinned)" } else { "detached" });
     Ok(())
 }
