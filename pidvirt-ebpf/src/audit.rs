@@ -442,8 +442,21 @@ pub fn audit_task_number(syscall: u16, direction: Direction, n: i32, tid: u32, c
 /// `procfs_pidns` (0: the caller's own, as far as anyone knows). In the caller's own namespace it
 /// is judged like any argument; in another namespace's procfs it names what it names THERE, and
 /// that the caller reads another namespace's numbers is the finding.
+///
+/// A global function (BTF linkage global, not inlined): the verifier checks it once, on its own,
+/// instead of once per call site and per state the path parsing before it leaves (inlined twice
+/// after that parsing, Debian 6.1's verifier gave up on the /proc path program: "BPF program is
+/// too large", 1M instructions processed). Its arguments are plain numbers, as a global
+/// function's must be; it answers 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn procfs_number(syscall: u32, n: u32, procfs_pidns: u32) -> i32 {
+    judge_procfs_number(syscall as u16, n, procfs_pidns);
+    0
+}
+
 #[inline(always)]
-pub fn procfs_number(syscall: u16, n: u32, procfs_pidns: u32) {
+fn judge_procfs_number(syscall: u16, n: u32, procfs_pidns: u32) {
     let Some((tid, c)) = caller() else { return };
     let c = unsafe { &*c };
     if procfs_pidns == 0 || procfs_pidns == c.pidns {

@@ -61,7 +61,6 @@ pub fn path_crossing(s: u16, dirfd: i32, path: u64) {
     if !(buf[..6] == *b"/proc/" || buf[0].is_ascii_digit()) || daemon() {
         return;
     }
-    // One call of the classifier per number (each is verified once per call site).
     let (number, rest, ns) = if buf[0] == b'/' {
         let Some((n, len, next)) = number::<6>(&buf) else { return };
         // A mount namespace the daemon has not seen yet (a container started less than a sweep
@@ -74,7 +73,7 @@ pub fn path_crossing(s: u16, dirfd: i32, path: u64) {
         let Some(ns) = procfs_dir(dirfd) else { return };
         ((n, next), path + len as u64, ns)
     };
-    procfs_number(s, number.0, ns);
+    procfs_number(u32::from(s), number.0, ns);
     if number.1 == b'/' {
         task_number(s, rest, ns);
     }
@@ -93,7 +92,7 @@ fn task_number(s: u16, at: u64, ns: u32) {
     if buf[..6] == *b"/task/"
         && let Some((t, _, _)) = number::<6>(&buf)
     {
-        procfs_number(s, t, ns);
+        procfs_number(u32::from(s), t, ns);
     }
 }
 

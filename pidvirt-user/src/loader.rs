@@ -346,6 +346,7 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         ms(t_iterator, t_syscalls),
         ms(t_syscalls, t_end)
     );
+    log_verifier_work(&ebpf);
     let maps = KernelMaps::open(|name| ebpf.take_map(name).ok_or(LoadError::MissingMap(name)))?;
     let mut maps = maps;
     let _ = maps.meta.set(meta::OBJECT_HASH, object_hash(), 0);
@@ -355,6 +356,20 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     // The pins hold the links from here on; our link handles can go.
     drop(links);
     Ok(Loaded { ebpf: Some(ebpf), maps, events, attached, iterator, syscalls, enforcement, adopted: false })
+}
+
+/// Logs (debug) how many instructions the verifier processed for each loaded program, the
+/// kernel's own count (`verified_insns`): what loading costs, and how near a program is to the
+/// verifier's limit of one million.
+fn log_verifier_work(ebpf: &Ebpf) {
+    let mut total = 0u64;
+    for (name, program) in ebpf.programs() {
+        if let Some(verified) = program.info().ok().and_then(|i| i.verified_instruction_count()) {
+            total += u64::from(verified);
+            tracing::debug!(program = name, verified_insns = verified, "verified");
+        }
+    }
+    tracing::debug!(verified_insns = total, "verified in all");
 }
 
 /// Opens the maps and lists the links a previous daemon pinned (same build only).
