@@ -32,6 +32,8 @@ pub struct EngineRun {
     /// Records the attached daemons wrote (routine operations: none expected).
     pub records: usize,
     pub docker_version: String,
+    /// Whether the daemon watched /proc paths (`--proc-paths`).
+    pub proc_paths: bool,
 }
 
 /// A dockerd in a directory of the bench's, stopped (with its containers) on drop.
@@ -126,12 +128,17 @@ pub fn docker_latency(b: &Bench) -> anyhow::Result<EngineRun> {
         per_round,
         records: 0,
         docker_version,
+        proc_paths: !b.opts.engine_without_proc_paths,
     };
     for round in 0..rounds {
         for attached in if round % 2 == 0 { [false, true] } else { [true, false] } {
             check_interrupted()?;
             let log = dir.join(format!("audit-{round}.jsonl"));
-            let daemon = if attached { Some(b.start_daemon("engine", &log)?) } else { None };
+            let daemon = if attached {
+                Some(b.start_daemon_with("engine", &log, "auto", run.proc_paths)?)
+            } else {
+                None
+            };
             let into = if attached { &mut run.pidvirt } else { &mut run.bare };
             for _ in 0..per_round {
                 into.run.push(docker.timed(&["run", "--rm", IMAGE, "true"])?);

@@ -479,7 +479,7 @@ impl Bench {
             return Ok(());
         }
         let socket = self.socket("probe");
-        let d = self.start_daemon_with("probe", Path::new("/dev/null"), "auto")?;
+        let d = self.start_daemon_with("probe", Path::new("/dev/null"), "auto", true)?;
         let status = capture_json(self.pidvirt_cmd().arg("status").arg("--socket").arg(&socket))?;
         drop(d);
         let (mode, reason) = (status["syscalls"]["mode"].as_str(), status["syscalls"]["reason"].as_str());
@@ -524,18 +524,28 @@ impl Bench {
 
     /// `pidvirt run --socket <tmp>/NAME.sock --audit-log LOG`, ready once `status` answers.
     pub fn start_daemon(&self, name: &str, audit_log: &Path) -> anyhow::Result<Running> {
-        self.start_daemon_with(name, audit_log, "auto")
+        self.start_daemon_with(name, audit_log, "auto", true)
     }
 
-    /// [`Self::start_daemon`] with `--attach ATTACH`.
-    fn start_daemon_with(&self, name: &str, audit_log: &Path, attach: &str) -> anyhow::Result<Running> {
+    /// [`Self::start_daemon`] with `--attach ATTACH`, and `--proc-paths` if `proc_paths`.
+    pub fn start_daemon_with(
+        &self,
+        name: &str,
+        audit_log: &Path,
+        attach: &str,
+        proc_paths: bool,
+    ) -> anyhow::Result<Running> {
         let socket = self.socket(name);
         let mut cmd = self.pidvirt_cmd();
-        cmd.arg("run").arg("--socket").arg(&socket).arg("--audit-log").arg(audit_log).args([
-            "--attach",
-            attach,
-            "--proc-paths",
-        ]);
+        cmd.arg("run")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--audit-log")
+            .arg(audit_log)
+            .args(["--attach", attach]);
+        if proc_paths {
+            cmd.arg("--proc-paths");
+        }
         let mut d =
             Running::spawn("pidvirt run", &mut cmd, libc::SIGTERM, &self.tmp.0.join(format!("{name}.log")))?;
         wait_for("pidvirt run to serve its socket", Duration::from_mins(1), || {
@@ -566,7 +576,7 @@ impl Bench {
             }
             Mode::Pidvirt | Mode::PidvirtFentry => {
                 let attach = mode.attach().unwrap_or(Attach::Tracepoint).name();
-                self.start_daemon_with(mode.name(), Path::new("/dev/null"), attach).map(Some)
+                self.start_daemon_with(mode.name(), Path::new("/dev/null"), attach, true).map(Some)
             }
             Mode::Peer => {
                 let script = self.peer.as_ref().map_err(|e| anyhow::anyhow!("peer unavailable: {e}"))?;

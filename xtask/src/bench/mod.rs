@@ -101,6 +101,10 @@ pub struct Options {
     /// `docker run --rm` and `docker exec` per mode per round.
     #[arg(long, default_value_t = 5)]
     engine_ops: usize,
+    /// The Docker section's daemon without `--proc-paths` (pidvirt's default): the path
+    /// programs' share of the engine's cost apart.
+    #[arg(long)]
+    engine_without_proc_paths: bool,
 }
 
 /// A section: measures, adds its tables to the report and its goals, answers its JSON.

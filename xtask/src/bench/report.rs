@@ -1352,9 +1352,11 @@ pub fn engine_latency(out: &mut Report, goals: &mut Vec<Goal>, r: &super::engine
     out.note(&format!(
         "`docker run --rm IMAGE true` and `docker exec C true` (C a running container), timed by the \
          client, on a dockerd of the bench's own; {} rounds, each running {} of both with pidvirt \
-         attached (started afresh) and without, the order alternating. Figures: median [p25..p75] ms \
-         over every sample of a mode; ratio = median attached / median bare.",
-        r.rounds, r.per_round
+         attached (started afresh, {}) and without, the order alternating. Figures: median \
+         [p25..p75] ms over every sample of a mode; ratio = median attached / median bare.",
+        r.rounds,
+        r.per_round,
+        if r.proc_paths { "with --proc-paths" } else { "without --proc-paths, its default" }
     ));
     let quartiles = |v: &[f64]| {
         let q = |x| stats::quantile(v, x).unwrap_or(f64::NAN);
@@ -1376,9 +1378,15 @@ pub fn engine_latency(out: &mut Report, goals: &mut Vec<Goal>, r: &super::engine
             quartiles(attached),
             x.map_or("n/a".into(), |x| format!("{x:.3}x")),
         ]);
-        figures.insert(op.into(), json!({ "bare_ms": bare, "pidvirt_ms": attached, "ratio": x }));
+        figures.insert(
+            op.into(),
+            json!({ "bare_ms": bare, "pidvirt_ms": attached, "ratio": x, "proc_paths": r.proc_paths }),
+        );
         goals.push(Goal::judged(
-            format!("{op} latency with pidvirt attached"),
+            format!(
+                "{op} latency with pidvirt attached{}",
+                if r.proc_paths { "" } else { " (no --proc-paths)" }
+            ),
             x.map_or("n/a".into(), |x| format!("{x:.3}x of bare")),
             "<= 1.02x",
             x,
