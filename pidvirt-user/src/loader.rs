@@ -360,8 +360,11 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
 
 /// Logs (debug) how many instructions the verifier processed for each loaded program, the
 /// kernel's own count (`verified_insns`): what loading costs, and how near a program is to the
-/// verifier's limit of one million.
+/// verifier's limit of one million. Nothing is asked of the kernel unless debug is on.
 fn log_verifier_work(ebpf: &Ebpf) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let mut total = 0u64;
     for (name, program) in ebpf.programs() {
         if let Some(verified) = program.info().ok().and_then(|i| i.verified_instruction_count()) {

@@ -494,6 +494,12 @@ pub mod runc {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// The host pid of the container's init, as `runc state ID` reports it.
+    pub fn runc_init(id: &str) -> u32 {
+        let state = runc_state(id).expect("runc state");
+        u32::try_from(state["pid"].as_u64().expect("runc state has a pid")).expect("a pid")
+    }
+
     /// Deletes the container even when a test fails.
     pub struct RuncContainer(pub String);
 

@@ -386,12 +386,7 @@ impl Daemon {
 
     /// Every record of the audit log so far (JSON lines).
     pub fn audit_log(&self) -> Vec<AuditRecord> {
-        let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
-        text.lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not a record ({e}): {l}"))
-            })
-            .collect()
+        audit_records(&self.audit_log)
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
@@ -437,6 +432,14 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop_inner();
     }
+}
+
+/// Every record of the audit log at `path` (JSON lines; none if there is no file).
+pub fn audit_records(path: &Path) -> Vec<AuditRecord> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not a record ({e}): {l}")))
+        .collect()
 }
 
 /// The namespace fixture (tests/src/bin/pidvirt-fixture.rs): pid namespaces with processes

@@ -10,7 +10,7 @@ use std::{
 
 use tests::{
     AuditRecord, ContainerRow, Daemon, Fixture, TestCgroup,
-    engines::runc::{RuncContainer, bundle, runc, runc_state},
+    engines::runc::{RuncContainer, bundle, runc, runc_init, runc_state},
     eventually, proc_truth,
 };
 
@@ -51,8 +51,7 @@ fn oci_hook_registers_a_runc_container_with_its_annotations_and_unregisters_it()
     ]);
     assert_eq!(c.labels, labels);
     // The container's init, per the runtime, is a task of that container.
-    let state = runc_state(&id).expect("runc state");
-    let init = state["pid"].as_u64().unwrap() as u32;
+    let init = runc_init(&id);
     let truth = proc_truth::task(init, init).unwrap();
     assert_eq!(c.pidns, truth.pidns);
     let rows = d.ps_by_tid();

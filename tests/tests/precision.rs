@@ -83,11 +83,7 @@ fn forks_while_the_daemon_detaches_are_not_reported() {
     let _ = busy.kill();
     let _ = busy.wait();
     assert!(status.is_some_and(|s| s.success()), "the daemon stopped cleanly: {status:?}");
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let ours: Vec<AuditRecord> = text
-        .lines()
-        .map(|l| serde_json::from_str::<AuditRecord>(l).expect("an audit record"))
-        .filter(|r| r.caller.host_pid == shell)
-        .collect();
+    let ours: Vec<AuditRecord> =
+        tests::audit_records(&log).into_iter().filter(|r| r.caller.host_pid == shell).collect();
     assert!(ours.is_empty(), "the shell's own children were reported while the daemon detached: {ours:#?}");
 }

@@ -12,7 +12,7 @@ use std::{
 
 use tests::{
     Cli, Daemon, Fixture, NobodyPidvirt,
-    engines::runc::{RuncContainer, bundle, runc, runc_state},
+    engines::runc::{RuncContainer, bundle, runc, runc_init},
     eventually, note_unavailable, proc_truth,
 };
 
@@ -118,7 +118,7 @@ fn spawn_into_a_runc_container_with_chosen_pids() {
     let (status, stderr) = runc(&["run", "-d", "--bundle", &dir.path().to_string_lossy(), &id]);
     assert!(status.success(), "runc run: {stderr}");
     eventually(tests::settle(), "the OCI id listed", || container_row(&d, &id));
-    let init = runc_state(&id).expect("runc state")["pid"].as_u64().unwrap() as u32;
+    let init = runc_init(&id);
     let ns = proc_truth::task(init, init).unwrap().pidns;
 
     let host = proc_truth::free_pid();
@@ -645,7 +645,7 @@ fn runc_checkpoint_and_restore_keep_the_tree() {
     let snap = dir.path().join("snap.json").to_string_lossy().into_owned();
     assert_eq!(d.cli(&["snapshot", "--container", &id, "-o", &snap]).code, 0);
 
-    let first_init = runc_state(&id).expect("runc state")["pid"].as_u64().unwrap() as u32;
+    let first_init = runc_init(&id);
     let images = dir.path().join("images").to_string_lossy().into_owned();
     // CRIU's logs go with the images (dump.log, restore.log).
     let (dumped, dump_err) = runc(&["checkpoint", "--image-path", &images, "--work-path", &images, &id]);
@@ -666,7 +666,7 @@ fn runc_checkpoint_and_restore_keep_the_tree() {
     // prestart hooks at a restore, with the state `stopped` and the restored init's pid.
     // The kernel's truth: the namespace the restored init lives in (its inode may be the old
     // one's: the kernel reuses them).
-    let init = runc_state(&id).expect("runc state")["pid"].as_u64().unwrap() as u32;
+    let init = runc_init(&id);
     assert_ne!(init, first_init, "the restored init is a new process");
     let ns = pidns_at(init, 1).expect("the restored init's pid namespace");
     let what =
