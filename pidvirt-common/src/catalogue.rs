@@ -75,7 +75,9 @@ verdicts! {
     cross_container reported: true,
     /// The target is in a container nested in the caller's (a namespace below the caller's, or,
     /// for the host proper, any container): the kernel's own model of a parent acting on its
-    /// children (a runtime stopping its container, a parent waiting for its nested init).
+    /// children (a runtime stopping its container, a parent waiting for its nested init). Also
+    /// a signal's sender handed to the caller as 0: the kernel zeroes `si_pid` for a sender of
+    /// an ancestor namespace, the same relation seen from the receiving side.
     nested reported: false,
     /// The number names nothing (the kernel answers ESRCH).
     unknown reported: true,
@@ -90,7 +92,7 @@ verdicts! {
     /// The enforcer denied the action.
     denied reported: true,
     /// The kernel handed the caller 0 where a pid belongs, because the task it stands for has no
-    /// number in the caller's namespace (SO_PEERCRED, SCM_CREDENTIALS, siginfo, F_GETOWN,
+    /// number in the caller's namespace (SO_PEERCRED, SCM_CREDENTIALS, F_GETOWN,
     /// TIOCGPGRP, F_GETLK, ...): the kernel's own silent translation failure.
     invisible reported: true,
     /// The number was read through the procfs of ANOTHER pid namespace than the caller's (the
@@ -221,7 +223,8 @@ pub enum ProgramKind {
     Lsm,
     /// An fentry program on a syscall's kernel function (`fentry_X`), where the kernel takes it.
     FEntry,
-    /// An fexit program on a syscall's kernel function (`fexit_X`).
+    /// An fexit program on a kernel function: a syscall's (`fexit_X`), or
+    /// [`SIGNALFD_FUNCTION`].
     FExit,
 }
 
@@ -332,12 +335,18 @@ macro_rules! lifecycle_programs {
                 exit_ioctl, enter_getsockopt, exit_getsockopt, enter_sendmsg, enter_recvmsg,
                 exit_recvmsg, enter_sigtimedwait, exit_sigtimedwait, enter_ipc_ctl, exit_ipc_ctl,
                 enter_perf_event_open;
+            FExit: fexit_signalfd_copyinfo;
             RawTracepoint: floor_raw_empty;
             Iter: seed_tasks;
         }
     };
 }
 for_each_lifecycle_hook!(lifecycle_programs);
+
+/// The kernel function whose fexit program, [`Program::FexitSignalfdCopyinfo`], judges the
+/// siginfo of a signalfd read: called once per signal a read hands out, with the kernel's own
+/// siginfo (where the compiler kept it a function of its own: the kernel's BTF says).
+pub const SIGNALFD_FUNCTION: &str = "signalfd_copyinfo";
 
 // ---- LSM hooks -----------------------------------------------------------------------------
 
@@ -439,6 +448,9 @@ macro_rules! for_each_syscall {
         // pids written to cgroup.procs, cgroup.threads, tasks: no syscall program (judged at
         // the cgroup_attach_task hook), counted under the syscall that wrote them
         write: ;
+        // the siginfo a signalfd read hands out: no syscall program (judged at fexit of
+        // signalfd_copyinfo, SIGNALFD_FUNCTION, where the kernel takes fexit), counted under read
+        read: ;
         // ---- numbers in /proc paths (issue 15, pidvirt-ebpf/src/procfs.rs) ----
         open: enter(enter_path);
         openat: enter(enter_at_path);
@@ -644,7 +656,7 @@ pub mod counter {
     /// `CROSSING_BASE + syscall * NVERDICTS + verdict`.
     pub const CROSSING_BASE: u32 = 64;
     /// Size of the counters array.
-    pub const SLOTS: u32 = 1024;
+    pub const SLOTS: u32 = 2048;
 
     /// The groups, with the name `stats` shows them under.
     pub const GROUPS: [(&str, u32, &[&str]); 3] = [
@@ -688,13 +700,16 @@ mod tests {
         assert_eq!(SYSCALLS[sys::SCHED_RR_GET_INTERVAL as usize].name, "sched_rr_get_interval");
         assert_eq!(SYSCALLS.len(), NSYSCALLS);
         // Every syscall has a program but write(2), whose pids (cgroup files) are judged at the
-        // cgroup_attach_task hook.
+        // cgroup_attach_task hook, and read(2), whose (signalfd's siginfo) at signalfd_copyinfo.
+        let judged_elsewhere = [SYSCALLS[sys::WRITE as usize].name, SYSCALLS[sys::READ as usize].name];
+        assert_eq!(judged_elsewhere, ["write", "read"]);
         assert!(
-            SYSCALLS.iter().all(|s| s.enter.is_some()
-                || s.exit.is_some()
-                || s.name == SYSCALLS[sys::WRITE as usize].name)
+            SYSCALLS
+                .iter()
+                .all(|s| s.enter.is_some() || s.exit.is_some() || judged_elsewhere.contains(&s.name))
         );
         assert_eq!(SYSCALLS[sys::WRITE as usize].hooks().count(), 0);
+        assert_eq!(SYSCALLS[sys::READ as usize].hooks().count(), 0);
         assert_eq!(SYSCALLS[sys::WAIT4 as usize].hooks().count(), 2);
         assert_eq!(LSM_HOOKS[lsm::FILE_SEND_SIGIOTASK].name, "file_send_sigiotask");
         assert_eq!(LSM_HOOKS[lsm::TASK_KILL].program, "lsm_task_kill");

@@ -159,6 +159,10 @@ pub struct KernelOffsets {
     pub task_last_siginfo: u32,
     /// kernel_siginfo.si_code (int)
     pub siginfo_code: u32,
+    /// kernel_siginfo.si_signo (int) and its sender's pid (`_sifields._kill._pid`, which
+    /// `_rt._pid` and `_sigchld._pid` share)
+    pub siginfo_signo: u32,
+    pub siginfo_pid: u32,
 }
 
 impl KernelOffsets {
@@ -233,6 +237,8 @@ impl KernelOffsets {
             task_ptrace_entry: 0,
             task_last_siginfo: 0,
             siginfo_code: 0,
+            siginfo_signo: 0,
+            siginfo_pid: 0,
         }
     }
 }

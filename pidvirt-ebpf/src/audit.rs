@@ -636,15 +636,30 @@ pub fn handed_out(syscall: u16, n: i32) {
 /// programs know it (the record's `also`, read at level 0), else 0.
 #[inline(always)]
 pub fn invisible(syscall: u16, direction: Direction, host: u32) {
+    zero_handed_out(syscall, direction, host, Verdict::Invisible);
+}
+
+/// The kernel handed the caller 0 for a signal's sender (`si_pid`): it zeroes it for a sender of
+/// an ancestor namespace only (send_signal_locked), the host or a parent namespace signalling
+/// into the caller's, as a runtime stopping its container does. The kernel's own model, like an
+/// action on a nested namespace: counted `nested`, not `invisible`.
+#[inline(always)]
+pub fn sender_of_an_ancestor(syscall: u16) {
+    zero_handed_out(syscall, Direction::Out, 0, Verdict::Nested);
+}
+
+/// A 0 the kernel handed the caller for a task it cannot see, under `verdict`.
+#[inline(always)]
+fn zero_handed_out(syscall: u16, direction: Direction, host: u32, verdict: Verdict) {
     let Some((tid, c)) = caller() else { return };
     let c = unsafe { &*c };
-    count_crossing(c.slot, syscall, Verdict::Invisible);
-    if reported(Verdict::Invisible) {
+    count_crossing(c.slot, syscall, verdict);
+    if reported(verdict) {
         let also = if host != 0 && may_have_entry(host) { Found::lookup(host) } else { Found::NONE };
         // The level `also` was read at; none without it (no `read_at` in the record: the 0 was
         // read in the caller's own namespace).
         let at = Level { level: 0, pidns: if also.is_some() { host_pidns() } else { 0 } };
-        let x = Crossing { syscall, direction, verdict: Verdict::Invisible, value: 0 };
+        let x = Crossing { syscall, direction, verdict, value: 0 };
         report(&x, tid, c, Found::NONE, also, at);
     }
 }

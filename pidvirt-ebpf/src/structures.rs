@@ -1,7 +1,7 @@
 //! Pids inside structures (issue 15): the numbers that cross inside a syscall's structures
 //! rather than as its argument or return value — file owners and lock holders (fcntl), tty
 //! groups and sessions (ioctl), credentials (SO_PEERCRED, SCM_CREDENTIALS), siginfo
-//! (rt_sigtimedwait), SysV IPC pid fields, perf_event_open's pid, clone's CLONE_PARENT_SETTID
+//! (rt_sigtimedwait, signalfd reads), SysV IPC pid fields, perf_event_open's pid, clone's CLONE_PARENT_SETTID
 //! and clone3's set_tid[], PTRACE_GETEVENTMSG, and pids written to cgroup files.
 //!
 //! Each is filtered on its command first (an fcntl that is no F_*OWN* or GETLK costs nothing
@@ -12,8 +12,12 @@
 //! verdict is `invisible`; where 0 could also mean "nothing" (no owner set, no peer), the
 //! kernel's own object (the file's owner, the socket's peer, the tty's group) decides.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_user,
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_user,
+    },
+    macros::fexit,
+    programs::FExitContext,
 };
 use pidvirt_common::{
     INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, PendingCall, TaskEntry,
@@ -22,8 +26,11 @@ use pidvirt_common::{
 };
 
 use crate::{
-    audit::{audit_task_number, caller, child_named, count_crossing, handed_out, invisible, returned},
-    kernel::{Direct, Kmem, Probe, off},
+    audit::{
+        audit_task_number, caller, child_named, count_crossing, handed_out, invisible, returned,
+        sender_of_an_ancestor,
+    },
+    kernel::{Direct, Kmem, Probe, off, offsets_ready},
     maps::{DEEP, PENDING_CALLS, count_map_error},
     syscalls::{Arg4, Call},
     task::{fd_file, nr_at, pidns_inum, upid},
@@ -543,14 +550,21 @@ pub mod handlers {
         }
         // siginfo_t: si_signo, si_errno, si_code, padding, then si_pid.
         let Some(si) = user::<[i32; 5]>(p.a) else { return };
-        let (signo, code, pid) = (si[0], si[2], si[4]);
+        signal_sender(s, si[0], si[2], si[4]);
+    }
+
+    /// The sender of signal `signo` (code `code`) a receiver was handed, `pid`, counted under
+    /// syscall `s`: judged for the codes that carry a sender; 0 is a sender of an ancestor
+    /// namespace.
+    #[inline(always)]
+    pub fn signal_sender(s: u16, signo: i32, code: i32, pid: i32) {
         if !(SI_WITH_PID.contains(&code) || (signo == SIGCHLD && (1..=6).contains(&code))) {
             return;
         }
         if pid > 0 {
             handed_out(s, pid);
         } else if pid == 0 {
-            invisible(s, Direction::Out, 0);
+            sender_of_an_ancestor(s);
         }
     }
 
@@ -712,4 +726,26 @@ pub mod handlers {
             invisible(s, Direction::Out, 0);
         }
     }
+}
+
+/// A signal a signalfd read hands out (fexit on signalfd's `signalfd_copyinfo(to, kinfo)`, one
+/// call per signal, where the kernel takes fexit): its sender, judged like rt_sigtimedwait's and
+/// counted under read(2). The siginfo is the kernel's own (`kinfo`), so nothing is read from the
+/// reader's memory; a copy that failed (-EFAULT) handed nothing out.
+#[fexit]
+pub fn fexit_signalfd_copyinfo(ctx: FExitContext) -> i32 {
+    if offsets_ready() {
+        let info: *const u8 = ctx.arg(1);
+        let copied = ctx.arg::<i64>(2) as i32;
+        if copied > 0
+            && let (Ok(signo), Ok(code), Ok(pid)) = (
+                Probe.read::<i32>(info, off!(siginfo_signo)),
+                Probe.read::<i32>(info, off!(siginfo_code)),
+                Probe.read::<i32>(info, off!(siginfo_pid)),
+            )
+        {
+            handlers::signal_sender(sys::READ, signo, code, pid);
+        }
+    }
+    0
 }

@@ -641,8 +641,8 @@ mod tests {
             Err(FilterError::Verdict("nope".into()))
         );
         assert_eq!(
-            Filter { syscall: Some("read".into()), ..Default::default() }.check(),
-            Err(FilterError::Syscall("read".into()))
+            Filter { syscall: Some("pread64".into()), ..Default::default() }.check(),
+            Err(FilterError::Syscall("pread64".into()))
         );
         assert!(Filter { syscall: Some("task_kill".into()), ..Default::default() }.check().is_ok());
     }

@@ -32,6 +32,8 @@ pub enum OffsetError {
     UnexpectedSize { ty: String, field: String, expected: usize, found: usize },
     #[error("kernel BTF: `{ty}.{field}` is a bitfield; pidvirt needs a byte-addressable field")]
     Bitfield { ty: String, field: String },
+    #[error("kernel BTF: `{ty}.{field}` is at byte {found}, pidvirt expects {expected}")]
+    Misplaced { ty: String, field: String, expected: u32, found: u32 },
 }
 
 /// A resolved struct member.
@@ -276,6 +278,21 @@ fn resolve_structures(btf: &KernelBtf, o: &mut KernelOffsets) -> Result<(), Offs
     o.task_ptrace_entry = btf.offset("task_struct", "ptrace_entry", 2 * PTR)?;
     o.task_last_siginfo = btf.offset("task_struct", "last_siginfo", PTR)?;
     o.siginfo_code = btf.offset("kernel_siginfo", "si_code", 4)?;
+    o.siginfo_signo = btf.offset("kernel_siginfo", "si_signo", 4)?;
+    o.siginfo_pid = btf.path_offset("kernel_siginfo", &["_sifields", "_kill", "_pid"], 4)?;
+    // The programs read every sender's pid there, whichever member of the union carries it.
+    for shared in [["_sifields", "_rt", "_pid"], ["_sifields", "_sigchld", "_pid"]] {
+        let found = btf.path_offset("kernel_siginfo", &shared, 4)?;
+        if found != o.siginfo_pid {
+            let field = shared.join(".");
+            return Err(OffsetError::Misplaced {
+                ty: "kernel_siginfo".into(),
+                field,
+                expected: o.siginfo_pid,
+                found,
+            });
+        }
+    }
     Ok(())
 }
 
@@ -563,6 +580,8 @@ mod tests {
         assert!(o.tty_pgrp > 0 && o.tty_session == o.tty_pgrp + 8 && o.tty_link > o.tty_session);
         // kernel_siginfo begins { int si_signo; int si_errno; int si_code; ... }.
         assert_eq!(o.siginfo_code, 8);
+        // ... then the union, whose members begin with the sender's pid where they carry one.
+        assert_eq!((o.siginfo_signo, o.siginfo_pid), (0, 16));
         // struct pt_regs of x86-64: r15 first, then ... r10 at 56, dx 96, si 104, di 112.
         assert_eq!((o.pt_regs_r10, o.pt_regs_dx, o.pt_regs_si, o.pt_regs_di), (56, 96, 104, 112));
         // struct path is { struct vfsmount *mnt; struct dentry *dentry; }; fdtable begins with

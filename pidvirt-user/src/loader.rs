@@ -18,7 +18,7 @@ use aya::{
 use pidvirt_common::{
     KernelOffsets,
     audit::{LSM_HOOKS, SYSCALLS, SyscallSpec},
-    catalogue::{OFFSETS_GLOBAL, Program, map},
+    catalogue::{OFFSETS_GLOBAL, Program, SIGNALFD_FUNCTION, map},
     meta,
     offsets::syscall_record,
     slots, tid_filter,
@@ -114,9 +114,10 @@ impl Default for LoadOptions {
     }
 }
 
-/// Whether the enforcer runs, and why not.
+/// Whether a part that not every kernel takes runs (the enforcer, the signalfd reads), and why
+/// not.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Enforcement {
+pub struct Availability {
     pub available: bool,
     pub reason: String,
 }
@@ -166,7 +167,9 @@ pub struct Loaded {
     pub iterator: Result<(), String>,
     /// How the syscall programs are attached.
     pub syscalls: Attached,
-    pub enforcement: Enforcement,
+    pub enforcement: Availability,
+    /// Whether the siginfo of signalfd reads is judged (fexit on [`SIGNALFD_FUNCTION`]).
+    pub signalfd: Availability,
     /// Pinned programs of a previous daemon were adopted (nothing was loaded).
     pub adopted: bool,
 }
@@ -332,6 +335,7 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     let watched = |spec: &SyscallSpec| opts.proc_paths || !spec.is_path();
     let syscalls = attach_syscalls(&mut ebpf, &btf, opts.attach, false, &watched, &mut links, &mut attached)?;
     let t_syscalls = t0.elapsed();
+    let signalfd = attach_signalfd(&mut ebpf, &btf, &mut links, &mut attached);
     let enforcement = attach_enforcer(&mut ebpf, &btf, &mut links, &mut attached);
     let t_end = t0.elapsed();
     let ms = |from: Duration, to: Duration| to.saturating_sub(from).as_secs_f64() * 1000.0;
@@ -355,7 +359,17 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         .map_err(|source| LoadError::Map { name: map::EVENTS, source })?;
     // The pins hold the links from here on; our link handles can go.
     drop(links);
-    Ok(Loaded { ebpf: Some(ebpf), maps, events, attached, iterator, syscalls, enforcement, adopted: false })
+    Ok(Loaded {
+        ebpf: Some(ebpf),
+        maps,
+        events,
+        attached,
+        iterator,
+        syscalls,
+        enforcement,
+        signalfd,
+        adopted: false,
+    })
 }
 
 /// Logs (debug) how many instructions the verifier processed for each loaded program, the
@@ -408,7 +422,10 @@ fn adopt(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .unwrap_or_default();
     attached.sort();
     tracing::info!("adopted {} pinned programs from {PIN_DIR}", attached.len());
-    let fentry = attached.iter().any(|(_, hook)| hook.starts_with("fentry/") || hook.starts_with("fexit/"));
+    let fentry = attached
+        .iter()
+        .any(|(p, _)| SYSCALLS.iter().flat_map(SyscallSpec::function_programs).any(|f| f.0 == p));
+    let signalfd = attached.iter().any(|(p, _)| p == Program::FexitSignalfdCopyinfo.name());
     // The path syscalls are watched if the pinning daemon attached their programs.
     let path_programs: Vec<&str> = SYSCALLS
         .iter()
@@ -428,10 +445,18 @@ fn adopt(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         attached,
         iterator: Err("pinned programs adopted: their maps are current".into()),
         syscalls,
-        enforcement: Enforcement {
+        enforcement: Availability {
             available,
             reason: if available {
                 "pinned LSM programs".into()
+            } else {
+                "not attached by the pinning daemon".into()
+            },
+        },
+        signalfd: Availability {
+            available: signalfd,
+            reason: if signalfd {
+                format!("pinned fexit program on {SIGNALFD_FUNCTION}")
             } else {
                 "not attached by the pinning daemon".into()
             },
@@ -537,16 +562,45 @@ fn active_lsms() -> Result<String, String> {
         .map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
+/// Attaches the fexit program that judges the siginfo of signalfd reads, where the kernel takes
+/// fexit and its BTF has the function (it is static: the compiler may have inlined it).
+fn attach_signalfd(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    links: &mut Links,
+    attached: &mut Vec<(String, String)>,
+) -> Availability {
+    let program = Program::FexitSignalfdCopyinfo.name();
+    match attach_function(ebpf, program, SIGNALFD_FUNCTION, true, btf, links) {
+        Ok(hook) => {
+            attached.push((program.to_string(), hook.clone()));
+            Availability {
+                available: true,
+                reason: format!("{hook}: the siginfo of signalfd reads is judged"),
+            }
+        }
+        Err(e) => {
+            let why = match e {
+                FunctionError::NotInBtf(_) => e.to_string(),
+                FunctionError::Refused(e) => format!("the kernel refused {program}: {}", first_line(&e)),
+            };
+            let reason = format!("signalfd reads are not seen: fexit on {SIGNALFD_FUNCTION}: {why}");
+            tracing::warn!("{reason}");
+            Availability { available: false, reason }
+        }
+    }
+}
+
 /// Attaches the enforcer's LSM programs if BPF-LSM is active and the kernel accepts them.
 fn attach_enforcer(
     ebpf: &mut Ebpf,
     btf: &Btf,
     links: &mut Links,
     attached: &mut Vec<(String, String)>,
-) -> Enforcement {
+) -> Availability {
     let unavailable = |reason: String| {
         tracing::warn!("enforcement unavailable: {reason}");
-        Enforcement { available: false, reason }
+        Availability { available: false, reason }
     };
     let lsms = match active_lsms() {
         Ok(l) => l,
@@ -593,7 +647,7 @@ fn attach_enforcer(
         }
         attached.push((program, format!("lsm/{}", hook.name)));
     }
-    Enforcement { available: true, reason: format!("BPF-LSM active (lsm={lsms})") }
+    Availability { available: true, reason: format!("BPF-LSM active (lsm={lsms})") }
 }
 
 fn first_line(s: &str) -> &str {

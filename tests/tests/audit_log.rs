@@ -234,9 +234,9 @@ fn a_saved_log_on_stdin_is_filtered_exactly_and_compact_lines_match_their_golden
             .to_vec();
     assert_eq!(out.stdout.lines().map(String::from).collect::<Vec<_>>(), want);
     // Unknown filters are refused.
-    let out = audit_from_file(&log, &["--syscall", "read"]);
+    let out = audit_from_file(&log, &["--syscall", "pread64"]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("unknown syscall `read`"), "{out:?}");
+    assert!(out.stderr.contains("unknown syscall `pread64`"), "{out:?}");
 
     // The golden compact line of the first record.
     let out = audit_from_file(

@@ -176,6 +176,7 @@ fn pinned_programs_keep_counting_and_enforcing_while_the_daemon_is_killed_and_de
     }
     let status: serde_json::Value = serde_json::from_str(&d.cli(&["status"]).stdout).unwrap();
     assert_eq!(status["pinned"], true);
+    let attached = (status["syscalls"]["mode"].clone(), status["signalfd"]["available"].clone());
     let before: serde_json::Value =
         serde_json::from_str(&d.cli(&["stats", "--json", "--container", "pa"]).stdout).unwrap();
     let kills_before = before["crossings"]["kill"]["cross_container"].as_u64().unwrap();
@@ -198,6 +199,13 @@ fn pinned_programs_keep_counting_and_enforcing_while_the_daemon_is_killed_and_de
     let d = Daemon::start_in(dir, &["--pin"]);
     let status: serde_json::Value = serde_json::from_str(&d.cli(&["status"]).stdout).unwrap();
     assert_eq!(status["adopted"], true, "{status}");
+    // Adopted as they were attached: the syscall programs' mode, and the signalfd program (an
+    // fexit program, whatever the syscalls' mode).
+    assert_eq!(
+        (status["syscalls"]["mode"].clone(), status["signalfd"]["available"].clone()),
+        attached,
+        "{status}"
+    );
     let after: serde_json::Value =
         serde_json::from_str(&d.cli(&["stats", "--json", "--container", "pa"]).stdout).unwrap();
     assert_eq!(

@@ -170,7 +170,10 @@ fn churn(docker: &Dockerd, podman: Option<&Podman>) -> usize {
         let out = docker.docker(&["run", "--rm", IMAGE, "true"]);
         ops += done("docker run --rm", out.code, &out.stderr);
         let name = format!("churn{i}");
-        let out = docker.docker(&["run", "-d", "--name", &name, IMAGE, "sleep", "600"]);
+        // With --init, docker-init (tini) is the init: it takes the stop signal with
+        // sigtimedwait, whose si_pid the kernel zeroes (the sender is of the host's namespace).
+        let init = if i == 1 { "--init" } else { "--label=no-init" };
+        let out = docker.docker(&["run", "-d", init, "--name", &name, IMAGE, "sleep", "600"]);
         ops += done("docker run -d", out.code, &out.stderr);
         let out = docker.docker(&["exec", &name, "ps"]);
         ops += done("docker exec ps", out.code, &out.stderr);

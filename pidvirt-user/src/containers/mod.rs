@@ -32,7 +32,7 @@ use crate::runtimes::{Facts, Update};
 use crate::{
     api::{ApiError, ContainerRow, ErrorCode},
     kernel::{KernelMaps, SlotCounts},
-    loader::Enforcement,
+    loader::Availability,
     procscan,
 };
 
@@ -93,7 +93,7 @@ pub struct Containers {
     /// Crossing counters of containers that ended (their per-container counters are gone).
     retired: Mutex<SlotCounts>,
     state_file: Option<PathBuf>,
-    enforcement: Enforcement,
+    enforcement: Availability,
 }
 
 impl Containers {
@@ -103,7 +103,7 @@ impl Containers {
         maps: Arc<Mutex<KernelMaps>>,
         host_pidns: u32,
         state_file: Option<PathBuf>,
-        enforcement: Enforcement,
+        enforcement: Availability,
     ) -> Self {
         let mut registry = Registry::new(host_pidns);
         if let Ok(maps) = maps.lock() {
@@ -176,7 +176,7 @@ impl Containers {
     }
 
     /// Whether enforcement runs, and why not.
-    pub fn enforcement(&self) -> &Enforcement {
+    pub fn enforcement(&self) -> &Availability {
         &self.enforcement
     }
 

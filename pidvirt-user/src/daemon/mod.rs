@@ -50,6 +50,8 @@ struct Attachment {
     attached: Vec<(String, String)>,
     /// How the syscall programs are attached (fentry or tracepoints), and why.
     syscalls: loader::Attached,
+    /// Whether signalfd reads are judged, and why not.
+    signalfd: loader::Availability,
     /// How the programs read pids above level 0 (loader::task_reads).
     task_reads: &'static str,
     /// The programs are pinned (they outlive the daemon); `adopted`: pinned by a previous one.
@@ -98,6 +100,10 @@ async fn open_outputs(opts: &RunOptions) -> anyhow::Result<(Option<Sink>, Option
     Ok((sink, metrics_listener))
 }
 
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+}
+
 pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     loader::require_root()?;
     crate::kernel::program_object()?;
@@ -113,9 +119,17 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     tracing::info!("offsets from BTF and tracefs in {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0);
     tracing::debug!(?offsets, "kernel offsets from BTF");
     // Attach first, then walk /proc: a process born in between is seen by the fork program.
-    let loaded = loader::load_and_attach(offsets, &opts.load)?;
-    let loader::Loaded { ebpf, mut maps, events, attached, iterator, syscalls, enforcement, adopted } =
-        loaded;
+    let loader::Loaded {
+        ebpf,
+        mut maps,
+        events,
+        attached,
+        iterator,
+        syscalls,
+        enforcement,
+        signalfd,
+        adopted,
+    } = loader::load_and_attach(offsets, &opts.load)?;
     tracing::info!(mode = syscalls.mode, "syscall programs attached: {}", syscalls.reason);
     for (prog, hook) in &attached {
         tracing::info!("attached {prog} to {hook}");
@@ -133,6 +147,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         attachment: Attachment {
             attached,
             syscalls,
+            signalfd,
             task_reads: if adopted {
                 "as loaded by the daemon that pinned the programs"
             } else {
@@ -141,10 +156,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             pinned: opts.load.pin,
             adopted,
             started: Instant::now(),
-            kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
+            kernel_release: kernel_release(),
             metrics: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
         },
         seed: Mutex::new(None),

@@ -223,6 +223,7 @@ impl App {
             "programs": a.attached.iter().map(|(p, h)| serde_json::json!({"program": p, "hook": h})).collect::<Vec<_>>(),
             "syscalls": a.syscalls,
             "enforcement": self.containers.enforcement(),
+            "signalfd": a.signalfd,
             "task_reads": a.task_reads,
             "pinned": a.pinned,
             "adopted": a.adopted,
