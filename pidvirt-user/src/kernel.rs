@@ -303,9 +303,11 @@ impl KernelMaps {
         counted
     }
 
-    /// Per-CPU counters summed.
+    /// Per-CPU counters summed, up to the end of the crossing region (the slots above it are
+    /// spare: one lookup each would be wasted).
     pub fn counters(&self) -> Vec<u64> {
-        (0..counter::SLOTS).map(|i| self.counters.get(&i, 0).map_or(0, |v| v.iter().sum())).collect()
+        let used = counter::CROSSING_BASE + (NSYSCALLS * NVERDICTS) as u32;
+        (0..used).map(|i| self.counters.get(&i, 0).map_or(0, |v| v.iter().sum())).collect()
     }
 
     /// Seeds a task found in /proc, without overwriting anything the kernel programs wrote.
