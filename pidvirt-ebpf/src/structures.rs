@@ -7,10 +7,13 @@
 //! Each is filtered on its command first (an fcntl that is no F_*OWN* or GETLK costs nothing
 //! more than the program's dispatch), judged by the one classifier (audit.rs) in the caller's
 //! namespace, and counted under its syscall. A structure the kernel writes is read at the exit,
-//! from the user address stashed at the entry (PENDING_CALLS, keyed by tid). Where the kernel
+//! from the user address stashed at the entry (PENDING_CALLS, keyed by tid); a signalfd read's
+//! siginfo from the kernel's own, at fexit of the function that copies it out. Where the kernel
 //! hands back 0 for a task the caller cannot see (its own silent translation failure), the
 //! verdict is `invisible`; where 0 could also mean "nothing" (no owner set, no peer), the
-//! kernel's own object (the file's owner, the socket's peer, the tty's group) decides.
+//! kernel's own object (the file's owner, the socket's peer, the tty's group) decides. A
+//! signal's sender of 0 from kill, tkill/tgkill or sigqueue is `nested`: those name only tasks
+//! their namespace sees, so the kernel zeroed a sender of an ancestor namespace.
 
 use aya_ebpf::{
     helpers::{
@@ -531,6 +534,8 @@ pub mod handlers {
     /// si_code values whose siginfo carries a sender's pid: SI_USER, SI_QUEUE, SI_MESGQ,
     /// SI_TKILL; and SIGCHLD's CLD_* (1..=6).
     const SI_WITH_PID: [i32; 4] = [0, -1, -3, -6];
+    /// SI_USER, SI_QUEUE, SI_TKILL: sent by a task that named the receiver in its own namespace.
+    const FROM_A_TASK_IT_SEES: [i32; 3] = [0, -1, -6];
 
     #[inline(always)]
     pub fn enter_sigtimedwait(c: &impl Call, s: u16) {
@@ -554,8 +559,10 @@ pub mod handlers {
     }
 
     /// The sender of signal `signo` (code `code`) a receiver was handed, `pid`, counted under
-    /// syscall `s`: judged for the codes that carry a sender; 0 is a sender of an ancestor
-    /// namespace.
+    /// syscall `s`: judged for the codes that carry a sender. A 0 from kill, tkill/tgkill or
+    /// sigqueue (SI_USER, SI_TKILL, SI_QUEUE) is a sender of an ancestor namespace (they name
+    /// only tasks their namespace sees); from mq_send (SI_MESGQ: any process sharing the IPC
+    /// namespace, a sibling's too) or a child's SIGCHLD, a sender the receiver cannot see.
     #[inline(always)]
     pub fn signal_sender(s: u16, signo: i32, code: i32, pid: i32) {
         if !(SI_WITH_PID.contains(&code) || (signo == SIGCHLD && (1..=6).contains(&code))) {
@@ -563,8 +570,10 @@ pub mod handlers {
         }
         if pid > 0 {
             handed_out(s, pid);
-        } else if pid == 0 {
+        } else if pid == 0 && FROM_A_TASK_IT_SEES.contains(&code) {
             sender_of_an_ancestor(s);
+        } else if pid == 0 {
+            invisible(s, Direction::Out, 0);
         }
     }
 

@@ -657,8 +657,9 @@ fn first_line(s: &str) -> &str {
 /// Which hooks the benchmark's floor puts EMPTY programs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum FloorHooks {
-    /// Exactly the hooks pidvirt uses: the lifecycle tp_btf hooks and every syscall tracepoint
-    /// of the hook list (what any design on these hooks pays).
+    /// The hooks pidvirt uses: the lifecycle tp_btf hooks and every syscall tracepoint of the
+    /// hook list (what any design on these hooks pays); not the fexit on signalfd_copyinfo,
+    /// which runs on signalfd reads only, and which the kernels that take fexit alone take.
     Pidvirt,
     /// syscalls:sys_enter_read and sys_exit_read: what hooking one syscall through its own
     /// tracepoints costs it (the yardstick for syscalls pidvirt does not audit).

@@ -344,8 +344,7 @@ mod structures {
     fn siginfo_of_signals_read_from_a_signalfd() {
         let test = "siginfo_of_signals_read_from_a_signalfd";
         let d = Daemon::start();
-        let status: serde_json::Value =
-            serde_json::from_str(&d.cli(&["status"]).stdout).expect("status JSON");
+        let status = d.status();
         let loaded = !tests::daemon_programs(d.pid(), "fexit_signalfd_copyinfo").is_empty();
         assert_eq!(status["signalfd"]["available"], loaded, "{status}");
         let mut f = Fixture::start(FIXTURE, 1);
