@@ -592,8 +592,7 @@ mod tests {
         assert!(o.nsproxy_mnt_ns > 0);
         // Cross-check with the offsets read independently (pahole/bpftool) on this very build,
         // recorded in ../shared/reference/pid-crossings.md; other kernels only get the invariants.
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        if release.trim() == "6.18.44-fc-v769" {
+        if crate::procscan::kernel_release() == "6.18.44-fc-v769" {
             assert_eq!((o.pid_level, o.pid_numbers), (4, 144));
             assert_eq!((o.pidns_level, o.pidns_parent, o.pidns_inum), (64, 72, 136));
             assert_eq!((o.task_pid, o.task_tgid, o.task_thread_pid, o.task_signal), (1264, 1268, 1368, 1848));

@@ -573,11 +573,9 @@ fn attach_signalfd(
     let program = Program::FexitSignalfdCopyinfo.name();
     match attach_function(ebpf, program, SIGNALFD_FUNCTION, true, btf, links) {
         Ok(hook) => {
-            attached.push((program.to_string(), hook.clone()));
-            Availability {
-                available: true,
-                reason: format!("{hook}: the siginfo of signalfd reads is judged"),
-            }
+            let reason = format!("{hook}: the siginfo of signalfd reads is judged");
+            attached.push((program.to_string(), hook));
+            Availability { available: true, reason }
         }
         Err(e) => {
             let why = match e {

@@ -155,6 +155,11 @@ fn initial_ns_of(pid: u32) -> Option<u32> {
     (nspid.split_whitespace().count() == 1).then(|| pidns_of(std::process::id()).ok())?
 }
 
+/// The running kernel's release (`uname -r`), empty if it cannot be read.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+}
+
 /// Nanoseconds per clock tick of /proc start times.
 pub fn tick_ns() -> u32 {
     // SAFETY: sysconf has no preconditions.

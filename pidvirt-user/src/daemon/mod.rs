@@ -100,10 +100,6 @@ async fn open_outputs(opts: &RunOptions) -> anyhow::Result<(Option<Sink>, Option
     Ok((sink, metrics_listener))
 }
 
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
-}
-
 pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     loader::require_root()?;
     crate::kernel::program_object()?;
@@ -156,7 +152,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             pinned: opts.load.pin,
             adopted,
             started: Instant::now(),
-            kernel_release: kernel_release(),
+            kernel_release: procscan::kernel_release(),
             metrics: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
         },
         seed: Mutex::new(None),
