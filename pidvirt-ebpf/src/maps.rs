@@ -102,26 +102,54 @@ pub static LIVE_TIDS: Array<u64> = Array::with_max_entries(tid_filter::MAX_WORDS
 #[map]
 pub static SEEDED_TIDS: Array<u64> = Array::with_max_entries(tid_filter::MAX_WORDS, 0);
 
+/// Host tids that may have a PENDING_CALLS entry (set after the insert, cleared after the
+/// removal): most syscall exits (every fork's two clone returns) then find that nothing was
+/// kept for them without a hash lookup. Sized by the daemon like LIVE_TIDS.
+#[map]
+pub static PENDING_TIDS: Array<u64> = Array::with_max_entries(tid_filter::MAX_WORDS, 0);
+
 /// Records that `tid` has an entry written by the programs (after the write).
 #[inline(always)]
 pub fn mark_tid(tid: u32) {
-    let (word, bit) = tid_filter::bit(tid);
-    if let Some(p) = LIVE_TIDS.get_ptr_mut(word) {
-        // BPF_ATOMIC | BPF_OR: other CPUs set and clear other bits of the word.
-        unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) p, in(reg) bit) };
-    }
+    set_bit(&LIVE_TIDS, tid);
 }
 
 /// Records that `tid` has no entry any more (after its removal).
 #[inline(always)]
 pub fn unmark_tid(tid: u32) {
-    let (word, bit) = tid_filter::bit(tid);
     for map in [&LIVE_TIDS, &SEEDED_TIDS] {
-        if let Some(p) = map.get_ptr_mut(word) {
-            // BPF_ATOMIC | BPF_AND.
-            unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) &= {1}", in(reg) p, in(reg) !bit) };
-        }
+        clear_bit(map, tid);
     }
+}
+
+/// Clears `tid`'s bit in a tid filter (a locked operation only where it is set: SEEDED_TIDS
+/// rarely has it).
+#[inline(always)]
+pub fn clear_bit(map: &Array<u64>, tid: u32) {
+    let (word, bit) = tid_filter::bit(tid);
+    if let Some(p) = map.get_ptr_mut(word)
+        && unsafe { core::ptr::read_volatile(p) } & bit != 0
+    {
+        // BPF_ATOMIC | BPF_AND.
+        unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) &= {1}", in(reg) p, in(reg) !bit) };
+    }
+}
+
+/// Sets `tid`'s bit in a tid filter.
+#[inline(always)]
+pub fn set_bit(map: &Array<u64>, tid: u32) {
+    let (word, bit) = tid_filter::bit(tid);
+    if let Some(p) = map.get_ptr_mut(word) {
+        // BPF_ATOMIC | BPF_OR: other CPUs set and clear other bits of the word.
+        unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) p, in(reg) bit) };
+    }
+}
+
+/// Whether `tid`'s bit is set in a tid filter (a tid beyond its words: true).
+#[inline(always)]
+pub fn bit_set(map: &Array<u64>, tid: u32) -> bool {
+    let (word, bit) = tid_filter::bit(tid);
+    map.get(word).is_none_or(|w| w & bit != 0)
 }
 
 /// Whether `tid` may have an entry: false only when neither the programs nor the daemon wrote

@@ -34,7 +34,7 @@ use crate::{
         sender_of_an_ancestor,
     },
     kernel::{Direct, Kmem, Probe, off, offsets_ready},
-    maps::{DEEP, PENDING_CALLS, count_map_error},
+    maps::{DEEP, PENDING_CALLS, PENDING_TIDS, bit_set, clear_bit, count_map_error, set_bit},
     syscalls::{Arg4, Call},
     task::{fd_file, nr_at, pidns_inum, upid},
 };
@@ -54,6 +54,8 @@ fn stash(syscall: u16, cmd: u16, fd: u32, a: u64, b: u64) {
     let tid = bpf_get_current_pid_tgid() as u32;
     if PENDING_CALLS.insert(tid, &PendingCall { syscall, cmd, fd, a, b }, 0).is_err() {
         count_map_error(counter::map_error::PENDING_INSERT);
+    } else {
+        set_bit(&PENDING_TIDS, tid);
     }
 }
 
@@ -63,6 +65,9 @@ fn stash(syscall: u16, cmd: u16, fd: u32, a: u64, b: u64) {
 fn take(syscall: u16) -> PendingCall {
     let tid = bpf_get_current_pid_tgid() as u32;
     let mut out = PendingCall { syscall: u16::MAX, ..PendingCall::default() };
+    if !bit_set(&PENDING_TIDS, tid) {
+        return out;
+    }
     if let Some(p) = PENDING_CALLS.get_ptr(tid) {
         let p = unsafe { *p };
         let _ = PENDING_CALLS.remove(tid);
@@ -70,6 +75,7 @@ fn take(syscall: u16) -> PendingCall {
             out = p;
         }
     }
+    clear_bit(&PENDING_TIDS, tid);
     out
 }
 

@@ -301,6 +301,7 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         .map_max_entries(map::FREE_SLOTS, opts.counter_slots)
         .map_max_entries(map::LIVE_TIDS, tid_words)
         .map_max_entries(map::SEEDED_TIDS, tid_words)
+        .map_max_entries(map::PENDING_TIDS, tid_words)
         .load(program_object()?)
         .map_err(LoadError::Object)?;
     prepare_maps(&mut ebpf, opts)?;

@@ -671,10 +671,7 @@ pub fn foreign_tracing() -> String {
 /// each crossing counted per syscall and task, kill targets recorded, forks and exits followed.
 /// Answers the script and the number of its tracepoints.
 fn peer_script() -> (String, usize) {
-    let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.join("events/syscalls").is_dir());
+    let tracefs = tracefs();
     let exists = |tp: &str| tracefs.is_none_or(|t| t.join("events/syscalls").join(tp).is_dir());
     let kill = &SYSCALLS[sys::KILL as usize];
     // kill's entry gets a probe of its own, which also records the target.
@@ -723,6 +720,24 @@ fn peer_script() -> (String, usize) {
     let _ = writeln!(script, "tracepoint:sched:{exit} {{ delete(@tasks[args->pid]); }}");
     script.push_str("END { clear(@counts); clear(@kill); clear(@tasks); }\n");
     (script, n)
+}
+
+/// Where tracefs is, mounted at /sys/kernel/tracing (as pidvirt does) when it is nowhere yet: the
+/// peer's script takes each path argument's name from it. None if it cannot be mounted.
+fn tracefs() -> Option<&'static Path> {
+    let find = || {
+        ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.join("events/syscalls").is_dir())
+    };
+    find().or_else(|| {
+        let mounted = Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted { find() } else { None }
+    })
 }
 
 /// The path argument of syscall tracepoint `tp` as its tracefs format names it (the first
@@ -1112,8 +1127,16 @@ fn sink_settled(b: &Bench, socket: &Path, t_gen: Instant) -> anyhow::Result<Dura
 // 3 and 4. P5 attach time, P6 memory per task
 
 /// The maps whose memory P6 reports.
-pub const MAPS: [&str; 7] =
-    [map::TASKS, map::VIRT, map::DEEP, map::PIDNS, map::COUNTS, map::LIVE_TIDS, map::SEEDED_TIDS];
+pub const MAPS: [&str; 8] = [
+    map::TASKS,
+    map::VIRT,
+    map::DEEP,
+    map::PIDNS,
+    map::COUNTS,
+    map::LIVE_TIDS,
+    map::SEEDED_TIDS,
+    map::PENDING_TIDS,
+];
 
 /// The daemon's maps (those it holds fds of), by name, from `bpftool map show --json`.
 fn daemon_maps(pid: u32) -> anyhow::Result<BTreeMap<String, Value>> {
