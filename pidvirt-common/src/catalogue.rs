@@ -331,7 +331,7 @@ macro_rules! lifecycle_programs {
                 enter_waitid, exit_waitid, enter_setpgid, enter_self_query, exit_self_query,
                 enter_ptrace, enter_capget, enter_path, enter_at_path, floor_empty,
                 // issue 15: pids inside structures
-                enter_clone, enter_clone3, exit_clone, exit_ptrace, enter_fcntl, exit_fcntl, enter_ioctl,
+                exit_clone, exit_ptrace, enter_fcntl, exit_fcntl, enter_ioctl,
                 exit_ioctl, enter_getsockopt, exit_getsockopt, enter_sendmsg, enter_recvmsg,
                 exit_recvmsg, enter_sigtimedwait, exit_sigtimedwait, enter_ipc_ctl, exit_ipc_ctl,
                 enter_perf_event_open;
@@ -398,8 +398,8 @@ macro_rules! for_each_syscall {
         set_tid_address: exit(exit_own_tid);
         fork: exit(exit_fork);
         vfork: exit(exit_fork);
-        clone: enter(enter_clone) exit(exit_clone);
-        clone3: enter(enter_clone3) exit(exit_clone);
+        clone: exit(exit_clone);
+        clone3: exit(exit_clone);
         kill: enter(enter_pid_arg);
         tkill: enter(enter_task_arg);
         tgkill: enter(enter_two_tasks);

@@ -7,7 +7,8 @@
 //! Each is filtered on its command first (an fcntl that is no F_*OWN* or GETLK costs nothing
 //! more than the program's dispatch), judged by the one classifier (audit.rs) in the caller's
 //! namespace, and counted under its syscall. A structure the kernel writes is read at the exit,
-//! from the user address stashed at the entry (PENDING_CALLS, keyed by tid); a signalfd read's
+//! from the user address stashed at the entry (PENDING_CALLS, keyed by tid), or for clone and
+//! clone3 from the caller's saved registers at the exit (no entry program); a signalfd read's
 //! siginfo from the kernel's own, at fexit of the function that copies it out. Where the kernel
 //! hands back 0 for a task the caller cannot see (its own silent translation failure), the
 //! verdict is `invisible`; where 0 could also mean "nothing" (no owner set, no peer), the
@@ -670,56 +671,46 @@ pub mod handlers {
     const CLONE_ARGS_SET_TID: u64 = 64;
     const CLONE_ARGS_SIZE_VER1: u64 = 80;
 
-    /// clone (flags, stack, parent_tid, ...): keeps where the kernel writes the child's number
-    /// (CLONE_PARENT_SETTID). A program of its own: a tracepoint program may read no further into
-    /// its record than the shortest record it is attached to (clone3's has two arguments).
-    #[inline(always)]
-    pub fn enter_clone(c: &impl Call, s: u16) {
-        let parent_tid = c.arg::<2>();
-        if c.arg::<0>() & CLONE_PARENT_SETTID != 0 && parent_tid != 0 {
-            stash(s, 0, 0, parent_tid, 0);
-        }
-    }
-
-    /// clone3 (args, size): keeps where the kernel writes the child's number
-    /// (CLONE_PARENT_SETTID) and the chosen pids (set_tid).
-    #[inline(always)]
-    pub fn enter_clone3(c: &impl Call, s: u16) {
-        let args = c.arg::<0>();
-        let Some(flags) = user::<u64>(args) else { return };
-        let parent_tid = if flags & CLONE_PARENT_SETTID != 0 {
-            user::<u64>(args + CLONE_ARGS_PARENT_TID).unwrap_or(0)
-        } else {
-            0
-        };
-        let (set_tid, n) = if c.arg::<1>() >= CLONE_ARGS_SIZE_VER1 {
-            user::<[u64; 2]>(args + CLONE_ARGS_SET_TID).map_or((0, 0), |v| (v[0], v[1]))
-        } else {
-            (0, 0)
-        };
-        let n = if set_tid != 0 && n <= MAX_LEVELS as u64 { n } else { 0 };
-        if parent_tid != 0 || n != 0 {
-            stash(s, n as u16, 0, parent_tid, set_tid);
-        }
-    }
-
     /// The returned child (exit_fork), then in the parent the CLONE_PARENT_SETTID value against
-    /// the returned one (0: a thread that already exited cleared it) and clone3's set_tid[].
+    /// the returned one (0: a thread that already exited cleared it) and clone3's set_tid[]. The
+    /// arguments are read here, at the exit, from the caller's saved registers (and clone3's
+    /// `struct clone_args` from its memory, which the kernel copied at the entry): no entry
+    /// program, and nothing kept between the two.
     #[inline(always)]
     pub fn exit_clone(c: &impl Call, s: u16) {
         crate::syscalls::handlers::exit_fork(c, s);
-        let p = take(s);
         let r = c.ret();
-        if p.syscall != s || r <= 0 {
+        if r <= 0 {
             return;
         }
-        if let Some(v) = user::<i32>(p.a)
+        let (parent_tid, set_tid, n) = if s == sys::CLONE {
+            // clone (flags, stack, parent_tid, ...).
+            let parent_tid =
+                if c.arg_at_exit::<0>() & CLONE_PARENT_SETTID != 0 { c.arg_at_exit::<2>() } else { 0 };
+            (parent_tid, 0, 0)
+        } else {
+            // clone3 (args, size).
+            let args = c.arg_at_exit::<0>();
+            let Some(flags) = user::<u64>(args) else { return };
+            let parent_tid = if flags & CLONE_PARENT_SETTID != 0 {
+                user::<u64>(args + CLONE_ARGS_PARENT_TID).unwrap_or(0)
+            } else {
+                0
+            };
+            let (set_tid, n) = if c.arg_at_exit::<1>() >= CLONE_ARGS_SIZE_VER1 {
+                user::<[u64; 2]>(args + CLONE_ARGS_SET_TID).map_or((0, 0), |v| (v[0], v[1]))
+            } else {
+                (0, 0)
+            };
+            (parent_tid, set_tid, if set_tid != 0 && n <= MAX_LEVELS as u64 { n } else { 0 })
+        };
+        if let Some(v) = user::<i32>(parent_tid)
             && v != 0
         {
             returned(s, i64::from(v), Ok(r));
         }
-        if p.cmd != 0 {
-            set_tids(s, r, p.b, u32::from(p.cmd));
+        if n != 0 {
+            set_tids(s, r, set_tid, n as u32);
         }
     }
 

@@ -15,7 +15,10 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_user,
+        bpf_task_pt_regs,
+    },
     macros::{fentry, fexit, raw_tracepoint, tracepoint},
     programs::{FEntryContext, FExitContext, RawTracePointContext, TracePointContext},
 };
@@ -41,11 +44,28 @@ pub trait Call {
     /// The value returned to the caller (exit side).
     fn ret(&self) -> i64;
 
+    /// Argument `I` (0..=3) read at the exit, from the user registers the kernel saved at the
+    /// entry (the syscall functions do not write them back; only the return value's register
+    /// changes): what the entry's program would have kept, without an entry program.
+    fn arg_at_exit<const I: usize>(&self) -> u64;
+
     /// An `int`/`pid_t` argument (the low 32 bits, as the kernel's SYSCALL_DEFINE truncates).
     #[inline(always)]
     fn int_arg<const I: usize>(&self) -> i32 {
         self.arg::<I>() as u32 as i32
     }
+}
+
+/// Argument `I` of the x86-64 syscall ABI (di, si, dx, r10) in a BTF-typed `struct pt_regs *`.
+#[inline(always)]
+fn regs_arg<const I: usize>(regs: *const u8) -> u64 {
+    let at = match I {
+        0 => off!(pt_regs_di),
+        1 => off!(pt_regs_si),
+        2 => off!(pt_regs_dx),
+        _ => off!(pt_regs_r10),
+    };
+    Direct.read(regs, at).unwrap_or(0)
 }
 
 /// A syscall tracepoint's record.
@@ -89,6 +109,13 @@ impl Call for Record<'_> {
     fn ret(&self) -> i64 {
         self.field::<{ syscall_record::RET as usize }>() as i64
     }
+
+    /// An exit record has no arguments: the caller's saved registers (bpf_task_pt_regs, 5.15).
+    #[inline(always)]
+    fn arg_at_exit<const I: usize>(&self) -> u64 {
+        let task = unsafe { bpf_get_current_task_btf() };
+        regs_arg::<I>(unsafe { bpf_task_pt_regs(task) } as *const u8)
+    }
 }
 
 /// A syscall function's `struct pt_regs *` (fentry and fexit on `__x64_sys_*` receive it,
@@ -100,21 +127,19 @@ struct Regs {
 }
 
 impl Call for Regs {
-    /// The x86-64 syscall ABI: di, si, dx, r10.
     #[inline(always)]
     fn arg<const I: usize>(&self) -> u64 {
-        let at = match I {
-            0 => off!(pt_regs_di),
-            1 => off!(pt_regs_si),
-            2 => off!(pt_regs_dx),
-            _ => off!(pt_regs_r10),
-        };
-        Direct.read(self.regs, at).unwrap_or(0)
+        regs_arg::<I>(self.regs)
     }
 
     #[inline(always)]
     fn ret(&self) -> i64 {
         self.ret
+    }
+
+    #[inline(always)]
+    fn arg_at_exit<const I: usize>(&self) -> u64 {
+        self.arg::<I>()
     }
 }
 
@@ -380,9 +405,9 @@ pub mod handlers {
 
     // Issue 15: pids inside structures (fcntl, ioctl, sockets, siginfo, IPC, clone, ptrace).
     pub use crate::structures::handlers::{
-        enter_clone, enter_clone3, enter_fcntl, enter_getsockopt, enter_ioctl, enter_ipc_ctl,
-        enter_perf_event_open, enter_recvmsg, enter_sendmsg, enter_sigtimedwait, exit_clone, exit_fcntl,
-        exit_getsockopt, exit_ioctl, exit_ipc_ctl, exit_ptrace, exit_recvmsg, exit_sigtimedwait,
+        enter_fcntl, enter_getsockopt, enter_ioctl, enter_ipc_ctl, enter_perf_event_open, enter_recvmsg,
+        enter_sendmsg, enter_sigtimedwait, exit_clone, exit_fcntl, exit_getsockopt, exit_ioctl, exit_ipc_ctl,
+        exit_ptrace, exit_recvmsg, exit_sigtimedwait,
     };
 }
 
@@ -434,8 +459,6 @@ tracepoints! {
     enter_path => shared;
     enter_at_path => shared;
     // issue 15: pids inside structures
-    enter_clone => CLONE;
-    enter_clone3 => CLONE3;
     exit_clone => shared;
     exit_ptrace => PTRACE;
     enter_fcntl => FCNTL;
