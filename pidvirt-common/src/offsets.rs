@@ -66,7 +66,8 @@ pub struct KernelOffsets {
     /// pid_namespace.child_reaper (struct task_struct *): the namespace's init
     pub pidns_child_reaper: u32,
     /// pt_regs.{di,si,dx,r10}: a syscall's arguments 0..=3 (x86-64 syscall ABI), for the fentry
-    /// and fexit programs on `__x64_sys_*`
+    /// and fexit programs on `__x64_sys_*` and for clone's exit on the tracepoint (the caller's
+    /// saved registers)
     pub pt_regs_di: u32,
     pub pt_regs_si: u32,
     pub pt_regs_dx: u32,

@@ -103,8 +103,8 @@ pub static LIVE_TIDS: Array<u64> = Array::with_max_entries(tid_filter::MAX_WORDS
 pub static SEEDED_TIDS: Array<u64> = Array::with_max_entries(tid_filter::MAX_WORDS, 0);
 
 /// Host tids that may have a PENDING_CALLS entry (set after the insert, cleared after the
-/// removal): most syscall exits (every fork's two clone returns) then find that nothing was
-/// kept for them without a hash lookup. Sized by the daemon like LIVE_TIDS.
+/// removal): the exits whose entry kept nothing (an ioctl, fcntl, recvmsg... of another command,
+/// most of them) find so without a hash lookup. Sized by the daemon like LIVE_TIDS.
 #[map]
 pub static PENDING_TIDS: Array<u64> = Array::with_max_entries(tid_filter::MAX_WORDS, 0);
 

@@ -36,7 +36,7 @@ use crate::{
     },
     kernel::{Direct, Kmem, Probe, off, offsets_ready},
     maps::{DEEP, PENDING_CALLS, PENDING_TIDS, bit_set, clear_bit, count_map_error, set_bit},
-    syscalls::{Arg4, Call},
+    syscalls::{Arg4, Call, regs_arg},
     task::{fd_file, nr_at, pidns_inum, upid},
 };
 
@@ -673,9 +673,11 @@ pub mod handlers {
 
     /// The returned child (exit_fork), then in the parent the CLONE_PARENT_SETTID value against
     /// the returned one (0: a thread that already exited cleared it) and clone3's set_tid[]. The
-    /// arguments are read here, at the exit, from the caller's saved registers (and clone3's
-    /// `struct clone_args` from its memory, which the kernel copied at the entry): no entry
-    /// program, and nothing kept between the two.
+    /// arguments are read here, at the exit, from the caller's saved registers, and clone3's
+    /// `struct clone_args` from its memory, which the kernel copied at the entry: no entry
+    /// program, and nothing kept between the two. A caller that rewrites them meanwhile (a tracer
+    /// at the fork event, a CLONE_VFORK child writing its parent's memory) is judged on what it
+    /// wrote.
     #[inline(always)]
     pub fn exit_clone(c: &impl Call, s: u16) {
         crate::syscalls::handlers::exit_fork(c, s);
@@ -683,21 +685,22 @@ pub mod handlers {
         if r <= 0 {
             return;
         }
+        let regs = c.saved_regs();
         let (parent_tid, set_tid, n) = if s == sys::CLONE {
             // clone (flags, stack, parent_tid, ...).
             let parent_tid =
-                if c.arg_at_exit::<0>() & CLONE_PARENT_SETTID != 0 { c.arg_at_exit::<2>() } else { 0 };
+                if regs_arg::<0>(regs) & CLONE_PARENT_SETTID != 0 { regs_arg::<2>(regs) } else { 0 };
             (parent_tid, 0, 0)
         } else {
             // clone3 (args, size).
-            let args = c.arg_at_exit::<0>();
+            let args = regs_arg::<0>(regs);
             let Some(flags) = user::<u64>(args) else { return };
             let parent_tid = if flags & CLONE_PARENT_SETTID != 0 {
                 user::<u64>(args + CLONE_ARGS_PARENT_TID).unwrap_or(0)
             } else {
                 0
             };
-            let (set_tid, n) = if c.arg_at_exit::<1>() >= CLONE_ARGS_SIZE_VER1 {
+            let (set_tid, n) = if regs_arg::<1>(regs) >= CLONE_ARGS_SIZE_VER1 {
                 user::<[u64; 2]>(args + CLONE_ARGS_SET_TID).map_or((0, 0), |v| (v[0], v[1]))
             } else {
                 (0, 0)

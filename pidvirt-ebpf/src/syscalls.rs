@@ -44,10 +44,12 @@ pub trait Call {
     /// The value returned to the caller (exit side).
     fn ret(&self) -> i64;
 
-    /// Argument `I` (0..=3) read at the exit, from the user registers the kernel saved at the
-    /// entry (the syscall functions do not write them back; only the return value's register
-    /// changes): what the entry's program would have kept, without an entry program.
-    fn arg_at_exit<const I: usize>(&self) -> u64;
+    /// At the exit, the caller's user registers the kernel saved at the entry (a BTF-typed
+    /// `struct pt_regs *`; read its arguments with [`regs_arg`]): the syscall functions leave
+    /// them as they were, but for the return value's. What an entry program would have kept,
+    /// without one; except where a tracer rewrote them at a ptrace stop inside the syscall (a
+    /// fork event's), when the exit sees what the tracer wrote.
+    fn saved_regs(&self) -> *const u8;
 
     /// An `int`/`pid_t` argument (the low 32 bits, as the kernel's SYSCALL_DEFINE truncates).
     #[inline(always)]
@@ -58,7 +60,7 @@ pub trait Call {
 
 /// Argument `I` of the x86-64 syscall ABI (di, si, dx, r10) in a BTF-typed `struct pt_regs *`.
 #[inline(always)]
-fn regs_arg<const I: usize>(regs: *const u8) -> u64 {
+pub fn regs_arg<const I: usize>(regs: *const u8) -> u64 {
     let at = match I {
         0 => off!(pt_regs_di),
         1 => off!(pt_regs_si),
@@ -112,9 +114,8 @@ impl Call for Record<'_> {
 
     /// An exit record has no arguments: the caller's saved registers (bpf_task_pt_regs, 5.15).
     #[inline(always)]
-    fn arg_at_exit<const I: usize>(&self) -> u64 {
-        let task = unsafe { bpf_get_current_task_btf() };
-        regs_arg::<I>(unsafe { bpf_task_pt_regs(task) } as *const u8)
+    fn saved_regs(&self) -> *const u8 {
+        unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8 }
     }
 }
 
@@ -138,8 +139,8 @@ impl Call for Regs {
     }
 
     #[inline(always)]
-    fn arg_at_exit<const I: usize>(&self) -> u64 {
-        self.arg::<I>()
+    fn saved_regs(&self) -> *const u8 {
+        self.regs
     }
 }
 

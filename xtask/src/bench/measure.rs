@@ -729,7 +729,7 @@ fn tracefs() -> Option<&'static Path> {
         ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
             .into_iter()
             .map(Path::new)
-            .find(|p| p.join("events/syscalls").is_dir())
+            .find(|p| p.join("events").is_dir())
     };
     find().or_else(|| {
         let mounted = Command::new("mount")

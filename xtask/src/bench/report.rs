@@ -1212,17 +1212,19 @@ fn kernel_across_runs(out: &mut Report, runs: &[(&[Goal], &serde_json::Map<Strin
             for (w, pass) in workloads.as_object().into_iter().flatten() {
                 let calls = pass["calls"].as_f64().unwrap_or(f64::NAN);
                 let mut total = 0.0;
-                // By name, summed: the kernel keeps 15 characters of a program's name, so two
-                // programs may share one (the peer's sys_enter_clone and sys_enter_clone3).
-                let mut by_name: BTreeMap<String, f64> = BTreeMap::new();
+                // The kernel keeps 15 characters of a program's name, so two programs may share one
+                // (the peer's sys_enter_clone and sys_enter_clone3): the second of a name (in the
+                // order of their ids, the same in every run) is "name (2)", and so on.
+                let mut seen: BTreeMap<String, usize> = BTreeMap::new();
                 for p in pass["programs"].as_array().into_iter().flatten() {
                     let ns = p["run_time_ns"].as_f64().unwrap_or(0.0) / calls;
                     total += ns;
-                    *by_name.entry(p["name"].as_str().unwrap_or("?").to_string()).or_default() += ns;
-                }
-                if w == "fork" {
-                    for (name, ns) in by_name {
-                        progs.entry((mode.clone(), name)).or_default().push(ns);
+                    if w == "fork" {
+                        let name = p["name"].as_str().unwrap_or("?").to_string();
+                        let n = seen.entry(name.clone()).or_default();
+                        *n += 1;
+                        let label = if *n == 1 { name } else { format!("{name} ({n})") };
+                        progs.entry((mode.clone(), label)).or_default().push(ns);
                     }
                 }
                 totals.entry((mode.clone(), w.clone())).or_default().push(total);
