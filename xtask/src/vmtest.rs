@@ -36,6 +36,9 @@ pub struct KernelReport {
     pub elapsed: Duration,
     /// Console log kept for a failure.
     pub console_log: Option<PathBuf>,
+    /// What each failed test printed (libtest's `---- NAME stdout ----` section), from the
+    /// console: the log file stays on the machine that ran the VM, CI's output is all one sees.
+    pub failure_output: Vec<(String, String)>,
     /// Why the run itself failed (no test result).
     pub error: Option<String>,
     /// Boots of the VM: more than one when a guest died before the suite started.
@@ -97,6 +100,27 @@ pub fn parse_logfile(text: &str, passed: &mut Vec<String>, failed: &mut Vec<Stri
             _ => {}
         }
     }
+}
+
+/// The lines libtest printed for each of `failed` (its `---- NAME stdout ----` section, at most
+/// 60 lines of it) in a console's text.
+pub fn failure_output(console: &str, failed: &[String]) -> Vec<(String, String)> {
+    let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
+    failed
+        .iter()
+        .filter_map(|name| {
+            // The logfile names a test by its path; the section header does too.
+            let header = format!("---- {name} stdout ----");
+            let start = lines.iter().position(|l| l.trim() == header)? + 1;
+            let body: Vec<&str> = lines[start..]
+                .iter()
+                .take_while(|l| !l.starts_with("---- ") && l.trim() != "failures:")
+                .take(60)
+                .copied()
+                .collect();
+            Some((name.clone(), body.join("\n").trim().to_string()))
+        })
+        .collect()
 }
 
 /// Parses the notes tests leave when a kernel lacks a feature: `test<TAB>reason` lines.
@@ -209,6 +233,7 @@ pub fn run_kernel(
     }
     report.boot_attempts = run.boot_attempts;
     if !report.ok() {
+        report.failure_output = failure_output(&run.console, &report.failed);
         let dir = root.join("target/vm-logs");
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join(format!("{}.console.log", report.kernel.replace(' ', "-")));
@@ -389,6 +414,11 @@ pub fn summary(reports: &[KernelReport]) -> String {
             notes.join("; ")
         );
     }
+    for r in reports {
+        for (test, out) in &r.failure_output {
+            let _ = writeln!(s, "  {} failed {test}:\n{}", r.kernel, indent(out, "    "));
+        }
+    }
     for r in reports.iter().filter(|r| !r.binary_times.is_empty()) {
         let times: Vec<String> = r.binary_times.iter().map(|(b, t)| format!("{b} {t}s")).collect();
         let _ = writeln!(s, "  {}: {}", r.kernel, times.join(", "));
@@ -396,9 +426,26 @@ pub fn summary(reports: &[KernelReport]) -> String {
     s
 }
 
+fn indent(text: &str, by: &str) -> String {
+    text.lines().map(|l| format!("{by}{l}")).collect::<Vec<_>>().join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_what_a_failed_test_printed_in_the_console() {
+        let console = "running 2 tests\r\ntest a ... FAILED\ntest b ... ok\n\nfailures:\n\n---- a stdout ----\n\n\
+                       thread 'a' panicked at tests/x.rs:3:5:\r\nassertion failed: x\n\n\nfailures:\n    a\n";
+        let out = failure_output(console, &["a".into(), "c".into()]);
+        assert_eq!(
+            out,
+            [("a".to_string(), "thread 'a' panicked at tests/x.rs:3:5:\nassertion failed: x".to_string())]
+        );
+        let r = KernelReport { kernel: "k".into(), failure_output: out, ..Default::default() };
+        assert!(summary(&[r]).contains("  k failed a:\n    thread 'a' panicked"));
+    }
 
     #[test]
     fn parses_libtest_logfiles_and_notes() {

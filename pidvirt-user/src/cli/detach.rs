@@ -14,6 +14,12 @@ use crate::{
 pub struct Args {
     #[command(flatten)]
     socket: SocketArg,
+    /// How long to wait, in seconds, for the kernel to unload the programs once nothing holds
+    /// them (it frees links from a work queue, and fentry/fexit and LSM links only after their
+    /// trampolines are rewritten and an RCU-tasks grace period: seconds on a busy or emulated
+    /// machine).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    wait_secs: u64,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -39,12 +45,21 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     loop {
         let left = loader::loaded_pidvirt_programs();
         if left.is_empty() {
-            out!(o, "detached: no pidvirt program is loaded");
+            out!(
+                o,
+                "detached: no pidvirt program is loaded ({:.1} s after the pins went)",
+                start.elapsed().as_secs_f64()
+            );
             return emit(&o);
         }
-        if start.elapsed() > Duration::from_secs(10) {
+        if start.elapsed() > Duration::from_secs(a.wait_secs) {
             emit(&o)?;
-            anyhow::bail!("{} pidvirt programs are still loaded: {}", left.len(), left.join(", "));
+            anyhow::bail!(
+                "{} pidvirt programs are still loaded after {} s: {}",
+                left.len(),
+                a.wait_secs,
+                left.join(", ")
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
