@@ -181,6 +181,12 @@ pub fn visible(c: &TaskEntry, y: &TaskEntry) -> bool {
     }
 }
 
+/// Whether container number `c` is a pid namespace's (neither the host proper nor a cgroup's).
+#[inline(always)]
+fn is_namespace_container(c: u32) -> bool {
+    c != HOST_CONTAINER && !is_cgroup_container(c)
+}
+
 /// Whether task `x` of another container is in a container nested in the caller's: everything
 /// is, for the host proper; nothing is, for a cgroup container (containers sharing a namespace
 /// are siblings); for a namespace container, what lives in a namespace below its own.
@@ -257,7 +263,12 @@ fn resolve_ancestors(tid: u32, c: &TaskEntry, n: u32, named: Found) -> (Found, L
             }
         }
     }
-    let y = host_pid(tid, c, n);
+    // Host pid 1 is the host's init, for as long as the host runs: level 0, so in no namespace
+    // container. Once the number names a task of the caller's namespace container (its own init,
+    // for vpid 1: `kill -0 1` of a health check), the host's init cannot be the other task it
+    // sees, and needs no lookup.
+    let host_init_unseen = n == 1 && named.is_some() && is_namespace_container(c.container);
+    let y = if host_init_unseen { Found::NONE } else { host_pid(tid, c, n) };
     if y.is_some() && accept(&y) {
         (y, Level { level: 0, pidns: host_pidns() })
     } else {
