@@ -22,10 +22,9 @@ use pidvirt_common::{
 use crate::{
     kernel::{Direct, Kmem, below, off, offsets_ready},
     maps::{
-        COUNTS, DEEP, EVENTS, FREE_SLOTS, PIDNS, REAPED, REAPED_SLOTS, Reaped, SCRATCH, SCRATCH_ITERATOR,
-        SCRATCH_TRACEPOINT, Scratch, TASKS, VIRT, count_drop, count_lifecycle, count_map_error, host_pidns,
-        mark_tid, note_released, own_ns_slot, pidns_slot, take_slot, tasks_changed, tasks_generation,
-        unmark_tid,
+        COUNTS, DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR, SCRATCH_TRACEPOINT, Scratch,
+        TASKS, VIRT, count_drop, count_lifecycle, count_map_error, host_pidns, mark_tid, may_have_entry,
+        note_released, own_ns_slot, pidns_slot, take_slot, tasks_changed, tasks_generation, unmark_tid,
     },
     task::{container_of, read_task},
 };
@@ -135,8 +134,8 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
 /// A wait4 of a task of the container with counter slot `slot` returned the pid of task
 /// `tid` (entry `entry`): if the kernel released that process (a whole group that exited
 /// untraced: task_flags::reaped_by_wait), its entries go now, while the lookups that found it
-/// have their lines in cache, rather than at its free (RCU-delayed, cold), which then finds
-/// nothing to do.
+/// have their lines in cache, rather than at its free (RCU-delayed, cold), whose program then
+/// finds the tid's bit clear and reads no more of the task.
 #[inline(always)]
 pub fn forget_reaped(slot: u32, tid: u32, entry: *const TaskEntry) {
     if entry.is_null() {
@@ -149,9 +148,6 @@ pub fn forget_reaped(slot: u32, tid: u32, entry: *const TaskEntry) {
             unsafe { (*c).reaped += 1 };
         }
         forget(tid, &e, unsafe { bpf_ktime_get_ns() });
-        if let Some(r) = REAPED.get_ptr_mut(tid & (REAPED_SLOTS - 1)) {
-            unsafe { *r = Reaped { start_time: e.start_time, tid, pad: 0 } };
-        }
     }
 }
 
@@ -162,18 +158,20 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     }
     count_lifecycle(counter::lifecycle::FREE);
     let task: *const u8 = ctx.arg(0);
-    let Ok((tid, start)) = tid_and_start(task) else {
+    let Ok(tid) = Direct.read::<u32>(task, off!(task_pid)) else {
         count_map_error(counter::map_error::KERNEL_READ);
         return 0;
     };
-    // Removed already by the wait4 that reaped it, on this CPU.
-    if let Some(r) = REAPED.get_ptr_mut(tid & (REAPED_SLOTS - 1)) {
-        let r = unsafe { &mut *r };
-        if r.tid == tid && r.start_time == start {
-            r.tid = 0;
-            return 0;
-        }
+    // No entry under this tid (the wait4 that reaped the task removed it, and no task took the
+    // number since): nothing to look up, and no second read of the task, which an RCU grace
+    // period after its release is rarely in cache.
+    if !may_have_entry(tid) {
+        return 0;
     }
+    let Ok(start) = Direct.read::<u64>(task, off!(task_start_time)) else {
+        count_map_error(counter::map_error::KERNEL_READ);
+        return 0;
+    };
     if let Some(e) = TASKS.get_ptr(tid) {
         let e = unsafe { *e };
         if same_start(e.start_time, e.flags, start, tick_ns()) {

@@ -163,25 +163,6 @@ pub fn may_have_entry(tid: u32) -> bool {
     }
 }
 
-/// A task whose entries a wait4 removed when it reaped it (lifecycle::forget_reaped).
-#[derive(Clone, Copy)]
-pub struct Reaped {
-    pub start_time: u64,
-    pub tid: u32,
-    /// Explicit padding (zero).
-    #[expect(dead_code, reason = "written so that the value has no uninitialized bytes")]
-    pub pad: u32,
-}
-
-/// Slots of REAPED (a power of two): the tasks reaped on a CPU whose free has not run yet (an
-/// RCU grace period later) rarely number more.
-pub const REAPED_SLOTS: u32 = 256;
-
-/// The last tasks reaped on each CPU, by host tid modulo REAPED_SLOTS: their free, which runs
-/// on the reaper's CPU, then knows there is nothing left to remove, without a lookup.
-#[map]
-pub static REAPED: PerCpuArray<Reaped> = PerCpuArray::with_max_entries(REAPED_SLOTS, 0);
-
 /// Pids released a moment ago (pidvirt_common::released).
 #[map]
 pub static RELEASED: Array<Released> = Array::with_max_entries(released::SLOTS, 0);
