@@ -436,8 +436,10 @@ fn forget(tid: u32, e: &TaskEntry, released_ns: u64) {
     if deep.is_some() {
         let _ = DEEP.remove(tid);
     }
-    let _ = TASKS.remove(tid);
+    // The bit before the entry (maps::may_have_entry): a task that takes the tid meanwhile
+    // inserts only after this removal, and sets the bit again after its insert.
     unmark_tid(tid);
+    let _ = TASKS.remove(tid);
 }
 
 /// Removes reverse entry `key` if it still points at `tid` (a newer task may own the number).

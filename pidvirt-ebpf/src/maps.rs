@@ -153,7 +153,9 @@ pub fn bit_set(map: &Array<u64>, tid: u32) -> bool {
 }
 
 /// Whether `tid` may have an entry: false only when neither the programs nor the daemon wrote
-/// one that is still there (a tid beyond the filter: true).
+/// one that is still there (a tid beyond the filter: true). Every writer sets the bit after its
+/// insert and clears it before its removal, so an entry always has its bit (a bit without an
+/// entry only costs a lookup): the free program relies on it to skip tasks already removed.
 #[inline(always)]
 pub fn may_have_entry(tid: u32) -> bool {
     let (word, bit) = tid_filter::bit(tid);

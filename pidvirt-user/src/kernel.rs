@@ -447,8 +447,9 @@ impl KernelMaps {
         if t.ids.len() > INLINE_LEVELS {
             let _ = self.deep.remove(&tid);
         }
-        let _ = self.tasks.remove(&tid);
+        // The bit before the entry (the programs' maps::may_have_entry).
         self.seeded_tid(tid, false);
+        let _ = self.tasks.remove(&tid);
         self.tasks_changed();
     }
 

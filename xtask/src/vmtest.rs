@@ -102,9 +102,10 @@ pub fn parse_logfile(text: &str, passed: &mut Vec<String>, failed: &mut Vec<Stri
     }
 }
 
-/// The lines libtest printed for each of `failed` (its `---- NAME stdout ----` section, at most
-/// 60 lines of it) in a console's text.
+/// The lines libtest printed for each of `failed` (its `---- NAME stdout ----` section, the
+/// last 60 lines of it: the panic comes last) in a console's text.
 pub fn failure_output(console: &str, failed: &[String]) -> Vec<(String, String)> {
+    const KEPT: usize = 60;
     let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
     failed
         .iter()
@@ -115,10 +116,13 @@ pub fn failure_output(console: &str, failed: &[String]) -> Vec<(String, String)>
             let body: Vec<&str> = lines[start..]
                 .iter()
                 .take_while(|l| !l.starts_with("---- ") && l.trim() != "failures:")
-                .take(60)
                 .copied()
                 .collect();
-            Some((name.clone(), body.join("\n").trim().to_string()))
+            let text = match body.len().checked_sub(KEPT) {
+                Some(cut) if cut > 0 => format!("({cut} lines left out)\n{}", body[cut..].join("\n")),
+                _ => body.join("\n"),
+            };
+            Some((name.clone(), text.trim().to_string()))
         })
         .collect()
 }
@@ -443,6 +447,10 @@ mod tests {
             out,
             [("a".to_string(), "thread 'a' panicked at tests/x.rs:3:5:\nassertion failed: x".to_string())]
         );
+        let long = (0..100).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n") + "\n";
+        let out2 = failure_output(&format!("---- b stdout ----\n{long}failures:\n"), &["b".into()]);
+        assert!(out2[0].1.starts_with("(40 lines left out)\nline 40\n"), "{out2:?}");
+        assert!(out2[0].1.ends_with("line 99"), "{out2:?}");
         let r = KernelReport { kernel: "k".into(), failure_output: out, ..Default::default() };
         assert!(summary(&[r]).contains("  k failed a:\n    thread 'a' panicked"));
     }

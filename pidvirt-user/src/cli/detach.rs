@@ -26,30 +26,36 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     loader::require_root()?;
     let socket = &a.socket.socket;
     let mut o = String::new();
-    match client::call::<serde_json::Value>(socket, &Request::Shutdown).await {
+    let stopped = match client::call::<serde_json::Value>(socket, &Request::Shutdown).await {
         Ok(_) => {
             out!(o, "asked the daemon at {} to stop", socket.display());
             let start = Instant::now();
             while socket.exists() && start.elapsed() < Duration::from_secs(20) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            true
         }
-        Err(ClientError::Connect { .. }) => out!(o, "no daemon at {}", socket.display()),
+        Err(ClientError::Connect { .. }) => {
+            out!(o, "no daemon at {}", socket.display());
+            false
+        }
         Err(e) => return Err(anyhow::Error::msg(e.to_string())),
-    }
-    if loader::remove_pins()? {
+    };
+    let pins = loader::remove_pins()?;
+    if pins {
         out!(o, "removed the pins in {}", loader::PIN_DIR);
     }
+    let since = match (pins, stopped) {
+        (true, _) => " after the pins went",
+        (false, true) => " after the daemon stopped",
+        (false, false) => "",
+    };
     // Links go asynchronously once their last reference is gone.
     let start = Instant::now();
     loop {
         let left = loader::loaded_pidvirt_programs();
         if left.is_empty() {
-            out!(
-                o,
-                "detached: no pidvirt program is loaded ({:.1} s after the pins went)",
-                start.elapsed().as_secs_f64()
-            );
+            out!(o, "detached: no pidvirt program is loaded ({:.1} s{since})", start.elapsed().as_secs_f64());
             return emit(&o);
         }
         if start.elapsed() > Duration::from_secs(a.wait_secs) {
