@@ -103,6 +103,12 @@ pub const fn is_cgroup_container(c: u32) -> bool {
     c != crate::HOST_CONTAINER && c < CGROUP_NUMBERS_END
 }
 
+/// Whether container number `c` is a pid namespace container (neither the host proper nor a
+/// cgroup container): its tasks all live in its namespace or below, never at the host level.
+pub const fn is_namespace_container(c: u32) -> bool {
+    c != crate::HOST_CONTAINER && !is_cgroup_container(c)
+}
+
 /// kill(2)/wait4(2) special values: 0 and < -1 name a process group, -1 everything. `None` for
 /// a value naming one task.
 pub fn special_pid(value: i32) -> Option<Verdict> {
@@ -283,6 +289,8 @@ mod tests {
         assert!(!is_cgroup_container(crate::HOST_CONTAINER));
         assert!(is_cgroup_container(1) && is_cgroup_container(CGROUP_NUMBERS_END - 1));
         assert!(!is_cgroup_container(0xF000_0100));
+        assert!(is_namespace_container(0xF000_0100));
+        assert!(!is_namespace_container(crate::HOST_CONTAINER) && !is_namespace_container(1));
     }
 
     #[test]

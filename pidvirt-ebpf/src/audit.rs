@@ -10,7 +10,7 @@ use pidvirt_common::{
     ANCESTOR_SLOTS, CallerCache, HOST_CONTAINER, INLINE_LEVELS, LevelIds, TaskEntry, VirtKey,
     audit::{
         ANCESTOR_CHECKS, AnomalyEvent, Direction, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution,
-        Verdict, classify, crossing_slot, event_flags, is_cgroup_container, sys,
+        Verdict, classify, crossing_slot, event_flags, is_cgroup_container, is_namespace_container, sys,
     },
     caller_slot, counter, event_kind,
 };
@@ -179,12 +179,6 @@ pub fn visible(c: &TaskEntry, y: &TaskEntry) -> bool {
         Some(info) => unsafe { (*info).ancestors[c.level as usize & (ANCESTOR_SLOTS - 1)] == c.pidns },
         None => false,
     }
-}
-
-/// Whether container number `c` is a pid namespace's (neither the host proper nor a cgroup's).
-#[inline(always)]
-fn is_namespace_container(c: u32) -> bool {
-    c != HOST_CONTAINER && !is_cgroup_container(c)
 }
 
 /// Whether task `x` of another container is in a container nested in the caller's: everything
