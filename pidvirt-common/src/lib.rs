@@ -267,9 +267,15 @@ pub mod released {
         ((pidns as u64) << 32) | nr as u64
     }
 
-    /// The slot of `key` (Fibonacci hashing).
+    /// The slot of `key`: the namespace's place in the table (Fibonacci hashing of its inode),
+    /// then its numbers in order. The kernel hands out pids in turn (idr_alloc_cyclic), so the
+    /// numbers released one after the other are near each other, and so are their records: the
+    /// lines a reap writes are the ones the reaps before it wrote (scattered records cost a cold
+    /// line each).
     pub const fn slot(key: u64) -> u32 {
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOTS.trailing_zeros())) as u32
+        let pidns = key >> 32;
+        let base = (pidns.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32;
+        base.wrapping_add(key as u32) & (SLOTS - 1)
     }
 }
 
