@@ -497,11 +497,15 @@ mod tests {
             assert!(slot < released::SLOTS);
             seen.insert(slot);
         }
-        assert!(
-            seen.len() > 900,
-            "consecutive pids should rarely share a slot ({} slots for 999)",
-            seen.len()
-        );
+        assert_eq!(seen.len(), 999, "consecutive pids of a namespace never share a slot");
+        // Side by side: pids handed out in turn are released near each other, and their records
+        // then share cache lines.
+        let (a, b) = (released::key(0xF000_0100, 41), released::key(0xF000_0100, 42));
+        assert_eq!((released::slot(a) + 1) % released::SLOTS, released::slot(b));
+        // Namespaces start at different places (inodes are handed out in turn too).
+        let starts: std::collections::HashSet<u32> =
+            (0..64).map(|i| released::slot(released::key(0xF000_0100 + i, 0))).collect();
+        assert!(starts.len() > 60, "{} starting slots for 64 namespaces", starts.len());
     }
 
     #[test]
