@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    cli::{Exit, SocketArg, emit, snapshot},
+    cli::{ContainerArg, Exit, SocketArg, emit, snapshot},
     restore::compare::{Threads, differences},
 };
 
@@ -14,14 +14,13 @@ pub struct Args {
     socket: SocketArg,
     /// A file written by `pidvirt snapshot`.
     snapshot: PathBuf,
-    /// The container: its id, name, pid namespace inode or a unique id prefix.
-    #[arg(long)]
-    container: String,
+    #[command(flatten)]
+    container: ContainerArg,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let expected = snapshot::read(&a.snapshot)?;
-    let actual = snapshot::take(&a.socket, &a.container).await?;
+    let actual = snapshot::take(&a.socket, &a.container.name).await?;
     let diffs = differences(&expected, &actual, Threads::Compare);
     if diffs.is_empty() {
         let threads: usize = actual.processes.iter().map(|p| p.threads.len()).sum();

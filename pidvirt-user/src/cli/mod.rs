@@ -28,6 +28,14 @@ use crate::{
     client::{self, ClientError},
 };
 
+/// The container a command acts on (`--container`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ContainerArg {
+    /// The container: its id, name, pid namespace inode or a unique id prefix.
+    #[arg(long = "container", value_name = "CONTAINER")]
+    pub name: String,
+}
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct SocketArg {
     /// Control socket of the daemon.

@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     api::{ContainerRow, Request, TaskRow},
-    cli::{SocketArg, emit, emit_json},
+    cli::{ContainerArg, SocketArg, emit, emit_json},
     restore::{
         capture::{self, ProcFacts},
         snapshot::Snapshot,
@@ -17,16 +17,15 @@ use crate::{
 pub struct Args {
     #[command(flatten)]
     socket: SocketArg,
-    /// The container: its id, name, pid namespace inode or a unique id prefix.
-    #[arg(long)]
-    container: String,
+    #[command(flatten)]
+    container: ContainerArg,
     /// Write the snapshot to FILE instead of standard output.
     #[arg(long, short, value_name = "FILE")]
     output: Option<std::path::PathBuf>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let s = take(&a.socket, &a.container).await?;
+    let s = take(&a.socket, &a.container.name).await?;
     match &a.output {
         Some(path) => {
             let text = serde_json::to_string_pretty(&s)? + "\n";

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     api::{ContainerRow, ErrorCode, Request, Translation},
-    cli::{Exit, SocketArg, emit},
+    cli::{ContainerArg, Exit, SocketArg, emit},
     client::ClientError,
     procscan,
     restore::{
@@ -24,9 +24,8 @@ pub const NEED_CAP: &str = "needs CAP_SYS_ADMIN over the pid namespaces' user na
 pub struct Args {
     #[command(flatten)]
     socket: SocketArg,
-    /// The container: its id, name, pid namespace inode or a unique id prefix.
-    #[arg(long)]
-    container: String,
+    #[command(flatten)]
+    container: ContainerArg,
     /// The command's pid in the container's namespace.
     #[arg(long)]
     vpid: Option<u32>,
@@ -61,7 +60,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     if !sys::has_cap_sys_admin() {
         bail!("spawn {NEED_CAP}");
     }
-    let c: ContainerRow = a.socket.call(Request::Container { container: a.container.clone() }).await?;
+    let c: ContainerRow = a.socket.call(Request::Container { container: a.container.name.clone() }).await?;
     let set_tid = spawn::set_tid(c.level, a.vpid, &a.pid_at, sys::pid_max())?;
     let init = match c.kind.as_str() {
         "host" => None,

@@ -2,15 +2,15 @@
 
 use crate::{
     api::{Request, Translation},
-    cli::{SocketArg, emit},
+    cli::{ContainerArg, SocketArg, emit},
 };
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     socket: SocketArg,
-    #[arg(long)]
-    container: String,
+    #[command(flatten)]
+    container: ContainerArg,
     /// A pid as the container sees it.
     #[arg(long, conflicts_with = "pid", required_unless_present = "pid")]
     vpid: Option<u32>,
@@ -23,7 +23,7 @@ pub struct Args {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let t: Translation =
-        a.socket.call(Request::Translate { container: a.container, vpid: a.vpid, pid: a.pid }).await?;
+        a.socket.call(Request::Translate { container: a.container.name, vpid: a.vpid, pid: a.pid }).await?;
     let line = if a.json {
         serde_json::to_string(&t)?
     } else if a.vpid.is_some() {
