@@ -273,10 +273,55 @@ pub mod released {
     /// lines a reap writes are the ones the reaps before it wrote (scattered records cost a cold
     /// line each).
     pub const fn slot(key: u64) -> u32 {
-        let pidns = key >> 32;
-        let base = (pidns.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32;
-        base.wrapping_add(key as u32) & (SLOTS - 1)
+        super::number_order_place(key) & (SLOTS - 1)
     }
+}
+
+/// The place of key (pid namespace, number) (see [`released::key`]) in a direct-mapped table
+/// (taken modulo its size): the namespace's place (Fibonacci hashing of its inode), then its
+/// numbers in order. The kernel hands out pids in turn (idr_alloc_cyclic), so the numbers
+/// recorded or released one after the other are near each other, and so are their slots: the
+/// lines a fork or reap writes are the ones the forks and reaps before it wrote (a hash map's
+/// buckets, scattered over the table, cost a cold line each).
+pub const fn number_order_place(key: u64) -> u32 {
+    let pidns = key >> 32;
+    let base = (pidns.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32;
+    base.wrapping_add(key as u32)
+}
+
+/// The front of the reverse map (VIRT_FRONT): a direct-mapped table of (pid namespace, number)
+/// -> host tid, slot [`slot`] of a key. Reverse entries are written there, and only the keys
+/// whose slot holds another key go to the hash map VIRT; the slots some writer sent a key of to
+/// VIRT are marked (VIRT_SPILLED by the programs, VIRT_SPILLED_SEED by the daemon, a bit per
+/// slot, never cleared), and only for those does a lookup or removal that the front does not
+/// answer look in VIRT. The writes of a fork and a reap then land on the lines the ones before
+/// them wrote (the table is in number order) instead of a cold hash bucket each.
+pub mod virt_front {
+    /// Slots of the table (a power of two).
+    pub const SLOTS: u32 = 262_144;
+    /// Words of the spill bitmaps (a bit per slot).
+    pub const SPILL_WORDS: u32 = SLOTS / 64;
+    /// A slot's key while a writer that claimed it writes its value (never a real key: no
+    /// number reaches 2^32 - 1).
+    pub const CLAIMED: u64 = u64::MAX;
+
+    /// The slot of `key` ([`super::released::key`]).
+    pub const fn slot(key: u64) -> u32 {
+        super::number_order_place(key) & (SLOTS - 1)
+    }
+
+    /// The spill bitmap's word and bit for slot `slot`.
+    pub const fn spill_bit(slot: u32) -> (u32, u64) {
+        (slot / 64, 1 << (slot % 64))
+    }
+}
+
+/// A slot of the reverse map's front ([`virt_front`]): `key` 0 is an empty slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VirtSlot {
+    pub key: u64,
+    pub value: VirtValue,
 }
 
 /// A pid released recently (value of the RELEASED map; see [`released`]).
@@ -444,7 +489,8 @@ pub struct PendingCall {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        CgroupContainer, DeepLevels, KernelOffsets, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue, audit,
+        CgroupContainer, DeepLevels, KernelOffsets, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtSlot,
+        VirtValue, audit,
     };
 
     macro_rules! pod {
@@ -463,6 +509,7 @@ mod pod {
         VirtKey,
         PidnsInfo,
         VirtValue,
+        VirtSlot,
         CgroupContainer,
         audit::ContainerCounters
     );
@@ -486,7 +533,21 @@ mod tests {
         assert!(ANCESTOR_SLOTS >= MAX_LEVELS && ANCESTOR_SLOTS.is_power_of_two());
         assert_eq!(size_of::<VirtValue>(), 8);
         assert_eq!(size_of::<Released>(), 16);
+        assert_eq!(size_of::<VirtSlot>(), 16);
         assert!(released::SLOTS.is_power_of_two());
+    }
+
+    #[test]
+    fn virt_front_slots_are_in_number_order() {
+        let key = |nr| released::key(0xF000_0100, nr);
+        assert!(virt_front::slot(key(7)) < virt_front::SLOTS);
+        assert_eq!((virt_front::slot(key(41)) + 1) % virt_front::SLOTS, virt_front::slot(key(42)));
+        // Numbers a table apart share a slot: the second one goes to VIRT.
+        assert_eq!(virt_front::slot(key(5)), virt_front::slot(key(5 + virt_front::SLOTS)));
+        assert_eq!(virt_front::spill_bit(130), (2, 1 << 2));
+        assert_eq!(virt_front::spill_bit(virt_front::SLOTS - 1).0, virt_front::SPILL_WORDS - 1);
+        // Its number part is above any pid (PID_MAX_LIMIT is 2^22).
+        assert!(virt_front::CLAIMED as u32 > 1 << 22);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use pidvirt_common::{
 use crate::{
     kernel::{Direct, Kmem, Probe, off},
     maps::{
-        CALLER, COUNTS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, VIRT, count, count_drop,
-        count_map_error, host_pidns, may_have_entry, released_lately, reported, tasks_generation,
+        CALLER, COUNTS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, count, count_drop,
+        count_map_error, host_pidns, may_have_entry, released_lately, reported, tasks_generation, virt_get,
     },
     task::{container_of, nr_at, ns_at, pidns_inum, task_pids},
 };
@@ -273,8 +273,7 @@ fn resolve_ancestors(tid: u32, c: &TaskEntry, n: u32, named: Found) -> (Found, L
 /// The live task numbered `n` in pid namespace `pidns` (not the host's).
 #[inline(always)]
 fn at_level(pidns: u32, n: u32) -> Found {
-    let Some(v) = VIRT.get_ptr(VirtKey { pidns, nr: n }) else { return Found::NONE };
-    let v = unsafe { *v };
+    let Some(v) = virt_get(VirtKey { pidns, nr: n }) else { return Found::NONE };
     let found = Found::lookup(v.host_tid);
     if found.is_some() && v.points_at(unsafe { &*found.entry }) { found } else { Found::NONE }
 }
@@ -289,10 +288,9 @@ fn resolve_named(tid: u32, c: &TaskEntry, n: u32) -> (Found, bool) {
     if own_inline(c).is_some_and(|ids| ids.tid == n) {
         return (Found { tid, entry: c }, false);
     }
-    let Some(v) = VIRT.get_ptr(VirtKey { pidns: c.pidns, nr: n }) else {
+    let Some(v) = virt_get(VirtKey { pidns: c.pidns, nr: n }) else {
         return (Found::NONE, false);
     };
-    let v = unsafe { *v };
     let found = Found::lookup(v.host_tid);
     if found.is_some() && v.points_at(unsafe { &*found.entry }) {
         (found, false)

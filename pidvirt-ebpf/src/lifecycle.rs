@@ -23,8 +23,9 @@ use crate::{
     kernel::{Direct, Kmem, below, off, offsets_ready},
     maps::{
         COUNTS, DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR, SCRATCH_TRACEPOINT, Scratch,
-        TASKS, VIRT, count_drop, count_lifecycle, count_map_error, host_pidns, mark_tid, may_have_entry,
+        TASKS, count_drop, count_lifecycle, count_map_error, host_pidns, mark_tid, may_have_entry,
         note_released, own_ns_slot, pidns_slot, take_slot, tasks_changed, tasks_generation, unmark_tid,
+        virt_forget, virt_insert,
     },
     task::{container_of, read_task},
 };
@@ -257,7 +258,7 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*cons
         let (Some(ids), Some(&ns)) = (s.ids.get(i), s.ns.get(i)) else {
             break;
         };
-        if VIRT.insert(VirtKey { pidns: ns, nr: ids.tid }, VirtValue::of(&s.entry), 0).is_err() {
+        if virt_insert(VirtKey { pidns: ns, nr: ids.tid }, VirtValue::of(&s.entry)).is_err() {
             count_map_error(counter::map_error::VIRT_INSERT);
         }
     }
@@ -400,7 +401,7 @@ fn forget(tid: u32, e: &TaskEntry, released_ns: u64) {
         },
     };
     if let Some(nr) = own {
-        forget_virt(VirtKey { pidns: e.pidns, nr }, tid);
+        virt_forget(VirtKey { pidns: e.pidns, nr }, tid);
         if released_ns != 0 {
             note_released(e.pidns, nr, released_ns);
         }
@@ -422,7 +423,7 @@ fn forget(tid: u32, e: &TaskEntry, released_ns: u64) {
                             None => break,
                         }
                     };
-                    forget_virt(VirtKey { pidns: ns, nr }, tid);
+                    virt_forget(VirtKey { pidns: ns, nr }, tid);
                     if released_ns != 0 {
                         note_released(ns, nr, released_ns);
                     }
@@ -440,16 +441,6 @@ fn forget(tid: u32, e: &TaskEntry, released_ns: u64) {
     // inserts only after this removal, and sets the bit again after its insert.
     unmark_tid(tid);
     let _ = TASKS.remove(tid);
-}
-
-/// Removes reverse entry `key` if it still points at `tid` (a newer task may own the number).
-#[inline(always)]
-fn forget_virt(key: VirtKey, tid: u32) {
-    if let Some(v) = VIRT.get_ptr(key)
-        && unsafe { (*v).host_tid } == tid
-    {
-        let _ = VIRT.remove(key);
-    }
 }
 
 // Keeps MAX_LEVELS and the scratch array bound in sync.

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use pidvirt_common::{
     CALLER_SLOTS, CallerCache, CgroupContainer, DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, Released,
-    TaskEntry, VirtKey, VirtValue,
+    TaskEntry, VirtKey, VirtSlot, VirtValue,
     audit::{ContainerCounters, Verdict},
-    config, counter, released, slots, tasks_generation, tid_filter,
+    config, counter, released, slots, tasks_generation, tid_filter, virt_front,
 };
 
 /// host tid -> ids at every level (inline up to INLINE_LEVELS). TASKS and VIRT are written on
@@ -23,9 +23,116 @@ pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(262_144, 0
 #[map]
 pub static DEEP: HashMap<u32, DeepLevels> = HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
 
-/// (pid namespace inode, number in it) -> host tid, for every non-host level of every task.
+/// (pid namespace inode, number in it) -> host tid, for every non-host level of every task: the
+/// keys whose slot in VIRT_FRONT holds another key (pidvirt_common::virt_front). Reached only
+/// through [`virt_insert`], [`virt_get`] and [`virt_forget`].
 #[map]
 pub static VIRT: HashMap<VirtKey, VirtValue> = HashMap::with_max_entries(262_144, 0);
+
+/// The reverse map's front, in number order (pidvirt_common::virt_front).
+#[map]
+pub static VIRT_FRONT: Array<VirtSlot> = Array::with_max_entries(virt_front::SLOTS, 0);
+
+/// The front slots the programs sent a key of to VIRT (a bit per slot).
+#[map]
+pub static VIRT_SPILLED: Array<u64> = Array::with_max_entries(virt_front::SPILL_WORDS, 0);
+
+/// The front slots the daemon sent a key of to VIRT (its seeding writes VIRT only).
+#[map]
+pub static VIRT_SPILLED_SEED: Array<u64> = Array::with_max_entries(virt_front::SPILL_WORDS, 0);
+
+/// Whether a writer sent a key of front slot `slot` to VIRT.
+#[inline(always)]
+fn spilled(slot: u32) -> bool {
+    let (word, bit) = virt_front::spill_bit(slot);
+    match (VIRT_SPILLED.get(word), VIRT_SPILLED_SEED.get(word)) {
+        (Some(k), Some(d)) => (k | d) & bit != 0,
+        _ => true,
+    }
+}
+
+/// Compare-and-swap of `*p` from `old` to `new`; answers what `*p` held.
+#[inline(always)]
+unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
+    let held: u64;
+    // BPF_ATOMIC | BPF_CMPXCHG (compares with and answers in r0); fully ordered.
+    unsafe {
+        core::arch::asm!("r0 = cmpxchg_64({p} + 0, r0, {new})", p = in(reg) p, new = in(reg) new,
+                         inout("r0") old => held);
+    }
+    held
+}
+
+/// Writes reverse entry `k` -> `v`: into its front slot when that is free or holds `k` (a stale
+/// entry of the number, replaced as VIRT would), else into VIRT, marking the slot.
+#[inline(always)]
+pub fn virt_insert(k: VirtKey, v: VirtValue) -> Result<(), ()> {
+    let key = released::key(k.pidns, k.nr);
+    let slot = virt_front::slot(key);
+    if let Some(s) = VIRT_FRONT.get_ptr_mut(slot) {
+        let s = unsafe { &mut *s };
+        let mut held = unsafe { core::ptr::read_volatile(&raw const s.key) };
+        if held == 0 {
+            // Claimed first, so that a reader never pairs this key with a former value.
+            held = unsafe { cmpxchg(&raw mut s.key, 0, virt_front::CLAIMED) };
+            if held == 0 {
+                unsafe { core::ptr::write_volatile(&raw mut s.value, v) };
+                // Published after the value: x86-64 keeps stores in order (and loads: a reader
+                // that sees the key sees this value), and only the claimer writes a claimed slot.
+                unsafe { core::ptr::write_volatile(&raw mut s.key, key) };
+                return Ok(());
+            }
+        }
+        if held == key {
+            unsafe { core::ptr::write_volatile(&raw mut s.value, v) };
+            return Ok(());
+        }
+    }
+    // Marked before the insert: whoever can find the entry in VIRT sees the mark.
+    set_bit_at(&VIRT_SPILLED, virt_front::spill_bit(slot));
+    VIRT.insert(k, v, 0).map_err(|_| ())
+}
+
+/// Reverse entry `k`, if any.
+#[inline(always)]
+pub fn virt_get(k: VirtKey) -> Option<VirtValue> {
+    let key = released::key(k.pidns, k.nr);
+    let slot = virt_front::slot(key);
+    if let Some(s) = VIRT_FRONT.get_ptr(slot) {
+        let s = unsafe { &*s };
+        if unsafe { core::ptr::read_volatile(&raw const s.key) } == key {
+            return Some(unsafe { core::ptr::read_volatile(&raw const s.value) });
+        }
+    }
+    if !spilled(slot) {
+        return None;
+    }
+    VIRT.get_ptr(k).map(|v| unsafe { *v })
+}
+
+/// Removes reverse entry `k` wherever it still points at `tid` (a newer task may own the
+/// number).
+#[inline(always)]
+pub fn virt_forget(k: VirtKey, tid: u32) {
+    let key = released::key(k.pidns, k.nr);
+    let slot = virt_front::slot(key);
+    if let Some(s) = VIRT_FRONT.get_ptr_mut(slot) {
+        let s = unsafe { &mut *s };
+        if unsafe { core::ptr::read_volatile(&raw const s.key) } == key
+            && unsafe { core::ptr::read_volatile(&raw const s.value.host_tid) } == tid
+        {
+            let _ = unsafe { cmpxchg(&raw mut s.key, key, 0) };
+        }
+    }
+    // The same task may have been written to both (recorded twice, by the daemon's seeding
+    // and the programs, or once while the slot was taken and once after it was freed).
+    if spilled(slot)
+        && let Some(v) = VIRT.get_ptr(k)
+        && unsafe { (*v).host_tid } == tid
+    {
+        let _ = VIRT.remove(k);
+    }
+}
 
 /// pid namespace inode -> level and parent.
 #[map]
@@ -138,7 +245,12 @@ pub fn clear_bit(map: &Array<u64>, tid: u32) {
 /// Sets `tid`'s bit in a tid filter.
 #[inline(always)]
 pub fn set_bit(map: &Array<u64>, tid: u32) {
-    let (word, bit) = tid_filter::bit(tid);
+    set_bit_at(map, tid_filter::bit(tid));
+}
+
+/// Sets bit `bit` of word `word` of a bitmap.
+#[inline(always)]
+fn set_bit_at(map: &Array<u64>, (word, bit): (u32, u64)) {
     if let Some(p) = map.get_ptr_mut(word) {
         // BPF_ATOMIC | BPF_OR: other CPUs set and clear other bits of the word.
         unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) p, in(reg) bit) };

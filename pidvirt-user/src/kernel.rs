@@ -7,10 +7,10 @@ use std::{
 
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, Queue};
 use pidvirt_common::{
-    CgroupContainer, DeepLevels, INLINE_LEVELS, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtValue,
+    CgroupContainer, DeepLevels, INLINE_LEVELS, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtSlot, VirtValue,
     audit::{ContainerCounters, LSM_HOOKS, Mode, NSYSCALLS, NVERDICTS, SYSCALLS, Verdict},
     catalogue::{Program, SyscallSpec, map},
-    counter, slots, tid_filter,
+    counter, released, slots, tid_filter, virt_front,
 };
 
 /// The kernel programs, compiled for the BPF target by build.rs (aya-build).
@@ -68,6 +68,10 @@ pub struct KernelMaps {
     tasks_fd: OwnedFd,
     pub deep: HashMap<MapData, u32, DeepLevels>,
     pub virt: HashMap<MapData, VirtKey, VirtValue>,
+    /// The reverse map's front (pidvirt_common::virt_front), read before VIRT.
+    pub virt_front: Array<MapData, VirtSlot>,
+    /// The daemon's marks of the front slots whose keys it wrote to VIRT.
+    pub virt_spilled_seed: Array<MapData, u64>,
     pub pidns: HashMap<MapData, u32, PidnsInfo>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Crossing counters per container slot.
@@ -184,6 +188,9 @@ impl KernelMaps {
             tasks_fd,
             deep: HashMap::try_from(get(map::DEEP)?).map_err(err(map::DEEP))?,
             virt: HashMap::try_from(get(map::VIRT)?).map_err(err(map::VIRT))?,
+            virt_front: Array::try_from(get(map::VIRT_FRONT)?).map_err(err(map::VIRT_FRONT))?,
+            virt_spilled_seed: Array::try_from(get(map::VIRT_SPILLED_SEED)?)
+                .map_err(err(map::VIRT_SPILLED_SEED))?,
             pidns: HashMap::try_from(get(map::PIDNS)?).map_err(err(map::PIDNS))?,
             counters: PerCpuArray::try_from(get(map::COUNTERS)?).map_err(err(map::COUNTERS))?,
             counts: PerCpuArray::try_from(get(map::COUNTS)?).map_err(err(map::COUNTS))?,
@@ -233,7 +240,11 @@ impl KernelMaps {
 
     /// Host tid of the task numbered `nr` in pid namespace `pidns`, checked against its entry.
     pub fn resolve(&self, pidns: u32, level: u32, nr: u32) -> Option<FullTask> {
-        let v = self.virt.get(&VirtKey { pidns, nr }, 0).ok()?;
+        let key = released::key(pidns, nr);
+        let v = match self.virt_front.get(&virt_front::slot(key), 0) {
+            Ok(slot) if slot.key == key => slot.value,
+            _ => self.virt.get(&VirtKey { pidns, nr }, 0).ok()?,
+        };
         let t = self.task(v.host_tid)?;
         (v.points_at(&t.entry) && t.at(level).map(|ids| ids.tid) == Some(nr)).then_some(t)
     }
@@ -341,6 +352,7 @@ impl KernelMaps {
         }
         for (level, (id, pidns)) in ids.iter().zip(ns).enumerate().skip(1) {
             let key = VirtKey { pidns: *pidns, nr: id.tid };
+            self.spill(key);
             let _ = self.virt.insert(key, VirtValue::of(entry), NOEXIST);
             let info = PidnsInfo::from_chain(
                 ns,
@@ -465,6 +477,19 @@ impl KernelMaps {
             && let Err(e) = self.seeded_tids.set(word, new, 0)
         {
             tracing::warn!("could not update the tid filter for {tid}: {e}");
+        }
+    }
+
+    /// Marks the front slot of reverse entry `key`, before the daemon writes the entry to VIRT
+    /// (the programs look in VIRT only for the slots marked; pidvirt_common::virt_front). Only
+    /// the daemon writes these marks, and never clears one: a read-modify-write loses none.
+    fn spill(&mut self, key: VirtKey) {
+        let (word, bit) = virt_front::spill_bit(virt_front::slot(released::key(key.pidns, key.nr)));
+        let Ok(old) = self.virt_spilled_seed.get(&word, 0) else { return };
+        if old & bit == 0
+            && let Err(e) = self.virt_spilled_seed.set(word, old | bit, 0)
+        {
+            tracing::warn!("could not mark the reverse map's front slot of {key:?}: {e}");
         }
     }
 

@@ -87,3 +87,78 @@ fn forks_while_the_daemon_detaches_are_not_reported() {
         tests::audit_records(&log).into_iter().filter(|r| r.caller.host_pid == shell).collect();
     assert!(ours.is_empty(), "the shell's own children were reported while the daemon detached: {ours:#?}");
 }
+
+/// Two namespaces' numbers whose slot in the reverse map's front is the same
+/// (pidvirt_common::virt_front): the second one written goes to the hash map. Each is judged as
+/// the kernel answers, in both namespaces, while both live, after each is reaped, and again once
+/// the slot is free.
+#[test]
+fn numbers_of_two_namespaces_sharing_a_front_slot_are_judged_as_the_kernel_answers() {
+    use pidvirt_common::{released, virt_front};
+    let d = Daemon::start();
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("read pid_max")
+        .trim()
+        .parse()
+        .expect("pid_max is a number");
+    // Numbers far above what the fixtures' own tasks take.
+    let (lo, hi) = (1000, pid_max.min(virt_front::SLOTS));
+    let slot = |f: &Fixture, nr: u32| virt_front::slot(released::key(f.inner() as u32, nr));
+    let mut a = Fixture::start(FIXTURE, 1);
+    // A second namespace whose place in the table lets a number of it share a slot with one
+    // of the first's (the places are hashes of the inodes, spread evenly over the table for
+    // inodes handed out in turn: a few tries). The namespaces tried stay until the end: the
+    // kernel would give an ended one's inode to the next.
+    let mut tried = Vec::new();
+    let (mut b, na, nb) = loop {
+        assert!(tried.len() < 64, "no namespace whose numbers share a slot with the first's in 64 tries");
+        let b = Fixture::start(FIXTURE, 1);
+        let shift = slot(&b, 0).wrapping_sub(slot(&a, 0)) & (virt_front::SLOTS - 1);
+        match (lo..hi).find(|nb| (lo..hi).contains(&((nb + shift) & (virt_front::SLOTS - 1)))) {
+            Some(nb) => break (b, (nb + shift) & (virt_front::SLOTS - 1), nb),
+            None => tried.push(b),
+        }
+    };
+    assert_eq!(slot(&a, na), slot(&b, nb));
+    let (ca, cb) = (a.container(), b.container());
+    let counts = |c: &str| {
+        let k = &d.container_crossings(c).0["kill"];
+        (k["ok"], k["released"])
+    };
+    let (a0, b0) = (counts(&ca), counts(&cb));
+
+    assert_eq!(a.num(&format!("spawn_vpid {na} 0")), i64::from(na));
+    assert_eq!(b.num(&format!("spawn_vpid {nb} 0")), i64::from(nb));
+    // The kernel: each number names a live task of its namespace.
+    assert_eq!(a.num(&format!("sys kill {na} 0")), 0);
+    assert_eq!(b.num(&format!("sys kill {nb} 0")), 0);
+    eventually(tests::settle(), "both kills counted ok", || {
+        (counts(&ca).0 == a0.0 + 1 && counts(&cb).0 == b0.0 + 1).then_some(())
+    });
+    // Reaped (SIGKILL, counted ok, and wait), the one written second first: each number then
+    // names nothing (released).
+    for (f, n) in [(&mut b, nb), (&mut a, na)] {
+        assert_eq!(f.cmd(&format!("reap {n}")), "ok");
+        assert_eq!(f.num(&format!("sys kill {n} 0")), ESRCH);
+    }
+    eventually(tests::settle(), "both kills counted released", || {
+        (counts(&ca).1 == a0.1 + 1 && counts(&cb).1 == b0.1 + 1).then_some(())
+    });
+    // The slot is free again: the second namespace's number, taken anew, is written there.
+    assert_eq!(b.num(&format!("spawn_vpid {nb} 0")), i64::from(nb));
+    assert_eq!(b.num(&format!("sys kill {nb} 0")), 0);
+    // ok: the first kill, reap's SIGKILL and this one.
+    eventually(tests::settle(), "the new task's kill counted ok", || {
+        (counts(&cb).0 == b0.0 + 3).then_some(())
+    });
+    assert_eq!(counts(&ca).0, a0.0 + 2);
+    for c in [&ca, &cb] {
+        let k = &d.container_crossings(c).0["kill"];
+        let wrong: Vec<(&String, &u64)> =
+            k.iter().filter(|(v, n)| **n > 0 && !["ok", "released"].contains(&v.as_str())).collect();
+        assert!(wrong.is_empty(), "{c}: kill verdicts other than ok and released: {wrong:?}");
+    }
+    let ours: Vec<AuditRecord> =
+        d.audit_log().into_iter().filter(|r| r.container == ca || r.container == cb).collect();
+    assert!(ours.is_empty(), "reported: {ours:#?}");
+}

@@ -1127,9 +1127,12 @@ fn sink_settled(b: &Bench, socket: &Path, t_gen: Instant) -> anyhow::Result<Dura
 // 3 and 4. P5 attach time, P6 memory per task
 
 /// The maps whose memory P6 reports.
-pub const MAPS: [&str; 8] = [
+pub const MAPS: [&str; 11] = [
     map::TASKS,
     map::VIRT,
+    map::VIRT_FRONT,
+    map::VIRT_SPILLED,
+    map::VIRT_SPILLED_SEED,
     map::DEEP,
     map::PIDNS,
     map::COUNTS,
