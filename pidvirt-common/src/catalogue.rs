@@ -684,14 +684,27 @@ macro_rules! maps {
 }
 
 maps! {
-    TASKS, DEEP, VIRT, VIRT_FRONT, VIRT_SPILLED, VIRT_SPILLED_SEED, PIDNS, COUNTS, FREE_SLOTS, SYSNR, PENDING, CGROUPS, MODES, META, CONFIG,
+    TASKS, DEEP, VIRT, VIRT_FRONT, VIRT_SPILLED, VIRT_SEED_SPILL, PIDNS, COUNTS, FREE_SLOTS, SYSNR, PENDING, CGROUPS, MODES, META, CONFIG,
     CALLER, TASKS_GENERATION, LIVE_TIDS, SEEDED_TIDS, RELEASED, COUNTERS, EVENTS, SCRATCH,
     PENDING_CALLS, PENDING_TIDS, PROCFS,
+}
+
+/// The name the kernel keeps of map or program `name` (BPF_OBJ_NAME_LEN 16, with its NUL), as
+/// bpftool shows it.
+pub fn kernel_name(name: &str) -> &str {
+    &name[..name.len().min(15)]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_keep_distinct_names_in_the_kernel() {
+        let names: std::collections::BTreeSet<&str> = map::ALL.iter().map(|n| kernel_name(n)).collect();
+        assert_eq!(names.len(), map::ALL.len());
+        assert_eq!(kernel_name(map::TASKS_GENERATION), "TASKS_GENERATIO");
+    }
 
     #[test]
     fn ids_index_their_tables() {

@@ -292,10 +292,12 @@ pub const fn number_order_place(key: u64) -> u32 {
 /// The front of the reverse map (VIRT_FRONT): a direct-mapped table of (pid namespace, number)
 /// -> host tid, slot [`slot`] of a key. Reverse entries are written there, and only the keys
 /// whose slot holds another key go to the hash map VIRT; the slots some writer sent a key of to
-/// VIRT are marked (VIRT_SPILLED by the programs, VIRT_SPILLED_SEED by the daemon, a bit per
+/// VIRT are marked (VIRT_SPILLED by the programs, VIRT_SEED_SPILL by the daemon, a bit per
 /// slot, never cleared), and only for those does a lookup or removal that the front does not
 /// answer look in VIRT. The writes of a fork and a reap then land on the lines the ones before
-/// them wrote (the table is in number order) instead of a cold hash bucket each.
+/// them wrote (the table is in number order) instead of a cold hash bucket each. A writer of a
+/// slot's value claims the slot first ([`virt_front::CLAIMED`], by compare-and-swap from the key
+/// it read) and publishes the key after the value.
 pub mod virt_front {
     /// Slots of the table (a power of two).
     pub const SLOTS: u32 = 262_144;

@@ -13,8 +13,8 @@ use pidvirt_common::{
     config, counter, released, slots, tasks_generation, tid_filter, virt_front,
 };
 
-/// host tid -> ids at every level (inline up to INLINE_LEVELS). TASKS and VIRT are written on
-/// every fork and free: preallocated (an element taken from a per-CPU free list, no allocation;
+/// host tid -> ids at every level (inline up to INLINE_LEVELS). Written on every fork and free
+/// (as VIRT, for the reverse entries the front cannot hold): preallocated (an element taken from a per-CPU free list, no allocation;
 /// measured ~1 µs less per fork+exit than BPF_F_NO_PREALLOC). Capacity set by the daemon.
 #[map]
 pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(262_144, 0);
@@ -39,13 +39,13 @@ pub static VIRT_SPILLED: Array<u64> = Array::with_max_entries(virt_front::SPILL_
 
 /// The front slots the daemon sent a key of to VIRT (its seeding writes VIRT only).
 #[map]
-pub static VIRT_SPILLED_SEED: Array<u64> = Array::with_max_entries(virt_front::SPILL_WORDS, 0);
+pub static VIRT_SEED_SPILL: Array<u64> = Array::with_max_entries(virt_front::SPILL_WORDS, 0);
 
 /// Whether a writer sent a key of front slot `slot` to VIRT.
 #[inline(always)]
 fn spilled(slot: u32) -> bool {
     let (word, bit) = virt_front::spill_bit(slot);
-    match (VIRT_SPILLED.get(word), VIRT_SPILLED_SEED.get(word)) {
+    match (VIRT_SPILLED.get(word), VIRT_SEED_SPILL.get(word)) {
         (Some(k), Some(d)) => (k | d) & bit != 0,
         _ => true,
     }
@@ -65,26 +65,24 @@ unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
 
 /// Writes reverse entry `k` -> `v`: into its front slot when that is free or holds `k` (a stale
 /// entry of the number, replaced as VIRT would), else into VIRT, marking the slot.
+///
+/// Whoever writes a slot's value claims the slot first (its key to CLAIMED, by compare-and-swap
+/// from what it read), and only the claimer writes a claimed slot: a writer that read `k` can
+/// then not write its value over a key that took the slot after `k` was forgotten, and a reader
+/// never pairs a key with another key's value.
 #[inline(always)]
 pub fn virt_insert(k: VirtKey, v: VirtValue) -> Result<(), ()> {
     let key = released::key(k.pidns, k.nr);
     let slot = virt_front::slot(key);
     if let Some(s) = VIRT_FRONT.get_ptr_mut(slot) {
         let s = unsafe { &mut *s };
-        let mut held = unsafe { core::ptr::read_volatile(&raw const s.key) };
-        if held == 0 {
-            // Claimed first, so that a reader never pairs this key with a former value.
-            held = unsafe { cmpxchg(&raw mut s.key, 0, virt_front::CLAIMED) };
-            if held == 0 {
-                unsafe { core::ptr::write_volatile(&raw mut s.value, v) };
-                // Published after the value: x86-64 keeps stores in order (and loads: a reader
-                // that sees the key sees this value), and only the claimer writes a claimed slot.
-                unsafe { core::ptr::write_volatile(&raw mut s.key, key) };
-                return Ok(());
-            }
-        }
-        if held == key {
+        let held = unsafe { core::ptr::read_volatile(&raw const s.key) };
+        if (held == 0 || held == key) && unsafe { cmpxchg(&raw mut s.key, held, virt_front::CLAIMED) } == held
+        {
             unsafe { core::ptr::write_volatile(&raw mut s.value, v) };
+            // Published after the value: x86-64 keeps stores in order (and loads: a reader
+            // that sees the key sees this value).
+            unsafe { core::ptr::write_volatile(&raw mut s.key, key) };
             return Ok(());
         }
     }
@@ -101,7 +99,12 @@ pub fn virt_get(k: VirtKey) -> Option<VirtValue> {
     if let Some(s) = VIRT_FRONT.get_ptr(slot) {
         let s = unsafe { &*s };
         if unsafe { core::ptr::read_volatile(&raw const s.key) } == key {
-            return Some(unsafe { core::ptr::read_volatile(&raw const s.value) });
+            let v = unsafe { core::ptr::read_volatile(&raw const s.value) };
+            // Still the key: the slot was not freed and taken by another key meanwhile, whose
+            // value this could be (x86-64 keeps loads in order).
+            if unsafe { core::ptr::read_volatile(&raw const s.key) } == key {
+                return Some(v);
+            }
         }
     }
     if !spilled(slot) {
@@ -120,8 +123,12 @@ pub fn virt_forget(k: VirtKey, tid: u32) {
         let s = unsafe { &mut *s };
         if unsafe { core::ptr::read_volatile(&raw const s.key) } == key
             && unsafe { core::ptr::read_volatile(&raw const s.value.host_tid) } == tid
+            && unsafe { cmpxchg(&raw mut s.key, key, virt_front::CLAIMED) } == key
         {
-            let _ = unsafe { cmpxchg(&raw mut s.key, key, 0) };
+            // Claimed, the value is checked again: a newer task of the number may have been
+            // written between the first look and the claim; its entry is given back.
+            let still_tid = unsafe { core::ptr::read_volatile(&raw const s.value.host_tid) } == tid;
+            unsafe { core::ptr::write_volatile(&raw mut s.key, if still_tid { 0 } else { key }) };
         }
     }
     // The same task may have been written to both (recorded twice, by the daemon's seeding

@@ -71,7 +71,7 @@ pub struct KernelMaps {
     /// The reverse map's front (pidvirt_common::virt_front), read before VIRT.
     pub virt_front: Array<MapData, VirtSlot>,
     /// The daemon's marks of the front slots whose keys it wrote to VIRT.
-    pub virt_spilled_seed: Array<MapData, u64>,
+    pub virt_seed_spill: Array<MapData, u64>,
     pub pidns: HashMap<MapData, u32, PidnsInfo>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Crossing counters per container slot.
@@ -189,8 +189,8 @@ impl KernelMaps {
             deep: HashMap::try_from(get(map::DEEP)?).map_err(err(map::DEEP))?,
             virt: HashMap::try_from(get(map::VIRT)?).map_err(err(map::VIRT))?,
             virt_front: Array::try_from(get(map::VIRT_FRONT)?).map_err(err(map::VIRT_FRONT))?,
-            virt_spilled_seed: Array::try_from(get(map::VIRT_SPILLED_SEED)?)
-                .map_err(err(map::VIRT_SPILLED_SEED))?,
+            virt_seed_spill: Array::try_from(get(map::VIRT_SEED_SPILL)?)
+                .map_err(err(map::VIRT_SEED_SPILL))?,
             pidns: HashMap::try_from(get(map::PIDNS)?).map_err(err(map::PIDNS))?,
             counters: PerCpuArray::try_from(get(map::COUNTERS)?).map_err(err(map::COUNTERS))?,
             counts: PerCpuArray::try_from(get(map::COUNTS)?).map_err(err(map::COUNTS))?,
@@ -352,8 +352,11 @@ impl KernelMaps {
         }
         for (level, (id, pidns)) in ids.iter().zip(ns).enumerate().skip(1) {
             let key = VirtKey { pidns: *pidns, nr: id.tid };
-            self.spill(key);
-            let _ = self.virt.insert(key, VirtValue::of(entry), NOEXIST);
+            // Kept as in VIRT (NOEXIST): an entry the programs wrote is newer than the walk's.
+            if !self.in_front(key) {
+                self.spill(key);
+                let _ = self.virt.insert(key, VirtValue::of(entry), NOEXIST);
+            }
             let info = PidnsInfo::from_chain(
                 ns,
                 level,
@@ -480,14 +483,20 @@ impl KernelMaps {
         }
     }
 
+    /// Whether the reverse map's front holds an entry of `key`.
+    fn in_front(&self, key: VirtKey) -> bool {
+        let key = released::key(key.pidns, key.nr);
+        self.virt_front.get(&virt_front::slot(key), 0).is_ok_and(|slot| slot.key == key)
+    }
+
     /// Marks the front slot of reverse entry `key`, before the daemon writes the entry to VIRT
     /// (the programs look in VIRT only for the slots marked; pidvirt_common::virt_front). Only
     /// the daemon writes these marks, and never clears one: a read-modify-write loses none.
     fn spill(&mut self, key: VirtKey) {
         let (word, bit) = virt_front::spill_bit(virt_front::slot(released::key(key.pidns, key.nr)));
-        let Ok(old) = self.virt_spilled_seed.get(&word, 0) else { return };
+        let Ok(old) = self.virt_seed_spill.get(&word, 0) else { return };
         if old & bit == 0
-            && let Err(e) = self.virt_spilled_seed.set(word, old | bit, 0)
+            && let Err(e) = self.virt_seed_spill.set(word, old | bit, 0)
         {
             tracing::warn!("could not mark the reverse map's front slot of {key:?}: {e}");
         }
