@@ -135,7 +135,7 @@ pub fn docker_latency(b: &Bench) -> anyhow::Result<EngineRun> {
             check_interrupted()?;
             let log = dir.join(format!("audit-{round}.jsonl"));
             let daemon = if attached {
-                Some(b.start_daemon_with("engine", &log, "auto", run.proc_paths)?)
+                Some(b.start_daemon_with("engine", &log, "auto", run.proc_paths, &[])?)
             } else {
                 None
             };

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use pidvirt_common::{
     audit::{SYSCALLS, Verdict, sys},
-    catalogue::{Program, SyscallSide, map},
+    catalogue::{self, Program, SyscallSide, map},
 };
 use serde_json::Value;
 
@@ -479,7 +479,7 @@ impl Bench {
             return Ok(());
         }
         let socket = self.socket("probe");
-        let d = self.start_daemon_with("probe", Path::new("/dev/null"), "auto", true)?;
+        let d = self.start_daemon_with("probe", Path::new("/dev/null"), "auto", true, &[])?;
         let status = capture_json(self.pidvirt_cmd().arg("status").arg("--socket").arg(&socket))?;
         drop(d);
         let (mode, reason) = (status["syscalls"]["mode"].as_str(), status["syscalls"]["reason"].as_str());
@@ -523,8 +523,10 @@ impl Bench {
     }
 
     /// `pidvirt run --socket <tmp>/NAME.sock --audit-log LOG`, ready once `status` answers.
+    /// The audit log is never rotated (`--audit-log-max-bytes 0`): P4 counts the lines of one
+    /// file, and a rotated stream would hide the records of the files before it.
     pub fn start_daemon(&self, name: &str, audit_log: &Path) -> anyhow::Result<Running> {
-        self.start_daemon_with(name, audit_log, "auto", true)
+        self.start_daemon_with(name, audit_log, "auto", true, &["--audit-log-max-bytes", "0"])
     }
 
     /// [`Self::start_daemon`] with `--attach ATTACH`, and `--proc-paths` if `proc_paths`.
@@ -534,6 +536,7 @@ impl Bench {
         audit_log: &Path,
         attach: &str,
         proc_paths: bool,
+        extra: &[&str],
     ) -> anyhow::Result<Running> {
         let socket = self.socket(name);
         let mut cmd = self.pidvirt_cmd();
@@ -546,6 +549,7 @@ impl Bench {
         if proc_paths {
             cmd.arg("--proc-paths");
         }
+        cmd.args(extra);
         let mut d =
             Running::spawn("pidvirt run", &mut cmd, libc::SIGTERM, &self.tmp.0.join(format!("{name}.log")))?;
         wait_for("pidvirt run to serve its socket", Duration::from_mins(1), || {
@@ -576,7 +580,7 @@ impl Bench {
             }
             Mode::Pidvirt | Mode::PidvirtFentry => {
                 let attach = mode.attach().unwrap_or(Attach::Tracepoint).name();
-                self.start_daemon_with(mode.name(), Path::new("/dev/null"), attach, true).map(Some)
+                self.start_daemon_with(mode.name(), Path::new("/dev/null"), attach, true, &[]).map(Some)
             }
             Mode::Peer => {
                 let script = self.peer.as_ref().map_err(|e| anyhow::anyhow!("peer unavailable: {e}"))?;
@@ -1132,7 +1136,7 @@ pub const MAPS: [&str; 11] = [
     map::VIRT,
     map::VIRT_FRONT,
     map::VIRT_SPILLED,
-    map::VIRT_SPILLED_SEED,
+    map::VIRT_SEED_SPILL,
     map::DEEP,
     map::PIDNS,
     map::COUNTS,
@@ -1157,7 +1161,8 @@ fn daemon_maps(pid: u32) -> anyhow::Result<BTreeMap<String, Value>> {
     let mut out = BTreeMap::new();
     for m in all.as_array().into_iter().flatten() {
         let (Some(id), Some(name)) = (m["id"].as_u64(), m["name"].as_str()) else { continue };
-        if ids.contains(&id) && MAPS.contains(&name) {
+        let Some(name) = MAPS.iter().find(|m| catalogue::kernel_name(m) == name) else { continue };
+        if ids.contains(&id) {
             out.insert(
                 name.to_string(),
                 serde_json::json!({ "id": id, "type": m["type"], "bytes_key": m["bytes_key"],

@@ -842,7 +842,8 @@ pub fn leak_throughput(
     out.heading(&format!("P4: anomaly throughput ({verdict} crossings into the JSON sink)"));
     out.note(&format!(
         "A process in a fresh pid namespace ({}) calls {sys}(H, 0) in a tight loop for {:.1} s, H the \
-         host pid of a sibling that is no vpid inside (ESRCH), while `pidvirt run --audit-log FILE` runs. \
+         host pid of a sibling that is no vpid inside (ESRCH), while `pidvirt run --audit-log FILE \
+         --audit-log-max-bytes 0` runs (one file, never rotated). \
          delivered = audit-log lines of that container with verdict {verdict}; counted = stats {counter}; \
          dropped = stats ringbuf_drops of the container. Sink rate = delivered / time from the start of \
          generation until the sink stopped growing.",
@@ -975,12 +976,14 @@ fn attach_section(
 
 fn memory_section(out: &mut Report, goals: &mut Vec<Goal>, r: &AttachRun, m: &MemoryPerTask) {
     let (before, after, seeded) = (&r.before, &r.after, &r.seeded);
-    let (tasks, virt, deep) = (map::TASKS, map::VIRT, map::DEEP);
+    let (tasks, virt, deep, front) = (map::TASKS, map::VIRT, map::DEEP, map::VIRT_FRONT);
     out.heading("P6: kernel memory per tracked task");
     out.note(&format!(
         "Maps of the running daemon (bpftool map show --json), before and after the {} extra processes \
-         (tracked by the fork program; `ps` listed them all: {}). Value bytes per task = {tasks} value + a {virt} \
-         value per non-host level (+ {deep} for levels >= {INLINE_LEVELS}). memlock = bytes_memlock summed over {}.",
+         (tracked by the fork program; `ps` listed them all: {}). Value bytes per task = {tasks} value + a reverse \
+         entry's value per non-host level (+ {deep} for levels >= {INLINE_LEVELS}); keys are not counted: a reverse \
+         entry is an 8-B key and a {virt} value, in a slot of {front} or, when its slot holds another key, in {virt}. \
+         memlock = bytes_memlock summed over {}.",
         r.total,
         r.live["ok"],
         MAPS.join(", ")

@@ -234,7 +234,8 @@ pub struct ValueSizes {
 }
 
 impl ValueSizes {
-    /// A task at pid namespace `level`: a TASKS value, a VIRT value per non-host level, and a
+    /// A task at pid namespace `level`: a TASKS value, a reverse entry's value (a VIRT value, in
+    /// a VIRT_FRONT slot or in VIRT) per non-host level, and a
     /// DEEP value when it is nested deeper than the levels TASKS holds.
     pub fn of_task(&self, level: u64) -> u64 {
         self.tasks + level * self.virt + if level >= INLINE_LEVELS as u64 { self.deep } else { 0 }
