@@ -774,24 +774,53 @@ pub fn bpftool(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]))
 }
 
-/// Ids of the BPF programs process `pid` holds (its program and link fds name them in fdinfo).
-fn prog_ids_of(pid: u32) -> std::collections::HashSet<u64> {
+/// Ids of the BPF objects process `pid` holds, by the fdinfo field `field` of its fds
+/// (`prog_id:` of its program and link fds, `map_id:` of its map fds).
+fn fdinfo_ids(pid: u32, field: &str) -> std::collections::HashSet<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .expect("the daemon's fdinfo is readable")
         .filter_map(Result::ok)
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .flat_map(|info| {
             info.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse().ok()))
+                .filter_map(|l| l.strip_prefix(field).and_then(|v| v.trim().parse().ok()))
                 .collect::<Vec<u64>>()
         })
         .collect()
 }
 
+/// Whether the map named `name` that process `pid` holds has an element of key `key` (the
+/// kernel's answer to a lookup, by the map's id in the process's fdinfo).
+pub fn daemon_map_has(pid: u32, name: &str, key: &[u8]) -> bool {
+    let ids = fdinfo_ids(pid, "map_id:");
+    let kernel_name = pidvirt_common::catalogue::kernel_name(name);
+    let maps: Vec<u64> = bpftool(&["map", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["name"] == kernel_name)
+        .filter_map(|m| m["id"].as_u64())
+        .filter(|id| ids.contains(id))
+        .collect();
+    let [id] = maps[..] else { panic!("process {pid} holds {} maps named {name}", maps.len()) };
+    let id = id.to_string();
+    let mut args = vec!["map", "lookup", "id", &id, "key"];
+    let bytes: Vec<String> = key.iter().map(u8::to_string).collect();
+    args.extend(bytes.iter().map(String::as_str));
+    let out = Command::new("bpftool").args(&args).output().expect("bpftool is installed");
+    // A missing key: bpftool prints "Not found" and exits non-zero.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() && stdout.contains("Not found") {
+        return false;
+    }
+    assert!(out.status.success(), "bpftool {args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    true
+}
+
 /// The programs named `name` that process `pid` holds (the kernel's list, by the ids in its
 /// fdinfo), with how many times the kernel ran each.
 pub fn daemon_programs(pid: u32, name: &str) -> Vec<u64> {
-    let ids = prog_ids_of(pid);
+    let ids = fdinfo_ids(pid, "prog_id:");
     bpftool(&["prog", "show"])
         .as_array()
         .into_iter()

@@ -127,29 +127,44 @@ fn numbers_of_two_namespaces_sharing_a_front_slot_are_judged_as_the_kernel_answe
     };
     let (a0, b0) = (counts(&ca), counts(&cb));
 
+    // Where the kernel keeps the reverse entry of number `n` of fixture `f`'s namespace: the
+    // hash map holds it or not.
+    let in_hash = |f: &Fixture, n: u32| {
+        let key = [(f.inner() as u32).to_ne_bytes(), n.to_ne_bytes()].concat();
+        tests::daemon_map_has(d.pid(), pidvirt_common::catalogue::map::VIRT, &key)
+    };
     assert_eq!(a.num(&format!("spawn_vpid {na} 0")), i64::from(na));
     assert_eq!(b.num(&format!("spawn_vpid {nb} 0")), i64::from(nb));
+    // The slot held the first's entry: the second's went to the hash map.
+    assert_eq!((in_hash(&a, na), in_hash(&b, nb)), (false, true));
     // The kernel: each number names a live task of its namespace.
     assert_eq!(a.num(&format!("sys kill {na} 0")), 0);
     assert_eq!(b.num(&format!("sys kill {nb} 0")), 0);
     eventually(tests::settle(), "both kills counted ok", || {
         (counts(&ca).0 == a0.0 + 1 && counts(&cb).0 == b0.0 + 1).then_some(())
     });
-    // Reaped (SIGKILL, counted ok, and wait), the one written second first: each number then
-    // names nothing (released).
-    for (f, n) in [(&mut b, nb), (&mut a, na)] {
-        assert_eq!(f.cmd(&format!("reap {n}")), "ok");
-        assert_eq!(f.num(&format!("sys kill {n} 0")), ESRCH);
-    }
-    eventually(tests::settle(), "both kills counted released", || {
-        (counts(&ca).1 == a0.1 + 1 && counts(&cb).1 == b0.1 + 1).then_some(())
+    // Reaped (SIGKILL, counted ok, and wait), the one in the slot first: its number then names
+    // nothing (released), while the second's, found in the hash map behind a free slot, still
+    // names its task.
+    assert_eq!(a.cmd(&format!("reap {na}")), "ok");
+    assert_eq!(a.num(&format!("sys kill {na} 0")), ESRCH);
+    assert_eq!(b.num(&format!("sys kill {nb} 0")), 0);
+    eventually(tests::settle(), "the kills counted released and ok", || {
+        (counts(&ca).1 == a0.1 + 1 && counts(&cb).0 == b0.0 + 2).then_some(())
     });
+    assert_eq!(b.cmd(&format!("reap {nb}")), "ok");
+    assert_eq!(b.num(&format!("sys kill {nb} 0")), ESRCH);
+    eventually(tests::settle(), "the second's kill counted released", || {
+        (counts(&cb).1 == b0.1 + 1).then_some(())
+    });
+    assert!(!in_hash(&b, nb), "the reaped task's entry left the hash map");
     // The slot is free again: the second namespace's number, taken anew, is written there.
     assert_eq!(b.num(&format!("spawn_vpid {nb} 0")), i64::from(nb));
+    assert!(!in_hash(&b, nb), "the new task's entry went to the free slot");
     assert_eq!(b.num(&format!("sys kill {nb} 0")), 0);
-    // ok: the first kill, reap's SIGKILL and this one.
+    // ok: the first kill, the one after the first's reap, reap's SIGKILL and this one.
     eventually(tests::settle(), "the new task's kill counted ok", || {
-        (counts(&cb).0 == b0.0 + 3).then_some(())
+        (counts(&cb).0 == b0.0 + 4).then_some(())
     });
     assert_eq!(counts(&ca).0, a0.0 + 2);
     for c in [&ca, &cb] {
