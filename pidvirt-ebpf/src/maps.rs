@@ -69,7 +69,10 @@ unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
 /// Whoever writes a slot's value claims the slot first (its key to CLAIMED, by compare-and-swap
 /// from what it read), and only the claimer writes a claimed slot: a writer that read `k` can
 /// then not write its value over a key that took the slot after `k` was forgotten, and a reader
-/// never pairs a key with another key's value.
+/// that reads the key, the value and the key again does not pair a key with another key's value
+/// (but for the same key written again in between: its number reused within the read).
+/// The order of the key's and the value's stores and loads is x86-64's (the programs attach to
+/// the x86-64 syscall functions and tracepoints only).
 #[inline(always)]
 pub fn virt_insert(k: VirtKey, v: VirtValue) -> Result<(), ()> {
     let key = released::key(k.pidns, k.nr);
@@ -77,12 +80,22 @@ pub fn virt_insert(k: VirtKey, v: VirtValue) -> Result<(), ()> {
     if let Some(s) = VIRT_FRONT.get_ptr_mut(slot) {
         let s = unsafe { &mut *s };
         let held = unsafe { core::ptr::read_volatile(&raw const s.key) };
+        if held == key && unsafe { core::ptr::read_volatile(&raw const s.value) } == v {
+            // Already there (the task iterator recording a task the fork program recorded):
+            // no claim, during which a removal would miss the entry.
+            return Ok(());
+        }
         if (held == 0 || held == key) && unsafe { cmpxchg(&raw mut s.key, held, virt_front::CLAIMED) } == held
         {
             unsafe { core::ptr::write_volatile(&raw mut s.value, v) };
             // Published after the value: x86-64 keeps stores in order (and loads: a reader
             // that sees the key sees this value).
             unsafe { core::ptr::write_volatile(&raw mut s.key, key) };
+            // An older entry of the key in VIRT (written while the slot held another key) is
+            // replaced, as VIRT's own insert would have replaced it.
+            if spilled(slot) {
+                let _ = VIRT.remove(&k);
+            }
             return Ok(());
         }
     }

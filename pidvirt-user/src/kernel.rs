@@ -241,8 +241,11 @@ impl KernelMaps {
     /// Host tid of the task numbered `nr` in pid namespace `pidns`, checked against its entry.
     pub fn resolve(&self, pidns: u32, level: u32, nr: u32) -> Option<FullTask> {
         let key = released::key(pidns, nr);
-        let v = match self.virt_front.get(&virt_front::slot(key), 0) {
-            Ok(slot) if slot.key == key => slot.value,
+        let front = || self.virt_front.get(&virt_front::slot(key), 0).ok().filter(|s| s.key == key);
+        // Read twice: the syscall's copy of a slot being written may pair the key with another
+        // key's value.
+        let v = match (front(), front()) {
+            (Some(a), Some(b)) if a == b => a.value,
             _ => self.virt.get(&VirtKey { pidns, nr }, 0).ok()?,
         };
         let t = self.task(v.host_tid)?;
@@ -353,8 +356,7 @@ impl KernelMaps {
         for (level, (id, pidns)) in ids.iter().zip(ns).enumerate().skip(1) {
             let key = VirtKey { pidns: *pidns, nr: id.tid };
             // Kept as in VIRT (NOEXIST): an entry the programs wrote is newer than the walk's.
-            if !self.in_front(key) {
-                self.spill(key);
+            if !self.in_front(key) && self.spill(key) {
                 let _ = self.virt.insert(key, VirtValue::of(entry), NOEXIST);
             }
             let info = PidnsInfo::from_chain(
@@ -492,14 +494,19 @@ impl KernelMaps {
     /// Marks the front slot of reverse entry `key`, before the daemon writes the entry to VIRT
     /// (the programs look in VIRT only for the slots marked; pidvirt_common::virt_front). Only
     /// the daemon writes these marks, and never clears one: a read-modify-write loses none.
-    fn spill(&mut self, key: VirtKey) {
+    /// Answers whether the slot is marked: an entry written to VIRT without its mark would never
+    /// be looked at.
+    fn spill(&mut self, key: VirtKey) -> bool {
         let (word, bit) = virt_front::spill_bit(virt_front::slot(released::key(key.pidns, key.nr)));
-        let Ok(old) = self.virt_seed_spill.get(&word, 0) else { return };
-        if old & bit == 0
-            && let Err(e) = self.virt_seed_spill.set(word, old | bit, 0)
-        {
+        let marked = match self.virt_seed_spill.get(&word, 0) {
+            Ok(old) if old & bit != 0 => Ok(()),
+            Ok(old) => self.virt_seed_spill.set(word, old | bit, 0),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &marked {
             tracing::warn!("could not mark the reverse map's front slot of {key:?}: {e}");
         }
+        marked.is_ok()
     }
 
     /// To be called AFTER every write to the task map: the programs' per-CPU copies of a
