@@ -689,8 +689,8 @@ maps! {
     PENDING_CALLS, PENDING_TIDS, PROCFS,
 }
 
-/// The name the kernel keeps of map or program `name` (BPF_OBJ_NAME_LEN 16, with its NUL), as
-/// bpftool shows it.
+/// The name the kernel keeps of map `name` (BPF_OBJ_NAME_LEN 16, with its NUL), as `bpftool map
+/// show` shows it (programs' full names bpftool takes from their BTF).
 pub fn kernel_name(name: &str) -> &str {
     &name[..name.len().min(15)]
 }

@@ -3,8 +3,8 @@
 //! Lifecycle (tp_btf): sched_process_fork / exec / exit / free keep, per task, its ids at every
 //! pid namespace level (maps::TASKS, maps::DEEP) and the reverse view (pid namespace, number) ->
 //! host tid (maps::VIRT_FRONT, and maps::VIRT for the keys its slots cannot hold; through
-//! maps::virt_insert, virt_get and virt_forget). All reads of task structures go through `task.rs` with offsets resolved
-//! from BTF at start-up (no CO-RE in Rust eBPF).
+//! maps::virt_insert, virt_get and virt_forget). All reads of task structures go through
+//! `task.rs` with offsets resolved from BTF at start-up (no CO-RE in Rust eBPF).
 #![no_std]
 #![no_main]
 // For `kernel::below`: an asm barrier (a self-move), so that a bounds check and the index it guards

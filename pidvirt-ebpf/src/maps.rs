@@ -14,8 +14,9 @@ use pidvirt_common::{
 };
 
 /// host tid -> ids at every level (inline up to INLINE_LEVELS). Written on every fork and free
-/// (as VIRT, for the reverse entries the front cannot hold): preallocated (an element taken from a per-CPU free list, no allocation;
-/// measured ~1 µs less per fork+exit than BPF_F_NO_PREALLOC). Capacity set by the daemon.
+/// (as VIRT, for the reverse entries the front cannot hold): preallocated (an element taken
+/// from a per-CPU free list, no allocation; measured ~1 µs less per fork+exit than
+/// BPF_F_NO_PREALLOC). Capacity set by the daemon.
 #[map]
 pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(262_144, 0);
 

@@ -240,13 +240,12 @@ impl KernelMaps {
 
     /// Host tid of the task numbered `nr` in pid namespace `pidns`, checked against its entry.
     pub fn resolve(&self, pidns: u32, level: u32, nr: u32) -> Option<FullTask> {
-        let key = released::key(pidns, nr);
-        let front = || self.virt_front.get(&virt_front::slot(key), 0).ok().filter(|s| s.key == key);
+        let key = VirtKey { pidns, nr };
         // Read twice: the syscall's copy of a slot being written may pair the key with another
         // key's value.
-        let v = match (front(), front()) {
+        let v = match (self.front(key), self.front(key)) {
             (Some(a), Some(b)) if a == b => a.value,
-            _ => self.virt.get(&VirtKey { pidns, nr }, 0).ok()?,
+            _ => self.virt.get(&key, 0).ok()?,
         };
         let t = self.task(v.host_tid)?;
         (v.points_at(&t.entry) && t.at(level).map(|ids| ids.tid) == Some(nr)).then_some(t)
@@ -356,7 +355,7 @@ impl KernelMaps {
         for (level, (id, pidns)) in ids.iter().zip(ns).enumerate().skip(1) {
             let key = VirtKey { pidns: *pidns, nr: id.tid };
             // Kept as in VIRT (NOEXIST): an entry the programs wrote is newer than the walk's.
-            if !self.in_front(key) && self.spill(key) {
+            if self.front(key).is_none() && self.spill(key) {
                 let _ = self.virt.insert(key, VirtValue::of(entry), NOEXIST);
             }
             let info = PidnsInfo::from_chain(
@@ -485,10 +484,10 @@ impl KernelMaps {
         }
     }
 
-    /// Whether the reverse map's front holds an entry of `key`.
-    fn in_front(&self, key: VirtKey) -> bool {
+    /// The reverse map's front slot of `key`, if it holds an entry of `key`.
+    fn front(&self, key: VirtKey) -> Option<VirtSlot> {
         let key = released::key(key.pidns, key.nr);
-        self.virt_front.get(&virt_front::slot(key), 0).is_ok_and(|slot| slot.key == key)
+        self.virt_front.get(&virt_front::slot(key), 0).ok().filter(|slot| slot.key == key)
     }
 
     /// Marks the front slot of reverse entry `key`, before the daemon writes the entry to VIRT
