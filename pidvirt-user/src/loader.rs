@@ -136,6 +136,49 @@ where
         .map_err(|e| refused(program_error(&e)))
 }
 
+/// Where a program is loaded for: aya's typed `load` of each kind needs it.
+enum LoadTarget<'a> {
+    /// A syscalls: tracepoint (attached to its hook after loading).
+    TracePoint,
+    /// A tp_btf hook, an iterator's target or an fentry/fexit function, found in `btf`.
+    Btf(&'a str),
+}
+
+/// Loads `programs` on as many threads as this process may run on, and attaches nothing.
+/// Loading is almost all the kernel verifier's work, done in the calling thread and, for
+/// root, under no global lock; the attaching stays in order, in the callers, which load
+/// themselves what this left unloaded (and report a refusal there, with its verifier log).
+fn load_in_parallel(ebpf: &mut Ebpf, btf: &Btf, programs: &[(&str, LoadTarget)]) {
+    use aya::programs::Program as P;
+    let queue: Vec<_> = ebpf
+        .programs_mut()
+        .filter(|(_, program)| program.fd().is_err())
+        .filter_map(|(name, program)| {
+            programs.iter().find(|(n, _)| *n == name).map(|(_, target)| (program, target))
+        })
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(queue.len());
+    let queue = std::sync::Mutex::new(queue);
+    let next = || queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while let Some((program, target)) = next() {
+                    // A refusal is the caller's to report, when it loads the program again.
+                    let _ = match (program, target) {
+                        (P::TracePoint(p), LoadTarget::TracePoint) => p.load(),
+                        (P::BtfTracePoint(p), LoadTarget::Btf(at)) => p.load(at, btf),
+                        (P::Iter(p), LoadTarget::Btf(at)) => p.load(at, btf),
+                        (P::FEntry(p), LoadTarget::Btf(at)) => p.load(at, btf),
+                        (P::FExit(p), LoadTarget::Btf(at)) => p.load(at, btf),
+                        _ => Ok(()),
+                    };
+                }
+            });
+        }
+    });
+}
+
 pub fn program_error(e: &ProgramError) -> String {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
@@ -319,6 +362,14 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     let t_object = t0.elapsed();
     let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
     let t_btf = t0.elapsed();
+    let mut early: Vec<(&str, LoadTarget)> = Program::LIFECYCLE
+        .iter()
+        .filter_map(|p| Some((p.name(), LoadTarget::Btf(p.btf_tracepoint()?))))
+        .collect();
+    if opts.task_iterator {
+        early.push((Program::SeedTasks.name(), LoadTarget::Btf("task")));
+    }
+    load_in_parallel(&mut ebpf, &btf, &early);
     let mut attached = Vec::new();
     for &program in Program::LIFECYCLE {
         let hook = attach_btf_tracepoint(&mut ebpf, program, &btf, &mut links)?;
@@ -724,7 +775,9 @@ fn attach_btf_tracepoint(
         .ok_or_else(|| LoadError::Refused { program: name.into(), message: "not a tp_btf program".into() })?;
     let refused = |message: String| LoadError::Refused { program: name.into(), message };
     let prog: &mut BtfTracePoint = typed_program(ebpf, name, name)?;
-    prog.load(tp, btf).map_err(|e| refused(program_error(&e)))?;
+    if prog.fd().is_err() {
+        prog.load(tp, btf).map_err(|e| refused(program_error(&e)))?;
+    }
     let hook = format!("tp_btf/{tp}");
     let id = prog.attach().map_err(|e| LoadError::Attach {
         program: name.into(),
@@ -766,7 +819,11 @@ fn attach_syscalls(
         (Err(why), AttachMode::Fentry) => Err(LoadError::NoFentry(why)),
         (Err(why), _) => {
             crate::tracefs::tracefs_root()?;
-            for (program, tp) in syscall_hooks(watched) {
+            let hooks = syscall_hooks(watched);
+            let name = |program: &Program| if floor { program.floor().name() } else { program.name() };
+            let programs: Vec<_> = hooks.iter().map(|(program, _)| (name(program), LoadTarget::TracePoint)).collect();
+            load_in_parallel(ebpf, btf, &programs);
+            for (program, tp) in hooks {
                 let name = if floor { program.floor().name() } else { program.name() };
                 attach_tracepoint(ebpf, name, program.name(), &tp, links)?;
                 attached.push((name.to_string(), format!("syscalls:{tp}")));
@@ -787,11 +844,17 @@ fn attach_functions(
     attached: &mut Vec<(String, String)>,
 ) -> Result<(), String> {
     let mut first = true;
+    let mut rest_loaded = false;
     for spec in SYSCALLS.iter().filter(|s| watched(s)) {
         let [stub, body] = syscall_functions(spec.name);
         for (programs, exit) in [(spec.fentry, false), (spec.fexit, true)] {
             let Some((program, floor_program)) = programs else { continue };
             let name = if floor { floor_program } else { program };
+            if !first && !rest_loaded {
+                // The kernel took the first: the rest are loaded together.
+                load_functions_in_parallel(ebpf, btf, floor, watched);
+                rest_loaded = true;
+            }
             let result = match attach_function(ebpf, name, &stub, exit, btf, links) {
                 Err(FunctionError::NotInBtf(_)) => attach_function(ebpf, name, &body, exit, btf, links),
                 other => other,
@@ -807,6 +870,29 @@ fn attach_functions(
         }
     }
     Ok(())
+}
+
+/// Loads every watched syscall's fentry/fexit program (or floor twin) for the function the
+/// kernel's BTF has, in parallel (`load_in_parallel`).
+fn load_functions_in_parallel(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    floor: bool,
+    watched: &dyn Fn(&SyscallSpec) -> bool,
+) {
+    let in_btf = |f: &str| btf.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func).is_ok();
+    let functions: Vec<(&str, String)> = SYSCALLS
+        .iter()
+        .filter(|s| watched(s))
+        .filter_map(|spec| syscall_functions(spec.name).into_iter().find(|f| in_btf(f)).map(|f| (spec, f)))
+        .flat_map(|(spec, function)| {
+            [spec.fentry, spec.fexit].into_iter().flatten().map(move |(program, floor_program)| {
+                (if floor { floor_program } else { program }, function.clone())
+            })
+        })
+        .collect();
+    let programs: Vec<_> = functions.iter().map(|(name, f)| (*name, LoadTarget::Btf(f))).collect();
+    load_in_parallel(ebpf, btf, &programs);
 }
 
 /// Why an fentry/fexit program could not be attached.
@@ -837,7 +923,9 @@ fn attach_function(
     let e = |e: ProgramError| FunctionError::Refused(program_error(&e));
     let hook = if exit {
         let prog: &mut FExit = program.try_into().map_err(e)?;
-        prog.load(function, btf).map_err(e)?;
+        if prog.fd().is_err() {
+            prog.load(function, btf).map_err(e)?;
+        }
         let id = prog.attach().map_err(e)?;
         let hook = format!("fexit/{function}");
         if links.pin {
@@ -848,7 +936,9 @@ fn attach_function(
         hook
     } else {
         let prog: &mut FEntry = program.try_into().map_err(e)?;
-        prog.load(function, btf).map_err(e)?;
+        if prog.fd().is_err() {
+            prog.load(function, btf).map_err(e)?;
+        }
         let id = prog.attach().map_err(e)?;
         let hook = format!("fentry/{function}");
         if links.pin {
@@ -893,7 +983,9 @@ fn run_task_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
         .ok_or("program seed_tasks not in object")?
         .try_into()
         .map_err(|e: ProgramError| e.to_string())?;
-    prog.load("task", btf).map_err(|e| format!("load: {}", program_error(&e)))?;
+    if prog.fd().is_err() {
+        prog.load("task", btf).map_err(|e| format!("load: {}", program_error(&e)))?;
+    }
     let id = prog.attach().map_err(|e| format!("attach: {}", program_error(&e)))?;
     let link = prog.take_link(id).map_err(|e| format!("link: {}", program_error(&e)))?;
     let mut file = link.into_file().map_err(|e| format!("open: {e}"))?;
