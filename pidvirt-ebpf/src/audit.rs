@@ -58,13 +58,26 @@ pub fn caller() -> Option<(u32, *const TaskEntry)> {
         return Some((tid, &raw const c.entry));
     }
     count_map_error(counter::map_error::TASK_MISSING);
-    let s = SCRATCH.get_ptr_mut(SCRATCH_TRACEPOINT)?;
-    let e = unsafe { &mut (*s).entry };
-    match describe(task, e) {
-        Ok(()) => Some((tid, core::ptr::from_ref(e))),
+    if describe_caller() != 0 {
+        return None;
+    }
+    let s = SCRATCH.get_ptr(SCRATCH_TRACEPOINT)?;
+    Some((tid, unsafe { &raw const (*s).entry }))
+}
+
+/// Describes the calling task in this CPU's tracepoint scratch entry (`describe`); answers 0,
+/// or 1 after counting why it could not. A global function: the verifier checks it once per
+/// program, not once per `caller()` a program inlines and per state that reaches it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn describe_caller() -> i32 {
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let Some(s) = SCRATCH.get_ptr_mut(SCRATCH_TRACEPOINT) else { return 1 };
+    match describe(task, unsafe { &mut (*s).entry }) {
+        Ok(()) => 0,
         Err(reason) => {
             count_map_error(reason);
-            None
+            1
         }
     }
 }
@@ -378,42 +391,99 @@ pub struct Crossing {
 /// caller's container.
 #[inline(always)]
 pub fn report(x: &Crossing, caller_tid: u32, c: &TaskEntry, target: Found, also: Found, also_at: Level) {
-    let &Crossing { syscall, direction, verdict, value } = x;
+    let r = AnomalyReport {
+        value: x.value,
+        syscall: x.syscall,
+        direction: x.direction as u8,
+        verdict: x.verdict as u8,
+        slot: c.slot,
+        target_tid: if target.is_some() { target.tid } else { 0 },
+        also_tid: if also.is_some() { also.tid } else { 0 },
+        also_level: also_at.level,
+        also_pidns: also_at.pidns,
+        caller: info(caller_tid, c),
+    };
+    // SAFETY: `r` is an AnomalyReport.
+    unsafe { submit_anomaly(&raw const r) };
+}
+
+/// What `report` hands `submit_anomaly`: plain numbers.
+#[repr(C)]
+pub struct AnomalyReport {
+    value: i64,
+    syscall: u16,
+    direction: u8,
+    verdict: u8,
+    /// The caller's counter slot, for a drop.
+    slot: u32,
+    /// The target's and `also`'s host tids (0: none).
+    target_tid: u32,
+    also_tid: u32,
+    also_level: u32,
+    also_pidns: u32,
+    caller: PartyInfo,
+}
+
+/// Writes anomaly `r` to the ring buffer (counting a full one), describing its target and
+/// `also` from their task entries. A global function for the verifier's sake: it is checked
+/// once per program, not once per report site and per state that reaches it (the reports were
+/// about a quarter of the instructions the verifier went through at load). So it takes plain
+/// numbers and looks the entries up again by host tid: a task released in between is left out
+/// of the record, as if not found. It answers 0.
+///
+/// # Safety
+/// `r` is null or points at an `AnomalyReport` (the verifier checks the size).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn submit_anomaly(r: *const AnomalyReport) -> i32 {
+    let Some(r) = (unsafe { r.as_ref() }) else { return 0 };
+    let party = |tid: u32| -> Option<PartyInfo> {
+        if tid == 0 {
+            None
+        } else if tid == r.caller.host_tid {
+            Some(r.caller)
+        } else {
+            TASKS.get_ptr(tid).map(|e| info(tid, unsafe { &*e }))
+        }
+    };
+    let target = party(r.target_tid);
+    let also = party(r.also_tid);
     let Some(mut slot) = EVENTS.reserve::<AnomalyEvent>(0) else {
         count_drop(counter::drop::RINGBUF_FULL_ANOMALY);
-        if let Some(p) = COUNTS.get_ptr_mut(c.slot) {
+        if let Some(p) = COUNTS.get_ptr_mut(r.slot) {
             unsafe { (*p).ringbuf_drops += 1 };
         }
-        return;
+        return 0;
     };
     let ev = slot.as_mut_ptr();
     unsafe {
         (*ev).kind = event_kind::ANOMALY;
-        (*ev).syscall = syscall;
-        (*ev).direction = direction as u8;
-        (*ev).verdict = verdict as u8;
-        (*ev).value = value;
+        (*ev).syscall = r.syscall;
+        (*ev).direction = r.direction;
+        (*ev).verdict = r.verdict;
+        (*ev).value = r.value;
         (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).caller = info(caller_tid, c);
+        (*ev).caller = r.caller;
         (*ev).flags = 0;
-        (*ev).also_level = also_at.level;
-        (*ev).also_pidns = also_at.pidns;
+        (*ev).also_level = r.also_level;
+        (*ev).also_pidns = r.also_pidns;
         (*ev).pad = 0;
         (*ev).target = PartyInfo::default();
         (*ev).also = PartyInfo::default();
-        if target.is_some() {
-            (*ev).target = info(target.tid, &*target.entry);
+        if let Some(t) = target {
+            (*ev).target = t;
             (*ev).flags |= event_flags::HAS_TARGET;
         }
-        if also.is_some() {
-            (*ev).also = info(also.tid, &*also.entry);
+        if let Some(a) = also {
+            (*ev).also = a;
             (*ev).flags |= event_flags::HAS_ALSO;
-        } else if also_at.pidns != 0 {
+        } else if r.also_pidns != 0 {
             (*ev).flags |= event_flags::HAS_READ_AT;
         }
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
     slot.submit(0);
+    0
 }
 
 /// A number naming one task, from the caller. Returns the verdict.
