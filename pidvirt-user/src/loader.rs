@@ -137,11 +137,16 @@ where
 }
 
 /// Where a program is loaded for: aya's typed `load` of each kind needs it.
-enum LoadTarget<'a> {
+enum LoadTarget {
     /// A syscalls: tracepoint (attached to its hook after loading).
     TracePoint,
     /// A tp_btf hook, an iterator's target or an fentry/fexit function, found in `btf`.
-    Btf(&'a str),
+    Btf(String),
+}
+
+/// How many programs `load_in_parallel` loads at once: one per CPU this process may run on.
+fn load_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// Loads `programs` on as many threads as this process may run on, and attaches nothing.
@@ -157,7 +162,7 @@ fn load_in_parallel(ebpf: &mut Ebpf, btf: &Btf, programs: &[(&str, LoadTarget)])
             programs.iter().find(|(n, _)| *n == name).map(|(_, target)| (program, target))
         })
         .collect();
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(queue.len());
+    let threads = load_threads().min(queue.len());
     let queue = std::sync::Mutex::new(queue);
     let next = || queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
     std::thread::scope(|scope| {
@@ -362,14 +367,9 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     let t_object = t0.elapsed();
     let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
     let t_btf = t0.elapsed();
-    let mut early: Vec<(&str, LoadTarget)> = Program::LIFECYCLE
-        .iter()
-        .filter_map(|p| Some((p.name(), LoadTarget::Btf(p.btf_tracepoint()?))))
-        .collect();
-    if opts.task_iterator {
-        early.push((Program::SeedTasks.name(), LoadTarget::Btf("task")));
-    }
-    load_in_parallel(&mut ebpf, &btf, &early);
+    let watched = |spec: &SyscallSpec| opts.proc_paths || !spec.is_path();
+    load_all(&mut ebpf, &btf, opts, &watched);
+    let t_loaded = t0.elapsed();
     let mut attached = Vec::new();
     for &program in Program::LIFECYCLE {
         let hook = attach_btf_tracepoint(&mut ebpf, program, &btf, &mut links)?;
@@ -384,7 +384,6 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         Err("disabled (--seed proc)".to_string())
     };
     let t_iterator = t0.elapsed();
-    let watched = |spec: &SyscallSpec| opts.proc_paths || !spec.is_path();
     let syscalls = attach_syscalls(&mut ebpf, &btf, opts.attach, false, &watched, &mut links, &mut attached)?;
     let t_syscalls = t0.elapsed();
     let signalfd = attach_signalfd(&mut ebpf, &btf, &mut links, &mut attached);
@@ -392,12 +391,14 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     let t_end = t0.elapsed();
     let ms = |from: Duration, to: Duration| to.saturating_sub(from).as_secs_f64() * 1000.0;
     tracing::info!(
-        "loaded in {:.0} ms: object and maps {:.0}, kernel BTF {:.0}, lifecycle programs {:.0}, task iterator \
-         {:.0}, syscall programs {:.0}, enforcer {:.0}",
+        "loaded in {:.0} ms: object and maps {:.0}, kernel BTF {:.0}, programs loaded ({} at once) {:.0}, \
+         lifecycle programs attached {:.0}, task iterator {:.0}, syscall programs attached {:.0}, enforcer {:.0}",
         ms(Duration::ZERO, t_end),
         ms(Duration::ZERO, t_object),
         ms(t_object, t_btf),
-        ms(t_btf, t_lifecycle),
+        load_threads(),
+        ms(t_btf, t_loaded),
+        ms(t_loaded, t_lifecycle),
         ms(t_lifecycle, t_iterator),
         ms(t_iterator, t_syscalls),
         ms(t_syscalls, t_end)
@@ -422,6 +423,28 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         signalfd,
         adopted: false,
     })
+}
+
+/// Loads (verifies) every program the daemon attaches, all together (`load_in_parallel`); the
+/// attaching comes after, in the order that matters. Which syscall programs is the kernel's
+/// choice: the first fentry program, loaded alone, says whether it takes fentry.
+fn load_all(ebpf: &mut Ebpf, btf: &Btf, opts: &LoadOptions, watched: &dyn Fn(&SyscallSpec) -> bool) {
+    let fentry = opts.attach != AttachMode::Tracepoint && {
+        let functions = syscall_programs(btf, false, watched, true);
+        functions.first().is_some_and(|probe| {
+            load_in_parallel(ebpf, btf, std::slice::from_ref(probe));
+            ebpf.program(probe.0).is_some_and(|p| p.fd().is_ok())
+        })
+    };
+    let mut programs: Vec<(&str, LoadTarget)> = Program::LIFECYCLE
+        .iter()
+        .filter_map(|p| Some((p.name(), LoadTarget::Btf(p.btf_tracepoint()?.to_string()))))
+        .collect();
+    if opts.task_iterator {
+        programs.push((Program::SeedTasks.name(), LoadTarget::Btf("task".into())));
+    }
+    programs.extend(syscall_programs(btf, false, watched, fentry));
+    load_in_parallel(ebpf, btf, &programs);
 }
 
 /// Logs (debug) how many instructions the verifier processed for each loaded program, the
@@ -819,11 +842,8 @@ fn attach_syscalls(
         (Err(why), AttachMode::Fentry) => Err(LoadError::NoFentry(why)),
         (Err(why), _) => {
             crate::tracefs::tracefs_root()?;
-            let hooks = syscall_hooks(watched);
-            let name = |program: &Program| if floor { program.floor().name() } else { program.name() };
-            let programs: Vec<_> = hooks.iter().map(|(program, _)| (name(program), LoadTarget::TracePoint)).collect();
-            load_in_parallel(ebpf, btf, &programs);
-            for (program, tp) in hooks {
+            load_in_parallel(ebpf, btf, &syscall_programs(btf, floor, watched, false));
+            for (program, tp) in syscall_hooks(watched) {
                 let name = if floor { program.floor().name() } else { program.name() };
                 attach_tracepoint(ebpf, name, program.name(), &tp, links)?;
                 attached.push((name.to_string(), format!("syscalls:{tp}")));
@@ -852,7 +872,7 @@ fn attach_functions(
             let name = if floor { floor_program } else { program };
             if !first && !rest_loaded {
                 // The kernel took the first: the rest are loaded together.
-                load_functions_in_parallel(ebpf, btf, floor, watched);
+                load_in_parallel(ebpf, btf, &syscall_programs(btf, floor, watched, true));
                 rest_loaded = true;
             }
             let result = match attach_function(ebpf, name, &stub, exit, btf, links) {
@@ -872,27 +892,32 @@ fn attach_functions(
     Ok(())
 }
 
-/// Loads every watched syscall's fentry/fexit program (or floor twin) for the function the
-/// kernel's BTF has, in parallel (`load_in_parallel`).
-fn load_functions_in_parallel(
-    ebpf: &mut Ebpf,
+/// The watched syscalls' programs (or their floor twins) and what each is loaded for: the
+/// function the kernel's BTF has for fentry/fexit (`syscall_functions`), or tracepoints.
+fn syscall_programs(
     btf: &Btf,
     floor: bool,
     watched: &dyn Fn(&SyscallSpec) -> bool,
-) {
+    fentry: bool,
+) -> Vec<(&'static str, LoadTarget)> {
+    if !fentry {
+        let name = |program: &Program| if floor { program.floor().name() } else { program.name() };
+        return syscall_hooks(watched)
+            .iter()
+            .map(|(program, _)| (name(program), LoadTarget::TracePoint))
+            .collect();
+    }
     let in_btf = |f: &str| btf.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func).is_ok();
-    let functions: Vec<(&str, String)> = SYSCALLS
+    SYSCALLS
         .iter()
         .filter(|s| watched(s))
         .filter_map(|spec| syscall_functions(spec.name).into_iter().find(|f| in_btf(f)).map(|f| (spec, f)))
         .flat_map(|(spec, function)| {
             [spec.fentry, spec.fexit].into_iter().flatten().map(move |(program, floor_program)| {
-                (if floor { floor_program } else { program }, function.clone())
+                (if floor { floor_program } else { program }, LoadTarget::Btf(function.clone()))
             })
         })
-        .collect();
-    let programs: Vec<_> = functions.iter().map(|(name, f)| (*name, LoadTarget::Btf(f))).collect();
-    load_in_parallel(ebpf, btf, &programs);
+        .collect()
 }
 
 /// Why an fentry/fexit program could not be attached.
