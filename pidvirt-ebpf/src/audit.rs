@@ -477,7 +477,9 @@ pub unsafe extern "C" fn submit_anomaly(r: *const AnomalyReport) -> i32 {
         if let Some(a) = also {
             (*ev).also = a;
             (*ev).flags |= event_flags::HAS_ALSO;
-        } else if r.also_pidns != 0 {
+        } else if r.also_tid == 0 && r.also_pidns != 0 {
+            // Where the number was read, for a record that names no task there. An `also`
+            // released since it was found is left out with its level.
             (*ev).flags |= event_flags::HAS_READ_AT;
         }
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);

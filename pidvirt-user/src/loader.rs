@@ -144,10 +144,14 @@ enum LoadTarget {
     Btf(String),
 }
 
-/// How many programs `load_in_parallel` loads at once: one per CPU this process may run on.
+/// How many programs `load_in_parallel` loads at once: one per CPU this process may run on, up
+/// to `MAX_LOAD_THREADS`.
 fn load_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(MAX_LOAD_THREADS)
 }
+
+/// Verifier runs at once, at most: each holds its own states in kernel memory while it runs.
+const MAX_LOAD_THREADS: usize = 8;
 
 /// Loads `programs` on as many threads as this process may run on, and attaches nothing.
 /// Loading is almost all the kernel verifier's work, done in the calling thread and, for
