@@ -433,13 +433,14 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
 /// attaching comes after, in the order that matters. Which syscall programs is the kernel's
 /// choice: the first fentry program, loaded alone, says whether it takes fentry.
 fn load_all(ebpf: &mut Ebpf, btf: &Btf, opts: &LoadOptions, watched: &dyn Fn(&SyscallSpec) -> bool) {
-    let fentry = opts.attach != AttachMode::Tracepoint && {
-        let functions = syscall_programs(btf, false, watched, true);
-        functions.first().is_some_and(|probe| {
-            load_in_parallel(ebpf, btf, std::slice::from_ref(probe));
+    // Lazy: each function is a search of the kernel's BTF; a kernel that refuses the probe
+    // needs the first only.
+    let mut functions = function_programs(btf, watched);
+    let fentry = opts.attach != AttachMode::Tracepoint
+        && functions.next().is_some_and(|probe| {
+            load_in_parallel(ebpf, btf, std::slice::from_ref(&probe));
             ebpf.program(probe.0).is_some_and(|p| p.fd().is_ok())
-        })
-    };
+        });
     let mut programs: Vec<(&str, LoadTarget)> = Program::LIFECYCLE
         .iter()
         .filter_map(|p| Some((p.name(), LoadTarget::Btf(p.btf_tracepoint()?.to_string()))))
@@ -447,7 +448,13 @@ fn load_all(ebpf: &mut Ebpf, btf: &Btf, opts: &LoadOptions, watched: &dyn Fn(&Sy
     if opts.task_iterator {
         programs.push((Program::SeedTasks.name(), LoadTarget::Btf("task".into())));
     }
-    programs.extend(syscall_programs(btf, false, watched, fentry));
+    if fentry {
+        programs.extend(functions);
+    } else {
+        programs.extend(
+            syscall_hooks(watched).iter().map(|(program, _)| (program.name(), LoadTarget::TracePoint)),
+        );
+    }
     load_in_parallel(ebpf, btf, &programs);
 }
 
@@ -846,7 +853,6 @@ fn attach_syscalls(
         (Err(why), AttachMode::Fentry) => Err(LoadError::NoFentry(why)),
         (Err(why), _) => {
             crate::tracefs::tracefs_root()?;
-            load_in_parallel(ebpf, btf, &syscall_programs(btf, floor, watched, false));
             for (program, tp) in syscall_hooks(watched) {
                 let name = if floor { program.floor().name() } else { program.name() };
                 attach_tracepoint(ebpf, name, program.name(), &tp, links)?;
@@ -868,17 +874,11 @@ fn attach_functions(
     attached: &mut Vec<(String, String)>,
 ) -> Result<(), String> {
     let mut first = true;
-    let mut rest_loaded = false;
     for spec in SYSCALLS.iter().filter(|s| watched(s)) {
         let [stub, body] = syscall_functions(spec.name);
         for (programs, exit) in [(spec.fentry, false), (spec.fexit, true)] {
             let Some((program, floor_program)) = programs else { continue };
             let name = if floor { floor_program } else { program };
-            if !first && !rest_loaded {
-                // The kernel took the first: the rest are loaded together.
-                load_in_parallel(ebpf, btf, &syscall_programs(btf, floor, watched, true));
-                rest_loaded = true;
-            }
             let result = match attach_function(ebpf, name, &stub, exit, btf, links) {
                 Err(FunctionError::NotInBtf(_)) => attach_function(ebpf, name, &body, exit, btf, links),
                 other => other,
@@ -896,32 +896,25 @@ fn attach_functions(
     Ok(())
 }
 
-/// The watched syscalls' programs (or their floor twins) and what each is loaded for: the
-/// function the kernel's BTF has for fentry/fexit (`syscall_functions`), or tracepoints.
-fn syscall_programs(
-    btf: &Btf,
-    floor: bool,
-    watched: &dyn Fn(&SyscallSpec) -> bool,
-    fentry: bool,
-) -> Vec<(&'static str, LoadTarget)> {
-    if !fentry {
-        let name = |program: &Program| if floor { program.floor().name() } else { program.name() };
-        return syscall_hooks(watched)
-            .iter()
-            .map(|(program, _)| (name(program), LoadTarget::TracePoint))
-            .collect();
-    }
+/// The watched syscalls' fentry/fexit programs, each with the function the kernel's BTF has
+/// for it (`syscall_functions`), found as the iterator is taken.
+fn function_programs<'a>(
+    btf: &'a Btf,
+    watched: &'a dyn Fn(&SyscallSpec) -> bool,
+) -> impl Iterator<Item = (&'static str, LoadTarget)> + 'a {
     let in_btf = |f: &str| btf.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func).is_ok();
     SYSCALLS
         .iter()
         .filter(|s| watched(s))
-        .filter_map(|spec| syscall_functions(spec.name).into_iter().find(|f| in_btf(f)).map(|f| (spec, f)))
-        .flat_map(|(spec, function)| {
-            [spec.fentry, spec.fexit].into_iter().flatten().map(move |(program, floor_program)| {
-                (if floor { floor_program } else { program }, LoadTarget::Btf(function.clone()))
-            })
+        .filter_map(move |spec| {
+            syscall_functions(spec.name).into_iter().find(|f| in_btf(f)).map(|f| (spec, f))
         })
-        .collect()
+        .flat_map(|(spec, function)| {
+            [spec.fentry, spec.fexit]
+                .into_iter()
+                .flatten()
+                .map(move |(program, _)| (program, LoadTarget::Btf(function.clone())))
+        })
 }
 
 /// Why an fentry/fexit program could not be attached.
