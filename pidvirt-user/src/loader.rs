@@ -557,25 +557,38 @@ fn adopt(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 /// the object would go in no set order. Pinned links stay attached.
 pub fn detach(mut ebpf: Ebpf) {
     let lifecycle: Vec<&str> = Program::LIFECYCLE.iter().map(|p| p.name()).collect();
-    for (name, program) in ebpf.programs_mut() {
-        if lifecycle.contains(&name) {
-            continue;
-        }
-        let unloaded = match program {
-            aya::programs::Program::TracePoint(p) => p.unload(),
-            aya::programs::Program::FEntry(p) => p.unload(),
-            aya::programs::Program::FExit(p) => p.unload(),
-            aya::programs::Program::Lsm(p) => p.unload(),
-            aya::programs::Program::RawTracePoint(p) => p.unload(),
-            _ => Ok(()),
-        };
-        if let Err(e) = unloaded
-            && !matches!(e, ProgramError::NotLoaded)
-        {
-            tracing::warn!(program = name, "unloading: {e}");
-        }
-    }
+    let (last, first): (Vec<_>, Vec<_>) = ebpf.programs_mut().partition(|(name, _)| lifecycle.contains(name));
+    unload_together(first);
+    unload_together(last);
     drop(ebpf);
+}
+
+/// Unloads `programs`, each from a thread of its own. Detaching a tracepoint waits for the
+/// kernel's RCU grace periods: one link after another, a daemon took seconds to detach; waits
+/// made together end together.
+fn unload_together(programs: Vec<(&str, &mut aya::programs::Program)>) {
+    use aya::programs::Program as P;
+    std::thread::scope(|scope| {
+        for (name, program) in programs {
+            scope.spawn(move || {
+                let unloaded = match program {
+                    P::TracePoint(p) => p.unload(),
+                    P::BtfTracePoint(p) => p.unload(),
+                    P::FEntry(p) => p.unload(),
+                    P::FExit(p) => p.unload(),
+                    P::Lsm(p) => p.unload(),
+                    P::RawTracePoint(p) => p.unload(),
+                    P::Iter(p) => p.unload(),
+                    _ => Ok(()),
+                };
+                if let Err(e) = unloaded
+                    && !matches!(e, ProgramError::NotLoaded)
+                {
+                    tracing::warn!(program = name, "unloading: {e}");
+                }
+            });
+        }
+    });
 }
 
 /// Removes every pin; the programs go once no daemon holds them.
