@@ -337,7 +337,7 @@ macro_rules! lifecycle_programs {
                 enter_perf_event_open;
             FExit: fexit_signalfd_copyinfo;
             RawTracepoint: floor_raw_empty;
-            Iter: seed_tasks;
+            Iter: seed_tasks, task_comms;
         }
     };
 }

@@ -462,6 +462,16 @@ pub struct MigrateEvent {
     pub threadgroup: u32,
 }
 
+/// One record of the `task_comms` iterator: a task's host tid and command, for `ps` (one read
+/// of the iterator instead of a /proc path walk per task).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskComm {
+    pub host_tid: u32,
+    /// task_struct.comm: NUL-padded, at most 15 bytes of name.
+    pub comm: [u8; 16],
+}
+
 /// Whether an entry's start time denotes the same task as a task whose
 /// `task_struct.start_time` is `start_ns`. Seeded entries only have clock-tick precision.
 #[expect(clippy::inline_always, reason = "called by the kernel programs, which inline every helper")]
@@ -531,6 +541,7 @@ mod tests {
         assert!(DEEP_SLOTS >= DEEP_LEVELS && DEEP_SLOTS.is_power_of_two());
         assert!(INLINE_LEVELS.is_power_of_two());
         assert_eq!(size_of::<PidnsEvent>(), 40);
+        assert_eq!(size_of::<TaskComm>(), 20);
         assert_eq!(size_of::<PidnsInfo>(), 8 + 24 + 4 * ANCESTOR_SLOTS);
         assert!(ANCESTOR_SLOTS >= MAX_LEVELS && ANCESTOR_SLOTS.is_power_of_two());
         assert_eq!(size_of::<VirtValue>(), 8);

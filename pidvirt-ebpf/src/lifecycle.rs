@@ -12,15 +12,18 @@
 //! with direct loads ([`Direct`]), not helper calls.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
+    bindings::{BPF_NOEXIST, seq_file},
+    helpers::{bpf_ktime_get_ns, bpf_seq_write},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
 use pidvirt_common::{
-    DEEP_LEVELS, INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, MigrateEvent, PidnsEvent, TaskEntry, VirtKey,
-    VirtValue, counter, event_kind, pidns_source, same_start, slots, task_flags,
+    DEEP_LEVELS, INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, MigrateEvent, PidnsEvent, TaskComm, TaskEntry,
+    VirtKey, VirtValue, counter, event_kind, pidns_source, same_start, slots, task_flags,
 };
 
 use crate::{
-    kernel::{Direct, Kmem, below, off, offsets_ready},
+    kernel::{Direct, Kmem, Probe, below, off, offsets_ready},
     maps::{
         COUNTS, DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR, SCRATCH_TRACEPOINT, Scratch,
         TASKS, count_drop, count_lifecycle, count_map_error, host_pidns, mark_tid, may_have_entry,
@@ -505,6 +508,39 @@ pub fn seed_tasks(ctx: *mut core::ffi::c_void) -> i32 {
     }
     if let Err(reason) = record_task(Direct, task, SCRATCH_ITERATOR) {
         count_map_error(reason);
+    }
+    0
+}
+
+/// Task iterator writing every task's host tid and command ([`TaskComm`]) to the iterator's
+/// file: what `ps` shows beside the ids, read by the daemon in one pass. Writes nothing else.
+#[expect(
+    clippy::no_mangle_with_rust_abi,
+    reason = "the BPF target has one calling convention; aya's program macros declare their entry points alike"
+)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub fn task_comms(ctx: *mut core::ffi::c_void) -> i32 {
+    if !offsets_ready() {
+        return 0;
+    }
+    // bpf_iter__task { meta, task }; meta->seq is bpf_iter_meta's first field.
+    let meta: *const *mut seq_file = unsafe { *ctx.cast::<*const *mut seq_file>() };
+    let task: *const u8 = unsafe { *(ctx as *const *const u8).add(1) };
+    if task.is_null() || meta.is_null() {
+        return 0;
+    }
+    let seq = unsafe { *meta };
+    let Ok(host_tid) = Direct.read::<u32>(task, off!(task_pid)) else {
+        return 0;
+    };
+    // The comm through a helper: a direct load may not span the char array's elements.
+    let Ok(comm) = Probe.read::<[u8; 16]>(task, off!(task_comm)) else {
+        return 0;
+    };
+    let record = TaskComm { host_tid, comm };
+    unsafe {
+        bpf_seq_write(seq, (&raw const record).cast(), size_of::<TaskComm>() as u32);
     }
     0
 }

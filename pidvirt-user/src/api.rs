@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// Longest request line the server reads; a longer line gets a `too_long` error.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -146,7 +147,7 @@ impl std::error::Error for ApiError {}
 pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiError>,
     /// In an audit stream: records this client missed because it read too slowly.
@@ -156,10 +157,14 @@ pub struct Response {
 
 impl Response {
     pub fn ok(result: impl Serialize) -> Self {
-        match serde_json::to_value(result) {
-            Ok(v) => Self { ok: true, result: Some(v), error: None, lagged: None },
+        match serde_json::value::to_raw_value(&result) {
+            Ok(v) => Self::raw(v),
             Err(e) => Self::err(ApiError::new(ErrorCode::Internal, e.to_string())),
         }
+    }
+    /// A result already serialized.
+    pub fn raw(result: Box<RawValue>) -> Self {
+        Self { ok: true, result: Some(result), error: None, lagged: None }
     }
     pub fn err(error: ApiError) -> Self {
         Self { ok: false, result: None, error: Some(error), lagged: None }

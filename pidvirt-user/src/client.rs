@@ -47,15 +47,17 @@ async fn send(socket: &Path, req: &Request) -> Result<Sent, ClientError> {
     Ok(Sent { answers: BufReader::new(read), _write: write, result })
 }
 
-/// The result of a response line, or its error.
-fn result_of(resp: Response) -> Result<serde_json::Value, ClientError> {
+/// The result of a response line, decoded as `T` (no result decodes as JSON null), or its error.
+fn result_of<T: DeserializeOwned>(resp: &Response) -> Result<T, ClientError> {
     if !resp.ok {
         return Err(ClientError::Api(
             resp.error
+                .clone()
                 .unwrap_or_else(|| ApiError::new(crate::api::ErrorCode::Internal, "error without detail")),
         ));
     }
-    Ok(resp.result.unwrap_or(serde_json::Value::Null))
+    let raw = resp.result.as_ref().map_or("null", |r| r.get());
+    Ok(serde_json::from_str(raw).context("decode result")?)
 }
 
 /// Sends `req` and hands every response line's result to `each` until the daemon closes the
@@ -74,7 +76,7 @@ pub async fn stream(
             tracing::warn!("{n} audit records skipped: this client read too slowly");
             continue;
         }
-        if !each(result_of(resp)?) {
+        if !each(result_of(&resp)?) {
             break;
         }
     }
@@ -91,5 +93,5 @@ pub async fn call<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T
         return Err(anyhow!("the daemon closed the connection without answering").into());
     }
     let resp: Response = serde_json::from_str(&answer).context("decode response")?;
-    Ok(serde_json::from_value(result_of(resp)?).context("decode result")?)
+    result_of(&resp)
 }

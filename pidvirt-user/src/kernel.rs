@@ -521,6 +521,14 @@ impl KernelMaps {
     }
 }
 
+/// A record of type `T` (written by a kernel program) at the start of `bytes`, if it is long
+/// enough.
+pub fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
+    // SAFETY: the length is checked, `T` is a plain #[repr(C)] record of integers (any bit
+    // pattern is valid), and read_unaligned makes no alignment assumption.
+    (bytes.len() >= size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
 /// Every (key, value) of the hash map `fd`, read with BPF_MAP_LOOKUP_BATCH (Linux 5.6): a few
 /// syscalls for the whole map, where iterating costs two per entry (get-next-key, lookup),
 /// which made `ps` of 10,000 tasks spend ~100 ms in syscalls. Entries written or removed

@@ -3,6 +3,7 @@
 //! that counting and enforcement outlive the daemon, adopting pinned programs, detaching.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -16,7 +17,7 @@ use aya::{
     },
 };
 use pidvirt_common::{
-    KernelOffsets,
+    KernelOffsets, TaskComm,
     audit::{LSM_HOOKS, SYSCALLS, SyscallSpec},
     catalogue::{OFFSETS_GLOBAL, Program, SIGNALFD_FUNCTION, map},
     meta,
@@ -24,7 +25,7 @@ use pidvirt_common::{
     slots, tid_filter,
 };
 
-use crate::kernel::{KernelMaps, LoadError, PROGRAM_OBJECT, program_object, syscall_hooks};
+use crate::kernel::{KernelMaps, LoadError, PROGRAM_OBJECT, program_object, read_record, syscall_hooks};
 
 /// Where `--pin` keeps maps (`maps/NAME`) and links (`links/PROGRAM@HOOK`).
 pub const PIN_DIR: &str = "/sys/fs/bpf/pidvirt";
@@ -448,6 +449,7 @@ fn load_all(ebpf: &mut Ebpf, btf: &Btf, opts: &LoadOptions, watched: &dyn Fn(&Sy
     if opts.task_iterator {
         programs.push((Program::SeedTasks.name(), LoadTarget::Btf("task".into())));
     }
+    programs.push((Program::TaskComms.name(), LoadTarget::Btf("task".into())));
     if fentry {
         programs.extend(functions);
     } else {
@@ -1013,12 +1015,20 @@ fn attach_tracepoint(
 
 /// Loads the `iter/task` program and reads its file once: one run over every task.
 fn run_task_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+    read_task_iterator(ebpf, Program::SeedTasks, Some(btf)).map(drop)
+}
+
+/// Runs the task iterator `program` once (loading it first if `btf` is given and it is not
+/// loaded): a fresh link, whose file is read to its end. Answers what the program wrote.
+fn read_task_iterator(ebpf: &mut Ebpf, program: Program, btf: Option<&Btf>) -> Result<Vec<u8>, String> {
+    let name = program.name();
     let prog: &mut Iter = ebpf
-        .program_mut(Program::SeedTasks.name())
-        .ok_or("program seed_tasks not in object")?
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} not in object"))?
         .try_into()
         .map_err(|e: ProgramError| e.to_string())?;
     if prog.fd().is_err() {
+        let btf = btf.ok_or_else(|| format!("program {name} is not loaded"))?;
         prog.load("task", btf).map_err(|e| format!("load: {}", program_error(&e)))?;
     }
     let id = prog.attach().map_err(|e| format!("attach: {}", program_error(&e)))?;
@@ -1026,5 +1036,22 @@ fn run_task_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
     let mut file = link.into_file().map_err(|e| format!("open: {e}"))?;
     let mut sink = Vec::new();
     std::io::Read::read_to_end(&mut file, &mut sink).map_err(|e| format!("read: {e}"))?;
-    Ok(())
+    Ok(sink)
+}
+
+/// Every task's command by host tid, from one run of the `task_comms` iterator (loaded with
+/// the other programs).
+pub fn task_comms(ebpf: &mut Ebpf) -> Result<HashMap<u32, String>, String> {
+    let bytes = read_task_iterator(ebpf, Program::TaskComms, None)?;
+    let records = bytes.chunks_exact(size_of::<TaskComm>());
+    if !records.remainder().is_empty() {
+        return Err(format!("{} bytes are not whole records of {}", bytes.len(), size_of::<TaskComm>()));
+    }
+    Ok(records
+        .filter_map(read_record::<TaskComm>)
+        .map(|t| {
+            let name = t.comm.split(|&b| b == 0).next().unwrap_or_default();
+            (t.host_tid, String::from_utf8_lossy(name).into_owned())
+        })
+        .collect())
 }

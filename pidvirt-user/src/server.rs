@@ -21,7 +21,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_mins(5);
 /// What answers the requests.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request (called on a blocking thread: it may take locks and read /proc).
-    fn handle(&self, req: Request) -> Result<serde_json::Value, ApiError>;
+    fn handle(&self, req: Request) -> Result<Box<serde_json::value::RawValue>, ApiError>;
     /// The live audit stream for `audit --follow`, with its checked filter.
     fn follow(&self, query: AuditQuery) -> Result<Follow, ApiError>;
     /// Stops the daemon (called once the answer to `shutdown` is sent).
@@ -136,7 +136,7 @@ async fn connection<H: Handler>(stream: UnixStream, handler: Arc<H>) {
             Ok(req) => {
                 let handler = handler.clone();
                 match tokio::task::spawn_blocking(move || handler.handle(req)).await {
-                    Ok(Ok(v)) => Response::ok(v),
+                    Ok(Ok(v)) => Response::raw(v),
                     Ok(Err(e)) => Response::err(e),
                     Err(e) => Response::err(ApiError::internal(e)),
                 }
@@ -261,11 +261,12 @@ mod tests {
     }
 
     impl Handler for Fake {
-        fn handle(&self, req: Request) -> Result<serde_json::Value, ApiError> {
+        fn handle(&self, req: Request) -> Result<Box<serde_json::value::RawValue>, ApiError> {
             self.seen.lock().unwrap().push(req.clone());
+            let raw = |v: serde_json::Value| Ok(serde_json::value::to_raw_value(&v).unwrap());
             match req {
-                Request::Ps { container } => Ok(serde_json::json!({ "asked": container })),
-                Request::Shutdown => Ok(serde_json::json!({ "stopping": true })),
+                Request::Ps { container } => raw(serde_json::json!({ "asked": container })),
+                Request::Shutdown => raw(serde_json::json!({ "stopping": true })),
                 _ => Err(ApiError::new(ErrorCode::UnknownContainer, "nope")),
             }
         }

@@ -24,6 +24,8 @@ fn assert_ps_matches_proc(d: &Daemon, ns: u64) -> Vec<PsRow> {
         assert_eq!(r.vpid, *t.nstgid.last().unwrap());
         assert_eq!(r.level as usize, t.nspid.len() - 1);
         assert_eq!(r.container, format!("pidns-{ns}"));
+        // The command the thread itself carries (threads may be named apart from their leader).
+        assert_eq!(Some(&r.comm), proc_truth::comm(t.pid, t.tid).as_ref(), "comm of host tid {}", t.tid);
         mine.push(r.clone());
     }
     let listed = rows.values().filter(|r| r.pidns == ns).count();

@@ -8,7 +8,10 @@ use pidvirt_common::{MigrateEvent, PidnsEvent, audit::AnomalyEvent, event_kind};
 use tokio::io::unix::AsyncFd;
 
 use super::App;
-use crate::audit::{Record, WallClock};
+use crate::{
+    audit::{Record, WallClock},
+    kernel::read_record as read,
+};
 
 /// Most records handled per batch (one sink write each).
 const BATCH: usize = 4096;
@@ -51,13 +54,6 @@ fn publish(app: &App, anomalies: &mut Vec<AnomalyEvent>) {
         .unwrap_or_default();
     anomalies.clear();
     app.audit.publish(records);
-}
-
-/// A record of type `T` at the start of `bytes`, if it is long enough.
-fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
-    // SAFETY: the length is checked, `T` is a plain #[repr(C)] record of integers (any bit
-    // pattern is valid), and read_unaligned makes no alignment assumption.
-    (bytes.len() >= size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 fn handle(bytes: &[u8], app: &App, anomalies: &mut Vec<AnomalyEvent>) {

@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::Context as _;
 use pidvirt_common::{PidnsInfo, pidns_source};
+use serde_json::value::RawValue;
 use tokio::signal::unix::SignalKind;
 
 pub use self::metrics::MetricsOptions;
@@ -75,6 +76,9 @@ pub struct App {
     runtimes: runtimes::HealthBook,
     /// Notified to stop the daemon (the `shutdown` request).
     shutdown: tokio::sync::Notify,
+    /// The loaded object (None when pinned programs were adopted): `ps` runs its `task_comms`
+    /// iterator; taken at the end to detach.
+    programs: Mutex<Option<aya::Ebpf>>,
 }
 
 /// How often containers whose namespace or cgroup is gone are looked for.
@@ -158,6 +162,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         seed: Mutex::new(None),
         runtimes: runtimes::HealthBook::default(),
         shutdown: tokio::sync::Notify::new(),
+        programs: Mutex::new(ebpf),
     });
     // Adopted maps are current (the pinned programs kept them): the walk only checks them.
     let complete = iterator.is_ok() || adopted;
@@ -202,9 +207,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&opts.socket);
     // Closes every link, the lifecycle programs' last: the programs are detached unless pinned.
-    if let Some(ebpf) = ebpf {
-        loader::detach(ebpf);
-    }
+    app.detach();
     tracing::info!("{}", if pinned { "stopped (programs pinned)" } else { "detached" });
     Ok(())
 }
@@ -297,18 +300,19 @@ async fn sweep(app: Arc<App>) {
     }
 }
 
-fn to_json(v: impl serde::Serialize) -> Result<serde_json::Value, ApiError> {
-    serde_json::to_value(v).map_err(ApiError::internal)
+/// An answer serialized at once (a `ps` of a big host is megabytes: no JSON tree in between).
+fn to_json(v: impl serde::Serialize) -> Result<Box<RawValue>, ApiError> {
+    serde_json::value::to_raw_value(&v).map_err(ApiError::internal)
 }
 
 impl Handler for App {
-    fn handle(&self, req: Request) -> Result<serde_json::Value, ApiError> {
+    fn handle(&self, req: Request) -> Result<Box<RawValue>, ApiError> {
         match req {
             Request::Ps { container } => to_json(self.ps(container.as_deref())?),
             Request::Containers => to_json(self.containers()?),
             Request::Container { container } => to_json(self.container(&container)?),
             Request::Translate { container, vpid, pid } => to_json(self.translate(&container, vpid, pid)?),
-            Request::Stats { container } => self.stats(container.as_deref()),
+            Request::Stats { container } => to_json(self.stats(container.as_deref())?),
             Request::Register { id, pid, cgroup, pidns, labels, by, mode } => {
                 let target = match (pid, cgroup, pidns) {
                     (Some(p), None, None) => Target::Pid(p),
@@ -347,7 +351,7 @@ impl Handler for App {
                 let filter = self.audit_filter(AuditQuery { container, verdict, syscall, since })?;
                 to_json(self.audit.recent(&filter, limit.unwrap_or(1000)))
             }
-            Request::Status => Ok(self.status()),
+            Request::Status => to_json(self.status()),
         }
     }
 
@@ -362,6 +366,14 @@ impl Handler for App {
 }
 
 impl App {
+    /// Detaches the programs this daemon loaded (nothing when it adopted pinned ones).
+    fn detach(&self) {
+        let ebpf = self.programs.lock().ok().and_then(|mut p| p.take());
+        if let Some(ebpf) = ebpf {
+            loader::detach(ebpf);
+        }
+    }
+
     /// The filter of an audit request, checked: a known container, verdict and syscall, a time.
     fn audit_filter(&self, q: AuditQuery) -> Result<Filter, ApiError> {
         let bad = |msg: String| ApiError::new(ErrorCode::BadRequest, msg);

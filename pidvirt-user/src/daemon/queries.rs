@@ -9,6 +9,7 @@ use crate::{
     api::{ApiError, ContainerRow, ErrorCode, K8sInfo, RuntimeInfo, TaskRow, Translation},
     containers::{Container, Kind},
     kernel::{self, FullTask, KernelMaps, SlotCounts},
+    loader,
 };
 
 /// comm of a task, from /proc (empty if it is gone).
@@ -23,7 +24,11 @@ fn comm_of(host_pid: u32, host_tid: u32) -> String {
     String::from_utf8_lossy(&buf[..n]).trim_end_matches('\n').to_string()
 }
 
-fn row((container, runtime, k8s): (String, Option<RuntimeInfo>, Option<K8sInfo>), t: &FullTask) -> TaskRow {
+fn row(
+    (container, runtime, k8s): (String, Option<RuntimeInfo>, Option<K8sInfo>),
+    t: &FullTask,
+    comm: String,
+) -> TaskRow {
     let e = &t.entry;
     let own = t.at(u32::from(e.level)).unwrap_or_default();
     TaskRow {
@@ -36,7 +41,7 @@ fn row((container, runtime, k8s): (String, Option<RuntimeInfo>, Option<K8sInfo>)
         vpid: own.tgid,
         nspid: t.ids.iter().map(|i| i.tid).collect(),
         nstgid: t.ids.iter().map(|i| i.tgid).collect(),
-        comm: comm_of(e.host_pid(), e.host_tid()),
+        comm,
         start_time_ns: e.start_time,
         seeded: e.is_seeded(),
         exited: e.flags & task_flags::EXITED != 0,
@@ -106,13 +111,35 @@ impl App {
                 .collect();
             Ok::<_, ApiError>((tasks, names))
         })??;
-        // The rows (a /proc read each, for the comm) are made without holding the maps.
+        // The rows are made without holding the maps.
+        let mut comms = self.task_comms();
         let mut rows: Vec<TaskRow> = tasks
             .iter()
-            .map(|t| row(names.get(&t.entry.container).cloned().unwrap_or_default(), t))
+            .map(|t| {
+                let e = &t.entry;
+                // A task the iterator did not see (born since) is read from /proc.
+                let comm = match comms.as_mut().and_then(|c| c.remove(&e.host_tid())) {
+                    Some(c) => c,
+                    None => comm_of(e.host_pid(), e.host_tid()),
+                };
+                row(names.get(&e.container).cloned().unwrap_or_default(), t, comm)
+            })
             .collect();
         rows.sort_by_key(|r| (r.host_pid, r.host_tid));
         Ok(rows)
+    }
+
+    /// Every task's command, from one run of the kernel's `task_comms` iterator (None when the
+    /// programs were adopted, or it failed: then each is read from /proc).
+    fn task_comms(&self) -> Option<HashMap<u32, String>> {
+        let mut programs = self.programs.lock().ok()?;
+        match loader::task_comms(programs.as_mut()?) {
+            Ok(comms) => Some(comms),
+            Err(e) => {
+                tracing::debug!("task_comms iterator: {e}; reading each command from /proc");
+                None
+            }
+        }
     }
 
     pub(super) fn containers(&self) -> Result<Vec<ContainerRow>, ApiError> {
