@@ -263,27 +263,43 @@ pub fn own_id(task: *const u8, which: Own) -> Result<u32, u32> {
     pid_nr_ns(pid, level, ns)
 }
 
-/// The registered cgroup container `task` belongs to: the first registered cgroup among its
-/// cgroup v2 (default hierarchy) cgroup and that cgroup's ancestors, deepest first.
-#[inline(always)]
-pub fn cgroup_container(task: *const u8) -> Result<Option<CgroupContainer>, u32> {
-    let e = |_| counter::map_error::KERNEL_READ;
-    let cset = read_ptr(task, off!(task_cgroups)).map_err(e)?;
-    let cgrp = read_ptr(cset, off!(css_set_dfl_cgrp)).map_err(e)?;
-    let level: i32 = read(cgrp, off!(cgroup_level)).map_err(e)?;
-    for i in 0..pidvirt_common::MAX_CGROUP_DEPTH as i32 {
-        let l = level - i;
-        if l < 0 {
-            break;
+/// The registered cgroup container of the task whose `css_set` is at `cset`: the first
+/// registered cgroup among its cgroup v2 (default hierarchy) cgroup and that cgroup's
+/// ancestors, deepest first. Answers it packed (`slot << 32 | container`), or -1 when there is
+/// none or a read failed (counted).
+///
+/// A global function: the verifier walks its loop (up to MAX_CGROUP_DEPTH levels) once per
+/// program, not once for every state that reaches it (the task iterator's program was 179k
+/// instructions). Its argument is a number (a global function takes no kernel pointer on 6.1):
+/// the caller's probe read of `task->cgroups`; every read here is a probe read too.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn cgroup_container(cset: u64) -> i64 {
+    let walk = || -> Result<Option<CgroupContainer>, i32> {
+        let cgrp = read_ptr(cset as *const u8, off!(css_set_dfl_cgrp))?;
+        let level: i32 = read(cgrp, off!(cgroup_level))?;
+        for i in 0..pidvirt_common::MAX_CGROUP_DEPTH as i32 {
+            let l = level - i;
+            if l < 0 {
+                break;
+            }
+            let ancestor = read_ptr(cgrp, off!(cgroup_ancestors) + 8 * l as u32)?;
+            let kn = read_ptr(ancestor, off!(cgroup_kn))?;
+            let id: u64 = read(kn, off!(kernfs_node_id))?;
+            if let Some(c) = crate::maps::CGROUPS.get_ptr(id) {
+                return Ok(Some(unsafe { *c }));
+            }
         }
-        let ancestor = read_ptr(cgrp, off!(cgroup_ancestors) + 8 * l as u32).map_err(e)?;
-        let kn = read_ptr(ancestor, off!(cgroup_kn)).map_err(e)?;
-        let id: u64 = read(kn, off!(kernfs_node_id)).map_err(e)?;
-        if let Some(c) = crate::maps::CGROUPS.get_ptr(id) {
-            return Ok(Some(unsafe { *c }));
+        Ok(None)
+    };
+    match walk() {
+        Ok(Some(c)) => (i64::from(c.slot) << 32) | i64::from(c.container),
+        Ok(None) => -1,
+        Err(_) => {
+            crate::maps::count_map_error(counter::map_error::KERNEL_READ);
+            -1
         }
     }
-    Ok(None)
 }
 
 /// Whether any cgroup container is registered.
@@ -298,10 +314,14 @@ pub fn cgroup_containers_registered() -> bool {
 #[inline(always)]
 pub fn container_of(task: *const u8, level: u32, pidns: u32, ns_slot: u32) -> CgroupContainer {
     if cgroup_containers_registered() {
-        match cgroup_container(task) {
-            Ok(Some(c)) => return c,
-            Ok(None) => {}
-            Err(reason) => crate::maps::count_map_error(reason),
+        match read_ptr(task, off!(task_cgroups)) {
+            Ok(cset) => {
+                let packed = cgroup_container(cset as u64);
+                if packed >= 0 {
+                    return CgroupContainer { container: packed as u32, slot: (packed >> 32) as u32 };
+                }
+            }
+            Err(_) => crate::maps::count_map_error(counter::map_error::KERNEL_READ),
         }
     }
     if level == 0 {
