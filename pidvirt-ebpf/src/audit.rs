@@ -18,8 +18,8 @@ use pidvirt_common::{
 use crate::{
     kernel::{Direct, Kmem, Probe, off},
     maps::{
-        CALLER, COUNTS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, count, count_drop,
-        count_map_error, host_pidns, may_have_entry, released_lately, reported, tasks_generation, virt_get,
+        CALLER, COUNTS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, count_drop, count_map_error,
+        count_n, host_pidns, may_have_entry, released_lately, reported, tasks_generation, virt_get,
     },
     task::{container_of, nr_at, ns_at, pidns_inum, task_pids},
 };
@@ -341,12 +341,18 @@ fn own_inline(e: &TaskEntry) -> Option<LevelIds> {
 /// Adds one to the crossing counter of (container, syscall, verdict), per CPU.
 #[inline(always)]
 pub fn count_crossing(slot: u32, syscall: u16, verdict: Verdict) {
+    count_crossings(slot, syscall, verdict, 1);
+}
+
+/// Adds `n` to the crossing counter of (container, syscall, verdict), per CPU.
+#[inline(always)]
+pub fn count_crossings(slot: u32, syscall: u16, verdict: Verdict, n: u64) {
     let i = crossing_slot(syscall, verdict);
     if let (Some(p), Some(i)) = (COUNTS.get_ptr_mut(slot), crate::kernel::below(i, NSYSCALLS * NVERDICTS)) {
-        unsafe { (*p).crossings[i] += 1 };
+        unsafe { (*p).crossings[i] += n };
     } else {
         count_map_error(counter::map_error::CONTAINER_COUNTERS);
-        count(counter::CROSSING_BASE + i as u32);
+        count_n(counter::CROSSING_BASE + i as u32, n);
     }
 }
 

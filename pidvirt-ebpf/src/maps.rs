@@ -398,8 +398,14 @@ pub fn take_slot() -> u32 {
 /// Adds one to a per-CPU counter slot.
 #[inline(always)]
 pub fn count(slot: u32) {
+    count_n(slot, 1);
+}
+
+/// Adds `n` to a per-CPU counter slot.
+#[inline(always)]
+pub fn count_n(slot: u32, n: u64) {
     if let Some(p) = COUNTERS.get_ptr_mut(slot) {
-        unsafe { *p += 1 };
+        unsafe { *p += n };
     }
 }
 

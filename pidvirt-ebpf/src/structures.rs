@@ -31,8 +31,8 @@ use pidvirt_common::{
 
 use crate::{
     audit::{
-        audit_task_number, caller, child_named, count_crossing, handed_out, invisible, returned,
-        sender_of_an_ancestor,
+        audit_task_number, caller, child_named, count_crossing, count_crossings, handed_out, invisible,
+        returned, sender_of_an_ancestor,
     },
     kernel::{Direct, Kmem, Probe, off, offsets_ready},
     maps::{DEEP, PENDING_CALLS, PENDING_TIDS, bit_set, clear_bit, count_map_error, set_bit},
@@ -188,6 +188,9 @@ fn set_tids(syscall: u16, child_nr: i64, set_tid: u64, count: u32) {
     let level = u32::from(entry.level);
     let deep = if level >= INLINE_LEVELS as u32 { DEEP.get_ptr(child.tid) } else { None };
     let mut wrong = (0i32, 0u32, false);
+    // Counted once after the loop: a counter update per level made the verifier walk a map
+    // lookup per level and per state.
+    let mut ok = 0u64;
     for i in 0..MAX_LEVELS as u32 {
         if i >= count || i > level {
             break;
@@ -207,11 +210,14 @@ fn set_tids(syscall: u16, child_nr: i64, set_tid: u64, count: u32) {
             },
         };
         if chosen as u32 == truth {
-            count_crossing(c.slot, syscall, Verdict::Ok);
+            ok += 1;
         } else {
             wrong = (chosen, truth, true);
             break;
         }
+    }
+    if ok > 0 {
+        count_crossings(c.slot, syscall, Verdict::Ok, ok);
     }
     if wrong.2 {
         returned(syscall, i64::from(wrong.0), Ok(i64::from(wrong.1)));
