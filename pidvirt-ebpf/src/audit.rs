@@ -84,7 +84,9 @@ pub extern "C" fn describe_caller() -> i32 {
 
 #[inline(always)]
 fn fill(c: &mut CallerCache, task: *const u8, start: u64, tid: u32, e: &TaskEntry, generations: (u64, u64)) {
-    c.entry = *e;
+    // A copy the compiler may not take for a move between overlapping places: an assignment
+    // became a call of memmove, whose byte loop the verifier walked in every program.
+    unsafe { core::ptr::copy_nonoverlapping(e, &raw mut c.entry, 1) };
     c.task = task as u64;
     c.start_time = start;
     c.tid = tid;
