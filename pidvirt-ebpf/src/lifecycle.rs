@@ -490,8 +490,19 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Task iterator (bpf_iter__task { meta, task }): records every existing task exactly as the
-/// fork program would. Driven by the daemon at attach time, by reading the iterator's file.
+/// The task of a task iterator's context (bpf_iter__task { meta, task }); none at the end of
+/// the walk (a null task), or before the offsets are loaded.
+#[inline(always)]
+fn iterated_task(ctx: *mut core::ffi::c_void) -> Option<*const u8> {
+    if !offsets_ready() {
+        return None;
+    }
+    let task: *const u8 = unsafe { *(ctx as *const *const u8).add(1) };
+    (!task.is_null()).then_some(task)
+}
+
+/// Task iterator: records every existing task exactly as the fork program would. Driven by the
+/// daemon at attach time, by reading the iterator's file.
 #[expect(
     clippy::no_mangle_with_rust_abi,
     reason = "the BPF target has one calling convention; aya's program macros declare their entry points alike"
@@ -499,13 +510,7 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
 pub fn seed_tasks(ctx: *mut core::ffi::c_void) -> i32 {
-    if !offsets_ready() {
-        return 0;
-    }
-    let task: *const u8 = unsafe { *(ctx as *const *const u8).add(1) };
-    if task.is_null() {
-        return 0;
-    }
+    let Some(task) = iterated_task(ctx) else { return 0 };
     if let Err(reason) = record_task(Direct, task, SCRATCH_ITERATOR) {
         count_map_error(reason);
     }
@@ -521,13 +526,10 @@ pub fn seed_tasks(ctx: *mut core::ffi::c_void) -> i32 {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
 pub fn task_comms(ctx: *mut core::ffi::c_void) -> i32 {
-    if !offsets_ready() {
-        return 0;
-    }
-    // bpf_iter__task { meta, task }; meta->seq is bpf_iter_meta's first field.
+    let Some(task) = iterated_task(ctx) else { return 0 };
+    // meta->seq is bpf_iter_meta's first field.
     let meta: *const *mut seq_file = unsafe { *ctx.cast::<*const *mut seq_file>() };
-    let task: *const u8 = unsafe { *(ctx as *const *const u8).add(1) };
-    if task.is_null() || meta.is_null() {
+    if meta.is_null() {
         return 0;
     }
     let seq = unsafe { *meta };
