@@ -5,6 +5,8 @@
 //! structs/unions (e.g. `struct pid`'s pidfs union, randomized task_struct layouts) are found by
 //! descending into the anonymous members. A missing type or field is an error naming it.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::path::Path;
 
 use btf_rs::{Btf, BtfType, Type};
@@ -50,6 +52,11 @@ pub struct Field {
 /// Parsed kernel BTF with the look-ups pidvirt needs.
 pub struct KernelBtf {
     btf: Btf,
+    /// Type ids by name, for the names looked up so far: on the mapped file each look-up by name
+    /// is a pass over all of the kernel's types, so [`KernelBtf::index`] finds many in one pass.
+    ids: RefCell<HashMap<String, Vec<u32>>>,
+    /// Passes over the types so far.
+    passes: Cell<u32>,
 }
 
 impl KernelBtf {
@@ -60,7 +67,7 @@ impl KernelBtf {
             return Err(OffsetError::NoBtf { path: path.display().to_string(), source });
         }
         match Btf::from_file_with_backend(path, btf_rs::Backend::Mmap) {
-            Ok(btf) => Ok(Self { btf }),
+            Ok(btf) => Ok(Self::new(btf)),
             Err(e) => {
                 tracing::debug!("cannot mmap {} ({e}); reading it", path.display());
                 let bytes = std::fs::read(path)
@@ -72,15 +79,51 @@ impl KernelBtf {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, OffsetError> {
         let btf = Btf::from_bytes(bytes).map_err(|e| OffsetError::Parse(e.to_string()))?;
-        Ok(Self { btf })
+        Ok(Self::new(btf))
+    }
+
+    fn new(btf: Btf) -> Self {
+        Self { btf, ids: RefCell::default(), passes: Cell::new(0) }
+    }
+
+    /// Finds the types named `names` in one pass over the kernel's types.
+    pub fn index(&self, names: &[&str]) -> Result<(), OffsetError> {
+        let alternatives: Vec<String> = names.iter().map(|n| regex::escape(n)).collect();
+        let re = regex::Regex::new(&format!("^(?:{})$", alternatives.join("|")))
+            .map_err(|e| OffsetError::Parse(format!("type names {names:?}: {e}")))?;
+        self.passes.set(self.passes.get() + 1);
+        let found = self.btf.resolve_ids_by_regex(&re).map_err(|e| OffsetError::Parse(e.to_string()))?;
+        let mut ids = self.ids.borrow_mut();
+        for name in names {
+            ids.entry((*name).to_string()).or_default();
+        }
+        // In id order, as a look-up by name answers.
+        for id in found {
+            let ty = self.btf.resolve_type_by_id(id).map_err(|e| OffsetError::Parse(e.to_string()))?;
+            let Some(name) = ty.as_btf_type().and_then(|t| self.btf.resolve_name(t).ok()) else { continue };
+            if let Some(list) = ids.get_mut(&name) {
+                list.push(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The types named `name`, in id order.
+    fn types_named(&self, name: &str) -> Vec<Type> {
+        let known = self.ids.borrow().get(name).cloned();
+        let ids = known.unwrap_or_else(|| {
+            self.passes.set(self.passes.get() + 1);
+            let ids = self.btf.resolve_ids_by_name(name).unwrap_or_default();
+            self.ids.borrow_mut().insert(name.to_string(), ids.clone());
+            ids
+        });
+        ids.into_iter().filter_map(|id| self.btf.resolve_type_by_id(id).ok()).collect()
     }
 
     /// The (complete, not forward-declared) struct or union named `name`, or that a typedef
     /// named `name` stands for (`atomic_t`).
     fn composite(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {
-        let types =
-            self.btf.resolve_types_by_name(name).map_err(|_| OffsetError::MissingType(name.to_string()))?;
-        types
+        self.types_named(name)
             .into_iter()
             .find_map(|t| match self.strip(t) {
                 Type::Struct(s) | Type::Union(s) => Some(s),
@@ -202,8 +245,8 @@ impl KernelBtf {
     /// Value of enumerator `name` of enum `ty`.
     pub fn enum_value(&self, ty: &str, name: &str) -> Result<u32, OffsetError> {
         let missing = || OffsetError::MissingEnumValue { ty: ty.into(), name: name.into() };
-        let types = self.btf.resolve_types_by_name(ty).map_err(|_| OffsetError::MissingType(ty.into()))?;
-        let e = types
+        let e = self
+            .types_named(ty)
             .into_iter()
             .find_map(|t| match t {
                 Type::Enum(e) => Some(e),
@@ -298,8 +341,41 @@ fn resolve_structures(btf: &KernelBtf, o: &mut KernelOffsets) -> Result<(), Offs
 
 const PTR: usize = 8;
 
+/// Every kernel type [`resolve`] reads, found in one pass.
+const TYPES_READ: &[&str] = &[
+    "atomic_t",
+    "cgroup",
+    "css_set",
+    "dentry",
+    "fdtable",
+    "file",
+    "files_struct",
+    "fown_struct",
+    "fs_struct",
+    "kernel_siginfo",
+    "kernfs_node",
+    "mnt_namespace",
+    "ns_common",
+    "nsproxy",
+    "path",
+    "pid",
+    "pid_namespace",
+    "pid_type",
+    "proc_fs_info",
+    "pt_regs",
+    "signal_struct",
+    "sock",
+    "socket",
+    "super_block",
+    "task_struct",
+    "tty_file_private",
+    "tty_struct",
+    "upid",
+];
+
 /// Computes every offset the kernel programs need. `tick_ns` is the length of a /proc clock tick.
 pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetError> {
+    btf.index(TYPES_READ)?;
     let pid_type_max = btf.enum_value("pid_type", "PIDTYPE_MAX")? as usize;
     let signal_pids = btf.field("signal_struct", "pids")?;
     if signal_pids.size != PTR * pid_type_max {
@@ -563,7 +639,10 @@ mod tests {
     /// shares hold (pid and tgid are adjacent, a upid is {int nr; struct pid_namespace *ns}).
     #[test]
     fn running_kernel_offsets_resolve() {
-        let o = resolve_running_kernel(10_000_000).expect("resolve offsets from /sys/kernel/btf/vmlinux");
+        let btf = KernelBtf::from_file(Path::new(VMLINUX_BTF)).expect("read /sys/kernel/btf/vmlinux");
+        let o = resolve(&btf, 10_000_000).expect("resolve offsets from /sys/kernel/btf/vmlinux");
+        // Every type read was found by the one pass of TYPES_READ, none by a pass of its own.
+        assert_eq!(btf.passes.get(), 1);
         assert_eq!(o.magic, OFFSETS_MAGIC);
         assert_eq!(o.task_tgid, o.task_pid + 4);
         assert_eq!((o.upid_size, o.upid_nr, o.upid_ns), (16, 0, 8));
