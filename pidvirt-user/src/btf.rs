@@ -88,6 +88,9 @@ impl KernelBtf {
 
     /// Finds the types named `names` in one pass over the kernel's types.
     pub fn index(&self, names: &[&str]) -> Result<(), OffsetError> {
+        if names.is_empty() {
+            return Ok(());
+        }
         let alternatives: Vec<String> = names.iter().map(|n| regex::escape(n)).collect();
         let re = regex::Regex::new(&format!("^(?:{})$", alternatives.join("|")))
             .map_err(|e| OffsetError::Parse(format!("type names {names:?}: {e}")))?;
@@ -95,9 +98,10 @@ impl KernelBtf {
         let found = self.btf.resolve_ids_by_regex(&re).map_err(|e| OffsetError::Parse(e.to_string()))?;
         let mut ids = self.ids.borrow_mut();
         for name in names {
-            ids.entry((*name).to_string()).or_default();
+            ids.insert((*name).to_string(), Vec::new());
         }
-        // In id order, as a look-up by name answers.
+        // Each name's ids in id order, as a look-up by name answers (the pass goes in id order on
+        // the mapped file; in name order, each name's ids in id order, on a parsed one).
         for id in found {
             let ty = self.btf.resolve_type_by_id(id).map_err(|e| OffsetError::Parse(e.to_string()))?;
             let Some(name) = ty.as_btf_type().and_then(|t| self.btf.resolve_name(t).ok()) else { continue };
@@ -109,21 +113,24 @@ impl KernelBtf {
     }
 
     /// The types named `name`, in id order.
-    fn types_named(&self, name: &str) -> Vec<Type> {
+    fn types_named(&self, name: &str) -> Result<Vec<Type>, OffsetError> {
+        let parse = |e: btf_rs::Error| OffsetError::Parse(format!("type `{name}`: {e}"));
         let known = self.ids.borrow().get(name).cloned();
-        let ids = known.unwrap_or_else(|| {
+        let ids = if let Some(ids) = known {
+            ids
+        } else {
             self.passes.set(self.passes.get() + 1);
-            let ids = self.btf.resolve_ids_by_name(name).unwrap_or_default();
+            let ids = self.btf.resolve_ids_by_name(name).map_err(parse)?;
             self.ids.borrow_mut().insert(name.to_string(), ids.clone());
             ids
-        });
-        ids.into_iter().filter_map(|id| self.btf.resolve_type_by_id(id).ok()).collect()
+        };
+        ids.into_iter().map(|id| self.btf.resolve_type_by_id(id).map_err(parse)).collect()
     }
 
     /// The (complete, not forward-declared) struct or union named `name`, or that a typedef
     /// named `name` stands for (`atomic_t`).
     fn composite(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {
-        self.types_named(name)
+        self.types_named(name)?
             .into_iter()
             .find_map(|t| match self.strip(t) {
                 Type::Struct(s) | Type::Union(s) => Some(s),
@@ -246,7 +253,7 @@ impl KernelBtf {
     pub fn enum_value(&self, ty: &str, name: &str) -> Result<u32, OffsetError> {
         let missing = || OffsetError::MissingEnumValue { ty: ty.into(), name: name.into() };
         let e = self
-            .types_named(ty)
+            .types_named(ty)?
             .into_iter()
             .find_map(|t| match t {
                 Type::Enum(e) => Some(e),
