@@ -496,9 +496,42 @@ pub unsafe extern "C" fn submit_anomaly(r: *const AnomalyReport) -> i32 {
     0
 }
 
-/// A number naming one task, from the caller. Returns the verdict.
+/// A number naming one task, from the caller `tid` (entry `c`): judged, counted and reported.
 #[inline(always)]
-pub fn audit_task_number(syscall: u16, direction: Direction, n: i32, tid: u32, c: &TaskEntry) -> Verdict {
+pub fn audit_task_number(syscall: u16, direction: Direction, n: i32, tid: u32, c: &TaskEntry) {
+    // SAFETY: `c` is a live entry; the function reads its fields.
+    unsafe { task_number(u32::from(syscall), direction as u32, n, tid, c) };
+}
+
+/// `audit_task_number` as a global function (BTF linkage global, not inlined), for the same
+/// reason as `submit_anomaly`: the verifier checks it once per program, not once per call site
+/// and per state that reaches it (a program with several numbers to judge, fcntl's or the IPC
+/// ids', went through the resolution and its report once per site). Plain numbers and the
+/// caller's entry, which it may only read; it answers 0.
+///
+/// # Safety
+/// `c` is null or points at a `TaskEntry` (the verifier checks the size).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn task_number(
+    syscall: u32,
+    direction: u32,
+    n: i32,
+    tid: u32,
+    c: *const TaskEntry,
+) -> i32 {
+    let Some(c) = (unsafe { c.as_ref() }) else { return 0 };
+    let direction = match direction {
+        0 => Direction::In,
+        1 => Direction::Out,
+        _ => Direction::Lsm,
+    };
+    judge_task_number(syscall as u16, direction, n, tid, c);
+    0
+}
+
+#[inline(always)]
+fn judge_task_number(syscall: u16, direction: Direction, n: i32, tid: u32, c: &TaskEntry) -> Verdict {
     if n <= 0 {
         // Not a task number (negative) or nothing (0 where 0 is not "self").
         count_crossing(c.slot, syscall, Verdict::Unknown);
