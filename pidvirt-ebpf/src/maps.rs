@@ -76,6 +76,24 @@ unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
 /// the x86-64 syscall functions and tracepoints only).
 #[inline(always)]
 pub fn virt_insert(k: VirtKey, v: VirtValue) -> Result<(), ()> {
+    if virt_write(k.pidns, k.nr, v.host_tid, v.start_lo) == 0 { Ok(()) } else { Err(()) }
+}
+
+/// `virt_insert` as a global function (BTF linkage global, not inlined), as `virt_remove`: the
+/// programs write and remove reverse entries in loops over the levels, and the verifier walks a
+/// loop once per level; the front's claim, the spill and the map calls are then checked once per
+/// program, not in every iteration. Plain numbers; it answers 0, or 1 where VIRT refused.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn virt_write(pidns: u32, nr: u32, host_tid: u32, start_lo: u32) -> i32 {
+    match front_insert(VirtKey { pidns, nr }, VirtValue { host_tid, start_lo }) {
+        Ok(()) => 0,
+        Err(()) => 1,
+    }
+}
+
+#[inline(always)]
+fn front_insert(k: VirtKey, v: VirtValue) -> Result<(), ()> {
     let key = released::key(k.pidns, k.nr);
     let slot = virt_front::slot(key);
     if let Some(s) = VIRT_FRONT.get_ptr_mut(slot) {
@@ -131,6 +149,19 @@ pub fn virt_get(k: VirtKey) -> Option<VirtValue> {
 /// number).
 #[inline(always)]
 pub fn virt_forget(k: VirtKey, tid: u32) {
+    virt_remove(k.pidns, k.nr, tid);
+}
+
+/// `virt_forget` as a global function (see `virt_write`). It answers 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn virt_remove(pidns: u32, nr: u32, tid: u32) -> i32 {
+    front_forget(VirtKey { pidns, nr }, tid);
+    0
+}
+
+#[inline(always)]
+fn front_forget(k: VirtKey, tid: u32) {
     let key = released::key(k.pidns, k.nr);
     let slot = virt_front::slot(key);
     if let Some(s) = VIRT_FRONT.get_ptr_mut(slot) {
