@@ -224,10 +224,10 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*cons
                     info.slot
                 } else {
                     count_lifecycle(counter::lifecycle::PIDNS_REUSE);
-                    replace_own(s, level as usize, tid, reaper)
+                    replace_own(s, scratch, level as usize, tid, reaper)
                 }
             }
-            None => register_chain(s, level as usize, tid, reaper),
+            None => register_chain(s, scratch, level as usize, tid, reaper),
         }
     };
     let c = container_of(task, level, s.entry.pidns, ns_slot);
@@ -274,7 +274,7 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*cons
 /// Registers the namespaces of the task in `s`, from level 1 to its own `level`, that have no
 /// record yet; answers the slot of the task's own namespace.
 #[inline(always)]
-fn register_chain(s: &mut Scratch, level: usize, tid: u32, reaper: u64) -> u32 {
+fn register_chain(s: &mut Scratch, scratch: u32, level: usize, tid: u32, reaper: u64) -> u32 {
     // A namespace's ancestors are this task's namespaces up to its level (the entries above a
     // namespace's own level are not read). One straight copy, not a loop: the verifier then has
     // nothing to walk through 33 times.
@@ -289,11 +289,11 @@ fn register_chain(s: &mut Scratch, level: usize, tid: u32, reaper: u64) -> u32 {
         }
         let Some(&ns) = s.ns.get(i) else { break };
         if PIDNS.get_ptr(ns).is_none() {
-            let _ = insert_pidns(s, i, tid, 0, false);
+            let _ = insert_pidns(scratch, i, tid, 0, false);
         }
     }
     // The task's own namespace, announced on the ring buffer.
-    let Some(slot) = insert_pidns(s, level, tid, reaper, false) else {
+    let Some(slot) = insert_pidns(scratch, level, tid, reaper, false) else {
         // Another CPU registered it first.
         return pidns_slot(s.entry.pidns);
     };
@@ -305,10 +305,10 @@ fn register_chain(s: &mut Scratch, level: usize, tid: u32, reaper: u64) -> u32 {
 /// inode) with a new one and a new counter slot, and announces it; the daemon retires the old
 /// namespace's container and counters. Its ancestors' records stay (they live: they hold it).
 #[inline(always)]
-fn replace_own(s: &mut Scratch, level: usize, tid: u32, reaper: u64) -> u32 {
+fn replace_own(s: &mut Scratch, scratch: u32, level: usize, tid: u32, reaper: u64) -> u32 {
     let (ancestors, ns) = (&mut s.pidns.ancestors, &s.ns);
     ancestors[..MAX_LEVELS].copy_from_slice(ns);
-    let Some(slot) = insert_pidns(s, level, tid, reaper, true) else {
+    let Some(slot) = insert_pidns(scratch, level, tid, reaper, true) else {
         return pidns_slot(s.entry.pidns);
     };
     announce(s, level, tid, reaper, true);
@@ -336,12 +336,31 @@ fn announce(s: &Scratch, level: usize, tid: u32, reaper: u64, replaced: bool) {
     }
 }
 
-/// Writes the record of the namespace at `level` of the task in `s` (its ancestors are
+/// Writes the record of the namespace at `level` of the task in scratch space `scratch` (its ancestors are
 /// `s.ns[..level]`, already in `s.pidns.ancestors`; its init started at `reaper`, 0 if unknown)
 /// with a new counter slot; answers the slot, or None where a record was there already (unless
 /// `replace`).
 #[inline(always)]
-fn insert_pidns(s: &mut Scratch, level: usize, tid: u32, reaper: u64, replace: bool) -> Option<u32> {
+fn insert_pidns(scratch: u32, level: usize, tid: u32, reaper: u64, replace: bool) -> Option<u32> {
+    u32::try_from(pidns_record(scratch, level as u32, tid, reaper, u32::from(replace))).ok()
+}
+
+/// `insert_pidns` as a global function (BTF linkage global, not inlined): register_chain calls
+/// it in a loop over the levels, which the verifier walks once per level; the record's writes,
+/// the counter slot and the map calls are then checked once per program, not in each iteration.
+/// It takes the index of the task's scratch space, not a pointer to it: 6.1's verifier refuses
+/// a global function's memory argument as a map update's value. Answers the slot, or -1 for
+/// None.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pidns_record(scratch: u32, level: u32, tid: u32, reaper: u64, replace: u32) -> i64 {
+    let Some(s) = SCRATCH.get_ptr_mut(scratch) else { return -1 };
+    let s = unsafe { &mut *s };
+    write_pidns(s, level as usize, tid, reaper, replace != 0).map_or(-1, i64::from)
+}
+
+#[inline(always)]
+fn write_pidns(s: &mut Scratch, level: usize, tid: u32, reaper: u64, replace: bool) -> Option<u32> {
     // Checked on the very registers that index (6.1's verifier loses a spilled index's bounds).
     let (Some(own), Some(up)) = (below(level, MAX_LEVELS), below(level.wrapping_sub(1), MAX_LEVELS)) else {
         return None;
