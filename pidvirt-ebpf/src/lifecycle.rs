@@ -336,10 +336,10 @@ fn announce(s: &Scratch, level: usize, tid: u32, reaper: u64, replaced: bool) {
     }
 }
 
-/// Writes the record of the namespace at `level` of the task in scratch space `scratch` (its ancestors are
-/// `s.ns[..level]`, already in `s.pidns.ancestors`; its init started at `reaper`, 0 if unknown)
-/// with a new counter slot; answers the slot, or None where a record was there already (unless
-/// `replace`).
+/// Writes the record of the namespace at `level` of the task in scratch space `scratch` (its
+/// ancestors are `ns[..level]`, already in `pidns.ancestors` there; its init started at `reaper`,
+/// 0 if unknown) with a new counter slot; answers the slot, or None where a record was there
+/// already (unless `replace`).
 #[inline(always)]
 fn insert_pidns(scratch: u32, level: usize, tid: u32, reaper: u64, replace: bool) -> Option<u32> {
     u32::try_from(pidns_record(scratch, level as u32, tid, reaper, u32::from(replace))).ok()
@@ -349,8 +349,9 @@ fn insert_pidns(scratch: u32, level: usize, tid: u32, reaper: u64, replace: bool
 /// it in a loop over the levels, which the verifier walks once per level; the record's writes,
 /// the counter slot and the map calls are then checked once per program, not in each iteration.
 /// It takes the index of the task's scratch space, not a pointer to it: 6.1's verifier refuses
-/// a global function's memory argument as a map update's value. Answers the slot, or -1 for
-/// None.
+/// a global function's memory argument as a map update's value. The look-up finds the caller's
+/// own per-CPU copy (programs run with migration disabled, the task iterator's too). Answers the
+/// slot, or -1 for None.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn pidns_record(scratch: u32, level: u32, tid: u32, reaper: u64, replace: u32) -> i64 {
