@@ -654,6 +654,41 @@ pub fn cgroup2_root() -> PathBuf {
         .expect("a cgroup2 mount")
 }
 
+/// The highest-numbered CPU this process may run on.
+pub fn last_cpu() -> usize {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is ours and of the size passed.
+    let r = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set) };
+    assert_eq!(r, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
+    // SAFETY: CPU_ISSET reads the set within its size.
+    (0..libc::CPU_SETSIZE as usize).rev().find(|&c| unsafe { libc::CPU_ISSET(c, &set) }).expect("a CPU")
+}
+
+/// Keeps the calling thread on `cpu` until dropped (then restores its CPUs).
+pub struct Pinned(libc::cpu_set_t);
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_this_thread(cpu: usize) -> Pinned {
+    // SAFETY: zeroed sets are valid; the calls read and write sets of the size passed.
+    unsafe {
+        let mut before: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut before), 0);
+        let mut only: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut only);
+        let r = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const only);
+        assert_eq!(r, 0, "sched_setaffinity to CPU {cpu}: {}", std::io::Error::last_os_error());
+        Pinned(before)
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: the set saved at the pinning.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const self.0) };
+    }
+}
+
 /// What the kernel says, read from /proc with this crate's own parser.
 pub mod proc_truth {
     use super::{MetadataExt, Path};
@@ -689,6 +724,23 @@ pub mod proc_truth {
             nstgid: numbers(&status, "NStgid:")?,
             pidns,
         })
+    }
+
+    /// Context switches of task `tid` so far (voluntary and not), as its status counts them.
+    pub fn context_switches(tid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+        ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"]
+            .iter()
+            .filter_map(|key| numbers(&status, key)?.first().copied())
+            .map(u64::from)
+            .sum()
+    }
+
+    /// The CPU task `tid` last ran on (`processor`, field 39 of its stat).
+    pub fn last_cpu_of(tid: u32) -> Option<usize> {
+        let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+        // Fields after the command (field 2, in parentheses, may hold spaces) start at field 3.
+        stat.rsplit_once(')')?.1.split_whitespace().nth(39 - 3)?.parse().ok()
     }
 
     /// Every task on the host.

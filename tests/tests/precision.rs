@@ -188,3 +188,49 @@ fn numbers_of_two_namespaces_sharing_a_front_slot_are_judged_as_the_kernel_answe
         .collect();
     assert!(ours.is_empty(), "reported: {ours:#?}");
 }
+
+/// Each CPU keeps a copy of its last caller's entry (pidvirt_common::CallerCache): a task of a
+/// pid namespace and a host task taking turns on one CPU, each calling getpid and kill(self, 0)
+/// between the switches, are each judged against their own ids, as the kernel answered them,
+/// never against the copy of the task that ran before.
+#[test]
+fn tasks_of_two_namespaces_taking_turns_on_one_cpu_are_each_judged_as_themselves() {
+    const ROUNDS: u64 = 300;
+    let cpu = tests::last_cpu();
+    let d = Daemon::start();
+    let mut f =
+        Fixture::start_with(Command::new("taskset").args(["-c", &cpu.to_string(), FIXTURE, "--depth", "1"]));
+    let _pinned = tests::pin_this_thread(cpu);
+    let c = f.container();
+    let vpid = f.num("sys getpid");
+    let inner = f.host_tid(vpid as u32);
+    // SAFETY: getpid takes no arguments.
+    let me = unsafe { libc::syscall(libc::SYS_getpid) };
+    let switches_before = tests::proc_truth::context_switches(inner);
+    for _ in 0..ROUNDS {
+        // Each command is a round trip through pipes to the fixture's tasks on the same CPU.
+        assert_eq!(f.num("sys getpid"), vpid);
+        assert_eq!(f.num(&format!("sys kill {vpid} 0")), 0);
+        // SAFETY: getpid takes no arguments; kill with signal 0 only checks.
+        assert_eq!(unsafe { libc::syscall(libc::SYS_getpid) }, me);
+        assert_eq!(unsafe { libc::syscall(libc::SYS_kill, me, 0) }, 0);
+    }
+    // The kernel's truth that the two took turns there: the fixture's init ran on that CPU and
+    // switched out at least once per command.
+    assert_eq!(tests::proc_truth::last_cpu_of(inner), Some(cpu), "the fixture's init ran on CPU {cpu}");
+    let switches = tests::proc_truth::context_switches(inner) - switches_before;
+    assert!(switches >= 2 * ROUNDS, "{switches} context switches of the fixture's init in {ROUNDS} rounds");
+    eventually(tests::settle(), "the container's getpid and kill counted", || {
+        (count(&d, &c, "getpid", "ok") > ROUNDS && count(&d, &c, "kill", "ok") >= ROUNDS).then_some(())
+    });
+    let crossings = d.container_crossings(&c).0;
+    assert_eq!(crossings["getpid"].get("mismatch").copied().unwrap_or(0), 0, "{crossings:?}");
+    let host = d.container_crossings("host").0;
+    assert_eq!(host["getpid"].get("mismatch").copied().unwrap_or(0), 0, "{host:?}");
+    let ours: Vec<AuditRecord> = d
+        .audit_log()
+        .into_iter()
+        .filter(|r| r.caller.host_pid == inner || i64::from(r.caller.host_pid) == me)
+        .collect();
+    assert!(ours.is_empty(), "a task taking turns with another was judged as it: {ours:#?}");
+}
