@@ -593,8 +593,19 @@ fn unload_together(programs: Vec<(&str, &mut aya::programs::Program)>) {
     });
 }
 
-/// Removes every pin; the programs go once no daemon holds them.
+/// Removes every pin; the programs go once no daemon holds them. The syscall programs' links
+/// go first, as in [`detach`]: the lifecycle programs keep the maps those read in step.
 pub fn remove_pins() -> std::io::Result<bool> {
+    let lifecycle = |link: &Path| {
+        let name = link.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let program = name.split('@').next().unwrap_or_default();
+        Program::LIFECYCLE.iter().any(|p| p.name() == program)
+    };
+    if let Ok(links) = std::fs::read_dir(pin_dir().join("links")) {
+        for link in links.flatten().map(|l| l.path()).filter(|l| !lifecycle(l)) {
+            std::fs::remove_file(&link)?;
+        }
+    }
     match std::fs::remove_dir_all(pin_dir()) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
