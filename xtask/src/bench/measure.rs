@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use pidvirt_common::{
     audit::{SYSCALLS, Verdict, sys},
     catalogue::{self, Program, SyscallSide, map},
@@ -974,6 +974,16 @@ pub struct KernelTimes {
     /// Workloads and the calls each makes.
     pub workloads: Vec<(&'static str, u64)>,
     pub passes: BTreeMap<(Mode, &'static str), Pass>,
+    /// What one helper call costs on this machine, or why it was not measured.
+    pub helper_call: Result<HelperCall, String>,
+}
+
+/// One BPF helper call's cost on this machine: a bpftrace probe on getpid's exit tracepoint,
+/// empty and with one call of `bpf_get_current_task` (`curtask`), ns per run (bpf_stats), the
+/// load generator's getpid calls running them.
+pub struct HelperCall {
+    pub empty_ns: f64,
+    pub one_call_ns: f64,
 }
 
 impl KernelTimes {
@@ -1025,8 +1035,45 @@ pub fn kernel_times(b: &Bench) -> anyhow::Result<KernelTimes> {
         }
         drop(guard);
     }
+    let helper_call = match &b.peer {
+        Ok(_) => helper_call(b, &mut generator).map_err(|e| format!("{e:#}")),
+        Err(e) => Err(format!("bpftrace unavailable: {e}")),
+    };
     drop(stats);
-    Ok(KernelTimes { modes, workloads, passes })
+    Ok(KernelTimes { modes, workloads, passes, helper_call })
+}
+
+/// [`HelperCall`], with the statistics on.
+fn helper_call(b: &Bench, generator: &mut Generator) -> anyhow::Result<HelperCall> {
+    let iters = b.opts.iters;
+    let mut ns = [0.0; 2];
+    for (i, body) in ["", "$t = curtask;"].into_iter().enumerate() {
+        check_interrupted()?;
+        let script = b.tmp.0.join(format!("helper-call-{i}.bt"));
+        std::fs::write(&script, format!("tracepoint:syscalls:sys_exit_getpid {{ {body} }}\n"))?;
+        let others = prog_stats()?;
+        let log = b.tmp.0.join(format!("helper-call-{i}.log"));
+        let mut probe =
+            Running::spawn("bpftrace", Command::new("bpftrace").arg(&script), libc::SIGINT, &log)?;
+        let pid = probe.pid();
+        wait_for("bpftrace to attach its probe", Duration::from_mins(2), || {
+            probe.check_alive()?;
+            Ok(perf_attachments(Some(pid))? >= 1)
+        })?;
+        let before = prog_stats()?;
+        generator.request("getpid", [iters, 1, iters, 1, iters]).context("load generator (getpid)")?;
+        let after = prog_stats()?;
+        let (mut run_ns, mut runs) = (0, 0);
+        for (id, (_, ns1, runs1)) in after.iter().filter(|(id, _)| !others.contains_key(id)) {
+            if let Some((_, ns0, runs0)) = before.get(id) {
+                run_ns += ns1 - ns0;
+                runs += runs1 - runs0;
+            }
+        }
+        ensure!(runs > 0, "bpftrace's probe on sys_exit_getpid did not run");
+        ns[i] = run_ns as f64 / runs as f64;
+    }
+    Ok(HelperCall { empty_ns: ns[0], one_call_ns: ns[1] })
 }
 
 // ---------------------------------------------------------------------------------------------

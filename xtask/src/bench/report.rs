@@ -693,6 +693,17 @@ pub fn kernel_time(
     if let Err(why) = b.attach_measured(Attach::Fentry) {
         out.note(&format!("Syscall programs on fentry/fexit: {why}."));
     }
+    match &k.helper_call {
+        Ok(c) => out.note(&format!(
+            "One BPF helper call on this machine: {:+.1} ns per run (bpftrace on sys_exit_getpid, bpf_stats: \
+             `{{ $t = curtask; }}` {:.1} ns against an empty probe's {:.1} ns). pidvirt's programs find their \
+             caller with one (bpf_get_current_task_btf): the bodies above include it.",
+            c.one_call_ns - c.empty_ns,
+            c.one_call_ns,
+            c.empty_ns
+        )),
+        Err(why) => out.note(&format!("One BPF helper call's cost: not measured ({why}).")),
+    }
     out.note("fork+exit+wait, program by program (runs per call, and ns per run with and without the statistics' own cost):");
     out.table(
         &["mode", "program", "runs/call", "ns/run", "ns/run - stats", "ns/call"],
@@ -718,6 +729,10 @@ pub fn kernel_time(
     };
     json!({
         "stats_ns_per_run": per_run,
+        "helper_call": match &k.helper_call {
+            Ok(c) => json!({ "empty_ns_per_run": c.empty_ns, "one_call_ns_per_run": c.one_call_ns }),
+            Err(why) => json!({ "error": why }),
+        },
         "by_mode": k.modes.iter().map(|m| (m.name(), k.workloads.iter()
             .filter_map(|(w, _)| Some((w.to_string(), json_of(k.pass(*m, w)?))))
             .collect::<serde_json::Map<_, _>>())).collect::<BTreeMap<_, _>>(),
@@ -1203,6 +1218,30 @@ fn wall_across_runs(out: &mut Report, runs: &[(&[Goal], &serde_json::Map<String,
     Value::Object(json)
 }
 
+/// One helper call's cost (report::kernel_time's `helper_call`), across runs: noted, and
+/// answered run by run.
+fn helper_call_across_runs(
+    out: &mut Report,
+    runs: &[(&[Goal], &serde_json::Map<String, Value>)],
+) -> Vec<f64> {
+    let helper_calls: Vec<f64> = runs
+        .iter()
+        .filter_map(|(_, s)| {
+            let c = s.get("kernel_time")?.get("helper_call")?;
+            Some(c["one_call_ns_per_run"].as_f64()? - c["empty_ns_per_run"].as_f64()?)
+        })
+        .collect();
+    if !helper_calls.is_empty() {
+        out.note(&format!(
+            "One BPF helper call (bpftrace on sys_exit_getpid, one curtask against none): {} ns per run, \
+             median [min..max] of {} runs.",
+            median_range(&helper_calls, |x| format!("{x:+.1}")),
+            helper_calls.len()
+        ));
+    }
+    helper_calls
+}
+
 /// In-kernel time per call (bpf_stats), per workload and mode, and program by program for
 /// fork+exit+wait, across runs.
 fn kernel_across_runs(out: &mut Report, runs: &[(&[Goal], &serde_json::Map<String, Value>)]) -> Value {
@@ -1278,6 +1317,7 @@ fn kernel_across_runs(out: &mut Report, runs: &[(&[Goal], &serde_json::Map<Strin
     }
     out.note("In the kernel (bpf_stats): ns per call, median [min..max] of the runs:");
     out.table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+    let helper_calls = helper_call_across_runs(out, runs);
     let mut prog_rows: Vec<(f64, Vec<String>)> = progs
         .iter()
         .filter(|((m, _), _)| !m.starts_with("floor"))
@@ -1297,6 +1337,7 @@ fn kernel_across_runs(out: &mut Report, runs: &[(&[Goal], &serde_json::Map<Strin
     json!({
         "totals": totals.iter().map(|((m, w), v)| json!({ "mode": m, "workload": w, "by_run": v })).collect::<Vec<_>>(),
         "fork_programs": progs.iter().map(|((m, p), v)| json!({ "mode": m, "program": p, "by_run": v })).collect::<Vec<_>>(),
+        "helper_call_by_run": helper_calls,
     })
 }
 

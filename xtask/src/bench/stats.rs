@@ -402,6 +402,7 @@ mod tests {
             modes: vec![Mode::Floor, Mode::Pidvirt],
             workloads: vec![("getpid", 10), ("kill", 10), ("fork", 10)],
             passes: BTreeMap::new(),
+            helper_call: Err("not measured".into()),
         };
         assert!(stats_cost_per_run(&k).is_nan());
         k.passes.insert((Mode::Floor, "getpid"), pass(&[(10, 400)], 10));
