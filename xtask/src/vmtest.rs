@@ -310,7 +310,13 @@ pub const KERNEL_TESTS: &[(&str, Option<&[&str]>)] = &[
     ),
     ("enforce", None),
     ("levels", Some(&["a_number_of_the_level_above_used_in_a_nested_namespace_is_a_leak_naming_that_level"])),
-    ("precision", Some(&["unshare_fork_pid_waiting_for_its_nested_init_reports_nothing"])),
+    (
+        "precision",
+        Some(&[
+            "unshare_fork_pid_waiting_for_its_nested_init_reports_nothing",
+            "tasks_of_two_namespaces_taking_turns_on_one_cpu_are_each_judged_as_themselves",
+        ]),
+    ),
     ("procfs", Some(&["a_host_pid_in_a_proc_path_of_the_containers_own_procfs_is_a_leak_and_its_vpid_ok"])),
     (
         "restore",
