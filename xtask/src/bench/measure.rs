@@ -953,6 +953,23 @@ fn prog_stats() -> anyhow::Result<BTreeMap<u64, (String, u64, u64)>> {
         .collect())
 }
 
+/// The programs loaded since `others` that ran between the statistics `before` and `after`, with
+/// what they did meanwhile.
+fn ran_between(
+    others: &BTreeMap<u64, (String, u64, u64)>,
+    before: &BTreeMap<u64, (String, u64, u64)>,
+    after: &BTreeMap<u64, (String, u64, u64)>,
+) -> Vec<ProgTime> {
+    after
+        .iter()
+        .filter(|(id, _)| !others.contains_key(id))
+        .filter_map(|(id, (name, ns, runs))| {
+            let (_, ns0, runs0) = before.get(id)?;
+            (runs > runs0).then(|| ProgTime { name: name.clone(), runs: runs - runs0, ns: ns - ns0 })
+        })
+        .collect()
+}
+
 /// What one program did during one workload.
 pub struct ProgTime {
     pub name: String,
@@ -1023,15 +1040,7 @@ pub fn kernel_times(b: &Bench) -> anyhow::Result<KernelTimes> {
             let after = prog_stats()?;
             // The generator warms up with a tenth of the calls first (pidvirt-bench batches).
             let calls = iters + (iters / 10).max(1);
-            let progs = after
-                .iter()
-                .filter(|(id, _)| !others.contains_key(id))
-                .filter_map(|(id, (name, ns, runs))| {
-                    let (_, ns0, runs0) = before.get(id)?;
-                    (runs > runs0).then(|| ProgTime { name: name.clone(), runs: runs - runs0, ns: ns - ns0 })
-                })
-                .collect();
-            passes.insert((mode, w), Pass { progs, calls });
+            passes.insert((mode, w), Pass { progs: ran_between(&others, &before, &after), calls });
         }
         drop(guard);
     }
@@ -1063,15 +1072,10 @@ fn helper_call(b: &Bench, generator: &mut Generator) -> anyhow::Result<HelperCal
         let before = prog_stats()?;
         generator.request("getpid", [iters, 1, iters, 1, iters]).context("load generator (getpid)")?;
         let after = prog_stats()?;
-        let (mut run_ns, mut runs) = (0, 0);
-        for (id, (_, ns1, runs1)) in after.iter().filter(|(id, _)| !others.contains_key(id)) {
-            if let Some((_, ns0, runs0)) = before.get(id) {
-                run_ns += ns1 - ns0;
-                runs += runs1 - runs0;
-            }
-        }
-        ensure!(runs > 0, "bpftrace's probe on sys_exit_getpid did not run");
-        ns[i] = run_ns as f64 / runs as f64;
+        let pass = Pass { progs: ran_between(&others, &before, &after), calls: 1 };
+        let (run_ns, runs) = stats::per_call(&pass);
+        ensure!(runs > 0.0, "bpftrace's probe on sys_exit_getpid did not run");
+        ns[i] = run_ns / runs;
     }
     Ok(HelperCall { empty_ns: ns[0], one_call_ns: ns[1] })
 }
