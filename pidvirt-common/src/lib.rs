@@ -62,7 +62,7 @@ pub mod task_flags {
     }
 }
 
-/// Value of the task map, keyed by host tid. 56 bytes.
+/// Value of the task map, keyed by host tid. 64 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskEntry {
@@ -81,6 +81,9 @@ pub struct TaskEntry {
     pub nr: [LevelIds; INLINE_LEVELS],
     /// The container's counter slot (index into the per-CPU counters array; see [`slots`]).
     pub slot: u32,
+    /// The CPUs whose per-CPU copies ([`CallerCache`]) may hold this task's entry
+    /// ([`copies`]): its exit clears those copies before its kernel stack can be reused.
+    pub copies: u64,
 }
 
 impl TaskEntry {
@@ -350,9 +353,14 @@ pub mod tasks_generation {
 /// child forked on that CPU (the fork program fills it, so the child's first crossing, fork's 0,
 /// needs no lookup either).
 ///
-/// A copy is used only by the task it was made for: same `task_struct` address AND same start
-/// time (a freed task's memory can be reused by a new task, which has a later start time), so
-/// removing the entry of a task that is gone needs no invalidation. A copy is also valid only
+/// A copy is found by the task's kernel stack (`task_struct.stack`), which a program knows
+/// without asking the kernel: its context lies on that stack (a syscall tracepoint's record is
+/// built there, fentry's saved arguments too), so the context's address rounded down to
+/// [`STACK_ALIGN`] is the stack's base, where the stack is that aligned (checked at every fill
+/// against the task the kernel names: a copy is only made where they agree). Stacks of live tasks
+/// never overlap; a dead task's stack is reused by a new task, so a task's exit clears its copies
+/// on every CPU its entry names ([`TaskEntry::copies`]) first, and an exited task is not copied.
+/// A copy is also valid only
 /// while both generations equal the task map's ([`tasks_generation`]): whoever changes the entry
 /// of a LIVE task (a daemon retag, a cgroup move, an exec that changes a thread's tid, a seeded
 /// entry replaced) bumps its generation AFTER the write, and a filler reads the generations
@@ -364,10 +372,11 @@ pub mod tasks_generation {
 pub struct CallerCache {
     pub kernel_generation: u64,
     pub daemon_generation: u64,
-    /// The task's `task_struct` address.
-    pub task: u64,
-    /// The task's `task_struct.start_time` (ns, as the kernel has it, even for seeded entries).
-    pub start_time: u64,
+    /// The task's kernel stack (`task_struct.stack`); 0: no copy.
+    pub stack: u64,
+    /// Scratch: where the running program's context lies (the verifier turns a pointer into a
+    /// number only through memory).
+    pub at: u64,
     pub tid: u32,
     /// Explicit padding (zero).
     pub pad: u32,
@@ -376,6 +385,22 @@ pub struct CallerCache {
 
 /// Copies of callers' entries per CPU (see [`CallerCache`]).
 pub const CALLER_SLOTS: u32 = 2;
+
+/// What a task's kernel stack is aligned to at least (x86-64's THREAD_SIZE, 16 KiB, or more
+/// with KASAN): a context's address rounded down to it is a stack's base only if that stack is
+/// aligned so, which every copy's fill checks ([`CallerCache`]).
+pub const STACK_ALIGN: u64 = 16 * 1024;
+
+/// [`TaskEntry::copies`]: bit `cpu` for CPUs below 63, [`copies::BEYOND`] for the others (then a
+/// task's exit makes every copy invalid: the task map's generation).
+pub mod copies {
+    pub const BEYOND: u64 = 1 << 63;
+
+    /// The bit of `cpu`.
+    pub const fn bit(cpu: u32) -> u64 {
+        if cpu < 63 { 1 << cpu } else { BEYOND }
+    }
+}
 
 /// Which copy a slot of the per-CPU caller cache holds.
 pub mod caller_slot {
@@ -535,7 +560,7 @@ mod tests {
     #[test]
     fn layouts_are_compact() {
         assert_eq!(size_of::<LevelIds>(), 8);
-        assert_eq!(size_of::<TaskEntry>(), 56);
+        assert_eq!(size_of::<TaskEntry>(), 64);
         assert_eq!(size_of::<VirtKey>(), 8);
         assert_eq!(size_of::<DeepLevels>(), 8 + 8 * DEEP_SLOTS);
         assert!(DEEP_SLOTS >= DEEP_LEVELS && DEEP_SLOTS.is_power_of_two());

@@ -43,6 +43,9 @@ pub struct KernelOffsets {
     pub task_cgroups: u32,
     /// task_struct.ptrace (unsigned int)
     pub task_ptrace: u32,
+    /// task_struct.stack (void *): the task's kernel stack, the key of its per-CPU copies
+    /// (crate::CallerCache)
+    pub task_stack: u32,
     /// signal_struct.live.counter (atomic_t: int): threads of the group not yet exited
     pub signal_live: u32,
     /// signal_struct.pids (struct pid *[PIDTYPE_MAX])
@@ -180,6 +183,7 @@ impl KernelOffsets {
             task_nsproxy: 0,
             task_cgroups: 0,
             task_ptrace: 0,
+            task_stack: 0,
             signal_live: 0,
             signal_pids: 0,
             pid_level: 0,

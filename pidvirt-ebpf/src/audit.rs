@@ -3,16 +3,20 @@
 //! (pidvirt_common::audit::classify, the one place), count it per container per CPU, and report
 //! the verdicts the operator asked for on the ring buffer.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns,
+    },
 };
 use pidvirt_common::{
-    ANCESTOR_SLOTS, CallerCache, HOST_CONTAINER, INLINE_LEVELS, LevelIds, TaskEntry, VirtKey,
+    ANCESTOR_SLOTS, CallerCache, HOST_CONTAINER, INLINE_LEVELS, LevelIds, STACK_ALIGN, TaskEntry, VirtKey,
     audit::{
         ANCESTOR_CHECKS, AnomalyEvent, Direction, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution,
         Verdict, classify, crossing_slot, event_flags, is_cgroup_container, is_namespace_container, sys,
     },
-    caller_slot, counter, event_kind,
+    caller_slot, copies, counter, event_kind, task_flags,
 };
 
 use crate::{
@@ -24,6 +28,44 @@ use crate::{
     task::{container_of, nr_at, ns_at, pidns_inum, task_pids},
 };
 
+/// Where a program's context lies: on the calling task's kernel stack (see
+/// pidvirt_common::CallerCache), so that the caller's copies are found without asking the kernel
+/// which task runs (a helper call, ~20 ns on some machines: the hottest crossings' largest cost).
+#[derive(Clone, Copy)]
+pub struct Stack(*const c_void);
+
+impl Stack {
+    /// The stack of a program whose context is `ctx` (a syscall tracepoint's or fentry's).
+    #[inline(always)]
+    pub fn of(ctx: *const c_void) -> Self {
+        Self(ctx)
+    }
+
+    /// The stack's base, if the context lies on an aligned stack (else no copy matches it). A
+    /// pointer becomes a number only through memory: `scratch`, this CPU's.
+    #[inline(always)]
+    fn base(self, scratch: *mut CallerCache) -> u64 {
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*scratch).at, self.0 as u64);
+            core::ptr::read_volatile(&raw const (*scratch).at) & !(STACK_ALIGN - 1)
+        }
+    }
+}
+
+/// The calling task's entry, for a program that knows where its context lies: this CPU's copy
+/// of it when still valid (CALLER, see pidvirt_common::CallerCache), found with no helper call;
+/// else as [`caller`] finds it.
+#[inline(always)]
+pub fn caller_on(at: Stack) -> Option<(u32, *const TaskEntry)> {
+    let scratch = CALLER.get_ptr_mut(caller_slot::CALLER)?;
+    let key = at.base(scratch);
+    if let Some(found) = copied(key) {
+        return Some(found);
+    }
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    looked_up(task, key)
+}
+
 /// The calling task's entry: one of this CPU's copies of it when still valid (CALLER, see
 /// pidvirt_common::CallerCache), else looked up in the task map and copied. A caller without
 /// an entry (should not happen once seeded; counted) is described from its task structures in
@@ -31,16 +73,23 @@ use crate::{
 #[inline(always)]
 pub fn caller() -> Option<(u32, *const TaskEntry)> {
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    let start: u64 = Direct.read(task, off!(task_start_time)).unwrap_or(0);
-    // The generations are read before the lookup: a write after it makes the copy invalid.
+    let stack = Direct.read::<u64>(task, off!(task_stack)).unwrap_or(0);
+    if let Some(found) = copied(stack) {
+        return Some(found);
+    }
+    looked_up(task, stack)
+}
+
+/// This CPU's valid copy of the entry of the task whose kernel stack is `stack`, if any.
+#[inline(always)]
+fn copied(stack: u64) -> Option<(u32, *const TaskEntry)> {
+    if stack == 0 {
+        return None;
+    }
     let generations = tasks_generation();
-    let valid = |c: &CallerCache| {
-        c.task == task as u64
-            && c.start_time == start
-            && (c.kernel_generation, c.daemon_generation) == generations
-    };
-    let cache = CALLER.get_ptr_mut(caller_slot::CALLER);
-    if let Some(c) = cache
+    let valid =
+        |c: &CallerCache| c.stack == stack && (c.kernel_generation, c.daemon_generation) == generations;
+    if let Some(c) = CALLER.get_ptr(caller_slot::CALLER)
         && valid(unsafe { &*c })
     {
         return Some(unsafe { ((*c).tid, &raw const (*c).entry) });
@@ -50,11 +99,30 @@ pub fn caller() -> Option<(u32, *const TaskEntry)> {
     {
         return Some(unsafe { ((*c).tid, &raw const (*c).entry) });
     }
+    None
+}
+
+/// The entry of `task`, the calling task, from the task map; copied into this CPU's CALLER
+/// slot when `key`, where the program found its stack, is that task's stack and the task has
+/// not exited (see pidvirt_common::CallerCache).
+#[inline(always)]
+fn looked_up(task: *const u8, key: u64) -> Option<(u32, *const TaskEntry)> {
+    // The generations are read before the lookup: a write after it makes the copy invalid.
+    let generations = tasks_generation();
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(e) = TASKS.get_ptr(tid) {
-        let Some(c) = cache else { return Some((tid, e)) };
+    if let Some(e) = TASKS.get_ptr_mut(tid) {
+        let stack = Direct.read::<u64>(task, off!(task_stack)).unwrap_or(0);
+        let copy = stack != 0 && stack == key && unsafe { (*e).flags } & task_flags::EXITED == 0;
+        let Some(c) = CALLER.get_ptr_mut(caller_slot::CALLER).filter(|_| copy) else {
+            return Some((tid, e));
+        };
+        // Named before the copy is made: the task's exit clears it (lifecycle::forget_copies).
+        let bit = copies::bit(unsafe { bpf_get_smp_processor_id() });
+        unsafe {
+            core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) &raw mut (*e).copies, in(reg) bit);
+        };
         let c = unsafe { &mut *c };
-        fill(c, task, start, tid, unsafe { &*e }, generations);
+        fill(c, stack, tid, unsafe { &*e }, generations);
         return Some((tid, &raw const c.entry));
     }
     count_map_error(counter::map_error::TASK_MISSING);
@@ -83,22 +151,21 @@ pub extern "C" fn describe_caller() -> i32 {
 }
 
 #[inline(always)]
-fn fill(c: &mut CallerCache, task: *const u8, start: u64, tid: u32, e: &TaskEntry, generations: (u64, u64)) {
+fn fill(c: &mut CallerCache, stack: u64, tid: u32, e: &TaskEntry, generations: (u64, u64)) {
     // A copy the compiler may not take for a move between overlapping places: an assignment
     // became a call of memmove, whose byte loop the verifier walked in every program.
     unsafe { core::ptr::copy_nonoverlapping(e, &raw mut c.entry, 1) };
-    c.task = task as u64;
-    c.start_time = start;
+    c.stack = stack;
     c.tid = tid;
     (c.kernel_generation, c.daemon_generation) = generations;
 }
 
-/// Keeps this CPU's copy of the entry of a child just forked (`task`, entry `e`, written after
-/// the task map's generations were `generations`).
+/// Keeps this CPU's copy of the entry of a child just forked (kernel stack `stack`, entry `e`,
+/// naming this CPU in its copies, written after the task map's generations were `generations`).
 #[inline(always)]
-pub fn remember_newborn(task: *const u8, e: &TaskEntry, generations: (u64, u64)) {
+pub fn remember_newborn(stack: u64, e: &TaskEntry, generations: (u64, u64)) {
     if let Some(c) = CALLER.get_ptr_mut(caller_slot::NEWBORN) {
-        fill(unsafe { &mut *c }, task, e.start_time, e.nr[0].tid, e, generations);
+        fill(unsafe { &mut *c }, stack, e.nr[0].tid, e, generations);
     }
 }
 
@@ -601,8 +668,8 @@ fn judge_procfs_number(syscall: u16, n: u32, procfs_pidns: u32) {
 
 /// An argument naming a task, where 0 means the caller itself.
 #[inline(always)]
-pub fn task_arg(syscall: u16, n: i32, zero_is_self: bool) {
-    let Some((tid, c)) = caller() else { return };
+pub fn task_arg(at: Stack, syscall: u16, n: i32, zero_is_self: bool) {
+    let Some((tid, c)) = caller_on(at) else { return };
     let c = unsafe { &*c };
     if n == 0 && zero_is_self {
         count_crossing(c.slot, syscall, Verdict::Ok);
@@ -615,24 +682,24 @@ pub fn task_arg(syscall: u16, n: i32, zero_is_self: bool) {
 
 /// kill/wait-style argument: 0 and < -1 are process groups, -1 is "any", > 0 one task.
 #[inline(always)]
-pub fn pid_arg(syscall: u16, n: i32) {
+pub fn pid_arg(at: Stack, syscall: u16, n: i32) {
     match pidvirt_common::audit::special_pid(n) {
-        Some(v) => group(syscall, v),
-        None => task_arg(syscall, n, false),
+        Some(v) => group(at, syscall, v),
+        None => task_arg(at, syscall, n, false),
     }
 }
 
 /// A crossing that names a group (or everything): counted, never reported.
 #[inline(always)]
-pub fn group(syscall: u16, v: Verdict) {
-    let Some((_, c)) = caller() else { return };
+pub fn group(at: Stack, syscall: u16, v: Verdict) {
+    let Some((_, c)) = caller_on(at) else { return };
     count_crossing(unsafe { (*c).slot }, syscall, v);
 }
 
 /// A returned number checked against the truth read from the task structures.
 #[inline(always)]
-pub fn returned(syscall: u16, value: i64, truth: Result<i64, u32>) {
-    let Some((tid, c)) = caller() else { return };
+pub fn returned(at: Stack, syscall: u16, value: i64, truth: Result<i64, u32>) {
+    let Some((tid, c)) = caller_on(at) else { return };
     let c = unsafe { &*c };
     let truth = match truth {
         Ok(t) => t,
@@ -651,8 +718,8 @@ pub fn returned(syscall: u16, value: i64, truth: Result<i64, u32>) {
 /// A returned id of the caller itself (getpid: `tgid`, gettid/set_tid_address: tid) against its
 /// ids recorded from the task structures at fork/exec: one map lookup, no kernel read.
 #[inline(always)]
-pub fn returned_own(syscall: u16, value: i64, tgid: bool) {
-    let Some((tid, c)) = caller() else { return };
+pub fn returned_own(at: Stack, syscall: u16, value: i64, tgid: bool) {
+    let Some((tid, c)) = caller_on(at) else { return };
     let c = unsafe { &*c };
     let (vpid, vtid) = own_ids(tid, c);
     let truth = i64::from(if tgid { vpid } else { vtid });
@@ -689,8 +756,8 @@ fn report_mismatch(syscall: u16, value: i64, truth: i64, tid: u32, c: &TaskEntry
 /// the caller's namespace; if none, its entry is already gone (`stale`). Answers the caller's
 /// counter slot and the task named.
 #[inline(always)]
-pub fn returned_task(syscall: u16, value: i64) -> (u32, Found) {
-    let Some((tid, c)) = caller() else { return (0, Found::NONE) };
+pub fn returned_task(at: Stack, syscall: u16, value: i64) -> (u32, Found) {
+    let Some((tid, c)) = caller_on(at) else { return (0, Found::NONE) };
     let c = unsafe { &*c };
     if value == 0 {
         // fork/clone in the child.

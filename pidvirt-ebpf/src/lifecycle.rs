@@ -13,20 +13,21 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, seq_file},
-    helpers::{bpf_ktime_get_ns, bpf_seq_write},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_map_lookup_percpu_elem, bpf_seq_write},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use pidvirt_common::{
-    DEEP_LEVELS, INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, MigrateEvent, PidnsEvent, TaskComm, TaskEntry,
-    VirtKey, VirtValue, counter, event_kind, pidns_source, same_start, slots, task_flags,
+    CallerCache, DEEP_LEVELS, INLINE_LEVELS, MAX_LEVELS, MAX_PID_NS_LEVEL, MigrateEvent, PidnsEvent,
+    TaskComm, TaskEntry, VirtKey, VirtValue, caller_slot, copies, counter, event_kind, pidns_source,
+    same_start, slots, task_flags,
 };
 
 use crate::{
     kernel::{Direct, Kmem, Probe, below, off, offsets_ready},
     maps::{
-        COUNTS, DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR, SCRATCH_TRACEPOINT, Scratch,
-        TASKS, count_drop, count_lifecycle, count_map_error, host_pidns, mark_tid, may_have_entry,
+        CALLER, COUNTS, DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR, SCRATCH_TRACEPOINT,
+        Scratch, TASKS, count_drop, count_lifecycle, count_map_error, host_pidns, mark_tid, may_have_entry,
         note_released, own_ns_slot, pidns_slot, take_slot, tasks_changed, tasks_generation, unmark_tid,
         virt_forget, virt_insert,
     },
@@ -47,9 +48,12 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let child: *const u8 = ctx.arg(1);
     // Read before the entry is written: a copy is never labelled newer than its content.
     let generations = tasks_generation();
-    match record_task(Direct, child, SCRATCH_TRACEPOINT) {
+    let stack = Direct.read::<u64>(child, off!(task_stack)).unwrap_or(0);
+    let here = if stack != 0 { copies::bit(unsafe { bpf_get_smp_processor_id() }) } else { 0 };
+    match record_task(Direct, child, SCRATCH_TRACEPOINT, here) {
         // The child's first crossing (fork's 0) then needs no lookup.
-        Ok(s) => crate::audit::remember_newborn(child, unsafe { &(*s).entry }, generations),
+        Ok(s) if here != 0 => crate::audit::remember_newborn(stack, unsafe { &(*s).entry }, generations),
+        Ok(_) => {}
         Err(reason) => count_map_error(reason),
     }
     0
@@ -110,21 +114,31 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
         .is_ok_and(|live| live == 0);
     if let Some(e) = TASKS.get_ptr_mut(tid) {
         let e = unsafe { &mut *e };
-        if same_start(e.start_time, e.flags, start, tick_ns()) {
+        let own = same_start(e.start_time, e.flags, start, tick_ns());
+        if own {
+            // Before its copies go: an EXITED entry is not copied again.
             e.flags |= task_flags::EXITED;
-            if tid == tgid {
-                // A ptraced leader's exit may be reported to its tracer first (a read that fails
-                // counts as traced).
-                if Direct.read::<u32>(task, off!(task_ptrace)).is_ok_and(|p| p == 0) {
-                    e.flags &= !task_flags::TRACED;
-                } else {
-                    e.flags |= task_flags::TRACED;
-                }
-                if group_dead {
-                    e.flags |= task_flags::GROUP_DEAD;
-                }
+        }
+        // A stale entry under this tid (its task's free missed) may have been copied for this
+        // task too: its copies go as well.
+        let copies = core::mem::take(&mut e.copies);
+        forget_copies(task, copies);
+        if own && tid == tgid {
+            // A ptraced leader's exit may be reported to its tracer first (a read that fails
+            // counts as traced).
+            if Direct.read::<u32>(task, off!(task_ptrace)).is_ok_and(|p| p == 0) {
+                e.flags &= !task_flags::TRACED;
+            } else {
+                e.flags |= task_flags::TRACED;
+            }
+            if group_dead {
+                e.flags |= task_flags::GROUP_DEAD;
             }
         }
+    } else {
+        // An exiting task without its entry may still have copies (a daemon that removed its
+        // entry, a stale seed): every copy goes.
+        tasks_changed();
     }
     if group_dead && tid != tgid {
         // The last thread of a group whose leader exited before it.
@@ -133,6 +147,52 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
         }
     }
     0
+}
+
+/// Clears the per-CPU copies of exiting `task`'s entry on the CPUs `copies` names
+/// (pidvirt_common::CallerCache): its kernel stack is reused once it is freed, and a copy found
+/// by that stack would then describe another task.
+#[inline(always)]
+fn forget_copies(task: *const u8, copies: u64) {
+    if copies == 0 {
+        return;
+    }
+    if copies & copies::BEYOND != 0 {
+        tasks_changed();
+        return;
+    }
+    let Ok(stack) = Direct.read::<u64>(task, off!(task_stack)) else {
+        tasks_changed();
+        return;
+    };
+    let here = unsafe { bpf_get_smp_processor_id() };
+    let mut left = copies;
+    let mut cpu = 0u32;
+    while left != 0 && cpu < 63 {
+        if left & 1 != 0 {
+            for slot in [caller_slot::CALLER, caller_slot::NEWBORN] {
+                let c = if cpu == here {
+                    CALLER.get_ptr_mut(slot)
+                } else {
+                    let p = unsafe {
+                        bpf_map_lookup_percpu_elem(
+                            (&raw const CALLER).cast_mut().cast(),
+                            (&raw const slot).cast(),
+                            cpu,
+                        )
+                    };
+                    (!p.is_null()).then_some(p.cast::<CallerCache>())
+                };
+                if let Some(c) = c
+                    && unsafe { (*c).stack } == stack
+                {
+                    unsafe { (*c).stack = 0 };
+                }
+            }
+        }
+        left >>= 1;
+        cpu += 1;
+    }
 }
 
 /// A wait4 of a task of the container with counter slot `slot` returned the pid of task
@@ -193,10 +253,11 @@ fn tid_and_start(task: *const u8) -> Result<(u32, u64), i32> {
 /// Reads `task` and writes its entry, deep levels and reverse entries; registers pid
 /// namespaces seen for the first time. Answers the scratch space holding the entry written.
 #[inline(always)]
-pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32) -> Result<*const Scratch, u32> {
+pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32, copies: u64) -> Result<*const Scratch, u32> {
     let s = SCRATCH.get_ptr_mut(scratch).ok_or(counter::map_error::SCRATCH)?;
     let s = unsafe { &mut *s };
     read_task(k, task, s)?;
+    s.entry.copies = copies;
     // Loaded again from the map value (volatile): the verifier then knows nothing of the level
     // here, so the paths out of read_task's loops (one per level) become one state, and what
     // follows is verified once, not once per level.
@@ -531,7 +592,7 @@ fn iterated_task(ctx: *mut core::ffi::c_void) -> Option<*const u8> {
 #[unsafe(link_section = "iter/task")]
 pub fn seed_tasks(ctx: *mut core::ffi::c_void) -> i32 {
     let Some(task) = iterated_task(ctx) else { return 0 };
-    if let Err(reason) = record_task(Direct, task, SCRATCH_ITERATOR) {
+    if let Err(reason) = record_task(Direct, task, SCRATCH_ITERATOR, 0) {
         count_map_error(reason);
     }
     0

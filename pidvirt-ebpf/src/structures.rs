@@ -31,8 +31,8 @@ use pidvirt_common::{
 
 use crate::{
     audit::{
-        audit_task_number, caller, child_named, count_crossing, count_crossings, handed_out, invisible,
-        returned, sender_of_an_ancestor,
+        Stack, audit_task_number, caller, caller_on, child_named, count_crossing, count_crossings,
+        handed_out, invisible, returned, sender_of_an_ancestor,
     },
     kernel::{Direct, Kmem, Probe, off, offsets_ready},
     maps::{DEEP, PENDING_CALLS, PENDING_TIDS, bit_set, clear_bit, count_map_error, set_bit},
@@ -177,8 +177,8 @@ fn socket_family(fd: u32) -> Option<u16> {
 /// against the child's number at the level it names (`ok`, or `mismatch`: the kernel always
 /// honours them or fails). `r`: the child's number in the caller's namespace.
 #[inline(always)]
-fn set_tids(syscall: u16, child_nr: i64, set_tid: u64, count: u32) {
-    let Some((tid, c)) = caller() else { return };
+fn set_tids(at: Stack, syscall: u16, child_nr: i64, set_tid: u64, count: u32) {
+    let Some((tid, c)) = caller_on(at) else { return };
     let c = unsafe { &*c };
     let child = child_named(tid, c, child_nr);
     if !child.is_some() {
@@ -220,7 +220,7 @@ fn set_tids(syscall: u16, child_nr: i64, set_tid: u64, count: u32) {
         count_crossings(c.slot, syscall, Verdict::Ok, ok);
     }
     if wrong.2 {
-        returned(syscall, i64::from(wrong.0), Ok(i64::from(wrong.1)));
+        returned(at, syscall, i64::from(wrong.0), Ok(i64::from(wrong.1)));
     }
 }
 
@@ -328,9 +328,9 @@ pub mod handlers {
             F_SETOWN => {
                 let who = c.int_arg::<2>();
                 if who > 0 {
-                    task_arg(s, who, false);
+                    task_arg(c.stack(), s, who, false);
                 } else if who < 0 {
-                    group(s, Verdict::Group);
+                    group(c.stack(), s, Verdict::Group);
                 }
             }
             F_SETOWN_EX => {
@@ -338,9 +338,9 @@ pub mod handlers {
                     && pid > 0
                 {
                     if ty == F_OWNER_PGRP {
-                        group(s, Verdict::Group);
+                        group(c.stack(), s, Verdict::Group);
                     } else if ty == F_OWNER_TID || ty == F_OWNER_PID {
-                        task_arg(s, pid, false);
+                        task_arg(c.stack(), s, pid, false);
                     }
                 }
             }
@@ -368,13 +368,13 @@ pub mod handlers {
                     zero_owner(s, p.fd);
                 } else if fd_file(p.fd).is_some() {
                     // A group (an error has no open file behind it).
-                    group(s, Verdict::Group);
+                    group(c.stack(), s, Verdict::Group);
                 }
             }
             F_GETOWN_EX if r == 0 => {
                 if let Some([ty, pid]) = user::<[i32; 2]>(p.a) {
                     if pid > 0 && ty == F_OWNER_PGRP {
-                        group(s, Verdict::Group);
+                        group(c.stack(), s, Verdict::Group);
                     } else if pid > 0 {
                         handed_out(s, pid);
                     } else if pid == 0 {
@@ -410,7 +410,7 @@ pub mod handlers {
         let cmd = low32(c.arg::<1>());
         if cmd == TIOCSPGRP {
             if let Some(pgrp) = user::<i32>(c.arg::<2>()) {
-                task_arg(s, pgrp, false);
+                task_arg(c.stack(), s, pgrp, false);
             }
         } else if cmd == TIOCGPGRP || cmd == TIOCGSID {
             stash(s, cmd as u16, c.arg::<0>() as u32, c.arg::<2>(), 0);
@@ -508,7 +508,7 @@ pub mod handlers {
             && let Some([control, len]) = user::<[u64; 2]>(msg + MSG_CONTROL)
             && let Some(pid) = ucred_pid(control, len)
         {
-            task_arg(s, pid, false);
+            task_arg(c.stack(), s, pid, false);
         }
     }
 
@@ -662,9 +662,9 @@ pub mod handlers {
         }
         let pid = c.int_arg::<1>();
         if pid == -1 {
-            group(s, Verdict::Any);
+            group(c.stack(), s, Verdict::Any);
         } else {
-            task_arg(s, pid, true);
+            task_arg(c.stack(), s, pid, true);
         }
     }
 
@@ -716,10 +716,10 @@ pub mod handlers {
         if let Some(v) = user::<i32>(parent_tid)
             && v != 0
         {
-            returned(s, i64::from(v), Ok(r));
+            returned(c.stack(), s, i64::from(v), Ok(r));
         }
         if n != 0 {
-            set_tids(s, r, set_tid, n as u32);
+            set_tids(c.stack(), s, r, set_tid, n as u32);
         }
     }
 

@@ -15,6 +15,7 @@
 
 use aya_ebpf::{
     EbpfContext,
+    cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_user,
         bpf_task_pt_regs,
@@ -29,7 +30,7 @@ use pidvirt_common::{
 };
 
 use crate::{
-    audit::{group, pid_arg, returned, returned_own, returned_task, task_arg},
+    audit::{Stack, group, pid_arg, returned, returned_own, returned_task, task_arg},
     kernel::{Direct, Kmem, off, offsets_ready},
     lifecycle::forget_reaped,
     maps::{PENDING, SYSNR, count_map_error},
@@ -50,6 +51,9 @@ pub trait Call {
     /// without one; except where a tracer rewrote them at a ptrace stop inside the syscall (a
     /// fork event's), when the exit sees what the tracer wrote.
     fn saved_regs(&self) -> *const u8;
+
+    /// Where the program's context lies (the caller's kernel stack).
+    fn stack(&self) -> Stack;
 
     /// An `int`/`pid_t` argument (the low 32 bits, as the kernel's SYSCALL_DEFINE truncates).
     #[inline(always)]
@@ -117,17 +121,26 @@ impl Call for Record<'_> {
     fn saved_regs(&self) -> *const u8 {
         unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8 }
     }
+
+    /// The kernel builds the record the program reads on the caller's stack
+    /// (kernel/trace/trace_syscalls.c, perf_call_bpf_enter/exit).
+    #[inline(always)]
+    fn stack(&self) -> Stack {
+        Stack::of(self.0.as_ptr())
+    }
 }
 
 /// A syscall function's `struct pt_regs *` (fentry and fexit on `__x64_sys_*` receive it,
 /// BTF-typed: its fields are direct loads at the offsets the daemon resolved), and for fexit the
 /// value returned.
-struct Regs {
+struct SyscallFunction {
     regs: *const u8,
     ret: i64,
+    /// The program's context: the arguments the trampoline saved on the caller's stack.
+    ctx: *const c_void,
 }
 
-impl Call for Regs {
+impl Call for SyscallFunction {
     #[inline(always)]
     fn arg<const I: usize>(&self) -> u64 {
         regs_arg::<I>(self.regs)
@@ -141,6 +154,11 @@ impl Call for Regs {
     #[inline(always)]
     fn saved_regs(&self) -> *const u8 {
         self.regs
+    }
+
+    #[inline(always)]
+    fn stack(&self) -> Stack {
+        Stack::of(self.ctx)
     }
 }
 
@@ -156,7 +174,7 @@ impl Arg4 for Record<'_> {
     }
 }
 
-impl Arg4 for Regs {
+impl Arg4 for SyscallFunction {
     /// The x86-64 syscall ABI's fifth register.
     #[inline(always)]
     fn arg4(&self) -> u64 {
@@ -183,7 +201,7 @@ pub mod handlers {
     pub fn exit_getpid(c: &impl Call, s: u16) {
         let r = c.ret();
         if r >= 0 {
-            returned_own(s, r, true);
+            returned_own(c.stack(), s, r, true);
         }
     }
 
@@ -192,7 +210,7 @@ pub mod handlers {
     pub fn exit_own_tid(c: &impl Call, s: u16) {
         let r = c.ret();
         if r >= 0 {
-            returned_own(s, r, false);
+            returned_own(c.stack(), s, r, false);
         }
     }
 
@@ -201,7 +219,7 @@ pub mod handlers {
     pub fn exit_getppid(c: &impl Call, s: u16) {
         let r = c.ret();
         if r >= 0 {
-            returned(s, r, own_id(current(), Own::Ppid).map(i64::from));
+            returned(c.stack(), s, r, own_id(current(), Own::Ppid).map(i64::from));
         }
     }
 
@@ -210,7 +228,7 @@ pub mod handlers {
     pub fn exit_setsid(c: &impl Call, s: u16) {
         let r = c.ret();
         if r >= 0 {
-            returned(s, r, own_id(current(), Own::Sid).map(i64::from));
+            returned(c.stack(), s, r, own_id(current(), Own::Sid).map(i64::from));
         }
     }
 
@@ -220,7 +238,7 @@ pub mod handlers {
     pub fn exit_fork(c: &impl Call, s: u16) {
         let r = c.ret();
         if r >= 0 {
-            returned_task(s, r);
+            returned_task(c.stack(), s, r);
         }
     }
 
@@ -229,26 +247,26 @@ pub mod handlers {
     /// kill, wait4: > 0 a task, 0 and < -1 a process group, -1 any.
     #[inline(always)]
     pub fn enter_pid_arg(c: &impl Call, s: u16) {
-        pid_arg(s, c.int_arg::<0>());
+        pid_arg(c.stack(), s, c.int_arg::<0>());
     }
 
     /// tkill, rt_sigqueueinfo, pidfd_open, process_vm_readv/writev: the first argument is a task.
     #[inline(always)]
     pub fn enter_task_arg(c: &impl Call, s: u16) {
-        task_arg(s, c.int_arg::<0>(), false);
+        task_arg(c.stack(), s, c.int_arg::<0>(), false);
     }
 
     /// sched_*, prlimit64, get_robust_list, migrate_pages, move_pages: a task, 0 = the caller.
     #[inline(always)]
     pub fn enter_task_or_self(c: &impl Call, s: u16) {
-        task_arg(s, c.int_arg::<0>(), true);
+        task_arg(c.stack(), s, c.int_arg::<0>(), true);
     }
 
     /// tgkill, rt_tgsigqueueinfo, kcmp: two tasks.
     #[inline(always)]
     pub fn enter_two_tasks(c: &impl Call, s: u16) {
-        task_arg(s, c.int_arg::<0>(), false);
-        task_arg(s, c.int_arg::<1>(), false);
+        task_arg(c.stack(), s, c.int_arg::<0>(), false);
+        task_arg(c.stack(), s, c.int_arg::<1>(), false);
     }
 
     /// setpriority/getpriority `which` (include/uapi/linux/resource.h) and ioprio_set/get
@@ -265,9 +283,9 @@ pub mod handlers {
             if ioprio { (IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP) } else { (PRIO_PROCESS, PRIO_PGRP) };
         let which = c.arg::<0>();
         if which == process {
-            task_arg(s, c.int_arg::<1>(), true);
+            task_arg(c.stack(), s, c.int_arg::<1>(), true);
         } else if which == pgrp {
-            group(s, Verdict::Group);
+            group(c.stack(), s, Verdict::Group);
         }
     }
 
@@ -276,7 +294,7 @@ pub mod handlers {
     pub fn exit_wait4(c: &impl Call, s: u16) {
         let r = c.ret();
         if r > 0 {
-            let (slot, reaped) = returned_task(s, r);
+            let (slot, reaped) = returned_task(c.stack(), s, r);
             forget_reaped(slot, reaped.tid, reaped.entry);
         }
     }
@@ -292,9 +310,9 @@ pub mod handlers {
     #[inline(always)]
     pub fn enter_waitid(c: &impl Call, s: u16) {
         match c.arg::<0>() {
-            P_ALL => group(s, Verdict::Any),
-            P_PID => task_arg(s, c.int_arg::<1>(), false),
-            P_PGID => group(s, Verdict::Group),
+            P_ALL => group(c.stack(), s, Verdict::Any),
+            P_PID => task_arg(c.stack(), s, c.int_arg::<1>(), false),
+            P_PGID => group(c.stack(), s, Verdict::Group),
             _ => {} // P_PIDFD: a file descriptor, not a pid
         }
         let infop = c.arg::<2>();
@@ -318,7 +336,7 @@ pub mod handlers {
                     unsafe { bpf_probe_read_user((infop as usize + SIGINFO_SI_PID) as *const i32) }
                         .unwrap_or(0);
                 if si_pid > 0 {
-                    returned_task(s, i64::from(si_pid));
+                    returned_task(c.stack(), s, i64::from(si_pid));
                 }
             }
         }
@@ -326,10 +344,10 @@ pub mod handlers {
 
     #[inline(always)]
     pub fn enter_setpgid(c: &impl Call, s: u16) {
-        task_arg(s, c.int_arg::<0>(), true);
+        task_arg(c.stack(), s, c.int_arg::<0>(), true);
         let pgid = c.int_arg::<1>();
         if pgid != 0 {
-            task_arg(s, pgid, false);
+            task_arg(c.stack(), s, pgid, false);
         }
     }
 
@@ -340,7 +358,7 @@ pub mod handlers {
     #[inline(always)]
     pub fn enter_self_query(c: &impl Call, s: u16) {
         let n = c.int_arg::<0>();
-        task_arg(s, n, true);
+        task_arg(c.stack(), s, n, true);
         if n == 0 {
             let tid = bpf_get_current_pid_tgid() as u32;
             if PENDING.insert(tid, u64::from(s) | SELF_QUERY, 0).is_err() {
@@ -358,7 +376,7 @@ pub mod handlers {
             let r = c.ret();
             if mark == (u64::from(s) | SELF_QUERY) && r >= 0 {
                 let which = if s == sys::GETSID { Own::Sid } else { Own::Pgid };
-                returned(s, r, own_id(current(), which).map(i64::from));
+                returned(c.stack(), s, r, own_id(current(), which).map(i64::from));
             }
         }
     }
@@ -369,7 +387,7 @@ pub mod handlers {
     #[inline(always)]
     pub fn enter_ptrace(c: &impl Call, s: u16) {
         if c.arg::<0>() != PTRACE_TRACEME {
-            task_arg(s, c.int_arg::<1>(), false);
+            task_arg(c.stack(), s, c.int_arg::<1>(), false);
         }
         // Issue 15: where a PTRACE_GETEVENTMSG's pid goes.
         crate::structures::ptrace_enter(c, s);
@@ -400,7 +418,7 @@ pub mod handlers {
         if header != 0
             && let Ok(pid) = unsafe { bpf_probe_read_user((header as usize + CAP_HEADER_PID) as *const i32) }
         {
-            task_arg(s, pid, true);
+            task_arg(c.stack(), s, pid, true);
         }
     }
 
@@ -490,7 +508,7 @@ macro_rules! function_programs {
             #[fentry]
             pub fn [<fentry_ $name>](ctx: FEntryContext) -> i32 {
                 if offsets_ready() {
-                    let call = Regs { regs: ctx.arg(0), ret: 0 };
+                    let call = SyscallFunction { regs: ctx.arg(0), ret: 0, ctx: ctx.as_ptr() };
                     handlers::$enter(&call, sys::[<$name:upper>]);
                 }
                 0
@@ -506,7 +524,7 @@ macro_rules! function_programs {
             #[fexit]
             pub fn [<fexit_ $name>](ctx: FExitContext) -> i32 {
                 if offsets_ready() {
-                    let call = Regs { regs: ctx.arg(0), ret: ctx.arg(1) };
+                    let call = SyscallFunction { regs: ctx.arg(0), ret: ctx.arg(1), ctx: ctx.as_ptr() };
                     handlers::$exit(&call, sys::[<$name:upper>]);
                 }
                 0

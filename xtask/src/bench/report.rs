@@ -696,8 +696,9 @@ pub fn kernel_time(
     match &k.helper_call {
         Ok(c) => out.note(&format!(
             "One BPF helper call on this machine: {:+.1} ns per run (bpftrace on sys_exit_getpid, bpf_stats: \
-             `{{ $t = curtask; }}` {:.1} ns against an empty probe's {:.1} ns). pidvirt's programs find their \
-             caller with one (bpf_get_current_task_btf): the bodies above include it.",
+             `{{ $t = curtask; }}` {:.1} ns against an empty probe's {:.1} ns). pidvirt's syscall programs \
+             find their caller's copy by their context's stack, without one, once the caller has one on \
+             the CPU (the workloads' callers do); a caller without makes one (bpf_get_current_task_btf).",
             c.one_call_ns - c.empty_ns,
             c.one_call_ns,
             c.empty_ns
