@@ -656,13 +656,18 @@ pub fn cgroup2_root() -> PathBuf {
 
 /// The highest-numbered CPU this process may run on.
 pub fn last_cpu() -> usize {
+    cpus().pop().expect("a CPU")
+}
+
+/// The CPUs this process may run on.
+pub fn cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is ours and of the size passed.
     let r = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set) };
     assert_eq!(r, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
     // SAFETY: CPU_ISSET reads the set within its size.
-    (0..libc::CPU_SETSIZE as usize).rev().find(|&c| unsafe { libc::CPU_ISSET(c, &set) }).expect("a CPU")
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
 }
 
 /// Keeps the calling thread on `cpu` until dropped (then restores its CPUs).

@@ -189,6 +189,35 @@ fn numbers_of_two_namespaces_sharing_a_front_slot_are_judged_as_the_kernel_answe
     assert!(ours.is_empty(), "reported: {ours:#?}");
 }
 
+/// A CPU's copy of a caller's entry is found by the caller's kernel stack
+/// (pidvirt_common::CallerCache), which the kernel hands to a new task once the old one is
+/// freed. Children of a namespace's init, two per round: the first calls getpid on another CPU,
+/// comes back and exits; once it is freed, the second, forked where the first died (and so most
+/// often on its kernel stack), goes to that other CPU and calls getpid there. Each is judged
+/// against its own number, as the kernel answered it, never against the copy the first left.
+#[test]
+fn a_child_on_the_kernel_stack_of_one_freed_is_judged_as_itself() {
+    const ROUNDS: u64 = 100;
+    let here = tests::last_cpu();
+    let there = tests::cpus().into_iter().find(|&c| c != here).expect("a second CPU");
+    let d = Daemon::start();
+    let mut f =
+        Fixture::start_with(Command::new("taskset").args(["-c", &here.to_string(), FIXTURE, "--depth", "1"]));
+    let c = f.container();
+    let getpids =
+        |d: &Daemon| d.container_crossings(&c).0.get("getpid").map_or(0, |v| v.values().sum::<u64>());
+    let before = getpids(&d);
+    // The kernel's truth: every child's getpid answered the number its fork returned.
+    assert_eq!(f.num(&format!("stack_reuse {ROUNDS} {here} {there}")), 2 * ROUNDS as i64);
+    eventually(tests::settle(), "the children's getpid counted", || {
+        (getpids(&d) >= before + 2 * ROUNDS).then_some(())
+    });
+    let crossings = d.container_crossings(&c).0;
+    assert_eq!(crossings["getpid"].get("mismatch").copied().unwrap_or(0), 0, "{crossings:?}");
+    let ours: Vec<AuditRecord> = d.audit_log().into_iter().filter(|r| r.container == c).collect();
+    assert!(ours.is_empty(), "a child was judged as another: {ours:#?}");
+}
+
 /// Each CPU keeps a copy of its last caller's entry (pidvirt_common::CallerCache): a task of a
 /// pid namespace and a host task taking turns on one CPU, each calling getpid and kill(self, 0)
 /// between the switches, are each judged against their own ids, as the kernel answered them,

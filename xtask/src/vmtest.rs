@@ -315,6 +315,7 @@ pub const KERNEL_TESTS: &[(&str, Option<&[&str]>)] = &[
         Some(&[
             "unshare_fork_pid_waiting_for_its_nested_init_reports_nothing",
             "tasks_of_two_namespaces_taking_turns_on_one_cpu_are_each_judged_as_themselves",
+            "a_child_on_the_kernel_stack_of_one_freed_is_judged_as_itself",
         ]),
     ),
     ("procfs", Some(&["a_host_pid_in_a_proc_path_of_the_containers_own_procfs_is_a_leak_and_its_vpid_ok"])),

@@ -355,6 +355,70 @@ fn raw_syscall(nr: libc::c_long, args: &[i64]) -> i64 {
     if r == -1 { -errno() } else { r }
 }
 
+/// Moves the calling thread to `cpu` (the kernel has moved it when this returns).
+fn run_on(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is ours and of the size passed.
+    unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) };
+}
+
+/// Forks a child that runs `body` and exits with the low byte of its getpid; reaps it and
+/// answers whether that byte is the one of the number fork returned (or -errno).
+fn child_reporting_getpid(body: impl FnOnce()) -> Result<bool, i64> {
+    // SAFETY: the fixture's inits run no threads; the child calls only async-signal-safe
+    // functions (sched_setaffinity, syscall, _exit).
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(-i64::from(errno()));
+    }
+    if child == 0 {
+        body();
+        // SAFETY: getpid takes no arguments; _exit does not return.
+        unsafe { libc::_exit((libc::syscall(libc::SYS_getpid) & 0xff) as i32) };
+    }
+    let mut status = 0;
+    // SAFETY: `status` is a writable int that outlives the call.
+    if unsafe { libc::waitpid(child, &raw mut status, 0) } != child {
+        return Err(-i64::from(errno()));
+    }
+    Ok(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == child & 0xff)
+}
+
+/// `n` rounds, the caller running on CPU `a`: a child runs on CPU `b` (where it calls getpid),
+/// moves back to `a` and exits there, is reaped; after an RCU grace period its kernel stack waits
+/// in `a`'s cache of free stacks, and the next child, forked on `a`, most often gets it; that
+/// child moves to `b` and calls getpid there. Answers how many of the 2n children's getpid
+/// answered the number their fork returned (2n when the kernel is right), or -errno.
+fn stack_reuse(n: usize, a: usize, b: usize) -> i64 {
+    run_on(a);
+    let mut agreed = 0;
+    for _ in 0..n {
+        let rounds = [
+            child_reporting_getpid(|| {
+                run_on(b);
+                // SAFETY: getpid takes no arguments.
+                unsafe { libc::syscall(libc::SYS_getpid) };
+                run_on(a);
+            }),
+            {
+                // The grace period after which the kernel caches a freed stack.
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                child_reporting_getpid(|| run_on(b))
+            },
+        ];
+        for r in rounds {
+            match r {
+                Ok(true) => agreed += 1,
+                Ok(false) => {}
+                Err(e) => return e,
+            }
+        }
+    }
+    agreed
+}
+
 /// Executes one command in the innermost init.
 fn execute(line: &str) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -377,6 +441,10 @@ fn execute(line: &str) -> String {
         }
         Some("spawn_exec") => spawn_exec(num(1).unwrap_or(0) as usize).to_string(),
         Some("spawn_tree") => spawn_tree(),
+        Some("stack_reuse") => match (num(1), num(2), num(3)) {
+            (Some(n), Some(a), Some(b)) => stack_reuse(n as usize, a as usize, b as usize).to_string(),
+            _ => "err bad stack_reuse".into(),
+        },
         Some("reap" | "zombie") => {
             let Some(v) = num(1) else {
                 return "err bad pid".into();
