@@ -42,27 +42,27 @@ pub struct LevelIds {
 /// Flags of a [`TaskEntry`].
 pub mod task_flags {
     /// Written by the daemon from /proc when it attached: `start_time` has clock-tick precision.
-    pub const SEEDED: u16 = 1 << 0;
+    pub const SEEDED: u8 = 1 << 0;
     /// The task has passed sched_process_exit (a zombie until it is reaped and freed).
-    pub const EXITED: u16 = 1 << 1;
+    pub const EXITED: u8 = 1 << 1;
     /// The task was seen at exec.
-    pub const EXECED: u16 = 1 << 2;
+    pub const EXECED: u8 = 1 << 2;
     /// On a thread-group leader's entry: its whole group has exited (the last thread's exit
     /// found `signal->live` at 0), so the process is a zombie that a wait reaps.
-    pub const GROUP_DEAD: u16 = 1 << 3;
+    pub const GROUP_DEAD: u8 = 1 << 3;
     /// On a thread-group leader's entry: it was ptraced when it exited (a tracer that is not
     /// its parent may collect its exit status without releasing it).
-    pub const TRACED: u16 = 1 << 4;
+    pub const TRACED: u8 = 1 << 4;
 
     /// Whether a task whose entry has `flags` is released once a wait4 returns its pid: a
     /// whole group that exited untraced (a stopped or continued child, a zombie leader whose
     /// threads still run, or a tracee reported to its tracer, is not).
-    pub const fn reaped_by_wait(flags: u16) -> bool {
+    pub const fn reaped_by_wait(flags: u8) -> bool {
         flags & (EXITED | GROUP_DEAD | TRACED) == EXITED | GROUP_DEAD
     }
 }
 
-/// Value of the task map, keyed by host tid. 64 bytes.
+/// Value of the task map, keyed by host tid. 56 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskEntry {
@@ -73,17 +73,18 @@ pub struct TaskEntry {
     pub container: u32,
     /// Inode of the task's own (innermost) pid namespace.
     pub pidns: u32,
-    /// Level of the task's own pid namespace (0 = host).
-    pub level: u16,
+    /// Level of the task's own pid namespace (0 = host; at most MAX_PID_NS_LEVEL).
+    pub level: u8,
     /// [`task_flags`].
-    pub flags: u16,
+    pub flags: u8,
+    /// The CPUs whose per-CPU copies ([`CallerCache`]) may hold this task's entry
+    /// ([`copies`]): its exit clears those copies before its kernel stack can be reused. Set
+    /// by an atomic or on the 64-bit word around it ([`copies::WORD`]).
+    pub copies: u16,
     /// Ids at levels 0..INLINE_LEVELS (only 0..=level are meaningful).
     pub nr: [LevelIds; INLINE_LEVELS],
     /// The container's counter slot (index into the per-CPU counters array; see [`slots`]).
     pub slot: u32,
-    /// The CPUs whose per-CPU copies ([`CallerCache`]) may hold this task's entry
-    /// ([`copies`]): its exit clears those copies before its kernel stack can be reused.
-    pub copies: u64,
 }
 
 impl TaskEntry {
@@ -391,14 +392,18 @@ pub const CALLER_SLOTS: u32 = 2;
 /// aligned so, which every copy's fill checks ([`CallerCache`]).
 pub const STACK_ALIGN: u64 = 16 * 1024;
 
-/// [`TaskEntry::copies`]: bit `cpu` for CPUs below 63, [`copies::BEYOND`] for the others (then a
-/// task's exit makes every copy invalid: the task map's generation).
+/// [`TaskEntry::copies`]: bit `cpu % 16`; a task's exit looks at every CPU of the residue of
+/// each bit set (one CPU each on machines of up to 16).
 pub mod copies {
-    pub const BEYOND: u64 = 1 << 63;
+    /// Bits of [`super::TaskEntry::copies`].
+    pub const BITS: u32 = 16;
+    /// Byte offset of the 8-aligned 64-bit word of the task entry whose bits 16..32 are `copies`
+    /// (with `level`, `flags` and `nr[0].tid`): where the programs set a bit atomically.
+    pub const WORD: usize = 16;
 
     /// The bit of `cpu`.
-    pub const fn bit(cpu: u32) -> u64 {
-        if cpu < 63 { 1 << cpu } else { BEYOND }
+    pub const fn bit(cpu: u32) -> u16 {
+        1 << (cpu % BITS)
     }
 }
 
@@ -501,7 +506,7 @@ pub struct TaskComm {
 /// `task_struct.start_time` is `start_ns`. Seeded entries only have clock-tick precision.
 #[expect(clippy::inline_always, reason = "called by the kernel programs, which inline every helper")]
 #[inline(always)]
-pub fn same_start(entry_start: u64, entry_flags: u16, start_ns: u64, tick_ns: u64) -> bool {
+pub fn same_start(entry_start: u64, entry_flags: u8, start_ns: u64, tick_ns: u64) -> bool {
     if entry_flags & task_flags::SEEDED != 0 && tick_ns != 0 {
         entry_start / tick_ns == start_ns / tick_ns
     } else {
@@ -560,7 +565,9 @@ mod tests {
     #[test]
     fn layouts_are_compact() {
         assert_eq!(size_of::<LevelIds>(), 8);
-        assert_eq!(size_of::<TaskEntry>(), 64);
+        assert_eq!(size_of::<TaskEntry>(), 56);
+        assert_eq!(core::mem::offset_of!(TaskEntry, level), copies::WORD);
+        assert_eq!(core::mem::offset_of!(TaskEntry, copies), copies::WORD + 2);
         assert_eq!(size_of::<VirtKey>(), 8);
         assert_eq!(size_of::<DeepLevels>(), 8 + 8 * DEEP_SLOTS);
         assert!(DEEP_SLOTS >= DEEP_LEVELS && DEEP_SLOTS.is_power_of_two());

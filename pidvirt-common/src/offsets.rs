@@ -124,6 +124,9 @@ pub struct KernelOffsets {
     pub pid_numbers_flexible: u32,
     /// Nanoseconds per clock tick of /proc/PID/stat start times (USER_HZ).
     pub tick_ns: u32,
+    /// Possible CPUs (/sys/devices/system/cpu/possible): those whose per-CPU copies a task's
+    /// exit looks at (crate::copies).
+    pub possible_cpus: u32,
     /// [`OFFSETS_MAGIC`] once filled.
     pub magic: u32,
 
@@ -223,6 +226,7 @@ impl KernelOffsets {
             pidtype_sid: 0,
             pid_numbers_flexible: 0,
             tick_ns: 0,
+            possible_cpus: 0,
             magic: 0,
             pt_regs_r8: 0,
             file_private_data: 0,

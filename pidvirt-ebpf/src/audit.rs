@@ -117,10 +117,10 @@ fn looked_up(task: *const u8, key: u64) -> Option<(u32, *const TaskEntry)> {
             return Some((tid, e));
         };
         // Named before the copy is made: the task's exit clears it (lifecycle::forget_copies).
-        let bit = copies::bit(unsafe { bpf_get_smp_processor_id() });
-        unsafe {
-            core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) &raw mut (*e).copies, in(reg) bit);
-        };
+        // The bpf target's atomics are 64-bit here: an or of zeroes leaves the word's other bytes.
+        let bit = u64::from(copies::bit(unsafe { bpf_get_smp_processor_id() })) << 16;
+        let word = e.cast::<u8>().wrapping_add(copies::WORD);
+        unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) word, in(reg) bit) };
         let c = unsafe { &mut *c };
         fill(c, stack, tid, unsafe { &*e }, generations);
         return Some((tid, &raw const c.entry));
@@ -174,7 +174,7 @@ pub fn remember_newborn(stack: u64, e: &TaskEntry, generations: (u64, u64)) {
 fn describe(task: *const u8, e: &mut TaskEntry) -> Result<(), u32> {
     let pids = task_pids(Probe, task)?;
     let level = pids.level;
-    e.level = level as u16;
+    e.level = level as u8;
     e.pidns = pidns_inum(Probe, ns_at(Probe, pids.thread_pid, level)?)?;
     let ns_slot = crate::maps::own_ns_slot(e.level, e.pidns);
     let c = container_of(task, level, e.pidns, ns_slot);

@@ -153,12 +153,8 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
 /// (pidvirt_common::CallerCache): its kernel stack is reused once it is freed, and a copy found
 /// by that stack would then describe another task.
 #[inline(always)]
-fn forget_copies(task: *const u8, copies: u64) {
+fn forget_copies(task: *const u8, copies: u16) {
     if copies == 0 {
-        return;
-    }
-    if copies & copies::BEYOND != 0 {
-        tasks_changed();
         return;
     }
     let Ok(stack) = Direct.read::<u64>(task, off!(task_stack)) else {
@@ -166,34 +162,58 @@ fn forget_copies(task: *const u8, copies: u64) {
         return;
     };
     let here = unsafe { bpf_get_smp_processor_id() };
+    let possible = off!(possible_cpus);
+    if possible <= copies::BITS && copies == copies::bit(here) {
+        // The common case: the copies are this CPU's only.
+        forget_copy_on(here, here, stack);
+        return;
+    }
     let mut left = copies;
-    let mut cpu = 0u32;
-    while left != 0 && cpu < 63 {
+    let mut bit = 0;
+    while left != 0 && bit < copies::BITS {
         if left & 1 != 0 {
-            for slot in [caller_slot::CALLER, caller_slot::NEWBORN] {
-                let c = if cpu == here {
-                    CALLER.get_ptr_mut(slot)
-                } else {
-                    let p = unsafe {
-                        bpf_map_lookup_percpu_elem(
-                            (&raw const CALLER).cast_mut().cast(),
-                            (&raw const slot).cast(),
-                            cpu,
-                        )
-                    };
-                    (!p.is_null()).then_some(p.cast::<CallerCache>())
-                };
-                if let Some(c) = c
-                    && unsafe { (*c).stack } == stack
-                {
-                    unsafe { (*c).stack = 0 };
-                }
+            let mut cpu = bit;
+            while cpu < possible && cpu < MAX_CPUS {
+                forget_copy_on(cpu, here, stack);
+                cpu += copies::BITS;
             }
         }
         left >>= 1;
-        cpu += 1;
+        bit += 1;
+    }
+    if possible > MAX_CPUS {
+        tasks_changed();
     }
 }
+
+/// Clears CPU `cpu`'s copies of the task whose kernel stack is `stack` (`here`: this CPU).
+#[inline(always)]
+fn forget_copy_on(cpu: u32, here: u32, stack: u64) {
+    for slot in [caller_slot::CALLER, caller_slot::NEWBORN] {
+        let c = if cpu == here {
+            CALLER.get_ptr_mut(slot)
+        } else {
+            let p = unsafe {
+                bpf_map_lookup_percpu_elem(
+                    (&raw const CALLER).cast_mut().cast(),
+                    (&raw const slot).cast(),
+                    cpu,
+                )
+            };
+            (!p.is_null()).then_some(p.cast::<CallerCache>())
+        };
+        if let Some(c) = c
+            && unsafe { (*c).stack } == stack
+        {
+            unsafe { (*c).stack = 0 };
+        }
+    }
+}
+
+/// The most CPUs whose copies a task's exit looks at one by one (a bound for the verifier); on a
+/// machine with more possible CPUs, the exit of a task with copies makes every copy invalid
+/// (the task map's generation).
+const MAX_CPUS: u32 = 1024;
 
 /// A wait4 of a task of the container with counter slot `slot` returned the pid of task
 /// `tid` (entry `entry`): if the kernel released that process (a whole group that exited
@@ -253,7 +273,7 @@ fn tid_and_start(task: *const u8) -> Result<(u32, u64), i32> {
 /// Reads `task` and writes its entry, deep levels and reverse entries; registers pid
 /// namespaces seen for the first time. Answers the scratch space holding the entry written.
 #[inline(always)]
-pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32, copies: u64) -> Result<*const Scratch, u32> {
+pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32, copies: u16) -> Result<*const Scratch, u32> {
     let s = SCRATCH.get_ptr_mut(scratch).ok_or(counter::map_error::SCRATCH)?;
     let s = unsafe { &mut *s };
     read_task(k, task, s)?;

@@ -466,7 +466,7 @@ pub fn pidns_slot(ns: u32) -> u32 {
 
 /// Counter slot of a task's own pid namespace `pidns` at `level` (the host's at level 0).
 #[inline(always)]
-pub fn own_ns_slot(level: u16, pidns: u32) -> u32 {
+pub fn own_ns_slot(level: u8, pidns: u32) -> u32 {
     if level == 0 { slots::HOST } else { pidns_slot(pidns) }
 }
 

@@ -158,7 +158,7 @@ pub fn read_task<K: Kmem>(k: K, task: *const u8, s: &mut Scratch) -> Result<(), 
         read_deep_levels(task, level, s)?;
     }
     s.entry.start_time = start;
-    s.entry.level = level as u16;
+    s.entry.level = level as u8;
     s.entry.flags = 0;
     s.deep.start_time = start;
     Ok(())

@@ -59,6 +59,8 @@ pub enum LoadError {
     Map { name: &'static str, source: MapError },
     #[error("pinning in bpffs: {0}")]
     Pin(String),
+    #[error("reading the possible CPUs (/sys/devices/system/cpu/possible): {0}")]
+    PossibleCpus(String),
 }
 
 /// Handles on the maps the daemon reads and seeds.

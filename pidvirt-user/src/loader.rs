@@ -249,7 +249,9 @@ pub fn task_reads(offsets: &KernelOffsets) -> &'static str {
 /// Every offset the programs need, from the kernel's BTF; and the syscall record layout the
 /// programs are compiled for, checked against every hooked tracepoint's format.
 pub fn resolve_offsets(tick_ns: u32) -> Result<KernelOffsets, LoadError> {
-    let offsets = crate::btf::resolve_running_kernel(tick_ns)?;
+    let mut offsets = crate::btf::resolve_running_kernel(tick_ns)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::PossibleCpus(e.to_string()))?;
+    offsets.possible_cpus = u32::try_from(cpus).map_err(|e| LoadError::PossibleCpus(e.to_string()))?;
     let root = crate::tracefs::tracefs_root()?;
     let enter = SYSCALLS.iter().filter(|s| s.enter.is_some()).map(|s| s.name);
     let exit = SYSCALLS.iter().filter(|s| s.exit.is_some()).map(|s| s.name);

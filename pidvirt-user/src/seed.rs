@@ -53,7 +53,7 @@ pub fn entry_from_proc(t: &ProcTask, ns: &[u32], tick_ns: u32) -> (TaskEntry, Ve
         start_time: t.start_ticks * u64::from(tick_ns),
         container: if level == 0 { HOST_CONTAINER } else { t.pidns },
         pidns: ns.last().copied().unwrap_or(t.pidns),
-        level: level as u16,
+        level: level as u8,
         flags: task_flags::SEEDED,
         ..Default::default()
     };

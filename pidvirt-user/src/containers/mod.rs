@@ -486,7 +486,7 @@ impl Containers {
         let mut live = HashSet::new();
         let mut inits = Vec::new();
         for (_, e) in maps.task_entries() {
-            if (1..INLINE_LEVELS as u16).contains(&e.level) && e.nr[e.level as usize].tid == 1 {
+            if (1..INLINE_LEVELS as u8).contains(&e.level) && e.nr[e.level as usize].tid == 1 {
                 inits.push(e.host_tid());
             }
             match ancestors.get(&e.pidns) {
