@@ -111,18 +111,22 @@ fn looked_up(task: *const u8, key: u64) -> Option<(u32, *const TaskEntry)> {
     let generations = tasks_generation();
     let tid = bpf_get_current_pid_tgid() as u32;
     if let Some(e) = TASKS.get_ptr_mut(tid) {
+        let Some(c) = CALLER.get_ptr_mut(caller_slot::CALLER) else { return Some((tid, e)) };
         let stack = Direct.read::<u64>(task, off!(task_stack)).unwrap_or(0);
-        let copy = stack != 0 && stack == key && unsafe { (*e).flags } & task_flags::EXITED == 0;
-        let Some(c) = CALLER.get_ptr_mut(caller_slot::CALLER).filter(|_| copy) else {
-            return Some((tid, e));
-        };
-        // Named before the copy is made: the task's exit clears it (lifecycle::forget_copies).
-        // The bpf target's atomics are 64-bit here: an or of zeroes leaves the word's other bytes.
-        let bit = u64::from(copies::bit(unsafe { bpf_get_smp_processor_id() })) << 16;
-        let word = e.cast::<u8>().wrapping_add(copies::WORD);
-        unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) word, in(reg) bit) };
+        // Where the copy would not be found again, or must not be, it is made unfindable (stack
+        // 0) all the same: the caller's entry is then always read from this slot, and what
+        // follows is verified once, not once per map the entry could be read from.
+        let findable = stack != 0 && stack == key && unsafe { (*e).flags } & task_flags::EXITED == 0;
+        if findable {
+            // Named before the copy is made: the task's exit clears it (lifecycle::forget_copies).
+            // The bpf target's atomics are 64-bit here: an or of zeroes leaves the word's other
+            // bytes.
+            let bit = u64::from(copies::bit(unsafe { bpf_get_smp_processor_id() })) << 16;
+            let word = e.cast::<u8>().wrapping_add(copies::WORD);
+            unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) word, in(reg) bit) };
+        }
         let c = unsafe { &mut *c };
-        fill(c, stack, tid, unsafe { &*e }, generations);
+        fill(c, if findable { stack } else { 0 }, tid, unsafe { &*e }, generations);
         return Some((tid, &raw const c.entry));
     }
     count_map_error(counter::map_error::TASK_MISSING);

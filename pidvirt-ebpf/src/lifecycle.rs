@@ -168,18 +168,14 @@ fn forget_copies(task: *const u8, copies: u16) {
         forget_copy_on(here, here, stack);
         return;
     }
-    let mut left = copies;
-    let mut bit = 0;
-    while left != 0 && bit < copies::BITS {
-        if left & 1 != 0 {
-            let mut cpu = bit;
-            while cpu < possible && cpu < MAX_CPUS {
-                forget_copy_on(cpu, here, stack);
-                cpu += copies::BITS;
-            }
+    // CPU by CPU (the verifier knows how many): a loop over the mask's bits is walked for every
+    // bit whatever the machine.
+    let mut cpu = 0;
+    while cpu < possible && cpu < MAX_CPUS {
+        if copies & copies::bit(cpu) != 0 {
+            forget_copy_on(cpu, here, stack);
         }
-        left >>= 1;
-        bit += 1;
+        cpu += 1;
     }
     if possible > MAX_CPUS {
         tasks_changed();
