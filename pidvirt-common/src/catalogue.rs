@@ -628,6 +628,10 @@ pub mod counter {
             pending_insert in PENDING,
             /// No free counter slot for a new container: its crossings count in the overflow slot.
             no_counter_slot in FREE_SLOTS,
+            /// A crossing not judged: its program (fentry/fexit, which the kernel lets be
+            /// preempted) found the CPU's per-CPU state held by another of pidvirt's programs,
+            /// preempted in the middle of its run on that CPU.
+            preempted in CPU_STATE_HELD,
         }
         /// Events that could not be handed to user space, per reason (`stats`: `drops`).
         drop @ 16 {
@@ -649,6 +653,9 @@ pub mod counter {
             /// A fork found the record of its pid namespace stale: the namespace that had that
             /// inode ended and the kernel gave the inode to a new one.
             pidns_reuse,
+            /// A task exited without an entry (the daemon removed it, or it was never seen): any
+            /// copy of one made for it may still be on a CPU, so every copy was made invalid.
+            exit_untracked,
         }
     }
 
@@ -686,7 +693,7 @@ macro_rules! maps {
 maps! {
     TASKS, DEEP, VIRT, VIRT_FRONT, VIRT_SPILLED, VIRT_SEED_SPILL, PIDNS, COUNTS, FREE_SLOTS, SYSNR, PENDING, CGROUPS, MODES, META, CONFIG,
     CALLER, TASKS_GENERATION, LIVE_TIDS, SEEDED_TIDS, RELEASED, COUNTERS, EVENTS, SCRATCH,
-    PENDING_CALLS, PENDING_TIDS, PROCFS,
+    PENDING_CALLS, PENDING_TIDS, PROCFS, CPU_STATE_HELD,
 }
 
 /// The name the kernel keeps of map `name` (BPF_OBJ_NAME_LEN 16, with its NUL), as `bpftool map

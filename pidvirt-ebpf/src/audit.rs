@@ -63,7 +63,7 @@ pub fn caller_on(at: Stack) -> Option<(u32, *const TaskEntry)> {
         return Some(found);
     }
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    looked_up(task, key)
+    looked_up(Direct.read::<u64>(task, off!(task_stack)).unwrap_or(0), key)
 }
 
 /// The calling task's entry: one of this CPU's copies of it when still valid (CALLER, see
@@ -77,7 +77,7 @@ pub fn caller() -> Option<(u32, *const TaskEntry)> {
     if let Some(found) = copied(stack) {
         return Some(found);
     }
-    looked_up(task, stack)
+    looked_up(stack, stack)
 }
 
 /// This CPU's valid copy of the entry of the task whose kernel stack is `stack`, if any.
@@ -102,17 +102,16 @@ fn copied(stack: u64) -> Option<(u32, *const TaskEntry)> {
     None
 }
 
-/// The entry of `task`, the calling task, from the task map; copied into this CPU's CALLER
-/// slot when `key`, where the program found its stack, is that task's stack and the task has
-/// not exited (see pidvirt_common::CallerCache).
+/// The entry of the calling task, whose kernel stack is `stack` (0: unread), from the task map;
+/// copied into this CPU's CALLER slot when `key`, where the program found its stack, is that
+/// stack and the task has not exited (see pidvirt_common::CallerCache).
 #[inline(always)]
-fn looked_up(task: *const u8, key: u64) -> Option<(u32, *const TaskEntry)> {
+fn looked_up(stack: u64, key: u64) -> Option<(u32, *const TaskEntry)> {
     // The generations are read before the lookup: a write after it makes the copy invalid.
     let generations = tasks_generation();
     let tid = bpf_get_current_pid_tgid() as u32;
     if let Some(e) = TASKS.get_ptr_mut(tid) {
         let Some(c) = CALLER.get_ptr_mut(caller_slot::CALLER) else { return Some((tid, e)) };
-        let stack = Direct.read::<u64>(task, off!(task_stack)).unwrap_or(0);
         // Where the copy would not be found again, or must not be, it is made unfindable (stack
         // 0) all the same: the caller's entry is then always read from this slot, and what
         // follows is verified once, not once per map the entry could be read from.
@@ -123,7 +122,7 @@ fn looked_up(task: *const u8, key: u64) -> Option<(u32, *const TaskEntry)> {
             // bytes.
             let bit = u64::from(copies::bit(unsafe { bpf_get_smp_processor_id() })) << 16;
             let word = e.cast::<u8>().wrapping_add(copies::WORD);
-            unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) word, in(reg) bit) };
+            unsafe { crate::atomic::or(word.cast(), bit) };
         }
         let c = unsafe { &mut *c };
         fill(c, if findable { stack } else { 0 }, tid, unsafe { &*e }, generations);

@@ -26,10 +26,10 @@ use pidvirt_common::{
 use crate::{
     kernel::{Direct, Kmem, Probe, below, off, offsets_ready},
     maps::{
-        CALLER, COUNTS, DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR, SCRATCH_TRACEPOINT,
-        Scratch, TASKS, count_drop, count_lifecycle, count_map_error, host_pidns, mark_tid, may_have_entry,
-        note_released, own_ns_slot, pidns_slot, take_slot, tasks_changed, tasks_generation, unmark_tid,
-        virt_forget, virt_insert,
+        CALLER, COUNTS, CpuState, DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR,
+        SCRATCH_STATE_HELD, SCRATCH_TRACEPOINT, Scratch, TASKS, count_drop, count_lifecycle, count_map_error,
+        host_pidns, mark_tid, may_have_entry, note_released, own_ns_slot, pidns_slot, take_slot,
+        tasks_changed, tasks_generation, unmark_tid, virt_forget, virt_insert,
     },
     task::{container_of, read_task},
 };
@@ -48,9 +48,13 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let child: *const u8 = ctx.arg(1);
     // Read before the entry is written: a copy is never labelled newer than its content.
     let generations = tasks_generation();
-    let stack = Direct.read::<u64>(child, off!(task_stack)).unwrap_or(0);
+    // A preemptible program switched out in the middle of its run here may be using the
+    // scratch slot and the newborn copy: this fork keeps off both.
+    let held = CpuState::held();
+    let stack = if held { 0 } else { Direct.read::<u64>(child, off!(task_stack)).unwrap_or(0) };
     let here = if stack != 0 { copies::bit(unsafe { bpf_get_smp_processor_id() }) } else { 0 };
-    match record_task(Direct, child, SCRATCH_TRACEPOINT, here) {
+    let scratch = if held { SCRATCH_STATE_HELD } else { SCRATCH_TRACEPOINT };
+    match record_task(Direct, child, scratch, here) {
         // The child's first crossing (fork's 0) then needs no lookup.
         Ok(s) if here != 0 => crate::audit::remember_newborn(stack, unsafe { &(*s).entry }, generations),
         Ok(_) => {}
@@ -138,6 +142,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     } else {
         // An exiting task without its entry may still have copies (a daemon that removed its
         // entry, a stale seed): every copy goes.
+        count_lifecycle(counter::lifecycle::EXIT_UNTRACKED);
         tasks_changed();
     }
     if group_dead && tid != tgid {

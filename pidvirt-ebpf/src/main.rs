@@ -31,6 +31,7 @@
               checks each access when the program loads (the user-space crates document theirs)"
 )]
 
+mod atomic;
 mod audit;
 mod kernel;
 mod lifecycle;

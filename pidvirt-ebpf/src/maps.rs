@@ -1,5 +1,6 @@
 //! Maps shared by the programs. Sizes are defaults; the daemon may resize them at load.
 
+use crate::atomic;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -52,18 +53,6 @@ fn spilled(slot: u32) -> bool {
     }
 }
 
-/// Compare-and-swap of `*p` from `old` to `new`; answers what `*p` held.
-#[inline(always)]
-unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
-    let held: u64;
-    // BPF_ATOMIC | BPF_CMPXCHG (compares with and answers in r0); fully ordered.
-    unsafe {
-        core::arch::asm!("r0 = cmpxchg_64({p} + 0, r0, {new})", p = in(reg) p, new = in(reg) new,
-                         inout("r0") old => held);
-    }
-    held
-}
-
 /// Writes reverse entry `k` -> `v`: into its front slot when that is free or holds `k` (a stale
 /// entry of the number, replaced as VIRT would), else into VIRT, marking the slot.
 ///
@@ -104,7 +93,8 @@ fn front_insert(k: VirtKey, v: VirtValue) -> Result<(), ()> {
             // no claim, during which a removal would miss the entry.
             return Ok(());
         }
-        if (held == 0 || held == key) && unsafe { cmpxchg(&raw mut s.key, held, virt_front::CLAIMED) } == held
+        if (held == 0 || held == key)
+            && unsafe { atomic::cmpxchg(&raw mut s.key, held, virt_front::CLAIMED) } == held
         {
             unsafe { core::ptr::write_volatile(&raw mut s.value, v) };
             // Published after the value: x86-64 keeps stores in order (and loads: a reader
@@ -168,7 +158,7 @@ fn front_forget(k: VirtKey, tid: u32) {
         let s = unsafe { &mut *s };
         if unsafe { core::ptr::read_volatile(&raw const s.key) } == key
             && unsafe { core::ptr::read_volatile(&raw const s.value.host_tid) } == tid
-            && unsafe { cmpxchg(&raw mut s.key, key, virt_front::CLAIMED) } == key
+            && unsafe { atomic::cmpxchg(&raw mut s.key, key, virt_front::CLAIMED) } == key
         {
             // Claimed, the value is checked again: a newer task of the number may have been
             // written between the first look and the claim; its entry is given back.
@@ -229,6 +219,45 @@ pub static CONFIG: Array<u32> = Array::with_max_entries(config::SLOTS, 0);
 #[map]
 pub static CALLER: PerCpuArray<CallerCache> = PerCpuArray::with_max_entries(CALLER_SLOTS, 0);
 
+/// Whether one of pidvirt's preemptible programs is in the middle of its run on this CPU (1) or
+/// not (0). fentry/fexit programs run with migration disabled but, on a fully preemptible
+/// kernel, preemption enabled: a task switched out in the middle of one would otherwise find,
+/// when it comes back, the CPU's state (CALLER, SCRATCH) rewritten by the next task's programs.
+#[map]
+pub static CPU_STATE_HELD: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's per-CPU state, held by a preemptible program for its run; given back when dropped.
+pub struct CpuState(*mut u64);
+
+impl CpuState {
+    /// The CPU's state for this run, or None when another of pidvirt's programs holds it
+    /// (preempted in the middle of its run here; counted: map_errors.preempted).
+    #[inline(always)]
+    pub fn hold() -> Option<CpuState> {
+        let p = CPU_STATE_HELD.get_ptr_mut(0)?;
+        // One instruction: no preemption between the test and the set.
+        if unsafe { atomic::xchg(p, 1) } != 0 {
+            count_map_error(counter::map_error::PREEMPTED);
+            return None;
+        }
+        Some(CpuState(p))
+    }
+
+    /// Whether a preemptible program holds this CPU's state (for a program that cannot be
+    /// preempted, which then keeps off what that one may be using).
+    #[inline(always)]
+    pub fn held() -> bool {
+        CPU_STATE_HELD.get_ptr(0).is_some_and(|p| unsafe { core::ptr::read_volatile(p) } != 0)
+    }
+}
+
+impl Drop for CpuState {
+    #[inline(always)]
+    fn drop(&mut self) {
+        unsafe { core::ptr::write_volatile(self.0, 0) };
+    }
+}
+
 /// Generations of the task map (pidvirt_common::tasks_generation, ::CallerCache).
 #[map]
 pub static TASKS_GENERATION: Array<u64> = Array::with_max_entries(tasks_generation::SLOTS, 0);
@@ -248,8 +277,7 @@ pub fn tasks_generation() -> (u64, u64) {
 #[inline(always)]
 pub fn tasks_changed() {
     if let Some(p) = TASKS_GENERATION.get_ptr_mut(tasks_generation::KERNEL) {
-        // BPF_ATOMIC | BPF_ADD (the bpf target has no compare-and-swap for Rust's fetch_add).
-        unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) p, in(reg) 1u64) };
+        unsafe { atomic::add(p, 1) };
     }
 }
 
@@ -289,8 +317,7 @@ pub fn clear_bit(map: &Array<u64>, tid: u32) {
     if let Some(p) = map.get_ptr_mut(word)
         && unsafe { core::ptr::read_volatile(p) } & bit != 0
     {
-        // BPF_ATOMIC | BPF_AND.
-        unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) &= {1}", in(reg) p, in(reg) !bit) };
+        unsafe { atomic::and(p, !bit) };
     }
 }
 
@@ -304,8 +331,8 @@ pub fn set_bit(map: &Array<u64>, tid: u32) {
 #[inline(always)]
 fn set_bit_at(map: &Array<u64>, (word, bit): (u32, u64)) {
     if let Some(p) = map.get_ptr_mut(word) {
-        // BPF_ATOMIC | BPF_OR: other CPUs set and clear other bits of the word.
-        unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) p, in(reg) bit) };
+        // Atomic: other CPUs set and clear other bits of the word.
+        unsafe { atomic::or(p, bit) };
     }
 }
 
@@ -406,14 +433,16 @@ pub struct Scratch {
     pub reaper_start: u64,
 }
 
-/// Slots of SCRATCH. Tracepoint programs run with preemption disabled and share slot 0; the
-/// task iterator runs preemptible (a tracepoint program may run on its CPU in between) and has
-/// its own slot.
+/// Slots of SCRATCH. Tracepoint programs run with preemption disabled and share slot 0 with the
+/// preemptible fentry/fexit programs, which use it only while they hold the CPU's state
+/// ([`CpuState`]); a fork while one holds it (preempted there) takes slot 2. The task iterator
+/// runs preemptible (a tracepoint program may run on its CPU in between) and has its own slot.
 pub const SCRATCH_TRACEPOINT: u32 = 0;
 pub const SCRATCH_ITERATOR: u32 = 1;
+pub const SCRATCH_STATE_HELD: u32 = 2;
 
 #[map]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 0);
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(3, 0);
 
 /// A counter slot for a new container (the overflow slot, counted, when none is free).
 #[inline(always)]

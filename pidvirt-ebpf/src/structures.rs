@@ -749,7 +749,10 @@ pub mod handlers {
 /// reader's memory; a copy that failed (-EFAULT) handed nothing out.
 #[fexit]
 pub fn fexit_signalfd_copyinfo(ctx: FExitContext) -> i32 {
-    if offsets_ready() {
+    // Preemptible, as the syscall functions' programs: it holds the CPU's state for its run.
+    if offsets_ready()
+        && let Some(_held) = crate::maps::CpuState::hold()
+    {
         let info: *const u8 = ctx.arg(1);
         let copied = ctx.arg::<i64>(2) as i32;
         if copied > 0

@@ -33,7 +33,7 @@ use crate::{
     audit::{Stack, group, pid_arg, returned, returned_own, returned_task, task_arg},
     kernel::{Direct, Kmem, off, offsets_ready},
     lifecycle::forget_reaped,
-    maps::{PENDING, SYSNR, count_map_error},
+    maps::{CpuState, PENDING, SYSNR, count_map_error},
     procfs::{AT_FDCWD, path_crossing},
     task::{Own, own_id},
 };
@@ -501,13 +501,16 @@ tracepoints! {
 /// `fentry_<syscall>` and `fexit_<syscall>` for every side of every watched syscall (the daemon
 /// attaches them to `__x64_sys_<syscall>` where the kernel takes fentry; an fentry program is
 /// loaded for one function), and the floor's empty twins `floor_fentry_<syscall>`,
-/// `floor_fexit_<syscall>`.
+/// `floor_fexit_<syscall>`. The kernel may preempt them: each holds the CPU's state for its run
+/// ([`CpuState`]).
 macro_rules! function_programs {
     ($( $name:ident: $(enter($enter:ident))? $(exit($exit:ident))? ; )*) => { pastey::paste! { $(
         $(
             #[fentry]
             pub fn [<fentry_ $name>](ctx: FEntryContext) -> i32 {
-                if offsets_ready() {
+                if offsets_ready()
+                    && let Some(_held) = CpuState::hold()
+                {
                     let call = SyscallFunction { regs: ctx.arg(0), ret: 0, ctx: ctx.as_ptr() };
                     handlers::$enter(&call, sys::[<$name:upper>]);
                 }
@@ -523,7 +526,9 @@ macro_rules! function_programs {
         $(
             #[fexit]
             pub fn [<fexit_ $name>](ctx: FExitContext) -> i32 {
-                if offsets_ready() {
+                if offsets_ready()
+                    && let Some(_held) = CpuState::hold()
+                {
                     let call = SyscallFunction { regs: ctx.arg(0), ret: ctx.arg(1), ctx: ctx.as_ptr() };
                     handlers::$exit(&call, sys::[<$name:upper>]);
                 }

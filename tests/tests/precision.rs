@@ -218,6 +218,48 @@ fn a_child_on_the_kernel_stack_of_one_freed_is_judged_as_itself() {
     assert!(ours.is_empty(), "a child was judged as another: {ours:#?}");
 }
 
+/// Where the kernel runs pidvirt's syscall programs preemptibly (fentry/fexit on a fully
+/// preemptible kernel: the 6.12 VM boots with preempt=full), the scheduler may switch tasks in
+/// the middle of one, and the next task's programs on that CPU find its per-CPU state half made.
+/// Children of a namespace's init taking turns on one CPU, each calling getpid, gettid,
+/// kill(itself, 0) and getppid in a loop, are each judged against their own ids, as the kernel
+/// answered them; and every getpid is judged or its loss counted: skipped by the kernel (a
+/// program's recursion_misses, bpftool) or not judged because another program held the CPU's
+/// state (map_errors.preempted).
+#[test]
+fn tasks_switched_in_the_middle_of_the_syscall_programs_are_each_judged_as_themselves() {
+    const CHILDREN: u64 = 4;
+    const MS: u64 = 6000;
+    let cpu = tests::last_cpu();
+    let d = Daemon::start();
+    let mut f =
+        Fixture::start_with(Command::new("taskset").args(["-c", &cpu.to_string(), FIXTURE, "--depth", "1"]));
+    let c = f.container();
+    let getpids =
+        |d: &Daemon| d.container_crossings(&c).0.get("getpid").map_or(0, |v| v.values().sum::<u64>());
+    let preempted = |d: &Daemon| d.stats()["map_errors"]["preempted"].as_u64().unwrap_or(0);
+    let skipped = |d: &Daemon| tests::daemon_program_misses(d.pid(), &["exit_getpid", "fexit_getpid"]);
+    let before = (getpids(&d), preempted(&d), skipped(&d));
+    let calls = f.num(&format!("preempt_mix {CHILDREN} {MS} {cpu}"));
+    assert!(calls > 0, "a child's getpid, gettid or kill(itself, 0) answered otherwise: {calls}");
+    let calls = calls as u64;
+    eventually(tests::settle(), "every getpid judged or its loss counted", || {
+        let judged = getpids(&d) - before.0;
+        let lost = (preempted(&d) - before.1) + (skipped(&d) - before.2);
+        (judged + lost >= calls).then_some(())
+    });
+    let judged = getpids(&d) - before.0;
+    assert!(judged <= calls, "{judged} getpid judged of {calls} made");
+    let crossings = d.container_crossings(&c).0;
+    for syscall in ["getpid", "gettid", "kill", "getppid"] {
+        let verdicts = crossings.get(syscall).cloned().unwrap_or_default();
+        let wrong: u64 = verdicts.iter().filter(|(v, _)| *v != "ok").map(|(_, n)| n).sum();
+        assert_eq!(wrong, 0, "{syscall}: {verdicts:?}");
+    }
+    let ours: Vec<AuditRecord> = d.audit_log().into_iter().filter(|r| r.container == c).collect();
+    assert!(ours.is_empty(), "a task was judged as another: {ours:#?}");
+}
+
 /// Each CPU keeps a copy of its last caller's entry (pidvirt_common::CallerCache): a task of a
 /// pid namespace and a host task taking turns on one CPU, each calling getpid and kill(self, 0)
 /// between the switches, are each judged against their own ids, as the kernel answered them,

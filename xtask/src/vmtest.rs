@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use crate::vm;
 
 /// Debian kernel series the suite runs on besides the host's.
-pub const DEFAULT_SERIES: &[&str] = &["6.12", "6.1"];
+pub const DEFAULT_SERIES: &[&str] = &["6.12", "6.1", "6.12:preempt=full"];
 
 /// Everything under software emulation is about this much slower (tests scale their waits).
 const TIME_SCALE: u32 = 8;
@@ -137,10 +137,11 @@ pub fn parse_notes(text: &str) -> Vec<(String, String)> {
 
 /// The shell script the guest runs: the selected tests of each binary, serially, each binary's
 /// time in seconds noted in `times.tsv`.
-fn guest_script(bins: &[TestBinary], sel: Selection<'_>) -> String {
-    let mut s = String::from("status=0\n");
+fn guest_script(bins: &[TestBinary], sel: Selection<'_>, kernel_tests: KernelTests) -> String {
+    // The preemption model the kernel booted with, on the console for run_kernel to check.
+    let mut s = String::from("status=0\ndmesg | grep -m1 'Dynamic Preempt' || true\n");
     for b in bins {
-        let Some(args) = test_args(&b.name, sel) else { continue };
+        let Some(args) = test_args(&b.name, sel, kernel_tests) else { continue };
         // The filters come from the command line, the paths from cargo: quoted as words.
         let args: String = args.iter().flat_map(|a| [" ".to_string(), vm::shell_quote(a)]).collect();
         let (name, path) = (&b.name, vm::shell_quote(&b.path.to_string_lossy()));
@@ -168,7 +169,7 @@ pub fn run_kernel(
     let started = Instant::now();
     let cache = root.join("target/vm-cache");
     let mut report = KernelReport { kernel: format!("debian-{series}"), ..Default::default() };
-    let kernel = match vm::prepare_kernel(&cache, series) {
+    let kernel = match vm::prepare_kernel(&cache, kernel_series(series)) {
         Ok(k) => k,
         Err(e) => {
             report.error = Some(format!("preparing the kernel: {e:#}"));
@@ -185,18 +186,20 @@ pub fn run_kernel(
         ("PIDVIRT_VM_MODULES".into(), kernel.modules_dir.display().to_string()),
         ("RUST_BACKTRACE".into(), "0".into()),
     ];
-    if attach == Attach::Tracepoint {
-        env.push(("PIDVIRT_ATTACH".into(), "tracepoint".into()));
+    match attach {
+        Attach::Auto => {}
+        Attach::Tracepoint => env.push(("PIDVIRT_ATTACH".into(), "tracepoint".into())),
+        Attach::FentryPreemptible => env.push(("PIDVIRT_ATTACH".into(), "fentry".into())),
     }
     let opts = vm::VmRunOptions {
         cwd: root.join("tests"),
         env,
         timeout: Duration::from_hours(1),
-        extra_cmdline: String::new(),
+        extra_cmdline: attach.cmdline().to_string(),
         mem_mb: 3072,
         cpus: 2,
     };
-    let argv = vec!["sh".to_string(), "-c".to_string(), guest_script(bins, sel)];
+    let argv = vec!["sh".to_string(), "-c".to_string(), guest_script(bins, sel, attach.tests())];
     let run = match vm::run_in_vm(&kernel, &cache, &argv, &opts) {
         Ok(r) => r,
         Err(e) => {
@@ -223,7 +226,7 @@ pub fn run_kernel(
         report.error =
             Some(format!("the suite exited with {:?} without a failed test (crash?)", run.exit_code));
     } else if let Selection::Kernel = sel {
-        let missing = missing_kernel_tests(bins, &report.passed, &report.failed);
+        let missing = missing_kernel_tests(bins, &report.passed, &report.failed, attach.tests());
         if !missing.is_empty() {
             report.error = Some(format!("selected for the VMs but not in the suite: {}", missing.join(", ")));
         }
@@ -234,6 +237,13 @@ pub fn run_kernel(
         && booted != kernel.name
     {
         report.error = Some(format!("the guest booted kernel {booted}, not {}", kernel.name));
+    }
+    // A fully preemptible run is that only if the kernel says so.
+    if report.error.is_none()
+        && let Some(mode) = attach.cmdline().strip_prefix("preempt=")
+        && !run.console.contains(&format!("Dynamic Preempt: {mode}"))
+    {
+        report.error = Some(format!("the guest's console does not say \"Dynamic Preempt: {mode}\""));
     }
     report.boot_attempts = run.boot_attempts;
     if !report.ok() {
@@ -259,13 +269,19 @@ pub enum Attach {
     /// longer to verify under emulation than a test waits for a daemon (Debian's 6.1: over two
     /// minutes, where 6.12 takes seconds); fentry there is what the attach test asks for.
     Tracepoint,
+    /// Booted fully preemptible (`preempt=full`) with fentry forced (`PIDVIRT_ATTACH=fentry`;
+    /// `--attach auto` takes tracepoints there): the fentry programs then run preemptibly. Only
+    /// [`PREEMPTIBLE_TESTS`].
+    FentryPreemptible,
 }
 
 impl Attach {
     /// The run of series `series`: fentry on 6.12, tracepoints on 6.1 (and on the host, whose
     /// kernel refuses fentry), so that each path runs on two kernels.
     fn of(series: &str) -> Attach {
-        if series.starts_with("6.1") && !series.starts_with("6.12") {
+        if series.ends_with(&format!(":{PREEMPTIBLE_BOOT}")) {
+            Attach::FentryPreemptible
+        } else if series.starts_with("6.1") && !series.starts_with("6.12") {
             Attach::Tracepoint
         } else {
             Attach::Auto
@@ -276,9 +292,48 @@ impl Attach {
         match self {
             Attach::Auto => kernel.to_string(),
             Attach::Tracepoint => format!("{kernel} tracepoint"),
+            Attach::FentryPreemptible => format!("{kernel} {} fentry", self.cmdline()),
+        }
+    }
+
+    /// Debian's kernels default to voluntary preemption and take `preempt=` at boot.
+    fn cmdline(self) -> &'static str {
+        match self {
+            Attach::Auto | Attach::Tracepoint => "",
+            Attach::FentryPreemptible => PREEMPTIBLE_BOOT,
         }
     }
 }
+
+/// Binaries and their tests (None: all of them).
+type KernelTests = &'static [(&'static str, Option<&'static [&'static str]>)];
+
+impl Attach {
+    /// What the run's [`Selection::Kernel`] is.
+    fn tests(self) -> KernelTests {
+        match self {
+            Attach::Auto | Attach::Tracepoint => KERNEL_TESTS,
+            Attach::FentryPreemptible => PREEMPTIBLE_TESTS,
+        }
+    }
+}
+
+/// A series booted fully preemptible: `<series>:preempt=full`.
+const PREEMPTIBLE_BOOT: &str = "preempt=full";
+
+/// The kernel series of a run (`6.12` of `6.12:preempt=full`).
+pub fn kernel_series(run: &str) -> &str {
+    run.split_once(':').map_or(run, |(series, _)| series)
+}
+
+/// The tests of a fully preemptible run (fentry forced): those whose subject is preemption.
+pub const PREEMPTIBLE_TESTS: &[(&str, Option<&[&str]>)] = &[
+    ("attach", Some(&["auto_attach_takes_tracepoints_on_a_fully_preemptible_kernel"])),
+    (
+        "precision",
+        Some(&["tasks_switched_in_the_middle_of_the_syscall_programs_are_each_judged_as_themselves"]),
+    ),
+];
 
 /// Which tests a VM runs.
 #[derive(Clone, Copy, Debug)]
@@ -316,6 +371,7 @@ pub const KERNEL_TESTS: &[(&str, Option<&[&str]>)] = &[
             "unshare_fork_pid_waiting_for_its_nested_init_reports_nothing",
             "tasks_of_two_namespaces_taking_turns_on_one_cpu_are_each_judged_as_themselves",
             "a_child_on_the_kernel_stack_of_one_freed_is_judged_as_itself",
+            "tasks_switched_in_the_middle_of_the_syscall_programs_are_each_judged_as_themselves",
         ]),
     ),
     ("procfs", Some(&["a_host_pid_in_a_proc_path_of_the_containers_own_procfs_is_a_leak_and_its_vpid_ok"])),
@@ -339,11 +395,11 @@ pub const KERNEL_TESTS: &[(&str, Option<&[&str]>)] = &[
 ];
 
 /// The libtest arguments binary `name` runs with under `sel`; `None` when it does not run.
-fn test_args(name: &str, sel: Selection<'_>) -> Option<Vec<String>> {
+fn test_args(name: &str, sel: Selection<'_>, kernel_tests: KernelTests) -> Option<Vec<String>> {
     match sel {
         Selection::Whole => Some(vec![]),
         Selection::Filter(f) => Some(vec![f.to_string()]),
-        Selection::Kernel => KERNEL_TESTS.iter().find(|(n, _)| *n == name).map(|(_, tests)| match tests {
+        Selection::Kernel => kernel_tests.iter().find(|(n, _)| *n == name).map(|(_, tests)| match tests {
             None => vec![],
             Some(tests) => {
                 std::iter::once("--exact").chain(tests.iter().copied()).map(String::from).collect()
@@ -354,9 +410,14 @@ fn test_args(name: &str, sel: Selection<'_>) -> Option<Vec<String>> {
 
 /// Binaries and tests of [`KERNEL_TESTS`] that a run of `bins` did not have or report: renamed
 /// or gone, they would otherwise drop out of the VMs unnoticed.
-fn missing_kernel_tests(bins: &[TestBinary], passed: &[String], failed: &[String]) -> Vec<String> {
+fn missing_kernel_tests(
+    bins: &[TestBinary],
+    passed: &[String],
+    failed: &[String],
+    kernel_tests: KernelTests,
+) -> Vec<String> {
     let mut missing = Vec::new();
-    for (name, tests) in KERNEL_TESTS {
+    for (name, tests) in kernel_tests {
         if !bins.iter().any(|b| b.name == *name) {
             missing.push(format!("{name} (no such test binary)"));
             continue;
@@ -378,7 +439,8 @@ pub fn run_all(
     vm::ensure_tools()?;
     // Download and unpack first (serially: apt-get takes a lock).
     for s in series {
-        vm::prepare_kernel(&root.join("target/vm-cache"), s).with_context(|| format!("kernel {s}"))?;
+        vm::prepare_kernel(&root.join("target/vm-cache"), kernel_series(s))
+            .with_context(|| format!("kernel {s}"))?;
     }
     let reports = std::thread::scope(|scope| {
         let handles: Vec<_> = series
@@ -501,15 +563,36 @@ mod tests {
     #[test]
     fn the_guest_script_runs_every_binary_serially() {
         let bins = [TestBinary { name: "spine".into(), path: "/w/target/release/deps/spine-1".into() }];
-        let s = guest_script(&bins, Selection::Filter("ps_"));
+        let s = guest_script(&bins, Selection::Filter("ps_"), KERNEL_TESTS);
         assert!(s.contains(
             "'/w/target/release/deps/spine-1' --test-threads=1 --logfile '/vm-results/spine.log' 'ps_'"
         ));
         assert!(s.ends_with("exit $status\n"));
-        let s = guest_script(&bins, Selection::Filter("it's"));
+        let s = guest_script(&bins, Selection::Filter("it's"), KERNEL_TESTS);
         assert!(s.contains("--logfile '/vm-results/spine.log' 'it'\\''s' || status=1;"), "{s}");
-        let s = guest_script(&bins, Selection::Whole);
+        let s = guest_script(&bins, Selection::Whole, KERNEL_TESTS);
         assert!(s.contains("--logfile '/vm-results/spine.log' || status=1;"), "{s}");
+    }
+
+    #[test]
+    fn a_preemptible_run_boots_its_series_with_preempt_full_and_runs_its_own_tests() {
+        assert_eq!(kernel_series("6.12:preempt=full"), "6.12");
+        assert_eq!(kernel_series("6.1"), "6.1");
+        assert_eq!(Attach::of("6.12:preempt=full"), Attach::FentryPreemptible);
+        assert_eq!(Attach::of("6.12"), Attach::Auto);
+        assert_eq!(Attach::of("6.1"), Attach::Tracepoint);
+        assert_eq!(Attach::FentryPreemptible.cmdline(), "preempt=full");
+        assert_eq!(Attach::Auto.cmdline(), "");
+        let bins = [
+            TestBinary { name: "spine".into(), path: "/spine-1".into() },
+            TestBinary { name: "precision".into(), path: "/precision-1".into() },
+        ];
+        let s = guest_script(&bins, Selection::Kernel, Attach::FentryPreemptible.tests());
+        assert!(
+            s.contains("'/precision-1' --test-threads=1 --logfile '/vm-results/precision.log' '--exact' 'tasks_switched_"),
+            "{s}"
+        );
+        assert!(!s.contains("spine"), "{s}");
     }
 
     #[test]
@@ -519,7 +602,7 @@ mod tests {
             TestBinary { name: "engines".into(), path: "/engines-1".into() },
             TestBinary { name: "attach".into(), path: "/attach-1".into() },
         ];
-        let s = guest_script(&bins, Selection::Kernel);
+        let s = guest_script(&bins, Selection::Kernel, KERNEL_TESTS);
         assert!(
             s.contains("'/spine-1' --test-threads=1 --logfile '/vm-results/spine.log' '--exact' 'nested_")
                 && s.contains(" 'probe_read_fallback_reads_every_level_like_direct_loads' "),
@@ -534,7 +617,7 @@ mod tests {
         let spine = KERNEL_TESTS.iter().find(|(n, _)| *n == "spine").and_then(|(_, t)| *t).unwrap();
         let mut passed: Vec<String> = spine.iter().map(ToString::to_string).collect();
         let spine_missing = |passed: &[String]| {
-            let all = missing_kernel_tests(&bins, passed, &[]);
+            let all = missing_kernel_tests(&bins, passed, &[], KERNEL_TESTS);
             assert!(all.contains(&"levels (no such test binary)".to_string()), "{all:?}");
             all.into_iter().filter(|m| m.starts_with("spine")).collect::<Vec<_>>()
         };

@@ -419,6 +419,74 @@ fn stack_reuse(n: usize, a: usize, b: usize) -> i64 {
     agreed
 }
 
+/// `n` children on CPU `cpu`, taking turns there for `ms` milliseconds, each calling getpid,
+/// gettid, kill(itself, 0) and getppid in a loop: on a fully preemptible kernel the scheduler
+/// switches them in the middle of the syscalls' programs. Answers how many getpid calls they
+/// made in all (each child checks that getpid always answered the same number, tid and pid
+/// alike, and that kill(itself, 0) succeeded), or -errno, or -1 if a child saw otherwise.
+fn preempt_mix(n: usize, ms: u64, cpu: usize) -> i64 {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a writable array of two ints.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return -i64::from(errno());
+    }
+    let mut children = Vec::new();
+    for _ in 0..n {
+        // SAFETY: the fixture's inits run no threads; the child calls only async-signal-safe
+        // functions (sched_setaffinity, syscall, clock_gettime, write, _exit).
+        let child = unsafe { libc::fork() };
+        if child < 0 {
+            return -i64::from(errno());
+        }
+        if child == 0 {
+            run_on(cpu);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            // SAFETY: getpid takes no arguments.
+            let me = unsafe { libc::syscall(libc::SYS_getpid) };
+            let (mut calls, mut agreed) = (1u64, true);
+            while std::time::Instant::now() < deadline {
+                for _ in 0..64 {
+                    // SAFETY: these take integers only; kill with signal 0 only checks.
+                    unsafe {
+                        agreed &= libc::syscall(libc::SYS_getpid) == me;
+                        agreed &= libc::syscall(libc::SYS_gettid) == me;
+                        agreed &= libc::syscall(libc::SYS_kill, me, 0) == 0;
+                        libc::syscall(libc::SYS_getppid);
+                    }
+                    calls += 1;
+                }
+            }
+            let bytes = calls.to_ne_bytes();
+            // SAFETY: `bytes` is readable for its length; _exit does not return.
+            unsafe {
+                libc::write(fds[1], bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(i32::from(!agreed));
+            }
+        }
+        children.push(child);
+    }
+    // SAFETY: the write end is ours; closed so that the reads below end.
+    unsafe { libc::close(fds[1]) };
+    let mut total = 0i64;
+    let mut agreed = true;
+    for child in children {
+        let mut status = 0;
+        // SAFETY: `status` is a writable int that outlives the call.
+        if unsafe { libc::waitpid(child, &raw mut status, 0) } != child {
+            return -i64::from(errno());
+        }
+        agreed &= libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    }
+    let mut bytes = [0u8; 8];
+    // SAFETY: `bytes` is writable for its length.
+    while unsafe { libc::read(fds[0], bytes.as_mut_ptr().cast(), bytes.len()) } == 8 {
+        total += u64::from_ne_bytes(bytes) as i64;
+    }
+    // SAFETY: the read end is ours.
+    unsafe { libc::close(fds[0]) };
+    if agreed { total } else { -1 }
+}
+
 /// Executes one command in the innermost init.
 fn execute(line: &str) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -444,6 +512,12 @@ fn execute(line: &str) -> String {
         Some("stack_reuse") => match (num(1), num(2), num(3)) {
             (Some(n), Some(a), Some(b)) => stack_reuse(n as usize, a as usize, b as usize).to_string(),
             _ => "err bad stack_reuse".into(),
+        },
+        Some("preempt_mix") => match (num(1), num(2), num(3)) {
+            (Some(n), Some(ms), Some(cpu)) if n > 0 && ms > 0 && cpu >= 0 => {
+                preempt_mix(n as usize, ms as u64, cpu as usize).to_string()
+            }
+            _ => "err bad preempt_mix".into(),
         },
         Some("reap" | "zombie") => {
             let Some(v) = num(1) else {
