@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod files;
 pub mod kernel;
 pub mod loader;
+pub mod preemption;
 pub mod procscan;
 pub mod restore;
 pub mod runtimes;

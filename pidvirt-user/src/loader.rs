@@ -73,6 +73,8 @@ pub struct Attached {
     /// `fentry` or `tracepoint`.
     pub mode: &'static str,
     pub reason: String,
+    /// The kernel's preemption model and where it was read (crate::preemption).
+    pub preemption: String,
     /// Whether the path syscalls are watched for /proc/N (`--no-proc-paths`: not).
     pub proc_paths: bool,
 }
@@ -440,6 +442,7 @@ fn load_all(ebpf: &mut Ebpf, btf: &Btf, opts: &LoadOptions, watched: &dyn Fn(&Sy
     // needs the first only.
     let mut functions = function_programs(btf, watched);
     let fentry = opts.attach != AttachMode::Tracepoint
+        && fentry_declined(opts.attach).is_none()
         && functions.next().is_some_and(|probe| {
             load_in_parallel(ebpf, btf, std::slice::from_ref(&probe));
             ebpf.program(probe.0).is_some_and(|p| p.fd().is_ok())
@@ -526,6 +529,7 @@ fn adopt(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let syscalls = Attached {
         mode: if fentry { "fentry" } else { "tracepoint" },
         reason: "as the daemon that pinned the programs attached them".into(),
+        preemption: crate::preemption::detect().to_string(),
         proc_paths,
     };
     Ok(Loaded {
@@ -629,6 +633,36 @@ pub fn loaded_pidvirt_programs() -> Vec<String> {
         .map(|p| String::from_utf8_lossy(p.name()).into_owned())
         .filter(|n| ours.contains(n))
         .collect()
+}
+
+/// Runs of this process's programs that the kernel skipped, by program (those with none left
+/// out): a program's recursion misses, runs it did not make on a CPU where a run of it was under
+/// way (an fentry program preempted in the middle of one, or a tracepoint fired inside it). The
+/// kernel shows them in the fdinfo of each program's fd; the names come from the kernel's list.
+pub fn skipped_runs() -> std::collections::BTreeMap<String, u64> {
+    let field = |info: &str, key: &str| -> Option<u64> {
+        info.lines().find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+    };
+    let mut by_id = HashMap::new();
+    for entry in std::fs::read_dir("/proc/self/fdinfo").into_iter().flatten().filter_map(Result::ok) {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else { continue };
+        // Program fds only: a link's fdinfo names its program too, without the statistics.
+        if let (Some(id), Some(misses)) = (field(&info, "prog_id:"), field(&info, "recursion_misses:"))
+            && misses > 0
+        {
+            by_id.insert(id as u32, misses);
+        }
+    }
+    if by_id.is_empty() {
+        return std::collections::BTreeMap::new();
+    }
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| Some((String::from_utf8_lossy(p.name()).into_owned(), *by_id.get(&p.id())?)))
+        .fold(std::collections::BTreeMap::new(), |mut m, (name, n)| {
+            *m.entry(name).or_insert(0) += n;
+            m
+        })
 }
 
 /// Fills what the programs need before any is attached: the free counter slots, the
@@ -865,17 +899,34 @@ fn attach_syscalls(
     links: &mut Links,
     attached: &mut Vec<(String, String)>,
 ) -> Result<Attached, LoadError> {
-    let fentry = match mode {
-        AttachMode::Tracepoint => Err("asked for tracepoints (--attach tracepoint)".to_string()),
-        AttachMode::Auto | AttachMode::Fentry => attach_functions(ebpf, btf, floor, watched, links, attached),
+    let preemption = crate::preemption::detect();
+    let fentry = match (mode, fentry_declined(mode)) {
+        (AttachMode::Tracepoint, _) => Err("asked for tracepoints (--attach tracepoint)".to_string()),
+        (_, Some(why)) => Err(why),
+        (AttachMode::Auto | AttachMode::Fentry, None) => {
+            attach_functions(ebpf, btf, floor, watched, links, attached)
+        }
     };
     let proc_paths = SYSCALLS.iter().filter(|s| s.is_path()).all(watched);
+    let preemption_named = preemption.to_string();
     match (fentry, mode) {
+        (Ok(()), _) if preemption.preemptible() => Ok(Attached {
+            mode: "fentry",
+            reason: format!(
+                "asked for fentry (--attach fentry) on a fully preemptible kernel (preemption {preemption}): a \
+                 crossing whose program finds another of pidvirt's preempted in the middle of its run on the CPU \
+                 is not judged (map_errors.preempted), and the kernel skips a program's runs on a CPU while one \
+                 is preempted (its recursion misses)"
+            ),
+            preemption: preemption_named,
+            proc_paths,
+        }),
         (Ok(()), _) => Ok(Attached {
             mode: "fentry",
             reason: "the kernel takes fentry/fexit on the syscall functions: syscalls pidvirt does not watch keep \
                      the kernel's fast path"
                 .into(),
+            preemption: preemption_named,
             proc_paths,
         }),
         (Err(why), AttachMode::Fentry) => Err(LoadError::NoFentry(why)),
@@ -886,9 +937,22 @@ fn attach_syscalls(
                 attach_tracepoint(ebpf, name, program.name(), &tp, links)?;
                 attached.push((name.to_string(), format!("syscalls:{tp}")));
             }
-            Ok(Attached { mode: "tracepoint", reason: why, proc_paths })
+            Ok(Attached { mode: "tracepoint", reason: why, preemption: preemption_named, proc_paths })
         }
     }
+}
+
+/// Why `--attach auto` takes tracepoints on a kernel that may take fentry: a fully preemptible
+/// one (crate::preemption), where fentry programs would run preemptibly and lose crossings.
+fn fentry_declined(mode: AttachMode) -> Option<String> {
+    let preemption = crate::preemption::detect();
+    (mode == AttachMode::Auto && preemption.preemptible()).then(|| {
+        format!(
+            "the kernel is fully preemptible (preemption {preemption}): fentry programs would run \
+             preemptibly, and the kernel skips a program's runs on a CPU while a task is switched out in the \
+             middle of one; tracepoint programs run with preemption off (--attach fentry forces fentry)"
+        )
+    })
 }
 
 /// fentry/fexit programs on every watched syscall's function; Err(why) if the kernel refuses

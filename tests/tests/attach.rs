@@ -71,8 +71,9 @@ fn the_syscall_programs_run_where_status_says_and_the_audit_works_there() {
             if forced {
                 assert!(reason.contains("--attach tracepoint"), "{reason}");
             } else {
-                // The kernel refuses fentry here: the fallback, with the kernel's reason.
-                assert!(reason.contains("refused"), "{reason}");
+                // The kernel refuses fentry here, or auto declined it on a fully preemptible
+                // kernel: the fallback, with the reason.
+                assert!(reason.contains("refused") || reason.contains("fully preemptible"), "{reason}");
                 note_unavailable(test, &format!("fentry on the syscall functions: {reason}"));
             }
         }
@@ -127,6 +128,51 @@ fn asking_for_fentry_gets_it_or_a_clear_error_naming_why() {
             let why = stderr.lines().last().unwrap_or("").to_string();
             assert!(why.contains("fentry") && why.contains("refused"), "{stderr}");
             note_unavailable("asking_for_fentry_gets_it_or_a_clear_error_naming_why", &why);
+        }
+    }
+}
+
+/// The kernel's preemption mode, where it says it: debugfs's sched/preempt (the running mode, in
+/// parentheses), else `preempt=` on the command line of a kernel built to take it.
+fn kernel_preemption() -> Option<String> {
+    if let Ok(s) = std::fs::read_to_string("/sys/kernel/debug/sched/preempt") {
+        return s.split_whitespace().find_map(|w| Some(w.strip_prefix('(')?.strip_suffix(')')?.to_string()));
+    }
+    let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
+    if !version.split_whitespace().any(|w| w == "PREEMPT_DYNAMIC") {
+        return None;
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline.split_whitespace().find_map(|w| w.strip_prefix("preempt=").map(str::to_string))
+}
+
+/// fentry programs run preemptibly: on a fully preemptible kernel the kernel skips a program's
+/// runs on a CPU while a task is switched out in the middle of one. `--attach auto` takes
+/// tracepoints there (whose programs run with preemption off), and `status` says why.
+#[test]
+fn auto_attach_takes_tracepoints_on_a_fully_preemptible_kernel() {
+    let test = "auto_attach_takes_tracepoints_on_a_fully_preemptible_kernel";
+    let d = Daemon::start_with(&["--attach", "auto"]);
+    let status = d.status();
+    let (mode, reason) =
+        (status["syscalls"]["mode"].as_str().unwrap(), status["syscalls"]["reason"].as_str().unwrap());
+    match kernel_preemption().as_deref() {
+        Some(m @ ("full" | "lazy")) => {
+            assert_eq!(mode, "tracepoint", "preempt={m}, yet: {reason}");
+            assert!(reason.contains("fully preemptible") && reason.contains(m), "{reason}");
+            // The kernel's truth: the tracepoint program runs on kill, no fentry program is loaded.
+            let _stats = BpfStats::enable();
+            let before = runs(d.pid(), "enter_pid_arg");
+            // SAFETY: kill with signal 0 only checks that the (own) process exists.
+            assert_eq!(unsafe { libc::kill(std::process::id() as i32, 0) }, 0);
+            assert!(runs(d.pid(), "enter_pid_arg") > before, "the tracepoint program did not run on kill");
+            assert!(!holds(d.pid(), "fentry_kill"), "an fentry program is loaded");
+        }
+        other => {
+            // Not fully preemptible (or not said): fentry where the kernel takes it.
+            assert!(!reason.contains("fully preemptible"), "preemption {other:?}: {reason}");
+            let said = other.map_or("no mode said".to_string(), |m| format!("preempt={m}"));
+            note_unavailable(test, &format!("the kernel is not fully preemptible ({said})"));
         }
     }
 }

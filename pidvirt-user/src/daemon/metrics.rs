@@ -164,6 +164,8 @@ struct Scrape {
     /// Containers by kind name.
     kinds: Vec<(&'static str, u64)>,
     per_container: Vec<(String, SlotCounts)>,
+    /// crate::loader::skipped_runs.
+    skipped: std::collections::BTreeMap<String, u64>,
 }
 
 impl App {
@@ -177,7 +179,7 @@ impl App {
                 .map(|k| (*k, reg.all().filter(|c| c.kind.name() == *k).count() as u64))
                 .collect();
             let per_container = per_container.map(|p| p.rows(maps, reg, &counted)).unwrap_or_default();
-            Scrape { counted, occupancy, kinds, per_container }
+            Scrape { counted, occupancy, kinds, per_container, skipped: crate::loader::skipped_runs() }
         })
     }
 }
@@ -226,6 +228,13 @@ fn kernel_families(e: &mut DescriptorEncoder, s: &Scrape) -> fmt::Result {
         counter::map_error::NAMES.iter().zip(counter::map_error::MAPS).enumerate().map(|(i, (reason, m))| {
             ([("map", m.unwrap_or("none")), ("reason", *reason)], global(counter::map_error::BASE, i))
         }),
+    )?;
+    counters(
+        e,
+        "program_runs_skipped",
+        "Runs of pidvirt's programs the kernel skipped because a run of the same program was under way on the \
+         CPU (recursion misses), by program; programs with none are left out.",
+        s.skipped.iter().map(|(program, n)| ([("program", program.as_str())], *n)),
     )?;
     counters(
         e,

@@ -233,6 +233,7 @@ impl App {
             .map_err(ApiError::internal)?;
         out["denied"] =
             serde_json::to_value(kernel::named_denied(&counted.total.denied)).map_err(ApiError::internal)?;
+        out["skipped_runs"] = serde_json::to_value(loader::skipped_runs()).map_err(ApiError::internal)?;
         out["audit_log"] = serde_json::json!({
             "written": self.audit.written.load(Relaxed),
             "write_errors": self.audit.sink_errors.load(Relaxed),
