@@ -560,8 +560,11 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
     }
     let task: *const u8 = ctx.arg(2);
     let threadgroup: u8 = ctx.arg(3);
-    // Issue 15: the number a write to cgroup.procs / cgroup.threads / tasks named.
-    crate::structures::cgroup_write(task);
+    // Issue 15: the number a write to cgroup.procs / cgroup.threads / tasks named (judged with
+    // the CPU's state, which a preempted program may hold).
+    if CpuState::free_here() {
+        crate::structures::cgroup_write(task);
+    }
     let Ok((tid, _)) = tid_and_start(task) else {
         count_map_error(counter::map_error::KERNEL_READ);
         return 0;

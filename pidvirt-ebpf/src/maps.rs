@@ -237,17 +237,37 @@ impl CpuState {
         let p = CPU_STATE_HELD.get_ptr_mut(0)?;
         // One instruction: no preemption between the test and the set.
         if unsafe { atomic::xchg(p, 1) } != 0 {
-            count_map_error(counter::map_error::PREEMPTED);
+            count_preempted();
             return None;
         }
         Some(CpuState(p))
     }
 
-    /// Whether a preemptible program holds this CPU's state (for a program that cannot be
-    /// preempted, which then keeps off what that one may be using).
+    /// Whether a preemptible program holds this CPU's state: asked by a program that cannot be
+    /// preempted (a tracepoint's), so held by one preempted in the middle of its run here.
     #[inline(always)]
     pub fn held() -> bool {
         CPU_STATE_HELD.get_ptr(0).is_some_and(|p| unsafe { core::ptr::read_volatile(p) } != 0)
+    }
+
+    /// For a program that cannot be preempted and would use the CPU's state: whether it may
+    /// (not held), else counted as map_errors.preempted (its crossing is not judged).
+    #[inline(always)]
+    pub fn free_here() -> bool {
+        if Self::held() {
+            count_preempted();
+            return false;
+        }
+        true
+    }
+}
+
+/// Counts a crossing not judged because the CPU's state was held. Atomic: the programs that
+/// count it may themselves be preempted in the middle of the increment.
+#[inline(always)]
+fn count_preempted() {
+    if let Some(p) = COUNTERS.get_ptr_mut(counter::map_error::BASE + counter::map_error::PREEMPTED) {
+        unsafe { atomic::add(p, 1) };
     }
 }
 

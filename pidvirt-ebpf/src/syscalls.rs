@@ -433,12 +433,13 @@ pub mod handlers {
 // ---- syscall tracepoints ----------------------------------------------------------------------
 
 /// A tracepoint program running handler `$name` for one syscall (`=> SYS`) or for the several
-/// that share it (`=> shared`: the syscall from the record).
+/// that share it (`=> shared`: the syscall from the record). Not preemptible, it keeps off the
+/// CPU's state while a preemptible program (signalfd's fexit) holds it.
 macro_rules! tracepoints {
     ($($name:ident => $which:tt;)*) => { $(
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            if offsets_ready() {
+            if offsets_ready() && CpuState::free_here() {
                 let record = Record(&ctx);
                 tracepoints!(@id record, $which, |s| handlers::$name(&record, s));
             }

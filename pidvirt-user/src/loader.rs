@@ -26,6 +26,7 @@ use pidvirt_common::{
 };
 
 use crate::kernel::{KernelMaps, LoadError, PROGRAM_OBJECT, program_object, read_record, syscall_hooks};
+use crate::preemption::Preemption;
 
 /// Where `--pin` keeps maps (`maps/NAME`) and links (`links/PROGRAM@HOOK`).
 pub const PIN_DIR: &str = "/sys/fs/bpf/pidvirt";
@@ -377,7 +378,9 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
     let btf = Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
     let t_btf = t0.elapsed();
     let watched = |spec: &SyscallSpec| opts.proc_paths || !spec.is_path();
-    load_all(&mut ebpf, &btf, opts, &watched);
+    // Read once: the mode the programs are loaded for is the mode they are attached in.
+    let preemption = crate::preemption::detect();
+    load_all(&mut ebpf, &btf, opts, &preemption, &watched);
     let t_loaded = t0.elapsed();
     let mut attached = Vec::new();
     for &program in Program::LIFECYCLE {
@@ -393,7 +396,15 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         Err("disabled (--seed proc)".to_string())
     };
     let t_iterator = t0.elapsed();
-    let syscalls = attach_syscalls(&mut ebpf, &btf, opts.attach, false, &watched, &mut links, &mut attached)?;
+    let syscalls = attach_syscalls(
+        &mut ebpf,
+        &btf,
+        (opts.attach, &preemption),
+        false,
+        &watched,
+        &mut links,
+        &mut attached,
+    )?;
     let t_syscalls = t0.elapsed();
     let signalfd = attach_signalfd(&mut ebpf, &btf, &mut links, &mut attached);
     let enforcement = attach_enforcer(&mut ebpf, &btf, &mut links, &mut attached);
@@ -437,12 +448,18 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
 /// Loads (verifies) every program the daemon attaches, all together (`load_in_parallel`); the
 /// attaching comes after, in the order that matters. Which syscall programs is the kernel's
 /// choice: the first fentry program, loaded alone, says whether it takes fentry.
-fn load_all(ebpf: &mut Ebpf, btf: &Btf, opts: &LoadOptions, watched: &dyn Fn(&SyscallSpec) -> bool) {
+fn load_all(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    opts: &LoadOptions,
+    preemption: &Preemption,
+    watched: &dyn Fn(&SyscallSpec) -> bool,
+) {
     // Lazy: each function is a search of the kernel's BTF; a kernel that refuses the probe
     // needs the first only.
     let mut functions = function_programs(btf, watched);
     let fentry = opts.attach != AttachMode::Tracepoint
-        && fentry_declined(opts.attach).is_none()
+        && fentry_declined(opts.attach, preemption).is_none()
         && functions.next().is_some_and(|probe| {
             load_in_parallel(ebpf, btf, std::slice::from_ref(&probe));
             ebpf.program(probe.0).is_some_and(|p| p.fd().is_ok())
@@ -635,34 +652,34 @@ pub fn loaded_pidvirt_programs() -> Vec<String> {
         .collect()
 }
 
-/// Runs of this process's programs that the kernel skipped, by program (those with none left
-/// out): a program's recursion misses, runs it did not make on a CPU where a run of it was under
-/// way (an fentry program preempted in the middle of one, or a tracepoint fired inside it). The
-/// kernel shows them in the fdinfo of each program's fd; the names come from the kernel's list.
+/// Runs of this process's programs that the kernel skipped, by program (as the kernel names
+/// them: 15 characters; those with none left out): a program's recursion misses, runs it did not
+/// make on a CPU where a run of it was under way (an fentry program preempted in the middle of
+/// one, or a tracepoint fired inside it). The programs are those the process's program and link
+/// fds name (a daemon that adopted pinned programs holds links only); the kernel shows each
+/// one's count in the fdinfo of a fd of it.
 pub fn skipped_runs() -> std::collections::BTreeMap<String, u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
     let field = |info: &str, key: &str| -> Option<u64> {
         info.lines().find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
     };
-    let mut by_id = HashMap::new();
-    for entry in std::fs::read_dir("/proc/self/fdinfo").into_iter().flatten().filter_map(Result::ok) {
-        let Ok(info) = std::fs::read_to_string(entry.path()) else { continue };
-        // Program fds only: a link's fdinfo names its program too, without the statistics.
-        if let (Some(id), Some(misses)) = (field(&info, "prog_id:"), field(&info, "recursion_misses:"))
-            && misses > 0
-        {
-            by_id.insert(id as u32, misses);
+    let fdinfo = |fd: &str| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok();
+    let ours: std::collections::HashSet<u32> = std::fs::read_dir("/proc/self/fdinfo")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| field(&fdinfo(e.file_name().to_str()?)?, "prog_id:"))
+        .map(|id| id as u32)
+        .collect();
+    let mut skipped = std::collections::BTreeMap::new();
+    for p in aya::programs::loaded_programs().filter_map(Result::ok).filter(|p| ours.contains(&p.id())) {
+        let Ok(fd) = p.fd() else { continue };
+        let misses = fdinfo(&fd.as_fd().as_raw_fd().to_string()).and_then(|i| field(&i, "recursion_misses:"));
+        if let Some(n) = misses.filter(|&n| n > 0) {
+            *skipped.entry(String::from_utf8_lossy(p.name()).into_owned()).or_insert(0) += n;
         }
     }
-    if by_id.is_empty() {
-        return std::collections::BTreeMap::new();
-    }
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|p| Some((String::from_utf8_lossy(p.name()).into_owned(), *by_id.get(&p.id())?)))
-        .fold(std::collections::BTreeMap::new(), |mut m, (name, n)| {
-            *m.entry(name).or_insert(0) += n;
-            m
-        })
+    skipped
 }
 
 /// Fills what the programs need before any is attached: the free counter slots, the
@@ -829,7 +846,16 @@ pub fn attach_floor(hooks: FloorHooks, mode: AttachMode) -> Result<(Ebpf, Vec<(S
                 let hook = attach_btf_tracepoint(&mut ebpf, program.floor(), &btf, &mut links)?;
                 attached.push((program.floor().name().to_string(), hook));
             }
-            let how = attach_syscalls(&mut ebpf, &btf, mode, true, &|_| true, &mut links, &mut attached)?;
+            let preemption = crate::preemption::detect();
+            let how = attach_syscalls(
+                &mut ebpf,
+                &btf,
+                (mode, &preemption),
+                true,
+                &|_| true,
+                &mut links,
+                &mut attached,
+            )?;
             tracing::info!("floor on the syscalls: {} ({})", how.mode, how.reason);
         }
         FloorHooks::Read => {
@@ -887,20 +913,19 @@ fn attach_btf_tracepoint(
 }
 
 /// Attaches the syscall programs (or, for the benchmark's `floor`, their empty twins) as `mode`
-/// says: fentry/fexit on every watched syscall's function where the kernel takes them (the
+/// says, on a kernel of preemption model `preemption`: fentry/fexit on every watched syscall's function where the kernel takes them (the
 /// first program loaded is the probe: a kernel that refuses fentry refuses it, and nothing is
 /// attached yet), tracepoints otherwise. Answers the mode used and why.
 fn attach_syscalls(
     ebpf: &mut Ebpf,
     btf: &Btf,
-    mode: AttachMode,
+    (mode, preemption): (AttachMode, &Preemption),
     floor: bool,
     watched: &dyn Fn(&SyscallSpec) -> bool,
     links: &mut Links,
     attached: &mut Vec<(String, String)>,
 ) -> Result<Attached, LoadError> {
-    let preemption = crate::preemption::detect();
-    let fentry = match (mode, fentry_declined(mode)) {
+    let fentry = match (mode, fentry_declined(mode, preemption)) {
         (AttachMode::Tracepoint, _) => Err("asked for tracepoints (--attach tracepoint)".to_string()),
         (_, Some(why)) => Err(why),
         (AttachMode::Auto | AttachMode::Fentry, None) => {
@@ -944,8 +969,7 @@ fn attach_syscalls(
 
 /// Why `--attach auto` takes tracepoints on a kernel that may take fentry: a fully preemptible
 /// one (crate::preemption), where fentry programs would run preemptibly and lose crossings.
-fn fentry_declined(mode: AttachMode) -> Option<String> {
-    let preemption = crate::preemption::detect();
+fn fentry_declined(mode: AttachMode, preemption: &Preemption) -> Option<String> {
     (mode == AttachMode::Auto && preemption.preemptible()).then(|| {
         format!(
             "the kernel is fully preemptible (preemption {preemption}): fentry programs would run \

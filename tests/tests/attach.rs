@@ -133,14 +133,19 @@ fn asking_for_fentry_gets_it_or_a_clear_error_naming_why() {
 }
 
 /// The kernel's preemption mode, where it says it: debugfs's sched/preempt (the running mode, in
-/// parentheses), else `preempt=` on the command line of a kernel built to take it.
+/// parentheses), else its version string for a build with one mode (PREEMPT_RT, PREEMPT), else
+/// `preempt=` on the command line of a build that takes it (PREEMPT_DYNAMIC). None: not said.
 fn kernel_preemption() -> Option<String> {
     if let Ok(s) = std::fs::read_to_string("/sys/kernel/debug/sched/preempt") {
         return s.split_whitespace().find_map(|w| Some(w.strip_prefix('(')?.strip_suffix(')')?.to_string()));
     }
     let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
-    if !version.split_whitespace().any(|w| w == "PREEMPT_DYNAMIC") {
-        return None;
+    let words: Vec<&str> = version.split_whitespace().collect();
+    if words.contains(&"PREEMPT_RT") {
+        return Some("rt".into());
+    }
+    if !words.contains(&"PREEMPT_DYNAMIC") {
+        return Some(if words.contains(&"PREEMPT") { "full" } else { "voluntary" }.into());
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     cmdline.split_whitespace().find_map(|w| w.strip_prefix("preempt=").map(str::to_string))
@@ -157,7 +162,7 @@ fn auto_attach_takes_tracepoints_on_a_fully_preemptible_kernel() {
     let (mode, reason) =
         (status["syscalls"]["mode"].as_str().unwrap(), status["syscalls"]["reason"].as_str().unwrap());
     match kernel_preemption().as_deref() {
-        Some(m @ ("full" | "lazy")) => {
+        Some(m @ ("full" | "lazy" | "rt")) => {
             assert_eq!(mode, "tracepoint", "preempt={m}, yet: {reason}");
             assert!(reason.contains("fully preemptible") && reason.contains(m), "{reason}");
             // The kernel's truth: the tracepoint program runs on kill, no fentry program is loaded.
@@ -168,11 +173,13 @@ fn auto_attach_takes_tracepoints_on_a_fully_preemptible_kernel() {
             assert!(runs(d.pid(), "enter_pid_arg") > before, "the tracepoint program did not run on kill");
             assert!(!holds(d.pid(), "fentry_kill"), "an fentry program is loaded");
         }
-        other => {
-            // Not fully preemptible (or not said): fentry where the kernel takes it.
-            assert!(!reason.contains("fully preemptible"), "preemption {other:?}: {reason}");
-            let said = other.map_or("no mode said".to_string(), |m| format!("preempt={m}"));
-            note_unavailable(test, &format!("the kernel is not fully preemptible ({said})"));
+        Some(m) => {
+            // Not fully preemptible: fentry where the kernel takes it.
+            assert!(!reason.contains("fully preemptible"), "preempt={m}: {reason}");
+            note_unavailable(test, &format!("the kernel is not fully preemptible (preempt={m})"));
+        }
+        None => {
+            note_unavailable(test, "the kernel does not say its preemption mode (no debugfs, no preempt=)")
         }
     }
 }

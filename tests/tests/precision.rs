@@ -223,35 +223,49 @@ fn a_child_on_the_kernel_stack_of_one_freed_is_judged_as_itself() {
 /// the middle of one, and the next task's programs on that CPU find its per-CPU state half made.
 /// Children of a namespace's init taking turns on one CPU, each calling getpid, gettid,
 /// kill(itself, 0) and getppid in a loop, are each judged against their own ids, as the kernel
-/// answered them; and every getpid is judged or its loss counted: skipped by the kernel (a
+/// answered them; and every crossing of theirs is judged or its loss counted: skipped by the kernel (a
 /// program's recursion_misses, bpftool) or not judged because another program held the CPU's
 /// state (map_errors.preempted).
 #[test]
 fn tasks_switched_in_the_middle_of_the_syscall_programs_are_each_judged_as_themselves() {
     const CHILDREN: u64 = 4;
     const MS: u64 = 6000;
+    const SYSCALLS: [&str; 4] = ["getpid", "gettid", "kill", "getppid"];
+    // Their programs, on syscall tracepoints and on the syscall functions.
+    const PROGRAMS: [&str; 8] = [
+        "exit_getpid",
+        "exit_own_tid",
+        "enter_pid_arg",
+        "exit_getppid",
+        "fexit_getpid",
+        "fexit_gettid",
+        "fentry_kill",
+        "fexit_getppid",
+    ];
     let cpu = tests::last_cpu();
     let d = Daemon::start();
     let mut f =
         Fixture::start_with(Command::new("taskset").args(["-c", &cpu.to_string(), FIXTURE, "--depth", "1"]));
     let c = f.container();
-    let getpids =
-        |d: &Daemon| d.container_crossings(&c).0.get("getpid").map_or(0, |v| v.values().sum::<u64>());
+    let judged = |d: &Daemon| {
+        let crossings = d.container_crossings(&c).0;
+        SYSCALLS.iter().filter_map(|s| crossings.get(*s)).flat_map(|v| v.values()).sum::<u64>()
+    };
     let preempted = |d: &Daemon| d.stats()["map_errors"]["preempted"].as_u64().unwrap_or(0);
-    let skipped = |d: &Daemon| tests::daemon_program_misses(d.pid(), &["exit_getpid", "fexit_getpid"]);
-    let before = (getpids(&d), preempted(&d), skipped(&d));
-    let calls = f.num(&format!("preempt_mix {CHILDREN} {MS} {cpu}"));
-    assert!(calls > 0, "a child's getpid, gettid or kill(itself, 0) answered otherwise: {calls}");
-    let calls = calls as u64;
-    eventually(tests::settle(), "every getpid judged or its loss counted", || {
-        let judged = getpids(&d) - before.0;
+    let skipped = |d: &Daemon| tests::daemon_program_misses(d.pid(), &PROGRAMS);
+    let before = (judged(&d), preempted(&d), skipped(&d));
+    let getpids = f.num(&format!("preempt_mix {CHILDREN} {MS} {cpu}"));
+    assert!(getpids > 0, "a child's getpid, gettid or kill(itself, 0) answered otherwise: {getpids}");
+    // Each child made one getpid more than it made of each of the other three.
+    let made = getpids as u64 + 3 * (getpids as u64 - CHILDREN);
+    eventually(tests::settle(), "every crossing judged or its loss counted", || {
         let lost = (preempted(&d) - before.1) + (skipped(&d) - before.2);
-        (judged + lost >= calls).then_some(())
+        (judged(&d) - before.0 + lost >= made).then_some(())
     });
-    let judged = getpids(&d) - before.0;
-    assert!(judged <= calls, "{judged} getpid judged of {calls} made");
+    let counted = judged(&d) - before.0;
+    assert!(counted <= made, "{counted} crossings judged of {made} made");
     let crossings = d.container_crossings(&c).0;
-    for syscall in ["getpid", "gettid", "kill", "getppid"] {
+    for syscall in SYSCALLS {
         let verdicts = crossings.get(syscall).cloned().unwrap_or_default();
         let wrong: u64 = verdicts.iter().filter(|(v, _)| *v != "ok").map(|(_, n)| n).sum();
         assert_eq!(wrong, 0, "{syscall}: {verdicts:?}");

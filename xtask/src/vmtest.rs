@@ -437,6 +437,13 @@ pub fn run_all(
     sel: Selection<'_>,
 ) -> anyhow::Result<Vec<KernelReport>> {
     vm::ensure_tools()?;
+    for s in series {
+        if let Some((_, boot)) = s.split_once(':')
+            && boot != PREEMPTIBLE_BOOT
+        {
+            bail!("kernel {s}: the only boot variant is :{PREEMPTIBLE_BOOT}, not :{boot}");
+        }
+    }
     // Download and unpack first (serially: apt-get takes a lock).
     for s in series {
         vm::prepare_kernel(&root.join("target/vm-cache"), kernel_series(s))
