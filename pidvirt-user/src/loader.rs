@@ -913,9 +913,10 @@ fn attach_btf_tracepoint(
 }
 
 /// Attaches the syscall programs (or, for the benchmark's `floor`, their empty twins) as `mode`
-/// says, on a kernel of preemption model `preemption`: fentry/fexit on every watched syscall's function where the kernel takes them (the
-/// first program loaded is the probe: a kernel that refuses fentry refuses it, and nothing is
-/// attached yet), tracepoints otherwise. Answers the mode used and why.
+/// says, on a kernel of preemption model `preemption`: fentry/fexit on every watched syscall's
+/// function where the kernel takes them (the first program loaded is the probe: a kernel that
+/// refuses fentry refuses it, and nothing is attached yet), tracepoints otherwise. Answers the
+/// mode used and why.
 fn attach_syscalls(
     ebpf: &mut Ebpf,
     btf: &Btf,
@@ -935,22 +936,20 @@ fn attach_syscalls(
     let proc_paths = SYSCALLS.iter().filter(|s| s.is_path()).all(watched);
     let preemption_named = preemption.to_string();
     match (fentry, mode) {
-        (Ok(()), _) if preemption.preemptible() => Ok(Attached {
-            mode: "fentry",
-            reason: format!(
-                "asked for fentry (--attach fentry) on a fully preemptible kernel (preemption {preemption}): a \
-                 crossing whose program finds another of pidvirt's preempted in the middle of its run on the CPU \
-                 is not judged (map_errors.preempted), and the kernel skips a program's runs on a CPU while one \
-                 is preempted (its recursion misses)"
-            ),
-            preemption: preemption_named,
-            proc_paths,
-        }),
         (Ok(()), _) => Ok(Attached {
             mode: "fentry",
-            reason: "the kernel takes fentry/fexit on the syscall functions: syscalls pidvirt does not watch keep \
-                     the kernel's fast path"
-                .into(),
+            reason: if preemption.preemptible() {
+                format!(
+                    "asked for fentry (--attach fentry) on a fully preemptible kernel (preemption {preemption}): \
+                     a crossing whose program finds another of pidvirt's preempted in the middle of its run on \
+                     the CPU is not judged (map_errors.preempted), and the kernel skips a program's runs on a CPU \
+                     while one is preempted (its recursion misses)"
+                )
+            } else {
+                "the kernel takes fentry/fexit on the syscall functions: syscalls pidvirt does not watch keep the \
+                 kernel's fast path"
+                    .into()
+            },
             preemption: preemption_named,
             proc_paths,
         }),

@@ -76,8 +76,7 @@ impl Preemption {
 /// command line or the build's default from its config (/boot/config-RELEASE, /proc/config.gz).
 pub fn detect() -> Preemption {
     let read = |path: &str| std::fs::read_to_string(path).ok();
-    let release = read("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let config = read(&format!("/boot/config-{}", release.trim())).or_else(|| {
+    let config = read(&format!("/boot/config-{}", crate::procscan::kernel_release())).or_else(|| {
         use std::io::Read as _;
         let mut text = String::new();
         let gz = std::fs::File::open("/proc/config.gz").ok()?;

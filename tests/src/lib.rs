@@ -874,12 +874,12 @@ pub fn daemon_map_has(pid: u32, name: &str, key: &[u8]) -> bool {
     true
 }
 
-/// How many runs of the programs named in `names` that process `pid` holds the kernel skipped
-/// because another run of the same program was under way on that CPU (bpf_prog_info's
-/// recursion_misses, which bpftool shows when it is not 0).
-pub fn daemon_program_misses(pid: u32, names: &[&str]) -> u64 {
+/// The kernel's records (`bpftool prog show`) of the programs named in `names` that process
+/// `pid` holds (by the ids in its fdinfo).
+fn daemon_program_records(pid: u32, names: &[&str]) -> Vec<serde_json::Value> {
     let ids = fdinfo_ids(pid, "prog_id:");
-    bpftool(&["prog", "show"])
+    let records = bpftool(&["prog", "show"]);
+    records
         .as_array()
         .into_iter()
         .flatten()
@@ -887,19 +887,19 @@ pub fn daemon_program_misses(pid: u32, names: &[&str]) -> u64 {
             p["name"].as_str().is_some_and(|n| names.contains(&n))
                 && p["id"].as_u64().is_some_and(|id| ids.contains(&id))
         })
-        .map(|p| p["recursion_misses"].as_u64().unwrap_or(0))
-        .sum()
+        .cloned()
+        .collect()
+}
+
+/// How many runs of the programs named in `names` that process `pid` holds the kernel skipped
+/// because another run of the same program was under way on that CPU (bpf_prog_info's
+/// recursion_misses, which bpftool shows when it is not 0).
+pub fn daemon_program_misses(pid: u32, names: &[&str]) -> u64 {
+    daemon_program_records(pid, names).iter().map(|p| p["recursion_misses"].as_u64().unwrap_or(0)).sum()
 }
 
 /// The programs named `name` that process `pid` holds (the kernel's list, by the ids in its
 /// fdinfo), with how many times the kernel ran each.
 pub fn daemon_programs(pid: u32, name: &str) -> Vec<u64> {
-    let ids = fdinfo_ids(pid, "prog_id:");
-    bpftool(&["prog", "show"])
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"] == name && p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
-        .map(|p| p["run_cnt"].as_u64().unwrap_or(0))
-        .collect()
+    daemon_program_records(pid, &[name]).iter().map(|p| p["run_cnt"].as_u64().unwrap_or(0)).collect()
 }

@@ -223,9 +223,9 @@ fn a_child_on_the_kernel_stack_of_one_freed_is_judged_as_itself() {
 /// the middle of one, and the next task's programs on that CPU find its per-CPU state half made.
 /// Children of a namespace's init taking turns on one CPU, each calling getpid, gettid,
 /// kill(itself, 0) and getppid in a loop, are each judged against their own ids, as the kernel
-/// answered them; and every crossing of theirs is judged or its loss counted: skipped by the kernel (a
-/// program's recursion_misses, bpftool) or not judged because another program held the CPU's
-/// state (map_errors.preempted).
+/// answered them; and every crossing of theirs is judged or its loss counted: skipped by the
+/// kernel (a program's recursion_misses, bpftool) or not judged because another program held the
+/// CPU's state (map_errors.preempted).
 #[test]
 fn tasks_switched_in_the_middle_of_the_syscall_programs_are_each_judged_as_themselves() {
     const CHILDREN: u64 = 4;

@@ -279,7 +279,7 @@ impl Attach {
     /// The run of series `series`: fentry on 6.12, tracepoints on 6.1 (and on the host, whose
     /// kernel refuses fentry), so that each path runs on two kernels.
     fn of(series: &str) -> Attach {
-        if series.ends_with(&format!(":{PREEMPTIBLE_BOOT}")) {
+        if boot_variant(series) == Some(PREEMPTIBLE_BOOT) {
             Attach::FentryPreemptible
         } else if series.starts_with("6.1") && !series.starts_with("6.12") {
             Attach::Tracepoint
@@ -303,12 +303,7 @@ impl Attach {
             Attach::FentryPreemptible => PREEMPTIBLE_BOOT,
         }
     }
-}
 
-/// Binaries and their tests (None: all of them).
-type KernelTests = &'static [(&'static str, Option<&'static [&'static str]>)];
-
-impl Attach {
     /// What the run's [`Selection::Kernel`] is.
     fn tests(self) -> KernelTests {
         match self {
@@ -318,6 +313,9 @@ impl Attach {
     }
 }
 
+/// Binaries and their tests (None: all of them).
+type KernelTests = &'static [(&'static str, Option<&'static [&'static str]>)];
+
 /// A series booted fully preemptible: `<series>:preempt=full`.
 const PREEMPTIBLE_BOOT: &str = "preempt=full";
 
@@ -326,8 +324,13 @@ pub fn kernel_series(run: &str) -> &str {
     run.split_once(':').map_or(run, |(series, _)| series)
 }
 
+/// The boot variant of a run (`preempt=full` of `6.12:preempt=full`), if any.
+fn boot_variant(run: &str) -> Option<&str> {
+    run.split_once(':').map(|(_, boot)| boot)
+}
+
 /// The tests of a fully preemptible run (fentry forced): those whose subject is preemption.
-pub const PREEMPTIBLE_TESTS: &[(&str, Option<&[&str]>)] = &[
+pub const PREEMPTIBLE_TESTS: KernelTests = &[
     ("attach", Some(&["auto_attach_takes_tracepoints_on_a_fully_preemptible_kernel"])),
     (
         "precision",
@@ -351,7 +354,7 @@ pub enum Selection<'a> {
 /// each structure, attach modes, BPF-LSM, clone3 set_tid, CRIU. The rest (engines, registration,
 /// metrics, logs, the unit file) is user space over the same maps and runs on the host's kernel;
 /// under emulation the whole suite takes over an hour per kernel (`--whole` runs it).
-pub const KERNEL_TESTS: &[(&str, Option<&[&str]>)] = &[
+pub const KERNEL_TESTS: KernelTests = &[
     ("pidvirt", None),
     ("attach", None),
     (
@@ -438,7 +441,7 @@ pub fn run_all(
 ) -> anyhow::Result<Vec<KernelReport>> {
     vm::ensure_tools()?;
     for s in series {
-        if let Some((_, boot)) = s.split_once(':')
+        if let Some(boot) = boot_variant(s)
             && boot != PREEMPTIBLE_BOOT
         {
             bail!("kernel {s}: the only boot variant is :{PREEMPTIBLE_BOOT}, not :{boot}");
