@@ -424,6 +424,7 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         ms(t_syscalls, t_end)
     );
     log_verifier_work(&ebpf);
+    remember_loaded_names(&ebpf);
     let maps = KernelMaps::open(|name| ebpf.take_map(name).ok_or(LoadError::MissingMap(name)))?;
     let mut maps = maps;
     let _ = maps.meta.set(meta::OBJECT_HASH, object_hash(), 0);
@@ -531,6 +532,7 @@ fn adopt(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         })
         .unwrap_or_default();
     attached.sort();
+    remember_pinned_names();
     tracing::info!("adopted {} pinned programs from {PIN_DIR}", attached.len());
     let fentry = attached
         .iter()
@@ -652,12 +654,42 @@ pub fn loaded_pidvirt_programs() -> Vec<String> {
         .collect()
 }
 
-/// Runs of this process's programs that the kernel skipped, by program (as the kernel names
-/// them: 15 characters; those with none left out): a program's recursion misses, runs it did not
-/// make on a CPU where a run of it was under way (an fentry program preempted in the middle of
-/// one, or a tracepoint fired inside it). The programs are those the process's program and link
-/// fds name (a daemon that adopted pinned programs holds links only); the kernel shows each
-/// one's count in the fdinfo of a fd of it.
+/// The full names of the programs this process loaded or adopted, by kernel id: the kernel keeps
+/// 15 characters of a name (`fentry_sched_getparam` and three more are all `fentry_sched_ge`
+/// there).
+static PROGRAM_NAMES: std::sync::Mutex<std::collections::BTreeMap<u32, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Records the full names of the programs `ebpf` loaded.
+fn remember_loaded_names(ebpf: &Ebpf) {
+    remember_names(ebpf.programs().filter_map(|(name, p)| Some((p.info().ok()?.id(), name.to_string()))));
+}
+
+/// Records the full names of the programs attached by the links pinned in `links/PROGRAM@HOOK`
+/// (the link names its program's id).
+fn remember_pinned_names() {
+    let Ok(pins) = std::fs::read_dir(pin_dir().join("links")) else { return };
+    remember_names(pins.flatten().filter_map(|pin| {
+        let file = pin.file_name().to_string_lossy().into_owned();
+        let (program, _) = file.split_once('@')?;
+        let link = FdLink::from(PinnedLink::from_pin(pin.path()).ok()?);
+        Some((link.info().ok()?.program_id(), program.to_string()))
+    }));
+}
+
+fn remember_names(names: impl Iterator<Item = (u32, String)>) {
+    if let Ok(mut known) = PROGRAM_NAMES.lock() {
+        *known = names.collect();
+    }
+}
+
+/// Runs of this process's programs that the kernel skipped, by program (full names; those with
+/// none left out): a program's recursion misses, runs it did not make on a CPU where a run of it
+/// was under way (an fentry program preempted in the middle of one, or a tracepoint fired inside
+/// it). The programs are those the process's program and link fds name (a daemon that adopted
+/// pinned programs holds links only); the kernel shows each one's count in the fdinfo of a fd of
+/// it. A program loaded by another process than the one that recorded the names (none today)
+/// goes under the kernel's 15 characters.
 pub fn skipped_runs() -> std::collections::BTreeMap<String, u64> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let field = |info: &str, key: &str| -> Option<u64> {
@@ -671,12 +703,15 @@ pub fn skipped_runs() -> std::collections::BTreeMap<String, u64> {
         .filter_map(|e| field(&fdinfo(e.file_name().to_str()?)?, "prog_id:"))
         .map(|id| id as u32)
         .collect();
+    let names = PROGRAM_NAMES.lock().map(|n| n.clone()).unwrap_or_default();
     let mut skipped = std::collections::BTreeMap::new();
     for p in aya::programs::loaded_programs().filter_map(Result::ok).filter(|p| ours.contains(&p.id())) {
         let Ok(fd) = p.fd() else { continue };
         let misses = fdinfo(&fd.as_fd().as_raw_fd().to_string()).and_then(|i| field(&i, "recursion_misses:"));
         if let Some(n) = misses.filter(|&n| n > 0) {
-            *skipped.entry(String::from_utf8_lossy(p.name()).into_owned()).or_insert(0) += n;
+            let name =
+                names.get(&p.id()).cloned().unwrap_or_else(|| String::from_utf8_lossy(p.name()).into_owned());
+            *skipped.entry(name).or_insert(0) += n;
         }
     }
     skipped

@@ -898,6 +898,21 @@ pub fn daemon_program_misses(pid: u32, names: &[&str]) -> u64 {
     daemon_program_records(pid, names).iter().map(|p| p["recursion_misses"].as_u64().unwrap_or(0)).sum()
 }
 
+/// Runs the kernel skipped of each program process `pid` holds (bpftool's full names; programs
+/// with none left out), as `stats`' `skipped_runs` answers them.
+pub fn daemon_skipped_runs(pid: u32) -> BTreeMap<String, u64> {
+    let ids = fdinfo_ids(pid, "prog_id:");
+    let mut skipped = BTreeMap::new();
+    for p in bpftool(&["prog", "show"]).as_array().into_iter().flatten() {
+        let (Some(name), Some(id)) = (p["name"].as_str(), p["id"].as_u64()) else { continue };
+        let misses = p["recursion_misses"].as_u64().unwrap_or(0);
+        if ids.contains(&id) && misses > 0 {
+            *skipped.entry(name.to_string()).or_insert(0) += misses;
+        }
+    }
+    skipped
+}
+
 /// The programs named `name` that process `pid` holds (the kernel's list, by the ids in its
 /// fdinfo), with how many times the kernel ran each.
 pub fn daemon_programs(pid: u32, name: &str) -> Vec<u64> {

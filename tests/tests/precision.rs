@@ -2,7 +2,11 @@
 //! namespaces, and a wait or kill racing a process's release, are counted under their own
 //! verdicts and not reported; what a missed translation looks like still is.
 
-use std::{process::Command, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::Command,
+    time::Duration,
+};
 
 use tests::{AuditRecord, Daemon, Fixture, eventually};
 
@@ -222,25 +226,29 @@ fn a_child_on_the_kernel_stack_of_one_freed_is_judged_as_itself() {
 /// preemptible kernel: the 6.12 VM boots with preempt=full), the scheduler may switch tasks in
 /// the middle of one, and the next task's programs on that CPU find its per-CPU state half made.
 /// Children of a namespace's init taking turns on one CPU, each calling getpid, gettid,
-/// kill(itself, 0) and getppid in a loop, are each judged against their own ids, as the kernel
-/// answered them; and every crossing of theirs is judged or its loss counted: skipped by the
-/// kernel (a program's recursion_misses, bpftool) or not judged because another program held the
-/// CPU's state (map_errors.preempted).
+/// kill(itself, 0), getppid and sched_getscheduler(0) in a loop, are each judged against their
+/// own ids, as the kernel answered them; and every crossing of theirs is judged or its loss
+/// counted: skipped by the kernel (a program's recursion_misses, bpftool) or not judged because
+/// another program held the CPU's state (map_errors.preempted). `stats` names the skipped runs of
+/// each program as the kernel counts them, under the program's full name (the kernel keeps 15
+/// characters: `fentry_sched_ge` is four programs).
 #[test]
 fn tasks_switched_in_the_middle_of_the_syscall_programs_are_each_judged_as_themselves() {
     const CHILDREN: u64 = 4;
     const MS: u64 = 6000;
-    const SYSCALLS: [&str; 4] = ["getpid", "gettid", "kill", "getppid"];
+    const SYSCALLS: [&str; 5] = ["getpid", "gettid", "kill", "getppid", "sched_getscheduler"];
     // Their programs, on syscall tracepoints and on the syscall functions.
-    const PROGRAMS: [&str; 8] = [
+    const PROGRAMS: [&str; 10] = [
         "exit_getpid",
         "exit_own_tid",
         "enter_pid_arg",
         "exit_getppid",
+        "enter_task_or_self",
         "fexit_getpid",
         "fexit_gettid",
         "fentry_kill",
         "fexit_getppid",
+        "fentry_sched_getscheduler",
     ];
     let cpu = tests::last_cpu();
     let d = Daemon::start();
@@ -256,8 +264,8 @@ fn tasks_switched_in_the_middle_of_the_syscall_programs_are_each_judged_as_thems
     let before = (judged(&d), preempted(&d), skipped(&d));
     let getpids = f.num(&format!("preempt_mix {CHILDREN} {MS} {cpu}"));
     assert!(getpids > 0, "a child's getpid, gettid or kill(itself, 0) answered otherwise: {getpids}");
-    // Each child made one getpid more than it made of each of the other three.
-    let made = getpids as u64 + 3 * (getpids as u64 - CHILDREN);
+    // Each child made one getpid more than it made of each of the other four.
+    let made = getpids as u64 + 4 * (getpids as u64 - CHILDREN);
     eventually(tests::settle(), "every crossing judged or its loss counted", || {
         let lost = (preempted(&d) - before.1) + (skipped(&d) - before.2);
         (judged(&d) - before.0 + lost >= made).then_some(())
@@ -272,6 +280,22 @@ fn tasks_switched_in_the_middle_of_the_syscall_programs_are_each_judged_as_thems
     }
     let ours: Vec<AuditRecord> = d.audit_log().into_iter().filter(|r| r.container == c).collect();
     assert!(ours.is_empty(), "a task was judged as another: {ours:#?}");
+    // The daemon reports each program's skipped runs under its own name, as the kernel counts
+    // them (they only grow: read between two readings of the kernel's).
+    let kernel_before = tests::daemon_skipped_runs(d.pid());
+    let reported = d.stats()["skipped_runs"].clone();
+    let kernel_after = tests::daemon_skipped_runs(d.pid());
+    let reported: BTreeMap<String, u64> =
+        serde_json::from_value(reported).expect("skipped_runs: name -> count");
+    let names: BTreeSet<&String> = reported.keys().chain(kernel_after.keys()).collect();
+    for name in names {
+        let (low, high) = (kernel_before.get(name).copied(), kernel_after.get(name).copied());
+        let n = reported.get(name).copied();
+        assert!(
+            low.unwrap_or(0) <= n.unwrap_or(0) && n.unwrap_or(0) <= high.unwrap_or(0),
+            "skipped runs of {name}: pidvirt {n:?}, the kernel {low:?} then {high:?}"
+        );
+    }
 }
 
 /// Each CPU keeps a copy of its last caller's entry (pidvirt_common::CallerCache): a task of a
