@@ -654,56 +654,59 @@ pub fn loaded_pidvirt_programs() -> Vec<String> {
         .collect()
 }
 
-/// The full names of the programs this process loaded or adopted, by kernel id: the kernel keeps
-/// 15 characters of a name (`fentry_sched_getparam` and three more are all `fentry_sched_ge`
-/// there).
-static PROGRAM_NAMES: std::sync::Mutex<std::collections::BTreeMap<u32, String>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
+/// The programs this process loaded or adopted, by kernel id, with their full names: the kernel
+/// keeps 15 characters of a name (`fentry_sched_getparam` and three more are all
+/// `fentry_sched_ge` there). Set once, by the load or the adoption.
+static PROGRAM_NAMES: std::sync::OnceLock<std::collections::BTreeMap<u32, String>> =
+    std::sync::OnceLock::new();
 
-/// Records the full names of the programs `ebpf` loaded.
+/// Records the programs `ebpf` loaded.
 fn remember_loaded_names(ebpf: &Ebpf) {
-    remember_names(ebpf.programs().filter_map(|(name, p)| Some((p.info().ok()?.id(), name.to_string()))));
+    let _ = PROGRAM_NAMES
+        .set(ebpf.programs().filter_map(|(name, p)| Some((p.info().ok()?.id(), name.to_string()))).collect());
 }
 
-/// Records the full names of the programs attached by the links pinned in `links/PROGRAM@HOOK`
-/// (the link names its program's id).
+/// Records the programs attached by the links pinned in `links/PROGRAM@HOOK`: an adopting daemon
+/// holds no fd of them, and each link names its program's id.
 fn remember_pinned_names() {
     let Ok(pins) = std::fs::read_dir(pin_dir().join("links")) else { return };
-    remember_names(pins.flatten().filter_map(|pin| {
-        let file = pin.file_name().to_string_lossy().into_owned();
-        let (program, _) = file.split_once('@')?;
-        let link = FdLink::from(PinnedLink::from_pin(pin.path()).ok()?);
-        Some((link.info().ok()?.program_id(), program.to_string()))
-    }));
-}
-
-fn remember_names(names: impl Iterator<Item = (u32, String)>) {
-    if let Ok(mut known) = PROGRAM_NAMES.lock() {
-        *known = names.collect();
-    }
+    let _ = PROGRAM_NAMES.set(
+        pins.flatten()
+            .filter_map(|pin| {
+                let file = pin.file_name().to_string_lossy().into_owned();
+                let (program, _) = file.split_once('@')?;
+                let link = FdLink::from(PinnedLink::from_pin(pin.path()).ok()?);
+                Some((link.info().ok()?.program_id(), program.to_string()))
+            })
+            .collect(),
+    );
 }
 
 /// Runs of this process's programs that the kernel skipped, by program (full names; those with
 /// none left out): a program's recursion misses, runs it did not make on a CPU where a run of it
 /// was under way (an fentry program preempted in the middle of one, or a tracepoint fired inside
-/// it). The programs are those the process's program and link fds name (a daemon that adopted
-/// pinned programs holds links only); the kernel shows each one's count in the fdinfo of a fd of
-/// it. A program loaded by another process than the one that recorded the names (none today)
-/// goes under the kernel's 15 characters.
+/// it). The programs are those the process loaded or adopted; in a process that did neither,
+/// those its fds name, under the kernel's 15 characters. The kernel shows each one's count in the
+/// fdinfo of a fd of it.
 pub fn skipped_runs() -> std::collections::BTreeMap<String, u64> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let field = |info: &str, key: &str| -> Option<u64> {
         info.lines().find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
     };
     let fdinfo = |fd: &str| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok();
-    let ours: std::collections::HashSet<u32> = std::fs::read_dir("/proc/self/fdinfo")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| field(&fdinfo(e.file_name().to_str()?)?, "prog_id:"))
-        .map(|id| id as u32)
-        .collect();
-    let names = PROGRAM_NAMES.lock().map(|n| n.clone()).unwrap_or_default();
+    let empty = std::collections::BTreeMap::new();
+    let names = PROGRAM_NAMES.get().unwrap_or(&empty);
+    let ours: std::collections::HashSet<u32> = if names.is_empty() {
+        std::fs::read_dir("/proc/self/fdinfo")
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| field(&fdinfo(e.file_name().to_str()?)?, "prog_id:"))
+            .map(|id| id as u32)
+            .collect()
+    } else {
+        names.keys().copied().collect()
+    };
     let mut skipped = std::collections::BTreeMap::new();
     for p in aya::programs::loaded_programs().filter_map(Result::ok).filter(|p| ours.contains(&p.id())) {
         let Ok(fd) = p.fd() else { continue };

@@ -898,15 +898,16 @@ pub fn daemon_program_misses(pid: u32, names: &[&str]) -> u64 {
     daemon_program_records(pid, names).iter().map(|p| p["recursion_misses"].as_u64().unwrap_or(0)).sum()
 }
 
-/// Runs the kernel skipped of each program process `pid` holds (bpftool's full names; programs
-/// with none left out), as `stats`' `skipped_runs` answers them.
-pub fn daemon_skipped_runs(pid: u32) -> BTreeMap<String, u64> {
-    let ids = fdinfo_ids(pid, "prog_id:");
+/// Runs the kernel skipped of each program (bpftool's full names; programs with none left out),
+/// as `stats`' `skipped_runs` answers them: of the programs process `held_by` holds, or, for
+/// None, of every program loaded (pinned programs a daemon adopted, which it holds no fd of).
+pub fn kernel_skipped_runs(held_by: Option<u32>) -> BTreeMap<String, u64> {
+    let ids = held_by.map(|pid| fdinfo_ids(pid, "prog_id:"));
     let mut skipped = BTreeMap::new();
     for p in bpftool(&["prog", "show"]).as_array().into_iter().flatten() {
         let (Some(name), Some(id)) = (p["name"].as_str(), p["id"].as_u64()) else { continue };
         let misses = p["recursion_misses"].as_u64().unwrap_or(0);
-        if ids.contains(&id) && misses > 0 {
+        if ids.as_ref().is_none_or(|ids| ids.contains(&id)) && misses > 0 {
             *skipped.entry(name.to_string()).or_insert(0) += misses;
         }
     }
