@@ -685,36 +685,22 @@ fn remember_pinned_names() {
 /// Runs of this process's programs that the kernel skipped, by program (full names; those with
 /// none left out): a program's recursion misses, runs it did not make on a CPU where a run of it
 /// was under way (an fentry program preempted in the middle of one, or a tracepoint fired inside
-/// it). The programs are those the process loaded or adopted; in a process that did neither,
-/// those its fds name, under the kernel's 15 characters. The kernel shows each one's count in the
-/// fdinfo of a fd of it.
+/// it). The programs are those the process loaded or adopted (none before either); the kernel
+/// shows each one's count in the fdinfo of a fd of it.
 pub fn skipped_runs() -> std::collections::BTreeMap<String, u64> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let field = |info: &str, key: &str| -> Option<u64> {
         info.lines().find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
     };
     let fdinfo = |fd: &str| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok();
-    let empty = std::collections::BTreeMap::new();
-    let names = PROGRAM_NAMES.get().unwrap_or(&empty);
-    let ours: std::collections::HashSet<u32> = if names.is_empty() {
-        std::fs::read_dir("/proc/self/fdinfo")
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|e| field(&fdinfo(e.file_name().to_str()?)?, "prog_id:"))
-            .map(|id| id as u32)
-            .collect()
-    } else {
-        names.keys().copied().collect()
-    };
+    let Some(names) = PROGRAM_NAMES.get() else { return std::collections::BTreeMap::new() };
     let mut skipped = std::collections::BTreeMap::new();
-    for p in aya::programs::loaded_programs().filter_map(Result::ok).filter(|p| ours.contains(&p.id())) {
+    for p in aya::programs::loaded_programs().filter_map(Result::ok) {
+        let Some(name) = names.get(&p.id()) else { continue };
         let Ok(fd) = p.fd() else { continue };
         let misses = fdinfo(&fd.as_fd().as_raw_fd().to_string()).and_then(|i| field(&i, "recursion_misses:"));
         if let Some(n) = misses.filter(|&n| n > 0) {
-            let name =
-                names.get(&p.id()).cloned().unwrap_or_else(|| String::from_utf8_lossy(p.name()).into_owned());
-            *skipped.entry(name).or_insert(0) += n;
+            *skipped.entry(name.clone()).or_insert(0) += n;
         }
     }
     skipped

@@ -874,21 +874,25 @@ pub fn daemon_map_has(pid: u32, name: &str, key: &[u8]) -> bool {
     true
 }
 
-/// The kernel's records (`bpftool prog show`) of the programs named in `names` that process
-/// `pid` holds (by the ids in its fdinfo).
-fn daemon_program_records(pid: u32, names: &[&str]) -> Vec<serde_json::Value> {
-    let ids = fdinfo_ids(pid, "prog_id:");
+/// The kernel's records (`bpftool prog show`) of the programs process `held_by` holds (by the
+/// ids in its fdinfo), or, for None, of every program loaded.
+fn program_records(held_by: Option<u32>) -> Vec<serde_json::Value> {
+    let ids = held_by.map(|pid| fdinfo_ids(pid, "prog_id:"));
     let records = bpftool(&["prog", "show"]);
     records
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| {
-            p["name"].as_str().is_some_and(|n| names.contains(&n))
-                && p["id"].as_u64().is_some_and(|id| ids.contains(&id))
-        })
+        .filter(|p| p["id"].as_u64().is_some_and(|id| ids.as_ref().is_none_or(|ids| ids.contains(&id))))
         .cloned()
         .collect()
+}
+
+/// The kernel's records of the programs named in `names` that process `pid` holds.
+fn daemon_program_records(pid: u32, names: &[&str]) -> Vec<serde_json::Value> {
+    let mut records = program_records(Some(pid));
+    records.retain(|p| p["name"].as_str().is_some_and(|n| names.contains(&n)));
+    records
 }
 
 /// How many runs of the programs named in `names` that process `pid` holds the kernel skipped
@@ -902,12 +906,10 @@ pub fn daemon_program_misses(pid: u32, names: &[&str]) -> u64 {
 /// as `stats`' `skipped_runs` answers them: of the programs process `held_by` holds, or, for
 /// None, of every program loaded (pinned programs a daemon adopted, which it holds no fd of).
 pub fn kernel_skipped_runs(held_by: Option<u32>) -> BTreeMap<String, u64> {
-    let ids = held_by.map(|pid| fdinfo_ids(pid, "prog_id:"));
     let mut skipped = BTreeMap::new();
-    for p in bpftool(&["prog", "show"]).as_array().into_iter().flatten() {
-        let (Some(name), Some(id)) = (p["name"].as_str(), p["id"].as_u64()) else { continue };
+    for p in program_records(held_by) {
         let misses = p["recursion_misses"].as_u64().unwrap_or(0);
-        if ids.as_ref().is_none_or(|ids| ids.contains(&id)) && misses > 0 {
+        if let Some(name) = p["name"].as_str().filter(|_| misses > 0) {
             *skipped.entry(name.to_string()).or_insert(0) += misses;
         }
     }

@@ -420,10 +420,11 @@ fn stack_reuse(n: usize, a: usize, b: usize) -> i64 {
 }
 
 /// `n` children on CPU `cpu`, taking turns there for `ms` milliseconds, each calling getpid,
-/// gettid, kill(itself, 0), getppid and sched_getscheduler(0) in a loop: on a fully preemptible kernel the scheduler
-/// switches them in the middle of the syscalls' programs. Answers how many getpid calls they
-/// made in all (each child checks that getpid always answered the same number, tid and pid
-/// alike, and that kill(itself, 0) and sched_getscheduler(0) succeeded), or -errno, or -1 if a child saw otherwise.
+/// gettid, kill(itself, 0), getppid and sched_getscheduler(0) in a loop: on a fully preemptible
+/// kernel the scheduler switches them in the middle of the syscalls' programs. Answers how many
+/// getpid calls they made in all (each child checks that getpid always answered the same number,
+/// tid and pid alike, and that kill(itself, 0) and sched_getscheduler(0) succeeded), or -errno,
+/// or -1 if a child saw otherwise.
 fn preempt_mix(n: usize, ms: u64, cpu: usize) -> i64 {
     let mut fds = [0; 2];
     // SAFETY: `fds` is a writable array of two ints.
