@@ -306,17 +306,38 @@ fn pick_free_host_pid() -> u32 {
 #[test]
 fn a_thread_that_execs_takes_the_leaders_pid() {
     let d = Daemon::start();
-    let mut f = Fixture::start(FIXTURE, 1);
-    let vpid = f.num("spawn_exec 2") as u32;
-    let host = f.host_tid(vpid);
-    tests::eventually(tests::settle(), "exec'd process is single-threaded in ps", || {
-        let rows: Vec<PsRow> = d.ps().into_iter().filter(|r| r.host_pid == host).collect();
-        (rows.len() == 1).then_some(())
-    });
+    // On one CPU: the old leader's exit, its release by the exec and its free then happen where
+    // the free finds the record of its exit (pidvirt_common::exit_ring), whose tid is no longer
+    // the leader's.
+    let mut f =
+        Fixture::start_with(std::process::Command::new("taskset").args(["-c", "0", FIXTURE, "--depth", "1"]));
+    // A process whose other thread execs (the leader, and nothing else, exits before the exec
+    // releases it), and one with two more threads.
+    let mut exec_d = Vec::new();
+    for threads in [0, 2] {
+        let vpid = f.num(&format!("spawn_exec {threads}")) as u32;
+        let host = f.host_tid(vpid);
+        tests::eventually(tests::settle(), "exec'd process is single-threaded in ps", || {
+            let rows: Vec<PsRow> = d.ps().into_iter().filter(|r| r.host_pid == host).collect();
+            (rows.len() == 1).then_some(())
+        });
+        let rows = assert_ps_matches_proc(&d, f.inner());
+        let r = rows.iter().find(|r| r.host_pid == host).unwrap();
+        assert_eq!((r.host_tid, r.vtid, r.vpid), (host, vpid, vpid));
+        assert_eq!(r.comm, "sleep");
+        exec_d.push((host, vpid));
+    }
+    // The old leaders' structures are freed an RCU grace period after the execs (each exited
+    // under the pid its process now has, then took the thread's old tid): their frees leave the
+    // processes' entries alone.
+    std::thread::sleep(std::time::Duration::from_secs(1));
     let rows = assert_ps_matches_proc(&d, f.inner());
-    let r = rows.iter().find(|r| r.host_pid == host).unwrap();
-    assert_eq!((r.host_tid, r.vtid, r.vpid), (host, vpid, vpid));
-    assert_eq!(r.comm, "sleep");
+    for (host, vpid) in exec_d {
+        assert!(
+            rows.iter().any(|r| (r.host_pid, r.host_tid, r.vtid) == (host, host, vpid)),
+            "{host}: {rows:?}"
+        );
+    }
 }
 
 #[test]
