@@ -656,10 +656,6 @@ pub mod counter {
             /// A task exited without an entry (the daemon removed it, or it was never seen): any
             /// copy of one made for it may still be on a CPU, so every copy was made invalid.
             exit_untracked,
-            /// A free found no record of its task's exit at its CPU's place in EXIT_RING (the task
-            /// exited on another CPU, was freed out of order, or its exit was not seen): the tid
-            /// was read from the task structure.
-            free_unrecorded,
         }
     }
 
@@ -697,7 +693,7 @@ macro_rules! maps {
 maps! {
     TASKS, DEEP, VIRT, VIRT_FRONT, VIRT_SPILLED, VIRT_SEED_SPILL, PIDNS, COUNTS, FREE_SLOTS, SYSNR, PENDING, CGROUPS, MODES, META, CONFIG,
     CALLER, TASKS_GENERATION, LIVE_TIDS, SEEDED_TIDS, RELEASED, COUNTERS, EVENTS, SCRATCH,
-    PENDING_CALLS, PENDING_TIDS, PROCFS, CPU_STATE_HELD, EXIT_RING,
+    PENDING_CALLS, PENDING_TIDS, PROCFS, CPU_STATE_HELD,
 }
 
 /// The name the kernel keeps of map `name` (BPF_OBJ_NAME_LEN 16, with its NUL), as `bpftool map

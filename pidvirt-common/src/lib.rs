@@ -441,72 +441,6 @@ pub mod tid_filter {
     }
 }
 
-/// The tids of exited tasks, in the order they exited, per CPU (map EXIT_RING, an
-/// [`ExitRing`] per CPU): the exit program appends each exiting task's record (the address of its
-/// task structure and its tid), and the free program, an RCU grace period later, looks for its
-/// task's record at its CPU's cursor rather than reading the task structure, which by then is
-/// rarely in cache. Tasks are reaped and their structures freed (RCU callbacks run in the order
-/// they were queued, on the CPU that queued them) mostly in the order they exited, so the frees
-/// read the ring in order too, and its lines are the ones the frees before them read. A record
-/// not among the next [`exit_ring::LOOKAHEAD`] (its task exited on another CPU, or was freed out
-/// of order) sends the free back to reading the task. The free only uses the tid to find that it
-/// has no entry (the process was reaped by a wait4, which removed its entries): a task's tid can
-/// change after its exit (a leader whose thread exec'd gets that thread's tid, exchange_tids), and
-/// the task is then read as before.
-pub mod exit_ring {
-    /// Records per CPU (a power of two).
-    pub const RECORDS: u32 = 1024;
-    /// Records the free looks at from its CPU's cursor on (a cache line's).
-    pub const LOOKAHEAD: u32 = 8;
-    /// A record: the task's tid (below 2^22: PID_MAX_LIMIT) above, the line number of its
-    /// structure's address (bits 6..48) below. Task structures are larger than a cache line, so
-    /// two of them less than 2^48 bytes apart (all of a machine's) have different line numbers.
-    const TID_SHIFT: u32 = 42;
-    const LINE_MASK: u64 = (1 << TID_SHIFT) - 1;
-
-    /// The record of the task whose structure is at `task`, exiting with tid `tid`.
-    pub const fn record(task: u64, tid: u32) -> u64 {
-        ((tid as u64) << TID_SHIFT) | line(task)
-    }
-
-    /// The tid that record `record` holds for the task at `task`, if it is that task's (0, an
-    /// empty record, holds none).
-    pub const fn tid(record: u64, task: u64) -> Option<u32> {
-        if record != 0 && record & LINE_MASK == line(task) {
-            Some((record >> TID_SHIFT) as u32)
-        } else {
-            None
-        }
-    }
-
-    /// The index of record number `n`.
-    pub const fn index(n: u64) -> usize {
-        (n & (RECORDS as u64 - 1)) as usize
-    }
-
-    const fn line(task: u64) -> u64 {
-        (task >> 6) & LINE_MASK
-    }
-}
-
-/// A CPU's ring of exit records ([`exit_ring`]).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExitRing {
-    /// Records written (the next one goes to `records[index(head)]`).
-    pub head: u64,
-    /// Where this CPU's next free looks first.
-    pub cursor: u64,
-    /// Scratch words through which the exit and the free programs turn a task pointer into a
-    /// number (the verifier allows no arithmetic on a pointer but adding to it; a pointer stored
-    /// to a map value, which it lets programs loaded with CAP_PERFMON do, loads back as a
-    /// number). One each: the exit's, in process context, may be interrupted by the free's, in
-    /// softirq, on the same CPU.
-    pub exit_address: u64,
-    pub free_address: u64,
-    pub records: [u64; exit_ring::RECORDS as usize],
-}
-
 /// Slots of the META array (read by a daemon adopting pinned programs).
 pub mod meta {
     /// A hash of the eBPF object the pinned programs were loaded from.
@@ -646,8 +580,6 @@ mod tests {
         assert_eq!(size_of::<Released>(), 16);
         assert_eq!(size_of::<VirtSlot>(), 16);
         assert!(released::SLOTS.is_power_of_two());
-        assert!(exit_ring::RECORDS.is_power_of_two());
-        assert_eq!(size_of::<ExitRing>(), 32 + 8 * exit_ring::RECORDS as usize);
     }
 
     #[test]
@@ -661,25 +593,6 @@ mod tests {
         assert_eq!(virt_front::spill_bit(virt_front::SLOTS - 1).0, virt_front::SPILL_WORDS - 1);
         // Its number part is above any pid (PID_MAX_LIMIT is 2^22).
         assert!(virt_front::CLAIMED as u32 > 1 << 22);
-    }
-
-    #[test]
-    fn exit_records_tell_task_structures_apart() {
-        // Task structures (cache-line aligned, 5888 bytes here) of a direct map.
-        let a = 0xffff_8881_0a3c_8000_u64;
-        assert_eq!(exit_ring::tid(exit_ring::record(a, 4242), a), Some(4242));
-        // The largest tid (PID_MAX_LIMIT - 1) is kept whole.
-        assert_eq!(exit_ring::tid(exit_ring::record(a, (1 << 22) - 1), a), Some((1 << 22) - 1));
-        // The next structure of the slab, one far away: not taken for it.
-        for other in [a + 5888, a + 64, a - (1 << 40), a - (1 << 47)] {
-            assert_eq!(exit_ring::tid(exit_ring::record(other, 7), a), None, "{other:#x}");
-        }
-        // Told apart up to 2^48 bytes apart (no machine spans more), not beyond.
-        assert_eq!(exit_ring::tid(exit_ring::record(a - (1 << 48), 7), a), Some(7));
-        // An empty record holds no tid, whatever the address.
-        assert_eq!(exit_ring::tid(0, a), None);
-        assert_eq!(exit_ring::tid(0, 0xffff_0000_0000_0000), None);
-        assert_eq!(exit_ring::index(u64::from(exit_ring::RECORDS) + 3), 3);
     }
 
     #[test]

@@ -6,9 +6,7 @@
 //! - exit: the entry is only marked EXITED: a zombie keeps its pid until it is reaped, and
 //!   wait4/kill still name it.
 //! - free: the entry goes, if it still describes this task (same start time): a pid may have been
-//!   recycled between the kernel freeing the pid and this RCU-delayed event. The tid the task
-//!   exited with is taken from its CPU's EXIT_RING, where its exit left it: the task structure,
-//!   an RCU grace period old, is read only when that tid may still have an entry.
+//!   recycled between the kernel freeing the pid and this RCU-delayed event.
 //!
 //! Every argument of these tracepoints is a BTF-typed task pointer: the task structures are read
 //! with direct loads ([`Direct`]), not helper calls.
@@ -30,8 +28,8 @@ use crate::{
     maps::{
         CALLER, COUNTS, CpuState, DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR,
         SCRATCH_STATE_HELD, SCRATCH_TRACEPOINT, Scratch, TASKS, count_drop, count_lifecycle, count_map_error,
-        host_pidns, mark_tid, may_have_entry, note_exited, note_released, own_ns_slot, pidns_slot,
-        take_exited, take_slot, tasks_changed, tasks_generation, unmark_tid, virt_forget, virt_insert,
+        host_pidns, mark_tid, may_have_entry, note_released, own_ns_slot, pidns_slot, take_slot,
+        tasks_changed, tasks_generation, unmark_tid, virt_forget, virt_insert,
     },
     task::{container_of, read_task},
 };
@@ -111,7 +109,6 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
         count_map_error(counter::map_error::KERNEL_READ);
         return 0;
     };
-    note_exited(task, tid);
     let tgid: u32 = Direct.read(task, off!(task_tgid)).unwrap_or(0);
     // do_exit() decrements signal->live before this tracepoint: 0 once the group's last
     // thread is exiting (a read that fails counts as alive: nothing is concluded from it).
@@ -246,19 +243,13 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     }
     count_lifecycle(counter::lifecycle::FREE);
     let task: *const u8 = ctx.arg(0);
-    // No entry under the tid the task exited with (the wait4 that reaped it removed it, and no
-    // task took the number since): nothing to look up, and no read of the task, which an RCU
-    // grace period after its release is rarely in cache. Otherwise its tid is read from the task
-    // (which may have a new one since its exit: pidvirt_common::exit_ring).
-    match take_exited(task) {
-        Some(tid) if !may_have_entry(tid) => return 0,
-        Some(_) => {}
-        None => count_lifecycle(counter::lifecycle::FREE_UNRECORDED),
-    }
     let Ok(tid) = Direct.read::<u32>(task, off!(task_pid)) else {
         count_map_error(counter::map_error::KERNEL_READ);
         return 0;
     };
+    // No entry under this tid (the wait4 that reaped the task removed it, and no task took the
+    // number since): nothing to look up, and no second read of the task, which an RCU grace
+    // period after its release is rarely in cache.
     if !may_have_entry(tid) {
         return 0;
     }

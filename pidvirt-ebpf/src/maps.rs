@@ -8,10 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
 };
 use pidvirt_common::{
-    CALLER_SLOTS, CallerCache, CgroupContainer, DeepLevels, ExitRing, LevelIds, MAX_LEVELS, PidnsInfo,
-    Released, TaskEntry, VirtKey, VirtSlot, VirtValue,
+    CALLER_SLOTS, CallerCache, CgroupContainer, DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, Released,
+    TaskEntry, VirtKey, VirtSlot, VirtValue,
     audit::{ContainerCounters, Verdict},
-    config, counter, exit_ring, released, slots, tasks_generation, tid_filter, virt_front,
+    config, counter, released, slots, tasks_generation, tid_filter, virt_front,
 };
 
 /// host tid -> ids at every level (inline up to INLINE_LEVELS). Written on every fork and free
@@ -374,56 +374,6 @@ pub fn may_have_entry(tid: u32) -> bool {
         (Some(live), Some(seeded)) => (live | seeded) & bit != 0,
         _ => true,
     }
-}
-
-/// Per CPU, the tids of the tasks that exited there, in order (pidvirt_common::exit_ring).
-#[map]
-pub static EXIT_RING: PerCpuArray<ExitRing> = PerCpuArray::with_max_entries(1, 0);
-
-/// Address `p` as a number, through scratch word `word` of this CPU's ExitRing.
-#[inline(always)]
-fn address(p: *const u8, word: *mut u64) -> u64 {
-    unsafe {
-        core::ptr::write_volatile(word.cast::<*const u8>(), p);
-        core::ptr::read_volatile(word)
-    }
-}
-
-/// Records that the task at `task` exits with tid `tid`.
-#[inline(always)]
-pub fn note_exited(task: *const u8, tid: u32) {
-    let Some(r) = EXIT_RING.get_ptr_mut(0) else { return };
-    let r = unsafe { &mut *r };
-    let task = address(task, &raw mut r.exit_address);
-    let head = r.head;
-    if let Some(w) = r.records.get_mut(exit_ring::index(head)) {
-        unsafe { core::ptr::write_volatile(w, exit_ring::record(task, tid)) };
-    }
-    r.head = head.wrapping_add(1);
-}
-
-/// The tid the task at `task` exited with, if its exit's record is among the next ones at this
-/// CPU's cursor; the record is cleared, and the cursor moves past it (the records it passes are
-/// of tasks freed elsewhere or out of order: their frees read their tasks). Where it is not, the
-/// cursor stays: the frees here run about a grace period's exits behind the newest record, and a
-/// cursor moved on would pass the next frees' records. Records that no free here takes hold it
-/// back until the ring comes round (the records under it are then the newest ones, which the
-/// frees reach a grace period later).
-#[inline(always)]
-pub fn take_exited(task: *const u8) -> Option<u32> {
-    let r = EXIT_RING.get_ptr_mut(0)?;
-    let r = unsafe { &mut *r };
-    let task = address(task, &raw mut r.free_address);
-    let cursor = r.cursor;
-    for k in 0..u64::from(exit_ring::LOOKAHEAD) {
-        let Some(w) = r.records.get_mut(exit_ring::index(cursor.wrapping_add(k))) else { break };
-        if let Some(tid) = exit_ring::tid(unsafe { core::ptr::read_volatile(w) }, task) {
-            unsafe { core::ptr::write_volatile(w, 0) };
-            r.cursor = cursor.wrapping_add(k + 1);
-            return Some(tid);
-        }
-    }
-    None
 }
 
 /// Pids released a moment ago (pidvirt_common::released).

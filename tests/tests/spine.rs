@@ -306,11 +306,7 @@ fn pick_free_host_pid() -> u32 {
 #[test]
 fn a_thread_that_execs_takes_the_leaders_pid() {
     let d = Daemon::start();
-    // On one CPU: the old leader's exit, its release by the exec and its free then happen where
-    // the free finds the record of its exit (pidvirt_common::exit_ring), whose tid is no longer
-    // the leader's.
-    let mut f =
-        Fixture::start_with(std::process::Command::new("taskset").args(["-c", "0", FIXTURE, "--depth", "1"]));
+    let mut f = Fixture::start(FIXTURE, 1);
     // A process whose other thread execs (the leader, and nothing else, exits before the exec
     // releases it), and one with two more threads.
     let mut exec_d = Vec::new();

@@ -1182,7 +1182,7 @@ fn sink_settled(b: &Bench, socket: &Path, t_gen: Instant) -> anyhow::Result<Dura
 // 3 and 4. P5 attach time, P6 memory per task
 
 /// The maps whose memory P6 reports.
-pub const MAPS: [&str; 12] = [
+pub const MAPS: [&str; 11] = [
     map::TASKS,
     map::VIRT,
     map::VIRT_FRONT,
@@ -1194,7 +1194,6 @@ pub const MAPS: [&str; 12] = [
     map::LIVE_TIDS,
     map::SEEDED_TIDS,
     map::PENDING_TIDS,
-    map::EXIT_RING,
 ];
 
 /// The daemon's maps (those it holds fds of), by name, from `bpftool map show --json`.
