@@ -80,13 +80,28 @@ pub fn settle() -> Duration {
 }
 
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
-pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn eventually<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    eventually_explained(timeout, what, f, String::new)
+}
+
+/// [`eventually`], whose panic also carries what `explain` answers at the timeout (the state
+/// that tells why, for a failure too rare to reproduce at will).
+pub fn eventually_explained<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() <= timeout, "timed out after {timeout:?} waiting for: {what}");
+        if start.elapsed() > timeout {
+            let why = explain();
+            let why = if why.is_empty() { why } else { format!("; {why}") };
+            panic!("timed out after {timeout:?} waiting for: {what}{why}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -153,11 +153,16 @@ fn exits_remove_entries() {
     assert!(threads.iter().all(|t| rows.contains_key(t)));
     assert_eq!(f.cmd(&format!("reap {vpid}")), "ok");
     assert!(!proc_truth::alive(host), "the kernel reaped {host}");
-    let deadline = std::time::Instant::now() + tests::settle();
-    while threads.iter().any(|t| d.ps_by_tid().contains_key(t)) {
-        if std::time::Instant::now() > deadline {
-            // What tells the programs' entries from the /proc walk's (seeded), and whether the
-            // free of each ran (lifecycle), for a failure seen once and not reproduced since.
+    tests::eventually_explained(
+        tests::settle(),
+        "exited tasks leave ps",
+        || {
+            let rows = d.ps_by_tid();
+            threads.iter().all(|t| !rows.contains_key(t)).then_some(())
+        },
+        // What tells the programs' entries from the /proc walk's (seeded), and whether the free
+        // of each ran (lifecycle), for a failure seen once and not reproduced since.
+        || {
             let ps: serde_json::Value =
                 serde_json::from_str(&d.cli(&["ps", "--json"]).stdout).unwrap_or_default();
             let left: Vec<&serde_json::Value> = ps
@@ -167,15 +172,13 @@ fn exits_remove_entries() {
                 .filter(|r| r["host_tid"].as_u64().is_some_and(|t| threads.contains(&(t as u32))))
                 .collect();
             let alive: Vec<bool> = threads.iter().map(|t| proc_truth::alive(*t)).collect();
-            let stats = d.cli(&["stats", "--json"]).stdout;
-            panic!(
-                "exited tasks still in ps after {:?}: {}; alive in /proc: {alive:?}; stats: {stats}",
-                tests::settle(),
-                serde_json::to_string(&left).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+            format!(
+                "left in ps: {}; alive in /proc: {alive:?}; stats: {}",
+                serde_json::to_string(&left).unwrap_or_default(),
+                d.cli(&["stats", "--json"]).stdout
+            )
+        },
+    );
     assert_ps_matches_proc(&d, f.inner());
     // A zombie still holds its pid (wait4 and kill still name it): listed until reaped.
     let z = f.num("spawn 0") as u32;
