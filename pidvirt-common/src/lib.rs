@@ -322,6 +322,46 @@ pub mod virt_front {
     }
 }
 
+/// The front of the task map (TASK_FRONT): host tid -> entry in a direct-mapped table, slot
+/// [`task_front::slot`] of a tid. A task's entry is written there, and only a tid whose slot
+/// holds another tid goes to the hash map TASKS, after a mark on its slot (TASK_SPILLED, a bit
+/// per slot, set by the programs and the daemon, never cleared); a lookup or removal the front
+/// does not answer looks in TASKS only for a marked slot. The kernel hands out tids in turn, so
+/// a fork writes the line after the one the fork before it wrote, and its reap the line the fork
+/// wrote, where a hash map's insert and removal each cost a cold bucket. Whoever writes a slot's
+/// entry (the programs, and the daemon through a shared mapping of the array) claims the slot
+/// first ([`task_front::CLAIMED`], by compare-and-swap from the tid it read) and publishes the
+/// tid after the entry; a removal swaps the tid for 0.
+pub mod task_front {
+    /// Slots of the table (a power of two): every tid of a host whose pid_max is at most this
+    /// has a slot of its own.
+    pub const SLOTS: u32 = 65_536;
+    /// Words of the spill bitmap (a bit per slot).
+    pub const SPILL_WORDS: u32 = SLOTS / 64;
+    /// A slot's tid while a writer that claimed it writes its entry (no tid reaches 2^32).
+    pub const CLAIMED: u64 = u64::MAX;
+
+    /// The slot of host tid `tid`.
+    pub const fn slot(tid: u32) -> u32 {
+        tid & (SLOTS - 1)
+    }
+
+    /// The spill bitmap's word and bit for slot `slot`.
+    pub const fn spill_bit(slot: u32) -> (u32, u64) {
+        (slot / 64, 1 << (slot % 64))
+    }
+}
+
+/// A slot of the task map's front ([`task_front`]): `tid` 0 is an empty slot. One cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskSlot {
+    pub tid: u64,
+    pub entry: TaskEntry,
+}
+
+const _: () = assert!(size_of::<TaskSlot>() == 64);
+
 /// A slot of the reverse map's front ([`virt_front`]): `key` 0 is an empty slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -22,8 +22,8 @@ use pidvirt_common::{
 use crate::{
     kernel::{Direct, Kmem, Probe, off},
     maps::{
-        CALLER, COUNTS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, TASKS, count_drop, count_map_error,
-        count_n, host_pidns, may_have_entry, released_lately, reported, tasks_generation, virt_get,
+        CALLER, COUNTS, DEEP, EVENTS, PIDNS, SCRATCH, SCRATCH_TRACEPOINT, count_drop, count_map_error,
+        count_n, host_pidns, may_have_entry, released_lately, reported, task_get, tasks_generation, virt_get,
     },
     task::{container_of, nr_at, ns_at, pidns_inum, task_pids},
 };
@@ -110,7 +110,7 @@ fn looked_up(stack: u64, key: u64) -> Option<(u32, *const TaskEntry)> {
     // The generations are read before the lookup: a write after it makes the copy invalid.
     let generations = tasks_generation();
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(e) = TASKS.get_ptr_mut(tid) {
+    if let Some(e) = task_get(tid) {
         let Some(c) = CALLER.get_ptr_mut(caller_slot::CALLER) else { return Some((tid, e)) };
         // Where the copy would not be found again, or must not be, it is made unfindable (stack
         // 0) all the same: the caller's entry is then always read from this slot, and what
@@ -212,7 +212,7 @@ impl Found {
     pub const NONE: Found = Found { tid: 0, entry: core::ptr::null() };
     #[inline(always)]
     fn lookup(tid: u32) -> Found {
-        match TASKS.get_ptr(tid) {
+        match task_get(tid) {
             Some(entry) => Found { tid, entry },
             None => Found::NONE,
         }
@@ -521,7 +521,7 @@ pub unsafe extern "C" fn submit_anomaly(r: *const AnomalyReport) -> i32 {
         } else if tid == r.caller.host_tid {
             Some(r.caller)
         } else {
-            TASKS.get_ptr(tid).map(|e| info(tid, unsafe { &*e }))
+            task_get(tid).map(|e| info(tid, unsafe { &*e }))
         }
     };
     let target = party(r.target_tid);

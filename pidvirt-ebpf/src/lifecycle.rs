@@ -27,9 +27,10 @@ use crate::{
     kernel::{Direct, Kmem, Probe, below, off, offsets_ready},
     maps::{
         CALLER, COUNTS, CpuState, DEEP, EVENTS, FREE_SLOTS, PIDNS, SCRATCH, SCRATCH_ITERATOR,
-        SCRATCH_STATE_HELD, SCRATCH_TRACEPOINT, Scratch, TASKS, count_drop, count_lifecycle, count_map_error,
-        host_pidns, mark_tid, may_have_entry, note_released, own_ns_slot, pidns_slot, take_slot,
-        tasks_changed, tasks_generation, unmark_tid, virt_forget, virt_insert,
+        SCRATCH_STATE_HELD, SCRATCH_TRACEPOINT, Scratch, TaskInsertError, count_drop, count_lifecycle,
+        count_map_error, host_pidns, mark_tid, may_have_entry, note_released, own_ns_slot, pidns_slot,
+        take_slot, task_get, task_insert, task_remove, tasks_changed, tasks_generation, unmark_tid,
+        virt_forget, virt_insert,
     },
     task::{container_of, read_task},
 };
@@ -78,7 +79,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     if old_tid as u32 != tid {
         // A non-leader thread exec'd: it now carries its leader's pid, ids and start time (the
         // leader's entry, which describes it exactly), and its own old entry goes.
-        if let Some(old) = TASKS.get_ptr(old_tid as u32) {
+        if let Some(old) = task_get(old_tid as u32) {
             let old = unsafe { *old };
             // Its old tid names nothing from now on.
             forget(old_tid as u32, &old, unsafe { bpf_ktime_get_ns() });
@@ -86,7 +87,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
             tasks_changed();
         }
     }
-    match TASKS.get_ptr_mut(tid) {
+    match task_get(tid) {
         Some(e) => unsafe {
             // The entry under the leader's tid now describes a live exec'd thread: what the old
             // leader's exit marked on it goes.
@@ -116,7 +117,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
         .read_ptr(task, off!(task_signal))
         .and_then(|signal| Direct.read::<u32>(signal, off!(signal_live)))
         .is_ok_and(|live| live == 0);
-    if let Some(e) = TASKS.get_ptr_mut(tid) {
+    if let Some(e) = task_get(tid) {
         let e = unsafe { &mut *e };
         let own = same_start(e.start_time, e.flags, start, tick_ns());
         if own {
@@ -147,7 +148,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     }
     if group_dead && tid != tgid {
         // The last thread of a group whose leader exited before it.
-        if let Some(leader) = TASKS.get_ptr_mut(tgid) {
+        if let Some(leader) = task_get(tgid) {
             unsafe { (*leader).flags |= task_flags::GROUP_DEAD };
         }
     }
@@ -257,7 +258,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
         count_map_error(counter::map_error::KERNEL_READ);
         return 0;
     };
-    if let Some(e) = TASKS.get_ptr(tid) {
+    if let Some(e) = task_get(tid) {
         let e = unsafe { *e };
         if same_start(e.start_time, e.flags, start, tick_ns()) {
             forget(tid, &e, unsafe { bpf_ktime_get_ns() });
@@ -316,14 +317,17 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32, copies: u16) ->
     s.entry.container = c.container;
     s.entry.slot = c.slot;
 
-    // The common case: the tid has no entry. BPF_NOEXIST spares a lookup, and nobody can hold a
-    // copy of an entry that did not exist: no generation bump.
-    if TASKS.insert(tid, &s.entry, u64::from(BPF_NOEXIST)).is_err() {
+    // The common case: the tid has no entry (its front slot is free), and nobody can hold a copy
+    // of an entry that did not exist: no generation bump.
+    if let Err(e) = task_insert(tid, &s.entry, true) {
+        if matches!(e, TaskInsertError::Full) {
+            return Err(counter::map_error::TASK_INSERT);
+        }
         // An entry is there: the same task (seeded from /proc, or recorded by the iterator
         // while the fork program ran), or a stale one (its task's free not seen yet, or lost),
         // which is dropped with its reverse entries so that the new task inherits none of it.
         // Before this task's own reverse entries are written: they may carry the same keys.
-        if let Some(old) = TASKS.get_ptr(tid) {
+        if let Some(old) = task_get(tid) {
             let old = unsafe { *old };
             if !same_start(old.start_time, old.flags, s.entry.start_time, tick_ns()) {
                 count_lifecycle(counter::lifecycle::PID_REUSE);
@@ -331,7 +335,7 @@ pub fn record_task<K: Kmem>(k: K, task: *const u8, scratch: u32, copies: u16) ->
                 forget(tid, &old, 0);
             }
         }
-        TASKS.insert(tid, &s.entry, 0).map_err(|_| counter::map_error::TASK_INSERT)?;
+        task_insert(tid, &s.entry, false).map_err(|_| counter::map_error::TASK_INSERT)?;
         tasks_changed();
     }
     mark_tid(tid);
@@ -545,7 +549,7 @@ fn forget(tid: u32, e: &TaskEntry, released_ns: u64) {
     // The bit before the entry (maps::may_have_entry): a task that takes the tid meanwhile
     // inserts only after this removal, and sets the bit again after its insert.
     unmark_tid(tid);
-    let _ = TASKS.remove(tid);
+    task_remove(tid);
 }
 
 // Keeps MAX_LEVELS and the scratch array bound in sync.
@@ -569,7 +573,7 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
         count_map_error(counter::map_error::KERNEL_READ);
         return 0;
     };
-    let Some(e) = TASKS.get_ptr_mut(tid) else { return 0 };
+    let Some(e) = task_get(tid) else { return 0 };
     let e = unsafe { &mut *e };
     let ns_slot = own_ns_slot(e.level, e.pidns);
     let c = container_of(task, u32::from(e.level), e.pidns, ns_slot);

@@ -15,7 +15,7 @@ use pidvirt_common::{
 use crate::{
     audit::{Crossing, Found, Level, report, visible},
     kernel::{Direct, Kmem, off, offsets_ready},
-    maps::{COUNTS, MODES, TASKS, count_map_error, reported},
+    maps::{COUNTS, MODES, count_map_error, reported, task_get},
 };
 
 /// EPERM
@@ -29,7 +29,7 @@ fn decide(hook: usize, target: *const u8, prev: i32) -> i32 {
         return prev;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(c) = TASKS.get_ptr(tid) else { return 0 };
+    let Some(c) = task_get(tid) else { return 0 };
     let c = unsafe { &*c };
     match MODES.get_ptr(c.container) {
         Some(m) if unsafe { *m } == Mode::Enforce as u32 => {}
@@ -39,7 +39,7 @@ fn decide(hook: usize, target: *const u8, prev: i32) -> i32 {
         count_map_error(counter::map_error::KERNEL_READ);
         return 0;
     };
-    let Some(t) = TASKS.get_ptr(target_tid) else {
+    let Some(t) = task_get(target_tid) else {
         count_map_error(counter::map_error::TASK_MISSING);
         return 0;
     };

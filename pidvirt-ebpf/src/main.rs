@@ -1,9 +1,10 @@
 //! pidvirt kernel programs.
 //!
 //! Lifecycle (tp_btf): sched_process_fork / exec / exit / free keep, per task, its ids at every
-//! pid namespace level (maps::TASKS, maps::DEEP) and the reverse view (pid namespace, number) ->
-//! host tid (maps::VIRT_FRONT, and maps::VIRT for the keys its slots cannot hold; through
-//! maps::virt_insert, virt_get and virt_forget). All reads of task structures go through
+//! pid namespace level (maps::TASK_FRONT, and maps::TASKS for the tids its slots cannot hold;
+//! through maps::task_get, task_insert and task_remove; maps::DEEP) and the reverse view (pid
+//! namespace, number) -> host tid (maps::VIRT_FRONT, and maps::VIRT for the keys its slots cannot
+//! hold; through maps::virt_insert, virt_get and virt_forget). All reads of task structures go through
 //! `task.rs` with offsets resolved from BTF at start-up (no CO-RE in Rust eBPF).
 #![no_std]
 #![no_main]

@@ -3,23 +3,133 @@
 use crate::atomic;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
 };
 use pidvirt_common::{
     CALLER_SLOTS, CallerCache, CgroupContainer, DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, Released,
-    TaskEntry, VirtKey, VirtSlot, VirtValue,
+    TaskEntry, TaskSlot, VirtKey, VirtSlot, VirtValue,
     audit::{ContainerCounters, Verdict},
-    config, counter, released, slots, tasks_generation, tid_filter, virt_front,
+    config, counter, released, slots, task_front, tasks_generation, tid_filter, virt_front,
 };
 
-/// host tid -> ids at every level (inline up to INLINE_LEVELS). Written on every fork and free
-/// (as VIRT, for the reverse entries the front cannot hold): preallocated (an element taken
+/// host tid -> ids at every level (inline up to INLINE_LEVELS): the tids whose slot in
+/// TASK_FRONT holds another tid (pidvirt_common::task_front). Preallocated (an element taken
 /// from a per-CPU free list, no allocation; measured ~1 µs less per fork+exit than
-/// BPF_F_NO_PREALLOC). Capacity set by the daemon.
+/// BPF_F_NO_PREALLOC). Capacity set by the daemon. Reached only through [`task_get`],
+/// [`task_insert`] and [`task_remove`].
 #[map]
 pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(262_144, 0);
+
+/// The task map's front, by host tid (pidvirt_common::task_front). Mappable: the daemon writes
+/// its slots with the same claims as the programs.
+#[map]
+pub static TASK_FRONT: Array<TaskSlot> = Array::with_max_entries(task_front::SLOTS, BPF_F_MMAPABLE);
+
+/// The front slots a writer (a program or the daemon) sent a tid of to TASKS (a bit per slot).
+#[map]
+pub static TASK_SPILLED: Array<u64> = Array::with_max_entries(task_front::SPILL_WORDS, BPF_F_MMAPABLE);
+
+/// Whether a writer sent a tid of front slot `slot` to TASKS.
+#[inline(always)]
+fn task_spilled(slot: u32) -> bool {
+    let (word, bit) = task_front::spill_bit(slot);
+    TASK_SPILLED.get(word).is_none_or(|w| w & bit != 0)
+}
+
+/// The entry of host tid `tid`, if any. The pointer is into a front slot or a TASKS element,
+/// which the removal of the entry frees for another task's (as a preallocated hash map's
+/// element is): read what is needed at once.
+#[inline(always)]
+pub fn task_get(tid: u32) -> Option<*mut TaskEntry> {
+    // Tid 0 (the idle task, current in an interrupt) is never recorded, and 0 is an empty slot.
+    if tid == 0 {
+        return None;
+    }
+    let slot = task_front::slot(tid);
+    if let Some(s) = TASK_FRONT.get_ptr_mut(slot)
+        && unsafe { core::ptr::read_volatile(&raw const (*s).tid) } == u64::from(tid)
+    {
+        return Some(unsafe { &raw mut (*s).entry });
+    }
+    if !task_spilled(slot) {
+        return None;
+    }
+    TASKS.get_ptr_mut(tid)
+}
+
+/// Why [`task_insert`] wrote nothing.
+pub enum TaskInsertError {
+    /// `tid` has an entry (with `only_new`).
+    Exists,
+    /// TASKS refused the entry.
+    Full,
+}
+
+/// Writes `tid`'s entry: over its entry where it has one (in the front or in TASKS), else into its
+/// front slot when that is free, else into TASKS, marking the slot. With `only_new`, writes
+/// nothing where `tid` has an entry.
+#[inline(always)]
+pub fn task_insert(tid: u32, e: &TaskEntry, only_new: bool) -> Result<(), TaskInsertError> {
+    if tid == 0 {
+        return Err(TaskInsertError::Full);
+    }
+    let slot = task_front::slot(tid);
+    let spilled = task_spilled(slot);
+    let Some(s) = TASK_FRONT.get_ptr_mut(slot) else { return Err(TaskInsertError::Full) };
+    let held = unsafe { core::ptr::read_volatile(&raw const (*s).tid) };
+    let own = held == u64::from(tid);
+    if own || (spilled && TASKS.get_ptr(tid).is_some()) {
+        if only_new {
+            return Err(TaskInsertError::Exists);
+        }
+        if !own {
+            // Replaced where it is: moved to the front, it would be in neither for a reader that
+            // looked at the slot before the move and in TASKS after it.
+            return TASKS.insert(tid, e, 0).map_err(|_| TaskInsertError::Full);
+        }
+    }
+    // The tid's own entry is claimed as a free slot is: written in place, it could land on
+    // another tid's entry, had the slot changed hands since it was read.
+    if (held == 0 || own) && unsafe { atomic::cmpxchg(&raw mut (*s).tid, held, task_front::CLAIMED) } == held
+    {
+        unsafe { core::ptr::write_volatile(&raw mut (*s).entry, *e) };
+        // Published after the entry: x86-64 keeps stores in order (and loads: a reader that sees
+        // the tid sees this entry).
+        unsafe { core::ptr::write_volatile(&raw mut (*s).tid, u64::from(tid)) };
+        // A copy of the tid's entry in TASKS (the daemon's seed, written while the slot held
+        // another tid) goes: the front's is the one read.
+        if spilled {
+            let _ = TASKS.remove(tid);
+        }
+        return Ok(());
+    }
+    // Marked before the insert: whoever can find the entry in TASKS sees the mark.
+    set_bit_at(&TASK_SPILLED, task_front::spill_bit(slot));
+    let flags = if only_new { u64::from(BPF_NOEXIST) } else { 0 };
+    TASKS.insert(tid, e, flags).map_err(|_| {
+        if only_new && TASKS.get_ptr(tid).is_some() { TaskInsertError::Exists } else { TaskInsertError::Full }
+    })
+}
+
+/// Removes `tid`'s entry, wherever it is.
+#[inline(always)]
+pub fn task_remove(tid: u32) {
+    if tid == 0 {
+        return;
+    }
+    let slot = task_front::slot(tid);
+    if let Some(s) = TASK_FRONT.get_ptr_mut(slot)
+        && unsafe { core::ptr::read_volatile(&raw const (*s).tid) } == u64::from(tid)
+    {
+        // A writer that claimed the slot meanwhile (the tid's next task) keeps it.
+        let _ = unsafe { atomic::cmpxchg(&raw mut (*s).tid, u64::from(tid), 0) };
+    }
+    if task_spilled(slot) {
+        let _ = TASKS.remove(tid);
+    }
+}
 
 /// host tid -> ids at levels >= INLINE_LEVELS, for deeply nested tasks only.
 #[map]

@@ -3,14 +3,16 @@
 use std::{
     collections::HashMap as StdHashMap,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, Queue};
 use pidvirt_common::{
-    CgroupContainer, DeepLevels, INLINE_LEVELS, LevelIds, PidnsInfo, TaskEntry, VirtKey, VirtSlot, VirtValue,
+    CgroupContainer, DeepLevels, INLINE_LEVELS, LevelIds, PidnsInfo, TaskEntry, TaskSlot, VirtKey, VirtSlot,
+    VirtValue,
     audit::{ContainerCounters, LSM_HOOKS, Mode, NSYSCALLS, NVERDICTS, SYSCALLS, Verdict},
     catalogue::{Program, SyscallSpec, map},
-    counter, released, slots, tid_filter, virt_front,
+    counter, released, slots, task_front, tid_filter, virt_front,
 };
 
 /// The kernel programs, compiled for the BPF target by build.rs (aya-build).
@@ -65,7 +67,13 @@ pub enum LoadError {
 
 /// Handles on the maps the daemon reads and seeds.
 pub struct KernelMaps {
-    pub tasks: HashMap<MapData, u32, TaskEntry>,
+    /// The task map's front (pidvirt_common::task_front), mapped: written with the programs'
+    /// claims.
+    task_front: Mapped<TaskSlot>,
+    /// Its spill marks (a bit per slot), mapped: set atomically.
+    task_spilled: Mapped<u64>,
+    /// The tids whose front slot holds another tid.
+    tasks: HashMap<MapData, u32, TaskEntry>,
     /// A second descriptor of TASKS, for reading it whole in batches (aya has no batch ops).
     tasks_fd: OwnedFd,
     pub deep: HashMap<MapData, u32, DeepLevels>,
@@ -156,6 +164,125 @@ fn occupancy<K: aya::Pod + Default, V: aya::Pod + Default>(
     Occupancy { map: name, entries: entries as u64, capacity: u64::from(capacity) }
 }
 
+/// An array map (created BPF_F_MMAPABLE) mapped into the daemon: its slots are read and written
+/// in place, with the same atomics as the programs'.
+struct Mapped<T> {
+    memory: memmap2::MmapRaw,
+    /// The map's descriptor, held as the other maps' are (the mapping alone would keep the map,
+    /// but not show it among the daemon's).
+    _map: Map,
+    len: u32,
+    _slot: std::marker::PhantomData<T>,
+}
+
+impl<T> Mapped<T> {
+    fn open(name: &'static str, map: Map) -> Result<Self, LoadError> {
+        let err = |e: std::io::Error| LoadError::Map { name, source: MapError::from(e) };
+        let Map::Array(data) = &map else {
+            return Err(err(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+        };
+        let info = data.info().map_err(|e| LoadError::Map { name, source: e })?;
+        if info.value_size() as usize != size_of::<T>() {
+            return Err(err(std::io::Error::other(format!(
+                "value size {} where the daemon expects {}",
+                info.value_size(),
+                size_of::<T>()
+            ))));
+        }
+        let len = info.max_entries();
+        let memory = memmap2::MmapOptions::new()
+            .len(len as usize * size_of::<T>())
+            .map_raw(&data.fd().as_fd())
+            .map_err(err)?;
+        Ok(Self { memory, _map: map, len, _slot: std::marker::PhantomData })
+    }
+
+    /// Slot `i` (None beyond the array).
+    fn at(&self, i: u32) -> Option<*mut T> {
+        // SAFETY: within the mapping, whose slots are T-sized and T-aligned (page-aligned array).
+        (i < self.len).then(|| unsafe { self.memory.as_mut_ptr().cast::<T>().add(i as usize) })
+    }
+}
+
+impl Mapped<TaskSlot> {
+    /// Slot `i`'s tid, as the programs write it (atomically, with compare-and-swap).
+    fn tid(&self, i: u32) -> Option<&std::sync::atomic::AtomicU64> {
+        // SAFETY: `tid` is a naturally aligned u64 of a mapped slot, only ever accessed atomically
+        // or by aligned 64-bit loads and stores.
+        self.at(i).map(|s| unsafe { std::sync::atomic::AtomicU64::from_ptr(&raw mut (*s).tid) })
+    }
+
+    /// The entry of slot `i` if it is `tid`'s (read between two reads of the slot's tid: a slot
+    /// freed and taken by another tid meanwhile is not read as `tid`'s).
+    fn entry(&self, i: u32, tid: u64) -> Option<TaskEntry> {
+        let key = self.tid(i)?;
+        if key.load(Acquire) != tid {
+            return None;
+        }
+        // SAFETY: a mapped slot; a plain record of integers (any bit pattern is valid).
+        let e = unsafe { std::ptr::read_volatile(&raw const (*self.at(i)?).entry) };
+        // The entry's loads before the tid's second load.
+        std::sync::atomic::fence(Acquire);
+        (key.load(Relaxed) == tid).then_some(e)
+    }
+
+    /// Claims slot `i` from `held` (0: a free slot; a tid: its entry), as the programs do, lets
+    /// `write` change the entry, and publishes `tid`. Err where the slot did not hold `held`;
+    /// Ok(false) where `write` declined (the slot is given back as it was).
+    fn claimed(
+        &self,
+        i: u32,
+        held: u64,
+        tid: u32,
+        write: impl FnOnce(&mut TaskEntry) -> bool,
+    ) -> Result<bool, ()> {
+        let (Some(key), Some(s)) = (self.tid(i), self.at(i)) else { return Err(()) };
+        if key.compare_exchange(held, task_front::CLAIMED, AcqRel, Acquire).is_err() {
+            return Err(());
+        }
+        // SAFETY: a mapped slot, claimed: no other writer writes its entry.
+        let mut entry = unsafe { std::ptr::read_volatile(&raw const (*s).entry) };
+        let written = write(&mut entry);
+        if written {
+            // SAFETY: as above.
+            unsafe { std::ptr::write_volatile(&raw mut (*s).entry, entry) };
+        }
+        // Published after the entry (the programs read the tid, then the entry).
+        key.store(if written { u64::from(tid) } else { held }, Release);
+        Ok(written)
+    }
+
+    /// The slots holding an entry, with their entries.
+    fn entries(&self) -> Vec<(u32, TaskEntry)> {
+        (0..self.len)
+            .filter_map(|i| {
+                let tid = self.tid(i)?.load(Relaxed);
+                if tid == 0 || tid == task_front::CLAIMED {
+                    return None;
+                }
+                Some((tid as u32, self.entry(i, tid)?))
+            })
+            .collect()
+    }
+}
+
+impl Mapped<u64> {
+    /// Whether bit `bit` of word `word` is set (a word beyond the map: set).
+    fn bit_set(&self, (word, bit): (u32, u64)) -> bool {
+        // SAFETY: a naturally aligned u64 of the mapping, set by atomic ors only.
+        self.at(word)
+            .is_none_or(|w| unsafe { std::sync::atomic::AtomicU64::from_ptr(w) }.load(Acquire) & bit != 0)
+    }
+
+    /// Sets bit `bit` of word `word` (atomically: the programs set other bits of the word).
+    fn set_bit(&self, (word, bit): (u32, u64)) -> bool {
+        // SAFETY: as in bit_set.
+        self.at(word)
+            .map(|w| unsafe { std::sync::atomic::AtomicU64::from_ptr(w) }.fetch_or(bit, AcqRel))
+            .is_some()
+    }
+}
+
 /// A task entry with all its levels.
 #[derive(Clone, Debug)]
 pub struct FullTask {
@@ -186,6 +313,8 @@ impl KernelMaps {
         }
         .map_err(|e| LoadError::Map { name: map::TASKS, source: MapError::from(e) })?;
         Ok(Self {
+            task_front: Mapped::open(map::TASK_FRONT, get(map::TASK_FRONT)?)?,
+            task_spilled: Mapped::open(map::TASK_SPILLED, get(map::TASK_SPILLED)?)?,
             tasks: HashMap::try_from(tasks).map_err(err(map::TASKS))?,
             tasks_fd,
             deep: HashMap::try_from(get(map::DEEP)?).map_err(err(map::DEEP))?,
@@ -208,15 +337,26 @@ impl KernelMaps {
         })
     }
 
-    /// Every entry of the task map, read in batches where the kernel can.
+    /// Every task's entry: the front's, then those of TASKS (read in batches where the kernel
+    /// can) whose tid the front does not hold.
     pub fn task_entries(&self) -> Vec<(u32, TaskEntry)> {
-        match lookup_batch(self.tasks_fd.as_fd()) {
+        // TASKS first: an entry the programs move to the front meanwhile is then read in one or
+        // the other.
+        let spilled = match lookup_batch(self.tasks_fd.as_fd()) {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::debug!("batch lookup of TASKS: {e}; reading it entry by entry");
                 self.tasks.iter().filter_map(Result::ok).collect()
             }
+        };
+        let mut entries = self.task_front.entries();
+        if !spilled.is_empty() {
+            // A tid in both (a task the programs recorded in the front while the daemon seeded it
+            // into TASKS): the front's entry is what the programs read.
+            let front: std::collections::HashSet<u32> = entries.iter().map(|(tid, _)| *tid).collect();
+            entries.extend(spilled.into_iter().filter(|(tid, _)| !front.contains(tid)));
         }
+        entries
     }
 
     /// Every task with its ids at every level.
@@ -226,8 +366,24 @@ impl KernelMaps {
 
     /// The task with host tid `tid`.
     pub fn task(&self, tid: u32) -> Option<FullTask> {
-        let e = self.tasks.get(&tid, 0).ok()?;
+        let e = self.task_entry(tid)?;
         self.complete(tid, e)
+    }
+
+    /// The entry of host tid `tid`, as the programs find it (maps::task_get).
+    fn task_entry(&self, tid: u32) -> Option<TaskEntry> {
+        // Tid 0 is never recorded, and 0 is an empty slot.
+        if tid == 0 {
+            return None;
+        }
+        let slot = task_front::slot(tid);
+        if let Some(e) = self.task_front.entry(slot, u64::from(tid)) {
+            return Some(e);
+        }
+        if !self.task_spilled.bit_set(task_front::spill_bit(slot)) {
+            return None;
+        }
+        self.tasks.get(&tid, 0).ok()
     }
 
     fn complete(&self, tid: u32, entry: TaskEntry) -> Option<FullTask> {
@@ -281,8 +437,14 @@ impl KernelMaps {
     }
 
     /// How full the maps are that hold an entry per task, per namespace or per cgroup container.
-    pub fn occupancy(&self) -> [Occupancy; 5] {
+    pub fn occupancy(&self) -> [Occupancy; 6] {
+        let front = self.task_front.entries().len();
         [
+            Occupancy {
+                map: map::TASK_FRONT,
+                entries: front as u64,
+                capacity: u64::from(self.task_front.len),
+            },
             occupancy(map::TASKS, &self.tasks),
             occupancy(map::DEEP, &self.deep),
             occupancy(map::VIRT, &self.virt),
@@ -337,12 +499,37 @@ impl KernelMaps {
         reaper_start: impl Fn(u32) -> u64,
     ) -> Result<bool, MapError> {
         let tid = entry.host_tid();
-        match self.tasks.insert(tid, *entry, NOEXIST) {
-            Ok(()) => {}
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                return Ok(false);
+        if self.task_entry(tid).is_some() {
+            return Ok(false);
+        }
+        let slot = task_front::slot(tid);
+        let spilled = || self.task_spilled.bit_set(task_front::spill_bit(slot));
+        // Into a free slot, unless the programs wrote the tid's entry to TASKS meanwhile (the
+        // slot then held another tid): theirs is the newer.
+        match self.task_front.claimed(slot, 0, tid, |e| {
+            let theirs = spilled() && self.tasks.get(&tid, 0).is_ok();
+            if !theirs {
+                *e = *entry;
             }
-            Err(e) => return Err(e),
+            !theirs
+        }) {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            // The programs wrote it there meanwhile.
+            Err(()) if self.task_front.entry(slot, u64::from(tid)).is_some() => return Ok(false),
+            Err(()) => {
+                // Marked before the insert (the programs look in TASKS for marked slots only).
+                if !self.task_spilled.set_bit(task_front::spill_bit(slot)) {
+                    return Err(MapError::OutOfBounds { index: slot, max_entries: task_front::SLOTS });
+                }
+                match self.tasks.insert(tid, *entry, NOEXIST) {
+                    Ok(()) => {}
+                    Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                        return Ok(false);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         // No generation bump: the insert only succeeds where the tid had no entry, so nobody
         // holds a copy of it (pidvirt_common::CallerCache).
@@ -392,6 +579,27 @@ impl KernelMaps {
 
     /// Sets the container and counter slot of task `tid` (if it is tracked).
     pub fn retag(&mut self, tid: u32, container: impl Fn(&TaskEntry) -> (u32, u32)) {
+        let slot = task_front::slot(tid);
+        if let Some(seen) = self.task_front.entry(slot, u64::from(tid)) {
+            let (c, counter_slot) = container(&seen);
+            // Claimed (the task's lookups miss it for that moment): written in place, the change
+            // could land on another task's entry, had the slot changed hands since it was read.
+            if (c, counter_slot) != (seen.container, seen.slot)
+                && self.task_front.claimed(slot, u64::from(tid), tid, |e| {
+                    let same = e.start_time == seen.start_time;
+                    if same {
+                        (e.container, e.slot) = (c, counter_slot);
+                    }
+                    same
+                }) == Ok(true)
+            {
+                self.tasks_changed();
+            }
+            return;
+        }
+        if !self.task_spilled.bit_set(task_front::spill_bit(slot)) {
+            return;
+        }
         if let Ok(mut e) = self.tasks.get(&tid, 0) {
             let (c, slot) = container(&e);
             if (c, slot) != (e.container, e.slot) {
@@ -467,7 +675,13 @@ impl KernelMaps {
         }
         // The bit before the entry (the programs' maps::may_have_entry).
         self.seeded_tid(tid, false);
-        let _ = self.tasks.remove(&tid);
+        let slot = task_front::slot(tid);
+        if self.task_front.entry(slot, u64::from(tid)).is_some_and(|e| e == t.entry) {
+            // A writer that claimed the slot meanwhile keeps it.
+            let _ = self.task_front.tid(slot).map(|k| k.compare_exchange(u64::from(tid), 0, AcqRel, Relaxed));
+        } else if self.task_spilled.bit_set(task_front::spill_bit(slot)) {
+            let _ = self.tasks.remove(&tid);
+        }
         self.tasks_changed();
     }
 

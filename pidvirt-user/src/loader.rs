@@ -91,7 +91,8 @@ fn syscall_functions(name: &str) -> [String; 2] {
 /// tasks exist at once), within 4096..=262144. The maps are preallocated (an allocation per
 /// fork cost ~1 µs per fork+exit here: see the README's performance section), so their size is
 /// kernel memory held from attach: about 210 bytes per entry of TASKS + VIRT (6.8 MB for a
-/// pid_max of 32768), besides the reverse map's fixed front (pidvirt_common::virt_front, 4 MiB).
+/// pid_max of 32768), besides the fixed fronts of the task map and of the reverse map
+/// (pidvirt_common::task_front and virt_front, 4 MiB each).
 pub fn max_tasks_for_this_host() -> u32 {
     pid_max().map_or(262_144, |n| n.clamp(4096, 262_144))
 }

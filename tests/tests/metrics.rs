@@ -230,10 +230,13 @@ fn a_scrape_never_disagrees_with_stats() {
     let build = second.keys().find(|(n, _)| n == "pidvirt_build_info").expect("build info");
     assert_eq!(build.1.get("kernel").map(String::as_str), Some(kernel.trim()));
     // Map capacities are the kernel's own (bpftool), entries within them.
-    let tasks_capacity = value(&second, "pidvirt_map_capacity", &[("map", "TASKS")]);
     let tasks = value(&second, "pidvirt_tasks_tracked", &[]);
-    assert!(tasks > 0.0 && tasks <= tasks_capacity);
-    assert_eq!(tasks, value(&second, "pidvirt_map_entries", &[("map", "TASKS")]));
+    let (front, spilled) = (
+        value(&second, "pidvirt_map_entries", &[("map", "TASK_FRONT")]),
+        value(&second, "pidvirt_map_entries", &[("map", "TASKS")]),
+    );
+    assert!(tasks > 0.0);
+    assert_eq!(tasks, front + spilled, "the task map is its front and TASKS");
     // The daemon's maps, by id, from its file descriptors (the kernel's fdinfo); bpftool names them.
     let ours: BTreeSet<u64> = std::fs::read_dir(format!("/proc/{}/fdinfo", d.pid()))
         .unwrap()
@@ -242,11 +245,15 @@ fn a_scrape_never_disagrees_with_stats() {
         .collect();
     let out = Command::new("bpftool").args(["-j", "map", "show"]).output().expect("bpftool");
     let maps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
-    let tasks_map = maps
-        .iter()
-        .find(|m| m["name"] == "TASKS" && m["id"].as_u64().is_some_and(|id| ours.contains(&id)))
-        .expect("the daemon's TASKS map in bpftool's list");
-    assert_eq!(tasks_map["max_entries"].as_f64().unwrap(), tasks_capacity);
+    for name in ["TASK_FRONT", "TASKS"] {
+        let map = maps
+            .iter()
+            .find(|m| m["name"] == name && m["id"].as_u64().is_some_and(|id| ours.contains(&id)))
+            .unwrap_or_else(|| panic!("the daemon's {name} map in bpftool's list"));
+        let capacity = value(&second, "pidvirt_map_capacity", &[("map", name)]);
+        assert_eq!(map["max_entries"].as_f64().unwrap(), capacity, "{name}");
+        assert!(value(&second, "pidvirt_map_entries", &[("map", name)]) <= capacity, "{name}");
+    }
 }
 
 /// The socket addresses (hex, as /proc/net/tcp{,6} print them) listening on TCP `port`.

@@ -193,6 +193,104 @@ fn numbers_of_two_namespaces_sharing_a_front_slot_are_judged_as_the_kernel_answe
     assert!(ours.is_empty(), "reported: {ours:#?}");
 }
 
+/// Sets kernel.pid_max for a test, and puts the old value back when dropped.
+struct PidMax(String);
+
+impl PidMax {
+    fn at_least(n: u32) -> Self {
+        let old = std::fs::read_to_string("/proc/sys/kernel/pid_max").expect("read pid_max");
+        if old.trim().parse::<u32>().expect("pid_max is a number") < n {
+            std::fs::write("/proc/sys/kernel/pid_max", n.to_string()).expect("raise pid_max");
+        }
+        Self(old)
+    }
+}
+
+impl Drop for PidMax {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/pid_max", self.0.trim());
+    }
+}
+
+/// Two tasks whose host tids share a slot of the task map's front (tids SLOTS apart, taken with
+/// clone3 set_tid over a pid_max raised for the test): the second's entry goes to the hash map
+/// TASKS, and both are shown and judged as the kernel answers, while both live, after the one in
+/// the slot is reaped, and once the slot is free again.
+#[test]
+fn tasks_whose_host_tids_share_a_front_slot_are_shown_and_judged_as_the_kernel_answers() {
+    use pidvirt_common::{catalogue::map, task_front};
+    use tests::proc_truth;
+    let d = Daemon::start();
+    let h1 = proc_truth::free_pid();
+    let h2 = h1 + task_front::SLOTS;
+    assert_eq!(task_front::slot(h1), task_front::slot(h2));
+    let _pid_max = PidMax::at_least(h2 + 1);
+    let (mut a, mut b) = (Fixture::start(FIXTURE, 1), Fixture::start(FIXTURE, 1));
+    let (ca, cb) = (a.container(), b.container());
+    let (na, nb) = (700, 701);
+    let counts = |c: &str| {
+        let k = &d.container_crossings(c).0["kill"];
+        (k["ok"], k["released"])
+    };
+    let (a0, b0) = (counts(&ca), counts(&cb));
+    let in_hash = |h: u32| tests::daemon_map_has(d.pid(), map::TASKS, &h.to_ne_bytes());
+    // `ps` shows host tid `h` with the ids /proc gives it at every level, or not at all when it
+    // does not exist.
+    let shown_as_the_kernel_says = |h: u32| {
+        let ps = d.ps_by_tid();
+        match proc_truth::task(h, h) {
+            Some(t) => ps.get(&h).is_some_and(|row| row.nspid == t.nspid && row.nstgid == t.nstgid),
+            None => !ps.contains_key(&h),
+        }
+    };
+
+    assert_eq!(a.num(&format!("spawn_pids 0 {na} {h1}")), i64::from(na));
+    assert_eq!(b.num(&format!("spawn_pids 0 {nb} {h2}")), i64::from(nb));
+    // The kernel: each is a live task at the host tid asked for.
+    assert_eq!(proc_truth::task(h1, h1).map(|t| t.nspid), Some(vec![h1, na]));
+    assert_eq!(proc_truth::task(h2, h2).map(|t| t.nspid), Some(vec![h2, nb]));
+    // The slot held the first's entry: the second's went to the hash map.
+    assert_eq!((in_hash(h1), in_hash(h2)), (false, true));
+    eventually(tests::settle(), "both shown as /proc shows them", || {
+        (shown_as_the_kernel_says(h1) && shown_as_the_kernel_says(h2)).then_some(())
+    });
+    assert_eq!(a.num(&format!("sys kill {na} 0")), 0);
+    assert_eq!(b.num(&format!("sys kill {nb} 0")), 0);
+    eventually(tests::settle(), "both kills counted ok", || {
+        (counts(&ca).0 == a0.0 + 1 && counts(&cb).0 == b0.0 + 1).then_some(())
+    });
+    // The one in the slot reaped: the second, in the hash map behind a free slot, still shown
+    // and named by its number.
+    assert_eq!(a.cmd(&format!("reap {na}")), "ok");
+    assert!(!proc_truth::alive(h1));
+    assert_eq!(b.num(&format!("sys kill {nb} 0")), 0);
+    eventually(tests::settle(), "the second's kill counted ok, the first gone from ps", || {
+        (counts(&cb).0 == b0.0 + 2 && shown_as_the_kernel_says(h1) && shown_as_the_kernel_says(h2))
+            .then_some(())
+    });
+    assert_eq!(b.cmd(&format!("reap {nb}")), "ok");
+    assert!(!proc_truth::alive(h2));
+    eventually(tests::settle(), "the second gone from ps", || shown_as_the_kernel_says(h2).then_some(()));
+    assert!(!in_hash(h2), "the reaped task's entry left the hash map");
+    // The slot is free again: the second's tid, taken anew, is written there.
+    assert_eq!(b.num(&format!("spawn_pids 0 {nb} {h2}")), i64::from(nb));
+    assert!(!in_hash(h2), "the new task's entry went to the free slot");
+    assert_eq!(b.num(&format!("sys kill {nb} 0")), 0);
+    // ok: the first kill, the one after the first's reap, reap's SIGKILL and this one.
+    eventually(tests::settle(), "the new task shown and its kill counted ok", || {
+        (counts(&cb).0 == b0.0 + 4 && shown_as_the_kernel_says(h2)).then_some(())
+    });
+    for (c, ok) in [(&ca, a0.0 + 2), (&cb, b0.0 + 4)] {
+        let k = &d.container_crossings(c).0["kill"];
+        let wrong: Vec<(&String, &u64)> = k.iter().filter(|(v, n)| **n > 0 && v.as_str() != "ok").collect();
+        assert!(wrong.is_empty(), "{c}: kill verdicts other than ok: {wrong:?}");
+        assert_eq!(k["ok"], ok, "{c}");
+    }
+    let reported: Vec<AuditRecord> =
+        d.audit_log().into_iter().filter(|r| r.container == ca || r.container == cb).collect();
+    assert!(reported.is_empty(), "reported: {reported:#?}");
+}
+
 /// A CPU's copy of a caller's entry is found by the caller's kernel stack
 /// (pidvirt_common::CallerCache), which the kernel hands to a new task once the old one is
 /// freed. Children of a namespace's init, two per round: the first calls getpid on another CPU,

@@ -265,8 +265,14 @@ fn kernel_families(e: &mut DescriptorEncoder, s: &Scrape) -> fmt::Result {
         "Capacity (max_entries) of the kernel maps kept per task, pid namespace and cgroup container.",
         s.occupancy.iter().map(|o| ([("map", o.map)], o.capacity as f64)),
     )?;
-    let tasks = s.occupancy.iter().find(|o| o.map == map::TASKS).map_or(0, |o| o.entries);
-    gauge(e, "tasks_tracked", None, "Tasks in the kernel's task map.", tasks as f64)
+    // The front's and TASKS' (a tid in both, for a moment while the daemon seeds, counts twice).
+    let tasks: u64 = s
+        .occupancy
+        .iter()
+        .filter(|o| [map::TASK_FRONT, map::TASKS].contains(&o.map))
+        .map(|o| o.entries)
+        .sum();
+    gauge(e, "tasks_tracked", None, "Tasks in the kernel's task map (its front and TASKS).", tasks as f64)
 }
 
 /// The daemon's own state: its containers, the audit stream, the seed, the build.

@@ -1182,7 +1182,9 @@ fn sink_settled(b: &Bench, socket: &Path, t_gen: Instant) -> anyhow::Result<Dura
 // 3 and 4. P5 attach time, P6 memory per task
 
 /// The maps whose memory P6 reports.
-pub const MAPS: [&str; 11] = [
+pub const MAPS: [&str; 13] = [
+    map::TASK_FRONT,
+    map::TASK_SPILLED,
     map::TASKS,
     map::VIRT,
     map::VIRT_FRONT,

@@ -993,12 +993,15 @@ fn attach_section(
 fn memory_section(out: &mut Report, goals: &mut Vec<Goal>, r: &AttachRun, m: &MemoryPerTask) {
     let (before, after, seeded) = (&r.before, &r.after, &r.seeded);
     let (tasks, virt, deep, front) = (map::TASKS, map::VIRT, map::DEEP, map::VIRT_FRONT);
+    let task_front = map::TASK_FRONT;
     out.heading("P6: kernel memory per tracked task");
     out.note(&format!(
         "Maps of the running daemon (bpftool map show --json), before and after the {} extra processes \
          (tracked by the fork program; `ps` listed them all: {}). Value bytes per task = {tasks} value + a reverse \
-         entry's value per non-host level (+ {deep} for levels >= {INLINE_LEVELS}); keys are not counted: a reverse \
-         entry is an 8-B key and a {virt} value, in a slot of {front} or, when its slot holds another key, in {virt}. \
+         entry's value per non-host level (+ {deep} for levels >= {INLINE_LEVELS}); keys are not counted: a task's \
+         entry is in a slot of {task_front} (its tid and the entry) or, when its slot holds another tid, in {tasks}; \
+         a reverse entry is an 8-B key and a {virt} value, in a slot of {front} or, when its slot holds another key, \
+         in {virt}. \
          memlock = bytes_memlock summed over {}.",
         r.total,
         r.live["ok"],
