@@ -4,8 +4,8 @@
 //! pid namespace level (maps::TASK_FRONT, and maps::TASKS for the tids its slots cannot hold;
 //! through maps::task_get, task_insert and task_remove; maps::DEEP) and the reverse view (pid
 //! namespace, number) -> host tid (maps::VIRT_FRONT, and maps::VIRT for the keys its slots cannot
-//! hold; through maps::virt_insert, virt_get and virt_forget). All reads of task structures go through
-//! `task.rs` with offsets resolved from BTF at start-up (no CO-RE in Rust eBPF).
+//! hold; through maps::virt_insert, virt_get and virt_forget). All reads of task structures go
+//! through `task.rs` with offsets resolved from BTF at start-up (no CO-RE in Rust eBPF).
 #![no_std]
 #![no_main]
 // For `kernel::below`: an asm barrier (a self-move), so that a bounds check and the index it guards

@@ -34,8 +34,7 @@ pub static TASK_SPILLED: Array<u64> = Array::with_max_entries(task_front::SPILL_
 /// Whether a writer sent a tid of front slot `slot` to TASKS.
 #[inline(always)]
 fn task_spilled(slot: u32) -> bool {
-    let (word, bit) = task_front::spill_bit(slot);
-    TASK_SPILLED.get(word).is_none_or(|w| w & bit != 0)
+    bit_set_at(&TASK_SPILLED, task_front::spill_bit(slot))
 }
 
 /// The entry of host tid `tid`, if any. The pointer is into a front slot or a TASKS element,
@@ -469,7 +468,12 @@ fn set_bit_at(map: &Array<u64>, (word, bit): (u32, u64)) {
 /// Whether `tid`'s bit is set in a tid filter (a tid beyond its words: true).
 #[inline(always)]
 pub fn bit_set(map: &Array<u64>, tid: u32) -> bool {
-    let (word, bit) = tid_filter::bit(tid);
+    bit_set_at(map, tid_filter::bit(tid))
+}
+
+/// Whether bit `bit` of word `word` of a bitmap is set (a word beyond the map: true).
+#[inline(always)]
+fn bit_set_at(map: &Array<u64>, (word, bit): (u32, u64)) -> bool {
     map.get(word).is_none_or(|w| w & bit != 0)
 }
 

@@ -252,6 +252,14 @@ impl Mapped<TaskSlot> {
         Ok(written)
     }
 
+    /// How many slots hold an entry.
+    fn occupied(&self) -> u64 {
+        (0..self.len)
+            .filter_map(|i| self.tid(i))
+            .filter(|tid| ![0, task_front::CLAIMED].contains(&tid.load(Relaxed)))
+            .count() as u64
+    }
+
     /// The slots holding an entry, with their entries.
     fn entries(&self) -> Vec<(u32, TaskEntry)> {
         (0..self.len)
@@ -337,7 +345,7 @@ impl KernelMaps {
         })
     }
 
-    /// Every task's entry: the front's, then those of TASKS (read in batches where the kernel
+    /// Every task's entry: the front's, and those of TASKS (read in batches where the kernel
     /// can) whose tid the front does not hold.
     pub fn task_entries(&self) -> Vec<(u32, TaskEntry)> {
         // TASKS first: an entry the programs move to the front meanwhile is then read in one or
@@ -370,6 +378,11 @@ impl KernelMaps {
         self.complete(tid, e)
     }
 
+    /// Whether a writer sent a tid of front slot `slot` to TASKS (the programs' maps::task_spilled).
+    fn spilled(&self, slot: u32) -> bool {
+        self.task_spilled.bit_set(task_front::spill_bit(slot))
+    }
+
     /// The entry of host tid `tid`, as the programs find it (maps::task_get).
     fn task_entry(&self, tid: u32) -> Option<TaskEntry> {
         // Tid 0 is never recorded, and 0 is an empty slot.
@@ -380,7 +393,7 @@ impl KernelMaps {
         if let Some(e) = self.task_front.entry(slot, u64::from(tid)) {
             return Some(e);
         }
-        if !self.task_spilled.bit_set(task_front::spill_bit(slot)) {
+        if !self.spilled(slot) {
             return None;
         }
         self.tasks.get(&tid, 0).ok()
@@ -438,13 +451,9 @@ impl KernelMaps {
 
     /// How full the maps are that hold an entry per task, per namespace or per cgroup container.
     pub fn occupancy(&self) -> [Occupancy; 6] {
-        let front = self.task_front.entries().len();
+        let front = self.task_front.occupied();
         [
-            Occupancy {
-                map: map::TASK_FRONT,
-                entries: front as u64,
-                capacity: u64::from(self.task_front.len),
-            },
+            Occupancy { map: map::TASK_FRONT, entries: front, capacity: u64::from(self.task_front.len) },
             occupancy(map::TASKS, &self.tasks),
             occupancy(map::DEEP, &self.deep),
             occupancy(map::VIRT, &self.virt),
@@ -503,11 +512,10 @@ impl KernelMaps {
             return Ok(false);
         }
         let slot = task_front::slot(tid);
-        let spilled = || self.task_spilled.bit_set(task_front::spill_bit(slot));
         // Into a free slot, unless the programs wrote the tid's entry to TASKS meanwhile (the
         // slot then held another tid): theirs is the newer.
         match self.task_front.claimed(slot, 0, tid, |e| {
-            let theirs = spilled() && self.tasks.get(&tid, 0).is_ok();
+            let theirs = self.spilled(slot) && self.tasks.get(&tid, 0).is_ok();
             if !theirs {
                 *e = *entry;
             }
@@ -597,7 +605,7 @@ impl KernelMaps {
             }
             return;
         }
-        if !self.task_spilled.bit_set(task_front::spill_bit(slot)) {
+        if !self.spilled(slot) {
             return;
         }
         if let Ok(mut e) = self.tasks.get(&tid, 0) {
@@ -679,7 +687,7 @@ impl KernelMaps {
         if self.task_front.entry(slot, u64::from(tid)).is_some_and(|e| e == t.entry) {
             // A writer that claimed the slot meanwhile keeps it.
             let _ = self.task_front.tid(slot).map(|k| k.compare_exchange(u64::from(tid), 0, AcqRel, Relaxed));
-        } else if self.task_spilled.bit_set(task_front::spill_bit(slot)) {
+        } else if self.spilled(slot) {
             let _ = self.tasks.remove(&tid);
         }
         self.tasks_changed();
