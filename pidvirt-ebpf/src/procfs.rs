@@ -53,6 +53,19 @@ fn chunk(at: u64) -> Option<[u8; CHUNK]> {
     Some(buf)
 }
 
+/// Whether path `path` may hold a pid: its first 7 bytes start with a digit, or are `/proc/` and
+/// a digit, or cannot be read (then [`path_crossing`] decides). Most paths are no crossing and
+/// their first bytes say so: the syscall programs test this before anything else (their other
+/// checks, and the longer read of [`path_crossing`], cost more).
+#[inline(always)]
+pub fn may_cross(path: u64) -> bool {
+    let mut head = [0u8; 8];
+    match unsafe { bpf_probe_read_user_str_bytes(path as *const u8, &mut head) } {
+        Ok(_) => head[0].is_ascii_digit() || (head[..6] == *b"/proc/" && head[6].is_ascii_digit()),
+        Err(_) => true,
+    }
+}
+
 /// A path argument of syscall `s`, relative to `dirfd` (AT_FDCWD: the working directory).
 #[inline(always)]
 pub fn path_crossing(s: u16, dirfd: i32, path: u64) {

@@ -432,6 +432,21 @@ pub mod handlers {
 
 // ---- syscall tracepoints ----------------------------------------------------------------------
 
+/// Whether a call to handler `$handler` may cross at all, where the handler has a test cheaper
+/// than the programs' common checks (the offsets, the CPU's state, the syscall's id), which then
+/// run only when it passes: most path calls are no crossing.
+macro_rules! may_cross {
+    (enter_path, $call:expr) => {
+        crate::procfs::may_cross($call.arg::<0>())
+    };
+    (enter_at_path, $call:expr) => {
+        crate::procfs::may_cross($call.arg::<1>())
+    };
+    ($handler:ident, $call:expr) => {
+        true
+    };
+}
+
 /// A tracepoint program running handler `$name` for one syscall (`=> SYS`) or for the several
 /// that share it (`=> shared`: the syscall from the record). Not preemptible, it keeps off the
 /// CPU's state while a preemptible program (signalfd's fexit) holds it.
@@ -439,8 +454,8 @@ macro_rules! tracepoints {
     ($($name:ident => $which:tt;)*) => { $(
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            if offsets_ready() && CpuState::free_here() {
-                let record = Record(&ctx);
+            let record = Record(&ctx);
+            if may_cross!($name, record) && offsets_ready() && CpuState::free_here() {
                 tracepoints!(@id record, $which, |s| handlers::$name(&record, s));
             }
             0
@@ -509,10 +524,12 @@ macro_rules! function_programs {
         $(
             #[fentry]
             pub fn [<fentry_ $name>](ctx: FEntryContext) -> i32 {
+                let call = SyscallFunction { regs: ctx.arg(0), ret: 0, ctx: ctx.as_ptr() };
+                // The arguments are read at the offsets: they come first.
                 if offsets_ready()
+                    && may_cross!($enter, call)
                     && let Some(_held) = CpuState::hold()
                 {
-                    let call = SyscallFunction { regs: ctx.arg(0), ret: 0, ctx: ctx.as_ptr() };
                     handlers::$enter(&call, sys::[<$name:upper>]);
                 }
                 0

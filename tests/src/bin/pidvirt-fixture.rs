@@ -31,7 +31,7 @@
 //!   kernel asks the LSMs); answers 0 or `-errno`.
 //! - `spawn_tree` — a tree of 8 processes with two sessions and three process groups under the
 //!   init (see `spawn_tree`); answers `ROLE=VPID` for each, space-separated.
-//! - `mount_proc`, `path SYS PATH`, `path_at DIR SYS REL`, `path_cwd DIR SYS REL`: numbers in
+//! - `mount_proc`, `path SYS PATH`, `path_at DIR SYS REL`, `path_cwd DIR SYS REL`, `edge ...`: numbers in
 //!   /proc paths (tests/src/fixture/paths.rs).
 //! - the commands of tests/src/fixture/structures.rs (pids inside structures), and
 //!   `--host-fds` (descriptors the host process owns, inherited by the inits).
