@@ -140,9 +140,10 @@ pub static DEEP: HashMap<u32, DeepLevels> = HashMap::with_max_entries(16_384, BP
 #[map]
 pub static VIRT: HashMap<VirtKey, VirtValue> = HashMap::with_max_entries(262_144, 0);
 
-/// The reverse map's front, in number order (pidvirt_common::virt_front).
+/// The reverse map's front, in number order (pidvirt_common::virt_front). Mapped by the daemon,
+/// which reads it in place.
 #[map]
-pub static VIRT_FRONT: Array<VirtSlot> = Array::with_max_entries(virt_front::SLOTS, 0);
+pub static VIRT_FRONT: Array<VirtSlot> = Array::with_max_entries(virt_front::SLOTS, BPF_F_MMAPABLE);
 
 /// The front slots the programs sent a key of to VIRT (a bit per slot).
 #[map]

@@ -78,8 +78,8 @@ pub struct KernelMaps {
     tasks_fd: OwnedFd,
     pub deep: HashMap<MapData, u32, DeepLevels>,
     pub virt: HashMap<MapData, VirtKey, VirtValue>,
-    /// The reverse map's front (pidvirt_common::virt_front), read before VIRT.
-    pub virt_front: Array<MapData, VirtSlot>,
+    /// The reverse map's front (pidvirt_common::virt_front), mapped; read before VIRT.
+    virt_front: Mapped<VirtSlot>,
     /// The daemon's marks of the front slots whose keys it wrote to VIRT.
     pub virt_seed_spill: Array<MapData, u64>,
     pub pidns: HashMap<MapData, u32, PidnsInfo>,
@@ -204,26 +204,61 @@ impl<T> Mapped<T> {
     }
 }
 
-impl Mapped<TaskSlot> {
-    /// Slot `i`'s tid, as the programs write it (atomically, with compare-and-swap).
-    fn tid(&self, i: u32) -> Option<&std::sync::atomic::AtomicU64> {
-        // SAFETY: `tid` is a naturally aligned u64 of a mapped slot, only ever accessed atomically
-        // or by aligned 64-bit loads and stores.
-        self.at(i).map(|s| unsafe { std::sync::atomic::AtomicU64::from_ptr(&raw mut (*s).tid) })
+/// A front table's slot (TASK_FRONT's, VIRT_FRONT's): a u64 key first (0: an empty slot;
+/// `CLAIMED`: a writer is writing its value), then the value.
+///
+/// # Safety
+/// `#[repr(C)]`, its first field the u64 key.
+unsafe trait FrontSlot: Copy {
+    const CLAIMED: u64;
+}
+
+// SAFETY: `tid` is TaskSlot's first field (repr(C)).
+unsafe impl FrontSlot for TaskSlot {
+    const CLAIMED: u64 = task_front::CLAIMED;
+}
+
+// SAFETY: `key` is VirtSlot's first field (repr(C)).
+unsafe impl FrontSlot for VirtSlot {
+    const CLAIMED: u64 = virt_front::CLAIMED;
+}
+
+impl<T: FrontSlot> Mapped<T> {
+    /// Slot `i`'s key, as the programs write it (atomically, with compare-and-swap).
+    fn key(&self, i: u32) -> Option<&std::sync::atomic::AtomicU64> {
+        // SAFETY: the key is the naturally aligned first u64 of a mapped slot (FrontSlot), only
+        // ever accessed atomically or by aligned 64-bit loads and stores.
+        self.at(i).map(|s| unsafe { std::sync::atomic::AtomicU64::from_ptr(s.cast::<u64>()) })
     }
 
-    /// The entry of slot `i` if it is `tid`'s (read between two reads of the slot's tid: a slot
-    /// freed and taken by another tid meanwhile is not read as `tid`'s).
-    fn entry(&self, i: u32, tid: u64) -> Option<TaskEntry> {
-        let key = self.tid(i)?;
-        if key.load(Acquire) != tid {
+    /// Slot `i` if it holds `key`'s value (read between two reads of the slot's key: a slot freed
+    /// and taken by another key meanwhile is not read as `key`'s).
+    fn slot(&self, i: u32, key: u64) -> Option<T> {
+        let k = self.key(i)?;
+        if key == 0 || key == T::CLAIMED || k.load(Acquire) != key {
             return None;
         }
         // SAFETY: a mapped slot; a plain record of integers (any bit pattern is valid).
-        let e = unsafe { std::ptr::read_volatile(&raw const (*self.at(i)?).entry) };
-        // The entry's loads before the tid's second load.
+        let s = unsafe { std::ptr::read_volatile(self.at(i)?) };
+        // The value's loads before the key's second load.
         std::sync::atomic::fence(Acquire);
-        (key.load(Relaxed) == tid).then_some(e)
+        (k.load(Relaxed) == key).then_some(s)
+    }
+
+    /// How full the table is: the slots holding a value.
+    fn occupancy(&self, map: &'static str) -> Occupancy {
+        let entries = (0..self.len)
+            .filter_map(|i| self.key(i))
+            .filter(|k| ![0, T::CLAIMED].contains(&k.load(Relaxed)))
+            .count();
+        Occupancy { map, entries: entries as u64, capacity: u64::from(self.len) }
+    }
+}
+
+impl Mapped<TaskSlot> {
+    /// The entry of slot `i` if it is `tid`'s.
+    fn entry(&self, i: u32, tid: u64) -> Option<TaskEntry> {
+        self.slot(i, tid).map(|s| s.entry)
     }
 
     /// Claims slot `i` from `held` (0: a free slot; a tid: its entry), as the programs do, lets
@@ -236,7 +271,7 @@ impl Mapped<TaskSlot> {
         tid: u32,
         write: impl FnOnce(&mut TaskEntry) -> bool,
     ) -> Result<bool, ()> {
-        let (Some(key), Some(s)) = (self.tid(i), self.at(i)) else { return Err(()) };
+        let (Some(key), Some(s)) = (self.key(i), self.at(i)) else { return Err(()) };
         if key.compare_exchange(held, task_front::CLAIMED, AcqRel, Acquire).is_err() {
             return Err(());
         }
@@ -252,22 +287,11 @@ impl Mapped<TaskSlot> {
         Ok(written)
     }
 
-    /// How many slots hold an entry.
-    fn occupied(&self) -> u64 {
-        (0..self.len)
-            .filter_map(|i| self.tid(i))
-            .filter(|tid| ![0, task_front::CLAIMED].contains(&tid.load(Relaxed)))
-            .count() as u64
-    }
-
     /// The slots holding an entry, with their entries.
     fn entries(&self) -> Vec<(u32, TaskEntry)> {
         (0..self.len)
             .filter_map(|i| {
-                let tid = self.tid(i)?.load(Relaxed);
-                if tid == 0 || tid == task_front::CLAIMED {
-                    return None;
-                }
+                let tid = self.key(i)?.load(Relaxed);
                 Some((tid as u32, self.entry(i, tid)?))
             })
             .collect()
@@ -327,7 +351,7 @@ impl KernelMaps {
             tasks_fd,
             deep: HashMap::try_from(get(map::DEEP)?).map_err(err(map::DEEP))?,
             virt: HashMap::try_from(get(map::VIRT)?).map_err(err(map::VIRT))?,
-            virt_front: Array::try_from(get(map::VIRT_FRONT)?).map_err(err(map::VIRT_FRONT))?,
+            virt_front: Mapped::open(map::VIRT_FRONT, get(map::VIRT_FRONT)?)?,
             virt_seed_spill: Array::try_from(get(map::VIRT_SEED_SPILL)?)
                 .map_err(err(map::VIRT_SEED_SPILL))?,
             pidns: HashMap::try_from(get(map::PIDNS)?).map_err(err(map::PIDNS))?,
@@ -450,12 +474,12 @@ impl KernelMaps {
     }
 
     /// How full the maps are that hold an entry per task, per namespace or per cgroup container.
-    pub fn occupancy(&self) -> [Occupancy; 6] {
-        let front = self.task_front.occupied();
+    pub fn occupancy(&self) -> [Occupancy; 7] {
         [
-            Occupancy { map: map::TASK_FRONT, entries: front, capacity: u64::from(self.task_front.len) },
+            self.task_front.occupancy(map::TASK_FRONT),
             occupancy(map::TASKS, &self.tasks),
             occupancy(map::DEEP, &self.deep),
+            self.virt_front.occupancy(map::VIRT_FRONT),
             occupancy(map::VIRT, &self.virt),
             occupancy(map::PIDNS, &self.pidns),
             occupancy(map::CGROUPS, &self.cgroups),
@@ -686,7 +710,7 @@ impl KernelMaps {
         let slot = task_front::slot(tid);
         if self.task_front.entry(slot, u64::from(tid)).is_some_and(|e| e == t.entry) {
             // A writer that claimed the slot meanwhile keeps it.
-            let _ = self.task_front.tid(slot).map(|k| k.compare_exchange(u64::from(tid), 0, AcqRel, Relaxed));
+            let _ = self.task_front.key(slot).map(|k| k.compare_exchange(u64::from(tid), 0, AcqRel, Relaxed));
         } else if self.spilled(slot) {
             let _ = self.tasks.remove(&tid);
         }
@@ -711,7 +735,7 @@ impl KernelMaps {
     /// The reverse map's front slot of `key`, if it holds an entry of `key`.
     fn front(&self, key: VirtKey) -> Option<VirtSlot> {
         let key = released::key(key.pidns, key.nr);
-        self.virt_front.get(&virt_front::slot(key), 0).ok().filter(|slot| slot.key == key)
+        self.virt_front.slot(virt_front::slot(key), key)
     }
 
     /// Marks the front slot of reverse entry `key`, before the daemon writes the entry to VIRT

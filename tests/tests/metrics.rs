@@ -245,7 +245,16 @@ fn a_scrape_never_disagrees_with_stats() {
         .collect();
     let out = Command::new("bpftool").args(["-j", "map", "show"]).output().expect("bpftool");
     let maps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
-    for name in ["TASK_FRONT", "TASKS"] {
+    // The reverse map is its front and VIRT: a key per task per level below the host, so at least
+    // one per task of the fixture's namespace (the fixture is quiet: /proc lists them all).
+    let fixture_tasks = tests::proc_truth::tasks_in(f.inner()).len() as f64;
+    let reverse = value(&second, "pidvirt_map_entries", &[("map", "VIRT_FRONT")])
+        + value(&second, "pidvirt_map_entries", &[("map", "VIRT")]);
+    assert!(
+        fixture_tasks >= 2.0 && reverse >= fixture_tasks,
+        "{reverse} reverse entries, {fixture_tasks} tasks"
+    );
+    for name in ["TASK_FRONT", "TASKS", "VIRT_FRONT", "VIRT"] {
         let map = maps
             .iter()
             .find(|m| m["name"] == name && m["id"].as_u64().is_some_and(|id| ours.contains(&id)))
