@@ -15,12 +15,11 @@ use pidvirt_common::{
 };
 
 /// host tid -> ids at every level (inline up to INLINE_LEVELS): the tids whose slot in
-/// TASK_FRONT holds another tid (pidvirt_common::task_front). Preallocated (an element taken
-/// from a per-CPU free list, no allocation; measured ~1 µs less per fork+exit than
-/// BPF_F_NO_PREALLOC). Capacity set by the daemon. Reached only through [`task_get`],
-/// [`task_insert`] and [`task_remove`].
+/// TASK_FRONT holds another tid (pidvirt_common::task_front). Allocated on insert: few tids come
+/// here, and a preallocated capacity would be memory held for nothing. Capacity set by the
+/// daemon. Reached only through [`task_get`], [`task_insert`] and [`task_remove`].
 #[map]
-pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(262_144, 0);
+pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
 
 /// The task map's front, by host tid (pidvirt_common::task_front). Mappable: the daemon writes
 /// its slots with the same claims as the programs.
@@ -135,10 +134,11 @@ pub fn task_remove(tid: u32) {
 pub static DEEP: HashMap<u32, DeepLevels> = HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
 
 /// (pid namespace inode, number in it) -> host tid, for every non-host level of every task: the
-/// keys whose slot in VIRT_FRONT holds another key (pidvirt_common::virt_front). Reached only
-/// through [`virt_insert`], [`virt_get`] and [`virt_forget`].
+/// keys whose slot in VIRT_FRONT holds another key (pidvirt_common::virt_front), and the
+/// daemon's seeds. Allocated on insert, as TASKS. Reached only through [`virt_insert`],
+/// [`virt_get`] and [`virt_forget`].
 #[map]
-pub static VIRT: HashMap<VirtKey, VirtValue> = HashMap::with_max_entries(262_144, 0);
+pub static VIRT: HashMap<VirtKey, VirtValue> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
 
 /// The reverse map's front, in number order (pidvirt_common::virt_front). Mapped by the daemon,
 /// which reads it in place.

@@ -88,11 +88,9 @@ fn syscall_functions(name: &str) -> [String; 2] {
 }
 
 /// Default capacity of the task maps: the kernel's pid_max (host tids are below it, so no more
-/// tasks exist at once), within 4096..=262144. The maps are preallocated (an allocation per
-/// fork cost ~1 µs per fork+exit here: see the README's performance section), so their size is
-/// kernel memory held from attach: about 210 bytes per entry of TASKS + VIRT (6.8 MB for a
-/// pid_max of 32768), besides the fixed fronts of the task map and of the reverse map
-/// (pidvirt_common::task_front and virt_front, 4 MiB each).
+/// tasks exist at once), within 4096..=262144. A bound, not memory held: TASKS and VIRT are
+/// allocated on insert and hold only what the fixed fronts of the task map and of the reverse
+/// map (pidvirt_common::task_front and virt_front, 4 MiB each) do not.
 pub fn max_tasks_for_this_host() -> u32 {
     pid_max().map_or(262_144, |n| n.clamp(4096, 262_144))
 }

@@ -41,7 +41,7 @@ pub struct Args {
     /// the rest add up under container="other").
     #[arg(long, value_name = "MAX", num_args = 0..=1, default_missing_value = "100", requires = "metrics")]
     metrics_per_container: Option<usize>,
-    /// Capacity of the task maps (tasks tracked at once; preallocated). Default: the kernel's
+    /// Capacity of the task maps (tasks tracked at once). Default: the kernel's
     /// pid_max (no more tasks can exist at once), within 4096..=262144.
     #[arg(long)]
     max_tasks: Option<u32>,
