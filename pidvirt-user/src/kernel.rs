@@ -208,7 +208,8 @@ impl<T> Mapped<T> {
 /// `CLAIMED`: a writer is writing its value), then the value.
 ///
 /// # Safety
-/// `#[repr(C)]`, its first field the u64 key.
+/// `#[repr(C)]`, its first field the u64 key, and plain integers throughout: any bit pattern is
+/// a valid value (the slots are read while the programs write them).
 unsafe trait FrontSlot: Copy {
     const CLAIMED: u64;
 }
@@ -238,11 +239,17 @@ impl<T: FrontSlot> Mapped<T> {
         if key == 0 || key == T::CLAIMED || k.load(Acquire) != key {
             return None;
         }
-        // SAFETY: a mapped slot; a plain record of integers (any bit pattern is valid).
-        let s = unsafe { std::ptr::read_volatile(self.at(i)?) };
+        // SAFETY: a mapped slot; a plain record of integers (FrontSlot: any bit pattern is valid).
+        let mut s = unsafe { std::ptr::read_volatile(self.at(i)?) };
         // The value's loads before the key's second load.
         std::sync::atomic::fence(Acquire);
-        (k.load(Relaxed) == key).then_some(s)
+        if k.load(Relaxed) != key {
+            return None;
+        }
+        // Its copy may have caught the key CLAIMED by a rewrite for the same key.
+        // SAFETY: the key is the slot's first u64 (FrontSlot).
+        unsafe { std::ptr::write(std::ptr::from_mut(&mut s).cast::<u64>(), key) };
+        Some(s)
     }
 
     /// How full the table is: the slots holding a value.
@@ -436,8 +443,8 @@ impl KernelMaps {
     /// Host tid of the task numbered `nr` in pid namespace `pidns`, checked against its entry.
     pub fn resolve(&self, pidns: u32, level: u32, nr: u32) -> Option<FullTask> {
         let key = VirtKey { pidns, nr };
-        // Read twice: the syscall's copy of a slot being written may pair the key with another
-        // key's value.
+        // Read twice: a slot rewritten for the same key between a read's two loads of the key
+        // (a pid reused) may give a value half old, half new.
         let v = match (self.front(key), self.front(key)) {
             (Some(a), Some(b)) if a == b => a.value,
             _ => self.virt.get(&key, 0).ok()?,

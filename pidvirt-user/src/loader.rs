@@ -88,9 +88,10 @@ fn syscall_functions(name: &str) -> [String; 2] {
 }
 
 /// Default capacity of the task maps: the kernel's pid_max (host tids are below it, so no more
-/// tasks exist at once), within 4096..=262144. A bound, not memory held: TASKS and VIRT are
-/// allocated on insert and hold only what the fixed fronts of the task map and of the reverse
-/// map (pidvirt_common::task_front and virt_front, 4 MiB each) do not.
+/// tasks exist at once), within 4096..=262144. TASKS and VIRT are allocated on insert and hold
+/// only what the fixed fronts of the task map and of the reverse map (pidvirt_common::task_front
+/// and virt_front, 4 MiB each) do not: the capacity holds only their buckets (16 bytes per entry
+/// of capacity, rounded up to a power of two, each).
 pub fn max_tasks_for_this_host() -> u32 {
     pid_max().map_or(262_144, |n| n.clamp(4096, 262_144))
 }
