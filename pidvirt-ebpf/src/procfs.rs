@@ -61,9 +61,16 @@ fn chunk(at: u64) -> Option<[u8; CHUNK]> {
 pub fn may_cross(path: u64) -> bool {
     let mut head = [0u8; 8];
     match unsafe { bpf_probe_read_user_str_bytes(path as *const u8, &mut head) } {
-        Ok(_) => head[0].is_ascii_digit() || (head[..6] == *b"/proc/" && head[6].is_ascii_digit()),
+        Ok(_) => starts_like_a_number(&head),
         Err(_) => true,
     }
+}
+
+/// Whether a path's first bytes (zero-padded after its end) start as a pid's: a digit (relative
+/// to a directory), or `/proc/` and a digit.
+#[inline(always)]
+fn starts_like_a_number<const N: usize>(head: &[u8; N]) -> bool {
+    head[0].is_ascii_digit() || (head[..6] == *b"/proc/" && head[6].is_ascii_digit())
 }
 
 /// A path argument of syscall `s`, relative to `dirfd` (AT_FDCWD: the working directory).
@@ -71,7 +78,7 @@ pub fn may_cross(path: u64) -> bool {
 pub fn path_crossing(s: u16, dirfd: i32, path: u64) {
     let Some(buf) = chunk(path) else { return };
     // The prefix before anything else: most paths are no crossing.
-    if !(buf[..6] == *b"/proc/" || buf[0].is_ascii_digit()) || daemon() {
+    if !starts_like_a_number(&buf) || daemon() {
         return;
     }
     let (number, rest, ns) = if buf[0] == b'/' {
