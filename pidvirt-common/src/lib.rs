@@ -5,12 +5,14 @@
 //! numbers, `v*` fields and `nr[level]` are numbers in the namespace at that level.
 #![no_std]
 
-#[cfg(test)]
+#[cfg(any(test, feature = "tracefs"))]
 extern crate std;
 
 pub mod audit;
 pub mod catalogue;
 pub mod offsets;
+#[cfg(feature = "tracefs")]
+pub mod tracefs;
 pub use catalogue::counter;
 pub use offsets::KernelOffsets;
 

@@ -42,7 +42,7 @@ pub enum LoadError {
     #[error(transparent)]
     Offsets(#[from] crate::btf::OffsetError),
     #[error(transparent)]
-    Tracefs(#[from] crate::tracefs::TracefsError),
+    Tracefs(#[from] pidvirt_common::tracefs::TracefsError),
     #[error(
         "this pidvirt was built without its kernel programs (AYA_BUILD_SKIP): rebuild it with bpf-linker"
     )]

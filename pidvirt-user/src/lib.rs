@@ -15,4 +15,3 @@ pub mod restore;
 pub mod runtimes;
 pub mod seed;
 pub mod server;
-pub mod tracefs;

@@ -255,17 +255,17 @@ pub fn resolve_offsets(tick_ns: u32) -> Result<KernelOffsets, LoadError> {
     let mut offsets = crate::btf::resolve_running_kernel(tick_ns)?;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::PossibleCpus(e.to_string()))?;
     offsets.possible_cpus = u32::try_from(cpus).map_err(|e| LoadError::PossibleCpus(e.to_string()))?;
-    let root = crate::tracefs::tracefs_root()?;
+    let root = pidvirt_common::tracefs::tracefs_root()?;
     let enter = SYSCALLS.iter().filter(|s| s.enter.is_some()).map(|s| s.name);
     let exit = SYSCALLS.iter().filter(|s| s.exit.is_some()).map(|s| s.name);
-    let layout = crate::tracefs::syscall_layout(&root, enter, exit)?;
-    let expected = crate::tracefs::SyscallLayout {
+    let layout = pidvirt_common::tracefs::syscall_layout(&root, enter, exit)?;
+    let expected = pidvirt_common::tracefs::SyscallLayout {
         nr: syscall_record::NR,
         args: syscall_record::ARGS,
         ret: syscall_record::RET,
     };
     if layout != expected {
-        return Err(LoadError::Tracefs(crate::tracefs::TracefsError::Format {
+        return Err(LoadError::Tracefs(pidvirt_common::tracefs::TracefsError::Format {
             path: "syscalls:*".into(),
             msg: format!("records are laid out as {layout:?}; the programs were built for {expected:?}"),
         }));
@@ -883,7 +883,7 @@ pub fn attach_floor(hooks: FloorHooks, mode: AttachMode) -> Result<(Ebpf, Vec<(S
             tracing::info!("floor on the syscalls: {} ({})", how.mode, how.reason);
         }
         FloorHooks::Read => {
-            crate::tracefs::tracefs_root()?;
+            pidvirt_common::tracefs::tracefs_root()?;
             let floor = Program::FloorEmpty.name();
             for tp in ["sys_enter_read", "sys_exit_read"] {
                 attach_tracepoint(&mut ebpf, floor, floor, tp, &mut links)?;
@@ -979,7 +979,7 @@ fn attach_syscalls(
         }),
         (Err(why), AttachMode::Fentry) => Err(LoadError::NoFentry(why)),
         (Err(why), _) => {
-            crate::tracefs::tracefs_root()?;
+            pidvirt_common::tracefs::tracefs_root()?;
             for (program, tp) in syscall_hooks(watched) {
                 let name = if floor { program.floor().name() } else { program.name() };
                 attach_tracepoint(ebpf, name, program.name(), &tp, links)?;

@@ -20,6 +20,7 @@ use anyhow::{Context as _, bail, ensure};
 use pidvirt_common::{
     audit::{SYSCALLS, Verdict, sys},
     catalogue::{self, Program, SyscallSide, map},
+    tracefs,
 };
 use serde_json::Value;
 
@@ -675,8 +676,11 @@ pub fn foreign_tracing() -> String {
 /// each crossing counted per syscall and task, kill targets recorded, forks and exits followed.
 /// Answers the script and the number of its tracepoints.
 fn peer_script() -> (String, usize) {
-    let tracefs = tracefs();
-    let exists = |tp: &str| tracefs.is_none_or(|t| t.join("events/syscalls").join(tp).is_dir());
+    // Mounted at /sys/kernel/tracing (as pidvirt does) when it is nowhere yet; without it, every
+    // hook is taken to exist and each path argument to be `filename`.
+    let root = tracefs::tracefs_root().ok();
+    let tracefs = root.as_deref();
+    let exists = |tp: &str| tracefs.is_none_or(|t| tracefs::syscall_event(t, tp).is_dir());
     let kill = &SYSCALLS[sys::KILL as usize];
     // kill's entry gets a probe of its own, which also records the target.
     let kill_enter = format!("{}{}", SyscallSide::Enter.prefix(), kill.name);
@@ -726,37 +730,13 @@ fn peer_script() -> (String, usize) {
     (script, n)
 }
 
-/// Where tracefs is, mounted at /sys/kernel/tracing (as pidvirt does) when it is nowhere yet: the
-/// peer's script takes each path argument's name from it. None if it cannot be mounted.
-fn tracefs() -> Option<&'static Path> {
-    let find = || {
-        ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.join("events").is_dir())
-    };
-    find().or_else(|| {
-        let mounted = Command::new("mount")
-            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if mounted { find() } else { None }
-    })
-}
-
 /// The path argument of syscall tracepoint `tp` as its tracefs format names it (the first
 /// `const char *` field: `filename`, `pathname` or `path`), `filename` where tracefs does not say.
 fn path_field(tracefs: Option<&Path>, tp: &str) -> String {
-    let format =
-        tracefs.and_then(|t| std::fs::read_to_string(t.join("events/syscalls").join(tp).join("format")).ok());
-    format
-        .as_deref()
-        .unwrap_or("")
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("field:const char * ")?.split(';').next())
-        .map(str::to_string)
-        .next()
-        .unwrap_or_else(|| "filename".into())
+    tracefs
+        .and_then(|t| tracefs::read_format(t, tp).ok())
+        .and_then(|fields| fields.into_iter().find(|f| f.ty == "const char *"))
+        .map_or_else(|| "filename".into(), |f| f.name)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1380,4 +1360,19 @@ impl Machine {
 
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The peer names each path argument as the running kernel's tracefs does (readlinkat's is
+    /// `pathname`, openat's `filename`): bpftrace refuses a script with a field the tracepoint
+    /// lacks.
+    #[test]
+    fn the_peer_reads_each_path_argument_by_its_tracefs_name() {
+        let (script, _) = super::peer_script();
+        for (tp, field) in [("sys_enter_readlinkat", "pathname"), ("sys_enter_openat", "filename")] {
+            let probe = format!("tracepoint:syscalls:{tp} {{ if (strncmp(str(args->{field}, 16)");
+            assert!(script.contains(&probe), "no `{probe}` in\n{script}");
+        }
+    }
 }

@@ -4,7 +4,12 @@
 //! `__syscall_nr`, every sys_exit_* record its `ret`. The offsets are read from the format files
 //! (not assumed) and checked for every tracepoint pidvirt hooks.
 
-use std::path::{Path, PathBuf};
+use std::{
+    format,
+    path::{Path, PathBuf},
+    string::{String, ToString},
+    vec::Vec,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
@@ -22,6 +27,8 @@ pub enum TracefsError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FormatField {
     pub name: String,
+    /// The declaration without the name and any array suffix (`const char *`, `pid_t`).
+    pub ty: String,
     pub offset: u32,
     pub size: u32,
 }
@@ -44,8 +51,10 @@ pub fn parse_format(text: &str) -> Vec<FormatField> {
                 }
             }
             // The name is the last identifier of the declaration, before any array suffix.
-            let name = decl.split('[').next()?.rsplit(|c: char| c.is_whitespace() || c == '*').next()?;
-            Some(FormatField { name: name.to_string(), offset: offset?, size: size? })
+            let decl = decl.split('[').next()?;
+            let name = decl.rsplit(|c: char| c.is_whitespace() || c == '*').next()?;
+            let ty = decl[..decl.len() - name.len()].trim_end();
+            Some(FormatField { name: name.to_string(), ty: ty.to_string(), offset: offset?, size: size? })
         })
         .collect()
 }
@@ -69,8 +78,14 @@ pub fn tracefs_root() -> Result<PathBuf, TracefsError> {
     Ok(PathBuf::from(path))
 }
 
-fn read_format(root: &Path, event: &str) -> Result<Vec<FormatField>, TracefsError> {
-    let dir = root.join("events/syscalls").join(event);
+/// The directory of syscall tracepoint `event` (`sys_enter_kill`), whether it exists or not.
+pub fn syscall_event(root: &Path, event: &str) -> PathBuf {
+    root.join("events/syscalls").join(event)
+}
+
+/// The fields of syscall tracepoint `event`'s records.
+pub fn read_format(root: &Path, event: &str) -> Result<Vec<FormatField>, TracefsError> {
+    let dir = syscall_event(root, event);
     if !dir.is_dir() {
         return Err(TracefsError::Missing(format!("syscalls:{event}")));
     }
@@ -185,12 +200,14 @@ print fmt: \"pid: 0x%08lx, sig: 0x%08lx\", ((unsigned long)(REC->pid)), ((unsign
                 "sig"
             ]
         );
-        assert_eq!(f[5], FormatField { name: "pid".into(), offset: 16, size: 8 });
+        assert_eq!(f[5], FormatField { name: "pid".into(), ty: "pid_t".into(), offset: 16, size: 8 });
         let f = parse_format(
             "\tfield:struct siginfo * infop;\toffset:32;\tsize:8;\tsigned:0;\n\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;",
         );
-        assert_eq!(f[0].name, "infop");
-        assert_eq!(f[1], FormatField { name: "comm".into(), offset: 8, size: 16 });
+        assert_eq!((f[0].name.as_str(), f[0].ty.as_str()), ("infop", "struct siginfo *"));
+        assert_eq!(f[1], FormatField { name: "comm".into(), ty: "char".into(), offset: 8, size: 16 });
+        let f = parse_format("\tfield:const char * filename;\toffset:24;\tsize:8;\tsigned:0;");
+        assert_eq!((f[0].name.as_str(), f[0].ty.as_str()), ("filename", "const char *"));
     }
 
     #[test]
