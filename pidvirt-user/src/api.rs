@@ -266,6 +266,44 @@ pub struct Translation {
     pub host_tgid: u32,
 }
 
+/// Crossings per syscall, then per verdict (every syscall and verdict, zeros included).
+pub type Crossings = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// Result of `stats` with a container: what the kernel counted in its counter slot.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerStats {
+    pub container: String,
+    pub crossings: Crossings,
+    /// Its audit records the ring buffer had no room for.
+    pub ringbuf_drops: u64,
+    /// Its tasks reaped.
+    pub reaped: u64,
+    /// Its denials, per LSM hook.
+    pub denied: BTreeMap<String, u64>,
+}
+
+/// Result of `stats` for the whole host: every counter group (drops, map errors, lifecycle...)
+/// by name, with every crossing (those of ended containers included).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostStats {
+    /// The kernel's global counter groups (pidvirt_common::counter::GROUPS), by group and name.
+    #[serde(flatten)]
+    pub counters: BTreeMap<String, BTreeMap<String, u64>>,
+    pub crossings: Crossings,
+    pub denied: BTreeMap<String, u64>,
+    /// Runs the kernel skipped, by program (those with none left out).
+    pub skipped_runs: BTreeMap<String, u64>,
+    pub audit_log: AuditLogStats,
+}
+
+/// What the daemon wrote to its audit log.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditLogStats {
+    pub written: u64,
+    pub write_errors: u64,
+    pub rotations: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,6 @@
 //! Loading, attaching and reading the kernel programs and their maps.
 
 use std::{
-    collections::HashMap as StdHashMap,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
@@ -137,8 +136,8 @@ impl Default for SlotCounts {
 }
 
 /// Denials by LSM hook name.
-pub fn named_denied(values: &[u64]) -> std::collections::BTreeMap<&'static str, u64> {
-    LSM_HOOKS.iter().zip(values).map(|(h, n)| (h.name, *n)).collect()
+pub fn named_denied(values: &[u64]) -> std::collections::BTreeMap<String, u64> {
+    LSM_HOOKS.iter().zip(values).map(|(h, n)| (h.name.to_string(), *n)).collect()
 }
 
 /// How full a map is (`pidvirt_map_entries`, `pidvirt_map_capacity`).
@@ -850,33 +849,35 @@ fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
 }
 
 /// Crossing counts by syscall name and verdict name.
-pub fn named_crossings(
-    values: &[u64],
-) -> std::collections::BTreeMap<&'static str, std::collections::BTreeMap<&'static str, u64>> {
+pub fn named_crossings(values: &[u64]) -> crate::api::Crossings {
     SYSCALLS
         .iter()
         .enumerate()
         .map(|(s, spec)| {
             let per_verdict = Verdict::ALL
                 .iter()
-                .map(|v| (v.name(), values.get(s * NVERDICTS + *v as usize).copied().unwrap_or(0)))
+                .map(|v| {
+                    (v.name().to_string(), values.get(s * NVERDICTS + *v as usize).copied().unwrap_or(0))
+                })
                 .collect();
-            (spec.name, per_verdict)
+            (spec.name.to_string(), per_verdict)
         })
         .collect()
 }
 
 /// Counter values by group and name, for `stats`.
-pub fn named_counters(values: &[u64]) -> StdHashMap<&'static str, StdHashMap<&'static str, u64>> {
+pub fn named_counters(
+    values: &[u64],
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> {
     counter::GROUPS
         .iter()
         .map(|(group, base, names)| {
             let named = names
                 .iter()
                 .enumerate()
-                .map(|(i, name)| (*name, values.get(*base as usize + i).copied().unwrap_or(0)))
+                .map(|(i, name)| (name.to_string(), values.get(*base as usize + i).copied().unwrap_or(0)))
                 .collect();
-            (*group, named)
+            (group.to_string(), named)
         })
         .collect()
 }

@@ -424,7 +424,7 @@ pub fn load_and_attach(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loa
         ms(t_syscalls, t_end)
     );
     log_verifier_work(&ebpf);
-    remember_loaded_names(&ebpf);
+    remember_loaded(&ebpf);
     let maps = KernelMaps::open(|name| ebpf.take_map(name).ok_or(LoadError::MissingMap(name)))?;
     let mut maps = maps;
     let _ = maps.meta.set(meta::OBJECT_HASH, object_hash(), 0);
@@ -532,7 +532,7 @@ fn adopt(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         })
         .unwrap_or_default();
     attached.sort();
-    remember_pinned_names();
+    remember_pinned();
     tracing::info!("adopted {} pinned programs from {PIN_DIR}", attached.len());
     let fentry = attached
         .iter()
@@ -654,29 +654,42 @@ pub fn loaded_pidvirt_programs() -> Vec<String> {
         .collect()
 }
 
-/// The programs this process loaded or adopted, by kernel id, with their full names: the kernel
-/// keeps 15 characters of a name (`fentry_sched_getparam` and three more are all
-/// `fentry_sched_ge` there). Set once, by the load or the adoption.
-static PROGRAM_NAMES: std::sync::OnceLock<std::collections::BTreeMap<u32, String>> =
-    std::sync::OnceLock::new();
+/// The programs this process loaded or adopted, with their full names (the kernel keeps 15
+/// characters of a name: `fentry_sched_getparam` and three more are all `fentry_sched_ge` there)
+/// and a fd of each, whose fdinfo counts the runs the kernel skipped. Set once, by the load or the
+/// adoption.
+static PROGRAMS: std::sync::OnceLock<Vec<(String, std::os::fd::OwnedFd)>> = std::sync::OnceLock::new();
 
 /// Records the programs `ebpf` loaded.
-fn remember_loaded_names(ebpf: &Ebpf) {
-    let _ = PROGRAM_NAMES
-        .set(ebpf.programs().filter_map(|(name, p)| Some((p.info().ok()?.id(), name.to_string()))).collect());
+fn remember_loaded(ebpf: &Ebpf) {
+    use std::os::fd::AsFd as _;
+    let _ = PROGRAMS.set(
+        ebpf.programs()
+            .filter_map(|(name, p)| Some((name.to_string(), p.fd().ok()?.as_fd().try_clone_to_owned().ok()?)))
+            .collect(),
+    );
 }
 
 /// Records the programs attached by the links pinned in `links/PROGRAM@HOOK`: an adopting daemon
 /// holds no fd of them, and each link names its program's id.
-fn remember_pinned_names() {
+fn remember_pinned() {
+    use std::os::fd::AsFd as _;
     let Ok(pins) = std::fs::read_dir(pin_dir().join("links")) else { return };
-    let _ = PROGRAM_NAMES.set(
-        pins.flatten()
-            .filter_map(|pin| {
-                let file = pin.file_name().to_string_lossy().into_owned();
-                let (program, _) = file.split_once('@')?;
-                let link = FdLink::from(PinnedLink::from_pin(pin.path()).ok()?);
-                Some((link.info().ok()?.program_id(), program.to_string()))
+    let names: std::collections::BTreeMap<u32, String> = pins
+        .flatten()
+        .filter_map(|pin| {
+            let file = pin.file_name().to_string_lossy().into_owned();
+            let (program, _) = file.split_once('@')?;
+            let link = FdLink::from(PinnedLink::from_pin(pin.path()).ok()?);
+            Some((link.info().ok()?.program_id(), program.to_string()))
+        })
+        .collect();
+    let _ = PROGRAMS.set(
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter_map(|p| {
+                let name = names.get(&p.id())?;
+                Some((name.clone(), p.fd().ok()?.as_fd().try_clone_to_owned().ok()?))
             })
             .collect(),
     );
@@ -688,18 +701,14 @@ fn remember_pinned_names() {
 /// it). The programs are those the process loaded or adopted (none before either); the kernel
 /// shows each one's count in the fdinfo of a fd of it.
 pub fn skipped_runs() -> std::collections::BTreeMap<String, u64> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    let field = |info: &str, key: &str| -> Option<u64> {
-        info.lines().find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+    use std::os::fd::AsRawFd as _;
+    let misses = |fd: i32| -> Option<u64> {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        info.lines().find_map(|l| l.strip_prefix("recursion_misses:")?.trim().parse().ok())
     };
-    let fdinfo = |fd: &str| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok();
-    let Some(names) = PROGRAM_NAMES.get() else { return std::collections::BTreeMap::new() };
     let mut skipped = std::collections::BTreeMap::new();
-    for p in aya::programs::loaded_programs().filter_map(Result::ok) {
-        let Some(name) = names.get(&p.id()) else { continue };
-        let Ok(fd) = p.fd() else { continue };
-        let misses = fdinfo(&fd.as_fd().as_raw_fd().to_string()).and_then(|i| field(&i, "recursion_misses:"));
-        if let Some(n) = misses.filter(|&n| n > 0) {
+    for (name, fd) in PROGRAMS.get().into_iter().flatten() {
+        if let Some(n) = misses(fd.as_raw_fd()).filter(|&n| n > 0) {
             *skipped.entry(name.clone()).or_insert(0) += n;
         }
     }

@@ -312,7 +312,7 @@ impl Handler for App {
             Request::Containers => to_json(self.containers()?),
             Request::Container { container } => to_json(self.container(&container)?),
             Request::Translate { container, vpid, pid } => to_json(self.translate(&container, vpid, pid)?),
-            Request::Stats { container } => to_json(self.stats(container.as_deref())?),
+            Request::Stats { container } => self.stats(container.as_deref()),
             Request::Register { id, pid, cgroup, pidns, labels, by, mode } => {
                 let target = match (pid, cgroup, pidns) {
                     (Some(p), None, None) => Target::Pid(p),

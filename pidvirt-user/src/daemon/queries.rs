@@ -4,9 +4,14 @@ use std::{collections::HashMap, sync::atomic::Ordering::Relaxed};
 
 use pidvirt_common::{audit::NSYSCALLS, audit::NVERDICTS, counter, slots, task_flags};
 
-use super::App;
+use serde_json::value::RawValue;
+
+use super::{App, to_json};
 use crate::{
-    api::{ApiError, ContainerRow, ErrorCode, K8sInfo, RuntimeInfo, TaskRow, Translation},
+    api::{
+        ApiError, AuditLogStats, ContainerRow, ContainerStats, ErrorCode, HostStats, K8sInfo, RuntimeInfo,
+        TaskRow, Translation,
+    },
     containers::{Container, Kind},
     kernel::{self, FullTask, KernelMaps, SlotCounts},
     loader,
@@ -212,34 +217,33 @@ impl App {
 
     /// Counters: crossings per syscall per verdict (of one container, or of all), and with no
     /// container also drops, map errors and lifecycle events.
-    pub(super) fn stats(&self, container: Option<&str>) -> Result<serde_json::Value, ApiError> {
+    pub(super) fn stats(&self, container: Option<&str>) -> Result<Box<RawValue>, ApiError> {
         if let Some(name) = container {
-            return self.containers.view(|maps, reg| {
+            let stats = self.containers.view(|maps, reg| {
                 let c = reg.lookup(name)?;
                 let counted = maps.slot_counts(slot_of(maps, c));
-                Ok(serde_json::json!({
-                    "container": c.id,
-                    "crossings": kernel::named_crossings(&counted.crossings),
-                    "ringbuf_drops": counted.ringbuf_drops,
-                    "reaped": counted.reaped,
-                    "denied": kernel::named_denied(&counted.denied),
-                }))
-            })?;
+                Ok::<_, ApiError>(ContainerStats {
+                    container: c.id.clone(),
+                    crossings: kernel::named_crossings(&counted.crossings),
+                    ringbuf_drops: counted.ringbuf_drops,
+                    reaped: counted.reaped,
+                    denied: kernel::named_denied(&counted.denied),
+                })
+            })??;
+            return to_json(stats);
         }
         let counted = self.containers.view(|maps, _| Counted::read(maps, self.containers.retired()))?;
-        let mut out =
-            serde_json::to_value(kernel::named_counters(&counted.counters)).map_err(ApiError::internal)?;
-        out["crossings"] = serde_json::to_value(kernel::named_crossings(&counted.total.crossings))
-            .map_err(ApiError::internal)?;
-        out["denied"] =
-            serde_json::to_value(kernel::named_denied(&counted.total.denied)).map_err(ApiError::internal)?;
-        out["skipped_runs"] = serde_json::to_value(loader::skipped_runs()).map_err(ApiError::internal)?;
-        out["audit_log"] = serde_json::json!({
-            "written": self.audit.written.load(Relaxed),
-            "write_errors": self.audit.sink_errors.load(Relaxed),
-            "rotations": self.audit.rotations.load(Relaxed),
-        });
-        Ok(out)
+        to_json(HostStats {
+            counters: kernel::named_counters(&counted.counters),
+            crossings: kernel::named_crossings(&counted.total.crossings),
+            denied: kernel::named_denied(&counted.total.denied),
+            skipped_runs: loader::skipped_runs(),
+            audit_log: AuditLogStats {
+                written: self.audit.written.load(Relaxed),
+                write_errors: self.audit.sink_errors.load(Relaxed),
+                rotations: self.audit.rotations.load(Relaxed),
+            },
+        })
     }
 
     pub(super) fn status(&self) -> serde_json::Value {
