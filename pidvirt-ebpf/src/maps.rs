@@ -78,7 +78,9 @@ pub fn task_insert(tid: u32, e: &TaskEntry, only_new: bool) -> Result<(), TaskIn
     let Some(s) = TASK_FRONT.get_ptr_mut(slot) else { return Err(TaskInsertError::Full) };
     let held = unsafe { core::ptr::read_volatile(&raw const (*s).tid) };
     let own = held == u64::from(tid);
-    if own || (spilled && TASKS.get_ptr(tid).is_some()) {
+    // Whether TASKS holds a copy of the tid's entry: looked up once, where the slot is marked.
+    let in_tasks = spilled && TASKS.get_ptr(tid).is_some();
+    if own || in_tasks {
         if only_new {
             return Err(TaskInsertError::Exists);
         }
@@ -97,8 +99,10 @@ pub fn task_insert(tid: u32, e: &TaskEntry, only_new: bool) -> Result<(), TaskIn
         // the tid sees this entry).
         unsafe { core::ptr::write_volatile(&raw mut (*s).tid, u64::from(tid)) };
         // A copy of the tid's entry in TASKS (the daemon's seed, written while the slot held
-        // another tid) goes: the front's is the one read.
-        if spilled {
+        // another tid) goes: the front's is the one read. Only where the lookup above found
+        // one: a removal takes the bucket's lock even to find nothing. A copy written since
+        // goes with the entry (task_remove).
+        if in_tasks {
             let _ = TASKS.remove(tid);
         }
         return Ok(());
@@ -124,7 +128,8 @@ pub fn task_remove(tid: u32) {
         // A writer that claimed the slot meanwhile (the tid's next task) keeps it.
         let _ = unsafe { atomic::cmpxchg(&raw mut (*s).tid, u64::from(tid), 0) };
     }
-    if task_spilled(slot) {
+    // Looked up first: a removal takes the bucket's lock even to find nothing.
+    if task_spilled(slot) && TASKS.get_ptr(tid).is_some() {
         let _ = TASKS.remove(tid);
     }
 }
@@ -211,8 +216,9 @@ fn front_insert(k: VirtKey, v: VirtValue) -> Result<(), ()> {
             // that sees the key sees this value).
             unsafe { core::ptr::write_volatile(&raw mut s.key, key) };
             // An older entry of the key in VIRT (written while the slot held another key) is
-            // replaced, as VIRT's own insert would have replaced it.
-            if spilled(slot) {
+            // replaced, as VIRT's own insert would have replaced it. Looked up first: a removal
+            // takes the bucket's lock even to find nothing.
+            if spilled(slot) && VIRT.get_ptr(k).is_some() {
                 let _ = VIRT.remove(&k);
             }
             return Ok(());
