@@ -297,18 +297,17 @@ pub const fn number_order_place(key: u64) -> u32 {
 
 /// The front of the reverse map (VIRT_FRONT): a direct-mapped table of (pid namespace, number)
 /// -> host tid, slot [`slot`] of a key. Reverse entries are written there, and only the keys
-/// whose slot holds another key go to the hash map VIRT; the slots some writer sent a key of to
-/// VIRT are marked (VIRT_SPILLED by the programs, VIRT_SEED_SPILL by the daemon, a bit per
-/// slot, never cleared), and only for those does a lookup or removal that the front does not
-/// answer look in VIRT. The writes of a fork and a reap then land on the lines the ones before
+/// whose slot holds another key go to the hash map VIRT; each slot counts its keys in VIRT
+/// (VIRT_SPILLS, [`spill_count`]), and only where its count is not 0 does a lookup or removal
+/// that the front does not answer look in VIRT. The writes of a fork and a reap then land on the lines the ones before
 /// them wrote (the table is in number order) instead of a cold hash bucket each. A writer of a
 /// slot's value claims the slot first ([`virt_front::CLAIMED`], by compare-and-swap from the key
 /// it read) and publishes the key after the value.
 pub mod virt_front {
     /// Slots of the table (a power of two).
     pub const SLOTS: u32 = 262_144;
-    /// Words of the spill bitmaps (a bit per slot).
-    pub const SPILL_WORDS: u32 = SLOTS / 64;
+    /// Words of the spill counts (VIRT_SPILLS, [`super::spill_count`]).
+    pub const SPILL_WORDS: u32 = SLOTS / super::spill_count::PER_WORD;
     /// A slot's key while a writer that claimed it writes its value (never a real key: no
     /// number reaches 2^32 - 1).
     pub const CLAIMED: u64 = u64::MAX;
@@ -317,18 +316,33 @@ pub mod virt_front {
     pub const fn slot(key: u64) -> u32 {
         super::number_order_place(key) & (SLOTS - 1)
     }
+}
 
-    /// The spill bitmap's word and bit for slot `slot`.
-    pub const fn spill_bit(slot: u32) -> (u32, u64) {
-        (slot / 64, 1 << (slot % 64))
+/// How many keys of a front slot its hash map holds (TASK_SPILLS for TASK_FRONT and TASKS,
+/// VIRT_SPILLS for VIRT_FRONT and VIRT): a 32-bit count per slot, two to a 64-bit word, added to
+/// and taken from atomically (by the programs and, through a shared mapping, the daemon). A
+/// writer adds 1 before it inserts a key into the hash map (and takes it back if the insert
+/// fails), and takes 1 after a removal that removed a key; so a slot whose hash map holds a key
+/// of it never counts 0 (an insert that replaced a key leaves one too many: a lookup more, never
+/// a miss). A lookup or removal the front does not answer looks in the hash map only where the
+/// count is not 0, and a slot whose keys all left costs nothing again.
+pub mod spill_count {
+    /// Counts per word.
+    pub const PER_WORD: u32 = 2;
+
+    /// Where slot `slot` counts: its word, 1 in its half of the word (what an insert adds), and
+    /// the mask of its half.
+    pub const fn lane(slot: u32) -> (u32, u64, u64) {
+        let shift = 32 * (slot % PER_WORD);
+        (slot / PER_WORD, 1 << shift, (u32::MAX as u64) << shift)
     }
 }
 
 /// The front of the task map (TASK_FRONT): host tid -> entry in a direct-mapped table, slot
 /// [`task_front::slot`] of a tid. A task's entry is written there, and only a tid whose slot
-/// holds another tid goes to the hash map TASKS, after a mark on its slot (TASK_SPILLED, a bit
-/// per slot, set by the programs and the daemon, never cleared); a lookup or removal the front
-/// does not answer looks in TASKS only for a marked slot. The kernel hands out tids in turn, so
+/// holds another tid goes to the hash map TASKS, counted on its slot (TASK_SPILLS,
+/// [`spill_count`]); a lookup or removal the front does not answer looks in TASKS only where the
+/// slot's count is not 0. The kernel hands out tids in turn, so
 /// a fork writes the line after the one the fork before it wrote, and its reap the line the fork
 /// wrote, where a hash map's insert and removal each cost a cold bucket. Whoever writes a slot's
 /// entry (the programs, and the daemon through a shared mapping of the array) claims the slot
@@ -338,19 +352,14 @@ pub mod task_front {
     /// Slots of the table (a power of two): every tid of a host whose pid_max is at most this
     /// has a slot of its own.
     pub const SLOTS: u32 = 65_536;
-    /// Words of the spill bitmap (a bit per slot).
-    pub const SPILL_WORDS: u32 = SLOTS / 64;
+    /// Words of the spill counts (TASK_SPILLS, [`super::spill_count`]).
+    pub const SPILL_WORDS: u32 = SLOTS / super::spill_count::PER_WORD;
     /// A slot's tid while a writer that claimed it writes its entry (no tid reaches 2^32).
     pub const CLAIMED: u64 = u64::MAX;
 
     /// The slot of host tid `tid`.
     pub const fn slot(tid: u32) -> u32 {
         tid & (SLOTS - 1)
-    }
-
-    /// The spill bitmap's word and bit for slot `slot`.
-    pub const fn spill_bit(slot: u32) -> (u32, u64) {
-        (slot / 64, 1 << (slot % 64))
     }
 }
 
@@ -631,8 +640,15 @@ mod tests {
         assert_eq!((virt_front::slot(key(41)) + 1) % virt_front::SLOTS, virt_front::slot(key(42)));
         // Numbers a table apart share a slot: the second one goes to VIRT.
         assert_eq!(virt_front::slot(key(5)), virt_front::slot(key(5 + virt_front::SLOTS)));
-        assert_eq!(virt_front::spill_bit(130), (2, 1 << 2));
-        assert_eq!(virt_front::spill_bit(virt_front::SLOTS - 1).0, virt_front::SPILL_WORDS - 1);
+        // Two counts to a word, each in its own half.
+        assert_eq!(spill_count::lane(130), (65, 1, 0xFFFF_FFFF));
+        assert_eq!(spill_count::lane(131), (65, 1 << 32, 0xFFFF_FFFF << 32));
+        assert_eq!(spill_count::lane(virt_front::SLOTS - 1).0, virt_front::SPILL_WORDS - 1);
+        assert_eq!(spill_count::lane(task_front::SLOTS - 1).0, task_front::SPILL_WORDS - 1);
+        // Taking back what was added leaves the other half alone.
+        let (_, one, mask) = spill_count::lane(131);
+        let w = (3u64 << 32 | 5).wrapping_add(one).wrapping_add(one.wrapping_neg());
+        assert_eq!((w & mask, w & !mask), (3 << 32, 5));
         // Its number part is above any pid (PID_MAX_LIMIT is 2^22).
         assert!(virt_front::CLAIMED as u32 > 1 << 22);
     }

@@ -3,7 +3,7 @@
 use crate::atomic;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_EXIST, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
 };
@@ -11,7 +11,7 @@ use pidvirt_common::{
     CALLER_SLOTS, CallerCache, CgroupContainer, DeepLevels, LevelIds, MAX_LEVELS, PidnsInfo, Released,
     TaskEntry, TaskSlot, VirtKey, VirtSlot, VirtValue,
     audit::{ContainerCounters, Verdict},
-    config, counter, released, slots, task_front, tasks_generation, tid_filter, virt_front,
+    config, counter, released, slots, spill_count, task_front, tasks_generation, tid_filter, virt_front,
 };
 
 /// host tid -> ids at every level (inline up to INLINE_LEVELS): the tids whose slot in
@@ -26,14 +26,42 @@ pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(262_144, B
 #[map]
 pub static TASK_FRONT: Array<TaskSlot> = Array::with_max_entries(task_front::SLOTS, BPF_F_MMAPABLE);
 
-/// The front slots a writer (a program or the daemon) sent a tid of to TASKS (a bit per slot).
+/// How many tids of each front slot TASKS holds (pidvirt_common::spill_count; the daemon's
+/// seeds count there too, through a shared mapping).
 #[map]
-pub static TASK_SPILLED: Array<u64> = Array::with_max_entries(task_front::SPILL_WORDS, BPF_F_MMAPABLE);
+pub static TASK_SPILLS: Array<u64> = Array::with_max_entries(task_front::SPILL_WORDS, BPF_F_MMAPABLE);
 
-/// Whether a writer sent a tid of front slot `slot` to TASKS.
+/// Whether TASKS may hold a tid of front slot `slot`.
 #[inline(always)]
 fn task_spilled(slot: u32) -> bool {
-    bit_set_at(&TASK_SPILLED, task_front::spill_bit(slot))
+    spilled_at(&TASK_SPILLS, slot)
+}
+
+/// Whether the hash map behind a front may hold a key of slot `slot`, by its spill counts (a
+/// word beyond the map: it may).
+#[inline(always)]
+fn spilled_at(counts: &Array<u64>, slot: u32) -> bool {
+    let (word, _, mask) = spill_count::lane(slot);
+    counts.get(word).is_none_or(|w| w & mask != 0)
+}
+
+/// Counts a key of slot `slot` into the hash map behind a front (before the insert).
+#[inline(always)]
+fn count_spill(counts: &Array<u64>, slot: u32) {
+    let (word, one, _) = spill_count::lane(slot);
+    if let Some(p) = counts.get_ptr_mut(word) {
+        // Atomic: other CPUs count the other half, and other keys of this slot.
+        unsafe { atomic::add(p, one) };
+    }
+}
+
+/// Takes back a key of slot `slot` (after its removal, or after an insert that failed).
+#[inline(always)]
+fn uncount_spill(counts: &Array<u64>, slot: u32) {
+    let (word, one, _) = spill_count::lane(slot);
+    if let Some(p) = counts.get_ptr_mut(word) {
+        unsafe { atomic::add(p, one.wrapping_neg()) };
+    }
 }
 
 /// The entry of host tid `tid`, if any. The pointer is into a front slot or a TASKS element,
@@ -84,10 +112,11 @@ pub fn task_insert(tid: u32, e: &TaskEntry, only_new: bool) -> Result<(), TaskIn
         if only_new {
             return Err(TaskInsertError::Exists);
         }
-        if !own {
-            // Replaced where it is: moved to the front, it would be in neither for a reader that
-            // looked at the slot before the move and in TASKS after it.
-            return TASKS.insert(tid, e, 0).map_err(|_| TaskInsertError::Full);
+        // Replaced where it is: moved to the front, it would be in neither for a reader that
+        // looked at the slot before the move and in TASKS after it. Only over a key that is
+        // still there (BPF_EXIST: its count stands); one removed meanwhile is written anew below.
+        if !own && TASKS.insert(tid, e, u64::from(BPF_EXIST)).is_ok() {
+            return Ok(());
         }
     }
     // The tid's own entry is claimed as a free slot is: written in place, it could land on
@@ -102,15 +131,16 @@ pub fn task_insert(tid: u32, e: &TaskEntry, only_new: bool) -> Result<(), TaskIn
         // another tid) goes: the front's is the one read. Only where the lookup above found
         // one: a removal takes the bucket's lock even to find nothing. A copy written since
         // goes with the entry (task_remove).
-        if in_tasks {
-            let _ = TASKS.remove(tid);
+        if in_tasks && TASKS.remove(tid).is_ok() {
+            uncount_spill(&TASK_SPILLS, slot);
         }
         return Ok(());
     }
-    // Marked before the insert: whoever can find the entry in TASKS sees the mark.
-    set_bit_at(&TASK_SPILLED, task_front::spill_bit(slot));
+    // Counted before the insert: whoever can find the entry in TASKS sees the count.
+    count_spill(&TASK_SPILLS, slot);
     let flags = if only_new { u64::from(BPF_NOEXIST) } else { 0 };
     TASKS.insert(tid, e, flags).map_err(|_| {
+        uncount_spill(&TASK_SPILLS, slot);
         if only_new && TASKS.get_ptr(tid).is_some() { TaskInsertError::Exists } else { TaskInsertError::Full }
     })
 }
@@ -129,8 +159,8 @@ pub fn task_remove(tid: u32) {
         let _ = unsafe { atomic::cmpxchg(&raw mut (*s).tid, u64::from(tid), 0) };
     }
     // Looked up first: a removal takes the bucket's lock even to find nothing.
-    if task_spilled(slot) && TASKS.get_ptr(tid).is_some() {
-        let _ = TASKS.remove(tid);
+    if task_spilled(slot) && TASKS.get_ptr(tid).is_some() && TASKS.remove(tid).is_ok() {
+        uncount_spill(&TASK_SPILLS, slot);
     }
 }
 
@@ -150,22 +180,15 @@ pub static VIRT: HashMap<VirtKey, VirtValue> = HashMap::with_max_entries(262_144
 #[map]
 pub static VIRT_FRONT: Array<VirtSlot> = Array::with_max_entries(virt_front::SLOTS, BPF_F_MMAPABLE);
 
-/// The front slots the programs sent a key of to VIRT (a bit per slot).
+/// How many keys of each front slot VIRT holds (pidvirt_common::spill_count; the daemon's
+/// seeds, which go to VIRT only, count there too, through a shared mapping).
 #[map]
-pub static VIRT_SPILLED: Array<u64> = Array::with_max_entries(virt_front::SPILL_WORDS, 0);
+pub static VIRT_SPILLS: Array<u64> = Array::with_max_entries(virt_front::SPILL_WORDS, BPF_F_MMAPABLE);
 
-/// The front slots the daemon sent a key of to VIRT (its seeding writes VIRT only).
-#[map]
-pub static VIRT_SEED_SPILL: Array<u64> = Array::with_max_entries(virt_front::SPILL_WORDS, 0);
-
-/// Whether a writer sent a key of front slot `slot` to VIRT.
+/// Whether VIRT may hold a key of front slot `slot`.
 #[inline(always)]
 fn spilled(slot: u32) -> bool {
-    let (word, bit) = virt_front::spill_bit(slot);
-    match (VIRT_SPILLED.get(word), VIRT_SEED_SPILL.get(word)) {
-        (Some(k), Some(d)) => (k | d) & bit != 0,
-        _ => true,
-    }
+    spilled_at(&VIRT_SPILLS, slot)
 }
 
 /// Writes reverse entry `k` -> `v`: into its front slot when that is free or holds `k` (a stale
@@ -218,15 +241,16 @@ fn front_insert(k: VirtKey, v: VirtValue) -> Result<(), ()> {
             // An older entry of the key in VIRT (written while the slot held another key) is
             // replaced, as VIRT's own insert would have replaced it. Looked up first: a removal
             // takes the bucket's lock even to find nothing.
-            if spilled(slot) && VIRT.get_ptr(k).is_some() {
-                let _ = VIRT.remove(&k);
+            if spilled(slot) && VIRT.get_ptr(k).is_some() && VIRT.remove(&k).is_ok() {
+                uncount_spill(&VIRT_SPILLS, slot);
             }
             return Ok(());
         }
     }
-    // Marked before the insert: whoever can find the entry in VIRT sees the mark.
-    set_bit_at(&VIRT_SPILLED, virt_front::spill_bit(slot));
-    VIRT.insert(k, v, 0).map_err(|_| ())
+    // Counted before the insert: whoever can find the entry in VIRT sees the count. (Over an
+    // older entry of the key, one too many: a lookup more for the slot, never a miss.)
+    count_spill(&VIRT_SPILLS, slot);
+    VIRT.insert(k, v, 0).map_err(|_| uncount_spill(&VIRT_SPILLS, slot))
 }
 
 /// Reverse entry `k`, if any.
@@ -287,8 +311,9 @@ fn front_forget(k: VirtKey, tid: u32) {
     if spilled(slot)
         && let Some(v) = VIRT.get_ptr(k)
         && unsafe { (*v).host_tid } == tid
+        && VIRT.remove(k).is_ok()
     {
-        let _ = VIRT.remove(k);
+        uncount_spill(&VIRT_SPILLS, slot);
     }
 }
 

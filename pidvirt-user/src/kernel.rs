@@ -11,7 +11,7 @@ use pidvirt_common::{
     VirtValue,
     audit::{ContainerCounters, LSM_HOOKS, Mode, NSYSCALLS, NVERDICTS, SYSCALLS, Verdict},
     catalogue::{Program, SyscallSpec, map},
-    counter, released, slots, task_front, tid_filter, virt_front,
+    counter, released, slots, spill_count, task_front, tid_filter, virt_front,
 };
 
 /// The kernel programs, compiled for the BPF target by build.rs (aya-build).
@@ -69,8 +69,9 @@ pub struct KernelMaps {
     /// The task map's front (pidvirt_common::task_front), mapped: written with the programs'
     /// claims.
     task_front: Mapped<TaskSlot>,
-    /// Its spill marks (a bit per slot), mapped: set atomically.
-    task_spilled: Mapped<u64>,
+    /// How many tids of each of its slots TASKS holds (pidvirt_common::spill_count), mapped:
+    /// counted atomically, as the programs count.
+    task_spills: Mapped<u64>,
     /// The tids whose front slot holds another tid.
     tasks: HashMap<MapData, u32, TaskEntry>,
     /// A second descriptor of TASKS, for reading it whole in batches (aya has no batch ops).
@@ -79,8 +80,8 @@ pub struct KernelMaps {
     pub virt: HashMap<MapData, VirtKey, VirtValue>,
     /// The reverse map's front (pidvirt_common::virt_front), mapped; read before VIRT.
     virt_front: Mapped<VirtSlot>,
-    /// The daemon's marks of the front slots whose keys it wrote to VIRT.
-    pub virt_seed_spill: Array<MapData, u64>,
+    /// How many keys of each of its slots VIRT holds, mapped as `task_spills`.
+    virt_spills: Mapped<u64>,
     pub pidns: HashMap<MapData, u32, PidnsInfo>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Crossing counters per container slot.
@@ -304,20 +305,33 @@ impl Mapped<TaskSlot> {
     }
 }
 
+/// A front's spill counts (pidvirt_common::spill_count).
 impl Mapped<u64> {
-    /// Whether bit `bit` of word `word` is set (a word beyond the map: set).
-    fn bit_set(&self, (word, bit): (u32, u64)) -> bool {
-        // SAFETY: a naturally aligned u64 of the mapping, set by atomic ors only.
-        self.at(word)
-            .is_none_or(|w| unsafe { std::sync::atomic::AtomicU64::from_ptr(w) }.load(Acquire) & bit != 0)
+    /// The word where slot `slot` counts, and its lane (None beyond the map).
+    fn lane(&self, slot: u32) -> Option<(&std::sync::atomic::AtomicU64, u64, u64)> {
+        let (word, one, mask) = spill_count::lane(slot);
+        // SAFETY: a naturally aligned u64 of the mapping, which lives as long as `self`; the
+        // programs and the daemon change it by atomic adds only.
+        self.at(word).map(|w| (unsafe { std::sync::atomic::AtomicU64::from_ptr(w) }, one, mask))
     }
 
-    /// Sets bit `bit` of word `word` (atomically: the programs set other bits of the word).
-    fn set_bit(&self, (word, bit): (u32, u64)) -> bool {
-        // SAFETY: as in bit_set.
-        self.at(word)
-            .map(|w| unsafe { std::sync::atomic::AtomicU64::from_ptr(w) }.fetch_or(bit, AcqRel))
-            .is_some()
+    /// Whether the hash map behind the front may hold a key of slot `slot` (a slot beyond the
+    /// map: it may).
+    fn spilled(&self, slot: u32) -> bool {
+        self.lane(slot).is_none_or(|(w, _, mask)| w.load(Acquire) & mask != 0)
+    }
+
+    /// Counts a key of slot `slot` into the hash map (before the insert); false beyond the map,
+    /// where no key may go.
+    fn count(&self, slot: u32) -> bool {
+        self.lane(slot).map(|(w, one, _)| w.fetch_add(one, AcqRel)).is_some()
+    }
+
+    /// Takes back a key of slot `slot` (after its removal, or after an insert that failed).
+    fn uncount(&self, slot: u32) {
+        if let Some((w, one, _)) = self.lane(slot) {
+            w.fetch_sub(one, AcqRel);
+        }
     }
 }
 
@@ -352,14 +366,13 @@ impl KernelMaps {
         .map_err(|e| LoadError::Map { name: map::TASKS, source: MapError::from(e) })?;
         Ok(Self {
             task_front: Mapped::open(map::TASK_FRONT, get(map::TASK_FRONT)?)?,
-            task_spilled: Mapped::open(map::TASK_SPILLED, get(map::TASK_SPILLED)?)?,
+            task_spills: Mapped::open(map::TASK_SPILLS, get(map::TASK_SPILLS)?)?,
             tasks: HashMap::try_from(tasks).map_err(err(map::TASKS))?,
             tasks_fd,
             deep: HashMap::try_from(get(map::DEEP)?).map_err(err(map::DEEP))?,
             virt: HashMap::try_from(get(map::VIRT)?).map_err(err(map::VIRT))?,
             virt_front: Mapped::open(map::VIRT_FRONT, get(map::VIRT_FRONT)?)?,
-            virt_seed_spill: Array::try_from(get(map::VIRT_SEED_SPILL)?)
-                .map_err(err(map::VIRT_SEED_SPILL))?,
+            virt_spills: Mapped::open(map::VIRT_SPILLS, get(map::VIRT_SPILLS)?)?,
             pidns: HashMap::try_from(get(map::PIDNS)?).map_err(err(map::PIDNS))?,
             counters: PerCpuArray::try_from(get(map::COUNTERS)?).map_err(err(map::COUNTERS))?,
             counts: PerCpuArray::try_from(get(map::COUNTS)?).map_err(err(map::COUNTS))?,
@@ -408,9 +421,9 @@ impl KernelMaps {
         self.complete(tid, e)
     }
 
-    /// Whether a writer sent a tid of front slot `slot` to TASKS (the programs' maps::task_spilled).
+    /// Whether TASKS may hold a tid of front slot `slot` (the programs' maps::task_spilled).
     fn spilled(&self, slot: u32) -> bool {
-        self.task_spilled.bit_set(task_front::spill_bit(slot))
+        self.task_spills.spilled(slot)
     }
 
     /// The entry of host tid `tid`, as the programs find it (maps::task_get).
@@ -556,16 +569,21 @@ impl KernelMaps {
             // The programs wrote it there meanwhile.
             Err(()) if self.task_front.entry(slot, u64::from(tid)).is_some() => return Ok(false),
             Err(()) => {
-                // Marked before the insert (the programs look in TASKS for marked slots only).
-                if !self.task_spilled.set_bit(task_front::spill_bit(slot)) {
+                // Counted before the insert (the programs look in TASKS only where a slot counts
+                // tids there), and taken back if nothing was inserted.
+                if !self.task_spills.count(slot) {
                     return Err(MapError::OutOfBounds { index: slot, max_entries: task_front::SLOTS });
                 }
                 match self.tasks.insert(tid, *entry, NOEXIST) {
                     Ok(()) => {}
                     Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                        self.task_spills.uncount(slot);
                         return Ok(false);
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        self.task_spills.uncount(slot);
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -582,8 +600,13 @@ impl KernelMaps {
         for (level, (id, pidns)) in ids.iter().zip(ns).enumerate().skip(1) {
             let key = VirtKey { pidns: *pidns, nr: id.tid };
             // Kept as in VIRT (NOEXIST): an entry the programs wrote is newer than the walk's.
-            if self.front(key).is_none() && self.spill(key) {
-                let _ = self.virt.insert(key, VirtValue::of(entry), NOEXIST);
+            // Counted before the insert, and taken back if nothing was inserted.
+            let vslot = virt_front::slot(released::key(key.pidns, key.nr));
+            if self.front(key).is_none()
+                && self.virt_spills.count(vslot)
+                && self.virt.insert(key, VirtValue::of(entry), NOEXIST).is_err()
+            {
+                self.virt_spills.uncount(vslot);
             }
             let info = PidnsInfo::from_chain(
                 ns,
@@ -704,8 +727,8 @@ impl KernelMaps {
         for (level, ids) in t.ids.iter().enumerate().skip(1) {
             let Some(ns) = ns.get(level) else { break };
             let key = VirtKey { pidns: *ns, nr: ids.tid };
-            if self.virt.get(&key, 0).is_ok_and(|v| v.host_tid == tid) {
-                let _ = self.virt.remove(&key);
+            if self.virt.get(&key, 0).is_ok_and(|v| v.host_tid == tid) && self.virt.remove(&key).is_ok() {
+                self.virt_spills.uncount(virt_front::slot(released::key(key.pidns, key.nr)));
             }
         }
         if t.ids.len() > INLINE_LEVELS {
@@ -717,8 +740,8 @@ impl KernelMaps {
         if self.task_front.entry(slot, u64::from(tid)).is_some_and(|e| e == t.entry) {
             // A writer that claimed the slot meanwhile keeps it.
             let _ = self.task_front.key(slot).map(|k| k.compare_exchange(u64::from(tid), 0, AcqRel, Relaxed));
-        } else if self.spilled(slot) {
-            let _ = self.tasks.remove(&tid);
+        } else if self.spilled(slot) && self.tasks.remove(&tid).is_ok() {
+            self.task_spills.uncount(slot);
         }
         self.tasks_changed();
     }
@@ -742,24 +765,6 @@ impl KernelMaps {
     fn front(&self, key: VirtKey) -> Option<VirtSlot> {
         let key = released::key(key.pidns, key.nr);
         self.virt_front.slot(virt_front::slot(key), key)
-    }
-
-    /// Marks the front slot of reverse entry `key`, before the daemon writes the entry to VIRT
-    /// (the programs look in VIRT only for the slots marked; pidvirt_common::virt_front). Only
-    /// the daemon writes these marks, and never clears one: a read-modify-write loses none.
-    /// Answers whether the slot is marked: an entry written to VIRT without its mark would never
-    /// be looked at.
-    fn spill(&mut self, key: VirtKey) -> bool {
-        let (word, bit) = virt_front::spill_bit(virt_front::slot(released::key(key.pidns, key.nr)));
-        let marked = match self.virt_seed_spill.get(&word, 0) {
-            Ok(old) if old & bit != 0 => Ok(()),
-            Ok(old) => self.virt_seed_spill.set(word, old | bit, 0),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &marked {
-            tracing::warn!("could not mark the reverse map's front slot of {key:?}: {e}");
-        }
-        marked.is_ok()
     }
 
     /// To be called AFTER every write to the task map: the programs' per-CPU copies of a

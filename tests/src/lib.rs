@@ -864,6 +864,12 @@ fn fdinfo_ids(pid: u32, field: &str) -> std::collections::HashSet<u64> {
 /// Whether the map named `name` that process `pid` holds has an element of key `key` (the
 /// kernel's answer to a lookup, by the map's id in the process's fdinfo).
 pub fn daemon_map_has(pid: u32, name: &str, key: &[u8]) -> bool {
+    daemon_map_lookup(pid, name, key).is_some()
+}
+
+/// The value of key `key` in the map named `name` that process `pid` holds (the kernel's answer
+/// to a lookup, by the map's id in the process's fdinfo); None where the map has no such key.
+pub fn daemon_map_lookup(pid: u32, name: &str, key: &[u8]) -> Option<Vec<u8>> {
     let ids = fdinfo_ids(pid, "map_id:");
     let kernel_name = pidvirt_common::catalogue::kernel_name(name);
     let maps: Vec<u64> = bpftool(&["map", "show"])
@@ -883,10 +889,27 @@ pub fn daemon_map_has(pid: u32, name: &str, key: &[u8]) -> bool {
     // A missing key: bpftool prints "Not found" and exits non-zero.
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() && stdout.contains("Not found") {
-        return false;
+        return None;
     }
     assert!(out.status.success(), "bpftool {args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    true
+    // "key: 01 00 00 00  value: 02 00 ...", the value's bytes in hex, over one line or more.
+    let (_, value) =
+        stdout.split_once("value:").unwrap_or_else(|| panic!("bpftool {args:?}: no value in {stdout}"));
+    Some(
+        value
+            .split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|e| panic!("bpftool {args:?}: `{b}`: {e}")))
+            .collect(),
+    )
+}
+
+/// How many keys of front slot `slot` the hash map behind the front holds, as the spill counts
+/// `counts` (TASK_SPILLS or VIRT_SPILLS, pidvirt_common::spill_count) of daemon `pid` say.
+pub fn daemon_spill_count(pid: u32, counts: &str, slot: u32) -> u64 {
+    let (word, one, mask) = pidvirt_common::spill_count::lane(slot);
+    let value = daemon_map_lookup(pid, counts, &word.to_ne_bytes()).expect("a count word of every slot");
+    let word = u64::from_ne_bytes(value.try_into().expect("8-byte words"));
+    (word & mask) / one
 }
 
 /// The kernel's records (`bpftool prog show`) of the programs process `held_by` holds (by the

@@ -139,8 +139,11 @@ fn numbers_of_two_namespaces_sharing_a_front_slot_are_judged_as_the_kernel_answe
     };
     assert_eq!(a.num(&format!("spawn_vpid {na} 0")), i64::from(na));
     assert_eq!(b.num(&format!("spawn_vpid {nb} 0")), i64::from(nb));
-    // The slot held the first's entry: the second's went to the hash map.
+    // The slot held the first's entry: the second's went to the hash map, counted on the slot.
     assert_eq!((in_hash(&a, na), in_hash(&b, nb)), (false, true));
+    let shared = slot(&a, na);
+    let spilled = || tests::daemon_spill_count(d.pid(), pidvirt_common::catalogue::map::VIRT_SPILLS, shared);
+    assert_eq!(spilled(), 1, "the slot counts the key in VIRT");
     // The kernel: each number names a live task of its namespace.
     assert_eq!(a.num(&format!("sys kill {na} 0")), 0);
     assert_eq!(b.num(&format!("sys kill {nb} 0")), 0);
@@ -162,6 +165,7 @@ fn numbers_of_two_namespaces_sharing_a_front_slot_are_judged_as_the_kernel_answe
         (counts(&cb).1 == b0.1 + 1).then_some(())
     });
     assert!(!in_hash(&b, nb), "the reaped task's entry left the hash map");
+    assert_eq!(spilled(), 0, "the slot counts no key in VIRT: its lookups no longer look there");
     // The slot is free again: the second namespace's number, taken anew, is written there.
     assert_eq!(b.num(&format!("spawn_vpid {nb} 0")), i64::from(nb));
     assert!(!in_hash(&b, nb), "the new task's entry went to the free slot");
@@ -249,8 +253,10 @@ fn tasks_whose_host_tids_share_a_front_slot_are_shown_and_judged_as_the_kernel_a
     // The kernel: each is a live task at the host tid asked for.
     assert_eq!(proc_truth::task(h1, h1).map(|t| t.nspid), Some(vec![h1, na]));
     assert_eq!(proc_truth::task(h2, h2).map(|t| t.nspid), Some(vec![h2, nb]));
-    // The slot held the first's entry: the second's went to the hash map.
+    // The slot held the first's entry: the second's went to the hash map, counted on the slot.
     assert_eq!((in_hash(h1), in_hash(h2)), (false, true));
+    let spilled = || tests::daemon_spill_count(d.pid(), map::TASK_SPILLS, task_front::slot(h1));
+    assert_eq!(spilled(), 1, "the slot counts the tid in TASKS");
     eventually(tests::settle(), "both shown as /proc shows them", || {
         (shown_as_the_kernel_says(h1) && shown_as_the_kernel_says(h2)).then_some(())
     });
@@ -272,6 +278,7 @@ fn tasks_whose_host_tids_share_a_front_slot_are_shown_and_judged_as_the_kernel_a
     assert!(!proc_truth::alive(h2));
     eventually(tests::settle(), "the second gone from ps", || shown_as_the_kernel_says(h2).then_some(()));
     assert!(!in_hash(h2), "the reaped task's entry left the hash map");
+    assert_eq!(spilled(), 0, "the slot counts no tid in TASKS: its lookups no longer look there");
     // The slot is free again: the second's tid, taken anew, is written there.
     assert_eq!(b.num(&format!("spawn_pids 0 {nb} {h2}")), i64::from(nb));
     assert!(!in_hash(h2), "the new task's entry went to the free slot");

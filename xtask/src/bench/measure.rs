@@ -1162,14 +1162,13 @@ fn sink_settled(b: &Bench, socket: &Path, t_gen: Instant) -> anyhow::Result<Dura
 // 3 and 4. P5 attach time, P6 memory per task
 
 /// The maps whose memory P6 reports.
-pub const MAPS: [&str; 13] = [
+pub const MAPS: [&str; 12] = [
     map::TASK_FRONT,
-    map::TASK_SPILLED,
+    map::TASK_SPILLS,
     map::TASKS,
     map::VIRT,
     map::VIRT_FRONT,
-    map::VIRT_SPILLED,
-    map::VIRT_SEED_SPILL,
+    map::VIRT_SPILLS,
     map::DEEP,
     map::PIDNS,
     map::COUNTS,
