@@ -64,6 +64,47 @@ fn uncount_spill(counts: &Array<u64>, slot: u32) {
     }
 }
 
+/// Why [`spill_insert`] wrote nothing.
+enum SpillError {
+    /// The key is there (and `replace` was not asked).
+    Exists,
+    /// The map refused the entry.
+    Refused,
+}
+
+/// Writes `key` -> `value` into the hash map behind a front, counted on the key's front slot
+/// `slot` in `counts` (pidvirt_common::spill_count): as a new key, counted before the insert and
+/// taken back if none was inserted; or, with `replace`, over the key where the map holds it
+/// already, uncounted (it was counted when it went in: an insert with no flags would count a
+/// replaced key twice, and its slot would never count 0 again).
+#[inline(always)]
+fn spill_insert<K, V>(
+    map: &HashMap<K, V>,
+    counts: &Array<u64>,
+    slot: u32,
+    key: &K,
+    value: &V,
+    replace: bool,
+) -> Result<(), SpillError> {
+    count_spill(counts, slot);
+    if map.insert(key, value, u64::from(BPF_NOEXIST)).is_ok() {
+        return Ok(());
+    }
+    uncount_spill(counts, slot);
+    if !replace {
+        return Err(if map.get_ptr(key).is_some() { SpillError::Exists } else { SpillError::Refused });
+    }
+    if map.insert(key, value, u64::from(BPF_EXIST)).is_ok() {
+        return Ok(());
+    }
+    // Removed between the two (or refused): once more, as a new key.
+    count_spill(counts, slot);
+    map.insert(key, value, u64::from(BPF_NOEXIST)).map_err(|_| {
+        uncount_spill(counts, slot);
+        SpillError::Refused
+    })
+}
+
 /// The entry of host tid `tid`, if any. The pointer is into a front slot or a TASKS element,
 /// which the removal of the entry frees for another task's (as a preallocated hash map's
 /// element is): read what is needed at once.
@@ -94,7 +135,7 @@ pub enum TaskInsertError {
 }
 
 /// Writes `tid`'s entry: over its entry where it has one (in the front or in TASKS), else into its
-/// front slot when that is free, else into TASKS, marking the slot. With `only_new`, writes
+/// front slot when that is free, else into TASKS, counted on the slot. With `only_new`, writes
 /// nothing where `tid` has an entry.
 #[inline(always)]
 pub fn task_insert(tid: u32, e: &TaskEntry, only_new: bool) -> Result<(), TaskInsertError> {
@@ -106,7 +147,7 @@ pub fn task_insert(tid: u32, e: &TaskEntry, only_new: bool) -> Result<(), TaskIn
     let Some(s) = TASK_FRONT.get_ptr_mut(slot) else { return Err(TaskInsertError::Full) };
     let held = unsafe { core::ptr::read_volatile(&raw const (*s).tid) };
     let own = held == u64::from(tid);
-    // Whether TASKS holds a copy of the tid's entry: looked up once, where the slot is marked.
+    // Whether TASKS holds a copy of the tid's entry: looked up once, where the slot counts any.
     let in_tasks = spilled && TASKS.get_ptr(tid).is_some();
     if own || in_tasks {
         if only_new {
@@ -137,11 +178,9 @@ pub fn task_insert(tid: u32, e: &TaskEntry, only_new: bool) -> Result<(), TaskIn
         return Ok(());
     }
     // Counted before the insert: whoever can find the entry in TASKS sees the count.
-    count_spill(&TASK_SPILLS, slot);
-    let flags = if only_new { u64::from(BPF_NOEXIST) } else { 0 };
-    TASKS.insert(tid, e, flags).map_err(|_| {
-        uncount_spill(&TASK_SPILLS, slot);
-        if only_new && TASKS.get_ptr(tid).is_some() { TaskInsertError::Exists } else { TaskInsertError::Full }
+    spill_insert(&TASKS, &TASK_SPILLS, slot, &tid, e, !only_new).map_err(|e| match e {
+        SpillError::Exists => TaskInsertError::Exists,
+        SpillError::Refused => TaskInsertError::Full,
     })
 }
 
@@ -192,7 +231,7 @@ fn spilled(slot: u32) -> bool {
 }
 
 /// Writes reverse entry `k` -> `v`: into its front slot when that is free or holds `k` (a stale
-/// entry of the number, replaced as VIRT would), else into VIRT, marking the slot.
+/// entry of the number, replaced as VIRT would), else into VIRT, counted on the slot.
 ///
 /// Whoever writes a slot's value claims the slot first (its key to CLAIMED, by compare-and-swap
 /// from what it read), and only the claimer writes a claimed slot: a writer that read `k` can
@@ -247,10 +286,9 @@ fn front_insert(k: VirtKey, v: VirtValue) -> Result<(), ()> {
             return Ok(());
         }
     }
-    // Counted before the insert: whoever can find the entry in VIRT sees the count. (Over an
-    // older entry of the key, one too many: a lookup more for the slot, never a miss.)
-    count_spill(&VIRT_SPILLS, slot);
-    VIRT.insert(k, v, 0).map_err(|_| uncount_spill(&VIRT_SPILLS, slot))
+    // Counted before the insert: whoever can find the entry in VIRT sees the count. An older
+    // entry of the key there is replaced, as VIRT's own insert would.
+    spill_insert(&VIRT, &VIRT_SPILLS, slot, &k, &v, true).map_err(|_| ())
 }
 
 /// Reverse entry `k`, if any.

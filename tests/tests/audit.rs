@@ -77,7 +77,7 @@ fn the_host_pid_of_a_task_seeded_from_proc_is_a_leak_too() {
     let also = r[0].also.as_ref().expect("the task whose host pid leaked");
     assert_eq!((r[0].value, also.host_pid, also.vpid), (i64::from(host), host, sibling));
     // Its own number: the reverse entry the daemon's seeding wrote (the hash map behind the
-    // front, found through the slot the seeding marked) names it, as the kernel does.
+    // front, found through the count the seeding put on its slot) names it, as the kernel does.
     let c = f.container();
     let (before, _) = d.container_crossings(&c);
     assert_eq!(f.num(&format!("sys kill {sibling} 0")), 0);

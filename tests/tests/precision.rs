@@ -137,13 +137,17 @@ fn numbers_of_two_namespaces_sharing_a_front_slot_are_judged_as_the_kernel_answe
         let key = [(f.inner() as u32).to_ne_bytes(), n.to_ne_bytes()].concat();
         tests::daemon_map_has(d.pid(), pidvirt_common::catalogue::map::VIRT, &key)
     };
+    let counted_before =
+        tests::daemon_spill_count(d.pid(), pidvirt_common::catalogue::map::VIRT_SPILLS, slot(&a, na));
     assert_eq!(a.num(&format!("spawn_vpid {na} 0")), i64::from(na));
     assert_eq!(b.num(&format!("spawn_vpid {nb} 0")), i64::from(nb));
     // The slot held the first's entry: the second's went to the hash map, counted on the slot.
     assert_eq!((in_hash(&a, na), in_hash(&b, nb)), (false, true));
+    // (Relative to what the slot counted before: on a busy host a key of another namespace
+    // may meet these two there.)
     let shared = slot(&a, na);
     let spilled = || tests::daemon_spill_count(d.pid(), pidvirt_common::catalogue::map::VIRT_SPILLS, shared);
-    assert_eq!(spilled(), 1, "the slot counts the key in VIRT");
+    assert_eq!(spilled(), counted_before + 1, "the slot counts the key in VIRT");
     // The kernel: each number names a live task of its namespace.
     assert_eq!(a.num(&format!("sys kill {na} 0")), 0);
     assert_eq!(b.num(&format!("sys kill {nb} 0")), 0);
@@ -165,7 +169,11 @@ fn numbers_of_two_namespaces_sharing_a_front_slot_are_judged_as_the_kernel_answe
         (counts(&cb).1 == b0.1 + 1).then_some(())
     });
     assert!(!in_hash(&b, nb), "the reaped task's entry left the hash map");
-    assert_eq!(spilled(), 0, "the slot counts no key in VIRT: its lookups no longer look there");
+    assert_eq!(
+        spilled(),
+        counted_before,
+        "the slot no longer counts the key: its lookups no longer look there for it"
+    );
     // The slot is free again: the second namespace's number, taken anew, is written there.
     assert_eq!(b.num(&format!("spawn_vpid {nb} 0")), i64::from(nb));
     assert!(!in_hash(&b, nb), "the new task's entry went to the free slot");
