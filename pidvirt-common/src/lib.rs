@@ -321,11 +321,11 @@ pub mod virt_front {
 /// How many keys of a front slot its hash map holds (TASK_SPILLS for TASK_FRONT and TASKS,
 /// VIRT_SPILLS for VIRT_FRONT and VIRT): a 32-bit count per slot, two to a 64-bit word, added to
 /// and taken from atomically (by the programs and, through a shared mapping, the daemon). A
-/// writer adds 1 before it inserts a key into the hash map (and takes it back if the insert
-/// fails), and takes 1 after a removal that removed a key; so a slot whose hash map holds a key
-/// of it never counts 0 (an insert that replaced a key leaves one too many: a lookup more, never
-/// a miss). A lookup or removal the front does not answer looks in the hash map only where the
-/// count is not 0, and a slot whose keys all left costs nothing again.
+/// writer adds 1 before it inserts a new key into the hash map (and takes it back if none was
+/// inserted; a key already there is replaced uncounted, with BPF_EXIST), and takes 1 after a
+/// removal that removed a key; so a slot whose hash map holds a key of it never counts 0. A
+/// lookup or removal the front does not answer looks in the hash map only where the count is not
+/// 0, and a slot whose keys all left costs nothing again.
 pub mod spill_count {
     /// Counts per word.
     pub const PER_WORD: u32 = 2;
