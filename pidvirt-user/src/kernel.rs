@@ -601,7 +601,7 @@ impl KernelMaps {
             let key = VirtKey { pidns: *pidns, nr: id.tid };
             // Kept as in VIRT (NOEXIST): an entry the programs wrote is newer than the walk's.
             // Counted before the insert, and taken back if nothing was inserted.
-            let vslot = virt_front::slot(released::key(key.pidns, key.nr));
+            let vslot = virt_slot(key);
             if self.front(key).is_none()
                 && self.virt_spills.count(vslot)
                 && self.virt.insert(key, VirtValue::of(entry), NOEXIST).is_err()
@@ -728,7 +728,7 @@ impl KernelMaps {
             let Some(ns) = ns.get(level) else { break };
             let key = VirtKey { pidns: *ns, nr: ids.tid };
             if self.virt.get(&key, 0).is_ok_and(|v| v.host_tid == tid) && self.virt.remove(&key).is_ok() {
-                self.virt_spills.uncount(virt_front::slot(released::key(key.pidns, key.nr)));
+                self.virt_spills.uncount(virt_slot(key));
             }
         }
         if t.ids.len() > INLINE_LEVELS {
@@ -851,6 +851,11 @@ fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
         token = next;
         first = false;
     }
+}
+
+/// The slot of reverse entry `key` in the reverse map's front (pidvirt_common::virt_front).
+fn virt_slot(key: VirtKey) -> u32 {
+    virt_front::slot(released::key(key.pidns, key.nr))
 }
 
 /// Crossing counts by syscall name and verdict name.
