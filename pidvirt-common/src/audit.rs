@@ -44,6 +44,10 @@ pub struct Resolution {
     /// X is in a container nested in the caller's (a namespace below the caller's; for the
     /// host proper, any container).
     pub named_nested: bool,
+    /// X is of another container that lives in the caller's own pid namespace, below the host's
+    /// (`docker run --pid=container:X`, a pod sharing its process namespace): the namespace was
+    /// joined on purpose and the kernel translated N in it, so X is the caller's to name.
+    pub named_shared_namespace: bool,
     /// N is in the caller's namespace's reverse map, but the entry it points at is gone or
     /// belongs to a recycled pid.
     pub named_stale: bool,
@@ -75,7 +79,7 @@ pub fn classify(caller_container: u32, r: &Resolution) -> Verdict {
     if x.found {
         if y.found && y.host_tid != x.host_tid && y.visible {
             Verdict::Collision
-        } else if x.container == caller_container {
+        } else if x.container == caller_container || r.named_shared_namespace {
             Verdict::Ok
         } else if r.named_nested {
             Verdict::Nested
@@ -259,6 +263,16 @@ mod tests {
             classify(3, &res(party(500, crate::HOST_CONTAINER, true), Party::NONE, 0)),
             Verdict::CrossContainer
         );
+    }
+
+    #[test]
+    fn a_target_of_another_container_in_the_callers_own_joined_namespace_is_ok() {
+        let shared = Resolution { named_shared_namespace: true, ..res(party(500, D, true), Party::NONE, 0) };
+        assert_eq!(classify(C, &shared), Verdict::Ok);
+        // A collision still wins: N names another task the caller sees at an ancestor level.
+        let r =
+            Resolution { named_shared_namespace: true, ..res(party(500, D, true), party(700, C, true), 0) };
+        assert_eq!(classify(C, &r), Verdict::Collision);
     }
 
     #[test]

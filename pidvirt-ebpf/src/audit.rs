@@ -250,11 +250,20 @@ pub struct Resolved {
     pub ancestor_at: Level,
 }
 
-/// Whether the caller (entry `c`) can see task `y`: same container, or a namespace nested
-/// below the caller's.
+/// Whether task `y` lives in the caller's own pid namespace and that namespace is not the
+/// host's: containers there joined it on purpose (`--pid=container:X`, a pod sharing its process
+/// namespace), so each sees the others' tasks as the kernel does. Containers sharing the host's
+/// namespace (`--pid=host`) stay siblings.
+#[inline(always)]
+fn shares_namespace(c: &TaskEntry, y: &TaskEntry) -> bool {
+    c.level > 0 && y.pidns == c.pidns
+}
+
+/// Whether the caller (entry `c`) can see task `y`: same container, a container of its own
+/// joined namespace, or a namespace nested below the caller's.
 #[inline(always)]
 pub fn visible(c: &TaskEntry, y: &TaskEntry) -> bool {
-    if y.container == c.container {
+    if y.container == c.container || shares_namespace(c, y) {
         return true;
     }
     if y.level <= c.level {
@@ -267,13 +276,14 @@ pub fn visible(c: &TaskEntry, y: &TaskEntry) -> bool {
 }
 
 /// Whether task `x` of another container is in a container nested in the caller's: everything
-/// is, for the host proper; nothing is, for a cgroup container (containers sharing a namespace
-/// are siblings); for a namespace container, what lives in a namespace below its own.
+/// is, for the host proper; nothing is, for a cgroup container of the host's namespace
+/// (containers sharing it are siblings); for any other container, what lives in a namespace
+/// below its own.
 #[inline(always)]
 fn nested(c: &TaskEntry, x: &TaskEntry) -> bool {
     if c.container == HOST_CONTAINER {
         true
-    } else if is_cgroup_container(c.container) {
+    } else if is_cgroup_container(c.container) && c.level == 0 {
         false
     } else {
         visible(c, x)
@@ -287,14 +297,18 @@ fn nested(c: &TaskEntry, x: &TaskEntry) -> bool {
 #[inline(always)]
 pub fn resolve(tid: u32, c: &TaskEntry, n: u32) -> Resolved {
     let (named, stale) = resolve_named(tid, c, n);
-    let named_nested = named.is_some() && {
+    let (named_nested, named_shared_namespace) = if named.is_some() {
         let x = unsafe { &*named.entry };
-        x.container != c.container && nested(c, x)
+        let other = x.container != c.container;
+        (other && nested(c, x), other && shares_namespace(c, x))
+    } else {
+        (false, false)
     };
     let mut r = Resolved {
         res: Resolution {
             named: named.party(true),
             named_nested,
+            named_shared_namespace,
             named_stale: stale,
             ..Resolution::default()
         },

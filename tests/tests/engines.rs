@@ -163,6 +163,51 @@ fn a_leak_from_one_docker_container_into_anothers_init_names_both() {
     assert_eq!(also.runtime.as_ref().map(|rt| rt.name.as_str()), Some("web-b"));
 }
 
+/// `docker run --pid=container:app` (what a pod sharing its process namespace does): two
+/// containers, one pid namespace. Each keeps its engine's name, the namespace the name of the
+/// container whose init is its init; numbers the kernel translated in that namespace pass
+/// silently both ways, and a host pid used there is still a leak, of the container that used it.
+#[test]
+fn containers_sharing_one_pid_namespace_keep_their_names_and_name_each_other_silently() {
+    let test = "containers_sharing_one_pid_namespace_keep_their_names_and_name_each_other_silently";
+    let Some(docker) = dockerd(test) else { return };
+    let d = daemon_for(&docker, false);
+    docker.ok(&["run", "-d", "--name", "app", IMAGE, "sleep", "600"]);
+    docker.ok(&["run", "-d", "--name", "side", "--pid=container:app", IMAGE, "sleep", "600"]);
+    let (app, side) = (docker.id("app"), docker.id("side"));
+    let (app_init, side_init) = (docker.pid("app"), docker.pid("side"));
+    // The kernel: one namespace, app's init is its vpid 1, side's init is not.
+    let ns = pidns_of(app_init);
+    assert_eq!(pidns_of(side_init), ns, "side joined app's pid namespace");
+    let side_task = proc_truth::task(side_init, side_init).expect("side's init");
+    let side_vpid = *side_task.nspid.last().unwrap();
+    assert_eq!(proc_truth::task(app_init, app_init).and_then(|t| t.nspid.last().copied()), Some(1));
+    assert_ne!(side_vpid, 1);
+
+    let a = named(&d, &app, "app");
+    assert_eq!((a.kind.as_str(), a.pidns), ("pidns", ns));
+    let s = named(&d, &side, "side");
+    assert_eq!((s.kind.as_str(), s.pidns, s.level), ("cgroup", ns, 1), "{s:?}");
+    let rows = d.ps_by_tid();
+    assert_eq!(rows.get(&app_init).map(|r| r.container.as_str()), Some(app.as_str()));
+    let row = rows.get(&side_init).expect("side's init in ps");
+    assert_eq!((row.container.as_str(), &row.nspid), (side.as_str(), &side_task.nspid));
+
+    // Each names the other by the number the kernel gave it in their namespace.
+    assert_eq!(docker.docker(&["exec", "side", "kill", "-0", "1"]).code, 0);
+    assert_eq!(docker.docker(&["exec", "app", "kill", "-0", &side_vpid.to_string()]).code, 0);
+    let (crossings, _) = d.container_crossings(&side);
+    assert!(crossings["kill"]["ok"] >= 1, "side's kill of app's init, counted as side's: {crossings:?}");
+    // A host pid inside is still a leak: side used app's host pid, which names nothing there.
+    assert_ne!(docker.docker(&["exec", "side", "kill", "-0", &app_init.to_string()]).code, 0);
+    let leak = wait_record(&d, "the leak from side", |r| r.verdict == "leak");
+    assert_eq!((leak.container.as_str(), leak.value), (side.as_str(), i64::from(app_init)));
+    assert_eq!(leak.runtime.as_ref().map(|rt| rt.name.as_str()), Some("side"));
+    std::thread::sleep(Duration::from_millis(500));
+    let records = d.audit_log();
+    assert_eq!(records.len(), 1, "only the leak: {records:#?}");
+}
+
 /// Lifecycle operations on Docker, Podman (if it runs) and runc; answers how many were made.
 fn churn(docker: &Dockerd, podman: Option<&Podman>) -> usize {
     let mut ops = 0;
@@ -320,11 +365,34 @@ fn podman_containers_come_in_through_the_hooks_d_entry_and_its_api() {
     assert_eq!((runtime.engine.as_str(), runtime.image.as_str()), ("podman", IMAGE));
     let pid: u32 = podman.podman(&["inspect", "-f", "{{.State.Pid}}", "p1"]).stdout.trim().parse().unwrap();
     assert_eq!(c.pidns, pidns_of(pid));
-    // poststop unregisters it; the runtime then names it no more once it is gone.
-    assert_eq!(podman.podman(&["rm", "-f", "-t", "0", "p1"]).code, 0);
-    eventually(tests::settle(), "p1 unregistered", || {
-        d.containers().iter().all(|c| c.id != id).then_some(())
+    // A container joining p1's pid namespace: the hook registers it by its cgroup, in that
+    // namespace, and p1 keeps the namespace's name.
+    let out = podman.run(&["--name", "p2", "--pid=container:p1"], &["sleep", "600"]);
+    assert_eq!(out.code, 0, "podman run --pid=container:p1: {}", out.stderr);
+    let id2 = out.stdout.trim().to_string();
+    let pid2: u32 = podman.podman(&["inspect", "-f", "{{.State.Pid}}", "p2"]).stdout.trim().parse().unwrap();
+    assert_eq!(pidns_of(pid2), c.pidns, "p2 joined p1's pid namespace");
+    let c2 = eventually(tests::settle() * 3, "container named p2 by Podman's API", || {
+        d.containers().into_iter().find(|c| c.id == id2 && c.runtime.as_ref().is_some_and(|r| r.name == "p2"))
     });
+    assert_eq!(
+        (c2.kind.as_str(), c2.registered_by.as_str(), c2.pidns, c2.level),
+        ("cgroup", "oci", c.pidns, 1)
+    );
+    let p1 = d.containers().into_iter().find(|c| c.id == id).expect("p1");
+    assert_eq!(p1.runtime.map(|r| r.name), Some("p1".into()), "p1 keeps its namespace's name");
+    assert_eq!(podman.podman(&["exec", "p2", "kill", "-0", "1"]).code, 0, "p2 names p1's init");
+    assert_eq!(d.ps_by_tid().get(&pid2).map(|r| r.container.clone()), Some(id2.clone()));
+    // poststop unregisters them; the runtime then names them no more once they are gone.
+    for name in ["p2", "p1"] {
+        let out = podman.podman(&["rm", "-f", "-t", "0", name]);
+        assert_eq!(out.code, 0, "podman rm {name}: {}", out.stderr);
+    }
+    eventually(tests::settle(), "p1 and p2 unregistered", || {
+        d.containers().iter().all(|c| c.id != id && c.id != id2).then_some(())
+    });
+    let records = d.audit_log();
+    assert!(records.is_empty(), "{records:#?}");
 }
 
 #[test]

@@ -18,7 +18,7 @@ pub mod state_file;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
 };
 
@@ -205,9 +205,13 @@ impl Containers {
                     .ok()
                     .filter(|p| *p > 0)
                     .ok_or_else(|| not_found(format!("no process {pid}")))?;
-                let ns = procscan::pidns_of(pid).map_err(|_| not_found(format!("no process {pid}")))?;
-                if ns == reg.host_pidns() {
-                    // A process of the host's namespace: its container is its cgroup.
+                let gone = |_| not_found(format!("no process {pid}"));
+                let ns = procscan::pidns_of(pid).map_err(gone)?;
+                // A process of the host's namespace, or a runtime's container that joined another
+                // container's namespace (its init is not the namespace's): its cgroup.
+                let member =
+                    ns != reg.host_pidns() && r.by == Source::Oci && joined_namespace(pid).map_err(gone)?;
+                if ns == reg.host_pidns() || member {
                     let path = cgroup::cgroup_path_of(pid)
                         .ok_or_else(|| not_found(format!("no cgroup v2 path for process {pid}")))?;
                     Target::Cgroup(path)
@@ -228,10 +232,17 @@ impl Containers {
             Target::Cgroup(spec) => {
                 let (path, cgroup_id) = cgroup::resolve_cgroup(spec)?;
                 let reuse = maps.cgroups.get(&cgroup_id, 0).ok().map(|c| (c.container, c.slot));
-                let c =
-                    reg.register_cgroup(&r.id, (cgroup_id, path.clone()), r.labels, r.by, reuse, || {
-                        maps.take_slot()
-                    })?;
+                let joined = joined_by(&path, reg.host_pidns())
+                    .and_then(|ns| maps.pidns.get(&ns, 0).ok().map(|info| (ns, info)));
+                let c = reg.register_cgroup(
+                    &r.id,
+                    (cgroup_id, path.clone()),
+                    joined.as_ref().map(|(ns, info)| (*ns, info)),
+                    r.labels,
+                    r.by,
+                    reuse,
+                    || maps.take_slot(),
+                )?;
                 let Kind::Cgroup { slot, .. } = c.kind else { unreachable!("a cgroup container") };
                 let member = CgroupContainer { container: c.number, slot };
                 maps.set_cgroup(cgroup_id, Some(member)).map_err(ApiError::internal)?;
@@ -309,9 +320,12 @@ impl Containers {
     /// What a runtime says: a container runs with init `pid`, or was removed. A claim is checked
     /// against the kernel first: the pid must be a live process whose cgroup path names the
     /// container (a runtime can lie, or a pid be reused); one that fails is logged and ignored.
-    /// A container in its own pid namespace gives that namespace its name; one that shares the
+    /// A container in its own pid namespace gives that namespace its name. One that shares the
     /// host's (`--pid=host`, a hostPID pod) becomes a cgroup container, so that what it does to
-    /// other containers is judged as a sibling's action.
+    /// other containers is judged as a sibling's action. One that joined another container's
+    /// namespace (`--pid=container:X`, a pod sharing its process namespace: its init is not the
+    /// namespace's) becomes a cgroup container in that namespace: each keeps its own name, and
+    /// the namespace the name of the container whose init is its init.
     pub fn runtime_update(&self, update: Update) {
         match update {
             Update::Running(f) => {
@@ -334,17 +348,26 @@ impl Containers {
             return Err(format!("that process's cgroup is {path}, which does not name the container"));
         }
         let ns = procscan::pidns_of(f.pid).map_err(|e| e.to_string())?;
+        let joined = joined_namespace(f.pid).map_err(|e| e.to_string())?;
         let (mut maps, mut reg) = self.lock().map_err(|e| e.message)?;
-        if ns == reg.host_pidns() {
-            if reg.lookup(&f.id).is_ok_and(Container::is_registered) {
+        if ns == reg.host_pidns() || joined {
+            // An orchestrator's registration (the OCI hook's) is kept; the runtime describes it.
+            if let Some(number) = reg.lookup(&f.id).ok().filter(|c| c.is_registered()).map(|c| c.number) {
+                reg.describe(number, Some(f.runtime.clone()), f.k8s.clone());
                 return Ok(());
             }
+            let info = if joined {
+                Some(maps.pidns.get(&ns, 0).map_err(|_| format!("pid namespace {ns} is not tracked yet"))?)
+            } else {
+                None
+            };
             let (path, cgroup_id) = cgroup::resolve_cgroup(&path).map_err(|e| e.message)?;
             let reuse = maps.cgroups.get(&cgroup_id, 0).ok().map(|c| (c.container, c.slot));
             let c = reg
                 .register_cgroup(
                     &f.id,
                     (cgroup_id, path.clone()),
+                    info.as_ref().map(|i| (ns, i)),
                     f.labels.clone(),
                     Source::Runtime,
                     reuse,
@@ -362,7 +385,9 @@ impl Containers {
                 engine = f.runtime.engine,
                 id = f.id,
                 name = f.runtime.name,
-                "runtime container in the host's pid namespace: tracked by its cgroup {}",
+                pidns = ns,
+                "runtime container in {} pid namespace: tracked by its cgroup {}",
+                if joined { "another container's" } else { "the host's" },
                 path.display()
             );
             return Ok(());
@@ -547,6 +572,29 @@ impl Containers {
             self.save(&reg);
         }
     }
+}
+
+/// Whether process `pid` joined a pid namespace that another process made: it is not its
+/// namespace's init (its innermost number is not 1). False in the host's namespace, whose init
+/// is this machine's.
+fn joined_namespace(pid: u32) -> Result<bool, procscan::ProcError> {
+    let task = procscan::read_task(pid, pid, Some(0))?;
+    Ok(task.level() > 0 && task.nspid.last() != Some(&1))
+}
+
+/// The pid namespace the tasks of cgroup `dir` (and below) joined, if they all live in one that
+/// is not the host's and none of them is its init (a container sharing another's namespace);
+/// None for a cgroup of the host's namespace, of a namespace it made, or with no task.
+fn joined_by(dir: &Path, host: u32) -> Option<u32> {
+    let mut joined = None;
+    for tid in cgroup::threads_below(dir) {
+        let Ok(task) = procscan::read_task(tid, tid, None) else { continue };
+        if task.pidns == host || joined.is_some_and(|ns| ns != task.pidns) || task.nstgid.last() == Some(&1) {
+            return None;
+        }
+        joined = Some(task.pidns);
+    }
+    joined
 }
 
 /// A task's container (and counter slot) when it belongs to no cgroup container: its pid

@@ -427,12 +427,16 @@ impl Registry {
 
     /// Registers cgroup `cgroup_id` (at `path`) under `id`; returns the container (with its
     /// newly allocated number, or the existing one when re-registering the same target).
-    /// `reuse` is the kernel's (number, counter slot) for this cgroup, if it has one (pinned
-    /// programs adopted); `take_slot` allocates a counter slot otherwise.
+    /// `joined` is the pid namespace (inode and record) its tasks live in when that is not the
+    /// host's (a container that joined another's namespace). `reuse` is the kernel's (number,
+    /// counter slot) for this cgroup, if it has one (pinned programs adopted); `take_slot`
+    /// allocates a counter slot otherwise.
+    #[expect(clippy::too_many_arguments, reason = "the cgroup, where its tasks live, and the registration")]
     pub fn register_cgroup(
         &mut self,
         id: &str,
         (cgroup_id, path): (u64, PathBuf),
+        joined: Option<(u32, &PidnsInfo)>,
         labels: BTreeMap<String, String>,
         by: Source,
         reuse: Option<(u32, u32)>,
@@ -476,9 +480,9 @@ impl Registry {
             number,
             id: id.into(),
             kind: Kind::Cgroup { cgroup_id, path, slot },
-            pidns: self.host_pidns,
-            level: 0,
-            parent_pidns: 0,
+            pidns: joined.map_or(self.host_pidns, |(ns, _)| ns),
+            level: joined.map_or(0, |(_, info)| info.level),
+            parent_pidns: joined.map_or(0, |(_, info)| info.parent),
             source: by,
             labels,
             mode: old.map_or(Mode::Observe, |c| c.mode),
@@ -684,7 +688,7 @@ mod tests {
             r.register_pidns("other", NS, &info(1, 0), BTreeMap::new(), Source::Api),
             Err(RegError::TargetTaken(format!("pid namespace {NS}"), "web-1".into()))
         );
-        let g = r.register_cgroup("web-1", (55, "/x".into()), BTreeMap::new(), Source::Api, None, || 7);
+        let g = r.register_cgroup("web-1", (55, "/x".into()), None, BTreeMap::new(), Source::Api, None, || 7);
         assert_eq!(g, Err(RegError::IdInUse("web-1".into())));
         assert_eq!(r.unregister("web-1").unwrap().id, "web-1");
         assert_eq!(r.get(NS).unwrap().id, "pidns-4026532300");
@@ -771,7 +775,7 @@ mod tests {
         assert_eq!(r.lookup(&format!("{DOCKER}/pidns-{INNER}")).unwrap().number, INNER);
         assert_eq!(r.lookup("4f5").unwrap_err(), RegError::Unknown("4f5".into()));
         let other = "4f5a99999999999999999999999999999999999999999999999999999999999";
-        r.register_cgroup(other, (9, "/o".into()), BTreeMap::new(), Source::Api, None, || 7).unwrap();
+        r.register_cgroup(other, (9, "/o".into()), None, BTreeMap::new(), Source::Api, None, || 7).unwrap();
         assert!(matches!(r.lookup("4f5a"), Err(RegError::Ambiguous(..))));
         assert_eq!(r.lookup("4f5a1").unwrap().number, NS);
     }
@@ -780,21 +784,60 @@ mod tests {
     fn cgroup_containers_get_small_numbers() {
         let mut r = Registry::new(HOST);
         let a = r
-            .register_cgroup("a", (100, "/sys/fs/cgroup/a".into()), BTreeMap::new(), Source::Api, None, || 7)
+            .register_cgroup(
+                "a",
+                (100, "/sys/fs/cgroup/a".into()),
+                None,
+                BTreeMap::new(),
+                Source::Api,
+                None,
+                || 7,
+            )
             .unwrap();
         let b = r
-            .register_cgroup("b", (200, "/sys/fs/cgroup/b".into()), BTreeMap::new(), Source::Api, None, || 7)
+            .register_cgroup(
+                "b",
+                (200, "/sys/fs/cgroup/b".into()),
+                None,
+                BTreeMap::new(),
+                Source::Api,
+                None,
+                || 7,
+            )
             .unwrap();
         assert_eq!((a.number, b.number), (1, 2));
-        assert_eq!(a.pidns, HOST);
+        assert_eq!((a.pidns, a.level, a.parent_pidns), (HOST, 0, 0));
+        // A container that joined another's namespace lives there, at its level.
+        let joined = info(1, pidns_source::KERNEL);
+        let side = r
+            .register_cgroup(
+                "side",
+                (400, "/sys/fs/cgroup/side".into()),
+                Some((NS, &joined)),
+                BTreeMap::new(),
+                Source::Runtime,
+                None,
+                || 8,
+            )
+            .unwrap();
+        assert_eq!((side.number, side.pidns, side.level, side.parent_pidns), (3, NS, 1, HOST));
         let again = r
-            .register_cgroup("a", (100, "/sys/fs/cgroup/a".into()), BTreeMap::new(), Source::Api, None, || 7)
+            .register_cgroup(
+                "a",
+                (100, "/sys/fs/cgroup/a".into()),
+                None,
+                BTreeMap::new(),
+                Source::Api,
+                None,
+                || 7,
+            )
             .unwrap();
         assert_eq!(again.number, 1);
         assert!(
             r.register_cgroup(
                 "c",
                 (100, "/sys/fs/cgroup/a".into()),
+                None,
                 BTreeMap::new(),
                 Source::Api,
                 None,
@@ -805,7 +848,15 @@ mod tests {
         r.unregister("a").unwrap();
         assert!(r.find("a").is_none());
         let c = r
-            .register_cgroup("c", (300, "/sys/fs/cgroup/c".into()), BTreeMap::new(), Source::Api, None, || 7)
+            .register_cgroup(
+                "c",
+                (300, "/sys/fs/cgroup/c".into()),
+                None,
+                BTreeMap::new(),
+                Source::Api,
+                None,
+                || 7,
+            )
             .unwrap();
         assert_eq!(c.number, 1, "numbers are reused");
         // A cgroup container is found by id, never by the host's inode.
