@@ -619,17 +619,11 @@ fn pids_running(argv: &[&str]) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn a_cri_pods_container_is_named_as_the_kubelet_named_it_and_routine_pod_life_reports_nothing() {
-    use k8s_cri::v1::{
-        ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
-        LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-        LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-        RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-        StopContainerRequest, StopPodSandboxRequest, VersionRequest,
-    };
-    let test = "a_cri_pods_container_is_named_as_the_kubelet_named_it_and_routine_pod_life_reports_nothing";
-    let Some(docker) = dockerd(test) else { return };
+/// containerd's CRI plugin with the app's and the sandbox's images side-loaded (as one does
+/// without a registry), a daemon asking only its CRI socket, and a kubelet's client; None after
+/// noting why, when the plugin does not run here.
+fn cri(test: &str) -> Option<(Containerd, Daemon, Kubelet)> {
+    let docker = dockerd(test)?;
     let containerd = match Containerd::start() {
         Ok(c) => c,
         Err(why) => {
@@ -639,17 +633,15 @@ fn a_cri_pods_container_is_named_as_the_kubelet_named_it_and_routine_pod_life_re
             );
             let d = Daemon::start_with(&["--cri-socket", "/nonexistent/cri.sock"]);
             assert_eq!(runtime_state(&d, "cri").0, "absent");
-            return;
+            return None;
         }
     };
-    // The images, side-loaded as one does without a registry: the app's and the sandbox's.
     docker.import(PAUSE_IMAGE, &[r#"CMD ["/bin/sleep", "100000"]"#]).unwrap();
     let tar = tempfile::NamedTempFile::new().unwrap();
     docker.ok(&["save", IMAGE, PAUSE_IMAGE, "-o", &tar.path().to_string_lossy()]);
     let import = containerd.ctr(&["images", "import", &tar.path().to_string_lossy()]);
     assert_eq!(import.code, 0, "ctr images import: {}", import.stderr);
     drop(docker);
-
     let socket = containerd.socket.to_string_lossy().into_owned();
     let d = Daemon::start_with(&[
         "--cri-socket",
@@ -661,59 +653,98 @@ fn a_cri_pods_container_is_named_as_the_kubelet_named_it_and_routine_pod_life_re
         "--podman-socket",
         "none",
     ]);
-    let mut kubelet = Kubelet::connect(&containerd.socket);
-    let version = cri!(kubelet, version(VersionRequest { version: "v1".into() }));
-    // What Kubernetes does by default: each container in a pid namespace of its own.
-    let namespaces = NamespaceOption {
-        network: NamespaceMode::Node as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
+    let kubelet = Kubelet::connect(&containerd.socket);
+    Some((containerd, d, kubelet))
+}
+
+/// The pod sandbox `pod` (namespace "shop") with pid namespace mode `pid`, run as a kubelet
+/// runs it: its config (for the containers) and its id.
+fn run_pod(
+    kubelet: &mut Kubelet,
+    pod: &str,
+    uid: &str,
+    pid: k8s_cri::v1::NamespaceMode,
+    logs: &Path,
+) -> (k8s_cri::v1::PodSandboxConfig, String) {
+    use k8s_cri::v1::{
+        LinuxPodSandboxConfig, LinuxSandboxSecurityContext, PodSandboxConfig, PodSandboxMetadata,
+        RunPodSandboxRequest,
     };
-    let uid = format!("uid-{}", std::process::id());
-    let logs = tempfile::tempdir().unwrap();
-    let pod = PodSandboxConfig {
+    let config = PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
-            name: "web-0".into(),
-            uid: uid.clone(),
+            name: pod.into(),
+            uid: uid.into(),
             namespace: "shop".into(),
             attempt: 0,
         }),
-        log_directory: logs.path().to_string_lossy().into_owned(),
+        log_directory: logs.to_string_lossy().into_owned(),
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(namespaces.clone()),
+                namespace_options: Some(pod_namespaces(pid)),
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..Default::default()
     };
-    let pod_id = cri!(
+    let id = cri!(
         kubelet,
-        run_pod_sandbox(RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: String::new() })
+        run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new()
+        })
     )
     .pod_sandbox_id;
-    // The labels a kubelet puts on every container it creates.
+    (config, id)
+}
+
+/// A pod's namespaces: the node's network, the pod's IPC, pid as `pid` says.
+fn pod_namespaces(pid: k8s_cri::v1::NamespaceMode) -> k8s_cri::v1::NamespaceOption {
+    use k8s_cri::v1::{NamespaceMode, NamespaceOption};
+    NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        pid: pid as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// Creates and starts container `name` running `argv` in pod `pod` (as `run_pod` made it), with
+/// the labels a kubelet puts on every container; answers its id.
+fn start_container(
+    kubelet: &mut Kubelet,
+    (pod, pod_id): (&k8s_cri::v1::PodSandboxConfig, &str),
+    name: &str,
+    argv: &[&str],
+) -> String {
+    use k8s_cri::v1::{
+        ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
+        LinuxContainerSecurityContext, StartContainerRequest,
+    };
+    let meta = pod.metadata.clone().unwrap_or_default();
     let labels = [
-        ("io.kubernetes.pod.name", "web-0"),
-        ("io.kubernetes.pod.namespace", "shop"),
-        ("io.kubernetes.pod.uid", uid.as_str()),
-        ("io.kubernetes.container.name", "app"),
+        ("io.kubernetes.pod.name", meta.name.as_str()),
+        ("io.kubernetes.pod.namespace", meta.namespace.as_str()),
+        ("io.kubernetes.pod.uid", meta.uid.as_str()),
+        ("io.kubernetes.container.name", name),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let argv = ["/bin/sleep", "6007"];
+    let namespaces = pod
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
     let config = ContainerConfig {
-        metadata: Some(ContainerMetadata { name: "app".into(), attempt: 0 }),
+        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
         image: Some(ImageSpec { image: IMAGE.into(), ..Default::default() }),
         command: argv.iter().map(ToString::to_string).collect(),
         labels,
-        log_path: "app.log".into(),
+        log_path: format!("{name}.log"),
         linux: Some(LinuxContainerConfig {
             security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(namespaces),
+                namespace_options: namespaces,
                 ..Default::default()
             }),
             ..Default::default()
@@ -723,19 +754,52 @@ fn a_cri_pods_container_is_named_as_the_kubelet_named_it_and_routine_pod_life_re
     let id = cri!(
         kubelet,
         create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
+            pod_sandbox_id: pod_id.into(),
             config: Some(config),
             sandbox_config: Some(pod.clone()),
         })
     )
     .container_id;
     cri!(kubelet, start_container(StartContainerRequest { container_id: id.clone() }));
+    id
+}
 
-    // The kernel's truth: one such process, init of a pid namespace of its own.
-    let pid = eventually(tests::settle(), "the container's sleep", || match pids_running(&argv)[..] {
+/// The one process running exactly `argv`, once it runs.
+fn the_process(argv: &[&str]) -> u32 {
+    eventually(tests::settle(), &format!("{argv:?} running"), || match pids_running(argv)[..] {
         [pid] => Some(pid),
         _ => None,
-    });
+    })
+}
+
+/// Stops and removes containers `ids` and pod `pod_id` as a kubelet does.
+fn end_pod(kubelet: &mut Kubelet, pod_id: &str, ids: &[&str]) {
+    use k8s_cri::v1::{
+        RemoveContainerRequest, RemovePodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
+    };
+    for id in ids {
+        cri!(kubelet, stop_container(StopContainerRequest { container_id: (*id).into(), timeout: 0 }));
+        cri!(kubelet, remove_container(RemoveContainerRequest { container_id: (*id).into() }));
+    }
+    cri!(kubelet, stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod_id.into() }));
+    cri!(kubelet, remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod_id.into() }));
+}
+
+#[test]
+fn a_cri_pods_container_is_named_as_the_kubelet_named_it_and_routine_pod_life_reports_nothing() {
+    use k8s_cri::v1::{ContainerStatusRequest, NamespaceMode, VersionRequest};
+    let test = "a_cri_pods_container_is_named_as_the_kubelet_named_it_and_routine_pod_life_reports_nothing";
+    let Some((_containerd, d, mut kubelet)) = cri(test) else { return };
+    let version = cri!(kubelet, version(VersionRequest { version: "v1".into() }));
+    let uid = format!("uid-{}", std::process::id());
+    let logs = tempfile::tempdir().unwrap();
+    // What Kubernetes does by default: each container in a pid namespace of its own.
+    let (pod, pod_id) = run_pod(&mut kubelet, "web-0", &uid, NamespaceMode::Container, logs.path());
+    let argv = ["/bin/sleep", "6007"];
+    let id = start_container(&mut kubelet, (&pod, &pod_id), "app", &argv);
+
+    // The kernel's truth: one such process, init of a pid namespace of its own.
+    let pid = the_process(&argv);
     let nspid = proc_truth::task(pid, pid).expect("the container's init").nspid;
     assert_eq!((nspid.len(), nspid.last()), (2, Some(&1)), "NSpid of the container's init: {nspid:?}");
     // The runtime agrees with the kernel about its init.
@@ -760,15 +824,70 @@ fn a_cri_pods_container_is_named_as_the_kubelet_named_it_and_routine_pod_life_re
     assert!(runtime_state(&d, "cri").0 == "connected", "status: {:?}", runtime_state(&d, "cri"));
 
     // Stop and remove as a kubelet does: the process goes (kernel), then the container.
-    cri!(kubelet, stop_container(StopContainerRequest { container_id: id.clone(), timeout: 0 }));
+    end_pod(&mut kubelet, &pod_id, &[&id]);
     eventually(tests::settle(), "the container's init gone", || (!proc_truth::alive(pid)).then_some(()));
-    cri!(kubelet, remove_container(RemoveContainerRequest { container_id: id.clone() }));
-    cri!(kubelet, stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() }));
-    cri!(kubelet, remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod_id.clone() }));
     eventually(tests::settle() * 2, "the container retired", || {
         (!d.containers().iter().any(|c| c.id == id)).then_some(())
     });
     // A pod's whole life is routine orchestration.
     let records = d.audit_log();
     assert!(records.is_empty(), "records for a pod's routine life: {records:#?}");
+}
+
+/// A pod sharing its process namespace (`shareProcessNamespace: true`: the CRI's pid mode POD):
+/// the sandbox's pause is the namespace's init, and each container joins it. Each container is
+/// named as the kubelet named it, its processes listed under it; the containers signal each
+/// other silently, and the pod's life reports nothing.
+#[test]
+fn a_pod_sharing_its_process_namespace_names_each_container_and_its_signals_pass() {
+    use k8s_cri::v1::NamespaceMode;
+    let test = "a_pod_sharing_its_process_namespace_names_each_container_and_its_signals_pass";
+    let Some((_containerd, d, mut kubelet)) = cri(test) else { return };
+    let uid = format!("uid-shared-{}", std::process::id());
+    let logs = tempfile::tempdir().unwrap();
+    let (pod, pod_id) = run_pod(&mut kubelet, "web-1", &uid, NamespaceMode::Pod, logs.path());
+    let (app_argv, side_argv) = (["/bin/sleep", "6011"], ["/bin/sleep", "6012"]);
+    let app = start_container(&mut kubelet, (&pod, &pod_id), "app", &app_argv);
+    let side = start_container(&mut kubelet, (&pod, &pod_id), "sidecar", &side_argv);
+    let (app_pid, side_pid) = (the_process(&app_argv), the_process(&side_argv));
+    // The kernel: one namespace, which neither container's process is the init of.
+    let ns = pidns_of(app_pid);
+    assert_eq!(pidns_of(side_pid), ns, "the containers share the pod's pid namespace");
+    let vpid = |pid: u32| *proc_truth::task(pid, pid).expect("a container's process").nspid.last().unwrap();
+    let (app_vpid, side_vpid) = (vpid(app_pid), vpid(side_pid));
+    assert!(app_vpid != 1 && side_vpid != 1, "vpids {app_vpid} and {side_vpid}: pause is the init");
+
+    for (id, name, pid) in [(&app, "app", app_pid), (&side, "sidecar", side_pid)] {
+        let c = eventually(tests::settle(), &format!("{name} named"), || {
+            d.containers()
+                .into_iter()
+                .find(|c| c.id == *id && c.k8s.as_ref().is_some_and(|k| k.container == name))
+        });
+        assert_eq!((c.kind.as_str(), c.pidns, c.level), ("cgroup", ns, 1), "{c:?}");
+        assert_eq!(c.k8s.map(|k| (k.pod, k.namespace)), Some(("web-1".into(), "shop".into())));
+        assert_eq!(d.ps_by_tid().get(&pid).map(|r| r.container.clone()), Some(id.clone()));
+    }
+    // The sidecar signals the app by the number the kernel gave it in the pod's namespace.
+    let kill = cri!(
+        kubelet,
+        exec_sync(k8s_cri::v1::ExecSyncRequest {
+            container_id: side.clone(),
+            cmd: vec!["kill".into(), "-0".into(), app_vpid.to_string()],
+            timeout: 10,
+        })
+    );
+    assert_eq!(
+        kill.exit_code,
+        0,
+        "kill -0 {app_vpid} in the sidecar: {}",
+        String::from_utf8_lossy(&kill.stderr)
+    );
+    let (crossings, _) = d.container_crossings(&side);
+    assert!(crossings["kill"]["ok"] >= 1, "the sidecar's kill, counted as the sidecar's: {crossings:?}");
+    end_pod(&mut kubelet, &pod_id, &[&side, &app]);
+    eventually(tests::settle() * 2, "the containers retired", || {
+        (!d.containers().iter().any(|c| c.id == app || c.id == side)).then_some(())
+    });
+    let records = d.audit_log();
+    assert!(records.is_empty(), "records for a shared pod's routine life: {records:#?}");
 }
