@@ -523,12 +523,7 @@ pub fn clear_bit(map: &Array<u64>, tid: u32) {
 /// Sets `tid`'s bit in a tid filter.
 #[inline(always)]
 pub fn set_bit(map: &Array<u64>, tid: u32) {
-    set_bit_at(map, tid_filter::bit(tid));
-}
-
-/// Sets bit `bit` of word `word` of a bitmap.
-#[inline(always)]
-fn set_bit_at(map: &Array<u64>, (word, bit): (u32, u64)) {
+    let (word, bit) = tid_filter::bit(tid);
     if let Some(p) = map.get_ptr_mut(word) {
         // Atomic: other CPUs set and clear other bits of the word.
         unsafe { atomic::or(p, bit) };
@@ -538,12 +533,7 @@ fn set_bit_at(map: &Array<u64>, (word, bit): (u32, u64)) {
 /// Whether `tid`'s bit is set in a tid filter (a tid beyond its words: true).
 #[inline(always)]
 pub fn bit_set(map: &Array<u64>, tid: u32) -> bool {
-    bit_set_at(map, tid_filter::bit(tid))
-}
-
-/// Whether bit `bit` of word `word` of a bitmap is set (a word beyond the map: true).
-#[inline(always)]
-fn bit_set_at(map: &Array<u64>, (word, bit): (u32, u64)) -> bool {
+    let (word, bit) = tid_filter::bit(tid);
     map.get(word).is_none_or(|w| w & bit != 0)
 }
 
