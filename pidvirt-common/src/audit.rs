@@ -102,7 +102,8 @@ pub fn classify(caller_container: u32, r: &Resolution) -> Verdict {
 /// below this bound.
 pub const CGROUP_NUMBERS_END: u32 = 0x1000_0000;
 
-/// Whether container number `c` is a cgroup container (tasks sharing the host's namespace).
+/// Whether container number `c` is a cgroup container (tasks sharing the host's namespace, or
+/// another container's).
 pub const fn is_cgroup_container(c: u32) -> bool {
     c != crate::HOST_CONTAINER && c < CGROUP_NUMBERS_END
 }

@@ -14,7 +14,7 @@ use pidvirt_common::{
     ANCESTOR_SLOTS, CallerCache, HOST_CONTAINER, INLINE_LEVELS, LevelIds, STACK_ALIGN, TaskEntry, VirtKey,
     audit::{
         ANCESTOR_CHECKS, AnomalyEvent, Direction, NSYSCALLS, NVERDICTS, Party, PartyInfo, Resolution,
-        Verdict, classify, crossing_slot, event_flags, is_cgroup_container, is_namespace_container, sys,
+        Verdict, classify, crossing_slot, event_flags, is_cgroup_container, sys,
     },
     caller_slot, copies, counter, event_kind, task_flags,
 };
@@ -356,11 +356,11 @@ fn resolve_ancestors(tid: u32, c: &TaskEntry, n: u32, named: Found) -> (Found, L
             }
         }
     }
-    // Host pid 1 is the host's init, for as long as the host runs: level 0, so in no namespace
-    // container. Once the number names a task of the caller's namespace container (its own init,
-    // for vpid 1: `kill -0 1` of a health check), the host's init cannot be the other task it
-    // sees, and needs no lookup.
-    let host_init_unseen = n == 1 && named.is_some() && is_namespace_container(c.container);
+    // Host pid 1 is the host's init, for as long as the host runs: level 0, a task no caller
+    // below the host can see (`visible`). Once the number names a task of the caller's
+    // namespace (its init, for vpid 1: `kill -0 1` of a health check), the host's init cannot be
+    // the other task it sees, and needs no lookup.
+    let host_init_unseen = n == 1 && named.is_some();
     let y = if host_init_unseen { Found::NONE } else { host_pid(tid, c, n) };
     if y.is_some() && accept(&y) {
         (y, Level { level: 0, pidns: host_pidns() })

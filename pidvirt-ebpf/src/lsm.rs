@@ -1,6 +1,7 @@
 //! The enforcer: BPF-LSM programs on the hooks that receive the target task. A task of a
-//! container in `enforce` mode may act on tasks of its own container and of containers nested
-//! in it; any other target is denied with EPERM, reported (verdict `denied`) and counted. The
+//! container in `enforce` mode may act on tasks of its own container, of containers nested in
+//! it, and of other containers in the pid namespace it lives in when that is not the host's (a
+//! namespace joined on purpose: audit::visible); any other target is denied with EPERM, reported (verdict `denied`) and counted. The
 //! host acts on all; `observe` containers are only audited (by the syscall programs).
 //!
 //! Loaded only where the kernel accepts LSM programs; the daemon says so (`pidvirt status`).

@@ -231,7 +231,7 @@ pub struct K8sInfo {
 pub struct ContainerRow {
     pub id: String,
     /// `host`, `pidns` (a pid namespace and those nested in it) or `cgroup` (a cgroup v2
-    /// subtree whose tasks share the host's pid namespace).
+    /// subtree whose tasks share the host's pid namespace, or joined another container's).
     pub kind: String,
     pub pidns: u32,
     pub level: u32,

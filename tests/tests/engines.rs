@@ -188,6 +188,7 @@ fn containers_sharing_one_pid_namespace_keep_their_names_and_name_each_other_sil
     assert_eq!((a.kind.as_str(), a.pidns), ("pidns", ns));
     let s = named(&d, &side, "side");
     assert_eq!((s.kind.as_str(), s.pidns, s.level), ("cgroup", ns, 1), "{s:?}");
+    assert_eq!(s.parent.as_deref(), Some(app.as_str()), "the namespace's container is side's parent");
     let rows = d.ps_by_tid();
     assert_eq!(rows.get(&app_init).map(|r| r.container.as_str()), Some(app.as_str()));
     let row = rows.get(&side_init).expect("side's init in ps");

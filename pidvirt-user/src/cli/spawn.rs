@@ -65,10 +65,16 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let init = match c.kind.as_str() {
         "host" => None,
         "pidns" => Some(init_of(&a.socket, &c).await?),
-        kind => bail!(
-            "container {} is a {kind} container, in the host's pid namespace: spawn into `host` instead",
-            c.id
-        ),
+        kind => match &c.parent {
+            Some(parent) if c.level > 0 => bail!(
+                "container {} is a {kind} container in the pid namespace of {parent}: spawn into {parent} instead",
+                c.id
+            ),
+            _ => bail!(
+                "container {} is a {kind} container, in the host's pid namespace: spawn into `host` instead",
+                c.id
+            ),
+        },
     };
     let plan =
         SpawnPlan { init, enter: a.enter, set_tid: set_tid.clone(), argv: a.cmd.clone(), detach: a.detach };

@@ -199,6 +199,8 @@ impl Containers {
             self.require_enforcement()?;
         }
         let (mut maps, mut reg) = self.lock()?;
+        // The namespace a cgroup container's tasks joined, when the registration says it.
+        let mut joined = None;
         let target = match r.target {
             Target::Pid(pid) => {
                 let pid = u32::try_from(pid)
@@ -214,6 +216,7 @@ impl Containers {
                 if ns == reg.host_pidns() || member {
                     let path = cgroup::cgroup_path_of(pid)
                         .ok_or_else(|| not_found(format!("no cgroup v2 path for process {pid}")))?;
+                    joined = member.then_some(ns);
                     Target::Cgroup(path)
                 } else {
                     Target::Pidns(ns)
@@ -232,8 +235,15 @@ impl Containers {
             Target::Cgroup(spec) => {
                 let (path, cgroup_id) = cgroup::resolve_cgroup(spec)?;
                 let reuse = maps.cgroups.get(&cgroup_id, 0).ok().map(|c| (c.container, c.slot));
-                let joined = joined_by(&path, reg.host_pidns())
-                    .and_then(|ns| maps.pidns.get(&ns, 0).ok().map(|info| (ns, info)));
+                let joined = match joined.or_else(|| joined_by(&path, reg.host_pidns())) {
+                    Some(ns) => Some((
+                        ns,
+                        maps.pidns
+                            .get(&ns, 0)
+                            .map_err(|_| not_found(format!("pid namespace {ns} is not tracked yet")))?,
+                    )),
+                    None => None,
+                };
                 let c = reg.register_cgroup(
                     &r.id,
                     (cgroup_id, path.clone()),
@@ -351,11 +361,24 @@ impl Containers {
         let joined = joined_namespace(f.pid).map_err(|e| e.to_string())?;
         let (mut maps, mut reg) = self.lock().map_err(|e| e.message)?;
         if ns == reg.host_pidns() || joined {
-            // An orchestrator's registration (the OCI hook's) is kept; the runtime describes it.
-            if let Some(number) = reg.lookup(&f.id).ok().filter(|c| c.is_registered()).map(|c| c.number) {
+            // An orchestrator's registration of its cgroup (the OCI hook's) is kept; the runtime
+            // describes it. One of a namespace is another container's: not this one's to name.
+            if let Ok(c) = reg.lookup(&f.id)
+                && c.is_registered()
+            {
+                if !matches!(c.kind, Kind::Cgroup { .. }) {
+                    return Err(format!(
+                        "{} is registered as pid namespace {}, not by its cgroup",
+                        f.id, c.pidns
+                    ));
+                }
+                let number = c.number;
                 reg.describe(number, Some(f.runtime.clone()), f.k8s.clone());
                 return Ok(());
             }
+            // A namespace that discovery named after this container (its first task seen was
+            // this container's, which joined it) gives the name back.
+            reg.withdraw_discovered(&f.id);
             let info = if joined {
                 Some(maps.pidns.get(&ns, 0).map_err(|_| format!("pid namespace {ns} is not tracked yet"))?)
             } else {
@@ -582,19 +605,21 @@ fn joined_namespace(pid: u32) -> Result<bool, procscan::ProcError> {
     Ok(task.level() > 0 && task.nspid.last() != Some(&1))
 }
 
-/// The pid namespace the tasks of cgroup `dir` (and below) joined, if they all live in one that
-/// is not the host's and none of them is its init (a container sharing another's namespace);
-/// None for a cgroup of the host's namespace, of a namespace it made, or with no task.
+/// The pid namespace the tasks of cgroup `dir` (and below) joined: the namespace of its
+/// shallowest tasks, if that is not the host's, they all live in it, and none of them is its
+/// init (a container sharing another's namespace; its deeper tasks are in namespaces it made
+/// below). None for a cgroup of the host's namespace, of a namespace it made, or with no task.
 fn joined_by(dir: &Path, host: u32) -> Option<u32> {
-    let mut joined = None;
-    for tid in cgroup::threads_below(dir) {
-        let Ok(task) = procscan::read_task(tid, tid, None) else { continue };
-        if task.pidns == host || joined.is_some_and(|ns| ns != task.pidns) || task.nstgid.last() == Some(&1) {
-            return None;
-        }
-        joined = Some(task.pidns);
-    }
-    joined
+    let tasks: Vec<procscan::ProcTask> = cgroup::threads_below(dir)
+        .into_iter()
+        .filter_map(|tid| procscan::read_task(tid, tid, None).ok())
+        .collect();
+    let top = tasks.iter().min_by_key(|t| t.level())?;
+    let made_it = tasks
+        .iter()
+        .filter(|t| t.level() == top.level())
+        .any(|t| t.pidns != top.pidns || t.nstgid.last() == Some(&1));
+    (top.pidns != host && !made_it).then_some(top.pidns)
 }
 
 /// A task's container (and counter slot) when it belongs to no cgroup container: its pid
@@ -620,7 +645,12 @@ impl Container {
             kind: self.kind.name().into(),
             pidns: self.pidns,
             level: self.level,
-            parent: (self.level > 0).then(|| ids_by_pidns.get(&self.parent_pidns).cloned()).flatten(),
+            // A cgroup container in a namespace below the host's joined it: the namespace's
+            // container is its parent.
+            parent: match self.kind {
+                Kind::Cgroup { .. } if self.level > 0 => ids_by_pidns.get(&self.pidns).cloned(),
+                _ => (self.level > 0).then(|| ids_by_pidns.get(&self.parent_pidns).cloned()).flatten(),
+            },
             cgroup: match &self.kind {
                 Kind::Cgroup { path, .. } => Some(path.display().to_string()),
                 _ => None,

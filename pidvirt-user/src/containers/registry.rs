@@ -111,7 +111,7 @@ pub struct Container {
     pub number: u32,
     pub id: String,
     pub kind: Kind,
-    /// The pid namespace (for a cgroup container: the host's).
+    /// The pid namespace (for a cgroup container: the host's, or the one its tasks joined).
     pub pidns: u32,
     pub level: u32,
     pub parent_pidns: u32,
@@ -417,6 +417,23 @@ impl Registry {
         self.refresh_holders();
     }
 
+    /// Gives back id `id` where discovery gave it to a namespace (from its first task's cgroup
+    /// path): that container joined the namespace rather than made it.
+    pub fn withdraw_discovered(&mut self, id: &str) {
+        let found = self
+            .by_number
+            .values_mut()
+            .filter(|c| c.id == id && c.source == Source::Discovered && matches!(c.kind, Kind::Pidns { .. }));
+        let mut any = false;
+        for c in found {
+            c.forget_name();
+            any = true;
+        }
+        if any {
+            self.refresh_holders();
+        }
+    }
+
     /// Sets the runtime metadata of container `number` (found some other way).
     pub fn describe(&mut self, number: u32, runtime: Option<RuntimeInfo>, k8s: Option<K8sInfo>) {
         if let Some(c) = self.by_number.get_mut(&number) {
@@ -476,13 +493,20 @@ impl Registry {
             }
         };
         let old = self.by_number.get(&number);
+        // Where its tasks live: as said, else where this cgroup's container was placed before.
+        let (pidns, level, parent_pidns) = match joined {
+            Some((ns, info)) => (ns, info.level, info.parent),
+            None => old
+                .filter(|c| matches!(c.kind, Kind::Cgroup { .. }))
+                .map_or((self.host_pidns, 0, 0), |c| (c.pidns, c.level, c.parent_pidns)),
+        };
         let c = Container {
             number,
             id: id.into(),
             kind: Kind::Cgroup { cgroup_id, path, slot },
-            pidns: joined.map_or(self.host_pidns, |(ns, _)| ns),
-            level: joined.map_or(0, |(_, info)| info.level),
-            parent_pidns: joined.map_or(0, |(_, info)| info.parent),
+            pidns,
+            level,
+            parent_pidns,
             source: by,
             labels,
             mode: old.map_or(Mode::Observe, |c| c.mode),
@@ -781,6 +805,23 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_discovery_named_after_a_container_that_joined_it_gives_the_name_back() {
+        let mut r = Registry::new(HOST);
+        r.note_pidns(NS, &info(1, pidns_source::KERNEL), docker_cgroup(0).and_then(|p| discover(&p)));
+        assert_eq!(
+            (r.id_of(NS), r.get_mut(NS).map(|c| c.source)),
+            (DOCKER.to_string(), Some(Source::Discovered))
+        );
+        r.withdraw_discovered(DOCKER);
+        assert_eq!(r.id_of(NS), Registry::auto_id(NS));
+        assert!(r.find_id(DOCKER).is_none());
+        // A runtime's or an orchestrator's name is not discovery's to give back.
+        r.name_by_runtime(NS, &info(1, pidns_source::KERNEL), DOCKER, RuntimeInfo::default(), None);
+        r.withdraw_discovered(DOCKER);
+        assert_eq!(r.id_of(NS), DOCKER);
+    }
+
+    #[test]
     fn cgroup_containers_get_small_numbers() {
         let mut r = Registry::new(HOST);
         let a = r
@@ -821,6 +862,20 @@ mod tests {
             )
             .unwrap();
         assert_eq!((side.number, side.pidns, side.level, side.parent_pidns), (3, NS, 1, HOST));
+        // Registered again without saying where (the state file's restore, where /proc showed
+        // nothing): it stays where it was placed.
+        let again = r
+            .register_cgroup(
+                "side",
+                (400, "/sys/fs/cgroup/side".into()),
+                None,
+                BTreeMap::new(),
+                Source::Api,
+                None,
+                || 9,
+            )
+            .unwrap();
+        assert_eq!((again.number, again.pidns, again.level), (3, NS, 1));
         let again = r
             .register_cgroup(
                 "a",
