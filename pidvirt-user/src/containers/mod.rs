@@ -233,33 +233,10 @@ impl Containers {
                 reg.register_pidns(&r.id, *ns, &info, r.labels, r.by)?
             }
             Target::Cgroup(spec) => {
-                let (path, cgroup_id) = cgroup::resolve_cgroup(spec)?;
-                let reuse = maps.cgroups.get(&cgroup_id, 0).ok().map(|c| (c.container, c.slot));
-                let joined = match joined.or_else(|| joined_by(&path, reg.host_pidns())) {
-                    Some(ns) => Some((
-                        ns,
-                        maps.pidns
-                            .get(&ns, 0)
-                            .map_err(|_| not_found(format!("pid namespace {ns} is not tracked yet")))?,
-                    )),
-                    None => None,
-                };
-                let c = reg.register_cgroup(
-                    &r.id,
-                    (cgroup_id, path.clone()),
-                    joined.as_ref().map(|(ns, info)| (*ns, info)),
-                    r.labels,
-                    r.by,
-                    reuse,
-                    || maps.take_slot(),
-                )?;
-                let Kind::Cgroup { slot, .. } = c.kind else { unreachable!("a cgroup container") };
-                let member = CgroupContainer { container: c.number, slot };
-                maps.set_cgroup(cgroup_id, Some(member)).map_err(ApiError::internal)?;
-                for tid in cgroup::threads_below(&path) {
-                    maps.retag(tid, |_| (member.container, member.slot));
-                }
-                c
+                let host = reg.host_pidns();
+                track_cgroup(&mut maps, &mut reg, (&r.id, spec), r.labels, r.by, |path| {
+                    joined.or_else(|| joined_by(path, host))
+                })?
             }
             Target::Pid(_) => unreachable!("resolved above"),
         };
@@ -379,31 +356,12 @@ impl Containers {
             // A namespace that discovery named after this container (its first task seen was
             // this container's, which joined it) gives the name back.
             reg.withdraw_discovered(&f.id);
-            let info = if joined {
-                Some(maps.pidns.get(&ns, 0).map_err(|_| format!("pid namespace {ns} is not tracked yet"))?)
-            } else {
-                None
-            };
-            let (path, cgroup_id) = cgroup::resolve_cgroup(&path).map_err(|e| e.message)?;
-            let reuse = maps.cgroups.get(&cgroup_id, 0).ok().map(|c| (c.container, c.slot));
-            let c = reg
-                .register_cgroup(
-                    &f.id,
-                    (cgroup_id, path.clone()),
-                    info.as_ref().map(|i| (ns, i)),
-                    f.labels.clone(),
-                    Source::Runtime,
-                    reuse,
-                    || maps.take_slot(),
-                )
-                .map_err(|e| e.to_string())?;
+            let c =
+                track_cgroup(&mut maps, &mut reg, (&f.id, &path), f.labels.clone(), Source::Runtime, |_| {
+                    joined.then_some(ns)
+                })
+                .map_err(|e| e.message)?;
             reg.describe(c.number, Some(f.runtime.clone()), f.k8s.clone());
-            let Kind::Cgroup { slot, .. } = c.kind else { return Err("not a cgroup container".into()) };
-            let member = CgroupContainer { container: c.number, slot };
-            maps.set_cgroup(cgroup_id, Some(member)).map_err(|e| e.to_string())?;
-            for tid in cgroup::threads_below(&path) {
-                maps.retag(tid, |_| (member.container, member.slot));
-            }
             tracing::info!(
                 engine = f.runtime.engine,
                 id = f.id,
@@ -411,7 +369,10 @@ impl Containers {
                 pidns = ns,
                 "runtime container in {} pid namespace: tracked by its cgroup {}",
                 if joined { "another container's" } else { "the host's" },
-                path.display()
+                match &c.kind {
+                    Kind::Cgroup { path, .. } => path.display().to_string(),
+                    _ => path,
+                }
             );
             return Ok(());
         }
@@ -595,6 +556,46 @@ impl Containers {
             self.save(&reg);
         }
     }
+}
+
+/// Registers container `id` as cgroup `spec` (absolute, or relative to the cgroup2 mount), in the
+/// pid namespace `joined` says its tasks joined (given the cgroup's path; None: the host's, or
+/// where an earlier registration placed it), and makes every task below it a member.
+fn track_cgroup(
+    maps: &mut KernelMaps,
+    reg: &mut Registry,
+    (id, spec): (&str, &str),
+    labels: BTreeMap<String, String>,
+    by: Source,
+    joined: impl FnOnce(&Path) -> Option<u32>,
+) -> Result<Container, ApiError> {
+    let (path, cgroup_id) = cgroup::resolve_cgroup(spec)?;
+    let reuse = maps.cgroups.get(&cgroup_id, 0).ok().map(|c| (c.container, c.slot));
+    let joined = match joined(&path) {
+        Some(ns) => Some((
+            ns,
+            maps.pidns
+                .get(&ns, 0)
+                .map_err(|_| not_found(format!("pid namespace {ns} is not tracked yet")))?,
+        )),
+        None => None,
+    };
+    let c = reg.register_cgroup(
+        id,
+        (cgroup_id, path.clone()),
+        joined.as_ref().map(|(ns, info)| (*ns, info)),
+        labels,
+        by,
+        reuse,
+        || maps.take_slot(),
+    )?;
+    let Kind::Cgroup { slot, .. } = c.kind else { unreachable!("a cgroup container") };
+    let member = CgroupContainer { container: c.number, slot };
+    maps.set_cgroup(cgroup_id, Some(member)).map_err(ApiError::internal)?;
+    for tid in cgroup::threads_below(&path) {
+        maps.retag(tid, |_| (member.container, member.slot));
+    }
+    Ok(c)
 }
 
 /// Whether process `pid` joined a pid namespace that another process made: it is not its
