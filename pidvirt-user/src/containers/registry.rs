@@ -821,31 +821,16 @@ mod tests {
         assert_eq!(r.id_of(NS), DOCKER);
     }
 
+    /// An orchestrator's registration of cgroup `cgroup_id` at `path`, in the host's namespace.
+    fn api_cgroup(r: &mut Registry, id: &str, cgroup_id: u64, path: &str) -> Result<Container, RegError> {
+        r.register_cgroup(id, (cgroup_id, path.into()), None, BTreeMap::new(), Source::Api, None, || 7)
+    }
+
     #[test]
     fn cgroup_containers_get_small_numbers() {
         let mut r = Registry::new(HOST);
-        let a = r
-            .register_cgroup(
-                "a",
-                (100, "/sys/fs/cgroup/a".into()),
-                None,
-                BTreeMap::new(),
-                Source::Api,
-                None,
-                || 7,
-            )
-            .unwrap();
-        let b = r
-            .register_cgroup(
-                "b",
-                (200, "/sys/fs/cgroup/b".into()),
-                None,
-                BTreeMap::new(),
-                Source::Api,
-                None,
-                || 7,
-            )
-            .unwrap();
+        let a = api_cgroup(&mut r, "a", 100, "/sys/fs/cgroup/a").unwrap();
+        let b = api_cgroup(&mut r, "b", 200, "/sys/fs/cgroup/b").unwrap();
         assert_eq!((a.number, b.number), (1, 2));
         assert_eq!((a.pidns, a.level, a.parent_pidns), (HOST, 0, 0));
         // A container that joined another's namespace lives there, at its level.
@@ -864,55 +849,14 @@ mod tests {
         assert_eq!((side.number, side.pidns, side.level, side.parent_pidns), (3, NS, 1, HOST));
         // Registered again without saying where (the state file's restore, where /proc showed
         // nothing): it stays where it was placed.
-        let again = r
-            .register_cgroup(
-                "side",
-                (400, "/sys/fs/cgroup/side".into()),
-                None,
-                BTreeMap::new(),
-                Source::Api,
-                None,
-                || 9,
-            )
-            .unwrap();
+        let again = api_cgroup(&mut r, "side", 400, "/sys/fs/cgroup/side").unwrap();
         assert_eq!((again.number, again.pidns, again.level), (3, NS, 1));
-        let again = r
-            .register_cgroup(
-                "a",
-                (100, "/sys/fs/cgroup/a".into()),
-                None,
-                BTreeMap::new(),
-                Source::Api,
-                None,
-                || 7,
-            )
-            .unwrap();
+        let again = api_cgroup(&mut r, "a", 100, "/sys/fs/cgroup/a").unwrap();
         assert_eq!(again.number, 1);
-        assert!(
-            r.register_cgroup(
-                "c",
-                (100, "/sys/fs/cgroup/a".into()),
-                None,
-                BTreeMap::new(),
-                Source::Api,
-                None,
-                || 7
-            )
-            .is_err()
-        );
+        assert!(api_cgroup(&mut r, "c", 100, "/sys/fs/cgroup/a").is_err());
         r.unregister("a").unwrap();
         assert!(r.find("a").is_none());
-        let c = r
-            .register_cgroup(
-                "c",
-                (300, "/sys/fs/cgroup/c".into()),
-                None,
-                BTreeMap::new(),
-                Source::Api,
-                None,
-                || 7,
-            )
-            .unwrap();
+        let c = api_cgroup(&mut r, "c", 300, "/sys/fs/cgroup/c").unwrap();
         assert_eq!(c.number, 1, "numbers are reused");
         // A cgroup container is found by id, never by the host's inode.
         assert_eq!(r.find(&HOST.to_string()).unwrap().id, "host");
