@@ -226,6 +226,22 @@ pub struct K8sInfo {
     pub pod_uid: String,
 }
 
+impl K8sInfo {
+    /// The container name Kubernetes gives a pod's sandbox (the infra container whose pause is
+    /// the init of the pod's namespaces): CRI-O labels it so, as dockershim did.
+    pub const SANDBOX: &str = "POD";
+
+    /// Whether this is a pod's sandbox rather than one of its containers.
+    pub fn is_sandbox(&self) -> bool {
+        self.container == Self::SANDBOX
+    }
+
+    /// The name `containers` shows: `pod/container`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.pod, self.container)
+    }
+}
+
 /// A container as `containers` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContainerRow {

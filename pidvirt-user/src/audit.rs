@@ -407,7 +407,8 @@ pub enum ContainerMatch {
     /// The daemon resolved the name: records of exactly this id.
     Id(String),
     /// A saved log, with no registry to ask: an id, a unique-looking id prefix (at least
-    /// `MIN_PREFIX` characters), a runtime name or a Kubernetes pod name.
+    /// `MIN_PREFIX` characters), a runtime name, or a Kubernetes pod name (every container of
+    /// the pod) or `pod/container`.
     Name(String),
 }
 
@@ -420,7 +421,7 @@ impl ContainerMatch {
                     || (n.len() >= crate::containers::registry::MIN_PREFIX
                         && r.container.starts_with(n.as_str()))
                     || r.runtime.as_ref().is_some_and(|rt| &rt.name == n)
-                    || r.k8s.as_ref().is_some_and(|k| &k.pod == n)
+                    || r.k8s.as_ref().is_some_and(|k| &k.pod == n || &k.name() == n)
             }
         }
     }
@@ -633,6 +634,10 @@ mod tests {
         assert!(f(name("pidns-4026532300")) && f(name("pidns-40")));
         assert!(!f(name("pid")), "a prefix shorter than MIN_PREFIX");
         assert!(!f(Filter { container: Some(ContainerMatch::Id("pidns-40".into())), ..Default::default() }));
+        let mut pod = leak.clone();
+        pod.k8s = Some(K8sInfo { pod: "web-0".into(), container: "app".into(), ..K8sInfo::default() });
+        let p = |n: &str| name(n).accepts(&pod);
+        assert!(p("web-0") && p("web-0/app") && !p("web-0/POD") && !p("app"));
         let mut old = leak.clone();
         old.time = None;
         assert!(!Filter { since: at("2000-01-01T00:00:00Z"), ..Default::default() }.accepts(&old));

@@ -671,6 +671,15 @@ fn run_pod(
         LinuxPodSandboxConfig, LinuxSandboxSecurityContext, PodSandboxConfig, PodSandboxMetadata,
         RunPodSandboxRequest,
     };
+    // The labels a kubelet puts on every sandbox.
+    let labels = [
+        ("io.kubernetes.pod.name", pod),
+        ("io.kubernetes.pod.namespace", "shop"),
+        ("io.kubernetes.pod.uid", uid),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     let config = PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: pod.into(),
@@ -678,6 +687,7 @@ fn run_pod(
             namespace: "shop".into(),
             attempt: 0,
         }),
+        labels,
         log_directory: logs.to_string_lossy().into_owned(),
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
@@ -773,6 +783,43 @@ fn the_process(argv: &[&str]) -> u32 {
     })
 }
 
+/// The host pid of pod `pod_id`'s pause as the runtime gives it (its verbose status), which the
+/// kernel confirms: it runs the sandbox image's command as the init (vpid 1) of a pid namespace.
+fn the_pause(kubelet: &mut Kubelet, pod_id: &str) -> u32 {
+    let status = cri!(
+        kubelet,
+        pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.into(),
+            verbose: true
+        })
+    );
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let pid = u32::try_from(info["pid"].as_u64().expect("the sandbox's pid")).unwrap();
+    assert_eq!(
+        std::fs::read(format!("/proc/{pid}/cmdline")).ok().as_deref(),
+        Some(&b"/bin/sleep\0100000\0"[..])
+    );
+    let nspid = proc_truth::task(pid, pid).expect("the pause").nspid;
+    assert_eq!((nspid.len(), nspid.last()), (2, Some(&1)), "NSpid of {pod_id}'s pause: {nspid:?}");
+    pid
+}
+
+/// The container listed for pod `pod`'s sandbox `pod_id`: named after its pod, as its pause's
+/// namespace (whose pidns the caller checks).
+fn the_sandbox(d: &Daemon, pod_id: &str, pod: &str, uid: &str) -> ContainerRow {
+    let c = eventually(tests::settle(), &format!("sandbox {pod_id} named"), || {
+        d.containers().into_iter().find(|c| c.id == pod_id && c.k8s.is_some())
+    });
+    let k8s = c.k8s.clone().unwrap();
+    assert_eq!(
+        (k8s.namespace.as_str(), k8s.pod.as_str(), k8s.container.as_str(), k8s.pod_uid.as_str()),
+        ("shop", pod, "POD", uid)
+    );
+    assert_eq!((c.kind.as_str(), c.level), ("pidns", 1), "{c:?}");
+    assert_eq!(c.runtime.as_ref().map(|r| r.name.as_str()), Some("POD"));
+    c
+}
+
 /// Stops and removes containers `ids` and pod `pod_id` as a kubelet does.
 fn end_pod(kubelet: &mut Kubelet, pod_id: &str, ids: &[&str]) {
     use k8s_cri::v1::{
@@ -818,17 +865,24 @@ fn a_cri_pods_container_is_named_as_the_kubelet_named_it_and_routine_pod_life_re
         (k8s.namespace.as_str(), k8s.pod.as_str(), k8s.container.as_str(), k8s.pod_uid.as_str()),
         ("shop", "web-0", "app", uid.as_str())
     );
-    let ps = d.cli(&["ps", "--json", "--container", "web-0"]);
-    assert_eq!(ps.code, 0, "ps --container web-0: {}", ps.stderr);
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&ps.stdout).unwrap();
-    assert!(rows.iter().any(|r| r["host_tid"] == pid), "ps --container web-0 lists {pid}: {rows:?}");
+    // The sandbox: its pause is the init of a namespace of its own, named after the pod.
+    let pause = the_pause(&mut kubelet, &pod_id);
+    assert_ne!(pidns_of(pause), pidns_of(pid), "the pause and the app in namespaces of their own");
+    assert_eq!(the_sandbox(&d, &pod_id, "web-0", &uid).pidns, pidns_of(pause));
+    // The pod's name is its container's; `pod/container` names each.
+    for (name, pid) in [("web-0", pid), ("web-0/app", pid), ("web-0/POD", pause)] {
+        let ps = d.cli(&["ps", "--json", "--container", name]);
+        assert_eq!(ps.code, 0, "ps --container {name}: {}", ps.stderr);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&ps.stdout).unwrap();
+        assert!(rows.iter().any(|r| r["host_tid"] == pid), "ps --container {name} lists {pid}: {rows:?}");
+    }
     assert!(runtime_state(&d, "cri").0 == "connected", "status: {:?}", runtime_state(&d, "cri"));
 
     // Stop and remove as a kubelet does: the process goes (kernel), then the container.
     end_pod(&mut kubelet, &pod_id, &[&id]);
     eventually(tests::settle(), "the container's init gone", || (!proc_truth::alive(pid)).then_some(()));
-    eventually(tests::settle() * 2, "the container retired", || {
-        (!d.containers().iter().any(|c| c.id == id)).then_some(())
+    eventually(tests::settle() * 2, "the container and the sandbox retired", || {
+        (!d.containers().iter().any(|c| c.id == id || c.id == pod_id)).then_some(())
     });
     // A pod's whole life is routine orchestration.
     let records = d.audit_log();
@@ -857,6 +911,10 @@ fn a_pod_sharing_its_process_namespace_names_each_container_and_its_signals_pass
     let vpid = |pid: u32| *proc_truth::task(pid, pid).expect("a container's process").nspid.last().unwrap();
     let (app_vpid, side_vpid) = (vpid(app_pid), vpid(side_pid));
     assert!(app_vpid != 1 && side_vpid != 1, "vpids {app_vpid} and {side_vpid}: pause is the init");
+    // The namespace is the sandbox's, named after the pod.
+    let pause = the_pause(&mut kubelet, &pod_id);
+    assert_eq!(pidns_of(pause), ns, "the pause is the init of the pod's namespace");
+    assert_eq!(the_sandbox(&d, &pod_id, "web-1", &uid).pidns, ns);
 
     for (id, name, pid) in [(&app, "app", app_pid), (&side, "sidecar", side_pid)] {
         let c = eventually(tests::settle(), &format!("{name} named"), || {
@@ -865,6 +923,7 @@ fn a_pod_sharing_its_process_namespace_names_each_container_and_its_signals_pass
                 .find(|c| c.id == *id && c.k8s.as_ref().is_some_and(|k| k.container == name))
         });
         assert_eq!((c.kind.as_str(), c.pidns, c.level), ("cgroup", ns, 1), "{c:?}");
+        assert_eq!(c.parent.as_deref(), Some(pod_id.as_str()), "{name}'s parent is its pod's sandbox");
         assert_eq!(c.k8s.map(|k| (k.pod, k.namespace)), Some(("web-1".into(), "shop".into())));
         assert_eq!(d.ps_by_tid().get(&pid).map(|r| r.container.clone()), Some(id.clone()));
     }
@@ -886,8 +945,8 @@ fn a_pod_sharing_its_process_namespace_names_each_container_and_its_signals_pass
     let (crossings, _) = d.container_crossings(&side);
     assert!(crossings["kill"]["ok"] >= 1, "the sidecar's kill, counted as the sidecar's: {crossings:?}");
     end_pod(&mut kubelet, &pod_id, &[&side, &app]);
-    eventually(tests::settle() * 2, "the containers retired", || {
-        (!d.containers().iter().any(|c| c.id == app || c.id == side)).then_some(())
+    eventually(tests::settle() * 2, "the containers and the sandbox retired", || {
+        (!d.containers().iter().any(|c| c.id == app || c.id == side || c.id == pod_id)).then_some(())
     });
     let records = d.audit_log();
     assert!(records.is_empty(), "records for a shared pod's routine life: {records:#?}");

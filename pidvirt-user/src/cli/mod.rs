@@ -92,7 +92,7 @@ pub fn short_id(id: &str) -> String {
 /// A container's name for tables: its runtime's name, its pod/container for Kubernetes, or `-`.
 pub fn display_name(runtime: Option<&api::RuntimeInfo>, k8s: Option<&api::K8sInfo>) -> String {
     match (k8s, runtime) {
-        (Some(k), _) if !k.pod.is_empty() => format!("{}/{}", k.pod, k.container),
+        (Some(k), _) if !k.pod.is_empty() => k.name(),
         (_, Some(r)) if !r.name.is_empty() => r.name.clone(),
         _ => "-".into(),
     }

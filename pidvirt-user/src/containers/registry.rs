@@ -607,20 +607,29 @@ fn unique<'a>(name: &str, found: &[&'a Container]) -> Option<Result<&'a Containe
 }
 
 impl Registry {
-    /// The container a user names: by id, by its runtime's name, by its pid namespace inode, or
-    /// by a unique prefix of its id (at least MIN_PREFIX characters, like docker's short ids).
+    /// The container a user names: by id, by its runtime's name, by its Kubernetes name
+    /// (`pod/container`, or the pod's alone: its container, or its sandbox while that is all it
+    /// runs), by its pid namespace inode, or by a unique prefix of its id (at least MIN_PREFIX
+    /// characters, like docker's short ids).
     pub fn lookup(&self, name: &str) -> Result<&Container, RegError> {
         if let Some(c) = self.find_id(name) {
             return Ok(c);
         }
-        let by_name: Vec<&Container> = self
-            .by_number
-            .values()
-            .filter(|c| {
-                c.runtime.as_ref().is_some_and(|r| r.name == name)
-                    || c.k8s.as_ref().is_some_and(|k| k.pod == name)
-            })
-            .collect();
+        let named = |sandbox: bool| -> Vec<&Container> {
+            self.by_number
+                .values()
+                .filter(|c| {
+                    c.runtime.as_ref().is_some_and(|r| r.name == name)
+                        || c.k8s.as_ref().is_some_and(|k| {
+                            k.name() == name || (k.pod == name && (sandbox || !k.is_sandbox()))
+                        })
+                })
+                .collect()
+        };
+        let mut by_name = named(false);
+        if by_name.is_empty() {
+            by_name = named(true);
+        }
         if let Some(r) = unique(name, &by_name) {
             return r;
         }
@@ -802,6 +811,48 @@ mod tests {
         r.register_cgroup(other, (9, "/o".into()), None, BTreeMap::new(), Source::Api, None, || 7).unwrap();
         assert!(matches!(r.lookup("4f5a"), Err(RegError::Ambiguous(..))));
         assert_eq!(r.lookup("4f5a1").unwrap().number, NS);
+    }
+
+    #[test]
+    fn a_pod_is_found_by_its_kubernetes_names_its_container_before_its_sandbox() {
+        let mut r = Registry::new(HOST);
+        let k8s = |container: &str| K8sInfo {
+            namespace: "shop".into(),
+            pod: "web-0".into(),
+            container: container.into(),
+            pod_uid: "u1".into(),
+        };
+        let runtime =
+            |name: &str| RuntimeInfo { engine: "containerd".into(), name: name.into(), image: String::new() };
+        r.name_by_runtime(
+            NS,
+            &info(1, 0),
+            "sandbox-1",
+            runtime(K8sInfo::SANDBOX),
+            Some(k8s(K8sInfo::SANDBOX)),
+        );
+        // While only the sandbox runs, the pod's name is the sandbox's.
+        assert_eq!(r.lookup("web-0").unwrap().id, "sandbox-1");
+        let app =
+            r.register_cgroup("app-1", (9, "/a".into()), None, BTreeMap::new(), Source::Runtime, None, || 7);
+        r.describe(app.unwrap().number, Some(runtime("app")), Some(k8s("app")));
+        for (name, id) in
+            [("web-0", "app-1"), ("web-0/app", "app-1"), ("app", "app-1"), ("web-0/POD", "sandbox-1")]
+        {
+            assert_eq!(r.lookup(name).map(|c| c.id.as_str()), Ok(id), "{name}");
+        }
+        let side = r.register_cgroup(
+            "side-1",
+            (10, "/s".into()),
+            None,
+            BTreeMap::new(),
+            Source::Runtime,
+            None,
+            || 8,
+        );
+        r.describe(side.unwrap().number, Some(runtime("sidecar")), Some(k8s("sidecar")));
+        assert!(matches!(r.lookup("web-0"), Err(RegError::Ambiguous(..))), "two containers of pod web-0");
+        assert_eq!(r.lookup("web-0/sidecar").map(|c| c.id.as_str()), Ok("side-1"));
     }
 
     #[test]

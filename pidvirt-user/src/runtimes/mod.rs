@@ -89,13 +89,19 @@ pub struct Health {
 /// The health of every endpoint, shared with `status`.
 pub type HealthBook = Arc<Mutex<Vec<Health>>>;
 
-/// Kubernetes identity from CRI labels (`io.kubernetes.*`), if any.
+/// Kubernetes identity from CRI labels (`io.kubernetes.*`), if any. A pod's sandbox is
+/// [`K8sInfo::SANDBOX`]: CRI-O labels it so itself, containerd's CRI plugin marks its kind.
 pub fn k8s_from_labels(labels: &BTreeMap<String, String>) -> Option<K8sInfo> {
     let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    let sandbox = labels.get("io.cri-containerd.kind").is_some_and(|k| k == "sandbox");
     let k8s = K8sInfo {
         namespace: get("io.kubernetes.pod.namespace"),
         pod: get("io.kubernetes.pod.name"),
-        container: get("io.kubernetes.container.name"),
+        container: labels
+            .get("io.kubernetes.container.name")
+            .cloned()
+            .or_else(|| sandbox.then(|| K8sInfo::SANDBOX.into()))
+            .unwrap_or_default(),
         pod_uid: get("io.kubernetes.pod.uid"),
     };
     (k8s != K8sInfo::default()).then_some(k8s)
@@ -205,5 +211,36 @@ async fn follow(endpoint: Endpoint, reporter: Reporter) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()
+    }
+
+    #[test]
+    fn a_pods_sandbox_is_its_pod_container_and_unlabelled_containers_have_no_identity() {
+        let pod = [
+            ("io.kubernetes.pod.name", "web-0"),
+            ("io.kubernetes.pod.namespace", "shop"),
+            ("io.kubernetes.pod.uid", "u1"),
+        ];
+        let app =
+            k8s_from_labels(&labels(&[pod.as_slice(), &[("io.kubernetes.container.name", "app")]].concat()));
+        assert_eq!(app.as_ref().map(|k| (k.container.as_str(), k.is_sandbox())), Some(("app", false)));
+        // containerd's CRI plugin marks its sandbox's kind; CRI-O names it itself.
+        for kind in [("io.cri-containerd.kind", "sandbox"), ("io.kubernetes.container.name", "POD")] {
+            let k = k8s_from_labels(&labels(&[pod.as_slice(), &[kind]].concat())).unwrap();
+            assert_eq!((k.pod.as_str(), k.namespace.as_str(), k.pod_uid.as_str()), ("web-0", "shop", "u1"));
+            assert!(k.is_sandbox(), "{kind:?}: {k:?}");
+        }
+        let k =
+            k8s_from_labels(&labels(&[pod.as_slice(), &[("io.cri-containerd.kind", "container")]].concat()));
+        assert_eq!(k.map(|k| k.container), Some(String::new()));
+        assert_eq!(k8s_from_labels(&labels(&[("com.docker.compose.service", "db")])), None);
     }
 }
