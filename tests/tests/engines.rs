@@ -784,8 +784,9 @@ fn the_process(argv: &[&str]) -> u32 {
 }
 
 /// The host pid of pod `pod_id`'s pause as the runtime gives it (its verbose status), which the
-/// kernel confirms: it runs the sandbox image's command as the init (vpid 1) of a pid namespace.
-fn the_pause(kubelet: &mut Kubelet, pod_id: &str) -> u32 {
+/// kernel confirms: it runs the sandbox image's command, as the init (vpid 1) of a pid namespace
+/// of the pod's own, or in the host's (`own_namespace` false: a hostPID pod).
+fn the_pause(kubelet: &mut Kubelet, pod_id: &str, own_namespace: bool) -> u32 {
     let status = cri!(
         kubelet,
         pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
@@ -800,12 +801,13 @@ fn the_pause(kubelet: &mut Kubelet, pod_id: &str) -> u32 {
         Some(&b"/bin/sleep\0100000\0"[..])
     );
     let nspid = proc_truth::task(pid, pid).expect("the pause").nspid;
-    assert_eq!((nspid.len(), nspid.last()), (2, Some(&1)), "NSpid of {pod_id}'s pause: {nspid:?}");
+    let want = if own_namespace { vec![pid, 1] } else { vec![pid] };
+    assert_eq!(nspid, want, "NSpid of {pod_id}'s pause");
     pid
 }
 
-/// The container listed for pod `pod`'s sandbox `pod_id`: named after its pod, as its pause's
-/// namespace (whose pidns the caller checks).
+/// The container listed for pod `pod`'s sandbox `pod_id`, once named after its pod (where it is,
+/// the caller checks).
 fn the_sandbox(d: &Daemon, pod_id: &str, pod: &str, uid: &str) -> ContainerRow {
     let c = eventually(tests::settle(), &format!("sandbox {pod_id} named"), || {
         d.containers().into_iter().find(|c| c.id == pod_id && c.k8s.is_some())
@@ -815,7 +817,6 @@ fn the_sandbox(d: &Daemon, pod_id: &str, pod: &str, uid: &str) -> ContainerRow {
         (k8s.namespace.as_str(), k8s.pod.as_str(), k8s.container.as_str(), k8s.pod_uid.as_str()),
         ("shop", pod, "POD", uid)
     );
-    assert_eq!((c.kind.as_str(), c.level), ("pidns", 1), "{c:?}");
     assert_eq!(c.runtime.as_ref().map(|r| r.name.as_str()), Some("POD"));
     c
 }
@@ -866,9 +867,10 @@ fn a_cri_pods_container_is_named_as_the_kubelet_named_it_and_routine_pod_life_re
         ("shop", "web-0", "app", uid.as_str())
     );
     // The sandbox: its pause is the init of a namespace of its own, named after the pod.
-    let pause = the_pause(&mut kubelet, &pod_id);
+    let pause = the_pause(&mut kubelet, &pod_id, true);
     assert_ne!(pidns_of(pause), pidns_of(pid), "the pause and the app in namespaces of their own");
-    assert_eq!(the_sandbox(&d, &pod_id, "web-0", &uid).pidns, pidns_of(pause));
+    let sandbox = the_sandbox(&d, &pod_id, "web-0", &uid);
+    assert_eq!((sandbox.kind.as_str(), sandbox.pidns, sandbox.level), ("pidns", pidns_of(pause), 1));
     // The pod's name is its container's; `pod/container` names each.
     for (name, pid) in [("web-0", pid), ("web-0/app", pid), ("web-0/POD", pause)] {
         let ps = d.cli(&["ps", "--json", "--container", name]);
@@ -912,9 +914,10 @@ fn a_pod_sharing_its_process_namespace_names_each_container_and_its_signals_pass
     let (app_vpid, side_vpid) = (vpid(app_pid), vpid(side_pid));
     assert!(app_vpid != 1 && side_vpid != 1, "vpids {app_vpid} and {side_vpid}: pause is the init");
     // The namespace is the sandbox's, named after the pod.
-    let pause = the_pause(&mut kubelet, &pod_id);
+    let pause = the_pause(&mut kubelet, &pod_id, true);
     assert_eq!(pidns_of(pause), ns, "the pause is the init of the pod's namespace");
-    assert_eq!(the_sandbox(&d, &pod_id, "web-1", &uid).pidns, ns);
+    let sandbox = the_sandbox(&d, &pod_id, "web-1", &uid);
+    assert_eq!((sandbox.kind.as_str(), sandbox.pidns, sandbox.level), ("pidns", ns, 1));
 
     for (id, name, pid) in [(&app, "app", app_pid), (&side, "sidecar", side_pid)] {
         let c = eventually(tests::settle(), &format!("{name} named"), || {
@@ -950,4 +953,39 @@ fn a_pod_sharing_its_process_namespace_names_each_container_and_its_signals_pass
     });
     let records = d.audit_log();
     assert!(records.is_empty(), "records for a shared pod's routine life: {records:#?}");
+}
+
+/// A hostPID pod (a node agent's: the CRI's pid mode NODE): its pause and its container run in
+/// the host's pid namespace, so each is tracked by its cgroup, named as the kubelet named it; the
+/// pod's life reports nothing.
+#[test]
+fn a_host_pid_pods_sandbox_and_container_are_named_by_their_cgroups_and_report_nothing() {
+    use k8s_cri::v1::NamespaceMode;
+    let test = "a_host_pid_pods_sandbox_and_container_are_named_by_their_cgroups_and_report_nothing";
+    let Some((_containerd, d, mut kubelet)) = cri(test) else { return };
+    let uid = format!("uid-node-{}", std::process::id());
+    let logs = tempfile::tempdir().unwrap();
+    let (pod, pod_id) = run_pod(&mut kubelet, "agent-0", &uid, NamespaceMode::Node, logs.path());
+    let argv = ["/bin/sleep", "6014"];
+    let id = start_container(&mut kubelet, (&pod, &pod_id), "agent", &argv);
+    let pid = the_process(&argv);
+    // The kernel: both in the host's namespace (this test's own).
+    let host = pidns_of(std::process::id());
+    let pause = the_pause(&mut kubelet, &pod_id, false);
+    assert_eq!((pidns_of(pause), pidns_of(pid)), (host, host), "a hostPID pod's pause and container");
+    let sandbox = the_sandbox(&d, &pod_id, "agent-0", &uid);
+    let agent = named(&d, &id, "agent");
+    for (c, pid) in [(&sandbox, pause), (&agent, pid)] {
+        assert_eq!((c.kind.as_str(), u64::from(c.pidns), c.level), ("cgroup", host, 0), "{c:?}");
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(cgroup.contains(c.id.as_str()), "{pid}'s cgroup names {}: {cgroup}", c.id);
+        assert_eq!(d.ps_by_tid().get(&pid).map(|r| r.container.clone()), Some(c.id.clone()));
+    }
+    assert_eq!(agent.k8s.map(|k| (k.pod, k.container)), Some(("agent-0".into(), "agent".into())));
+    end_pod(&mut kubelet, &pod_id, &[&id]);
+    eventually(tests::settle() * 2, "the container and the sandbox retired", || {
+        (!d.containers().iter().any(|c| c.id == id || c.id == pod_id)).then_some(())
+    });
+    let records = d.audit_log();
+    assert!(records.is_empty(), "records for a hostPID pod's routine life: {records:#?}");
 }
