@@ -53,7 +53,8 @@ pub struct Resolution {
     pub named_stale: bool,
     /// Y: N read as a number of an ancestor namespace (levels L-1 down to 0, nearest first):
     /// when X exists, the first task other than X that the caller can see; otherwise the first
-    /// task at all. Not looked for from the host (its numbers are host numbers).
+    /// task at all; never a kernel thread. Not looked for from the host (its numbers are host
+    /// numbers).
     pub ancestor: Party,
     /// The level Y was found at.
     pub ancestor_level: u32,

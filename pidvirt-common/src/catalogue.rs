@@ -65,7 +65,8 @@ verdicts! {
     group reported: false,
     /// -1: every task the caller may signal / any child.
     any reported: false,
-    /// The number names nothing in the caller's namespace but is the host pid of a live task.
+    /// The number names nothing in the caller's namespace but is the host pid of a live task
+    /// (not a kernel thread's: the small numbers a container's own tasks have name those).
     leak reported: true,
     /// The number names task X in the caller's namespace and is also the host pid of another
     /// task Y the caller can see: a missed translation meant Y, the call hits X.
@@ -79,7 +80,8 @@ verdicts! {
     /// a signal's sender handed to the caller as 0: the kernel zeroes `si_pid` for a sender of
     /// an ancestor namespace, the same relation seen from the receiving side.
     nested reported: false,
-    /// The number names nothing (the kernel answers ESRCH).
+    /// The number names nothing (the kernel answers ESRCH), or at the host's level only a kernel
+    /// thread.
     unknown reported: true,
     /// The number names nothing now but named a task of the caller's namespace that was
     /// released a moment ago (a wait on a child another thread reaped, a kill(pid, 0) loop

@@ -55,6 +55,12 @@ pub mod task_flags {
     /// On a thread-group leader's entry: it was ptraced when it exited (a tracer that is not
     /// its parent may collect its exit status without releasing it).
     pub const TRACED: u8 = 1 << 4;
+    /// A kernel thread (`PF_KTHREAD`; only ever in the host's namespace): the task of no
+    /// number a container or an orchestrator hands around, so its host pid is nobody's leak.
+    pub const KTHREAD: u8 = 1 << 5;
+    /// `task_struct.flags`' bit for a kernel thread (include/linux/sched.h), which /proc's stat
+    /// shows too (field 9).
+    pub const PF_KTHREAD: u32 = 0x0020_0000;
 
     /// Whether a task whose entry has `flags` is released once a wait4 returns its pid: a
     /// whole group that exited untraced (a stopped or continued child, a zombie leader whose

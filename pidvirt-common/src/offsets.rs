@@ -43,6 +43,8 @@ pub struct KernelOffsets {
     pub task_cgroups: u32,
     /// task_struct.ptrace (unsigned int)
     pub task_ptrace: u32,
+    /// task_struct.flags (unsigned int: PF_*)
+    pub task_flags: u32,
     /// task_struct.stack (void *): the task's kernel stack, the key of its per-CPU copies
     /// (crate::CallerCache)
     pub task_stack: u32,
@@ -186,6 +188,7 @@ impl KernelOffsets {
             task_nsproxy: 0,
             task_cgroups: 0,
             task_ptrace: 0,
+            task_flags: 0,
             task_stack: 0,
             signal_live: 0,
             signal_pids: 0,

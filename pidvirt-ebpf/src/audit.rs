@@ -362,7 +362,10 @@ fn resolve_ancestors(tid: u32, c: &TaskEntry, n: u32, named: Found) -> (Found, L
     // the other task it sees, and needs no lookup.
     let host_init_unseen = n == 1 && named.is_some();
     let y = if host_init_unseen { Found::NONE } else { host_pid(tid, c, n) };
-    if y.is_some() && accept(&y) {
+    // A kernel thread is no task a number handed to a container can mean: the small numbers a
+    // container's own tasks had name kernel threads on the host (a stale pid file read after a
+    // restart), and that is no leak.
+    if y.is_some() && accept(&y) && unsafe { (*y.entry).flags } & task_flags::KTHREAD == 0 {
         (y, Level { level: 0, pidns: host_pidns() })
     } else {
         (Found::NONE, Level::NONE)

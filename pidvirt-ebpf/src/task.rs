@@ -4,7 +4,9 @@
 //! i is pid->numbers[i].nr and the namespace is pid->numbers[i].ns (mirrors the kernel's
 //! pid_nr_ns()). Level 0 is the init namespace: host numbers.
 
-use pidvirt_common::{CgroupContainer, INLINE_LEVELS, LevelIds, MAX_LEVELS, MAX_PID_NS_LEVEL, counter};
+use pidvirt_common::{
+    CgroupContainer, INLINE_LEVELS, LevelIds, MAX_LEVELS, MAX_PID_NS_LEVEL, counter, task_flags,
+};
 
 use crate::{
     kernel::{Kmem, Probe, below, off, read, read_ptr},
@@ -157,9 +159,12 @@ pub fn read_task<K: Kmem>(k: K, task: *const u8, s: &mut Scratch) -> Result<(), 
     if level as usize >= INLINE_LEVELS {
         read_deep_levels(task, level, s)?;
     }
+    // Kernel threads live in the host's namespace only.
+    let kthread =
+        level == 0 && k.read::<u32>(task, off!(task_flags)).map_err(kerr)? & task_flags::PF_KTHREAD != 0;
     s.entry.start_time = start;
     s.entry.level = level as u8;
-    s.entry.flags = 0;
+    s.entry.flags = if kthread { task_flags::KTHREAD } else { 0 };
     s.deep.start_time = start;
     Ok(())
 }

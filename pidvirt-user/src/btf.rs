@@ -427,6 +427,7 @@ pub fn resolve(btf: &KernelBtf, tick_ns: u32) -> Result<KernelOffsets, OffsetErr
         task_nsproxy: btf.offset("task_struct", "nsproxy", PTR)?,
         task_cgroups: btf.offset("task_struct", "cgroups", PTR)?,
         task_ptrace: btf.offset("task_struct", "ptrace", 4)?,
+        task_flags: btf.offset("task_struct", "flags", 4)?,
         task_stack: btf.offset("task_struct", "stack", PTR)?,
         signal_live: btf.offset("signal_struct", "live", 4)? + btf.offset("atomic_t", "counter", 4)?,
         signal_pids: signal_pids.offset,

@@ -38,6 +38,8 @@ pub struct ProcTask {
     /// Inode of the task's pid namespace (/proc/PID/ns/pid).
     pub pidns: u32,
     pub comm: String,
+    /// A kernel thread (stat's flags hold PF_KTHREAD).
+    pub kthread: bool,
 }
 
 impl ProcTask {
@@ -75,6 +77,7 @@ pub fn parse_task(pid: u32, tid: u32, status: &[u8], stat: &[u8], pidns: u32) ->
         start_ticks: stat.starttime,
         pidns,
         comm: stat.comm,
+        kthread: stat.flags & pidvirt_common::task_flags::PF_KTHREAD != 0,
     })
 }
 
@@ -255,10 +258,18 @@ CapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffffff\
 CapBnd:\t000001fffeffffff\nCapAmb:\t0000000000000000\nSeccomp:\t0\n";
 
     fn stat_line(pid: u32, comm: &str, start: u64) -> String {
-        // 52 fields; field 22 is starttime.
+        stat_line_flags(pid, comm, start, 0x40_0040)
+    }
+
+    /// 52 fields; field 9 is flags, field 22 starttime.
+    fn stat_line_flags(pid: u32, comm: &str, start: u64, flags: u32) -> String {
         let mut f: Vec<String> = vec![pid.to_string(), format!("({comm})"), "S".into()];
         for i in 4..=52 {
-            f.push(if i == 22 { start.to_string() } else { "0".into() });
+            f.push(match i {
+                9 => flags.to_string(),
+                22 => start.to_string(),
+                _ => "0".into(),
+            });
         }
         f.join(" ") + "\n"
     }
@@ -278,6 +289,20 @@ CapBnd:\t000001fffeffffff\nCapAmb:\t0000000000000000\nSeccomp:\t0\n";
         assert_eq!(t.start_ticks, 4242);
         assert_eq!(t.level(), 1);
         assert_eq!(t.comm, "sleep");
+        assert!(!t.kthread);
+    }
+
+    #[test]
+    fn a_kernel_thread_is_told_by_its_stat_flags() {
+        // kthreadd's flags on 6.18: PF_KTHREAD | PF_NOFREEZE | PF_FORKNOEXEC | PF_SUPERPRIV...
+        let status =
+            STATUS.replace("NSpid:\t26921\t3", "NSpid:\t2").replace("NStgid:\t26919\t1", "NStgid:\t2");
+        let t =
+            parse_task(2, 2, status.as_bytes(), stat_line_flags(2, "kthreadd", 1, 0x20_8040).as_bytes(), 1)
+                .unwrap();
+        assert!(t.kthread);
+        let (e, _) = crate::seed::entry_from_proc(&t, &[1], 10_000_000);
+        assert_eq!(e.flags, pidvirt_common::task_flags::SEEDED | pidvirt_common::task_flags::KTHREAD);
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub fn entry_from_proc(t: &ProcTask, ns: &[u32], tick_ns: u32) -> (TaskEntry, Ve
         container: if level == 0 { HOST_CONTAINER } else { t.pidns },
         pidns: ns.last().copied().unwrap_or(t.pidns),
         level: level as u8,
-        flags: task_flags::SEEDED,
+        flags: task_flags::SEEDED | if t.kthread { task_flags::KTHREAD } else { 0 },
         ..Default::default()
     };
     for (slot, id) in entry.nr.iter_mut().zip(ids.iter().take(INLINE_LEVELS)) {
@@ -151,12 +151,13 @@ mod tests {
             start_ticks: 42,
             pidns: 4026532300,
             comm: "x".into(),
+            kthread: false,
         };
         let (e, ids) = entry_from_proc(&t, &[4026531836, 4026532300], 10_000_000);
         assert_eq!(e.start_time, 420_000_000);
         assert_eq!(e.container, 4026532300);
         assert_eq!(e.level, 1);
-        assert!(e.is_seeded());
+        assert_eq!(e.flags, task_flags::SEEDED);
         assert_eq!(e.host_tid(), 26921);
         assert_eq!(e.host_pid(), 26919);
         assert_eq!(e.nr[1], LevelIds { tid: 3, tgid: 1 });

@@ -23,8 +23,8 @@ fn a_wait_or_kill_racing_a_release_is_counted_released_and_reported_unknown_only
     let d = Daemon::start();
     let mut f = Fixture::start(FIXTURE, 1);
     let c = f.container();
-    // A vpid that is no host pid (small ones name host kernel threads: a leak once the release
-    // is old).
+    // A vpid that is no host pid (small ones name host kernel threads, which need a test of
+    // their own).
     let v = loop {
         let v = f.num("spawn 0");
         if !tests::proc_truth::alive(v as u32) {
@@ -51,6 +51,50 @@ fn a_wait_or_kill_racing_a_release_is_counted_released_and_reported_unknown_only
     let released: Vec<AuditRecord> = d.audit_log().into_iter().filter(|r| r.verdict == "released").collect();
     assert!(released.is_empty(), "released is not reported by default: {released:#?}");
     assert_eq!(count(&d, &c, "kill", "released"), 1);
+}
+
+/// A host pid whose task is a kernel thread (its stat's flags hold PF_KTHREAD), at least `from`.
+fn kernel_thread(from: u32) -> u32 {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    (from..from + 10_000)
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // Field 9, counted after the parenthesised comm (field 2).
+                let after_comm = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+                after_comm
+                    .split(' ')
+                    .nth(6)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .is_some_and(|f| f & PF_KTHREAD != 0)
+            })
+        })
+        .expect("a kernel thread")
+}
+
+/// The small numbers a container's own tasks have name kernel threads on the host: a number
+/// naming nothing in the container but a kernel thread (a pid file's, read after the container
+/// restarted) is no leak but `unknown`, while a user process's host pid still is a leak.
+#[test]
+fn a_number_naming_only_a_host_kernel_thread_is_unknown_not_a_leak() {
+    let d = Daemon::start();
+    let mut f = Fixture::start(FIXTURE, 1);
+    let c = f.container();
+    let kthread = kernel_thread(20);
+    // The kernel: nothing in the container's namespace has that number.
+    assert_eq!(f.num(&format!("sys kill {kthread} 0")), ESRCH, "kill -0 {kthread} in the container");
+    eventually(tests::settle(), "the kill counted unknown", || {
+        (count(&d, &c, "kill", "unknown") == 1).then_some(())
+    });
+    assert_eq!(count(&d, &c, "kill", "leak"), 0, "kernel thread {kthread} is nobody's leak");
+    // The host pid of a user process (this test's): a leak.
+    let me = std::process::id();
+    assert_eq!(f.num(&format!("sys kill {me} 0")), ESRCH, "kill -0 {me} in the container");
+    let leak = eventually(tests::settle(), "the leak of this test's pid", || {
+        d.audit_log().into_iter().find(|r| r.container == c && r.verdict == "leak")
+    });
+    assert_eq!((leak.value, leak.also.map(|t| t.host_pid)), (i64::from(me), Some(me)));
+    let records: Vec<(String, i64)> = d.audit_log().into_iter().map(|r| (r.verdict, r.value)).collect();
+    assert_eq!(records, [("unknown".to_string(), i64::from(kthread)), ("leak".to_string(), i64::from(me))]);
 }
 
 #[test]
