@@ -327,7 +327,7 @@ mod tests {
         assert_eq!(crossing_slot((NSYSCALLS - 1) as u16, last), NSYSCALLS * NVERDICTS - 1);
         let reported = |v: Verdict| Verdict::DEFAULT_REPORTED & v.bit() != 0;
         assert!(!reported(Verdict::Ok) && !reported(Verdict::Group) && !reported(Verdict::Any));
-        assert!(!reported(Verdict::Nested) && !reported(Verdict::Released));
+        assert!(!reported(Verdict::Nested) && !reported(Verdict::Released) && !reported(Verdict::Unknown));
         assert!(reported(Verdict::Leak) && reported(Verdict::Mismatch) && reported(Verdict::CrossContainer));
         assert!(reported(Verdict::Invisible) && Verdict::REPORTABLE.contains(&Verdict::Invisible));
         assert!(

@@ -81,8 +81,10 @@ verdicts! {
     /// an ancestor namespace, the same relation seen from the receiving side.
     nested reported: false,
     /// The number names nothing (the kernel answers ESRCH), or at the host's level only a kernel
-    /// thread.
-    unknown reported: true,
+    /// thread. Counted, not reported by default: a number that names nothing anywhere is no
+    /// evidence of a missed translation (a pid file's number once its process ended, a
+    /// kill(pid, 0) that finds it gone), and the call hit nothing.
+    unknown reported: false,
     /// The number names nothing now but named a task of the caller's namespace that was
     /// released a moment ago (a wait on a child another thread reaped, a kill(pid, 0) loop
     /// waiting for a process to end).

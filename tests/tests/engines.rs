@@ -240,6 +240,23 @@ fn churn(docker: &Dockerd, podman: Option<&Podman>) -> usize {
         let out = docker.docker(&["rm", &name]);
         ops += done("docker rm", out.code, &out.stderr);
     }
+    // A daemon that checks the pid file it left (kill -0 of its old number) when it starts again,
+    // stopped for longer than the release window: a pid file's stale number (the daemon started
+    // after a few commands, so its number is not one the check's own commands just used).
+    let check = "if [ -f /run.pid ]; then p=$(cat /run.pid); kill -0 $p 2>/dev/null && echo alive $p || echo stale $p; fi; for i in 1 2 3 4 5 6; do /bin/true; done; sleep 600 & echo $! > /run.pid; wait";
+    let out = docker.docker(&["run", "-d", "--name", "pidfile", IMAGE, "sh", "-c", check]);
+    ops += done("docker run -d (a pid file)", out.code, &out.stderr);
+    let out = docker.docker(&["stop", "-t", "1", "pidfile"]);
+    ops += done("docker stop", out.code, &out.stderr);
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = docker.docker(&["start", "pidfile"]);
+    ops += done("docker start", out.code, &out.stderr);
+    eventually(tests::settle(), "the pid file checked", || {
+        let logs = docker.docker(&["logs", "pidfile"]);
+        logs.stdout.contains("stale ").then_some(())
+    });
+    let out = docker.docker(&["rm", "-f", "pidfile"]);
+    ops += done("docker rm -f", out.code, &out.stderr);
     if let Some(p) = podman {
         for i in 0..2 {
             let name = format!("pchurn{i}");

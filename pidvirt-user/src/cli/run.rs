@@ -67,8 +67,8 @@ pub struct Args {
     #[arg(long, hide = true)]
     probe_reads: bool,
     /// The verdicts reported (audit records), comma-separated; every crossing is counted either
-    /// way. Default: leak, collision, cross_container, unknown, stale, mismatch, denied (not
-    /// nested, released).
+    /// way. Default: leak, collision, cross_container, stale, mismatch, denied, invisible,
+    /// foreign_procfs (not nested, released, unknown).
     #[arg(long, value_delimiter = ',', value_parser = verdict)]
     report: Vec<Verdict>,
     /// Docker's Engine API socket, asked for container names, images and labels (`none`: not
