@@ -90,8 +90,10 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     match task_get(tid) {
         Some(e) => unsafe {
             // The entry under the leader's tid now describes a live exec'd thread: what the old
-            // leader's exit marked on it goes.
-            let exit_marks = task_flags::EXITED | task_flags::GROUP_DEAD | task_flags::TRACED;
+            // leader's exit marked on it goes (and exec makes no kernel thread, as the kernel's
+            // own clears PF_KTHREAD).
+            let exit_marks =
+                task_flags::EXITED | task_flags::GROUP_DEAD | task_flags::TRACED | task_flags::KTHREAD;
             (*e).flags = ((*e).flags & !exit_marks) | task_flags::EXECED;
         },
         None => count_map_error(counter::map_error::TASK_MISSING),

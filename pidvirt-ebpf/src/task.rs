@@ -144,6 +144,8 @@ fn read_inline_level<K: Kmem>(k: K, pids: &TaskPids, lvl: u32, s: &mut Scratch) 
 pub fn read_task<K: Kmem>(k: K, task: *const u8, s: &mut Scratch) -> Result<(), u32> {
     let pids = task_pids(k, task)?;
     let start: u64 = k.read(task, off!(task_start_time)).map_err(kerr)?;
+    // PF_KTHREAD: only ever on tasks of the host's namespace, where kernel threads live.
+    let kthread = k.read::<u32>(task, off!(task_flags)).map_err(kerr)? & task_flags::PF_KTHREAD != 0;
     let level = pids.level;
     reaper_outside_inline_levels(&pids, level, s)?;
     read_level(k, &pids, 0, s)?;
@@ -159,9 +161,6 @@ pub fn read_task<K: Kmem>(k: K, task: *const u8, s: &mut Scratch) -> Result<(), 
     if level as usize >= INLINE_LEVELS {
         read_deep_levels(task, level, s)?;
     }
-    // Kernel threads live in the host's namespace only.
-    let kthread =
-        level == 0 && k.read::<u32>(task, off!(task_flags)).map_err(kerr)? & task_flags::PF_KTHREAD != 0;
     s.entry.start_time = start;
     s.entry.level = level as u8;
     s.entry.flags = if kthread { task_flags::KTHREAD } else { 0 };

@@ -194,6 +194,8 @@ pub struct TaskRow {
     pub seeded: bool,
     /// Exited, not yet reaped.
     pub exited: bool,
+    /// A kernel thread (PF_KTHREAD): no number a container is handed means it.
+    pub kthread: bool,
     /// What the container's runtime says about it (engine, name, image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeInfo>,

@@ -143,6 +143,7 @@ pub struct PsRow {
     pub nstgid: Vec<u32>,
     pub comm: String,
     pub seeded: bool,
+    pub kthread: bool,
 }
 
 /// An audit record (a line of --audit-log), parsed independently of pidvirt's types.
@@ -744,6 +745,15 @@ pub mod proc_truth {
             nstgid: numbers(&status, "NStgid:")?,
             pidns,
         })
+    }
+
+    /// Whether `pid` is a kernel thread: PF_KTHREAD in its stat's flags (field 9).
+    pub fn kthread(pid: u32) -> Option<bool> {
+        const PF_KTHREAD: u64 = 0x0020_0000;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command (field 2, in parentheses, may hold spaces) start at field 3.
+        let flags: u64 = stat.rsplit_once(") ")?.1.split(' ').nth(6)?.parse().ok()?;
+        Some(flags & PF_KTHREAD != 0)
     }
 
     /// Context switches of task `tid` so far (voluntary and not), as its status counts them.

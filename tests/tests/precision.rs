@@ -46,27 +46,23 @@ fn a_wait_or_kill_racing_a_release_is_counted_released_and_unknown_only_after_th
         (count(&d, &c, "kill", "unknown") == 1).then_some(())
     });
     assert_eq!(count(&d, &c, "kill", "released"), 1);
-    // Neither is reported by default.
-    let records = d.audit_log();
-    assert!(records.is_empty(), "released and unknown are not reported by default: {records:#?}");
+    // Neither is reported by default: a leak after them (this test's host pid) is the only record
+    // once its own is written.
+    let me = std::process::id();
+    assert_eq!(f.num(&format!("sys kill {me} 0")), ESRCH);
+    let leak = eventually(tests::settle(), "the leak after them", || {
+        d.audit_log().into_iter().find(|r| r.verdict == "leak" && r.value == i64::from(me))
+    });
+    assert_eq!(d.audit_log(), [leak], "released and unknown are not reported by default");
 }
 
-/// A host pid whose task is a kernel thread (its stat's flags hold PF_KTHREAD), at least `from`.
-fn kernel_thread(from: u32) -> u32 {
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    (from..from + 10_000)
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                // Field 9, counted after the parenthesised comm (field 2).
-                let after_comm = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
-                after_comm
-                    .split(' ')
-                    .nth(6)
-                    .and_then(|f| f.parse::<u64>().ok())
-                    .is_some_and(|f| f & PF_KTHREAD != 0)
-            })
-        })
-        .expect("a kernel thread")
+/// The host pid of `ksoftirqd/0`, a kernel thread (PF_KTHREAD) that lives as long as the machine.
+fn ksoftirqd() -> u32 {
+    let pid = (2..1000)
+        .find(|pid| tests::proc_truth::comm(*pid, *pid).is_some_and(|c| c == "ksoftirqd/0"))
+        .expect("ksoftirqd/0");
+    assert_eq!(tests::proc_truth::kthread(pid), Some(true), "ksoftirqd/0 ({pid}) is a kernel thread");
+    pid
 }
 
 /// The small numbers a container's own tasks have name kernel threads on the host: a number
@@ -77,13 +73,14 @@ fn a_number_naming_only_a_host_kernel_thread_is_unknown_not_a_leak() {
     let d = Daemon::start();
     let mut f = Fixture::start(FIXTURE, 1);
     let c = f.container();
-    let kthread = kernel_thread(20);
+    let kthread = ksoftirqd();
     // The kernel: nothing in the container's namespace has that number.
     assert_eq!(f.num(&format!("sys kill {kthread} 0")), ESRCH, "kill -0 {kthread} in the container");
     eventually(tests::settle(), "the kill counted unknown", || {
         (count(&d, &c, "kill", "unknown") == 1).then_some(())
     });
     assert_eq!(count(&d, &c, "kill", "leak"), 0, "kernel thread {kthread} is nobody's leak");
+    assert_eq!(tests::proc_truth::kthread(kthread), Some(true), "{kthread} still lives");
     // The host pid of a user process (this test's): a leak.
     let me = std::process::id();
     assert_eq!(f.num(&format!("sys kill {me} 0")), ESRCH, "kill -0 {me} in the container");

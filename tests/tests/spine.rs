@@ -72,6 +72,17 @@ fn check_before_and_after_attach(seed: &str) {
         assert_eq!(c.parent.as_deref(), Some("host"));
     }
     assert!(d.log().contains("mismatched=0"), "seed self-check:\n{}", d.log());
+    // Kernel threads (all made before attach, in the host's namespace) are marked as /proc's stat
+    // flags mark them, by either seeding; other tasks are not.
+    let host: Vec<PsRow> = d.ps_by_tid().into_values().filter(|r| r.level == 0).collect();
+    let mut kthreads = 0;
+    for r in &host {
+        let Some(truth) = proc_truth::kthread(r.host_tid) else { continue }; // gone since
+        assert_eq!(r.kthread, truth, "kthread of host tid {} ({})", r.host_tid, r.comm);
+        kthreads += usize::from(truth);
+    }
+    assert!(kthreads > 0, "no kernel thread among {} host tasks", host.len());
+    assert!(old.iter().chain(&new).all(|r| !r.kthread));
 }
 
 #[test]

@@ -50,6 +50,7 @@ fn row(
         start_time_ns: e.start_time,
         seeded: e.is_seeded(),
         exited: e.flags & task_flags::EXITED != 0,
+        kthread: e.flags & task_flags::KTHREAD != 0,
         runtime,
         k8s,
     }

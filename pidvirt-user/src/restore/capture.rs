@@ -172,6 +172,7 @@ mod tests {
             start_time_ns: u64::from(host_tid),
             seeded: false,
             exited: false,
+            kthread: false,
             runtime: None,
             k8s: None,
         }

@@ -54,17 +54,22 @@ pub async fn follow(endpoint: &Endpoint, reporter: &Reporter) -> Result<(), Stri
                 };
                 let update = match ContainerEventType::try_from(event.container_event_type) {
                     Ok(ContainerEventType::ContainerStartedEvent) => {
-                        // A sandbox's start comes as a container event with the sandbox's id.
-                        let kind = if event
-                            .pod_sandbox_status
-                            .as_ref()
-                            .is_some_and(|s| s.id == event.container_id)
-                        {
+                        // A sandbox's start comes as a container event with the sandbox's id, and
+                        // its status where the runtime could read it: an id no container has is
+                        // asked as a sandbox too.
+                        let id = &event.container_id;
+                        let first = if event.pod_sandbox_status.as_ref().is_some_and(|s| s.id == *id) {
                             Kind::Sandbox
                         } else {
                             Kind::Container
                         };
-                        match status(&mut client, &engine, &event.container_id, kind).await? {
+                        let facts = match status(&mut client, &engine, id, first).await? {
+                            None if first == Kind::Container => {
+                                status(&mut client, &engine, id, Kind::Sandbox).await?
+                            }
+                            facts => facts,
+                        };
+                        match facts {
                             Some(facts) => Update::Running(facts),
                             None => continue,
                         }
@@ -127,11 +132,14 @@ async fn sync(
         if known.contains(&id) {
             continue;
         }
-        if let Some(facts) = status(client, engine, &id, kind).await? {
-            known.insert(id);
-            if !reporter.send(Update::Running(facts)) {
-                return Ok(false);
-            }
+        // Asked once while it runs: one without a pid (a sandbox without a pause, CRI-O's
+        // drop_infra_ctr) has none the next time either.
+        let facts = status(client, engine, &id, kind).await?;
+        known.insert(id);
+        if let Some(facts) = facts
+            && !reporter.send(Update::Running(facts))
+        {
+            return Ok(false);
         }
     }
     Ok(true)
