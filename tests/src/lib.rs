@@ -747,13 +747,17 @@ pub mod proc_truth {
         })
     }
 
+    /// Numeric field `n` (counted from 1, as proc(5) does) of task `tid`'s stat.
+    fn stat_field(tid: u32, n: usize) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+        // Fields after the command (field 2, in parentheses, may hold spaces) start at field 3.
+        stat.rsplit_once(')')?.1.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+    }
+
     /// Whether `pid` is a kernel thread: PF_KTHREAD in its stat's flags (field 9).
     pub fn kthread(pid: u32) -> Option<bool> {
         const PF_KTHREAD: u64 = 0x0020_0000;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command (field 2, in parentheses, may hold spaces) start at field 3.
-        let flags: u64 = stat.rsplit_once(") ")?.1.split(' ').nth(6)?.parse().ok()?;
-        Some(flags & PF_KTHREAD != 0)
+        Some(stat_field(pid, 9)? & PF_KTHREAD != 0)
     }
 
     /// Context switches of task `tid` so far (voluntary and not), as its status counts them.
@@ -768,9 +772,7 @@ pub mod proc_truth {
 
     /// The CPU task `tid` last ran on (`processor`, field 39 of its stat).
     pub fn last_cpu_of(tid: u32) -> Option<usize> {
-        let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
-        // Fields after the command (field 2, in parentheses, may hold spaces) start at field 3.
-        stat.rsplit_once(')')?.1.split_whitespace().nth(39 - 3)?.parse().ok()
+        usize::try_from(stat_field(tid, 39)?).ok()
     }
 
     /// Every task on the host.

@@ -18,7 +18,7 @@ use k8s_cri::v1::{
 };
 use tonic::{Code, transport::Channel};
 
-use super::{CALL_TIMEOUT, Endpoint, Facts, Reporter, Update, k8s_from_labels, timed};
+use super::{Endpoint, Facts, Reporter, Update, k8s_from_labels, timed};
 use crate::api::{K8sInfo, RuntimeInfo};
 
 /// How often a runtime without events is asked which containers run.
@@ -192,18 +192,20 @@ async fn status(
     Ok(Some(Facts { id, runtime: RuntimeInfo { engine: engine.into(), name, image }, labels, k8s, pid }))
 }
 
-/// A call's answer within the call timeout (a runtime can hang); None when the runtime no
-/// longer knows the id.
+/// A call's answer within the call timeout ([`timed`]: a runtime can hang); None when the
+/// runtime no longer knows the id.
 async fn answer<T>(
     what: &str,
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<Option<T>, String> {
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(Ok(r)) => Ok(Some(r.into_inner())),
-        Ok(Err(e)) if e.code() == Code::NotFound => Ok(None),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {} s", CALL_TIMEOUT.as_secs())),
-    }
+    timed(what, async {
+        match call.await {
+            Ok(r) => Ok(Some(r.into_inner())),
+            Err(e) if e.code() == Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+    .await
 }
 
 /// A verbose status's `info`, the JSON crictl shows.
