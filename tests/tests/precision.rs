@@ -92,6 +92,82 @@ fn a_number_naming_only_a_host_kernel_thread_is_unknown_not_a_leak() {
     assert_eq!(records, [("leak".to_string(), i64::from(me))], "the leak alone (unknown is not reported)");
 }
 
+/// THP's setting (/sys/kernel/mm/transparent_hugepage/enabled), put back when dropped: while it
+/// is `always` or `madvise` the kernel runs khugepaged, a kernel thread it stops at `never` and
+/// starts again (kthreadd forks it) when the setting is on again.
+struct HugepageSetting {
+    original: String,
+}
+
+impl HugepageSetting {
+    const PATH: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+    fn read() -> Option<Self> {
+        let line = std::fs::read_to_string(Self::PATH).ok()?;
+        let original = line.split_whitespace().find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))?;
+        Some(Self { original: original.to_string() })
+    }
+
+    fn set(&self, value: &str) {
+        std::fs::write(Self::PATH, value).unwrap_or_else(|e| panic!("write {value} to {}: {e}", Self::PATH));
+    }
+
+    /// A setting under which khugepaged runs: the original one unless that is `never`.
+    fn on(&self) -> &str {
+        if self.original == "never" { "madvise" } else { &self.original }
+    }
+}
+
+impl Drop for HugepageSetting {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.original);
+    }
+}
+
+/// The host pid of khugepaged (a kernel thread), if it runs.
+fn khugepaged() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| {
+            tests::proc_truth::comm(pid, pid).is_some_and(|c| c == "khugepaged")
+                && tests::proc_truth::kthread(pid) == Some(true)
+        })
+}
+
+/// A kernel thread forked after the daemon attached is marked by the fork program, as those the
+/// start-up scan found are: its host pid, used in a container, is `unknown`, not a leak.
+#[test]
+fn a_kernel_thread_started_after_attach_is_no_leak_either() {
+    let Some(thp) = HugepageSetting::read() else {
+        tests::note_unavailable(
+            "a_kernel_thread_started_after_attach_is_no_leak_either",
+            "transparent hugepages (no /sys/kernel/mm/transparent_hugepage/enabled): the kernel \
+             thread this test has the kernel start is khugepaged",
+        );
+        return;
+    };
+    let d = Daemon::start();
+    let mut f = Fixture::start(FIXTURE, 1);
+    let c = f.container();
+    thp.set("never");
+    eventually(tests::settle(), "khugepaged stopped (THP never)", || khugepaged().is_none().then_some(()));
+    thp.set(thp.on());
+    let kthread = eventually(tests::settle(), "khugepaged started again", khugepaged);
+    assert_eq!(f.num(&format!("sys kill {kthread} 0")), ESRCH, "kill -0 {kthread} in the container");
+    eventually(tests::settle(), "the kill counted unknown", || {
+        (count(&d, &c, "kill", "unknown") == 1).then_some(())
+    });
+    assert_eq!(count(&d, &c, "kill", "leak"), 0, "kernel thread {kthread} is nobody's leak");
+    assert_eq!(tests::proc_truth::kthread(kthread), Some(true), "{kthread} still lives");
+    let row = d.ps().into_iter().find(|r| r.host_tid == kthread);
+    assert!(
+        row.as_ref().is_some_and(|r| r.kthread),
+        "the new khugepaged ({kthread}) is a kernel thread, as /proc says: {row:?}"
+    );
+    drop(thp);
+}
+
 #[test]
 fn unshare_fork_pid_waiting_for_its_nested_init_reports_nothing() {
     let d = Daemon::start();

@@ -325,7 +325,7 @@ pub fn kernel_series(run: &str) -> &str {
 }
 
 /// The boot variant of a run (`preempt=full` of `6.12:preempt=full`), if any.
-fn boot_variant(run: &str) -> Option<&str> {
+pub fn boot_variant(run: &str) -> Option<&str> {
     run.split_once(':').map(|(_, boot)| boot)
 }
 
@@ -373,6 +373,7 @@ pub const KERNEL_TESTS: KernelTests = &[
         Some(&[
             "unshare_fork_pid_waiting_for_its_nested_init_reports_nothing",
             "a_number_naming_only_a_host_kernel_thread_is_unknown_not_a_leak",
+            "a_kernel_thread_started_after_attach_is_no_leak_either",
             "tasks_of_two_namespaces_taking_turns_on_one_cpu_are_each_judged_as_themselves",
             "a_child_on_the_kernel_stack_of_one_freed_is_judged_as_itself",
             "tasks_switched_in_the_middle_of_the_syscall_programs_are_each_judged_as_themselves",
