@@ -1342,6 +1342,8 @@ pub struct Machine {
     pub loadavg: String,
     /// Someone else's tracing programs (empty: none).
     pub foreign: String,
+    /// In a VM of `bench --vm` (software emulation: the emulator's times).
+    pub emulated: bool,
 }
 
 impl Machine {
@@ -1353,7 +1355,13 @@ impl Machine {
                 l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
             })
             .unwrap_or_default();
-        Self { kernel: crate::kernel_release(), cpu_model, loadavg: loadavg(), foreign: foreign_tracing() }
+        Self {
+            kernel: crate::kernel_release(),
+            cpu_model,
+            loadavg: loadavg(),
+            foreign: foreign_tracing(),
+            emulated: std::env::var_os("PIDVIRT_VM").is_some(),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ mod engine;
 mod measure;
 mod report;
 mod stats;
+mod vm;
 
 use std::{io::Write as _, time::Instant};
 
@@ -105,6 +106,16 @@ pub struct Options {
     /// programs' share of the engine's cost apart.
     #[arg(long)]
     engine_without_proc_paths: bool,
+    /// Run the benchmark inside Debian's kernel of this series ("6.12", "6.1") booted under QEMU,
+    /// as the suite's VMs are: a kernel that takes fentry/fexit, which this one may refuse.
+    /// Software emulation: its times are the emulator's, only the modes' costs against each
+    /// other on that kernel mean something. Writes target/bench/vm-<series>/, never the docs.
+    #[arg(long, value_name = "SERIES")]
+    vm: Option<String>,
+    /// Where bench.json and bench.md go instead of target/bench (the VM's run writes its
+    /// results directory); docs/benchmarks.md is left alone.
+    #[arg(long, hide = true)]
+    out: Option<std::path::PathBuf>,
 }
 
 /// A section: measures, adds its tables to the report and its goals, answers its JSON.
@@ -198,20 +209,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         bail!("--repeat 0: nothing to measure");
     }
     measure::catch_signals();
-    setup::build_deps()?;
-    setup::apt_install("bpftool (bench: map sizes, attachments)", &["bpftool"])?;
-    if opts.only.is_empty() || opts.only.iter().any(|o| o == "engine") {
-        // Without it the Docker section says it is unavailable.
-        let _ = setup::apt_install("Docker (bench: run/exec latency)", &["docker.io", "busybox-static"]);
+    // In a VM the host root is read-only and there is no network: the host installed and
+    // built everything before it booted the guest.
+    let in_vm = std::env::var_os("PIDVIRT_VM").is_some();
+    if !in_vm {
+        install_and_build(&opts)?;
     }
-    println!("[bench] cargo build --release -p pidvirt-user -p tests");
-    setup::run(crate::cargo().args(["build", "--release", "-p", "pidvirt-user", "-p", "tests"]))?;
+    if let Some(series) = opts.vm.clone() {
+        return vm::run(&series);
+    }
     let root = crate::workspace_root();
-    let peer = if opts.no_peer {
-        Err("skipped (--no-peer)".to_string())
-    } else {
-        setup::apt_install("bpftrace (bench: the peer)", &["bpftrace"]).map_err(|e| format!("{e:#}"))
-    };
+    let peer = if opts.no_peer { Err("skipped (--no-peer)".to_string()) } else { which("bpftrace") };
     let mut b = Bench::new(&root, opts, peer)?;
     let machine = Machine::now();
     let started = Instant::now();
@@ -245,7 +253,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         Some(s) => format!("{}\n{}", runs.last().map_or("", |r| r.report.text.as_str()), s.text),
         None => runs.last().map(|r| r.report.text.clone()).unwrap_or_default(),
     };
-    let out_dir = root.join("target/bench");
+    let out_dir = b.opts.out.clone().unwrap_or_else(|| root.join("target/bench"));
     std::fs::create_dir_all(&out_dir)?;
     let docs: Vec<Value> =
         runs.iter().map(|r| report::document(&machine, &b, r.elapsed_s, &r.sections, &r.goals)).collect();
@@ -262,7 +270,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     std::fs::write(out_dir.join("bench.json"), serde_json::to_string_pretty(&doc)? + "\n")?;
     std::fs::write(out_dir.join("bench.md"), &md)?;
     let docs_path = root.join("docs/benchmarks.md");
-    let full = b.opts.only.is_empty();
+    let full = b.opts.only.is_empty() && b.opts.out.is_none();
     if full {
         std::fs::create_dir_all(root.join("docs"))?;
         let previous = std::fs::read_to_string(&docs_path).ok();
@@ -279,7 +287,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         if full {
             format!(" and {}", docs_path.display())
         } else {
-            " (a partial run: --only; docs/benchmarks.md left alone)".into()
+            " (a partial run: --only or --out; docs/benchmarks.md left alone)".into()
         }
     )?;
     check_interrupted()?;
@@ -294,4 +302,30 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 /// The runs as the report's summary reads them: each run's goals and JSON sections.
 fn runs_view(runs: &[Run]) -> Vec<(&[Goal], &serde_json::Map<String, Value>)> {
     runs.iter().map(|r| (r.goals.as_slice(), &r.sections)).collect()
+}
+
+/// What the sections need, installed, and pidvirt and the load generator built.
+fn install_and_build(opts: &Options) -> anyhow::Result<()> {
+    setup::build_deps()?;
+    setup::apt_install("bpftool (bench: map sizes, attachments)", &["bpftool"])?;
+    if opts.only.is_empty() || opts.only.iter().any(|o| o == "engine") {
+        // Without it the Docker section says it is unavailable.
+        let _ = setup::apt_install("Docker (bench: run/exec latency)", &["docker.io", "busybox-static"]);
+    }
+    if !opts.no_peer {
+        // Without it the peer is reported unavailable (a VM's run uses the host's, if there).
+        if let Err(e) = setup::apt_install("bpftrace (bench: the peer)", &["bpftrace"]) {
+            println!("[bench] bpftrace: {e:#}");
+        }
+    }
+    println!("[bench] cargo build --release -p pidvirt-user -p tests");
+    setup::run(crate::cargo().args(["build", "--release", "-p", "pidvirt-user", "-p", "tests"]))
+}
+
+/// Why `tool` cannot run, if it cannot.
+fn which(tool: &str) -> Result<(), String> {
+    match std::process::Command::new(tool).arg("--version").output() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("{tool} is not installed: {e}")),
+    }
 }

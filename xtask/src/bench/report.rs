@@ -22,6 +22,10 @@ pub struct Report {
     pub md: String,
 }
 
+/// What a run in a VM of `bench --vm` measured.
+const EMULATED: &str = "In a VM under QEMU's software emulation (`cargo xtask bench --vm`): every time is the \
+emulator's, many times the hardware's; only the modes' costs against each other on this kernel mean something.";
+
 impl Report {
     /// The first line: where it was measured.
     pub fn header(&mut self, m: &Machine, cpus: usize, cpu: usize) {
@@ -35,6 +39,9 @@ impl Report {
             "Measured by `cargo xtask bench` on kernel {}, {cpus} CPUs ({}); load generator pinned to CPU {cpu}.",
             m.kernel, m.cpu_model
         );
+        if m.emulated {
+            self.note(EMULATED);
+        }
     }
     fn heading(&mut self, s: &str) {
         let _ = writeln!(self.text, "\n== {s}");

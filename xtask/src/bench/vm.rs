@@ -1,0 +1,89 @@
+//! `cargo xtask bench --vm SERIES`: the benchmark inside one of Debian's kernels booted under
+//! QEMU as the suite's VMs are, for what this kernel refuses (fentry/fexit). The guest runs this
+//! same xtask binary with the same arguments, writing its results directory; the host keeps them
+//! under target/bench/vm-<series>/.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::{vm, vmtest};
+
+/// Generous: the emulator runs the programs' verification and every workload tens of times
+/// slower than the hardware.
+const TIMEOUT: Duration = Duration::from_hours(4);
+
+pub fn run(series: &str) -> anyhow::Result<()> {
+    vm::ensure_tools()?;
+    let root = crate::workspace_root();
+    let cache = root.join("target/vm-cache");
+    let kernel = vm::prepare_kernel(&cache, vmtest::kernel_series(series))?;
+    let exe = std::env::current_exe().context("this xtask binary's path")?;
+    let mut argv = vec![exe.display().to_string()];
+    argv.extend(guest_args(std::env::args().skip(1)));
+    argv.extend(["--out".to_string(), "/vm-results".to_string()]);
+    let opts = vm::VmRunOptions {
+        cwd: root.clone(),
+        env: vec![("RUST_BACKTRACE".into(), "0".into())],
+        timeout: TIMEOUT,
+        extra_cmdline: vmtest::boot_variant(series).unwrap_or_default().to_string(),
+        mem_mb: 3072,
+        cpus: 2,
+    };
+    println!("[bench] in a VM: Debian {} under QEMU (software emulation)", kernel.name);
+    let run = vm::run_in_vm_with_console(&kernel, &cache, &argv, &opts, &mut |line| println!("{line}"))?;
+    let out = root.join("target/bench").join(format!("vm-{}", series.replace([':', '='], "-")));
+    std::fs::create_dir_all(&out)?;
+    let mut kept = Vec::new();
+    for name in ["bench.json", "bench.md"] {
+        let from = run.results_dir.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, out.join(name)).with_context(|| format!("copying {}", from.display()))?;
+            kept.push(out.join(name).display().to_string());
+        }
+    }
+    let _ = std::fs::remove_dir_all(run.results_dir.parent().unwrap_or(&run.results_dir));
+    match (run.exit_code, &run.setup_error, run.timed_out) {
+        (Some(0), ..) => {
+            println!("[bench] the VM's run wrote {}", kept.join(", "));
+            Ok(())
+        }
+        (Some(code), ..) => bail!("the benchmark in the VM exited with {code} (kept: {})", kept.join(", ")),
+        (None, Some(e), _) => bail!("the VM's setup failed: {e}"),
+        (None, None, true) => bail!("the VM timed out after {TIMEOUT:?}"),
+        (None, None, false) => bail!("the guest died before the benchmark finished"),
+    }
+}
+
+/// The guest's arguments: the host's, without `--vm`.
+fn guest_args(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for a in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if a == "--vm" {
+            skip_value = true;
+        } else if !a.starts_with("--vm=") {
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_guest_runs_the_same_bench_without_vm() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            super::guest_args(args("bench --vm 6.12 --only syscalls --no-peer").into_iter()),
+            args("bench --only syscalls --no-peer")
+        );
+        assert_eq!(
+            super::guest_args(args("bench --rounds 3 --vm=6.1").into_iter()),
+            args("bench --rounds 3")
+        );
+    }
+}
