@@ -260,7 +260,9 @@ pub mod config {
     /// The daemon's host pid: its own /proc walk (which reads every process, racing their ends
     /// and its own seeding) is not audited as numbers in paths.
     pub const DAEMON_TGID: u32 = 3;
-    pub const SLOTS: u32 = 4;
+    /// Number of containers in enforce mode (the enforcer's programs return at once when 0).
+    pub const ENFORCING: u32 = 4;
+    pub const SLOTS: u32 = 5;
 }
 
 /// The record of pids released a moment ago (map RELEASED): a direct-mapped table keyed by

@@ -16,7 +16,7 @@ use pidvirt_common::{
 use crate::{
     audit::{Crossing, Found, Level, report, visible},
     kernel::{Direct, Kmem, off, offsets_ready},
-    maps::{COUNTS, MODES, count_map_error, reported, task_get},
+    maps::{COUNTS, MODES, count_map_error, enforcing, reported, task_get},
 };
 
 /// EPERM
@@ -26,7 +26,8 @@ const EPERM: i32 = 1;
 /// the BPF programs before this one (kept if it denies).
 #[inline(always)]
 fn decide(hook: usize, target: *const u8, prev: i32) -> i32 {
-    if prev != 0 || !offsets_ready() {
+    // Where no container enforces (the common case), a kill or ptrace pays no lookup here.
+    if prev != 0 || !enforcing() || !offsets_ready() {
         return prev;
     }
     let tid = bpf_get_current_pid_tgid() as u32;

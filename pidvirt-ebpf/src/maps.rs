@@ -593,6 +593,12 @@ pub fn host_pidns() -> u32 {
     config(config::HOST_PIDNS)
 }
 
+/// Whether any container is in enforce mode.
+#[inline(always)]
+pub fn enforcing() -> bool {
+    config(config::ENFORCING) != 0
+}
+
 /// The daemon's host pid (0 until the daemon wrote it).
 #[inline(always)]
 pub fn daemon_tgid() -> u32 {

@@ -505,12 +505,17 @@ impl KernelMaps {
         ]
     }
 
-    /// Sets a container's policy where the enforcer reads it (observe: no entry).
+    /// Sets a container's policy where the enforcer reads it (observe: no entry), and tells the
+    /// programs how many containers enforce.
     pub fn set_mode(&mut self, number: u32, m: Mode) {
         if m == Mode::Observe {
             let _ = self.modes.remove(&number);
         } else if let Err(e) = self.modes.insert(number, m as u32, 0) {
             tracing::error!("cannot set the policy of container {number}: {e}");
+        }
+        let count = self.modes.keys().flatten().count() as u32;
+        if let Err(e) = self.config.set(pidvirt_common::config::ENFORCING, count, 0) {
+            tracing::error!("cannot tell the enforcer how many containers enforce ({count}): {e}");
         }
     }
 

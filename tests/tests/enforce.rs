@@ -109,6 +109,16 @@ fn enforce_mode_denies_cross_container_actions_observe_mode_audits_them() {
         for (hook, r) in actions(&b.path, a_pid) {
             assert_eq!(r, 0, "{hook} from an observe container");
         }
+        // A observes again (no container enforces now): the kernel allows what it denied.
+        assert_eq!(d.cli(&["policy", "set", "ca", "--mode", "observe"]).code, 0);
+        for (hook, r) in actions(&a.path, b_pid) {
+            assert_eq!(r, 0, "{hook} from A once it observes again");
+        }
+        // And enforces once more: denied again.
+        assert_eq!(d.cli(&["policy", "set", "ca", "--mode", "enforce"]).code, 0);
+        for (hook, r) in actions(&a.path, b_pid) {
+            assert_eq!(r, EPERM, "{hook} from A once it enforces again");
+        }
     } else {
         // The unavailable path: said by name, asking for enforce is an error, nothing is denied.
         note_unavailable("enforce_mode_denies_cross_container_actions_observe_mode_audits_them", &reason);
