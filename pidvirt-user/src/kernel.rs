@@ -513,7 +513,8 @@ impl KernelMaps {
         } else if let Err(e) = self.modes.insert(number, m as u32, 0) {
             tracing::error!("cannot set the policy of container {number}: {e}");
         }
-        let count = self.modes.keys().flatten().count() as u32;
+        // A walk that fails counts as "some enforce": the programs then read each policy.
+        let count = self.modes.keys().collect::<Result<Vec<u32>, _>>().map_or(u32::MAX, |k| k.len() as u32);
         if let Err(e) = self.config.set(pidvirt_common::config::ENFORCING, count, 0) {
             tracing::error!("cannot tell the enforcer how many containers enforce ({count}): {e}");
         }

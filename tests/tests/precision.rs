@@ -94,22 +94,26 @@ fn a_number_naming_only_a_host_kernel_thread_is_unknown_not_a_leak() {
 
 /// THP's setting (/sys/kernel/mm/transparent_hugepage/enabled), put back when dropped: while it
 /// is `always` or `madvise` the kernel runs khugepaged, a kernel thread it stops at `never` and
-/// starts again (kthreadd forks it) when the setting is on again.
+/// starts again (kthreadd forks it) when the setting is on again. Starting it may raise
+/// vm.min_free_kbytes, which is put back too.
 struct HugepageSetting {
     original: String,
+    min_free_kbytes: Option<String>,
 }
 
 impl HugepageSetting {
     const PATH: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+    const MIN_FREE: &str = "/proc/sys/vm/min_free_kbytes";
 
     fn read() -> Option<Self> {
         let line = std::fs::read_to_string(Self::PATH).ok()?;
         let original = line.split_whitespace().find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))?;
-        Some(Self { original: original.to_string() })
+        let min_free_kbytes = std::fs::read_to_string(Self::MIN_FREE).ok();
+        Some(Self { original: original.to_string(), min_free_kbytes })
     }
 
-    fn set(&self, value: &str) {
-        std::fs::write(Self::PATH, value).unwrap_or_else(|e| panic!("write {value} to {}: {e}", Self::PATH));
+    fn set(&self, value: &str) -> Result<(), String> {
+        std::fs::write(Self::PATH, value).map_err(|e| format!("writing {value} to {}: {e}", Self::PATH))
     }
 
     /// A setting under which khugepaged runs: the original one unless that is `never`.
@@ -121,6 +125,9 @@ impl HugepageSetting {
 impl Drop for HugepageSetting {
     fn drop(&mut self) {
         let _ = std::fs::write(Self::PATH, &self.original);
+        if let Some(v) = &self.min_free_kbytes {
+            let _ = std::fs::write(Self::MIN_FREE, v.trim());
+        }
     }
 }
 
@@ -135,13 +142,47 @@ fn khugepaged() -> Option<u32> {
         })
 }
 
+/// Whether `done` holds within the settle time.
+fn within_settle(mut done: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + tests::settle();
+    while std::time::Instant::now() < end {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
+
+/// Has the kernel fork a new khugepaged: THP `never` (it stops), then on again. Why it could not,
+/// where it could not (per-size settings that keep it running or never start it, a read-only
+/// /sys).
+fn new_khugepaged(thp: &HugepageSetting) -> Result<u32, String> {
+    thp.set("never")?;
+    if !within_settle(|| khugepaged().is_none()) {
+        return Err(
+            "khugepaged kept running with THP never (a per-size hugepages-*kB setting keeps it)".into()
+        );
+    }
+    thp.set(thp.on())?;
+    let mut started = None;
+    if !within_settle(|| {
+        started = khugepaged();
+        started.is_some()
+    }) {
+        return Err(format!("khugepaged did not start with THP {} (per-size settings at never?)", thp.on()));
+    }
+    started.ok_or_else(|| "khugepaged vanished".into())
+}
+
 /// A kernel thread forked after the daemon attached is marked by the fork program, as those the
 /// start-up scan found are: its host pid, used in a container, is `unknown`, not a leak.
 #[test]
 fn a_kernel_thread_started_after_attach_is_no_leak_either() {
+    const TEST: &str = "a_kernel_thread_started_after_attach_is_no_leak_either";
     let Some(thp) = HugepageSetting::read() else {
         tests::note_unavailable(
-            "a_kernel_thread_started_after_attach_is_no_leak_either",
+            TEST,
             "transparent hugepages (no /sys/kernel/mm/transparent_hugepage/enabled): the kernel \
              thread this test has the kernel start is khugepaged",
         );
@@ -150,10 +191,13 @@ fn a_kernel_thread_started_after_attach_is_no_leak_either() {
     let d = Daemon::start();
     let mut f = Fixture::start(FIXTURE, 1);
     let c = f.container();
-    thp.set("never");
-    eventually(tests::settle(), "khugepaged stopped (THP never)", || khugepaged().is_none().then_some(()));
-    thp.set(thp.on());
-    let kthread = eventually(tests::settle(), "khugepaged started again", khugepaged);
+    let kthread = match new_khugepaged(&thp) {
+        Ok(pid) => pid,
+        Err(why) => {
+            tests::note_unavailable(TEST, &format!("a new kernel thread: {why}"));
+            return;
+        }
+    };
     assert_eq!(f.num(&format!("sys kill {kthread} 0")), ESRCH, "kill -0 {kthread} in the container");
     eventually(tests::settle(), "the kill counted unknown", || {
         (count(&d, &c, "kill", "unknown") == 1).then_some(())

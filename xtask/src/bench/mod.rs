@@ -208,6 +208,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     if opts.repeat == 0 {
         bail!("--repeat 0: nothing to measure");
     }
+    if let Some(series) = &opts.vm {
+        vm::check_series(series)?;
+    }
     measure::catch_signals();
     // In a VM the host root is read-only and there is no network: the host installed and
     // built everything before it booted the guest.

@@ -1364,7 +1364,7 @@ pub fn document(
     json!({
         "machine": { "kernel": m.kernel, "cpus": b.cpus, "cpu_model": m.cpu_model,
                      "loadavg_start": m.loadavg, "loadavg_end": super::measure::loadavg(),
-                     "foreign_tracing_at_start": m.foreign },
+                     "foreign_tracing_at_start": m.foreign, "emulated": m.emulated },
         "options": { "rounds": o.rounds, "iters": o.iters, "fork_iters": o.fork_iters, "fork_batches": o.fork_batches,
                      "batches": o.batches, "cpu": b.cpu, "leak_seconds": o.leak_seconds,
                      "namespaces": o.namespaces, "tasks": o.tasks },

@@ -13,6 +13,17 @@ use crate::{vm, vmtest};
 /// slower than the hardware.
 const TIMEOUT: Duration = Duration::from_hours(4);
 
+/// Fails unless `series` names a series and, after a colon, a boot variant the VMs know.
+pub fn check_series(series: &str) -> anyhow::Result<()> {
+    if vmtest::kernel_series(series).is_empty() {
+        bail!("--vm {series:?}: no kernel series (e.g. 6.12, 6.1)");
+    }
+    match vmtest::boot_variant(series) {
+        None | Some("preempt=full") => Ok(()),
+        Some(other) => bail!("--vm {series}: unknown boot variant {other:?} (known: preempt=full)"),
+    }
+}
+
 pub fn run(series: &str) -> anyhow::Result<()> {
     vm::ensure_tools()?;
     let root = crate::workspace_root();
@@ -33,6 +44,8 @@ pub fn run(series: &str) -> anyhow::Result<()> {
     println!("[bench] in a VM: Debian {} under QEMU (software emulation)", kernel.name);
     let run = vm::run_in_vm_with_console(&kernel, &cache, &argv, &opts, &mut |line| println!("{line}"))?;
     let out = root.join("target/bench").join(format!("vm-{}", series.replace([':', '='], "-")));
+    // Only this run's results, never a mix with an earlier run's.
+    let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
     let mut kept = Vec::new();
     for name in ["bench.json", "bench.md"] {
@@ -55,7 +68,8 @@ pub fn run(series: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The guest's arguments: the host's, without `--vm`.
+/// The guest's arguments: the host's, without `--vm` and `--out` (the guest writes its results
+/// directory).
 fn guest_args(args: impl Iterator<Item = String>) -> Vec<String> {
     let mut out = Vec::new();
     let mut skip_value = false;
@@ -63,9 +77,9 @@ fn guest_args(args: impl Iterator<Item = String>) -> Vec<String> {
         if std::mem::take(&mut skip_value) {
             continue;
         }
-        if a == "--vm" {
+        if a == "--vm" || a == "--out" {
             skip_value = true;
-        } else if !a.starts_with("--vm=") {
+        } else if !a.starts_with("--vm=") && !a.starts_with("--out=") {
             out.push(a);
         }
     }
@@ -85,5 +99,17 @@ mod tests {
             super::guest_args(args("bench --rounds 3 --vm=6.1").into_iter()),
             args("bench --rounds 3")
         );
+        assert_eq!(
+            super::guest_args(args("bench --out /x --vm 6.12 --out=/y --no-peer").into_iter()),
+            args("bench --no-peer")
+        );
+    }
+
+    #[test]
+    fn a_series_is_checked_before_anything_is_built() {
+        assert!(super::check_series("6.12").is_ok());
+        assert!(super::check_series("6.12:preempt=full").is_ok());
+        assert!(super::check_series("6.12:quiet").is_err());
+        assert!(super::check_series(":preempt=full").is_err());
     }
 }
