@@ -92,15 +92,23 @@ pub fn eventually_explained<T>(
     mut f: impl FnMut() -> Option<T>,
     explain: impl FnOnce() -> String,
 ) -> T {
+    within(timeout, &mut f).unwrap_or_else(|| {
+        let why = explain();
+        let why = if why.is_empty() { why } else { format!("; {why}") };
+        panic!("timed out after {timeout:?} waiting for: {what}{why}");
+    })
+}
+
+/// Polls `f` until it returns Some, for at most `timeout`: None if it never did (for a test
+/// that reports a missing kernel feature instead of failing).
+pub fn within<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
         if start.elapsed() > timeout {
-            let why = explain();
-            let why = if why.is_empty() { why } else { format!("; {why}") };
-            panic!("timed out after {timeout:?} waiting for: {what}{why}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -142,37 +142,20 @@ fn khugepaged() -> Option<u32> {
         })
 }
 
-/// Whether `done` holds within the settle time.
-fn within_settle(mut done: impl FnMut() -> bool) -> bool {
-    let end = std::time::Instant::now() + tests::settle();
-    while std::time::Instant::now() < end {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done()
-}
-
 /// Has the kernel fork a new khugepaged: THP `never` (it stops), then on again. Why it could not,
 /// where it could not (per-size settings that keep it running or never start it, a read-only
 /// /sys).
 fn new_khugepaged(thp: &HugepageSetting) -> Result<u32, String> {
     thp.set("never")?;
-    if !within_settle(|| khugepaged().is_none()) {
+    if tests::within(tests::settle(), || khugepaged().is_none().then_some(())).is_none() {
         return Err(
             "khugepaged kept running with THP never (a per-size hugepages-*kB setting keeps it)".into()
         );
     }
     thp.set(thp.on())?;
-    let mut started = None;
-    if !within_settle(|| {
-        started = khugepaged();
-        started.is_some()
-    }) {
-        return Err(format!("khugepaged did not start with THP {} (per-size settings at never?)", thp.on()));
-    }
-    started.ok_or_else(|| "khugepaged vanished".into())
+    tests::within(tests::settle(), khugepaged).ok_or_else(|| {
+        format!("khugepaged did not start with THP {} (per-size settings at never?)", thp.on())
+    })
 }
 
 /// A kernel thread forked after the daemon attached is marked by the fork program, as those the

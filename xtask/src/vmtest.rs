@@ -329,6 +329,16 @@ pub fn boot_variant(run: &str) -> Option<&str> {
     run.split_once(':').map(|(_, boot)| boot)
 }
 
+/// Fails unless the run's boot variant, if any, is one the VMs know.
+pub fn check_boot_variant(run: &str) -> anyhow::Result<()> {
+    match boot_variant(run) {
+        Some(boot) if boot != PREEMPTIBLE_BOOT => {
+            bail!("kernel {run}: the only boot variant is :{PREEMPTIBLE_BOOT}, not :{boot}")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The tests of a fully preemptible run (fentry forced): those whose subject is preemption.
 pub const PREEMPTIBLE_TESTS: KernelTests = &[
     ("attach", Some(&["auto_attach_takes_tracepoints_on_a_fully_preemptible_kernel"])),
@@ -443,11 +453,7 @@ pub fn run_all(
 ) -> anyhow::Result<Vec<KernelReport>> {
     vm::ensure_tools()?;
     for s in series {
-        if let Some(boot) = boot_variant(s)
-            && boot != PREEMPTIBLE_BOOT
-        {
-            bail!("kernel {s}: the only boot variant is :{PREEMPTIBLE_BOOT}, not :{boot}");
-        }
+        check_boot_variant(s)?;
     }
     // Download and unpack first (serially: apt-get takes a lock).
     for s in series {

@@ -1360,7 +1360,7 @@ impl Machine {
             cpu_model,
             loadavg: loadavg(),
             foreign: foreign_tracing(),
-            emulated: std::env::var_os("PIDVIRT_VM").is_some(),
+            emulated: super::vm::in_guest(),
         }
     }
 }

@@ -155,7 +155,7 @@ fn attach_memory(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::
 }
 
 fn engine_latency(b: &Bench, out: &mut Report, goals: &mut Vec<Goal>) -> anyhow::Result<Value> {
-    if std::process::Command::new("dockerd").arg("--version").output().is_err() {
+    if which("dockerd").is_err() {
         return Ok(report::engine_unavailable(out, goals, "dockerd is not installed (docker.io)"));
     }
     let run = engine::docker_latency(b)?;
@@ -214,8 +214,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     measure::catch_signals();
     // In a VM the host root is read-only and there is no network: the host installed and
     // built everything before it booted the guest.
-    let in_vm = std::env::var_os("PIDVIRT_VM").is_some();
-    if !in_vm {
+    if !vm::in_guest() {
         install_and_build(&opts)?;
     }
     if let Some(series) = opts.vm.clone() {

@@ -18,10 +18,13 @@ pub fn check_series(series: &str) -> anyhow::Result<()> {
     if vmtest::kernel_series(series).is_empty() {
         bail!("--vm {series:?}: no kernel series (e.g. 6.12, 6.1)");
     }
-    match vmtest::boot_variant(series) {
-        None | Some("preempt=full") => Ok(()),
-        Some(other) => bail!("--vm {series}: unknown boot variant {other:?} (known: preempt=full)"),
-    }
+    vmtest::check_boot_variant(series)
+}
+
+/// Whether this runs in a guest of `bench --vm` (or any of the VMs: the guest's environment
+/// says so).
+pub fn in_guest() -> bool {
+    std::env::var_os("PIDVIRT_VM").is_some()
 }
 
 pub fn run(series: &str) -> anyhow::Result<()> {
